@@ -2,3 +2,5 @@
 #![doc = "(architecture tour: to be written)"]
 
 pub mod compat;
+pub mod cli;
+pub mod store;

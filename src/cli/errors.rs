@@ -1,0 +1,51 @@
+//! The CLI's error type: every library error, rendered by miette with a `hint:`.
+
+use std::process::ExitCode;
+
+use miette::Diagnostic;
+
+use crate::compat::hash::HashError;
+use crate::store::StoreError;
+
+/// An error that ends a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the store layer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A hash given on the command line.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// Terminal or pipe I/O.
+    #[error("cannot {action}")]
+    Io {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A usage error with a suggestion.
+    #[error("{message}")]
+    Usage { message: String, hint: Option<String> },
+    /// The command ran and found problems (already printed); exit non-zero.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(1)
+    }
+}
+
+impl Diagnostic for CliError {
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        let hint = match self {
+            CliError::Store(e) => e.hint(),
+            CliError::Hash(_) => Some("hashes look like `sha256-<base64>` or `sha256:<nix32 or hex>`".to_string()),
+            CliError::Usage { hint, .. } => hint.clone(),
+            CliError::Io { .. } | CliError::Failed(_) => None,
+        };
+        hint.map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
+    }
+}

@@ -1,0 +1,147 @@
+//! The command line: clap definitions, output and exit codes. Every command is a thin
+//! function over library operations. stdout carries data only (paths, hashes, JSON);
+//! messages go to stderr; errors are rendered by miette here and nowhere else.
+
+mod errors;
+mod hash_cmd;
+mod store_cmd;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+pub use errors::CliError;
+
+use crate::compat::StoreDir;
+use crate::store::{Observer, Store};
+
+/// ksbuild: hermetic, Nix-compatible builds of KubeSolo OS.
+#[derive(Debug, Parser)]
+#[command(name = "ksbuild", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Physical store root [default: `store/` of the ksbuild project around the current directory].
+    #[arg(long, global = true, env = "KSBUILD_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Logical store directory hashed into every path.
+    #[arg(long, global = true, env = "KSBUILD_STORE_DIR", default_value = "/nix/store", value_name = "PATH")]
+    store_dir: String,
+    /// Print nothing but data and errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with the store: add, inspect, verify, collect garbage.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+    /// Compute and convert hashes, as `nix hash` does.
+    #[command(subcommand)]
+    Hash(hash_cmd::HashCommand),
+}
+
+/// What the CLI shows while the library works: on stderr, unless `--quiet`.
+struct Terminal {
+    quiet: bool,
+}
+
+impl Observer for Terminal {
+    fn waiting_for_lock(&self, what: &str, lock: &Path) {
+        if !self.quiet {
+            eprintln!("waiting for the lock on {what} (`{}`), held by another ksbuild process", lock.display());
+        }
+    }
+    fn recovered(&self, what: &Path) {
+        if !self.quiet {
+            eprintln!("removed `{}`, left over by an interrupted operation", what.display());
+        }
+    }
+    fn deleting(&self, path: &str) {
+        if !self.quiet {
+            eprintln!("deleting `{path}`");
+        }
+    }
+}
+
+/// Global settings every command gets.
+pub struct Context {
+    store_root: PathBuf,
+    store_dir: String,
+    quiet: bool,
+}
+
+impl Context {
+    /// Opens the store.
+    fn open_store(&self) -> Result<Store, CliError> {
+        let store_dir = StoreDir::new(&self.store_dir).map_err(crate::store::StoreError::from)?;
+        Ok(Store::open(&self.store_root, store_dir, Arc::new(Terminal { quiet: self.quiet }))?)
+    }
+
+    /// Prints a note on stderr unless `--quiet`.
+    fn note(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+}
+
+/// The default store root: `store/` of the ksbuild project that contains the current
+/// directory (a directory with `derivations/` and `store/`), else of the project this
+/// binary was built from.
+fn default_store_root() -> PathBuf {
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            if dir.join("derivations").is_dir() && dir.join("store").is_dir() {
+                return dir.join("store");
+            }
+        }
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("store")
+}
+
+/// Writes data to stdout; a closed pipe ends the program quietly, as `head` expects.
+fn out(bytes: &[u8]) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.map_err(|e| CliError::Io { action: "write to stdout", source: e }),
+    }
+}
+
+/// Writes one line of data to stdout.
+fn out_line(line: &str) -> Result<(), CliError> {
+    out(format!("{line}\n").as_bytes())
+}
+
+/// Writes a value as JSON (one line) to stdout.
+fn out_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string(value).map_err(|e| CliError::Io { action: "encode JSON", source: e.into() })?;
+    out_line(&text)
+}
+
+/// Entry point of the `ksbuild` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context {
+        store_root: cli.store.clone().unwrap_or_else(default_store_root),
+        store_dir: cli.store_dir.clone(),
+        quiet: cli.quiet,
+    };
+    let result = match cli.command {
+        Command::Store(cmd) => store_cmd::run(&ctx, cmd),
+        Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("{:?}", miette::Report::new(e));
+            code
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Between filesystem trees and NARs: dumping a tree as a NAR (optionally copying it
+//! canonically at the same time — the one traversal of `store add`), NAR and flat hashes
+//! of files, and restoring a NAR onto the filesystem. Does I/O.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::fsutil::{self, create_canonical_file, kind_of, seal_directory, set_canonical_time, set_canonical_time_fd};
+use super::pipe::DigestPipe;
+use super::{Result, StoreError};
+use crate::compat::hash::Hasher;
+use crate::compat::nar::{NarError, NarSink, NarWriter};
+use crate::compat::{Hash, HashAlgo};
+
+const READ_BUF: usize = 256 * 1024;
+
+fn nar_err(path: &Path) -> impl FnOnce(NarError) -> StoreError + '_ {
+    move |source| match source {
+        NarError::Io(e) => StoreError::Io { action: "serialise", path: path.to_path_buf(), source: e },
+        source => StoreError::Nar { path: path.to_path_buf(), source },
+    }
+}
+
+/// One walk over a source tree that feeds a NAR writer and optionally builds a canonical
+/// copy and a flat hash.
+struct Walker<'a, W: Write> {
+    nar: NarWriter<W>,
+    flat: Option<&'a mut Hasher>,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Walker<'_, W> {
+    fn node(&mut self, src: &Path, copy: Option<&Path>) -> Result<()> {
+        let meta = fs::symlink_metadata(src).map_err(StoreError::io("read", src))?;
+        let t = meta.file_type();
+        if t.is_symlink() {
+            let target = fs::read_link(src).map_err(StoreError::io("read the symlink", src))?;
+            self.nar.symlink(target.as_os_str().as_bytes()).map_err(nar_err(src))?;
+            if let Some(dst) = copy {
+                std::os::unix::fs::symlink(&target, dst).map_err(StoreError::io("create the symlink", dst))?;
+                set_canonical_time(dst)?;
+            }
+        } else if t.is_file() {
+            self.file(src, &meta, copy)?;
+        } else if t.is_dir() {
+            self.nar.directory().map_err(nar_err(src))?;
+            if let Some(dst) = copy {
+                fs::create_dir(dst).map_err(StoreError::io("create", dst))?;
+            }
+            let mut names: Vec<_> = fs::read_dir(src)
+                .map_err(StoreError::io("list", src))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<_>>()
+                .map_err(StoreError::io("list", src))?;
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for name in names {
+                self.nar.entry(name.as_bytes()).map_err(nar_err(src))?;
+                let child_dst = copy.map(|d| d.join(&name));
+                self.node(&src.join(&name), child_dst.as_deref())?;
+            }
+            self.nar.end_directory().map_err(nar_err(src))?;
+            if let Some(dst) = copy {
+                seal_directory(dst)?;
+            }
+        } else {
+            return Err(StoreError::UnsupportedFileType { path: src.to_path_buf(), kind: kind_of(&meta) });
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, src: &Path, meta: &fs::Metadata, copy: Option<&Path>) -> Result<()> {
+        let executable = meta.mode() & 0o100 != 0;
+        let size = meta.len();
+        let mut input = File::open(src).map_err(StoreError::io("open", src))?;
+        let mut output = copy.map(|d| create_canonical_file(d, executable).map(|f| (f, d))).transpose()?;
+        self.nar.regular(executable, size).map_err(nar_err(src))?;
+        let mut done = 0u64;
+        let mut sparse_tail = false;
+        while done < size {
+            let want = READ_BUF.min((size - done) as usize);
+            let n = match input.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::Io { action: "read", path: src.to_path_buf(), source: e }),
+            };
+            let chunk = &self.buf[..n];
+            self.nar.contents(chunk).map_err(nar_err(src))?;
+            if let Some(h) = self.flat.as_deref_mut() {
+                h.update(chunk);
+            }
+            if let Some((out, dst)) = output.as_mut() {
+                // Keep holes: a block of zeros becomes a seek, so sparse images stay sparse.
+                if n == READ_BUF && is_zero(chunk) {
+                    out.seek(SeekFrom::Current(n as i64)).map_err(StoreError::io("write", *dst))?;
+                    sparse_tail = true;
+                } else {
+                    out.write_all(chunk).map_err(StoreError::io("write", *dst))?;
+                    sparse_tail = false;
+                }
+            }
+            done += n as u64;
+        }
+        if done != size || input.read(&mut [0u8; 1]).map_err(StoreError::io("read", src))? != 0 {
+            return Err(StoreError::Refused(format!(
+                "`{}` changed size while it was being read; try again when nothing writes to it",
+                src.display()
+            )));
+        }
+        if let Some((out, dst)) = output {
+            if sparse_tail {
+                out.set_len(size).map_err(StoreError::io("write", dst))?;
+            }
+            out.set_permissions(fs::Permissions::from_mode(fsutil::canonical_file_mode(executable)))
+                .map_err(StoreError::io("chmod", dst))?;
+            set_canonical_time_fd(&out, dst)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_zero(chunk: &[u8]) -> bool {
+    let words = chunk.chunks_exact(8);
+    let rest = words.remainder();
+    rest.iter().all(|&b| b == 0) && words.map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8]))).all(|w| w == 0)
+}
+
+/// Writes the NAR serialisation of the tree at `path` to `out`.
+pub fn dump_path<W: Write>(path: &Path, out: W) -> Result<W> {
+    let mut walker = Walker { nar: NarWriter::new(out).map_err(nar_err(path))?, flat: None, buf: vec![0; READ_BUF] };
+    walker.node(path, None)?;
+    walker.nar.finish().map_err(nar_err(path))
+}
+
+/// SHA-256 of the NAR serialisation of `path`, and the NAR's size (`nix hash path`).
+pub fn nar_hash_path(path: &Path) -> Result<(Hash, u64)> {
+    nar_hash_path_with(path, HashAlgo::Sha256).map(|(h, _, size)| (h, size))
+}
+
+/// The NAR of `path` hashed with `algo` (and SHA-256), plus its size.
+pub fn nar_hash_path_with(path: &Path, algo: HashAlgo) -> Result<(Hash, Hash, u64)> {
+    let other = (algo != HashAlgo::Sha256).then_some(algo);
+    let pipe = dump_path(path, DigestPipe::new(other, &BTreeSet::new()))?;
+    let d = pipe.finish().map_err(StoreError::io("hash", path))?;
+    Ok((d.other.unwrap_or_else(|| d.sha256.clone()), d.sha256, d.size))
+}
+
+/// Hash of the bytes of the regular file at `path` (`nix hash file`).
+pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash> {
+    let meta = fs::metadata(path).map_err(StoreError::io("read", path))?;
+    if !meta.is_file() {
+        return Err(StoreError::FlatNotRegular(path.to_path_buf()));
+    }
+    let mut f = File::open(path).map_err(StoreError::io("open", path))?;
+    let mut h = Hasher::new(algo);
+    io::copy(&mut f, &mut h).map_err(StoreError::io("read", path))?;
+    Ok(h.finish())
+}
+
+/// What one copying traversal computed.
+#[derive(Debug, Clone)]
+pub struct CopyDigests {
+    /// SHA-256 of the NAR.
+    pub nar_hash: Hash,
+    /// NAR size.
+    pub nar_size: u64,
+    /// The NAR hashed with another algorithm, if asked.
+    pub nar_other_hash: Option<Hash>,
+    /// The flat hash of a single file, if asked.
+    pub flat_hash: Option<Hash>,
+}
+
+/// Copies `source` to the new path `target` in canonical form while NAR-hashing it, and
+/// optionally flat-hashing it (a regular file).
+pub fn copy_and_hash(
+    source: &Path,
+    target: &Path,
+    flat_algo: Option<HashAlgo>,
+    nar_other_algo: Option<HashAlgo>,
+) -> Result<CopyDigests> {
+    let mut flat = flat_algo.map(Hasher::new);
+    let pipe = DigestPipe::new(nar_other_algo, &BTreeSet::new());
+    let mut walker = Walker { nar: NarWriter::new(pipe).map_err(nar_err(source))?, flat: flat.as_mut(), buf: vec![0; READ_BUF] };
+    walker.node(source, Some(target))?;
+    let pipe = walker.nar.finish().map_err(nar_err(source))?;
+    let d = pipe.finish().map_err(StoreError::io("hash", source))?;
+    Ok(CopyDigests {
+        nar_hash: d.sha256,
+        nar_size: d.size,
+        nar_other_hash: d.other,
+        flat_hash: flat.map(Hasher::finish),
+    })
+}
+
+/// How restored files are finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Like `nix-store --restore`: 0644/0755 files, 0755 directories.
+    Plain,
+    /// As in the store: 0444/0555, mtime 1.
+    Canonical,
+}
+
+struct RestoreSink {
+    root: PathBuf,
+    mode: RestoreMode,
+}
+
+impl RestoreSink {
+    fn at(&self, path: &[Vec<u8>]) -> PathBuf {
+        let mut p = self.root.clone();
+        for name in path {
+            p.push(std::ffi::OsStr::from_bytes(name));
+        }
+        p
+    }
+}
+
+fn to_io(e: StoreError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl NarSink for RestoreSink {
+    fn regular(&mut self, path: &[Vec<u8>], executable: bool, _size: u64, contents: &mut dyn Read) -> io::Result<()> {
+        let p = self.at(path);
+        let mode = match self.mode {
+            RestoreMode::Canonical => fsutil::canonical_file_mode(executable),
+            RestoreMode::Plain if executable => 0o755,
+            RestoreMode::Plain => 0o644,
+        };
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
+        io::copy(contents, &mut f)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if self.mode == RestoreMode::Canonical {
+            set_canonical_time_fd(&f, &p).map_err(to_io)?;
+        }
+        Ok(())
+    }
+    fn symlink(&mut self, path: &[Vec<u8>], target: &[u8]) -> io::Result<()> {
+        let p = self.at(path);
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)?;
+        if self.mode == RestoreMode::Canonical {
+            set_canonical_time(&p).map_err(to_io)?;
+        }
+        Ok(())
+    }
+    fn directory(&mut self, path: &[Vec<u8>]) -> io::Result<()> {
+        let p = self.at(path);
+        fs::create_dir(&p)?;
+        Ok(())
+    }
+    fn end_directory(&mut self, path: &[Vec<u8>]) -> io::Result<()> {
+        if self.mode == RestoreMode::Canonical {
+            seal_directory(&self.at(path)).map_err(to_io)?;
+        }
+        Ok(())
+    }
+}
+
+/// Restores the NAR read from `input` as a new tree at `target` (which must not exist).
+/// Returns the number of NAR bytes read.
+pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result<u64> {
+    if fs::symlink_metadata(target).is_ok() {
+        return Err(StoreError::Refused(format!("`{}` already exists; restore into a new path", target.display())));
+    }
+    let mut sink = RestoreSink { root: target.to_path_buf(), mode };
+    crate::compat::nar::read_nar(input, &mut sink).map_err(|e| match e {
+        NarError::Io(source) => StoreError::Io { action: "restore", path: target.to_path_buf(), source },
+        source => StoreError::Nar { path: target.to_path_buf(), source },
+    })
+}

@@ -1,0 +1,186 @@
+//! Filesystem helpers of the store: staging directories, canonical files, removal of
+//! read-only trees and in-place canonicalisation. Does I/O.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Timespec, Timestamps};
+
+use super::{Result, StoreError};
+
+/// The mtime of every store file: 1 second after the epoch, as Nix sets it.
+pub const CANONICAL_MTIME: i64 = 1;
+
+fn canonical_times() -> Timestamps {
+    let t = Timespec { tv_sec: CANONICAL_MTIME, tv_nsec: 0 };
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// Sets the mtime (and atime) of an open file to the canonical time.
+pub fn set_canonical_time_fd(file: &File, path: &Path) -> Result<()> {
+    rustix::fs::futimens(file, &canonical_times())
+        .map_err(|e| StoreError::Io { action: "set the mtime of", path: path.to_path_buf(), source: e.into() })
+}
+
+/// Sets the mtime of `path` without following a final symlink.
+pub fn set_canonical_time(path: &Path) -> Result<()> {
+    rustix::fs::utimensat(rustix::fs::CWD, path, &canonical_times(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| StoreError::Io { action: "set the mtime of", path: path.to_path_buf(), source: e.into() })
+}
+
+/// The canonical mode of a regular file: 0555 if the owner may execute it, else 0444.
+pub fn canonical_file_mode(executable: bool) -> u32 {
+    if executable {
+        0o555
+    } else {
+        0o444
+    }
+}
+
+/// Creates a new file at `path` with canonical mode; the caller writes to it and then
+/// calls [`set_canonical_time_fd`].
+pub fn create_canonical_file(path: &Path, executable: bool) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(canonical_file_mode(executable))
+        .open(path)
+        .map_err(StoreError::io("create", path))
+}
+
+/// Writes a complete canonical file.
+pub fn write_canonical_file(path: &Path, contents: &[u8], executable: bool) -> Result<()> {
+    let mut f = create_canonical_file(path, executable)?;
+    f.write_all(contents).map_err(StoreError::io("write", path))?;
+    // The creation mode is masked by the umask; set it exactly.
+    f.set_permissions(fs::Permissions::from_mode(canonical_file_mode(executable)))
+        .map_err(StoreError::io("chmod", path))?;
+    set_canonical_time_fd(&f, path)
+}
+
+/// Finishes a directory whose children are complete: mode 0555, canonical mtime.
+pub fn seal_directory(path: &Path) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o555)).map_err(StoreError::io("chmod", path))?;
+    set_canonical_time(path)
+}
+
+/// Removes a tree even if its directories are read-only (as store paths are).
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Io { action: "inspect", path: path.to_path_buf(), source: e }),
+    };
+    if meta.is_dir() {
+        if meta.mode() & 0o700 != 0o700 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(StoreError::io("chmod", path))?;
+        }
+        for entry in fs::read_dir(path).map_err(StoreError::io("list", path))? {
+            let entry = entry.map_err(StoreError::io("list", path))?;
+            remove_tree(&entry.path())?;
+        }
+        fs::remove_dir(path).map_err(StoreError::io("remove", path))
+    } else {
+        fs::remove_file(path).map_err(StoreError::io("remove", path))
+    }
+}
+
+/// A staging directory for a path being added, removed on drop. It is created inside the
+/// store's `tmp/`, on the same filesystem as the store, so the finished tree can be
+/// renamed into place.
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// Creates a fresh staging directory under `tmp`.
+    pub fn new(tmp: &Path) -> Result<Staging> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("stage-{}-", std::process::id()))
+            .tempdir_in(tmp)
+            .map_err(StoreError::io("create a staging directory in", tmp))?
+            .keep();
+        Ok(Staging { dir })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Best effort: a failure leaves garbage that the next idle open sweeps away.
+        let _ = remove_tree(&self.dir);
+    }
+}
+
+/// Kind of a file, in words, for errors about unsupported types.
+pub fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Canonicalises a tree in place, as build outputs are before registration: regular files
+/// become 0444 or 0555 (by the owner-x bit), directories 0555, no setuid/setgid/sticky
+/// bits, no extended attributes, mtime 1. Anything but regular files, directories and
+/// symlinks is refused, naming the file.
+pub fn canonicalise_in_place(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(StoreError::io("inspect", path))?;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        return set_canonical_time(path);
+    }
+    if !t.is_file() && !t.is_dir() {
+        return Err(StoreError::UnsupportedFileType { path: path.to_path_buf(), kind: kind_of(&meta) });
+    }
+    remove_xattrs(path)?;
+    if t.is_dir() {
+        // Make sure we can descend and modify children, then seal after them.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(StoreError::io("chmod", path))?;
+        for entry in fs::read_dir(path).map_err(StoreError::io("list", path))? {
+            let entry = entry.map_err(StoreError::io("list", path))?;
+            canonicalise_in_place(&entry.path())?;
+        }
+        seal_directory(path)
+    } else {
+        let mode = canonical_file_mode(meta.mode() & 0o100 != 0);
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(StoreError::io("chmod", path))?;
+        set_canonical_time(path)
+    }
+}
+
+/// Removes every extended attribute of `path` (not following symlinks).
+fn remove_xattrs(path: &Path) -> Result<()> {
+    let err = |action, e: rustix::io::Errno| StoreError::Io { action, path: path.to_path_buf(), source: e.into() };
+    let mut buf = vec![0u8; 4096];
+    let len = match rustix::fs::llistxattr(path, &mut buf) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        Err(rustix::io::Errno::RANGE) => {
+            buf.resize(65536, 0);
+            rustix::fs::llistxattr(path, &mut buf).map_err(|e| err("list the extended attributes of", e))?
+        }
+        Err(e) => return Err(err("list the extended attributes of", e)),
+    };
+    for name in buf[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::ffi::OsStr::from_bytes(name);
+        rustix::fs::lremovexattr(path, name).map_err(|e| err("remove an extended attribute of", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Metadata records of valid paths: one JSON file per path, in the shape of
+//! `nix path-info --json`, written atomically (temporary file, `fsync`, rename). Does I/O.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store, StoreError};
+use crate::compat::{Hash, StorePath};
+
+/// What the store knows of a valid path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPathInfo {
+    /// The path.
+    pub path: StorePath,
+    /// SHA-256 of its NAR serialisation.
+    pub nar_hash: Hash,
+    /// Size of the NAR serialisation.
+    pub nar_size: u64,
+    /// Store paths its contents mention (may include itself).
+    pub references: BTreeSet<StorePath>,
+    /// The `.drv` that built it, if any.
+    pub deriver: Option<StorePath>,
+    /// Content address (`fixed:r:sha256:…`, `text:sha256:…`) for content-addressed paths.
+    pub ca: Option<String>,
+    /// Seconds since the epoch when it became valid.
+    pub registration_time: u64,
+    /// Signatures (`key:base64`).
+    pub signatures: Vec<String>,
+    /// Whether it was built or added here (rather than substituted).
+    pub ultimate: bool,
+}
+
+/// The JSON form, field for field `nix path-info --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathInfoJson {
+    /// Full logical path.
+    pub path: String,
+    /// SRI NAR hash.
+    pub nar_hash: String,
+    /// NAR size.
+    pub nar_size: u64,
+    /// Full logical paths of references.
+    pub references: Vec<String>,
+    /// Content address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ca: Option<String>,
+    /// Full logical path of the deriver.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deriver: Option<String>,
+    /// Registration time.
+    pub registration_time: u64,
+    /// Built or added locally.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub ultimate: bool,
+    /// Signatures.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub signatures: Vec<String>,
+}
+
+impl ValidPathInfo {
+    /// The JSON form for `store`.
+    pub fn to_json(&self, store: &Store) -> PathInfoJson {
+        PathInfoJson {
+            path: store.print(&self.path),
+            nar_hash: self.nar_hash.to_sri(),
+            nar_size: self.nar_size,
+            references: self.references.iter().map(|r| store.print(r)).collect(),
+            ca: self.ca.clone(),
+            deriver: self.deriver.as_ref().map(|d| store.print(d)),
+            registration_time: self.registration_time,
+            ultimate: self.ultimate,
+            signatures: self.signatures.clone(),
+        }
+    }
+
+    fn from_json(store: &Store, json: PathInfoJson) -> std::result::Result<ValidPathInfo, String> {
+        let sd = store.store_dir();
+        let parse = |p: &str| sd.parse_path(p).map_err(|e| e.to_string());
+        Ok(ValidPathInfo {
+            path: parse(&json.path)?,
+            nar_hash: Hash::parse(&json.nar_hash).map_err(|e| e.to_string())?,
+            nar_size: json.nar_size,
+            references: json.references.iter().map(|r| parse(r)).collect::<std::result::Result<_, _>>()?,
+            deriver: json.deriver.as_deref().map(parse).transpose()?,
+            ca: json.ca,
+            registration_time: json.registration_time,
+            signatures: json.signatures,
+            ultimate: json.ultimate,
+        })
+    }
+}
+
+fn record_path(store: &Store, path: &StorePath) -> PathBuf {
+    store.db_dir().join(format!("{path}.json"))
+}
+
+/// Reads the record of `path`; `None` if the path is not valid.
+pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
+    let file = record_path(store, path);
+    let text = match std::fs::read(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::Io { action: "read", path: file, source: e }),
+    };
+    let corrupt = |reason: String| StoreError::CorruptMetadata { path: file.clone(), reason };
+    let json: PathInfoJson = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    let info = ValidPathInfo::from_json(store, json).map_err(corrupt)?;
+    if &info.path != path {
+        return Err(corrupt(format!("it describes `{}`", store.print(&info.path))));
+    }
+    Ok(Some(info))
+}
+
+/// Writes the record of `info.path` atomically: the moment the path becomes valid.
+pub fn write(store: &Store, info: &ValidPathInfo) -> Result<()> {
+    let file = record_path(store, &info.path);
+    let json = serde_json::to_vec(&info.to_json(store)).map_err(|e| StoreError::Refused(e.to_string()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".record-")
+        .tempfile_in(store.db_dir())
+        .map_err(StoreError::io("create a record in", store.db_dir()))?;
+    tmp.write_all(&json).map_err(StoreError::io("write", tmp.path().to_path_buf()))?;
+    tmp.as_file().sync_all().map_err(StoreError::io("sync", tmp.path().to_path_buf()))?;
+    tmp.persist(&file).map_err(|e| StoreError::Io { action: "write", path: file.clone(), source: e.error })?;
+    Ok(())
+}
+
+/// Removes the record of `path`: the moment it stops being valid.
+pub fn remove(store: &Store, path: &StorePath) -> Result<()> {
+    let file = record_path(store, path);
+    match std::fs::remove_file(&file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io { action: "remove", path: file, source: e }),
+    }
+}
+
+/// Every valid path, sorted. Records are named `<hash>-<name>.json`, so the listing
+/// needs no read of each record.
+pub fn list(store: &Store) -> Result<Vec<StorePath>> {
+    let dir = store.db_dir();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
+        let entry = entry.map_err(StoreError::io("list", &dir))?;
+        let name = entry.file_name();
+        let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        if let Ok(path) = StorePath::from_base_name(base) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,498 @@
+//! The immutable store: layout, path metadata, locks, adding and registering paths,
+//! verification, GC roots and garbage collection. Does filesystem I/O.
+//!
+//! Layout under the physical root (default `store/` of the project):
+//!
+//! ```text
+//! <root>/nix/store/<hash>-<name>          the paths themselves (0444/0555, mtime 1)
+//! <root>/nix/var/ksbuild/db/<hash>.json   one metadata record per valid path
+//! <root>/nix/var/ksbuild/locks/           per-path locks and the GC lock
+//! <root>/nix/var/ksbuild/tmp/             staging of paths being added
+//! <root>/nix/var/ksbuild/gcroots/         direct roots; `auto/` holds indirect roots
+//! ```
+//!
+//! A path is *valid* exactly when its metadata record exists. The record is written last,
+//! by an atomic rename, after the contents are complete and canonical; so a killed process
+//! leaves at worst an unregistered directory or a staging directory, which the next
+//! process that finds the store idle sweeps away (see [`Store::open`]).
+
+mod dump;
+mod fsutil;
+mod gc;
+mod lock;
+mod metadata;
+mod pipe;
+mod verify;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use dump::{dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar, RestoreMode};
+pub use gc::GcReport;
+pub use lock::{FileLock, LockKind};
+pub use metadata::{PathInfoJson, ValidPathInfo};
+pub use verify::{Damage, VerifyReport};
+
+use crate::compat::nar::NarError;
+use crate::compat::store_path::StorePathError;
+use crate::compat::{FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath};
+
+/// Everything that can go wrong in the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("cannot {action} `{path}`")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file of a type the store cannot hold.
+    #[error("`{path}` is a {kind}; the store holds only regular files, directories and symlinks")]
+    UnsupportedFileType { path: PathBuf, kind: &'static str },
+    /// A name or path that is not a store path.
+    #[error(transparent)]
+    StorePath(#[from] StorePathError),
+    /// A NAR could not be written or read.
+    #[error("NAR error while processing `{path}`")]
+    Nar {
+        path: PathBuf,
+        #[source]
+        source: NarError,
+    },
+    /// The path is not valid in this store.
+    #[error("`{path}` is not valid in the store at `{root}`")]
+    NotValid { path: String, root: PathBuf },
+    /// A metadata record could not be parsed.
+    #[error("metadata record `{path}` is corrupt: {reason}")]
+    CorruptMetadata { path: PathBuf, reason: String },
+    /// A name could not be derived from a source path.
+    #[error("cannot name a store path after `{0}`")]
+    NoName(PathBuf),
+    /// A flat add of something that is not a regular file.
+    #[error("`{0}` is not a regular file; flat hashing needs one (use `--recursive` for directories)")]
+    FlatNotRegular(PathBuf),
+    /// A path references something that is not valid.
+    #[error("`{path}` references `{reference}`, which is not valid in the store")]
+    MissingReference { path: String, reference: String },
+    /// The operation was refused for safety.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    /// A short suggestion of what to do, where one helps.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::UnsupportedFileType { .. } => {
+                Some("remove the special file (socket, FIFO or device node) from the tree, or add a folder without it".into())
+            }
+            StoreError::NotValid { .. } => Some("add it with `ksbuild store add`, or check `--store`/`KSBUILD_STORE`".into()),
+            StoreError::CorruptMetadata { .. } => {
+                Some("run `ksbuild store verify` to list damage; delete the record to make the path invalid".into())
+            }
+            StoreError::NoName(_) => Some("pass `--name NAME`".into()),
+            StoreError::StorePath(StorePathError::BadName { .. }) => {
+                Some("pass `--name NAME` with letters, digits and `+-._?=` only".into())
+            }
+            StoreError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                Some("check the permissions of the store root (`--store`, `KSBUILD_STORE`)".into())
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { action, path, source }
+    }
+}
+
+/// Result type of the store layer.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What the store tells its user about while it works. Only the CLI implements this;
+/// the default methods say nothing.
+pub trait Observer: Send + Sync {
+    /// About to block on a lock held by another process.
+    fn waiting_for_lock(&self, _what: &str, _lock: &Path) {}
+    /// A leftover of an interrupted operation was removed.
+    fn recovered(&self, _what: &Path) {}
+    /// A path is being deleted by the garbage collector.
+    fn deleting(&self, _path: &str) {}
+}
+
+/// An observer that says nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// How to add a path.
+#[derive(Debug, Clone)]
+pub struct AddOptions {
+    /// Store name; defaults to the source's file name.
+    pub name: Option<String>,
+    /// Flat (a single file's bytes) or recursive (NAR).
+    pub method: FileIngestionMethod,
+    /// Hash algorithm of the content address.
+    pub algo: HashAlgo,
+}
+
+impl Default for AddOptions {
+    fn default() -> Self {
+        AddOptions { name: None, method: FileIngestionMethod::Recursive, algo: HashAlgo::Sha256 }
+    }
+}
+
+/// A store: a logical store directory and the physical root holding it.
+#[derive(Clone)]
+pub struct Store {
+    root: PathBuf,
+    store_dir: StoreDir,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).field("store_dir", &self.store_dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at physical root `root`. If no other process
+    /// is using the store, leftovers of interrupted operations are swept away first.
+    pub fn open(root: &Path, store_dir: StoreDir, observer: Arc<dyn Observer>) -> Result<Store> {
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(StoreError::io("read", "."))?.join(root)
+        };
+        let store = Store { root, store_dir, observer };
+        store.refuse_foreign_store()?;
+        for dir in [
+            store.real_store_dir(),
+            store.db_dir(),
+            store.locks_dir(),
+            store.tmp_dir(),
+            store.gcroots_dir().join("auto"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
+        }
+        if let Some(_idle) = store.try_lock_gc_exclusive()? {
+            gc::sweep_leftovers(&store)?;
+        }
+        Ok(store)
+    }
+
+    /// Refuses to adopt a store directory that has contents but no ksbuild metadata (for
+    /// example a real Nix store): sweeping it would delete paths ksbuild never registered.
+    fn refuse_foreign_store(&self) -> Result<()> {
+        if self.var_dir().exists() {
+            return Ok(());
+        }
+        let real = self.real_store_dir();
+        let occupied = std::fs::read_dir(&real).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if occupied {
+            return Err(StoreError::Refused(format!(
+                "`{}` holds paths but no ksbuild metadata (`{}`); it looks like a store ksbuild did not create, \
+                 and ksbuild will not adopt it. Point `--store` at a new directory",
+                real.display(),
+                self.var_dir().display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The physical root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The logical store directory.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &dyn Observer {
+        self.observer.as_ref()
+    }
+
+    /// Where the logical store directory physically is: `<root><store_dir>`.
+    pub fn real_store_dir(&self) -> PathBuf {
+        self.root.join(self.store_dir.as_str().trim_start_matches('/'))
+    }
+
+    fn var_dir(&self) -> PathBuf {
+        self.root.join("nix/var/ksbuild")
+    }
+    fn db_dir(&self) -> PathBuf {
+        self.var_dir().join("db")
+    }
+    fn locks_dir(&self) -> PathBuf {
+        self.var_dir().join("locks")
+    }
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.var_dir().join("tmp")
+    }
+    /// Directory of GC roots: symlinks to store paths, and `auto/` with indirect roots.
+    pub fn gcroots_dir(&self) -> PathBuf {
+        self.var_dir().join("gcroots")
+    }
+
+    /// The physical location of `path`.
+    pub fn physical_path(&self, path: &StorePath) -> PathBuf {
+        self.real_store_dir().join(path.to_string())
+    }
+
+    /// The logical (printed) form of `path`.
+    pub fn print(&self, path: &StorePath) -> String {
+        self.store_dir.display(path)
+    }
+
+    /// Parses a path given by a user: a logical store path, a physical one, or a path
+    /// beneath either (e.g. a `result` symlink is followed first).
+    pub fn parse_user_path(&self, text: &Path) -> Result<StorePath> {
+        let s = text.to_string_lossy();
+        if let Ok((p, _)) = self.store_dir.parse_path_prefix(&s) {
+            return Ok(p);
+        }
+        let real = self.real_store_dir();
+        let resolved = std::fs::canonicalize(text).unwrap_or_else(|_| text.to_path_buf());
+        let real_canon = std::fs::canonicalize(&real).unwrap_or(real);
+        for candidate in [text.to_path_buf(), resolved] {
+            if let Ok(rest) = candidate.strip_prefix(&real_canon) {
+                if let Some(first) = rest.components().next() {
+                    return Ok(StorePath::from_base_name(&first.as_os_str().to_string_lossy())?);
+                }
+            }
+        }
+        Err(StoreError::StorePath(StorePathError::NotInStore {
+            path: s.into_owned(),
+            store_dir: self.store_dir.to_string(),
+        }))
+    }
+
+    fn path_lock_file(&self, path: &StorePath) -> PathBuf {
+        self.locks_dir().join(format!("{}.lock", path.hash_part()))
+    }
+
+    /// Locks `path` against concurrent registration or deletion.
+    pub fn lock_path(&self, path: &StorePath) -> Result<FileLock> {
+        lock::lock(&self.path_lock_file(path), LockKind::Exclusive, self.observer(), &self.print(path))
+    }
+
+    /// Takes the GC lock shared: held by every operation that adds paths or uses them
+    /// (builds), so the collector never deletes what they work with.
+    pub fn lock_gc_shared(&self) -> Result<FileLock> {
+        lock::lock(&self.locks_dir().join("gc.lock"), LockKind::Shared, self.observer(), "the store (garbage collection running)")
+    }
+
+    fn lock_gc_exclusive(&self) -> Result<FileLock> {
+        lock::lock(
+            &self.locks_dir().join("gc.lock"),
+            LockKind::Exclusive,
+            self.observer(),
+            "the store (other ksbuild processes are adding or building)",
+        )
+    }
+
+    fn try_lock_gc_exclusive(&self) -> Result<Option<FileLock>> {
+        lock::try_lock(&self.locks_dir().join("gc.lock"), LockKind::Exclusive)
+    }
+
+    /// Metadata of `path` if it is valid.
+    pub fn query_path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>> {
+        metadata::read(self, path)
+    }
+
+    /// Metadata of `path`, or an error naming it if it is not valid.
+    pub fn path_info(&self, path: &StorePath) -> Result<ValidPathInfo> {
+        self.query_path_info(path)?
+            .ok_or_else(|| StoreError::NotValid { path: self.print(path), root: self.root.clone() })
+    }
+
+    /// Whether `path` is valid.
+    pub fn is_valid(&self, path: &StorePath) -> Result<bool> {
+        Ok(self.query_path_info(path)?.is_some())
+    }
+
+    /// Every valid path, sorted.
+    pub fn valid_paths(&self) -> Result<Vec<StorePath>> {
+        metadata::list(self)
+    }
+
+    /// The closure of `paths` under references (including themselves).
+    pub fn closure(&self, paths: impl IntoIterator<Item = StorePath>) -> Result<BTreeSet<StorePath>> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<StorePath> = paths.into_iter().collect();
+        while let Some(p) = todo.pop() {
+            if seen.contains(&p) {
+                continue;
+            }
+            let info = self.path_info(&p)?;
+            todo.extend(info.references.iter().filter(|r| !seen.contains(*r)).cloned());
+            seen.insert(p);
+        }
+        Ok(seen)
+    }
+
+    /// Adds a file or tree to the store, as `nix-store --add` / `--add-fixed` do: one
+    /// traversal copies it into staging (canonical modes and mtimes), NAR-hashes it and,
+    /// for flat adds, hashes the file. The result is registered atomically.
+    pub fn add_path(&self, source: &Path, options: &AddOptions) -> Result<ValidPathInfo> {
+        let name = match &options.name {
+            Some(n) => n.clone(),
+            None => source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| StoreError::NoName(source.to_path_buf()))?,
+        };
+        crate::compat::store_path::validate_name(&name)?;
+        let _gc = self.lock_gc_shared()?;
+        let staging = fsutil::Staging::new(&self.tmp_dir())?;
+        let target = staging.path().join("x");
+        let flat = options.method == FileIngestionMethod::Flat;
+        let meta = std::fs::symlink_metadata(source).map_err(StoreError::io("read", source))?;
+        if flat && !meta.is_file() {
+            return Err(StoreError::FlatNotRegular(source.to_path_buf()));
+        }
+        let nar_algo = (options.method == FileIngestionMethod::Recursive && options.algo != HashAlgo::Sha256)
+            .then_some(options.algo);
+        let out = dump::copy_and_hash(source, &target, flat.then_some(options.algo), nar_algo)?;
+        let ca_hash = if flat {
+            out.flat_hash.clone().ok_or_else(|| StoreError::Refused("flat hash missing".into()))?
+        } else {
+            out.nar_other_hash.clone().unwrap_or_else(|| out.nar_hash.clone())
+        };
+        let path = self.store_dir.make_fixed_output_path(options.method, &ca_hash, &name, &BTreeSet::new(), false)?;
+        let info = ValidPathInfo {
+            path: path.clone(),
+            nar_hash: out.nar_hash,
+            nar_size: out.nar_size,
+            references: BTreeSet::new(),
+            deriver: None,
+            ca: Some(content_address(options.method, &ca_hash)),
+            registration_time: 0,
+            signatures: Vec::new(),
+            ultimate: true,
+        };
+        self.register_staged(&target, info)
+    }
+
+    /// Adds `contents` as a text path (how `.drv` files and `builtins.toFile` are stored).
+    pub fn add_text(&self, name: &str, contents: &[u8], references: &BTreeSet<StorePath>) -> Result<ValidPathInfo> {
+        let hash = Hash::sha256(contents);
+        let path = self.store_dir.make_text_path(name, &hash, references)?;
+        if let Some(info) = self.query_path_info(&path)? {
+            return Ok(info);
+        }
+        for r in references {
+            if !self.is_valid(r)? {
+                return Err(StoreError::MissingReference { path: self.print(&path), reference: self.print(r) });
+            }
+        }
+        let _gc = self.lock_gc_shared()?;
+        let staging = fsutil::Staging::new(&self.tmp_dir())?;
+        let target = staging.path().join("x");
+        fsutil::write_canonical_file(&target, contents, false)?;
+        let (nar_hash, nar_size) = nar_hash_path(&target)?;
+        let info = ValidPathInfo {
+            path,
+            nar_hash,
+            nar_size,
+            references: references.clone(),
+            deriver: None,
+            ca: Some(format!("text:sha256:{}", hash.to_nix32())),
+            registration_time: 0,
+            signatures: Vec::new(),
+            ultimate: true,
+        };
+        self.register_staged(&target, info)
+    }
+
+    /// Registers a canonical tree at `staged` (on the store's filesystem) as `info.path`:
+    /// takes the path's lock, keeps an existing valid copy if there is one, otherwise
+    /// replaces any unregistered leftover, renames the tree into place and then writes the
+    /// metadata record — the step that makes the path valid.
+    pub fn register_staged(&self, staged: &Path, mut info: ValidPathInfo) -> Result<ValidPathInfo> {
+        let _lock = self.lock_path(&info.path)?;
+        if let Some(existing) = self.query_path_info(&info.path)? {
+            return Ok(existing);
+        }
+        for r in &info.references {
+            if r != &info.path && !self.is_valid(r)? {
+                return Err(StoreError::MissingReference { path: self.print(&info.path), reference: self.print(r) });
+            }
+        }
+        let dest = self.physical_path(&info.path);
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            fsutil::remove_tree(&dest)?;
+            self.observer.recovered(&dest);
+        }
+        std::fs::rename(staged, &dest).map_err(StoreError::io("move into the store", &dest))?;
+        if info.registration_time == 0 {
+            info.registration_time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+        }
+        metadata::write(self, &info)?;
+        Ok(info)
+    }
+
+    /// Registers a tree that a build wrote at `staged` (on the store's filesystem) as
+    /// `path`: canonicalises it in place, NAR-hashes it, scans it for the hash parts of
+    /// `candidates` (the build's input closure and its own outputs), and registers it.
+    pub fn register_output(
+        &self,
+        staged: &Path,
+        path: &StorePath,
+        candidates: &BTreeSet<StorePath>,
+        deriver: Option<&StorePath>,
+        ca: Option<String>,
+    ) -> Result<ValidPathInfo> {
+        let _gc = self.lock_gc_shared()?;
+        fsutil::canonicalise_in_place(staged)?;
+        let pipe = dump_path(staged, pipe::DigestPipe::new(None, candidates))?;
+        let d = pipe.finish().map_err(StoreError::io("hash", staged))?;
+        let info = ValidPathInfo {
+            path: path.clone(),
+            nar_hash: d.sha256,
+            nar_size: d.size,
+            references: d.references,
+            deriver: deriver.cloned(),
+            ca,
+            registration_time: 0,
+            signatures: Vec::new(),
+            ultimate: true,
+        };
+        self.register_staged(staged, info)
+    }
+
+    /// Makes `link` (e.g. `./result`) a symlink to `path` and registers it as an indirect
+    /// GC root: the path stays alive as long as the link exists and points to it.
+    pub fn add_indirect_root(&self, link: &Path, path: &StorePath) -> Result<()> {
+        gc::add_indirect_root(self, link, path)
+    }
+
+    /// Deletes every valid path not reachable from a root (or only lists them with
+    /// `dry_run`). Waits until no other process is adding or building.
+    pub fn collect_garbage(&self, dry_run: bool) -> Result<GcReport> {
+        gc::collect(self, dry_run)
+    }
+
+    /// Checks every valid path: presence, references, and with `check_contents` the NAR
+    /// hash and size.
+    pub fn verify(&self, check_contents: bool) -> Result<VerifyReport> {
+        verify::verify(self, check_contents)
+    }
+}
+
+/// The `ca` field of a content-addressed path, in Nix's text form.
+pub fn content_address(method: FileIngestionMethod, hash: &Hash) -> String {
+    let r = if method == FileIngestionMethod::Recursive { "r:" } else { "" };
+    format!("fixed:{r}{}", hash.to_nix32_prefixed())
+}
