@@ -1,6 +1,46 @@
 //! ksbuild: a Nix-style hermetic derivation builder for KubeSolo OS.
-#![doc = "(architecture tour: to be written)"]
+//!
+//! # A tour of the architecture
+//!
+//! Every artifact of KubeSolo OS (a kernel per track, an initramfs per architecture, the
+//! disk images) is a pure derivation with hashed inputs, built in a rootless namespace
+//! sandbox into an immutable store. The store speaks Nix's formats, so Nix users and Nix
+//! binary caches can consume the same paths. The code is layered; each layer is a folder
+//! of `src/` and may use only the layers above it in this list:
+//!
+//! | layer | owns | effects |
+//! |---|---|---|
+//! | [`compat`] | nixbase32, hashes, store paths, ATerm `.drv`s and hash-modulo, NAR, narinfo, signatures | none: bytes in, bytes out |
+//! | [`store`] | layout, locks, add/register (canonicalise, NAR hash, reference scan), metadata, verify, GC roots, GC | filesystem |
+//! | [`cli`] | clap commands, output, exit codes | terminal |
+//!
+//! Layers still to come (see `../shared/DESIGN.md`): `model` (the TOML of `derivations/`
+//! and `sandboxes/`, lowered to [`compat::derivation`]), `graph` (the DAG and scheduler),
+//! `sandbox` (namespaces and mounts — the only place allowed `unsafe`) and `fetch`.
+//!
+//! # Two ideas to keep in mind
+//!
+//! * **Logical versus physical store.** A [`compat::StoreDir`] (`/nix/store` by default)
+//!   is hashed into every path; a [`store::Store`] keeps the bytes under a physical root
+//!   (`store/` of the project by default) at `<root>/nix/store/<hash>-<name>`. Hashing
+//!   code only ever sees the logical directory.
+//! * **Validity is a record.** A path is valid exactly when its metadata record exists;
+//!   the record is written by an atomic rename after the contents are complete and
+//!   canonical. A killed process therefore never leaves a path that looks valid and is not,
+//!   and the next process to find the store idle sweeps away what was left half-done.
+//!
+//! # Files
+//!
+//! * `compat/nixbase32.rs`, `base64.rs`, `hash.rs` — encodings and [`compat::Hash`].
+//! * `compat/store_path.rs` — [`compat::StorePath`], `makeStorePath` and friends.
+//! * `compat/nar.rs` — streaming NAR writer and strict reader; `refscan.rs` — reference scanning.
+//! * `compat/derivation.rs` — ATerm, `hashDerivationModulo`, output and `.drv` paths.
+//! * `compat/narinfo.rs`, `signing.rs` — narinfo files, fingerprints, Ed25519 keys.
+//! * `store/mod.rs` — [`store::Store`]: add, register, query; `dump.rs` — trees ⇄ NARs;
+//!   `pipe.rs` — the hashing thread; `metadata.rs` — records; `lock.rs` — `flock` locks;
+//!   `gc.rs` — roots, collection and the sweep of leftovers; `verify.rs`; `fsutil.rs`.
+//! * `cli/` — one file per command group.
 
-pub mod compat;
 pub mod cli;
+pub mod compat;
 pub mod store;
