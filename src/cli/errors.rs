@@ -25,7 +25,10 @@ pub enum CliError {
     },
     /// A usage error with a suggestion.
     #[error("{message}")]
-    Usage { message: String, hint: Option<String> },
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
     /// The command ran and found problems (already printed); exit non-zero.
     #[error("{0}")]
     Failed(String),
@@ -42,7 +45,9 @@ impl Diagnostic for CliError {
     fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
         let hint = match self {
             CliError::Store(e) => e.hint(),
-            CliError::Hash(_) => Some("hashes look like `sha256-<base64>` or `sha256:<nix32 or hex>`".to_string()),
+            CliError::Hash(_) => {
+                Some("hashes look like `sha256-<base64>` or `sha256:<nix32 or hex>`".to_string())
+            }
             CliError::Usage { hint, .. } => hint.clone(),
             CliError::Io { .. } | CliError::Failed(_) => None,
         };

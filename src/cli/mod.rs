@@ -26,7 +26,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "KSBUILD_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
     /// Logical store directory hashed into every path.
-    #[arg(long, global = true, env = "KSBUILD_STORE_DIR", default_value = "/nix/store", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "KSBUILD_STORE_DIR",
+        default_value = "/nix/store",
+        value_name = "PATH"
+    )]
     store_dir: String,
     /// Print nothing but data and errors.
     #[arg(long, short, global = true)]
@@ -53,12 +59,18 @@ struct Terminal {
 impl Observer for Terminal {
     fn waiting_for_lock(&self, what: &str, lock: &Path) {
         if !self.quiet {
-            eprintln!("waiting for the lock on {what} (`{}`), held by another ksbuild process", lock.display());
+            eprintln!(
+                "waiting for the lock on {what} (`{}`), held by another ksbuild process",
+                lock.display()
+            );
         }
     }
     fn recovered(&self, what: &Path) {
         if !self.quiet {
-            eprintln!("removed `{}`, left over by an interrupted operation", what.display());
+            eprintln!(
+                "removed `{}`, left over by an interrupted operation",
+                what.display()
+            );
         }
     }
     fn deleting(&self, path: &str) {
@@ -79,7 +91,11 @@ impl Context {
     /// Opens the store.
     fn open_store(&self) -> Result<Store, CliError> {
         let store_dir = StoreDir::new(&self.store_dir).map_err(crate::store::StoreError::from)?;
-        Ok(Store::open(&self.store_root, store_dir, Arc::new(Terminal { quiet: self.quiet }))?)
+        Ok(Store::open(
+            &self.store_root,
+            store_dir,
+            Arc::new(Terminal { quiet: self.quiet }),
+        )?)
     }
 
     /// Prints a note on stderr unless `--quiet`.
@@ -109,7 +125,10 @@ fn out(bytes: &[u8]) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        r => r.map_err(|e| CliError::Io { action: "write to stdout", source: e }),
+        r => r.map_err(|e| CliError::Io {
+            action: "write to stdout",
+            source: e,
+        }),
     }
 }
 
@@ -120,7 +139,10 @@ fn out_line(line: &str) -> Result<(), CliError> {
 
 /// Writes a value as JSON (one line) to stdout.
 fn out_json(value: &impl serde::Serialize) -> Result<(), CliError> {
-    let text = serde_json::to_string(value).map_err(|e| CliError::Io { action: "encode JSON", source: e.into() })?;
+    let text = serde_json::to_string(value).map_err(|e| CliError::Io {
+        action: "encode JSON",
+        source: e.into(),
+    })?;
     out_line(&text)
 }
 

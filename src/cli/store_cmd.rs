@@ -85,16 +85,48 @@ pub enum StoreCommand {
 
 pub fn run(ctx: &Context, cmd: StoreCommand) -> Result<ExitCode, CliError> {
     match cmd {
-        StoreCommand::Add { name, paths } => {
-            add(ctx, name, paths, AddOptions { name: None, method: FileIngestionMethod::Recursive, algo: HashAlgo::Sha256 })
-        }
-        StoreCommand::AddFixed { recursive, name, algo, paths } => {
-            let method = if recursive { FileIngestionMethod::Recursive } else { FileIngestionMethod::Flat };
+        StoreCommand::Add { name, paths } => add(
+            ctx,
+            name,
+            paths,
+            AddOptions {
+                name: None,
+                method: FileIngestionMethod::Recursive,
+                algo: HashAlgo::Sha256,
+            },
+        ),
+        StoreCommand::AddFixed {
+            recursive,
+            name,
+            algo,
+            paths,
+        } => {
+            let method = if recursive {
+                FileIngestionMethod::Recursive
+            } else {
+                FileIngestionMethod::Flat
+            };
             let algo = HashAlgo::from_name(&algo)?;
-            add(ctx, name, paths, AddOptions { name: None, method, algo })
+            add(
+                ctx,
+                name,
+                paths,
+                AddOptions {
+                    name: None,
+                    method,
+                    algo,
+                },
+            )
         }
-        StoreCommand::PathInfo { json, recursive, paths } => path_info(ctx, json, recursive, paths),
-        StoreCommand::Verify { check_contents, json } => {
+        StoreCommand::PathInfo {
+            json,
+            recursive,
+            paths,
+        } => path_info(ctx, json, recursive, paths),
+        StoreCommand::Verify {
+            check_contents,
+            json,
+        } => {
             let store = ctx.open_store()?;
             let report = store.verify(check_contents)?;
             if json {
@@ -106,14 +138,21 @@ pub fn run(ctx: &Context, cmd: StoreCommand) -> Result<ExitCode, CliError> {
                 ctx.note(&format!(
                     "checked {} paths{}: {} damaged",
                     report.checked,
-                    if check_contents { " and their contents" } else { "" },
+                    if check_contents {
+                        " and their contents"
+                    } else {
+                        ""
+                    },
                     report.damaged.len()
                 ));
             }
             if report.damaged.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                Err(CliError::Failed(format!("{} damaged paths in the store", report.damaged.len())))
+                Err(CliError::Failed(format!(
+                    "{} damaged paths in the store",
+                    report.damaged.len()
+                )))
             }
         }
         StoreCommand::Gc { dry_run, json } => {
@@ -147,9 +186,13 @@ pub fn run(ctx: &Context, cmd: StoreCommand) -> Result<ExitCode, CliError> {
             let physical = resolve_dump_source(ctx, &path)?;
             let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             match store::dump_path(&physical, stdout) {
-                Err(store::StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(store::StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::BrokenPipe => {}
                 r => {
-                    drop(r?.into_inner().map_err(|e| CliError::Io { action: "write to stdout", source: e.into_error() })?);
+                    drop(r?.into_inner().map_err(|e| CliError::Io {
+                        action: "write to stdout",
+                        source: e.into_error(),
+                    })?);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -161,7 +204,12 @@ pub fn run(ctx: &Context, cmd: StoreCommand) -> Result<ExitCode, CliError> {
     }
 }
 
-fn add(ctx: &Context, name: Option<String>, paths: Vec<PathBuf>, mut options: AddOptions) -> Result<ExitCode, CliError> {
+fn add(
+    ctx: &Context,
+    name: Option<String>,
+    paths: Vec<PathBuf>,
+    mut options: AddOptions,
+) -> Result<ExitCode, CliError> {
     if name.is_some() && paths.len() > 1 {
         return Err(CliError::Usage {
             message: "`--name` names one path, but several were given".into(),
@@ -177,7 +225,12 @@ fn add(ctx: &Context, name: Option<String>, paths: Vec<PathBuf>, mut options: Ad
     Ok(ExitCode::SUCCESS)
 }
 
-fn path_info(ctx: &Context, json: bool, recursive: bool, paths: Vec<PathBuf>) -> Result<ExitCode, CliError> {
+fn path_info(
+    ctx: &Context,
+    json: bool,
+    recursive: bool,
+    paths: Vec<PathBuf>,
+) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
     let mut wanted: Vec<StorePath> = Vec::new();
     for p in &paths {
@@ -185,9 +238,16 @@ fn path_info(ctx: &Context, json: bool, recursive: bool, paths: Vec<PathBuf>) ->
         store.path_info(&sp)?;
         wanted.push(sp);
     }
-    let list: Vec<StorePath> = if recursive { store.closure(wanted)?.into_iter().collect() } else { wanted };
+    let list: Vec<StorePath> = if recursive {
+        store.closure(wanted)?.into_iter().collect()
+    } else {
+        wanted
+    };
     if json {
-        let infos = list.iter().map(|p| Ok(store.path_info(p)?.to_json(&store))).collect::<Result<Vec<_>, CliError>>()?;
+        let infos = list
+            .iter()
+            .map(|p| Ok(store.path_info(p)?.to_json(&store)))
+            .collect::<Result<Vec<_>, CliError>>()?;
         out_json(&infos)?;
     } else {
         for p in &list {
@@ -205,7 +265,10 @@ fn resolve_dump_source(ctx: &Context, path: &std::path::Path) -> Result<PathBuf,
             if std::fs::symlink_metadata(path).is_err() {
                 let store = ctx.open_store()?;
                 store.path_info(&p)?;
-                return Ok(PathBuf::from(format!("{}{rest}", store.physical_path(&p).display())));
+                return Ok(PathBuf::from(format!(
+                    "{}{rest}",
+                    store.physical_path(&p).display()
+                )));
             }
         }
     }

@@ -23,7 +23,12 @@ pub enum HashAlgo {
 
 impl HashAlgo {
     /// All algorithms, for messages that list them.
-    pub const ALL: [HashAlgo; 4] = [HashAlgo::Md5, HashAlgo::Sha1, HashAlgo::Sha256, HashAlgo::Sha512];
+    pub const ALL: [HashAlgo; 4] = [
+        HashAlgo::Md5,
+        HashAlgo::Sha1,
+        HashAlgo::Sha256,
+        HashAlgo::Sha512,
+    ];
 
     /// The name Nix uses (`sha256`, …).
     pub fn name(self) -> &'static str {
@@ -67,17 +72,32 @@ pub enum HashError {
     #[error("unknown hash algorithm `{0}` (expected md5, sha1, sha256 or sha512)")]
     UnknownAlgo(String),
     /// No algorithm was given and none is implied.
-    #[error("hash `{0}` does not say its algorithm (write it as `sha256:…` or in SRI form `sha256-…`)")]
+    #[error(
+        "hash `{0}` does not say its algorithm (write it as `sha256:…` or in SRI form `sha256-…`)"
+    )]
     MissingAlgo(String),
     /// The digest text fits none of the encodings for this algorithm.
     #[error("`{text}` is not a {algo} hash: expected {hex} hex, {nix32} nixbase32 or {b64} base64 characters")]
-    BadDigest { algo: HashAlgo, text: String, hex: usize, nix32: usize, b64: usize },
+    BadDigest {
+        algo: HashAlgo,
+        text: String,
+        hex: usize,
+        nix32: usize,
+        b64: usize,
+    },
     /// The digest has the length of one encoding but an invalid character in it.
     #[error("`{text}` is not valid {encoding}")]
-    BadEncoding { text: String, encoding: &'static str },
+    BadEncoding {
+        text: String,
+        encoding: &'static str,
+    },
     /// The SRI algorithm and an explicitly expected one differ.
     #[error("hash `{text}` is {found}, expected {expected}")]
-    AlgoMismatch { text: String, found: HashAlgo, expected: HashAlgo },
+    AlgoMismatch {
+        text: String,
+        found: HashAlgo,
+        expected: HashAlgo,
+    },
 }
 
 /// A digest together with its algorithm.
@@ -101,7 +121,10 @@ impl Hash {
 
     /// SHA-256 of `bytes`.
     pub fn sha256(bytes: &[u8]) -> Hash {
-        Hash { algo: HashAlgo::Sha256, digest: sha2::Sha256::digest(bytes).to_vec() }
+        Hash {
+            algo: HashAlgo::Sha256,
+            digest: sha2::Sha256::digest(bytes).to_vec(),
+        }
     }
 
     /// Hashes `bytes` with `algo`.
@@ -157,14 +180,21 @@ impl Hash {
     pub fn parse_with(text: &str, algo: Option<HashAlgo>) -> Result<Hash, HashError> {
         let (stated, digest, sri) = if let Some((a, d)) = text.split_once(':') {
             (Some(HashAlgo::from_name(a)?), d, false)
-        } else if let Some((a, d)) = text.split_once('-').filter(|(a, _)| HashAlgo::from_name(a).is_ok()) {
+        } else if let Some((a, d)) = text
+            .split_once('-')
+            .filter(|(a, _)| HashAlgo::from_name(a).is_ok())
+        {
             (Some(HashAlgo::from_name(a)?), d, true)
         } else {
             (None, text, false)
         };
         let algo = match (stated, algo) {
             (Some(s), Some(e)) if s != e => {
-                return Err(HashError::AlgoMismatch { text: text.to_string(), found: s, expected: e })
+                return Err(HashError::AlgoMismatch {
+                    text: text.to_string(),
+                    found: s,
+                    expected: e,
+                })
             }
             (Some(s), _) => s,
             (None, Some(e)) => e,
@@ -172,7 +202,10 @@ impl Hash {
         };
         let len = algo.digest_len();
         let b64_len = len.div_ceil(3) * 4;
-        let bad = |encoding| HashError::BadEncoding { text: text.to_string(), encoding };
+        let bad = |encoding| HashError::BadEncoding {
+            text: text.to_string(),
+            encoding,
+        };
         let digest = if sri {
             if digest.len() != b64_len {
                 return Err(HashError::BadDigest {
@@ -220,7 +253,10 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    text.as_bytes().chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
+    text.as_bytes()
+        .chunks(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
 }
 
 /// An incremental hasher for any [`HashAlgo`]; also an `io::Write` sink.
@@ -288,10 +324,22 @@ mod tests {
     #[test]
     fn prints_every_form_nix_prints() {
         let h = Hash::parse(&format!("sha256:{T1_HEX}")).unwrap();
-        assert_eq!(h.to_nix32(), "145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq");
-        assert_eq!(h.to_sri(), "sha256-ODZawYX1g2WOq6evhZkmy6/GoGp7w/QePd1gvhp+u5A=");
-        assert_eq!(h.to_base64(), "ODZawYX1g2WOq6evhZkmy6/GoGp7w/QePd1gvhp+u5A=");
-        assert_eq!(h.to_nix32_prefixed(), "sha256:145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq");
+        assert_eq!(
+            h.to_nix32(),
+            "145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq"
+        );
+        assert_eq!(
+            h.to_sri(),
+            "sha256-ODZawYX1g2WOq6evhZkmy6/GoGp7w/QePd1gvhp+u5A="
+        );
+        assert_eq!(
+            h.to_base64(),
+            "ODZawYX1g2WOq6evhZkmy6/GoGp7w/QePd1gvhp+u5A="
+        );
+        assert_eq!(
+            h.to_nix32_prefixed(),
+            "sha256:145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq"
+        );
     }
 
     #[test]
@@ -304,20 +352,42 @@ mod tests {
         ] {
             assert_eq!(Hash::parse(text).unwrap(), want, "{text}");
         }
-        assert_eq!(Hash::parse_with(T1_HEX, Some(HashAlgo::Sha256)).unwrap(), want);
         assert_eq!(
-            Hash::parse_with("145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq", Some(HashAlgo::Sha256)).unwrap(),
+            Hash::parse_with(T1_HEX, Some(HashAlgo::Sha256)).unwrap(),
+            want
+        );
+        assert_eq!(
+            Hash::parse_with(
+                "145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq",
+                Some(HashAlgo::Sha256)
+            )
+            .unwrap(),
             want
         );
     }
 
     #[test]
     fn rejects_with_reasons() {
-        assert!(matches!(Hash::parse(T1_HEX), Err(HashError::MissingAlgo(_))));
-        assert!(matches!(Hash::parse("sha3:abcd"), Err(HashError::UnknownAlgo(_))));
-        assert!(matches!(Hash::parse("sha256:abcd"), Err(HashError::BadDigest { .. })));
+        assert!(matches!(
+            Hash::parse(T1_HEX),
+            Err(HashError::MissingAlgo(_))
+        ));
+        assert!(matches!(
+            Hash::parse("sha3:abcd"),
+            Err(HashError::UnknownAlgo(_))
+        ));
+        assert!(matches!(
+            Hash::parse("sha256:abcd"),
+            Err(HashError::BadDigest { .. })
+        ));
         let bad_hex = format!("sha256:{}g", &T1_HEX[1..]);
-        assert!(matches!(Hash::parse(&bad_hex), Err(HashError::BadEncoding { encoding: "hex", .. })));
+        assert!(matches!(
+            Hash::parse(&bad_hex),
+            Err(HashError::BadEncoding {
+                encoding: "hex",
+                ..
+            })
+        ));
         assert!(matches!(
             Hash::parse_with("sha1-qUqP5cyxm6YcTAhz05Hph5gvu9M=", Some(HashAlgo::Sha256)),
             Err(HashError::AlgoMismatch { .. })
@@ -330,8 +400,14 @@ mod tests {
             Hash::sha256(b"hello").to_hex(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        assert_eq!(Hash::digest(HashAlgo::Sha1, b"test").to_hex(), "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
-        assert_eq!(Hash::digest(HashAlgo::Md5, b"").to_hex(), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            Hash::digest(HashAlgo::Sha1, b"test").to_hex(),
+            "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
+        );
+        assert_eq!(
+            Hash::digest(HashAlgo::Md5, b"").to_hex(),
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
         assert_eq!(Hash::digest(HashAlgo::Sha512, b"").to_hex().len(), 128);
     }
 }

@@ -34,7 +34,11 @@ pub enum NarError {
     Truncated(&'static str),
     /// A token other than the grammar's.
     #[error("malformed NAR at byte {offset}: expected {expected}, found {found:?}")]
-    Unexpected { offset: u64, expected: &'static str, found: String },
+    Unexpected {
+        offset: u64,
+        expected: &'static str,
+        found: String,
+    },
     /// Padding bytes were not zero.
     #[error("malformed NAR at byte {offset}: non-zero padding")]
     Padding { offset: u64 },
@@ -46,7 +50,12 @@ pub enum NarError {
     Unsorted { previous: String, name: String },
     /// A token longer than the reader accepts.
     #[error("NAR {what} at byte {offset} is {len} bytes, more than the limit of {limit}")]
-    TooLong { what: &'static str, offset: u64, len: u64, limit: u64 },
+    TooLong {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+        limit: u64,
+    },
     /// Directories nested deeper than [`MAX_DEPTH`].
     #[error("NAR nests directories deeper than {MAX_DEPTH}")]
     TooDeep,
@@ -57,7 +66,12 @@ pub enum NarError {
 
 /// Checks a directory entry name.
 pub fn validate_name(name: &[u8]) -> Result<(), NarError> {
-    let bad = |reason| Err(NarError::BadName { name: String::from_utf8_lossy(name).into_owned(), reason });
+    let bad = |reason| {
+        Err(NarError::BadName {
+            name: String::from_utf8_lossy(name).into_owned(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("empty");
     }
@@ -111,7 +125,13 @@ impl<W: Write> NarWriter<W> {
     /// Starts a NAR: writes the magic.
     pub fn new(mut out: W) -> Result<Self, NarError> {
         write_token(&mut out, MAGIC)?;
-        Ok(NarWriter { out, dirs: Vec::new(), pending: None, done: false, expecting_node: true })
+        Ok(NarWriter {
+            out,
+            dirs: Vec::new(),
+            pending: None,
+            done: false,
+            expecting_node: true,
+        })
     }
 
     fn begin_node(&mut self, kind: &[u8]) -> Result<(), NarError> {
@@ -191,7 +211,10 @@ impl<W: Write> NarWriter<W> {
     /// Opens a directory node.
     pub fn directory(&mut self) -> Result<(), NarError> {
         self.begin_node(b"directory")?;
-        self.dirs.push(DirFrame { previous: None, in_entry: false });
+        self.dirs.push(DirFrame {
+            previous: None,
+            in_entry: false,
+        });
         Ok(())
     }
 
@@ -199,7 +222,10 @@ impl<W: Write> NarWriter<W> {
     /// in strictly ascending byte order.
     pub fn entry(&mut self, name: &[u8]) -> Result<(), NarError> {
         validate_name(name)?;
-        let frame = self.dirs.last_mut().ok_or(NarError::Misuse("entry outside a directory"))?;
+        let frame = self
+            .dirs
+            .last_mut()
+            .ok_or(NarError::Misuse("entry outside a directory"))?;
         if frame.in_entry || self.expecting_node {
             return Err(NarError::Misuse("entry while another entry is open"));
         }
@@ -226,7 +252,11 @@ impl<W: Write> NarWriter<W> {
     pub fn end_directory(&mut self) -> Result<(), NarError> {
         match self.dirs.last() {
             Some(frame) if !frame.in_entry && !self.expecting_node => {}
-            _ => return Err(NarError::Misuse("end_directory with an open entry or no directory")),
+            _ => {
+                return Err(NarError::Misuse(
+                    "end_directory with an open entry or no directory",
+                ))
+            }
         }
         self.dirs.pop();
         self.end_node()
@@ -247,7 +277,13 @@ impl<W: Write> NarWriter<W> {
 pub trait NarSink {
     /// A regular file; `contents` yields exactly `size` bytes (reading less is fine: the
     /// reader skips the rest).
-    fn regular(&mut self, path: &[Vec<u8>], executable: bool, size: u64, contents: &mut dyn Read) -> io::Result<()>;
+    fn regular(
+        &mut self,
+        path: &[Vec<u8>],
+        executable: bool,
+        size: u64,
+        contents: &mut dyn Read,
+    ) -> io::Result<()>;
     /// A symlink.
     fn symlink(&mut self, path: &[Vec<u8>], target: &[u8]) -> io::Result<()>;
     /// A directory, reported before its entries.
@@ -309,7 +345,12 @@ impl<R: Read> Reader<R> {
         let at = self.offset;
         let len = self.read_u64(what)?;
         if len > limit as u64 {
-            return Err(NarError::TooLong { what, offset: at, len, limit: limit as u64 });
+            return Err(NarError::TooLong {
+                what,
+                offset: at,
+                len,
+                limit: limit as u64,
+            });
         }
         let mut buf = vec![0u8; len as usize];
         self.read_exact(&mut buf, what)?;
@@ -476,7 +517,10 @@ impl Node {
 
     fn write_node<W: Write>(&self, w: &mut NarWriter<W>) -> Result<(), NarError> {
         match self {
-            Node::Regular { executable, contents } => {
+            Node::Regular {
+                executable,
+                contents,
+            } => {
                 w.regular(*executable, contents.len() as u64)?;
                 w.contents(contents)
             }
@@ -510,7 +554,9 @@ impl TreeSink {
         let mut dir = self.root.as_mut();
         for name in parents {
             dir = match dir {
-                Some(Node::Directory(entries)) => entries.iter_mut().find(|(n, _)| n == name).map(|(_, n)| n),
+                Some(Node::Directory(entries)) => {
+                    entries.iter_mut().find(|(n, _)| n == name).map(|(_, n)| n)
+                }
                 _ => None,
             };
         }
@@ -530,13 +576,30 @@ impl TreeSink {
 }
 
 impl NarSink for TreeSink {
-    fn regular(&mut self, path: &[Vec<u8>], executable: bool, _size: u64, contents: &mut dyn Read) -> io::Result<()> {
+    fn regular(
+        &mut self,
+        path: &[Vec<u8>],
+        executable: bool,
+        _size: u64,
+        contents: &mut dyn Read,
+    ) -> io::Result<()> {
         let mut buf = Vec::new();
         contents.read_to_end(&mut buf)?;
-        self.place(path, Node::Regular { executable, contents: buf })
+        self.place(
+            path,
+            Node::Regular {
+                executable,
+                contents: buf,
+            },
+        )
     }
     fn symlink(&mut self, path: &[Vec<u8>], target: &[u8]) -> io::Result<()> {
-        self.place(path, Node::Symlink { target: target.to_vec() })
+        self.place(
+            path,
+            Node::Symlink {
+                target: target.to_vec(),
+            },
+        )
     }
     fn directory(&mut self, path: &[Vec<u8>]) -> io::Result<()> {
         self.place(path, Node::Directory(Vec::new()))
@@ -549,10 +612,18 @@ mod tests {
     use crate::compat::Hash;
 
     fn file(contents: &[u8]) -> Node {
-        Node::Regular { executable: false, contents: contents.to_vec() }
+        Node::Regular {
+            executable: false,
+            contents: contents.to_vec(),
+        }
     }
     fn dir(entries: Vec<(&[u8], Node)>) -> Node {
-        Node::Directory(entries.into_iter().map(|(n, node)| (n.to_vec(), node)).collect())
+        Node::Directory(
+            entries
+                .into_iter()
+                .map(|(n, node)| (n.to_vec(), node))
+                .collect(),
+        )
     }
     fn nar(node: &Node) -> Vec<u8> {
         node.write_nar(Vec::new()).unwrap()
@@ -564,9 +635,23 @@ mod tests {
     fn t1() -> Node {
         dir(vec![
             (b"a.txt", file(b"hello\n")),
-            (b"run.sh", Node::Regular { executable: true, contents: b"#!/bin/sh\necho hi\n".to_vec() }),
-            (b"link", Node::Symlink { target: b"a.txt".to_vec() }),
-            (b"sub", dir(vec![(b"empty", file(b"")), (b"b.txt", file(b"nested\n"))])),
+            (
+                b"run.sh",
+                Node::Regular {
+                    executable: true,
+                    contents: b"#!/bin/sh\necho hi\n".to_vec(),
+                },
+            ),
+            (
+                b"link",
+                Node::Symlink {
+                    target: b"a.txt".to_vec(),
+                },
+            ),
+            (
+                b"sub",
+                dir(vec![(b"empty", file(b"")), (b"b.txt", file(b"nested\n"))]),
+            ),
             (b"emptydir", dir(vec![])),
         ])
     }
@@ -591,32 +676,88 @@ mod tests {
     fn golden_hashes_from_nix() {
         let t1 = nar(&t1());
         assert_eq!(t1.len(), 1432);
-        assert_eq!(Hash::sha256(&t1).to_hex(), "38365ac185f583658eaba7af859926cbafc6a06a7bc3f41e3ddd60be1a7ebb90");
-        assert_eq!(nix32(&file(b"hello\n")), "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw");
-        let run = Node::Regular { executable: true, contents: b"#!/bin/sh\necho hi\n".to_vec() };
-        assert_eq!(nix32(&run), "183p8jhjfcpk6kac6hxwp4gzp9brkvkibylz27jfbvgd5kqcq2jy");
         assert_eq!(
-            nix32(&Node::Symlink { target: b"a.txt".to_vec() }),
+            Hash::sha256(&t1).to_hex(),
+            "38365ac185f583658eaba7af859926cbafc6a06a7bc3f41e3ddd60be1a7ebb90"
+        );
+        assert_eq!(
+            nix32(&file(b"hello\n")),
+            "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw"
+        );
+        let run = Node::Regular {
+            executable: true,
+            contents: b"#!/bin/sh\necho hi\n".to_vec(),
+        };
+        assert_eq!(
+            nix32(&run),
+            "183p8jhjfcpk6kac6hxwp4gzp9brkvkibylz27jfbvgd5kqcq2jy"
+        );
+        assert_eq!(
+            nix32(&Node::Symlink {
+                target: b"a.txt".to_vec()
+            }),
             "10afhdla3fy4d56mfb7b45i291h74jngwakp16wd3r36m37h0g4d"
         );
-        assert_eq!(nix32(&dir(vec![])), "0sjjj9z1dhilhpc8pq4154czrb79z9cm044jvn75kxcjv6v5l2m5");
-        assert_eq!(nix32(&dir(vec![(b"f", file(b"hello"))])), "1mxwk8ndcfriz93lpnpslb928xzxv1w6ki67ck4dkk47khfx2ym1");
-        let x = |executable| Node::Regular { executable, contents: b"x".to_vec() };
-        assert_eq!(nix32(&x(true)), "1qf3k50cfba7m69yyp7n3dj4g3ckiyyaq16qw6nyh4vrpn97nyzh");
-        assert_eq!(nix32(&x(false)), "0rsv7kag23nvdpy4500mv2m0b4sm4c8fkgqrfsrmv1kgk77bi81c");
-        assert_eq!(nix32(&dir(vec![(b"\xff\xfe", file(b""))])), "1sls5irmqv431lwz4gx9c5qgxvxzi4kza5bs44ynpn5cbhljl1g0");
-        let names: [&[u8]; 11] =
-            [b".hidden", b"0", b"A", b"B", b"_x", b"a", b"a.b", b"ab", b"b", b"z~", "é".as_bytes()];
+        assert_eq!(
+            nix32(&dir(vec![])),
+            "0sjjj9z1dhilhpc8pq4154czrb79z9cm044jvn75kxcjv6v5l2m5"
+        );
+        assert_eq!(
+            nix32(&dir(vec![(b"f", file(b"hello"))])),
+            "1mxwk8ndcfriz93lpnpslb928xzxv1w6ki67ck4dkk47khfx2ym1"
+        );
+        let x = |executable| Node::Regular {
+            executable,
+            contents: b"x".to_vec(),
+        };
+        assert_eq!(
+            nix32(&x(true)),
+            "1qf3k50cfba7m69yyp7n3dj4g3ckiyyaq16qw6nyh4vrpn97nyzh"
+        );
+        assert_eq!(
+            nix32(&x(false)),
+            "0rsv7kag23nvdpy4500mv2m0b4sm4c8fkgqrfsrmv1kgk77bi81c"
+        );
+        assert_eq!(
+            nix32(&dir(vec![(b"\xff\xfe", file(b""))])),
+            "1sls5irmqv431lwz4gx9c5qgxvxzi4kza5bs44ynpn5cbhljl1g0"
+        );
+        let names: [&[u8]; 11] = [
+            b".hidden",
+            b"0",
+            b"A",
+            b"B",
+            b"_x",
+            b"a",
+            b"a.b",
+            b"ab",
+            b"b",
+            b"z~",
+            "é".as_bytes(),
+        ];
         let ord = Node::Directory(names.iter().map(|n| (n.to_vec(), file(n))).rev().collect());
-        assert_eq!(nix32(&ord), "1dizcdjllhzif9dd2dn89d8kc551dqb24jmhg6x6pcvlf1aqm5zg");
+        assert_eq!(
+            nix32(&ord),
+            "1dizcdjllhzif9dd2dn89d8kc551dqb24jmhg6x6pcvlf1aqm5zg"
+        );
     }
 
     #[test]
     fn reader_round_trips() {
-        for tree in [t1(), file(b""), Node::Symlink { target: b"/x".to_vec() }, dir(vec![(b"\xff", dir(vec![]))])] {
+        for tree in [
+            t1(),
+            file(b""),
+            Node::Symlink {
+                target: b"/x".to_vec(),
+            },
+            dir(vec![(b"\xff", dir(vec![]))]),
+        ] {
             let bytes = nar(&tree);
             let mut sink = TreeSink::default();
-            assert_eq!(read_nar(bytes.as_slice(), &mut sink).unwrap(), bytes.len() as u64);
+            assert_eq!(
+                read_nar(bytes.as_slice(), &mut sink).unwrap(),
+                bytes.len() as u64
+            );
             let back = sink.into_root().unwrap();
             assert_eq!(nar(&back), bytes);
         }
@@ -634,7 +775,10 @@ mod tests {
     fn dir_with(names: &[&[u8]]) -> Vec<u8> {
         let mut parts: Vec<&[u8]> = vec![b"nix-archive-1", b"(", b"type", b"directory"];
         for n in names {
-            parts.extend_from_slice(&[b"entry", b"(", b"name", n, b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")"]);
+            parts.extend_from_slice(&[
+                b"entry", b"(", b"name", n, b"node", b"(", b"type", b"symlink", b"target", b"x",
+                b")", b")",
+            ]);
         }
         parts.push(b")");
         tokens(&parts)
@@ -647,22 +791,37 @@ mod tests {
     #[test]
     fn reader_rejects_bad_archives() {
         assert!(read_nar(dir_with(&[b"a", b"b"]).as_slice(), &mut NullSink).is_ok());
-        assert!(matches!(read_err(&dir_with(&[b"b", b"a"])), NarError::Unsorted { .. }));
-        assert!(matches!(read_err(&dir_with(&[b"a", b"a"])), NarError::Unsorted { .. }));
+        assert!(matches!(
+            read_err(&dir_with(&[b"b", b"a"])),
+            NarError::Unsorted { .. }
+        ));
+        assert!(matches!(
+            read_err(&dir_with(&[b"a", b"a"])),
+            NarError::Unsorted { .. }
+        ));
         for bad in [&b"a/b"[..], b".", b"..", b"a\0b", b""] {
-            assert!(matches!(read_err(&dir_with(&[bad])), NarError::BadName { .. }), "{bad:?}");
+            assert!(
+                matches!(read_err(&dir_with(&[bad])), NarError::BadName { .. }),
+                "{bad:?}"
+            );
         }
         // Truncation anywhere.
         let good = nar(&t1());
         for cut in [0, 7, 8, 100, good.len() / 2, good.len() - 1] {
-            assert!(matches!(read_err(&good[..cut]), NarError::Truncated(_)), "cut at {cut}");
+            assert!(
+                matches!(read_err(&good[..cut]), NarError::Truncated(_)),
+                "cut at {cut}"
+            );
         }
         // Non-zero padding after "hello\n".
         let mut padded = nar(&file(b"hello\n"));
         padded[0x66] = 1;
         assert!(matches!(read_err(&padded), NarError::Padding { .. }));
         // Wrong magic and wrong node type.
-        assert!(matches!(read_err(&tokens(&[b"nix-archive-2"])), NarError::Unexpected { .. }));
+        assert!(matches!(
+            read_err(&tokens(&[b"nix-archive-2"])),
+            NarError::Unexpected { .. }
+        ));
         assert!(matches!(
             read_err(&tokens(&[b"nix-archive-1", b"(", b"type", b"fifo", b")"])),
             NarError::Unexpected { .. }

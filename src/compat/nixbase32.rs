@@ -72,7 +72,10 @@ pub fn encode(bytes: &[u8]) -> String {
 pub fn decode(text: &[u8], expected_len: usize) -> Result<Vec<u8>, DecodeError> {
     let want = encoded_len(expected_len);
     if text.len() != want {
-        return Err(DecodeError::Length { expected: want, actual: text.len() });
+        return Err(DecodeError::Length {
+            expected: want,
+            actual: text.len(),
+        });
     }
     let mut out = vec![0u8; expected_len];
     for (n, &ch) in text.iter().rev().enumerate() {
@@ -99,7 +102,10 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -149,7 +155,10 @@ mod tests {
         bad.replace_range(3..4, "e");
         assert_eq!(decode(bad.as_bytes(), 32), Err(DecodeError::Character('e')));
         // 52 chars encode 260 bits; the top 4 must be zero for 32 bytes.
-        let over = format!("z{}", &"145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq"[1..]);
+        let over = format!(
+            "z{}",
+            &"145vgqdbwq6x7lgg9hvvdahcdbyb4scqbbx7mf76b0zmhp0mldiq"[1..]
+        );
         assert_eq!(decode(over.as_bytes(), 32), Err(DecodeError::Padding));
     }
 

@@ -28,7 +28,11 @@ impl RefScanner {
                 Some((key, p.clone()))
             })
             .collect();
-        RefScanner { candidates, found: BTreeSet::new(), tail: Vec::with_capacity(2 * HASH_PART_LEN) }
+        RefScanner {
+            candidates,
+            found: BTreeSet::new(),
+            tail: Vec::with_capacity(2 * HASH_PART_LEN),
+        }
     }
 
     /// Whether there is nothing to look for (feeding is then free).
@@ -119,7 +123,11 @@ mod tests {
                 s.update(&text[..split]);
                 s.update(&text[split..second]);
                 s.update(&text[second..]);
-                assert_eq!(s.into_found(), BTreeSet::from([a.clone(), b.clone()]), "split {split}/{second}");
+                assert_eq!(
+                    s.into_found(),
+                    BTreeSet::from([a.clone(), b.clone()]),
+                    "split {split}/{second}"
+                );
             }
         }
         // Byte-by-byte feeding.

@@ -46,7 +46,12 @@ pub enum StorePathError {
 
 /// Checks a store path name as Nix 2.8 does.
 pub fn validate_name(name: &str) -> Result<(), StorePathError> {
-    let bad = |reason| Err(StorePathError::BadName { name: name.to_string(), reason });
+    let bad = |reason| {
+        Err(StorePathError::BadName {
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("names must not be empty");
     }
@@ -56,7 +61,10 @@ pub fn validate_name(name: &str) -> Result<(), StorePathError> {
     if name.starts_with('.') {
         return bad("names must not start with a period");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(*c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(*c)))
+    {
         let _ = c;
         return bad("names may only contain letters, digits and `+-._?=`");
     }
@@ -89,7 +97,10 @@ impl StorePath {
     /// Builds a store path from its digest and name.
     pub fn from_digest(digest: &[u8; DIGEST_LEN], name: &str) -> Result<StorePath, StorePathError> {
         validate_name(name)?;
-        Ok(StorePath { hash_part: nixbase32::encode(digest), name: name.to_string() })
+        Ok(StorePath {
+            hash_part: nixbase32::encode(digest),
+            name: name.to_string(),
+        })
     }
 
     /// Parses a base name `<hash>-<name>`.
@@ -101,10 +112,17 @@ impl StorePath {
             return Err(StorePathError::MissingDash(base.to_string()));
         }
         let (hash, name) = (&base[..HASH_PART_LEN], &base[HASH_PART_LEN + 1..]);
-        nixbase32::decode(hash.as_bytes(), DIGEST_LEN)
-            .map_err(|source| StorePathError::BadHash { path: base.to_string(), source })?;
+        nixbase32::decode(hash.as_bytes(), DIGEST_LEN).map_err(|source| {
+            StorePathError::BadHash {
+                path: base.to_string(),
+                source,
+            }
+        })?;
         validate_name(name)?;
-        Ok(StorePath { hash_part: hash.to_string(), name: name.to_string() })
+        Ok(StorePath {
+            hash_part: hash.to_string(),
+            name: name.to_string(),
+        })
     }
 
     /// The 32-character hash part.
@@ -171,16 +189,23 @@ impl StoreDir {
     pub fn parse_path(&self, text: &str) -> Result<StorePath, StorePathError> {
         match self.strip(text) {
             Some(base) if !base.contains('/') => StorePath::from_base_name(base),
-            _ => Err(StorePathError::NotInStore { path: text.to_string(), store_dir: self.0.clone() }),
+            _ => Err(StorePathError::NotInStore {
+                path: text.to_string(),
+                store_dir: self.0.clone(),
+            }),
         }
     }
 
     /// Parses a path that is a store path or lies beneath one, returning the store path and
     /// the rest (`""` or starting with `/`).
-    pub fn parse_path_prefix<'a>(&self, text: &'a str) -> Result<(StorePath, &'a str), StorePathError> {
-        let base = self
-            .strip(text)
-            .ok_or_else(|| StorePathError::NotInStore { path: text.to_string(), store_dir: self.0.clone() })?;
+    pub fn parse_path_prefix<'a>(
+        &self,
+        text: &'a str,
+    ) -> Result<(StorePath, &'a str), StorePathError> {
+        let base = self.strip(text).ok_or_else(|| StorePathError::NotInStore {
+            path: text.to_string(),
+            store_dir: self.0.clone(),
+        })?;
         let (first, rest) = match base.find('/') {
             Some(i) => (&base[..i], &base[i..]),
             None => (base, ""),
@@ -194,8 +219,20 @@ impl StoreDir {
 
     /// Nix's `makeStorePath`: `type:sha256:<hex inner>:<store dir>:<name>`, hashed with
     /// SHA-256 and folded to 20 bytes.
-    pub fn make_store_path(&self, path_type: &str, inner: &Hash, name: &str) -> Result<StorePath, StorePathError> {
-        let fingerprint = format!("{}:{}:{}:{}:{}", path_type, inner.algo(), inner.to_hex(), self.0, name);
+    pub fn make_store_path(
+        &self,
+        path_type: &str,
+        inner: &Hash,
+        name: &str,
+    ) -> Result<StorePath, StorePathError> {
+        let fingerprint = format!(
+            "{}:{}:{}:{}:{}",
+            path_type,
+            inner.algo(),
+            inner.to_hex(),
+            self.0,
+            name
+        );
         let digest = Hash::sha256(fingerprint.as_bytes());
         StorePath::from_digest(&compress_hash(digest.digest_bytes()), name)
     }
@@ -207,7 +244,11 @@ impl StoreDir {
         contents_sha256: &Hash,
         references: &BTreeSet<StorePath>,
     ) -> Result<StorePath, StorePathError> {
-        self.make_store_path(&self.make_type("text", references, false), contents_sha256, name)
+        self.make_store_path(
+            &self.make_type("text", references, false),
+            contents_sha256,
+            name,
+        )
     }
 
     /// Path of content-addressed (fixed-output) data. Recursive SHA-256 is the `source`
@@ -221,7 +262,11 @@ impl StoreDir {
         self_reference: bool,
     ) -> Result<StorePath, StorePathError> {
         if method == FileIngestionMethod::Recursive && hash.algo() == HashAlgo::Sha256 {
-            self.make_store_path(&self.make_type("source", references, self_reference), hash, name)
+            self.make_store_path(
+                &self.make_type("source", references, self_reference),
+                hash,
+                name,
+            )
         } else {
             let inner = fixed_output_inner(method, hash);
             self.make_store_path("output:out", &inner, name)
@@ -230,11 +275,25 @@ impl StoreDir {
 
     /// Path of output `output` of an input-addressed derivation named `drv_name` whose
     /// masked derivation hashes to `hash`.
-    pub fn make_output_path(&self, output: &str, hash: &Hash, drv_name: &str) -> Result<StorePath, StorePathError> {
-        self.make_store_path(&format!("output:{output}"), hash, &output_path_name(drv_name, output))
+    pub fn make_output_path(
+        &self,
+        output: &str,
+        hash: &Hash,
+        drv_name: &str,
+    ) -> Result<StorePath, StorePathError> {
+        self.make_store_path(
+            &format!("output:{output}"),
+            hash,
+            &output_path_name(drv_name, output),
+        )
     }
 
-    fn make_type(&self, base: &str, references: &BTreeSet<StorePath>, self_reference: bool) -> String {
+    fn make_type(
+        &self,
+        base: &str,
+        references: &BTreeSet<StorePath>,
+        self_reference: bool,
+    ) -> String {
         let mut t = base.to_string();
         for r in references {
             t.push(':');
@@ -249,8 +308,20 @@ impl StoreDir {
 
 /// `sha256("fixed:out:[r:]<algo>:<hex>:")`, the inner hash of a non-`source` fixed output.
 pub fn fixed_output_inner(method: FileIngestionMethod, hash: &Hash) -> Hash {
-    let r = if method == FileIngestionMethod::Recursive { "r:" } else { "" };
-    Hash::sha256(format!("fixed:out:{}{}:{}:", r, hash.algo(), to_hex(hash.digest_bytes())).as_bytes())
+    let r = if method == FileIngestionMethod::Recursive {
+        "r:"
+    } else {
+        ""
+    };
+    Hash::sha256(
+        format!(
+            "fixed:out:{}{}:{}:",
+            r,
+            hash.algo(),
+            to_hex(hash.digest_bytes())
+        )
+        .as_bytes(),
+    )
 }
 
 /// The store name of output `output` of derivation `drv_name`: `drv_name` for `out`,
@@ -283,17 +354,41 @@ mod tests {
         BTreeSet::new()
     }
     const T1_NAR: &str = "sha256:38365ac185f583658eaba7af859926cbafc6a06a7bc3f41e3ddd60be1a7ebb90";
-    const A_TXT_FLAT: &str = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+    const A_TXT_FLAT: &str =
+        "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
 
     #[test]
     fn source_paths_match_nix_store_add() {
         let t1 = Hash::parse(T1_NAR).unwrap();
-        let p = sd().make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "t1", &no_refs(), false).unwrap();
-        assert_eq!(sd().display(&p), "/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1");
-        let p = sd().make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "foo", &no_refs(), false).unwrap();
+        let p = sd()
+            .make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "t1", &no_refs(), false)
+            .unwrap();
+        assert_eq!(
+            sd().display(&p),
+            "/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1"
+        );
+        let p = sd()
+            .make_fixed_output_path(
+                FileIngestionMethod::Recursive,
+                &t1,
+                "foo",
+                &no_refs(),
+                false,
+            )
+            .unwrap();
         assert_eq!(p.to_string(), "ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf-foo");
-        let a = Hash::parse("sha256:1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13").unwrap();
-        let p = sd().make_fixed_output_path(FileIngestionMethod::Recursive, &a, "a.txt", &no_refs(), false).unwrap();
+        let a =
+            Hash::parse("sha256:1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13")
+                .unwrap();
+        let p = sd()
+            .make_fixed_output_path(
+                FileIngestionMethod::Recursive,
+                &a,
+                "a.txt",
+                &no_refs(),
+                false,
+            )
+            .unwrap();
         assert_eq!(p.to_string(), "z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt");
     }
 
@@ -301,29 +396,57 @@ mod tests {
     fn fixed_paths_match_nix_store_add_fixed() {
         let flat = Hash::parse(A_TXT_FLAT).unwrap();
         let inner = fixed_output_inner(FileIngestionMethod::Flat, &flat);
-        assert_eq!(inner.to_hex(), "bc101cf2ad0f504c5dd74b9cce0a732e7157bfbddd2afec191aa0eecd3e252a9");
-        let p = sd().make_fixed_output_path(FileIngestionMethod::Flat, &flat, "a.txt", &no_refs(), false).unwrap();
+        assert_eq!(
+            inner.to_hex(),
+            "bc101cf2ad0f504c5dd74b9cce0a732e7157bfbddd2afec191aa0eecd3e252a9"
+        );
+        let p = sd()
+            .make_fixed_output_path(FileIngestionMethod::Flat, &flat, "a.txt", &no_refs(), false)
+            .unwrap();
         assert_eq!(p.to_string(), "fdwm55r4skpypx1gwzb7x69ckav1rv09-a.txt");
         let hello = Hash::sha256(b"hello");
-        let p = sd().make_fixed_output_path(FileIngestionMethod::Flat, &hello, "fixed-flat", &no_refs(), false).unwrap();
+        let p = sd()
+            .make_fixed_output_path(
+                FileIngestionMethod::Flat,
+                &hello,
+                "fixed-flat",
+                &no_refs(),
+                false,
+            )
+            .unwrap();
         assert_eq!(p.to_string(), "34653kz58l0k6y6mhmzz5lih5l1yxhi9-fixed-flat");
     }
 
     #[test]
     fn text_path_matches_builtins_to_file() {
-        let p = sd().make_text_path("foo.txt", &Hash::sha256(b"hello"), &no_refs()).unwrap();
+        let p = sd()
+            .make_text_path("foo.txt", &Hash::sha256(b"hello"), &no_refs())
+            .unwrap();
         assert_eq!(p.to_string(), "m0iyz1rzcgxw68h6skk8b9sg0p0napwc-foo.txt");
     }
 
     #[test]
     fn parse_with_reasons() {
         let s = sd();
-        let p = s.parse_path("/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
-        assert_eq!((p.hash_part(), p.name()), ("70jzzwfcc6lp7w8f91acm19j5q6n839a", "t1"));
-        let (p2, rest) = s.parse_path_prefix("/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1/bin/sh").unwrap();
+        let p = s
+            .parse_path("/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1")
+            .unwrap();
+        assert_eq!(
+            (p.hash_part(), p.name()),
+            ("70jzzwfcc6lp7w8f91acm19j5q6n839a", "t1")
+        );
+        let (p2, rest) = s
+            .parse_path_prefix("/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1/bin/sh")
+            .unwrap();
         assert_eq!((p2, rest), (p, "/bin/sh"));
-        assert!(matches!(s.parse_path("/usr/bin/x"), Err(StorePathError::NotInStore { .. })));
-        assert!(matches!(s.parse_path("/nix/store/abc"), Err(StorePathError::TooShort(_))));
+        assert!(matches!(
+            s.parse_path("/usr/bin/x"),
+            Err(StorePathError::NotInStore { .. })
+        ));
+        assert!(matches!(
+            s.parse_path("/nix/store/abc"),
+            Err(StorePathError::TooShort(_))
+        ));
         assert!(matches!(
             s.parse_path("/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a_t1"),
             Err(StorePathError::MissingDash(_))
@@ -346,8 +469,12 @@ mod tests {
     fn other_store_dirs_hash_differently() {
         let t1 = Hash::parse(T1_NAR).unwrap();
         let other = StoreDir::new("/opt/store").unwrap();
-        let a = other.make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "t1", &no_refs(), false).unwrap();
-        let b = sd().make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "t1", &no_refs(), false).unwrap();
+        let a = other
+            .make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "t1", &no_refs(), false)
+            .unwrap();
+        let b = sd()
+            .make_fixed_output_path(FileIngestionMethod::Recursive, &t1, "t1", &no_refs(), false)
+            .unwrap();
         assert_ne!(a, b);
         assert_eq!(other.display(&a), format!("/opt/store/{a}"));
     }

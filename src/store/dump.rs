@@ -9,7 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::fsutil::{self, create_canonical_file, kind_of, seal_directory, set_canonical_time, set_canonical_time_fd};
+use super::fsutil::{
+    self, create_canonical_file, kind_of, seal_directory, set_canonical_time, set_canonical_time_fd,
+};
 use super::pipe::DigestPipe;
 use super::{Result, StoreError};
 use crate::compat::hash::Hasher;
@@ -20,8 +22,15 @@ const READ_BUF: usize = 256 * 1024;
 
 fn nar_err(path: &Path) -> impl FnOnce(NarError) -> StoreError + '_ {
     move |source| match source {
-        NarError::Io(e) => StoreError::Io { action: "serialise", path: path.to_path_buf(), source: e },
-        source => StoreError::Nar { path: path.to_path_buf(), source },
+        NarError::Io(e) => StoreError::Io {
+            action: "serialise",
+            path: path.to_path_buf(),
+            source: e,
+        },
+        source => StoreError::Nar {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -39,9 +48,12 @@ impl<W: Write> Walker<'_, W> {
         let t = meta.file_type();
         if t.is_symlink() {
             let target = fs::read_link(src).map_err(StoreError::io("read the symlink", src))?;
-            self.nar.symlink(target.as_os_str().as_bytes()).map_err(nar_err(src))?;
+            self.nar
+                .symlink(target.as_os_str().as_bytes())
+                .map_err(nar_err(src))?;
             if let Some(dst) = copy {
-                std::os::unix::fs::symlink(&target, dst).map_err(StoreError::io("create the symlink", dst))?;
+                std::os::unix::fs::symlink(&target, dst)
+                    .map_err(StoreError::io("create the symlink", dst))?;
                 set_canonical_time(dst)?;
             }
         } else if t.is_file() {
@@ -67,7 +79,10 @@ impl<W: Write> Walker<'_, W> {
                 seal_directory(dst)?;
             }
         } else {
-            return Err(StoreError::UnsupportedFileType { path: src.to_path_buf(), kind: kind_of(&meta) });
+            return Err(StoreError::UnsupportedFileType {
+                path: src.to_path_buf(),
+                kind: kind_of(&meta),
+            });
         }
         Ok(())
     }
@@ -76,7 +91,9 @@ impl<W: Write> Walker<'_, W> {
         let executable = meta.mode() & 0o100 != 0;
         let size = meta.len();
         let mut input = File::open(src).map_err(StoreError::io("open", src))?;
-        let mut output = copy.map(|d| create_canonical_file(d, executable).map(|f| (f, d))).transpose()?;
+        let mut output = copy
+            .map(|d| create_canonical_file(d, executable).map(|f| (f, d)))
+            .transpose()?;
         self.nar.regular(executable, size).map_err(nar_err(src))?;
         let mut done = 0u64;
         let mut sparse_tail = false;
@@ -86,7 +103,13 @@ impl<W: Write> Walker<'_, W> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StoreError::Io { action: "read", path: src.to_path_buf(), source: e }),
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        action: "read",
+                        path: src.to_path_buf(),
+                        source: e,
+                    })
+                }
             };
             let chunk = &self.buf[..n];
             self.nar.contents(chunk).map_err(nar_err(src))?;
@@ -96,16 +119,23 @@ impl<W: Write> Walker<'_, W> {
             if let Some((out, dst)) = output.as_mut() {
                 // Keep holes: a block of zeros becomes a seek, so sparse images stay sparse.
                 if n == READ_BUF && is_zero(chunk) {
-                    out.seek(SeekFrom::Current(n as i64)).map_err(StoreError::io("write", *dst))?;
+                    out.seek(SeekFrom::Current(n as i64))
+                        .map_err(StoreError::io("write", *dst))?;
                     sparse_tail = true;
                 } else {
-                    out.write_all(chunk).map_err(StoreError::io("write", *dst))?;
+                    out.write_all(chunk)
+                        .map_err(StoreError::io("write", *dst))?;
                     sparse_tail = false;
                 }
             }
             done += n as u64;
         }
-        if done != size || input.read(&mut [0u8; 1]).map_err(StoreError::io("read", src))? != 0 {
+        if done != size
+            || input
+                .read(&mut [0u8; 1])
+                .map_err(StoreError::io("read", src))?
+                != 0
+        {
             return Err(StoreError::Refused(format!(
                 "`{}` changed size while it was being read; try again when nothing writes to it",
                 src.display()
@@ -115,8 +145,10 @@ impl<W: Write> Walker<'_, W> {
             if sparse_tail {
                 out.set_len(size).map_err(StoreError::io("write", dst))?;
             }
-            out.set_permissions(fs::Permissions::from_mode(fsutil::canonical_file_mode(executable)))
-                .map_err(StoreError::io("chmod", dst))?;
+            out.set_permissions(fs::Permissions::from_mode(fsutil::canonical_file_mode(
+                executable,
+            )))
+            .map_err(StoreError::io("chmod", dst))?;
             set_canonical_time_fd(&out, dst)?;
         }
         Ok(())
@@ -126,12 +158,19 @@ impl<W: Write> Walker<'_, W> {
 fn is_zero(chunk: &[u8]) -> bool {
     let words = chunk.chunks_exact(8);
     let rest = words.remainder();
-    rest.iter().all(|&b| b == 0) && words.map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8]))).all(|w| w == 0)
+    rest.iter().all(|&b| b == 0)
+        && words
+            .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])))
+            .all(|w| w == 0)
 }
 
 /// Writes the NAR serialisation of the tree at `path` to `out`.
 pub fn dump_path<W: Write>(path: &Path, out: W) -> Result<W> {
-    let mut walker = Walker { nar: NarWriter::new(out).map_err(nar_err(path))?, flat: None, buf: vec![0; READ_BUF] };
+    let mut walker = Walker {
+        nar: NarWriter::new(out).map_err(nar_err(path))?,
+        flat: None,
+        buf: vec![0; READ_BUF],
+    };
     walker.node(path, None)?;
     walker.nar.finish().map_err(nar_err(path))
 }
@@ -146,7 +185,11 @@ pub fn nar_hash_path_with(path: &Path, algo: HashAlgo) -> Result<(Hash, Hash, u6
     let other = (algo != HashAlgo::Sha256).then_some(algo);
     let pipe = dump_path(path, DigestPipe::new(other, &BTreeSet::new()))?;
     let d = pipe.finish().map_err(StoreError::io("hash", path))?;
-    Ok((d.other.unwrap_or_else(|| d.sha256.clone()), d.sha256, d.size))
+    Ok((
+        d.other.unwrap_or_else(|| d.sha256.clone()),
+        d.sha256,
+        d.size,
+    ))
 }
 
 /// Hash of the bytes of the regular file at `path` (`nix hash file`).
@@ -184,7 +227,11 @@ pub fn copy_and_hash(
 ) -> Result<CopyDigests> {
     let mut flat = flat_algo.map(Hasher::new);
     let pipe = DigestPipe::new(nar_other_algo, &BTreeSet::new());
-    let mut walker = Walker { nar: NarWriter::new(pipe).map_err(nar_err(source))?, flat: flat.as_mut(), buf: vec![0; READ_BUF] };
+    let mut walker = Walker {
+        nar: NarWriter::new(pipe).map_err(nar_err(source))?,
+        flat: flat.as_mut(),
+        buf: vec![0; READ_BUF],
+    };
     walker.node(source, Some(target))?;
     let pipe = walker.nar.finish().map_err(nar_err(source))?;
     let d = pipe.finish().map_err(StoreError::io("hash", source))?;
@@ -225,14 +272,23 @@ fn to_io(e: StoreError) -> io::Error {
 }
 
 impl NarSink for RestoreSink {
-    fn regular(&mut self, path: &[Vec<u8>], executable: bool, _size: u64, contents: &mut dyn Read) -> io::Result<()> {
+    fn regular(
+        &mut self,
+        path: &[Vec<u8>],
+        executable: bool,
+        _size: u64,
+        contents: &mut dyn Read,
+    ) -> io::Result<()> {
         let p = self.at(path);
         let mode = match self.mode {
             RestoreMode::Canonical => fsutil::canonical_file_mode(executable),
             RestoreMode::Plain if executable => 0o755,
             RestoreMode::Plain => 0o644,
         };
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)?;
         io::copy(contents, &mut f)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         if self.mode == RestoreMode::Canonical {
@@ -265,11 +321,24 @@ impl NarSink for RestoreSink {
 /// Returns the number of NAR bytes read.
 pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result<u64> {
     if fs::symlink_metadata(target).is_ok() {
-        return Err(StoreError::Refused(format!("`{}` already exists; restore into a new path", target.display())));
+        return Err(StoreError::Refused(format!(
+            "`{}` already exists; restore into a new path",
+            target.display()
+        )));
     }
-    let mut sink = RestoreSink { root: target.to_path_buf(), mode };
+    let mut sink = RestoreSink {
+        root: target.to_path_buf(),
+        mode,
+    };
     crate::compat::nar::read_nar(input, &mut sink).map_err(|e| match e {
-        NarError::Io(source) => StoreError::Io { action: "restore", path: target.to_path_buf(), source },
-        source => StoreError::Nar { path: target.to_path_buf(), source },
+        NarError::Io(source) => StoreError::Io {
+            action: "restore",
+            path: target.to_path_buf(),
+            source,
+        },
+        source => StoreError::Nar {
+            path: target.to_path_buf(),
+            source,
+        },
     })
 }

@@ -15,20 +15,38 @@ use super::{Result, StoreError};
 pub const CANONICAL_MTIME: i64 = 1;
 
 fn canonical_times() -> Timestamps {
-    let t = Timespec { tv_sec: CANONICAL_MTIME, tv_nsec: 0 };
-    Timestamps { last_access: t, last_modification: t }
+    let t = Timespec {
+        tv_sec: CANONICAL_MTIME,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 /// Sets the mtime (and atime) of an open file to the canonical time.
 pub fn set_canonical_time_fd(file: &File, path: &Path) -> Result<()> {
-    rustix::fs::futimens(file, &canonical_times())
-        .map_err(|e| StoreError::Io { action: "set the mtime of", path: path.to_path_buf(), source: e.into() })
+    rustix::fs::futimens(file, &canonical_times()).map_err(|e| StoreError::Io {
+        action: "set the mtime of",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// Sets the mtime of `path` without following a final symlink.
 pub fn set_canonical_time(path: &Path) -> Result<()> {
-    rustix::fs::utimensat(rustix::fs::CWD, path, &canonical_times(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| StoreError::Io { action: "set the mtime of", path: path.to_path_buf(), source: e.into() })
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &canonical_times(),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| StoreError::Io {
+        action: "set the mtime of",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// The canonical mode of a regular file: 0555 if the owner may execute it, else 0444.
@@ -54,7 +72,8 @@ pub fn create_canonical_file(path: &Path, executable: bool) -> Result<File> {
 /// Writes a complete canonical file.
 pub fn write_canonical_file(path: &Path, contents: &[u8], executable: bool) -> Result<()> {
     let mut f = create_canonical_file(path, executable)?;
-    f.write_all(contents).map_err(StoreError::io("write", path))?;
+    f.write_all(contents)
+        .map_err(StoreError::io("write", path))?;
     // The creation mode is masked by the umask; set it exactly.
     f.set_permissions(fs::Permissions::from_mode(canonical_file_mode(executable)))
         .map_err(StoreError::io("chmod", path))?;
@@ -63,7 +82,8 @@ pub fn write_canonical_file(path: &Path, contents: &[u8], executable: bool) -> R
 
 /// Finishes a directory whose children are complete: mode 0555, canonical mtime.
 pub fn seal_directory(path: &Path) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(0o555)).map_err(StoreError::io("chmod", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o555))
+        .map_err(StoreError::io("chmod", path))?;
     set_canonical_time(path)
 }
 
@@ -72,11 +92,18 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::Io { action: "inspect", path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(StoreError::Io {
+                action: "inspect",
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
     if meta.is_dir() {
         if meta.mode() & 0o700 != 0o700 {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(StoreError::io("chmod", path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+                .map_err(StoreError::io("chmod", path))?;
         }
         for entry in fs::read_dir(path).map_err(StoreError::io("list", path))? {
             let entry = entry.map_err(StoreError::io("list", path))?;
@@ -147,12 +174,16 @@ pub fn canonicalise_in_place(path: &Path) -> Result<()> {
         return set_canonical_time(path);
     }
     if !t.is_file() && !t.is_dir() {
-        return Err(StoreError::UnsupportedFileType { path: path.to_path_buf(), kind: kind_of(&meta) });
+        return Err(StoreError::UnsupportedFileType {
+            path: path.to_path_buf(),
+            kind: kind_of(&meta),
+        });
     }
     remove_xattrs(path)?;
     if t.is_dir() {
         // Make sure we can descend and modify children, then seal after them.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(StoreError::io("chmod", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+            .map_err(StoreError::io("chmod", path))?;
         for entry in fs::read_dir(path).map_err(StoreError::io("list", path))? {
             let entry = entry.map_err(StoreError::io("list", path))?;
             canonicalise_in_place(&entry.path())?;
@@ -160,27 +191,34 @@ pub fn canonicalise_in_place(path: &Path) -> Result<()> {
         seal_directory(path)
     } else {
         let mode = canonical_file_mode(meta.mode() & 0o100 != 0);
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(StoreError::io("chmod", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(StoreError::io("chmod", path))?;
         set_canonical_time(path)
     }
 }
 
 /// Removes every extended attribute of `path` (not following symlinks).
 fn remove_xattrs(path: &Path) -> Result<()> {
-    let err = |action, e: rustix::io::Errno| StoreError::Io { action, path: path.to_path_buf(), source: e.into() };
+    let err = |action, e: rustix::io::Errno| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
     let mut buf = vec![0u8; 4096];
     let len = match rustix::fs::llistxattr(path, &mut buf) {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => return Ok(()),
         Err(rustix::io::Errno::RANGE) => {
             buf.resize(65536, 0);
-            rustix::fs::llistxattr(path, &mut buf).map_err(|e| err("list the extended attributes of", e))?
+            rustix::fs::llistxattr(path, &mut buf)
+                .map_err(|e| err("list the extended attributes of", e))?
         }
         Err(e) => return Err(err("list the extended attributes of", e)),
     };
     for name in buf[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let name = std::ffi::OsStr::from_bytes(name);
-        rustix::fs::lremovexattr(path, name).map_err(|e| err("remove an extended attribute of", e))?;
+        rustix::fs::lremovexattr(path, name)
+            .map_err(|e| err("remove an extended attribute of", e))?;
     }
     Ok(())
 }

@@ -35,10 +35,14 @@ pub fn add_indirect_root(store: &Store, link: &Path, path: &StorePath) -> Result
     let link = if link.is_absolute() {
         link.to_path_buf()
     } else {
-        std::env::current_dir().map_err(StoreError::io("read", "."))?.join(link)
+        std::env::current_dir()
+            .map_err(StoreError::io("read", "."))?
+            .join(link)
     };
     match fs::symlink_metadata(&link) {
-        Ok(m) if m.file_type().is_symlink() => fs::remove_file(&link).map_err(StoreError::io("replace", &link))?,
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::remove_file(&link).map_err(StoreError::io("replace", &link))?
+        }
         Ok(_) => {
             return Err(StoreError::Refused(format!(
                 "`{}` exists and is not a symlink; refusing to replace it with a GC root",
@@ -50,23 +54,31 @@ pub fn add_indirect_root(store: &Store, link: &Path, path: &StorePath) -> Result
     // Create the new link beside the old name and rename it into place atomically.
     let tmp = link.with_file_name(format!(
         ".{}.ksbuild-tmp-{}",
-        link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        link.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(store.physical_path(path), &tmp).map_err(StoreError::io("create the symlink", &tmp))?;
+    std::os::unix::fs::symlink(store.physical_path(path), &tmp)
+        .map_err(StoreError::io("create the symlink", &tmp))?;
     fs::rename(&tmp, &link).map_err(StoreError::io("create the symlink", &link))?;
     let key = Hash::sha256(link.as_os_str().as_encoded_bytes()).to_nix32();
     let auto = store.gcroots_dir().join("auto").join(&key[..32]);
     let _ = fs::remove_file(&auto);
-    std::os::unix::fs::symlink(&link, &auto).map_err(StoreError::io("register the GC root", &auto))?;
+    std::os::unix::fs::symlink(&link, &auto)
+        .map_err(StoreError::io("register the GC root", &auto))?;
     Ok(())
 }
 
 /// The store path a root symlink currently designates, if any.
 fn resolve_into_store(store: &Store, link: &Path) -> Option<StorePath> {
     let target = fs::read_link(link).ok()?;
-    let target = if target.is_absolute() { target } else { link.parent()?.join(target) };
+    let target = if target.is_absolute() {
+        target
+    } else {
+        link.parent()?.join(target)
+    };
     store.parse_user_path(&target).ok()
 }
 
@@ -78,14 +90,18 @@ fn find_roots(store: &Store) -> Result<BTreeSet<StorePath>> {
         let entry = entry.map_err(|e| StoreError::Io {
             action: "list",
             path: dir.clone(),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed")),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| std::io::Error::other("walk failed")),
         })?;
         if !entry.path_is_symlink() {
             continue;
         }
         let indirect = entry.path().parent() == Some(dir.join("auto").as_path());
         if indirect {
-            let Ok(link) = fs::read_link(entry.path()) else { continue };
+            let Ok(link) = fs::read_link(entry.path()) else {
+                continue;
+            };
             match resolve_into_store(store, &link) {
                 Some(p) => {
                     roots.insert(p);
@@ -110,7 +126,9 @@ fn live_set(store: &Store, roots: BTreeSet<StorePath>) -> Result<BTreeSet<StoreP
         if live.contains(&p) {
             continue;
         }
-        let Some(info) = store.query_path_info(&p)? else { continue };
+        let Some(info) = store.query_path_info(&p)? else {
+            continue;
+        };
         todo.extend(info.references.iter().cloned());
         if let Some(d) = info.deriver {
             todo.push(d);
@@ -141,7 +159,11 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     // Delete referrers before what they refer to, so an interrupted collection never leaves
     // a valid path whose references are gone.
     let order = referrers_first(&dead);
-    let mut report = GcReport { kept: live.len(), dry_run, ..GcReport::default() };
+    let mut report = GcReport {
+        kept: live.len(),
+        dry_run,
+        ..GcReport::default()
+    };
     for p in order {
         let printed = store.print(&p);
         if !dry_run {
@@ -196,7 +218,10 @@ pub fn sweep_leftovers(store: &Store) -> Result<()> {
     let db = store.db_dir();
     for entry in fs::read_dir(&db).map_err(StoreError::io("list", &db))? {
         let path = entry.map_err(StoreError::io("list", &db))?.path();
-        if path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".record-")) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b".record-"))
+        {
             fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
         }
     }

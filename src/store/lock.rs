@@ -54,9 +54,16 @@ fn operation(kind: LockKind, blocking: bool) -> FlockOperation {
 pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<FileLock>> {
     let file = open(path)?;
     match flock(&file, operation(kind, false)) {
-        Ok(()) => Ok(Some(FileLock { _file: file, path: path.to_path_buf() })),
+        Ok(()) => Ok(Some(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(StoreError::Io { action: "lock", path: path.to_path_buf(), source: e.into() }),
+        Err(e) => Err(StoreError::Io {
+            action: "lock",
+            path: path.to_path_buf(),
+            source: e.into(),
+        }),
     }
 }
 
@@ -69,9 +76,20 @@ pub fn lock(path: &Path, kind: LockKind, observer: &dyn Observer, what: &str) ->
     let file = open(path)?;
     loop {
         match flock(&file, operation(kind, true)) {
-            Ok(()) => return Ok(FileLock { _file: file, path: path.to_path_buf() }),
+            Ok(()) => {
+                return Ok(FileLock {
+                    _file: file,
+                    path: path.to_path_buf(),
+                })
+            }
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(StoreError::Io { action: "lock", path: path.to_path_buf(), source: e.into() }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    action: "lock",
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                })
+            }
         }
     }
 }

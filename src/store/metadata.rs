@@ -84,7 +84,11 @@ impl ValidPathInfo {
             path: parse(&json.path)?,
             nar_hash: Hash::parse(&json.nar_hash).map_err(|e| e.to_string())?,
             nar_size: json.nar_size,
-            references: json.references.iter().map(|r| parse(r)).collect::<std::result::Result<_, _>>()?,
+            references: json
+                .references
+                .iter()
+                .map(|r| parse(r))
+                .collect::<std::result::Result<_, _>>()?,
             deriver: json.deriver.as_deref().map(parse).transpose()?,
             ca: json.ca,
             registration_time: json.registration_time,
@@ -104,13 +108,25 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
     let text = match std::fs::read(&file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::Io { action: "read", path: file, source: e }),
+        Err(e) => {
+            return Err(StoreError::Io {
+                action: "read",
+                path: file,
+                source: e,
+            })
+        }
     };
-    let corrupt = |reason: String| StoreError::CorruptMetadata { path: file.clone(), reason };
+    let corrupt = |reason: String| StoreError::CorruptMetadata {
+        path: file.clone(),
+        reason,
+    };
     let json: PathInfoJson = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
     let info = ValidPathInfo::from_json(store, json).map_err(corrupt)?;
     if &info.path != path {
-        return Err(corrupt(format!("it describes `{}`", store.print(&info.path))));
+        return Err(corrupt(format!(
+            "it describes `{}`",
+            store.print(&info.path)
+        )));
     }
     Ok(Some(info))
 }
@@ -118,14 +134,22 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
 /// Writes the record of `info.path` atomically: the moment the path becomes valid.
 pub fn write(store: &Store, info: &ValidPathInfo) -> Result<()> {
     let file = record_path(store, &info.path);
-    let json = serde_json::to_vec(&info.to_json(store)).map_err(|e| StoreError::Refused(e.to_string()))?;
+    let json =
+        serde_json::to_vec(&info.to_json(store)).map_err(|e| StoreError::Refused(e.to_string()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".record-")
         .tempfile_in(store.db_dir())
         .map_err(StoreError::io("create a record in", store.db_dir()))?;
-    tmp.write_all(&json).map_err(StoreError::io("write", tmp.path().to_path_buf()))?;
-    tmp.as_file().sync_all().map_err(StoreError::io("sync", tmp.path().to_path_buf()))?;
-    tmp.persist(&file).map_err(|e| StoreError::Io { action: "write", path: file.clone(), source: e.error })?;
+    tmp.write_all(&json)
+        .map_err(StoreError::io("write", tmp.path().to_path_buf()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(StoreError::io("sync", tmp.path().to_path_buf()))?;
+    tmp.persist(&file).map_err(|e| StoreError::Io {
+        action: "write",
+        path: file.clone(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -135,7 +159,11 @@ pub fn remove(store: &Store, path: &StorePath) -> Result<()> {
     match std::fs::remove_file(&file) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::Io { action: "remove", path: file, source: e }),
+        Err(e) => Err(StoreError::Io {
+            action: "remove",
+            path: file,
+            source: e,
+        }),
     }
 }
 
@@ -147,7 +175,9 @@ pub fn list(store: &Store) -> Result<Vec<StorePath>> {
     for entry in std::fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
         let entry = entry.map_err(StoreError::io("list", &dir))?;
         let name = entry.file_name();
-        let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
         if let Ok(path) = StorePath::from_base_name(base) {
             out.push(path);
         }

@@ -29,7 +29,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use dump::{dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar, RestoreMode};
+pub use dump::{
+    dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
+    RestoreMode,
+};
 pub use gc::GcReport;
 pub use lock::{FileLock, LockKind};
 pub use metadata::{PathInfoJson, ValidPathInfo};
@@ -73,7 +76,9 @@ pub enum StoreError {
     #[error("cannot name a store path after `{0}`")]
     NoName(PathBuf),
     /// A flat add of something that is not a regular file.
-    #[error("`{0}` is not a regular file; flat hashing needs one (use `--recursive` for directories)")]
+    #[error(
+        "`{0}` is not a regular file; flat hashing needs one (use `--recursive` for directories)"
+    )]
     FlatNotRegular(PathBuf),
     /// A path references something that is not valid.
     #[error("`{path}` references `{reference}`, which is not valid in the store")]
@@ -105,9 +110,16 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| StoreError::Io { action, path, source }
+        move |source| StoreError::Io {
+            action,
+            path,
+            source,
+        }
     }
 }
 
@@ -142,7 +154,11 @@ pub struct AddOptions {
 
 impl Default for AddOptions {
     fn default() -> Self {
-        AddOptions { name: None, method: FileIngestionMethod::Recursive, algo: HashAlgo::Sha256 }
+        AddOptions {
+            name: None,
+            method: FileIngestionMethod::Recursive,
+            algo: HashAlgo::Sha256,
+        }
     }
 }
 
@@ -156,7 +172,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.root).field("store_dir", &self.store_dir).finish()
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("store_dir", &self.store_dir)
+            .finish()
     }
 }
 
@@ -167,9 +186,15 @@ impl Store {
         let root = if root.is_absolute() {
             root.to_path_buf()
         } else {
-            std::env::current_dir().map_err(StoreError::io("read", "."))?.join(root)
+            std::env::current_dir()
+                .map_err(StoreError::io("read", "."))?
+                .join(root)
         };
-        let store = Store { root, store_dir, observer };
+        let store = Store {
+            root,
+            store_dir,
+            observer,
+        };
         store.refuse_foreign_store()?;
         for dir in [
             store.real_store_dir(),
@@ -193,7 +218,9 @@ impl Store {
             return Ok(());
         }
         let real = self.real_store_dir();
-        let occupied = std::fs::read_dir(&real).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let occupied = std::fs::read_dir(&real)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         if occupied {
             return Err(StoreError::Refused(format!(
                 "`{}` holds paths but no ksbuild metadata (`{}`); it looks like a store ksbuild did not create, \
@@ -222,7 +249,8 @@ impl Store {
 
     /// Where the logical store directory physically is: `<root><store_dir>`.
     pub fn real_store_dir(&self) -> PathBuf {
-        self.root.join(self.store_dir.as_str().trim_start_matches('/'))
+        self.root
+            .join(self.store_dir.as_str().trim_start_matches('/'))
     }
 
     fn var_dir(&self) -> PathBuf {
@@ -265,7 +293,9 @@ impl Store {
         for candidate in [text.to_path_buf(), resolved] {
             if let Ok(rest) = candidate.strip_prefix(&real_canon) {
                 if let Some(first) = rest.components().next() {
-                    return Ok(StorePath::from_base_name(&first.as_os_str().to_string_lossy())?);
+                    return Ok(StorePath::from_base_name(
+                        &first.as_os_str().to_string_lossy(),
+                    )?);
                 }
             }
         }
@@ -281,13 +311,23 @@ impl Store {
 
     /// Locks `path` against concurrent registration or deletion.
     pub fn lock_path(&self, path: &StorePath) -> Result<FileLock> {
-        lock::lock(&self.path_lock_file(path), LockKind::Exclusive, self.observer(), &self.print(path))
+        lock::lock(
+            &self.path_lock_file(path),
+            LockKind::Exclusive,
+            self.observer(),
+            &self.print(path),
+        )
     }
 
     /// Takes the GC lock shared: held by every operation that adds paths or uses them
     /// (builds), so the collector never deletes what they work with.
     pub fn lock_gc_shared(&self) -> Result<FileLock> {
-        lock::lock(&self.locks_dir().join("gc.lock"), LockKind::Shared, self.observer(), "the store (garbage collection running)")
+        lock::lock(
+            &self.locks_dir().join("gc.lock"),
+            LockKind::Shared,
+            self.observer(),
+            "the store (garbage collection running)",
+        )
     }
 
     fn lock_gc_exclusive(&self) -> Result<FileLock> {
@@ -311,7 +351,10 @@ impl Store {
     /// Metadata of `path`, or an error naming it if it is not valid.
     pub fn path_info(&self, path: &StorePath) -> Result<ValidPathInfo> {
         self.query_path_info(path)?
-            .ok_or_else(|| StoreError::NotValid { path: self.print(path), root: self.root.clone() })
+            .ok_or_else(|| StoreError::NotValid {
+                path: self.print(path),
+                root: self.root.clone(),
+            })
     }
 
     /// Whether `path` is valid.
@@ -325,7 +368,10 @@ impl Store {
     }
 
     /// The closure of `paths` under references (including themselves).
-    pub fn closure(&self, paths: impl IntoIterator<Item = StorePath>) -> Result<BTreeSet<StorePath>> {
+    pub fn closure(
+        &self,
+        paths: impl IntoIterator<Item = StorePath>,
+    ) -> Result<BTreeSet<StorePath>> {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<StorePath> = paths.into_iter().collect();
         while let Some(p) = todo.pop() {
@@ -333,7 +379,12 @@ impl Store {
                 continue;
             }
             let info = self.path_info(&p)?;
-            todo.extend(info.references.iter().filter(|r| !seen.contains(*r)).cloned());
+            todo.extend(
+                info.references
+                    .iter()
+                    .filter(|r| !seen.contains(*r))
+                    .cloned(),
+            );
             seen.insert(p);
         }
         Ok(seen)
@@ -359,15 +410,26 @@ impl Store {
         if flat && !meta.is_file() {
             return Err(StoreError::FlatNotRegular(source.to_path_buf()));
         }
-        let nar_algo = (options.method == FileIngestionMethod::Recursive && options.algo != HashAlgo::Sha256)
+        let nar_algo = (options.method == FileIngestionMethod::Recursive
+            && options.algo != HashAlgo::Sha256)
             .then_some(options.algo);
         let out = dump::copy_and_hash(source, &target, flat.then_some(options.algo), nar_algo)?;
         let ca_hash = if flat {
-            out.flat_hash.clone().ok_or_else(|| StoreError::Refused("flat hash missing".into()))?
+            out.flat_hash
+                .clone()
+                .ok_or_else(|| StoreError::Refused("flat hash missing".into()))?
         } else {
-            out.nar_other_hash.clone().unwrap_or_else(|| out.nar_hash.clone())
+            out.nar_other_hash
+                .clone()
+                .unwrap_or_else(|| out.nar_hash.clone())
         };
-        let path = self.store_dir.make_fixed_output_path(options.method, &ca_hash, &name, &BTreeSet::new(), false)?;
+        let path = self.store_dir.make_fixed_output_path(
+            options.method,
+            &ca_hash,
+            &name,
+            &BTreeSet::new(),
+            false,
+        )?;
         let info = ValidPathInfo {
             path: path.clone(),
             nar_hash: out.nar_hash,
@@ -383,7 +445,12 @@ impl Store {
     }
 
     /// Adds `contents` as a text path (how `.drv` files and `builtins.toFile` are stored).
-    pub fn add_text(&self, name: &str, contents: &[u8], references: &BTreeSet<StorePath>) -> Result<ValidPathInfo> {
+    pub fn add_text(
+        &self,
+        name: &str,
+        contents: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<ValidPathInfo> {
         let hash = Hash::sha256(contents);
         let path = self.store_dir.make_text_path(name, &hash, references)?;
         if let Some(info) = self.query_path_info(&path)? {
@@ -391,7 +458,10 @@ impl Store {
         }
         for r in references {
             if !self.is_valid(r)? {
-                return Err(StoreError::MissingReference { path: self.print(&path), reference: self.print(r) });
+                return Err(StoreError::MissingReference {
+                    path: self.print(&path),
+                    reference: self.print(r),
+                });
             }
         }
         let _gc = self.lock_gc_shared()?;
@@ -424,7 +494,10 @@ impl Store {
         }
         for r in &info.references {
             if r != &info.path && !self.is_valid(r)? {
-                return Err(StoreError::MissingReference { path: self.print(&info.path), reference: self.print(r) });
+                return Err(StoreError::MissingReference {
+                    path: self.print(&info.path),
+                    reference: self.print(r),
+                });
             }
         }
         let dest = self.physical_path(&info.path);
@@ -493,6 +566,184 @@ impl Store {
 
 /// The `ca` field of a content-addressed path, in Nix's text form.
 pub fn content_address(method: FileIngestionMethod, hash: &Hash) -> String {
-    let r = if method == FileIngestionMethod::Recursive { "r:" } else { "" };
+    let r = if method == FileIngestionMethod::Recursive {
+        "r:"
+    } else {
+        ""
+    };
     format!("fixed:{r}{}", hash.to_nix32_prefixed())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        Store::open(&dir.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap()
+    }
+
+    #[test]
+    fn register_output_canonicalises_and_scans_references() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        // A dependency, and an output that mentions it and itself.
+        let src = tmp.path().join("dep");
+        std::fs::write(&src, b"dep").unwrap();
+        let dep = s.add_path(&src, &AddOptions::default()).unwrap().path;
+        let out_path = StorePath::from_base_name("9frz7rl3ni9y2yn0qscny8v1iq391zsh-out").unwrap();
+        let unrelated = StorePath::from_base_name("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
+        let staging = fsutil::Staging::new(&s.tmp_dir()).unwrap();
+        let built = staging.path().join("out");
+        std::fs::create_dir(&built).unwrap();
+        std::fs::write(
+            built.join("script"),
+            format!("exec {}/bin/x; me={}", s.print(&dep), s.print(&out_path)),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            built.join("script"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        std::fs::write(built.join("data"), b"plain").unwrap();
+        std::fs::set_permissions(built.join("data"), std::fs::Permissions::from_mode(0o2664))
+            .unwrap();
+        std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let candidates = BTreeSet::from([dep.clone(), out_path.clone(), unrelated]);
+        let info = s
+            .register_output(&built, &out_path, &candidates, None, None)
+            .unwrap();
+        assert_eq!(info.references, BTreeSet::from([dep, out_path.clone()]));
+        let physical = s.physical_path(&out_path);
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&physical), 0o555);
+        assert_eq!(mode(&physical.join("script")), 0o555);
+        assert_eq!(mode(&physical.join("data")), 0o444);
+        assert_eq!(
+            std::fs::symlink_metadata(physical.join("data"))
+                .unwrap()
+                .mtime(),
+            1
+        );
+        assert_eq!(nar_hash_path(&physical).unwrap().0, info.nar_hash);
+        assert!(s.verify(true).unwrap().damaged.is_empty());
+    }
+
+    #[test]
+    fn special_files_are_refused_by_name_and_nothing_becomes_valid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let src = tmp.path().join("tree");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("ok"), b"x").unwrap();
+        let sock = src.join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        match s.add_path(&src, &AddOptions::default()) {
+            Err(StoreError::UnsupportedFileType { path, kind }) => {
+                assert_eq!(path, sock);
+                assert_eq!(kind, "socket");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(s.valid_paths().unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_dir(s.tmp_dir()).unwrap().count(),
+            0,
+            "staging is cleaned up"
+        );
+    }
+
+    #[test]
+    fn damage_is_reported_and_leftovers_are_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let src = tmp.path().join("f");
+        std::fs::write(&src, b"content").unwrap();
+        let p = s.add_path(&src, &AddOptions::default()).unwrap().path;
+        let physical = s.physical_path(&p);
+        std::fs::set_permissions(&physical, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&physical, b"CONTENT").unwrap();
+        assert!(
+            s.verify(false).unwrap().damaged.is_empty(),
+            "presence alone looks fine"
+        );
+        let report = s.verify(true).unwrap();
+        assert_eq!(report.damaged.len(), 1);
+        assert!(
+            report.damaged[0].problem.contains("NAR hash"),
+            "{:?}",
+            report.damaged
+        );
+        // An unregistered directory (as a killed add leaves) is swept by the next idle open.
+        let leftover = s
+            .real_store_dir()
+            .join("ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf-foo");
+        std::fs::create_dir(&leftover).unwrap();
+        std::fs::create_dir(s.tmp_dir().join("stage-1-x")).unwrap();
+        let s2 = store(tmp.path());
+        assert!(!leftover.exists());
+        assert_eq!(std::fs::read_dir(s2.tmp_dir()).unwrap().count(), 0);
+        assert!(s2.is_valid(&p).unwrap());
+    }
+
+    #[test]
+    fn a_foreign_store_is_not_adopted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nix_store = tmp
+            .path()
+            .join("root/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1");
+        std::fs::create_dir_all(&nix_store).unwrap();
+        let err = Store::open(
+            &tmp.path().join("root"),
+            StoreDir::default(),
+            Arc::new(Silent),
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+        assert!(nix_store.exists());
+    }
+
+    #[test]
+    fn gc_keeps_roots_closures_and_deletes_referrers_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let add = |name: &str, refs: &[&StorePath]| {
+            let refs: BTreeSet<StorePath> = refs.iter().map(|r| (*r).clone()).collect();
+            s.add_text(name, name.as_bytes(), &refs).unwrap().path
+        };
+        let base = add("base", &[]);
+        let mid = add("mid", &[&base]);
+        let top = add("top", &[&mid]);
+        let lone = add("lone", &[]);
+        let orphan_base = add("orphan-base", &[]);
+        let orphan_top = add("orphan-top", &[&orphan_base]);
+        let link = tmp.path().join("result");
+        s.add_indirect_root(&link, &top).unwrap();
+        let dry = s.collect_garbage(true).unwrap();
+        assert_eq!(dry.deleted.len(), 3);
+        assert!(s.is_valid(&lone).unwrap());
+        let report = s.collect_garbage(false).unwrap();
+        let pos = |p: &StorePath| {
+            report
+                .deleted
+                .iter()
+                .position(|d| d == &s.print(p))
+                .unwrap()
+        };
+        assert!(
+            pos(&orphan_top) < pos(&orphan_base),
+            "referrers are deleted first"
+        );
+        for p in [&base, &mid, &top] {
+            assert!(s.is_valid(p).unwrap());
+        }
+        for p in [&lone, &orphan_base, &orphan_top] {
+            assert!(!s.is_valid(p).unwrap() && !s.physical_path(p).exists());
+        }
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!(s.collect_garbage(false).unwrap().deleted.len(), 3);
+        assert!(s.valid_paths().unwrap().is_empty());
+    }
 }

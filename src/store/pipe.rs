@@ -65,17 +65,27 @@ impl DigestPipe {
                 references: scanner.into_found(),
             }
         });
-        DigestPipe { buf: Vec::with_capacity(CHUNK), tx: Some(tx), free, worker: Some(worker) }
+        DigestPipe {
+            buf: Vec::with_capacity(CHUNK),
+            tx: Some(tx),
+            free,
+            worker: Some(worker),
+        }
     }
 
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
         let full = std::mem::replace(&mut self.buf, next);
         match &self.tx {
-            Some(tx) => tx.send(full).map_err(|_| io::Error::other("the hashing thread stopped")),
+            Some(tx) => tx
+                .send(full)
+                .map_err(|_| io::Error::other("the hashing thread stopped")),
             None => Err(io::Error::other("the digest pipe is finished")),
         }
     }

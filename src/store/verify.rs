@@ -29,11 +29,19 @@ pub struct VerifyReport {
 /// Verifies the store.
 pub fn verify(store: &Store, check_contents: bool) -> Result<VerifyReport> {
     let _gc = store.lock_gc_shared()?;
-    let mut report = VerifyReport { checked_contents: check_contents, ..VerifyReport::default() };
+    let mut report = VerifyReport {
+        checked_contents: check_contents,
+        ..VerifyReport::default()
+    };
     for path in store.valid_paths()? {
         report.checked += 1;
         let printed = store.print(&path);
-        let mut damage = |problem: String| report.damaged.push(Damage { path: printed.clone(), problem });
+        let mut damage = |problem: String| {
+            report.damaged.push(Damage {
+                path: printed.clone(),
+                problem,
+            })
+        };
         let info = match store.query_path_info(&path) {
             Ok(Some(info)) => info,
             Ok(None) => continue, // deleted meanwhile
@@ -44,21 +52,34 @@ pub fn verify(store: &Store, check_contents: bool) -> Result<VerifyReport> {
         };
         let physical = store.physical_path(&path);
         if std::fs::symlink_metadata(&physical).is_err() {
-            damage(format!("registered but missing from `{}`", physical.display()));
+            damage(format!(
+                "registered but missing from `{}`",
+                physical.display()
+            ));
             continue;
         }
         for r in &info.references {
             if r != &path && !store.is_valid(r)? {
-                damage(format!("references `{}`, which is not valid", store.print(r)));
+                damage(format!(
+                    "references `{}`, which is not valid",
+                    store.print(r)
+                ));
             }
         }
         if check_contents {
             match dump::nar_hash_path(&physical) {
                 Ok((hash, size)) => {
                     if hash != info.nar_hash {
-                        damage(format!("contents changed: NAR hash is {}, expected {}", hash.to_sri(), info.nar_hash.to_sri()));
+                        damage(format!(
+                            "contents changed: NAR hash is {}, expected {}",
+                            hash.to_sri(),
+                            info.nar_hash.to_sri()
+                        ));
                     } else if size != info.nar_size {
-                        damage(format!("contents changed: NAR size is {size}, expected {}", info.nar_size));
+                        damage(format!(
+                            "contents changed: NAR size is {size}, expected {}",
+                            info.nar_size
+                        ));
                     }
                 }
                 Err(StoreError::UnsupportedFileType { path, kind }) => {

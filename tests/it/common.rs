@@ -19,7 +19,9 @@ pub fn ksbuild(store: &Path) -> Command {
 
 /// Runs a command, panicking with its stderr if it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -32,12 +34,17 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 /// Runs a command and returns its output whatever the status.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Whether real Nix is on `PATH`.
 pub fn nix_available() -> bool {
-    Command::new("nix").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("nix")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Returns `true` when the test must be skipped because Nix is missing. In CI
@@ -66,5 +73,8 @@ pub fn nix(program: &str) -> Command {
 
 /// A fresh scratch directory, removed on drop.
 pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("ksbuild-it-").tempdir().expect("create scratch dir")
+    tempfile::Builder::new()
+        .prefix("ksbuild-it-")
+        .tempdir()
+        .expect("create scratch dir")
 }

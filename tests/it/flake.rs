@@ -1,0 +1,28 @@
+//! The project's `flake.nix` evaluates offline with real Nix 2.8.
+
+use crate::common::{nix, run_ok, skip_without_nix};
+
+#[test]
+fn flake_evaluates_offline_and_reads_the_project() {
+    if skip_without_nix() {
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    // A `path:` flake copies the directory; point it at a copy without `target/`.
+    let tmp = crate::common::scratch();
+    for item in ["flake.nix", "Cargo.toml", "derivations"] {
+        run_ok(
+            std::process::Command::new("cp")
+                .arg("-r")
+                .arg(format!("{root}/{item}"))
+                .arg(tmp.path()),
+        );
+    }
+    std::fs::write(tmp.path().join("derivations/example.toml"), "").unwrap();
+    let url = format!("path:{}#lib", tmp.path().display());
+    let json = run_ok(nix("nix").args(["eval", "--json", &url]));
+    let lib: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(lib["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(lib["storeDir"], "/nix/store");
+    assert_eq!(lib["targets"], serde_json::json!(["example"]));
+}
