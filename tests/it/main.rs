@@ -3,3 +3,4 @@
 
 mod common;
 mod flake;
+mod nix_narinfo;
