@@ -4,6 +4,7 @@
 
 mod errors;
 mod hash_cmd;
+mod key_cmd;
 mod store_cmd;
 
 use std::io::Write;
@@ -49,6 +50,9 @@ enum Command {
     /// Compute and convert hashes, as `nix hash` does.
     #[command(subcommand)]
     Hash(hash_cmd::HashCommand),
+    /// Generate signing keys for binary caches.
+    #[command(subcommand)]
+    Key(key_cmd::KeyCommand),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -157,6 +161,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
+        Command::Key(cmd) => key_cmd::run(&ctx, cmd),
     };
     match result {
         Ok(code) => code,

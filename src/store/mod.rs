@@ -16,6 +16,7 @@
 //! leaves at worst an unregistered directory or a staging directory, which the next
 //! process that finds the store idle sweeps away (see [`Store::open`]).
 
+mod cache;
 mod dump;
 mod fsutil;
 mod gc;
@@ -29,6 +30,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use cache::copy_to_binary_cache;
 pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
     RestoreMode,
