@@ -2,3 +2,5 @@
 //! cross-checks against real Nix 2.8. Shared helpers live in `common`.
 
 mod common;
+
+mod nix_derivations;
