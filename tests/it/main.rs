@@ -4,4 +4,5 @@
 mod cache_export;
 mod common;
 mod flake;
+mod nix_derivations;
 mod nix_narinfo;
