@@ -43,4 +43,5 @@
 
 pub mod cli;
 pub mod compat;
+pub mod model;
 pub mod store;

@@ -13,6 +13,9 @@ pub enum CliError {
     /// From the store layer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// In the project's TOML files.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// A hash given on the command line.
     #[error(transparent)]
     Hash(#[from] HashError),
@@ -42,8 +45,21 @@ impl CliError {
 }
 
 impl Diagnostic for CliError {
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        match self {
+            CliError::Model(e) => e.source_code(),
+            _ => None,
+        }
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        match self {
+            CliError::Model(e) => e.labels(),
+            _ => None,
+        }
+    }
     fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
         let hint = match self {
+            CliError::Model(e) => return e.help(),
             CliError::Store(e) => e.hint(),
             CliError::Hash(_) => {
                 Some("hashes look like `sha256-<base64>` or `sha256:<nix32 or hex>`".to_string())

@@ -2,6 +2,7 @@
 //! function over library operations. stdout carries data only (paths, hashes, JSON);
 //! messages go to stderr; errors are rendered by miette here and nowhere else.
 
+mod drv_cmd;
 mod errors;
 mod hash_cmd;
 mod key_cmd;
@@ -35,6 +36,9 @@ pub struct Cli {
         value_name = "PATH"
     )]
     store_dir: String,
+    /// The ksbuild project [default: the nearest directory holding `derivations/`].
+    #[arg(long, global = true, env = "KSBUILD_PROJECT", value_name = "DIR")]
+    project: Option<PathBuf>,
     /// Print nothing but data and errors.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -44,6 +48,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Lower targets to `.drv` files in the store; prints their paths (`nix-instantiate`).
+    Instantiate {
+        /// Targets (files of `derivations/`, without `.toml`).
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Print targets' derivations as JSON (`nix show-derivation`).
+    ShowDerivation {
+        /// Also show every derivation they depend on.
+        #[arg(long, short)]
+        recursive: bool,
+        /// Targets.
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
     /// Work with the store: add, inspect, verify, collect garbage.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -86,6 +105,7 @@ impl Observer for Terminal {
 
 /// Global settings every command gets.
 pub struct Context {
+    project: Option<PathBuf>,
     store_root: PathBuf,
     store_dir: String,
     quiet: bool,
@@ -154,11 +174,16 @@ fn out_json(value: &impl serde::Serialize) -> Result<(), CliError> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Context {
+        project: cli.project.clone(),
         store_root: cli.store.clone().unwrap_or_else(default_store_root),
         store_dir: cli.store_dir.clone(),
         quiet: cli.quiet,
     };
     let result = match cli.command {
+        Command::Instantiate { targets } => drv_cmd::run_instantiate(&ctx, targets),
+        Command::ShowDerivation { recursive, targets } => {
+            drv_cmd::run_show(&ctx, targets, recursive)
+        }
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),

@@ -1,0 +1,102 @@
+//! `ksbuild instantiate` and `ksbuild show-derivation`: lowering `derivations/*.toml` to
+//! `.drv` files in the store, and showing them as `nix show-derivation` does.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{out_line, CliError, Context};
+use crate::compat::derivation::show_derivation_json;
+use crate::model::{lower, Lowered, Project};
+use crate::store::{AddOptions, Store};
+
+/// Finds the project root: `--project`, else the nearest ancestor of the current
+/// directory holding `derivations/`.
+pub fn project_root(ctx: &Context) -> Result<PathBuf, CliError> {
+    if let Some(p) = &ctx.project {
+        return Ok(p.clone());
+    }
+    let cwd = std::env::current_dir().map_err(|e| CliError::Io {
+        action: "read the current directory",
+        source: e,
+    })?;
+    cwd.ancestors()
+        .find(|d| d.join("derivations").is_dir())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| CliError::Usage {
+            message: format!(
+                "no ksbuild project around `{}` (no `derivations/` folder)",
+                cwd.display()
+            ),
+            hint: Some("run ksbuild inside the project, or pass `--project DIR`".into()),
+        })
+}
+
+/// Loads the project, lowers `targets`, and writes the sources and `.drv` files to the store.
+pub fn instantiate(
+    ctx: &Context,
+    store: &Store,
+    targets: &[String],
+) -> Result<(Project, Lowered), CliError> {
+    let project = Project::load(&project_root(ctx)?)?;
+    let mut import = |path: &Path, name: &str| -> Result<crate::compat::StorePath, String> {
+        let options = AddOptions {
+            name: Some(name.to_string()),
+            ..AddOptions::default()
+        };
+        store
+            .add_path(path, &options)
+            .map(|i| i.path)
+            .map_err(|e| e.to_string())
+    };
+    let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
+    for key in &lowered.order {
+        let node = &lowered.nodes[key];
+        let name = node.drv_path.name().to_string();
+        let info = store.add_text(
+            &name,
+            &node.drv.to_aterm(store.store_dir()),
+            &node.drv.references(),
+        )?;
+        debug_assert_eq!(info.path, node.drv_path);
+    }
+    Ok((project, lowered))
+}
+
+/// `ksbuild instantiate TARGET…`: prints each target's `.drv` path.
+pub fn run_instantiate(ctx: &Context, targets: Vec<String>) -> Result<ExitCode, CliError> {
+    let store = ctx.open_store()?;
+    let (_, lowered) = instantiate(ctx, &store, &targets)?;
+    for t in &targets {
+        out_line(&store.print(&lowered.nodes[t].drv_path))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ksbuild show-derivation [-r] TARGET…`: the JSON of `nix show-derivation`.
+pub fn run_show(
+    ctx: &Context,
+    targets: Vec<String>,
+    recursive: bool,
+) -> Result<ExitCode, CliError> {
+    let store = ctx.open_store()?;
+    let (_, lowered) = instantiate(ctx, &store, &targets)?;
+    let nodes: Vec<_> = if recursive {
+        lowered
+            .nodes
+            .values()
+            .map(|n| (&n.drv_path, &n.drv))
+            .collect()
+    } else {
+        targets
+            .iter()
+            .map(|t| (&lowered.nodes[t].drv_path, &lowered.nodes[t].drv))
+            .collect()
+    };
+    let json = show_derivation_json(store.store_dir(), nodes);
+    let text = serde_json::to_string_pretty(&json).map_err(|e| CliError::Io {
+        action: "encode JSON",
+        source: e.into(),
+    })?;
+    out_line(&text)?;
+    Ok(ExitCode::SUCCESS)
+}

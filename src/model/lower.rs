@@ -1,0 +1,722 @@
+//! Lowering: the targets of a [`Project`] become Nix [`Derivation`]s, with their output
+//! paths and `.drv` paths computed exactly as Nix would. Pure: repository files are
+//! imported into the store through a closure the caller provides.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::schema::{FetchSpec, InputSpec};
+use super::{did_you_mean, ModelError, Project, SourceFile, Target};
+use crate::compat::derivation::{Derivation, DerivationError, FixedOutputHash, Output};
+use crate::compat::hash::HashError;
+use crate::compat::store_path::validate_name;
+use crate::compat::{FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath};
+
+/// How a download is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpack {
+    /// A Debian package: its `data.tar` becomes the tree.
+    Deb,
+    /// A tarball (optionally gzip/xz/zstd-compressed).
+    Tar,
+}
+
+/// What ksbuild must download for a fixed-output node.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The URL as written (`mirror://…` is resolved at fetch time).
+    pub url: String,
+    /// The expected hash.
+    pub hash: FixedOutputHash,
+    /// Unpacking, if any.
+    pub unpack: Option<Unpack>,
+    /// Whether the downloaded file is made executable.
+    pub executable: bool,
+}
+
+/// One lowered derivation.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The target name, or `target.input` for an inline download.
+    pub key: String,
+    /// The derivation, output paths filled in.
+    pub drv: Derivation,
+    /// Its `.drv` store path.
+    pub drv_path: StorePath,
+    /// For downloads: what to fetch.
+    pub fetch: Option<Fetch>,
+    /// Keys of the nodes it depends on.
+    pub deps: BTreeSet<String>,
+}
+
+/// The lowered graph.
+#[derive(Debug, Default)]
+pub struct Lowered {
+    /// Nodes by key.
+    pub nodes: BTreeMap<String, Node>,
+    /// Keys in dependency order (every node after its dependencies).
+    pub order: Vec<String>,
+    /// Repository files imported as sources.
+    pub sources: BTreeSet<StorePath>,
+}
+
+impl Lowered {
+    /// The node with this `.drv` path.
+    pub fn by_drv_path(&self, path: &StorePath) -> Option<&Node> {
+        self.nodes.values().find(|n| &n.drv_path == path)
+    }
+}
+
+/// Imports a repository file or folder (absolute path, store name) as a source path.
+pub type Import<'a> = dyn FnMut(&Path, &str) -> Result<StorePath, String> + 'a;
+
+struct Lowerer<'a, 'b> {
+    project: &'a Project,
+    store_dir: &'a StoreDir,
+    import: &'a mut Import<'b>,
+    out: Lowered,
+    modulo: BTreeMap<StorePath, Hash>,
+}
+
+/// Lowers `roots` and everything they depend on.
+pub fn lower(
+    project: &Project,
+    store_dir: &StoreDir,
+    roots: &[String],
+    import: &mut Import<'_>,
+) -> Result<Lowered, ModelError> {
+    let order = topological_order(project, roots)?;
+    let mut l = Lowerer {
+        project,
+        store_dir,
+        import,
+        out: Lowered::default(),
+        modulo: BTreeMap::new(),
+    };
+    for name in order {
+        let target = project.target(&name)?;
+        l.target(target)?;
+    }
+    Ok(l.out)
+}
+
+/// Depth-first order of the targets reachable from `roots`; reports unknown inputs and cycles.
+fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>, ModelError> {
+    #[derive(PartialEq)]
+    enum Mark {
+        Active,
+        Done,
+    }
+    let mut marks: BTreeMap<String, Mark> = BTreeMap::new();
+    let mut order = Vec::new();
+    for root in roots {
+        project.target(root)?;
+        // Iterative DFS keeping the path for cycle reports.
+        let mut stack: Vec<(String, Vec<String>)> = vec![(root.clone(), Vec::new())];
+        let mut path: Vec<String> = Vec::new();
+        while let Some((name, pending)) = stack.pop() {
+            if pending.is_empty() && !marks.contains_key(&name) {
+                marks.insert(name.clone(), Mark::Active);
+                path.push(name.clone());
+                let target = project.target(&name)?;
+                let mut deps = Vec::new();
+                for (input, spec) in &target.spec.inputs {
+                    if let InputSpec::Derivation { target: dep, .. } = spec.get_ref() {
+                        if !project.targets.contains_key(dep) {
+                            return Err(target.source.error(
+                                spec.span(),
+                                format!("input `{input}` of `{name}` names the unknown derivation `{dep}`"),
+                                "no such file in derivations/",
+                                did_you_mean(dep, project.targets.keys()),
+                            ));
+                        }
+                        deps.push(dep.clone());
+                    }
+                }
+                deps.sort();
+                deps.dedup();
+                stack.push((name, deps));
+                continue;
+            }
+            if marks.get(&name) == Some(&Mark::Done) {
+                continue;
+            }
+            let mut pending = pending;
+            match pending.pop() {
+                Some(dep) => {
+                    stack.push((name, pending));
+                    match marks.get(&dep) {
+                        Some(Mark::Done) => {}
+                        Some(Mark::Active) => {
+                            let start = path.iter().position(|p| p == &dep).unwrap_or(0);
+                            let mut cycle: Vec<&str> =
+                                path[start..].iter().map(String::as_str).collect();
+                            cycle.push(&dep);
+                            return Err(ModelError::Cycle(cycle.join(" -> ")));
+                        }
+                        None => stack.push((dep, Vec::new())),
+                    }
+                }
+                None => {
+                    marks.insert(name.clone(), Mark::Done);
+                    path.pop();
+                    order.push(name);
+                }
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Parses a download hash: SRI, `algo:digest`, or a bare hex/nix32 digest whose length
+/// says the algorithm.
+pub fn parse_fetch_hash(text: &str) -> Result<Hash, HashError> {
+    match Hash::parse(text) {
+        Err(HashError::MissingAlgo(_)) => {
+            let algo = HashAlgo::ALL
+                .into_iter()
+                .find(|a| {
+                    text.len() == a.digest_len() * 2
+                        || text.len() == crate::compat::nixbase32::encoded_len(a.digest_len())
+                })
+                .ok_or_else(|| HashError::MissingAlgo(text.to_string()))?;
+            Hash::parse_with(text, Some(algo))
+        }
+        other => other,
+    }
+}
+
+/// The span of `${name}` inside a string value that starts at `value_span.start` (its quote).
+fn inner_span(value: &Spanned<String>, at: usize, len: usize) -> std::ops::Range<usize> {
+    let start = value.span().start + 1 + at;
+    start..start + len
+}
+
+impl Lowerer<'_, '_> {
+    fn finish(
+        &mut self,
+        key: String,
+        mut drv: Derivation,
+        fetch: Option<Fetch>,
+        deps: BTreeSet<String>,
+        file: &SourceFile,
+    ) -> Result<(), ModelError> {
+        let lowering_error = |e: LowerError| {
+            file.error(
+                0..0,
+                format!("cannot lower `{key}`: {e}"),
+                "in this file",
+                None,
+            )
+        };
+        let modulo = &self.modulo;
+        let mut input_hash = |p: &StorePath| -> Result<Hash, LowerError> {
+            modulo
+                .get(p)
+                .cloned()
+                .ok_or_else(|| LowerError::Unlowered(p.clone()))
+        };
+        drv.fill_output_paths(self.store_dir, &mut input_hash)
+            .map_err(lowering_error)?;
+        let drv_path = drv
+            .drv_path(self.store_dir)
+            .map_err(|e| lowering_error(e.into()))?;
+        let modulo = drv
+            .hash_derivation_modulo(self.store_dir, &mut input_hash)
+            .map_err(lowering_error)?;
+        self.modulo.insert(drv_path.clone(), modulo);
+        self.out.order.push(key.clone());
+        self.out.nodes.insert(
+            key.clone(),
+            Node {
+                key,
+                drv,
+                drv_path,
+                fetch,
+                deps,
+            },
+        );
+        Ok(())
+    }
+
+    fn fetch_node(
+        &mut self,
+        key: String,
+        default_name: Option<&str>,
+        spec: &FetchSpec,
+        file: &SourceFile,
+    ) -> Result<(), ModelError> {
+        let url = spec.url.get_ref();
+        let scheme_ok = ["https://", "http://", "file://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+            || url.strip_prefix("mirror://").is_some_and(|rest| {
+                rest.split_once('/')
+                    .is_some_and(|(m, p)| !m.is_empty() && !p.is_empty())
+            });
+        if !scheme_ok {
+            return Err(file.error(
+                spec.url.span(),
+                format!("unsupported URL `{url}`"),
+                "this URL",
+                Some("use `https://`, `http://`, `file://` or `mirror://NAME/path`".into()),
+            ));
+        }
+        let hash = parse_fetch_hash(spec.hash.get_ref()).map_err(|e| {
+            file.error(
+                spec.hash.span(),
+                format!("malformed hash: {e}"),
+                "this hash",
+                Some("write it in SRI form (`sha256-<base64>`), or as nix32 or hex (optionally prefixed `sha256:`)".into()),
+            )
+        })?;
+        let unpack = match spec
+            .unpack
+            .as_ref()
+            .map(|u| (u.get_ref().as_str(), u.span()))
+        {
+            None => None,
+            Some(("deb", _)) => Some(Unpack::Deb),
+            Some(("tar", _)) => Some(Unpack::Tar),
+            Some((other, span)) => {
+                return Err(file.error(
+                    span,
+                    format!("unknown unpack format `{other}`"),
+                    "here",
+                    Some("use `deb` or `tar`".into()),
+                ))
+            }
+        };
+        if spec.executable && (spec.recursive || unpack.is_some()) {
+            return Err(file.error(
+                spec.url.span(),
+                "`executable` applies only to flat downloads",
+                "this download",
+                None,
+            ));
+        }
+        let method = if spec.recursive || unpack.is_some() {
+            FileIngestionMethod::Recursive
+        } else {
+            FileIngestionMethod::Flat
+        };
+        let base = url
+            .rsplit('/')
+            .next()
+            .unwrap_or(url)
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("");
+        let derived = match unpack {
+            Some(Unpack::Deb) => base.strip_suffix(".deb").unwrap_or(base).to_string(),
+            Some(Unpack::Tar) => {
+                let mut b = base.to_string();
+                for ext in [".tar.gz", ".tgz", ".tar.xz", ".tar.zst", ".tar.bz2", ".tar"] {
+                    if let Some(s) = base.strip_suffix(ext) {
+                        b = s.to_string();
+                        break;
+                    }
+                }
+                b
+            }
+            None => base.to_string(),
+        };
+        let (name, name_span) = match (&spec.name, default_name) {
+            (Some(n), _) => (n.get_ref().clone(), n.span()),
+            (None, Some(d)) => (d.to_string(), spec.url.span()),
+            (None, None) => (derived, spec.url.span()),
+        };
+        validate_name(&name).map_err(|e| {
+            file.error(
+                name_span,
+                format!("`{name}` cannot name a store path: {e}"),
+                "store name taken from here",
+                Some("set `name = \"…\"`".into()),
+            )
+        })?;
+        let mut env = BTreeMap::new();
+        env.insert("builder".into(), "builtin:fetchurl".into());
+        env.insert("name".into(), name.clone());
+        env.insert("out".into(), String::new());
+        env.insert("outputHash".into(), spec.hash.get_ref().clone());
+        env.insert("outputHashAlgo".into(), hash.algo().name().into());
+        env.insert(
+            "outputHashMode".into(),
+            if method == FileIngestionMethod::Recursive {
+                "recursive"
+            } else {
+                "flat"
+            }
+            .into(),
+        );
+        env.insert("system".into(), "builtin".into());
+        env.insert("url".into(), url.clone());
+        if spec.executable {
+            env.insert("executable".into(), "1".into());
+        }
+        if let Some(u) = unpack {
+            env.insert(
+                "ksbuildUnpack".into(),
+                if u == Unpack::Deb { "deb" } else { "tar" }.into(),
+            );
+        }
+        let fixed = FixedOutputHash { method, hash };
+        let drv = Derivation {
+            outputs: BTreeMap::from([(
+                "out".to_string(),
+                Output {
+                    path: None,
+                    fixed: Some(fixed.clone()),
+                },
+            )]),
+            input_derivations: BTreeMap::new(),
+            input_sources: BTreeSet::new(),
+            system: "builtin".into(),
+            builder: "builtin:fetchurl".into(),
+            args: Vec::new(),
+            env,
+        };
+        let fetch = Fetch {
+            url: url.clone(),
+            hash: fixed,
+            unpack,
+            executable: spec.executable,
+        };
+        self.finish(key, drv, Some(fetch), BTreeSet::new(), file)
+    }
+
+    fn target(&mut self, target: &Target) -> Result<(), ModelError> {
+        let spec = &target.spec;
+        let file = &target.source;
+        if let Some(fetch) = &spec.fetch {
+            if spec.builder.is_some()
+                || !spec.args.is_empty()
+                || !spec.inputs.is_empty()
+                || !spec.env.is_empty()
+                || spec.outputs.is_some()
+            {
+                return Err(file.error(
+                    fetch.span(),
+                    format!("`{}` has both `[fetch]` and build keys", target.name),
+                    "a download",
+                    Some("a derivation file is either a download (`[fetch]`) or a build (`builder`, `args`, `inputs`…)".into()),
+                ));
+            }
+            let name = spec
+                .name
+                .as_ref()
+                .map(|n| n.get_ref().as_str())
+                .or(Some(target.name.as_str()));
+            return self.fetch_node(target.name.clone(), name, fetch.get_ref(), file);
+        }
+        let Some(builder) = &spec.builder else {
+            return Err(file.error(
+                0..0,
+                format!("`{}` has neither `builder` nor `[fetch]`", target.name),
+                "in this file",
+                Some(
+                    "add `builder = \"${busybox}/bin/busybox\"` (and inputs), or a `[fetch]` table"
+                        .into(),
+                ),
+            ));
+        };
+        if let Some(env_name) = &spec.environment {
+            return Err(file.error(
+                env_name.span(),
+                "build environments (`environment = …`) are not supported yet",
+                "here",
+                Some("run the builder from an input's store path for now".into()),
+            ));
+        }
+        let name = spec
+            .name
+            .as_ref()
+            .map(|n| (n.get_ref().clone(), n.span()))
+            .unwrap_or((target.name.clone(), 0..0));
+        validate_name(&name.0).map_err(|e| {
+            file.error(
+                name.1.clone(),
+                format!("`{}` cannot name a store path: {e}", name.0),
+                "this name",
+                Some("use letters, digits and `+-._?=`".into()),
+            )
+        })?;
+        let settings = self.project.settings.as_ref();
+        let system =
+            match (&spec.system, settings.and_then(|(_, s)| s.system.as_ref())) {
+                (Some(s), _) | (None, Some(s)) => s.get_ref().clone(),
+                (None, None) => return Err(file.error(
+                    0..0,
+                    format!("`{}` does not say its `system`", target.name),
+                    "in this file",
+                    Some(
+                        "add `system = \"x86_64-linux\"` here or to `derivations/_project.toml`"
+                            .into(),
+                    ),
+                )),
+            };
+        // Outputs.
+        let outputs: Vec<(String, std::ops::Range<usize>)> = match &spec.outputs {
+            None => vec![("out".to_string(), 0..0)],
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|o| (o.get_ref().clone(), o.span()))
+                .collect(),
+        };
+        let mut seen = BTreeSet::new();
+        for (o, span) in &outputs {
+            let valid = !o.is_empty()
+                && o.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-._?=".contains(c))
+                && o != "drv";
+            if !valid || !seen.insert(o.clone()) {
+                return Err(file.error(
+                    span.clone(),
+                    format!("invalid or repeated output name `{o}`"),
+                    "this output",
+                    Some("output names are distinct words like `out`, `dev`, `lib`".into()),
+                ));
+            }
+        }
+        if outputs.is_empty() {
+            return Err(file.error(
+                spec.outputs.as_ref().map(|o| o.span()).unwrap_or(0..0),
+                "a derivation needs at least one output",
+                "empty",
+                None,
+            ));
+        }
+        // Inputs: their values for `${…}` and what they add to the derivation.
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        let mut input_derivations: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
+        let mut input_sources = BTreeSet::new();
+        let mut deps = BTreeSet::new();
+        for (input, spanned) in &spec.inputs {
+            let span = spanned.span();
+            match spanned.get_ref() {
+                InputSpec::Derivation {
+                    target: dep,
+                    output,
+                } => {
+                    let node =
+                        self.out.nodes.get(dep).ok_or_else(|| {
+                            ModelError::Cycle(format!("{} -> {dep}", target.name))
+                        })?;
+                    let output = output.clone().unwrap_or_else(|| "out".to_string());
+                    let Some(path) = node.drv.outputs.get(&output).and_then(|o| o.path.clone())
+                    else {
+                        let names: Vec<String> = node.drv.outputs.keys().cloned().collect();
+                        return Err(file.error(
+                            span,
+                            format!("`{dep}` has no output `{output}`"),
+                            "this input",
+                            did_you_mean(&output, &names)
+                                .or(Some(format!("its outputs are: {}", names.join(", ")))),
+                        ));
+                    };
+                    values.insert(input.clone(), self.store_dir.display(&path));
+                    input_derivations
+                        .entry(node.drv_path.clone())
+                        .or_default()
+                        .insert(output);
+                    deps.insert(dep.clone());
+                }
+                InputSpec::Path { path, name } => {
+                    let full = self.project.root.join(path);
+                    if std::fs::symlink_metadata(&full).is_err() {
+                        return Err(file.error(
+                            span,
+                            format!("input `{input}`: `{path}` does not exist"),
+                            "this path",
+                            Some(format!(
+                                "paths are relative to the project root `{}`",
+                                self.project.root.display()
+                            )),
+                        ));
+                    }
+                    let store_name = match name {
+                        Some(n) => n.clone(),
+                        None => full
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    };
+                    validate_name(&store_name).map_err(|e| {
+                        file.error(
+                            span.clone(),
+                            format!(
+                                "input `{input}`: `{store_name}` cannot name a store path: {e}"
+                            ),
+                            "this input",
+                            Some("set `name = \"…\"` in the input table".into()),
+                        )
+                    })?;
+                    let sp = (self.import)(&full, &store_name).map_err(|e| {
+                        file.error(
+                            span.clone(),
+                            format!("cannot import `{path}`: {e}"),
+                            "this input",
+                            None,
+                        )
+                    })?;
+                    values.insert(input.clone(), self.store_dir.display(&sp));
+                    self.out.sources.insert(sp.clone());
+                    input_sources.insert(sp);
+                }
+                InputSpec::Fetch(fetch) => {
+                    let key = format!("{}.{input}", target.name);
+                    let mut fetch = (**fetch).clone();
+                    if fetch.name.as_ref().is_some_and(|n| n.span() == (0..0)) {
+                        // The table's name has no span of its own; point at the input.
+                        fetch.name = fetch
+                            .name
+                            .map(|n| Spanned::new(span.clone(), n.into_inner()));
+                    }
+                    self.fetch_node(key.clone(), None, &fetch, file)?;
+                    let node = &self.out.nodes[&key];
+                    let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
+                        file.error(
+                            span.clone(),
+                            "download without an output path",
+                            "here",
+                            None,
+                        )
+                    })?;
+                    values.insert(input.clone(), self.store_dir.display(&path));
+                    input_derivations
+                        .entry(node.drv_path.clone())
+                        .or_default()
+                        .insert("out".into());
+                    deps.insert(key);
+                }
+            }
+        }
+        let output_names: Vec<String> = outputs.iter().map(|(o, _)| o.clone()).collect();
+        let subst = |value: &Spanned<String>| -> Result<String, ModelError> {
+            substitute(value, &values, &output_names, file)
+        };
+        let builder_s = subst(builder)?;
+        let args = spec
+            .args
+            .iter()
+            .map(&subst)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        if let Some((_, s)) = settings {
+            for (k, v) in &s.env {
+                env.insert(k.clone(), v.get_ref().clone());
+            }
+        }
+        let reserved: BTreeSet<&str> = ["name", "system", "builder", "outputs"]
+            .into_iter()
+            .chain(output_names.iter().map(String::as_str))
+            .collect();
+        for (k, v) in &spec.env {
+            if reserved.contains(k.as_str()) {
+                return Err(file.error(
+                    v.span(),
+                    format!("`env.{k}` is set by ksbuild itself"),
+                    "reserved",
+                    Some(format!(
+                        "`{k}` is derived from the derivation's keys; remove it from `env`"
+                    )),
+                ));
+            }
+            env.insert(k.clone(), subst(v)?);
+        }
+        env.insert("name".into(), name.0.clone());
+        env.insert("system".into(), system.clone());
+        env.insert("builder".into(), builder_s.clone());
+        for o in &output_names {
+            env.insert(o.clone(), String::new());
+        }
+        if spec.outputs.is_some() {
+            env.insert("outputs".into(), output_names.join(" "));
+        }
+        let drv = Derivation {
+            outputs: output_names
+                .iter()
+                .map(|o| (o.clone(), Output::default()))
+                .collect(),
+            input_derivations,
+            input_sources,
+            system,
+            builder: builder_s,
+            args,
+            env,
+        };
+        self.finish(target.name.clone(), drv, None, deps, file)
+    }
+}
+
+/// Errors of hash-modulo computation during lowering.
+#[derive(Debug, thiserror::Error)]
+enum LowerError {
+    #[error(transparent)]
+    Derivation(#[from] DerivationError),
+    #[error("input derivation `{0}` was not lowered first")]
+    Unlowered(StorePath),
+}
+
+/// Replaces `${input}` with the input's store path; `$${` stands for a literal `${`.
+fn substitute(
+    value: &Spanned<String>,
+    values: &BTreeMap<String, String>,
+    outputs: &[String],
+    file: &SourceFile,
+) -> Result<String, ModelError> {
+    let text = value.get_ref();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    while i < bytes.len() {
+        if text[i..].starts_with("$${") {
+            out.push_str("${");
+            i += 3;
+        } else if text[i..].starts_with("${") {
+            let Some(end) = text[i + 2..].find('}') else {
+                return Err(file.error(
+                    inner_span(value, i, 2),
+                    "unterminated `${`",
+                    "opened here",
+                    Some("write `$${` for a literal `${`".into()),
+                ));
+            };
+            let name = &text[i + 2..i + 2 + end];
+            match values.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    let help = if outputs.iter().any(|o| o == name) {
+                        Some(format!("`{name}` is an output: use the shell variable `${name}`, or write `$${{{name}}}`"))
+                    } else {
+                        let names: Vec<String> = values.keys().cloned().collect();
+                        did_you_mean(name, &names).or(Some(if names.is_empty() {
+                            "this derivation has no `[inputs]`; write `$${` for a literal `${`"
+                                .to_string()
+                        } else {
+                            format!(
+                                "inputs are: {}; write `$${{` for a literal `${{`",
+                                names.join(", ")
+                            )
+                        }))
+                    };
+                    return Err(file.error(
+                        inner_span(value, i, end + 3),
+                        format!("unknown input `{name}`"),
+                        "not an input",
+                        help,
+                    ));
+                }
+            }
+            i += end + 3;
+        } else {
+            let c = text[i..].chars().next().unwrap_or('\0');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,161 @@
+//! The TOML schema of `derivations/*.toml` and `derivations/_project.toml`, deserialised
+//! with source spans so that every error can point into the file. Pure: parses text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// `derivations/_project.toml`: values every derivation shares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFile {
+    /// Default `system` of every derivation.
+    pub system: Option<Spanned<String>>,
+    /// Environment added to every build derivation (a derivation's own `env` wins).
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+}
+
+/// One `derivations/NAME.toml`: either a build (`builder`, …) or a download (`[fetch]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivationFile {
+    /// Store name of the outputs [default: the target name].
+    pub name: Option<Spanned<String>>,
+    /// Platform [default: the project's `system`].
+    pub system: Option<Spanned<String>>,
+    /// Program to run; `${input}` refers to an input's store path.
+    pub builder: Option<Spanned<String>>,
+    /// Arguments of the builder.
+    #[serde(default)]
+    pub args: Vec<Spanned<String>>,
+    /// Environment of the builder.
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    /// Output names [default: `["out"]`].
+    pub outputs: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Build environment from `sandboxes/` (pinned Debian tree).
+    pub environment: Option<Spanned<String>>,
+    /// Named inputs.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Spanned<InputSpec>>,
+    /// A download instead of a build.
+    pub fetch: Option<Spanned<FetchSpec>>,
+}
+
+/// A fixed-output download.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSpec {
+    /// `https://`, `http://`, `file://` or `mirror://NAME/…`.
+    pub url: Spanned<String>,
+    /// Expected hash: SRI, or nix32/hex with or without an `algo:` prefix.
+    pub hash: Spanned<String>,
+    /// Store name [default: the URL's last segment].
+    pub name: Option<Spanned<String>>,
+    /// Hash the NAR of the result rather than the file's bytes.
+    #[serde(default)]
+    pub recursive: bool,
+    /// Unpack the download: `"deb"` or `"tar"` (implies a recursive hash of the tree).
+    pub unpack: Option<Spanned<String>>,
+    /// Make the downloaded file executable (flat downloads only).
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// One entry of `[inputs]`.
+#[derive(Debug, Clone)]
+pub enum InputSpec {
+    /// Another derivation (target name) and which output.
+    Derivation {
+        target: String,
+        output: Option<String>,
+    },
+    /// A file or folder of the repository, relative to the project root.
+    Path { path: String, name: Option<String> },
+    /// An inline download.
+    Fetch(Box<FetchSpec>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputTable {
+    drv: Option<String>,
+    output: Option<String>,
+    path: Option<String>,
+    name: Option<String>,
+    url: Option<Spanned<String>>,
+    hash: Option<Spanned<String>>,
+    #[serde(default)]
+    recursive: bool,
+    unpack: Option<Spanned<String>>,
+    #[serde(default)]
+    executable: bool,
+}
+
+impl<'de> Deserialize<'de> for InputSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InputVisitor;
+        impl<'de> Visitor<'de> for InputVisitor {
+            type Value = InputSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a derivation name, or a table with `drv`, `path` or `url`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<InputSpec, E> {
+                Ok(InputSpec::Derivation {
+                    target: v.to_string(),
+                    output: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<InputSpec, A::Error> {
+                let t = InputTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let kinds = [t.drv.is_some(), t.path.is_some(), t.url.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if kinds != 1 {
+                    return Err(de::Error::custom(
+                        "an input table needs exactly one of `drv` (a derivation), `path` (a repository file) or `url` (a download)",
+                    ));
+                }
+                let fetch_only =
+                    t.hash.is_some() || t.unpack.is_some() || t.recursive || t.executable;
+                if let Some(target) = t.drv {
+                    if t.path.is_some() || fetch_only || t.name.is_some() {
+                        return Err(de::Error::custom("a `drv` input takes only `output`"));
+                    }
+                    return Ok(InputSpec::Derivation {
+                        target,
+                        output: t.output,
+                    });
+                }
+                if t.output.is_some() {
+                    return Err(de::Error::custom("`output` is only for `drv` inputs"));
+                }
+                if let Some(path) = t.path {
+                    if fetch_only {
+                        return Err(de::Error::custom("a `path` input takes only `name`"));
+                    }
+                    return Ok(InputSpec::Path { path, name: t.name });
+                }
+                let (Some(url), Some(hash)) = (t.url, t.hash) else {
+                    return Err(de::Error::custom(
+                        "a download needs `hash` as well as `url` (SRI, nix32 or hex)",
+                    ));
+                };
+                Ok(InputSpec::Fetch(Box::new(FetchSpec {
+                    url,
+                    hash,
+                    name: t.name.map(|n| Spanned::new(0..0, n)),
+                    recursive: t.recursive,
+                    unpack: t.unpack,
+                    executable: t.executable,
+                })))
+            }
+        }
+        deserializer.deserialize_any(InputVisitor)
+    }
+}
