@@ -15,7 +15,7 @@ pub enum CliError {
     Store(#[from] StoreError),
     /// In the project's TOML files.
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(Box<crate::model::ModelError>),
     /// A hash given on the command line.
     #[error(transparent)]
     Hash(#[from] HashError),
@@ -35,6 +35,12 @@ pub enum CliError {
     /// The command ran and found problems (already printed); exit non-zero.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<crate::model::ModelError> for CliError {
+    fn from(e: crate::model::ModelError) -> Self {
+        CliError::Model(Box::new(e))
+    }
 }
 
 impl CliError {

@@ -17,21 +17,29 @@ use miette::{NamedSource, SourceSpan};
 pub use lower::{lower, Fetch, Lowered, Node, Unpack};
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile};
 
+/// A problem at a place in a TOML file.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+pub struct FileError {
+    /// What is wrong.
+    pub message: String,
+    #[source_code]
+    src: NamedSource<Arc<String>>,
+    #[label("{label}")]
+    span: SourceSpan,
+    label: String,
+    /// What to do about it.
+    #[help]
+    pub help: Option<String>,
+}
+
 /// An error in the project's files, pointing into them where it can.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ModelError {
     /// A problem at a place in a TOML file.
-    #[error("{message}")]
-    InFile {
-        message: String,
-        #[source_code]
-        src: NamedSource<Arc<String>>,
-        #[label("{label}")]
-        span: SourceSpan,
-        label: String,
-        #[help]
-        help: Option<String>,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    InFile(Box<FileError>),
     /// A file could not be read.
     #[error("cannot read `{path}`")]
     Io {
@@ -80,13 +88,13 @@ impl SourceFile {
         label: impl Into<String>,
         help: Option<String>,
     ) -> ModelError {
-        ModelError::InFile {
+        ModelError::InFile(Box::new(FileError {
             message: message.into(),
             src: NamedSource::new(self.path.display().to_string(), self.text.clone()),
             span: (span.start, span.end.saturating_sub(span.start)).into(),
             label: label.into(),
             help,
-        }
+        }))
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {
