@@ -4,5 +4,6 @@
 mod cache_export;
 mod common;
 mod flake;
+mod instantiate;
 mod nix_derivations;
 mod nix_narinfo;
