@@ -43,5 +43,6 @@
 
 pub mod cli;
 pub mod compat;
+pub mod fetch;
 pub mod model;
 pub mod store;

@@ -35,6 +35,7 @@ pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
     RestoreMode,
 };
+pub use fsutil::{remove_tree, Staging};
 pub use gc::GcReport;
 pub use lock::{FileLock, LockKind};
 pub use metadata::{PathInfoJson, ValidPathInfo};
@@ -444,6 +445,12 @@ impl Store {
             ultimate: true,
         };
         self.register_staged(&target, info)
+    }
+
+    /// A fresh staging directory on the store's filesystem, removed when dropped; trees
+    /// built in it can be registered with [`Store::register_output`].
+    pub fn staging(&self) -> Result<Staging> {
+        Staging::new(&self.tmp_dir())
     }
 
     /// Adds `contents` as a text path (how `.drv` files and `builtins.toFile` are stored).

@@ -1,0 +1,179 @@
+//! Fixed-output downloads: ksbuild fetches them itself (no build ever has network), from
+//! the first mirror that works, verifies the hash and registers the result; a mismatch
+//! registers nothing. Does network and file I/O.
+
+mod mirrors;
+mod unpack;
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+pub use mirrors::{apt_mirrors, Mirrors};
+pub use unpack::{strip_single_top_directory, unpack_deb, unpack_tar, UnpackError};
+
+use crate::compat::{FileIngestionMethod, Hash};
+use crate::model::{Node, Unpack};
+use crate::store::{self, Store, StoreError, ValidPathInfo};
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// `mirror://NAME/…` with no mirrors configured for `NAME`.
+    #[error("no mirrors are known for `mirror://{name}/` (needed by `{url}`)")]
+    NoMirror { name: String, url: String },
+    /// Every URL failed.
+    #[error("cannot fetch `{what}`: {}", attempts.iter().map(|(u, e)| format!("{u}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllFailed {
+        what: String,
+        attempts: Vec<(String, String)>,
+    },
+    /// The content does not have the declared hash.
+    #[error("hash mismatch for `{url}`:\n  expected: {expected}\n       got: {actual}")]
+    HashMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FetchError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            FetchError::NoMirror { name, .. } => Some(format!(
+                "set `KSBUILD_MIRROR_{}=\"http://…\"`, or list it in `~/.config/ksbuild/mirrors.toml`",
+                name.to_ascii_uppercase().replace('-', "_")
+            )),
+            FetchError::AllFailed { .. } => Some(
+                "if the file cannot be downloaded here, provide it with `ksbuild store add-fixed` (flat downloads) or \
+                 `ksbuild store add-fixed --recursive` (unpacked trees) and it will not be fetched"
+                    .into(),
+            ),
+            FetchError::HashMismatch { .. } => {
+                Some("nothing was registered; if the new content is right, update `hash` in the derivation file".into())
+            }
+            FetchError::Store(e) => e.hint(),
+        }
+    }
+}
+
+/// Downloads `url` into `dest` (a new file). `file://` reads a local file.
+fn download(agent: &ureq::Agent, url: &str, dest: &Path) -> Result<u64, String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| e.to_string())?;
+    let mut reader: Box<dyn Read> = if let Some(path) = url.strip_prefix("file://") {
+        Box::new(std::fs::File::open(path).map_err(|e| e.to_string())?)
+    } else {
+        let response = agent.get(url).call().map_err(|e| match e {
+            ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
+            ureq::Error::Transport(t) => t.to_string(),
+        })?;
+        Box::new(response.into_reader())
+    };
+    let n = io::copy(&mut reader, &mut file).map_err(|e| e.to_string())?;
+    file.flush().map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// Realises a download node: valid already, or fetched, unpacked, verified and registered.
+/// Returns the output's metadata.
+pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPathInfo, FetchError> {
+    let Some(fetch) = &node.fetch else {
+        return Err(FetchError::AllFailed {
+            what: node.key.clone(),
+            attempts: vec![("-".into(), "not a download".into())],
+        });
+    };
+    let out = node
+        .drv
+        .outputs
+        .get("out")
+        .and_then(|o| o.path.clone())
+        .ok_or_else(|| FetchError::AllFailed {
+            what: node.key.clone(),
+            attempts: vec![("-".into(), "output path not computed".into())],
+        })?;
+    if let Some(info) = store.query_path_info(&out)? {
+        return Ok(info);
+    }
+    let urls = mirrors
+        .resolve(&fetch.url)
+        .ok_or_else(|| FetchError::NoMirror {
+            name: fetch
+                .url
+                .trim_start_matches("mirror://")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            url: fetch.url.clone(),
+        })?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        .timeout_read(Duration::from_secs(120))
+        .user_agent(concat!("ksbuild/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let staging = store.staging()?;
+    let mut attempts = Vec::new();
+    for url in &urls {
+        let download_file = staging.path().join("download");
+        let tree = staging.path().join("out");
+        let _ = std::fs::remove_file(&download_file);
+        let _ = store::remove_tree(&tree);
+        if let Err(e) = download(&agent, url, &download_file) {
+            attempts.push((url.clone(), e));
+            continue;
+        }
+        let unpacked = match fetch.unpack {
+            Some(Unpack::Deb) => unpack_deb(&download_file, &tree),
+            Some(Unpack::Tar) => std::fs::File::open(&download_file)
+                .map_err(UnpackError::from)
+                .and_then(|f| unpack_tar(io::BufReader::new(f), &tree, url))
+                .and_then(|()| strip_single_top_directory(&tree).map_err(UnpackError::from)),
+            None => std::fs::rename(&download_file, &tree)
+                .map_err(UnpackError::from)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = if fetch.executable { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(mode))
+                        .map_err(UnpackError::from)
+                }),
+        };
+        if let Err(e) = unpacked {
+            attempts.push((url.clone(), format!("cannot unpack: {e}")));
+            continue;
+        }
+        let expected = &fetch.hash;
+        let actual: Hash = match expected.method {
+            FileIngestionMethod::Flat => store::hash_file(&tree, expected.hash.algo())?,
+            FileIngestionMethod::Recursive => store::dump_nar_hash(&tree, expected.hash.algo())?.0,
+        };
+        if actual != expected.hash {
+            return Err(FetchError::HashMismatch {
+                url: url.clone(),
+                expected: expected.hash.to_sri(),
+                actual: actual.to_sri(),
+            });
+        }
+        let ca = store::content_address(expected.method, &actual);
+        let info = store.register_output(
+            &tree,
+            &out,
+            &Default::default(),
+            Some(&node.drv_path),
+            Some(ca),
+        )?;
+        return Ok(info);
+    }
+    Err(FetchError::AllFailed {
+        what: fetch.url.clone(),
+        attempts,
+    })
+}
