@@ -44,5 +44,6 @@
 pub mod cli;
 pub mod compat;
 pub mod fetch;
+pub mod graph;
 pub mod model;
 pub mod store;

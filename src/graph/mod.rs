@@ -1,0 +1,330 @@
+//! The build graph: deciding what a realisation needs, running downloads first and builds
+//! after in dependency order with `-j N` workers, and reporting events. Runs builds through
+//! an [`Executor`]; the scheduling itself is the pure [`queue::ReadyQueue`].
+
+pub mod queue;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::compat::StorePath;
+use crate::fetch::{self, FetchError, Mirrors};
+use crate::model::{Lowered, Node};
+use crate::store::{Store, StoreError};
+use queue::ReadyQueue;
+
+/// Something that happened during a realisation. Serialised as one JSON object per event
+/// (`{"event": "build-finished", …}`) by `ksbuild realise --json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The plan: how many downloads and builds will run, and how many targets are valid.
+    Plan {
+        fetches: usize,
+        builds: usize,
+        cached: usize,
+    },
+    /// A node's outputs were already valid.
+    Cached { target: String },
+    /// A download started.
+    FetchStarted { target: String, url: String },
+    /// A download finished and was registered.
+    FetchFinished {
+        target: String,
+        seconds: f64,
+        path: String,
+    },
+    /// A build started.
+    BuildStarted { target: String, drv: String },
+    /// A build finished; its outputs are valid.
+    BuildFinished {
+        target: String,
+        seconds: f64,
+        outputs: BTreeMap<String, String>,
+    },
+    /// A download or build failed.
+    Failed {
+        target: String,
+        seconds: f64,
+        error: String,
+        log: Option<String>,
+    },
+    /// A node was skipped because something it needs failed.
+    Skipped { target: String, because: String },
+}
+
+/// Receives events and build output. Only the CLI implements it.
+pub trait Reporter: Sync {
+    /// An event.
+    fn event(&self, event: &Event);
+    /// A line of a running build's output.
+    fn log_line(&self, _target: &str, _line: &[u8]) {}
+}
+
+/// A reporter that ignores everything.
+pub struct NoReport;
+impl Reporter for NoReport {
+    fn event(&self, _: &Event) {}
+}
+
+/// Why a build failed.
+#[derive(Debug)]
+pub struct BuildFailure {
+    /// What went wrong, in one line.
+    pub message: String,
+    /// The build log, if there is one.
+    pub log: Option<std::path::PathBuf>,
+    /// The last lines of the log.
+    pub tail: Vec<String>,
+}
+
+/// Runs one build of a node whose inputs are all valid; on success every output is valid.
+pub trait Executor: Sync {
+    /// Builds `node`.
+    fn build(&self, node: &Node, reporter: &dyn Reporter) -> Result<(), BuildFailure>;
+}
+
+/// Why a realisation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RealiseError {
+    /// Downloads failed; nothing was built.
+    #[error("{} download(s) failed; nothing was built", .0.len())]
+    Fetch(Vec<(String, FetchError)>),
+    /// Builds failed.
+    #[error("{} build(s) failed{}", failed.len(), if skipped.is_empty() { String::new() } else { format!(", {} skipped", skipped.len()) })]
+    Build {
+        failed: Vec<(String, BuildFailure)>,
+        skipped: Vec<String>,
+    },
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a realisation did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Realisation {
+    /// Targets fetched.
+    pub fetched: Vec<String>,
+    /// Targets built.
+    pub built: Vec<String>,
+    /// Targets whose outputs were already valid.
+    pub cached: Vec<String>,
+}
+
+/// Whether every output of `node` is valid.
+pub fn outputs_valid(store: &Store, node: &Node) -> Result<bool, StoreError> {
+    for o in node.drv.outputs.values() {
+        match &o.path {
+            Some(p) if store.is_valid(p)? => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// The output paths of `node` by output name.
+pub fn output_paths(node: &Node) -> BTreeMap<String, StorePath> {
+    node.drv
+        .outputs
+        .iter()
+        .filter_map(|(n, o)| o.path.clone().map(|p| (n.clone(), p)))
+        .collect()
+}
+
+/// Runs `work` over a DAG with `jobs` workers; returns the keys that failed with their
+/// errors and the keys skipped because of them.
+fn run_pool<E: Send>(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    jobs: usize,
+    work: &(dyn Fn(&str) -> Result<(), E> + Sync),
+) -> (Vec<(String, E)>, Vec<(String, String)>) {
+    struct State<E> {
+        queue: ReadyQueue,
+        running: usize,
+        failed: Vec<(String, E)>,
+        skipped: Vec<(String, String)>,
+    }
+    let state = Mutex::new(State {
+        queue: ReadyQueue::new(graph),
+        running: 0,
+        failed: Vec::new(),
+        skipped: Vec::new(),
+    });
+    let wake = Condvar::new();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let key = {
+                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if let Some(k) = s.queue.pop() {
+                            s.running += 1;
+                            break Some(k);
+                        }
+                        if s.running == 0 {
+                            break None;
+                        }
+                        s = wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                let Some(key) = key else {
+                    wake.notify_all();
+                    return;
+                };
+                let result = work(&key);
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.running -= 1;
+                match result {
+                    Ok(()) => s.queue.done(&key),
+                    Err(e) => {
+                        for lost in s.queue.failed(&key) {
+                            s.skipped.push((lost, key.clone()));
+                        }
+                        s.failed.push((key, e));
+                    }
+                }
+                wake.notify_all();
+            });
+        }
+    });
+    let s = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    (s.failed, s.skipped)
+}
+
+/// Realises `roots`: nodes whose outputs are valid are skipped with their whole subtree;
+/// every needed download runs first (so a missing input fails before any long build),
+/// then builds run in dependency order with `jobs` workers.
+pub fn realise(
+    store: &Store,
+    lowered: &Lowered,
+    roots: &[String],
+    mirrors: &Mirrors,
+    executor: &dyn Executor,
+    jobs: usize,
+    reporter: &dyn Reporter,
+) -> Result<Realisation, RealiseError> {
+    let mut needed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut result = Realisation::default();
+    let mut todo: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let mut seen = BTreeSet::new();
+    while let Some(key) = todo.pop() {
+        if !seen.insert(key.to_string()) {
+            continue;
+        }
+        let node = &lowered.nodes[key];
+        if outputs_valid(store, node)? {
+            result.cached.push(key.to_string());
+            reporter.event(&Event::Cached {
+                target: key.to_string(),
+            });
+            continue;
+        }
+        needed.insert(key.to_string(), node.deps.clone());
+        todo.extend(node.deps.iter().map(String::as_str));
+    }
+    let (fetches, builds): (BTreeMap<_, _>, BTreeMap<_, _>) = needed
+        .into_iter()
+        .partition(|(k, _)| lowered.nodes[k].fetch.is_some());
+    reporter.event(&Event::Plan {
+        fetches: fetches.len(),
+        builds: builds.len(),
+        cached: result.cached.len(),
+    });
+
+    let fetch_one = |key: &str| -> Result<(), FetchError> {
+        let node = &lowered.nodes[key];
+        let url = node
+            .fetch
+            .as_ref()
+            .map(|f| f.url.clone())
+            .unwrap_or_default();
+        reporter.event(&Event::FetchStarted {
+            target: key.to_string(),
+            url,
+        });
+        let start = Instant::now();
+        match fetch::realise(store, node, mirrors) {
+            Ok(info) => {
+                reporter.event(&Event::FetchFinished {
+                    target: key.to_string(),
+                    seconds: secs(start.elapsed()),
+                    path: store.print(&info.path),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                reporter.event(&Event::Failed {
+                    target: key.to_string(),
+                    seconds: secs(start.elapsed()),
+                    error: e.to_string(),
+                    log: None,
+                });
+                Err(e)
+            }
+        }
+    };
+    let fetch_graph: BTreeMap<String, BTreeSet<String>> = fetches
+        .keys()
+        .map(|k| (k.clone(), BTreeSet::new()))
+        .collect();
+    let (failed, _) = run_pool(&fetch_graph, jobs.max(4), &fetch_one);
+    if !failed.is_empty() {
+        return Err(RealiseError::Fetch(failed));
+    }
+    result.fetched = fetches.into_keys().collect();
+
+    let build_one = |key: &str| -> Result<(), BuildFailure> {
+        let node = &lowered.nodes[key];
+        reporter.event(&Event::BuildStarted {
+            target: key.to_string(),
+            drv: store.print(&node.drv_path),
+        });
+        let start = Instant::now();
+        match executor.build(node, reporter) {
+            Ok(()) => {
+                let outputs = output_paths(node)
+                    .into_iter()
+                    .map(|(n, p)| (n, store.print(&p)))
+                    .collect();
+                reporter.event(&Event::BuildFinished {
+                    target: key.to_string(),
+                    seconds: secs(start.elapsed()),
+                    outputs,
+                });
+                Ok(())
+            }
+            Err(f) => {
+                reporter.event(&Event::Failed {
+                    target: key.to_string(),
+                    seconds: secs(start.elapsed()),
+                    error: f.message.clone(),
+                    log: f.log.as_ref().map(|l| l.display().to_string()),
+                });
+                Err(f)
+            }
+        }
+    };
+    let (failed, skipped) = run_pool(&builds, jobs, &build_one);
+    for (k, because) in &skipped {
+        reporter.event(&Event::Skipped {
+            target: k.clone(),
+            because: because.clone(),
+        });
+    }
+    if !failed.is_empty() {
+        return Err(RealiseError::Build {
+            failed,
+            skipped: skipped.into_iter().map(|(k, _)| k).collect(),
+        });
+    }
+    result.built = builds.into_keys().collect();
+    Ok(result)
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
