@@ -135,13 +135,19 @@ pub fn output_paths(node: &Node) -> BTreeMap<String, StorePath> {
         .collect()
 }
 
-/// Runs `work` over a DAG with `jobs` workers; returns the keys that failed with their
-/// errors and the keys skipped because of them.
+/// The outcome of a pool: keys that failed with their errors, and keys skipped (with the
+/// failed key that made them unreachable).
+struct PoolOutcome<E> {
+    failed: Vec<(String, E)>,
+    skipped: Vec<(String, String)>,
+}
+
+/// Runs `work` over a DAG with `jobs` workers.
 fn run_pool<E: Send>(
     graph: &BTreeMap<String, BTreeSet<String>>,
     jobs: usize,
     work: &(dyn Fn(&str) -> Result<(), E> + Sync),
-) -> (Vec<(String, E)>, Vec<(String, String)>) {
+) -> PoolOutcome<E> {
     struct State<E> {
         queue: ReadyQueue,
         running: usize,
@@ -192,7 +198,7 @@ fn run_pool<E: Send>(
         }
     });
     let s = state.into_inner().unwrap_or_else(|p| p.into_inner());
-    (s.failed, s.skipped)
+    PoolOutcome { failed: s.failed, skipped: s.skipped }
 }
 
 /// Realises `roots`: nodes whose outputs are valid are skipped with their whole subtree;
@@ -271,9 +277,9 @@ pub fn realise(
         .keys()
         .map(|k| (k.clone(), BTreeSet::new()))
         .collect();
-    let (failed, _) = run_pool(&fetch_graph, jobs.max(4), &fetch_one);
-    if !failed.is_empty() {
-        return Err(RealiseError::Fetch(failed));
+    let outcome = run_pool(&fetch_graph, jobs.max(4), &fetch_one);
+    if !outcome.failed.is_empty() {
+        return Err(RealiseError::Fetch(outcome.failed));
     }
     result.fetched = fetches.into_keys().collect();
 
@@ -308,7 +314,7 @@ pub fn realise(
             }
         }
     };
-    let (failed, skipped) = run_pool(&builds, jobs, &build_one);
+    let PoolOutcome { failed, skipped } = run_pool(&builds, jobs, &build_one);
     for (k, because) in &skipped {
         reporter.event(&Event::Skipped {
             target: k.clone(),
