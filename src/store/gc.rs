@@ -209,11 +209,12 @@ fn referrers_first(dead: &BTreeMap<StorePath, BTreeSet<StorePath>>) -> Vec<Store
 /// records, and store entries without a record. Only called while holding the GC lock
 /// exclusively, i.e. while no other ksbuild process uses the store.
 pub fn sweep_leftovers(store: &Store) -> Result<()> {
-    let tmp = store.tmp_dir();
-    for entry in fs::read_dir(&tmp).map_err(StoreError::io("list", &tmp))? {
-        let path = entry.map_err(StoreError::io("list", &tmp))?.path();
-        fsutil::remove_tree(&path)?;
-        store.observer().recovered(&path);
+    for dir in [store.tmp_dir(), store.builds_dir()] {
+        for entry in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
+            let path = entry.map_err(StoreError::io("list", &dir))?.path();
+            fsutil::remove_tree(&path)?;
+            store.observer().recovered(&path);
+        }
     }
     let db = store.db_dir();
     for entry in fs::read_dir(&db).map_err(StoreError::io("list", &db))? {

@@ -205,6 +205,9 @@ impl Store {
             store.locks_dir(),
             store.tmp_dir(),
             store.gcroots_dir().join("auto"),
+            store.builds_dir(),
+            store.failed_builds_dir(),
+            store.var_dir().join("logs"),
         ] {
             std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
         }
@@ -360,6 +363,21 @@ impl Store {
             })
     }
 
+    /// Where builds run: scratch directories on the store's filesystem.
+    pub fn builds_dir(&self) -> PathBuf {
+        self.var_dir().join("builds")
+    }
+
+    /// Where `--keep-failed` keeps the directories of failed builds.
+    pub fn failed_builds_dir(&self) -> PathBuf {
+        self.var_dir().join("failed")
+    }
+
+    /// The build log of the derivation `drv`.
+    pub fn log_path(&self, drv: &StorePath) -> PathBuf {
+        self.var_dir().join("logs").join(format!("{drv}.log"))
+    }
+
     /// Whether `path` is valid.
     pub fn is_valid(&self, path: &StorePath) -> Result<bool> {
         Ok(self.query_path_info(path)?.is_some())
@@ -496,8 +514,19 @@ impl Store {
     /// takes the path's lock, keeps an existing valid copy if there is one, otherwise
     /// replaces any unregistered leftover, renames the tree into place and then writes the
     /// metadata record — the step that makes the path valid.
-    pub fn register_staged(&self, staged: &Path, mut info: ValidPathInfo) -> Result<ValidPathInfo> {
-        let _lock = self.lock_path(&info.path)?;
+    pub fn register_staged(&self, staged: &Path, info: ValidPathInfo) -> Result<ValidPathInfo> {
+        let lock = self.lock_path(&info.path)?;
+        self.register_staged_locked(staged, info, &lock)
+    }
+
+    /// [`Store::register_staged`] for a caller that already holds the path's lock
+    /// (from [`Store::lock_path`]), such as a build that locked its outputs before starting.
+    pub fn register_staged_locked(
+        &self,
+        staged: &Path,
+        mut info: ValidPathInfo,
+        _lock: &FileLock,
+    ) -> Result<ValidPathInfo> {
         if let Some(existing) = self.query_path_info(&info.path)? {
             return Ok(existing);
         }
@@ -525,10 +554,10 @@ impl Store {
         Ok(info)
     }
 
-    /// Registers a tree that a build wrote at `staged` (on the store's filesystem) as
-    /// `path`: canonicalises it in place, NAR-hashes it, scans it for the hash parts of
-    /// `candidates` (the build's input closure and its own outputs), and registers it.
-    pub fn register_output(
+    /// Prepares a tree that a build wrote at `staged` (on the store's filesystem) for
+    /// registration as `path`: canonicalises it in place, NAR-hashes it and scans it for the
+    /// hash parts of `candidates` (the build's input closure and its own outputs).
+    pub fn prepare_output(
         &self,
         staged: &Path,
         path: &StorePath,
@@ -536,11 +565,10 @@ impl Store {
         deriver: Option<&StorePath>,
         ca: Option<String>,
     ) -> Result<ValidPathInfo> {
-        let _gc = self.lock_gc_shared()?;
         fsutil::canonicalise_in_place(staged)?;
         let pipe = dump_path(staged, pipe::DigestPipe::new(None, candidates))?;
         let d = pipe.finish().map_err(StoreError::io("hash", staged))?;
-        let info = ValidPathInfo {
+        Ok(ValidPathInfo {
             path: path.clone(),
             nar_hash: d.sha256,
             nar_size: d.size,
@@ -550,7 +578,20 @@ impl Store {
             registration_time: 0,
             signatures: Vec::new(),
             ultimate: true,
-        };
+        })
+    }
+
+    /// [`Store::prepare_output`] and [`Store::register_staged`] in one.
+    pub fn register_output(
+        &self,
+        staged: &Path,
+        path: &StorePath,
+        candidates: &BTreeSet<StorePath>,
+        deriver: Option<&StorePath>,
+        ca: Option<String>,
+    ) -> Result<ValidPathInfo> {
+        let _gc = self.lock_gc_shared()?;
+        let info = self.prepare_output(staged, path, candidates, deriver, ca)?;
         self.register_staged(staged, info)
     }
 
