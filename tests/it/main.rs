@@ -2,3 +2,6 @@
 //! cross-checks against real Nix 2.8. Shared helpers live in `common`.
 
 mod common;
+mod faults;
+mod nix_store;
+mod trees;
