@@ -192,6 +192,12 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let code = e.exit_code();
+            // No hard wrapping: miette's default wraps at 80 columns and breaks long words,
+            // which splits the paths that errors name (`…/d06/` + `│ d07/…`), so they can
+            // no longer be copied or searched for. The terminal wraps long lines itself.
+            let _ = miette::set_hook(Box::new(|_| {
+                Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+            }));
             eprintln!("{:?}", miette::Report::new(e));
             code
         }

@@ -3,7 +3,10 @@
 
 mod cache_export;
 mod common;
+mod faults;
 mod flake;
 mod instantiate;
 mod nix_derivations;
 mod nix_narinfo;
+mod nix_store;
+mod trees;
