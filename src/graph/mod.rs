@@ -198,7 +198,10 @@ fn run_pool<E: Send>(
         }
     });
     let s = state.into_inner().unwrap_or_else(|p| p.into_inner());
-    PoolOutcome { failed: s.failed, skipped: s.skipped }
+    PoolOutcome {
+        failed: s.failed,
+        skipped: s.skipped,
+    }
 }
 
 /// Realises `roots`: nodes whose outputs are valid are skipped with their whole subtree;
