@@ -10,15 +10,16 @@ fn flake_evaluates_offline_and_reads_the_project() {
     let root = env!("CARGO_MANIFEST_DIR");
     // A `path:` flake copies the directory; point it at a copy without `target/`.
     let tmp = crate::common::scratch();
-    for item in ["flake.nix", "Cargo.toml", "derivations"] {
+    for item in ["flake.nix", "Cargo.toml"] {
         run_ok(
             std::process::Command::new("cp")
-                .arg("-r")
                 .arg(format!("{root}/{item}"))
                 .arg(tmp.path()),
         );
     }
+    std::fs::create_dir(tmp.path().join("derivations")).unwrap();
     std::fs::write(tmp.path().join("derivations/example.toml"), "").unwrap();
+    std::fs::write(tmp.path().join("derivations/_project.toml"), "").unwrap();
     let url = format!("path:{}#lib", tmp.path().display());
     let json = run_ok(nix("nix").args(["eval", "--json", &url]));
     let lib: serde_json::Value = serde_json::from_str(&json).unwrap();
