@@ -117,8 +117,11 @@ fn step_hint(step: &Step, errno: Errno) -> Option<String> {
         (Step::MountDevpts { .. } | Step::MountTmpfs { .. }, Errno::EPERM) => {
             "this kernel or its LSM does not allow this filesystem in a user namespace".to_string()
         }
+        (Step::DetachTree { .. } | Step::AttachTree { .. }, Errno::ENOSYS) => {
+            "ksbuild needs `open_tree(2)` and `move_mount(2)`: Linux 5.2 or later".to_string()
+        }
         (
-            Step::InspectInput { .. } | Step::Bind { .. } | Step::CreateMountPoint { .. },
+            Step::InspectInput { .. } | Step::DetachTree { .. } | Step::CreateMountPoint { .. },
             Errno::ENOENT,
         ) => "an input of the build is missing from the store's physical root; was it \
               garbage-collected or never realised?"
@@ -170,17 +173,13 @@ mod tests {
     #[test]
     fn step_errors_name_the_step_and_the_errno() {
         let e = SandboxError::Step {
-            step: Step::Bind {
+            step: Step::DetachTree {
                 source: "/s/nix/store/x".into(),
-                target: "/r/nix/store/x".into(),
             },
             errno: Errno::ENOENT,
         };
         let text = e.to_string();
-        assert!(
-            text.contains("bind `/s/nix/store/x` onto `/r/nix/store/x`"),
-            "{text}"
-        );
+        assert!(text.contains("bind mount of `/s/nix/store/x`"), "{text}");
         assert!(text.contains("ENOENT"), "{text}");
         assert!(e.hint().expect("hint").contains("missing"));
     }

@@ -8,9 +8,9 @@
 //! 1. close inherited descriptors; umask 0; `PR_SET_PDEATHSIG` (and check ksbuild is still
 //!    its parent, in case it died first);
 //! 2. read the plan (one JSON line on stdin);
-//! 3. apply the host steps: the skeleton of the new root (directories, mount points,
-//!    `/etc` files, `/dev` symlinks) and ownerships — ordinary file operations, done here as
-//!    the invoking user because PID 1 may have no mapped uid to create files with;
+//! 3. apply the host steps: the store directory under `root_dir` (1775, group = the build
+//!    group) with the inputs' mount points in it, and `build_dir` given to the build user —
+//!    ordinary file operations on the host's filesystem, done here as the invoking user;
 //! 4. `clone` with every namespace flag: the child is PID 1 of the new PID namespace, in a
 //!    new user namespace where it has all capabilities but no mapped uid yet; it waits on a
 //!    pipe;
@@ -80,9 +80,10 @@ fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
     let stdin = std::io::stdin();
     let plan = read_plan(stdin.as_fd())?;
 
-    let ctx = StepContext { lifeline: None };
+    let mut ctx = StepContext::new(None);
     for step in &plan.host {
-        step.apply(&ctx).map_err(|e| step_failed(step.clone(), e))?;
+        step.apply(&mut ctx)
+            .map_err(|e| step_failed(step.clone(), e))?;
     }
 
     let (sync_read, sync_write) =
@@ -150,10 +151,12 @@ fn read_plan(stdin: BorrowedFd<'_>) -> Result<Plan, StatusMessage> {
     }
     let plan: Plan =
         serde_json::from_slice(&buf).map_err(|e| init_failed(format!("unreadable plan: {e}")))?;
-    // Host steps run here with the invoking user's privileges, namespace steps only in
-    // PID 1: a plan that mixes them up is refused.
-    if !plan.host.iter().all(Step::is_host_step) || plan.namespace.iter().any(Step::is_host_step) {
-        return Err(init_failed("the plan mixes host and namespace steps"));
+    // Host steps run here, in the host's namespaces with the invoking user's privileges:
+    // a plan that would mount or change credentials here is refused.
+    if !plan.host.iter().all(Step::is_host_step) {
+        return Err(init_failed(
+            "the plan has a namespace step among the host steps",
+        ));
     }
     Ok(plan)
 }

@@ -16,6 +16,12 @@
 //! namespaces (Nix 2.8 has no cgroup namespace; without one, `/proc/self/cgroup` would leak
 //! the host's cgroup path into builds).
 //!
+//! Two differences of layout, invisible to a build's result: `/` is a `tmpfs` (owned by the
+//! build user, mode 0750, like Nix's chroot directory) over `root_dir`, so `/tmp` lives in
+//! memory rather than on disk; and only the store directory inside it is on disk
+//! (`<root_dir>/<store_dir>`), so that outputs land on the store's filesystem while the
+//! rest of the skeleton costs no disk metadata and vanishes with the namespace.
+//!
 //! # How
 //!
 //! ```text
@@ -103,10 +109,11 @@ pub struct SandboxSpec {
     /// The input closure: `(physical path, logical path)`; each logical path is a store path
     /// directly under `store_dir`, bound read-only (symlink store paths are recreated).
     pub inputs: Vec<(PathBuf, String)>,
-    /// A fresh, empty directory on the store's filesystem that becomes `/`. Outputs the
-    /// builder writes under `<root_dir>/<store_dir>/` stay there for the caller to
-    /// register; the rest (empty mount points, `/tmp`, `/etc`, `/dev` skeleton) is the
-    /// caller's to remove. When ksbuild is root, outputs belong to the build user's host uid.
+    /// A fresh, empty directory on the store's filesystem; the sandbox's `/` is mounted
+    /// over it. Outputs the builder writes under `<root_dir>/<store_dir>/` stay there for
+    /// the caller to register; beside them only the inputs' empty mount points are left, for
+    /// the caller to remove. When ksbuild is root, outputs belong to the build user's host
+    /// uid.
     pub root_dir: PathBuf,
     /// A fresh directory that becomes `/build` (the caller keeps it on `--keep-failed`).
     /// It is given to the build user (mode 0700); files the caller puts in it beforehand

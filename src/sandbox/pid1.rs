@@ -8,11 +8,19 @@
 //!    end, arm `PR_SET_PDEATHSIG`, and wait for the init process to have written the id
 //!    maps (until then this process has every capability in its user namespace but no
 //!    mapped uid);
-//! 2. **mounts**, while it still has `CAP_SYS_ADMIN` in the namespace: everything private;
-//!    the new root bound onto itself; inputs bound and remounted read-only; `/build`; the
-//!    device nodes; `/dev/shm`, `/dev/pts`, a fresh `/proc` for the new PID namespace;
-//! 3. **`pivot_root`** into the new root and detach the old one: from here no path leads
-//!    to the host's filesystem, and the mounts it inherited from the host are locked;
+//! 2. **mounts**, while it still has `CAP_SYS_ADMIN` in the namespace and its host
+//!    filesystem ids: everything private; then every host path the build needs is taken as a
+//!    detached bind mount (`open_tree`): the store directory under `root_dir`, the inputs,
+//!    `build_dir`, the device nodes. Only then a `tmpfs` is mounted over `root_dir` — the new
+//!    root — and PID 1 `chdir`s into it and takes the build user's *filesystem* ids
+//!    (`setfsuid`), so that the skeleton it creates there (`nix/store`, `build`, `tmp`, `etc`
+//!    with `passwd`/`group`/`hosts`, `dev` with its mount points and symlinks, `proc`) belongs
+//!    to the build user as in Nix. (When ksbuild is root, PID 1's own uid is not mapped in its
+//!    namespace and could not create files on a tmpfs of that namespace.) The detached trees
+//!    are attached (`move_mount`) and remounted — inputs and devices read-only —, then
+//!    `/dev/shm`, `/dev/pts` and a fresh `/proc` for the new PID namespace are mounted;
+//! 3. **`pivot_root(".", ".")`** and detach the old root: from here no path leads to the
+//!    host's filesystem, and the mounts inherited from the host are locked;
 //! 4. loopback up, hostname `localhost`, domain name `(none)`, a new session, stdin from
 //!    `/dev/null` and stderr onto stdout;
 //! 5. **privilege drop**: `setresgid(100)`, `setresuid(1000)` (host ids: the build user),
@@ -99,11 +107,9 @@ pub(crate) fn main(
         Err(e) => return report(status, exec_step, e),
     };
 
-    let ctx = StepContext {
-        lifeline: Some(lifeline),
-    };
+    let mut ctx = StepContext::new(Some(lifeline));
     for step in &plan.namespace {
-        if let Err(e) = step.apply(&ctx) {
+        if let Err(e) = step.apply(&mut ctx) {
             return report(status, step.clone(), e);
         }
     }

@@ -123,11 +123,6 @@ fn check_no_nul(s: &str, field: &'static str) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// `root` joined with the absolute `inside` path.
-fn under(root: &Path, inside: &str) -> PathBuf {
-    root.join(inside.trim_start_matches('/'))
-}
-
 /// The environment of the builder, with Nix 2.8's precedence (`initEnv`/`initTmpDir`):
 /// `PATH`, `HOME`, `NIX_STORE` and `NIX_BUILD_CORES` first, then the derivation's
 /// variables (which may override those four), then `NIX_BUILD_TOP`, `TMPDIR`, `TEMPDIR`,
@@ -219,6 +214,11 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
 /// Plans a sandbox. `inspect` tells what each input's physical path is (the caller
 /// answers with `lstat`); `devpts` says whether to mount a private `/dev/pts` (Nix does
 /// when the host has `/dev/pts/ptmx`).
+///
+/// Layout: the new root is a `tmpfs` owned by the build user, mounted over `root_dir` in
+/// the build's own mount namespace; only the store directory inside it is on disk
+/// (`<root_dir>/<store_dir>`, bound into the tmpfs), so that outputs stay on the store's
+/// filesystem and everything else costs no disk metadata and vanishes with the namespace.
 pub(crate) fn plan(
     spec: &SandboxSpec,
     ids: &HostIds,
@@ -234,37 +234,29 @@ pub(crate) fn plan(
     if ids.invoker_is_root {
         host.push(Step::ClearSupplementaryGroups);
     }
-    // `/`: 0750, group = the build group, as Nix's chroot root.
-    host.push(Step::SetMode {
-        path: root.to_path_buf(),
-        mode: 0o750,
-    });
-    host.push(Step::SetOwner {
-        path: root.to_path_buf(),
-        uid: Some(ids.owner_uid),
-        gid: Some(ids.build_gid),
-    });
-    // The store directory: parents 0755, the store itself 1775 root:nixbld as in Nix, so
-    // the build user can create its outputs there and nothing else.
+    // The store directory on disk: parents 0755, the store itself 1775 root:nixbld as in
+    // Nix, so the build user can create its outputs there and change nothing else.
     let store = Path::new(&spec.store_dir);
-    let mut prefix = root.to_path_buf();
-    let depth = store.components().count() - 1;
-    for (i, c) in store.components().skip(1).enumerate() {
+    let store_relative = store.strip_prefix("/").unwrap_or(store).to_path_buf();
+    let store_on_disk = root.join(&store_relative);
+    let mut prefix = PathBuf::new();
+    let depth = store_relative.components().count();
+    for (i, c) in store_relative.components().enumerate() {
         prefix.push(c);
-        let last = i + 1 == depth;
         host.push(Step::CreateDirectory {
-            path: prefix.clone(),
-            mode: if last { 0o1775 } else { 0o755 },
+            path: root.join(&prefix),
+            mode: if i + 1 == depth { 0o1775 } else { 0o755 },
         });
     }
     host.push(Step::SetOwner {
-        path: prefix.clone(),
+        path: store_on_disk.clone(),
         uid: Some(ids.owner_uid),
         gid: Some(ids.build_gid),
     });
+    // Mount points of the inputs, in the store directory on disk.
     let mut bound_inputs = Vec::new();
     for (physical, logical) in &spec.inputs {
-        let target = under(root, logical);
+        let relative = PathBuf::from(logical.trim_start_matches('/'));
         match inspect(physical).map_err(|errno| SandboxError::Step {
             step: Step::InspectInput {
                 path: physical.clone(),
@@ -273,22 +265,17 @@ pub(crate) fn plan(
         })? {
             InputKind::Symlink(link) => host.push(Step::CreateSymlink {
                 target: link,
-                path: target,
+                path: root.join(&relative),
             }),
             InputKind::Directory | InputKind::File => {
                 host.push(Step::CreateMountPoint {
                     source: physical.clone(),
-                    target: target.clone(),
+                    target: root.join(&relative),
                 });
-                bound_inputs.push((physical.clone(), target));
+                bound_inputs.push((physical.clone(), relative));
             }
         }
     }
-    let build_target = under(root, BUILD_DIR);
-    host.push(Step::CreateDirectory {
-        path: build_target.clone(),
-        mode: 0o700,
-    });
     host.push(Step::SetOwner {
         path: spec.build_dir.clone(),
         uid: Some(ids.build_uid),
@@ -298,46 +285,92 @@ pub(crate) fn plan(
         path: spec.build_dir.clone(),
         mode: 0o700,
     });
-    host.push(Step::CreateDirectory {
-        path: under(root, "/tmp"),
+
+    // -- inside the namespaces, as PID 1 ---------------------------------------------------
+    // 1. Take every host path the build needs while host paths can still be reached with
+    //    this process's own (host) filesystem ids.
+    ns.push(Step::MakeMountsPrivate);
+    ns.push(Step::DetachTree {
+        source: store_on_disk.clone(),
+    });
+    for (physical, _) in &bound_inputs {
+        ns.push(Step::DetachTree {
+            source: physical.clone(),
+        });
+    }
+    ns.push(Step::DetachTree {
+        source: spec.build_dir.clone(),
+    });
+    for d in DEVICES {
+        ns.push(Step::DetachTree {
+            source: format!("/dev/{d}").into(),
+        });
+    }
+    // 2. The new root: a tmpfs owned by the build user, 0750 as Nix's; from here on paths
+    //    are relative to it, and files are created as the build user.
+    ns.push(Step::MountTmpfs {
+        target: root.to_path_buf(),
+        options: format!("mode=0750,uid={SANDBOX_UID},gid={SANDBOX_GID}"),
+    });
+    ns.push(Step::ChangeDirectory {
+        path: root.to_path_buf(),
+    });
+    ns.push(Step::SetFilesystemIds {
+        uid: SANDBOX_UID,
+        gid: SANDBOX_GID,
+    });
+    let mut prefix = PathBuf::new();
+    for c in store_relative.components() {
+        prefix.push(c);
+        ns.push(Step::CreateDirectory {
+            path: prefix.clone(),
+            mode: 0o755,
+        });
+    }
+    ns.push(Step::CreateDirectory {
+        path: "build".into(),
+        mode: 0o700,
+    });
+    ns.push(Step::CreateDirectory {
+        path: "tmp".into(),
         mode: 0o1777,
     });
-    host.push(Step::CreateDirectory {
-        path: under(root, "/etc"),
+    ns.push(Step::CreateDirectory {
+        path: "etc".into(),
         mode: 0o755,
     });
     for (name, contents) in [
-        ("/etc/passwd", etc_passwd()),
-        ("/etc/group", etc_group()),
-        ("/etc/hosts", ETC_HOSTS.to_string()),
+        ("etc/passwd", etc_passwd()),
+        ("etc/group", etc_group()),
+        ("etc/hosts", ETC_HOSTS.to_string()),
     ] {
-        host.push(Step::WriteFile {
-            path: under(root, name),
+        ns.push(Step::WriteFile {
+            path: name.into(),
             mode: 0o644,
             contents,
         });
     }
-    host.push(Step::CreateDirectory {
-        path: under(root, "/dev"),
+    ns.push(Step::CreateDirectory {
+        path: "dev".into(),
         mode: 0o755,
     });
     for d in DEVICES {
-        host.push(Step::CreateFile {
-            path: under(root, &format!("/dev/{d}")),
+        ns.push(Step::CreateFile {
+            path: format!("dev/{d}").into(),
         });
     }
-    host.push(Step::CreateDirectory {
-        path: under(root, "/dev/shm"),
+    ns.push(Step::CreateDirectory {
+        path: "dev/shm".into(),
         mode: 0o755,
     });
     if devpts {
-        host.push(Step::CreateDirectory {
-            path: under(root, "/dev/pts"),
+        ns.push(Step::CreateDirectory {
+            path: "dev/pts".into(),
             mode: 0o755,
         });
-        host.push(Step::CreateSymlink {
+        ns.push(Step::CreateSymlink {
             target: "/dev/pts/ptmx".into(),
-            path: under(root, "/dev/ptmx"),
+            path: "dev/ptmx".into(),
         });
     }
     for (name, target) in [
@@ -346,69 +379,61 @@ pub(crate) fn plan(
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        host.push(Step::CreateSymlink {
+        ns.push(Step::CreateSymlink {
             target: target.into(),
-            path: under(root, &format!("/dev/{name}")),
+            path: format!("dev/{name}").into(),
         });
     }
-    host.push(Step::CreateDirectory {
-        path: under(root, "/proc"),
-        mode: 0o755,
+    ns.push(Step::CreateDirectory {
+        path: "proc".into(),
+        mode: 0o555,
     });
-
-    // -- inside the namespaces, as PID 1 ---------------------------------------------------
-    // Mounts first, while PID 1 still has every capability in its user namespace.
-    ns.push(Step::MakeMountsPrivate);
-    ns.push(Step::Bind {
-        source: root.to_path_buf(),
-        target: root.to_path_buf(),
-    });
-    ns.push(Step::Remount {
-        target: root.to_path_buf(),
-        flags: RemountFlags {
-            nosuid: true,
-            nodev: true,
-            ..RemountFlags::default()
-        },
-    });
-    let read_only = RemountFlags {
-        read_only: true,
+    // 3. Attach what was taken: the store directory (rw, for the outputs), the inputs
+    //    read-only, /build, and the device nodes read-only (I/O on a device does not need a
+    //    writable mount, but chmod/chown of the host's node would), never nodev.
+    let rw = RemountFlags {
         nosuid: true,
         nodev: true,
-        noexec: false,
+        ..RemountFlags::default()
     };
-    for (physical, target) in bound_inputs {
-        ns.push(Step::Bind {
-            source: physical,
-            target: target.clone(),
-        });
-        ns.push(Step::Remount {
-            target,
-            flags: read_only,
-        });
-    }
-    ns.push(Step::Bind {
-        source: spec.build_dir.clone(),
-        target: build_target.clone(),
+    ns.push(Step::AttachTree {
+        source: store_on_disk,
+        target: store_relative.clone(),
     });
     ns.push(Step::Remount {
-        target: build_target,
-        flags: RemountFlags {
-            nosuid: true,
-            nodev: true,
-            ..RemountFlags::default()
-        },
+        target: store_relative,
+        flags: rw,
     });
-    // Devices: read-only binds (I/O on a device node does not need a writable mount, but
-    // chmod/chown of the host's node would), never nodev.
-    for d in DEVICES {
-        let target = under(root, &format!("/dev/{d}"));
-        ns.push(Step::Bind {
-            source: PathBuf::from(format!("/dev/{d}")),
-            target: target.clone(),
+    for (physical, relative) in bound_inputs {
+        ns.push(Step::AttachTree {
+            source: physical,
+            target: relative.clone(),
         });
         ns.push(Step::Remount {
-            target,
+            target: relative,
+            flags: RemountFlags {
+                read_only: true,
+                nosuid: true,
+                nodev: true,
+                noexec: false,
+            },
+        });
+    }
+    ns.push(Step::AttachTree {
+        source: spec.build_dir.clone(),
+        target: "build".into(),
+    });
+    ns.push(Step::Remount {
+        target: "build".into(),
+        flags: rw,
+    });
+    for d in DEVICES {
+        ns.push(Step::AttachTree {
+            source: format!("/dev/{d}").into(),
+            target: format!("dev/{d}").into(),
+        });
+        ns.push(Step::Remount {
+            target: format!("dev/{d}").into(),
             flags: RemountFlags {
                 read_only: true,
                 nosuid: true,
@@ -418,22 +443,24 @@ pub(crate) fn plan(
         });
     }
     ns.push(Step::MountTmpfs {
-        target: under(root, "/dev/shm"),
+        target: "dev/shm".into(),
         options: "mode=1777".to_string(),
     });
     if devpts {
         ns.push(Step::MountDevpts {
-            target: under(root, "/dev/pts"),
+            target: "dev/pts".into(),
             options: "newinstance,ptmxmode=0666,mode=0620".to_string(),
         });
     }
     ns.push(Step::MountProc {
-        target: under(root, "/proc"),
+        target: "proc".into(),
     });
+    // 4. The tmpfs becomes `/`; the host's root is detached.
     ns.push(Step::PivotRoot {
-        new_root: root.to_path_buf(),
+        new_root: ".".into(),
     });
     ns.push(Step::DetachOldRoot);
+    // 5. Network, names, session, stdio.
     ns.push(Step::LoopbackUp);
     ns.push(Step::SetHostname {
         name: "localhost".to_string(),
@@ -443,11 +470,10 @@ pub(crate) fn plan(
     });
     ns.push(Step::NewSession);
     ns.push(Step::RedirectStdio);
-    // Privilege drop: group first (setresgid needs CAP_SETGID, which the uid change would
-    // not take away here — in this namespace uid 0 is unmapped — but order it as usual).
+    // 6. Privilege drop: group, then user; the credential change cleared the parent-death
+    //    signal, so re-arm it; then the rest of Nix's process state, capabilities last.
     ns.push(Step::SetGroupId { gid: SANDBOX_GID });
     ns.push(Step::SetUserId { uid: SANDBOX_UID });
-    // The credential change cleared the parent-death signal: re-arm it.
     ns.push(Step::ParentDeathSignal);
     ns.push(Step::NoNewPrivileges);
     ns.push(Step::DisableAddressRandomisation);
@@ -584,15 +610,24 @@ mod tests {
     fn steps_come_in_the_documented_order() {
         let p = plan(&spec(), &ids(true), &mut inspect, true).unwrap();
         assert!(p.host.iter().all(Step::is_host_step));
-        assert!(p.namespace.iter().all(|s| !s.is_host_step()));
         let ns = &p.namespace;
         let private = position(ns, |s| matches!(s, Step::MakeMountsPrivate));
+        let root_tmpfs = position(
+            ns,
+            |s| matches!(s, Step::MountTmpfs { target, .. } if target == Path::new("/s/root")),
+        );
+        let last_detach = ns
+            .iter()
+            .rposition(|s| matches!(s, Step::DetachTree { .. }))
+            .unwrap();
+        let fsids = position(ns, |s| matches!(s, Step::SetFilesystemIds { .. }));
+        let first_create = position(ns, |s| matches!(s, Step::CreateDirectory { .. }));
         let last_mount = ns
             .iter()
             .rposition(|s| {
                 matches!(
                     s,
-                    Step::Bind { .. }
+                    Step::AttachTree { .. }
                         | Step::Remount { .. }
                         | Step::MountProc { .. }
                         | Step::MountTmpfs { .. }
@@ -600,6 +635,21 @@ mod tests {
                 )
             })
             .unwrap();
+        // Host paths are all taken before the tmpfs hides `root_dir` and before the
+        // filesystem ids change; the skeleton is created after.
+        assert!(last_detach < root_tmpfs && root_tmpfs < fsids && fsids < first_create);
+        // Every detached tree is attached exactly once.
+        for s in ns {
+            if let Step::DetachTree { source } = s {
+                assert_eq!(
+                    ns.iter()
+                        .filter(|a| matches!(a, Step::AttachTree { source: x, .. } if x == source))
+                        .count(),
+                    1,
+                    "{source:?}"
+                );
+            }
+        }
         let pivot = position(ns, |s| matches!(s, Step::PivotRoot { .. }));
         let detach = position(ns, |s| matches!(s, Step::DetachOldRoot));
         let gid = position(ns, |s| matches!(s, Step::SetGroupId { .. }));
@@ -611,9 +661,9 @@ mod tests {
         assert!(last_mount < pivot && pivot + 1 == detach);
         assert!(detach < gid && gid < uid && uid < pdeath && pdeath < nnp);
         assert_eq!(caps, ns.len() - 1, "capabilities go last, just before exec");
-        // Every bind of an input is followed by its read-only remount.
+        // Every attached input is followed by its read-only remount.
         for (i, s) in ns.iter().enumerate() {
-            if let Step::Bind { source, target } = s {
+            if let Step::AttachTree { source, target } = s {
                 if source.starts_with("/s/nix/store") {
                     assert_eq!(
                         ns[i + 1],
@@ -637,7 +687,7 @@ mod tests {
         }));
         assert!(!ns
             .iter()
-            .any(|s| matches!(s, Step::Bind { source, .. } if source.ends_with("cccc-link"))));
+            .any(|s| matches!(s, Step::DetachTree { source } if source.ends_with("cccc-link"))));
     }
 
     #[test]

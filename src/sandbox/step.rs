@@ -2,8 +2,9 @@
 //! lists of steps, applied in one loop each (host side in the init process, namespace side
 //! in PID 1); the names double as the error labels. Does syscalls, through [`super::sys`].
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -42,8 +43,9 @@ impl fmt::Display for RemountFlags {
     }
 }
 
-/// One setup step of the sandbox. Paths are host paths until [`Step::PivotRoot`], and paths
-/// inside the sandbox after it.
+/// One setup step of the sandbox. Paths are host paths until the new root is mounted; from
+/// the `chdir` into it they are relative to it, and after [`Step::PivotRoot`] absolute
+/// paths inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -132,12 +134,27 @@ pub enum Step {
     // ---- in PID 1, inside the namespaces -----------------------------------------------
     /// `mount(NULL, "/", NULL, MS_REC|MS_PRIVATE)`: nothing propagates back to the host.
     MakeMountsPrivate,
-    /// `mount(source, target, NULL, MS_BIND)` (not recursive: no submount comes along).
-    Bind {
-        /// What to bind.
+    /// `open_tree(source, OPEN_TREE_CLONE)`: a detached bind mount of a host path (not
+    /// recursive: no submount comes along), taken while host paths can still be reached,
+    /// to be attached inside the new root by [`Step::AttachTree`].
+    DetachTree {
+        /// The host path.
         source: PathBuf,
-        /// Where.
+    },
+    /// `move_mount` of the tree detached from `source` onto `target`.
+    AttachTree {
+        /// The host path the tree was taken from.
+        source: PathBuf,
+        /// The mount point (relative to the new root).
         target: PathBuf,
+    },
+    /// `setfsgid(2)`, `setfsuid(2)`: files created from here on (the skeleton of the new
+    /// root) belong to the build user, as in Nix; capabilities are kept.
+    SetFilesystemIds {
+        /// The uid inside the namespace.
+        uid: u32,
+        /// The gid inside the namespace.
+        gid: u32,
     },
     /// `mount(NULL, target, NULL, MS_REMOUNT|MS_BIND|flags)`, keeping the flags it has.
     Remount {
@@ -278,9 +295,20 @@ impl fmt::Display for Step {
             }
             Step::WatchChild => f.write_str("pidfd_open the sandbox's PID 1"),
             Step::MakeMountsPrivate => f.write_str("make every mount private (MS_REC|MS_PRIVATE)"),
-            Step::Bind { source, target } => {
-                write!(f, "bind `{}` onto `{}`", source.display(), target.display())
+            Step::DetachTree { source } => {
+                write!(
+                    f,
+                    "clone a bind mount of `{}` (open_tree)",
+                    source.display()
+                )
             }
+            Step::AttachTree { source, target } => write!(
+                f,
+                "bind `{}` onto `{}` (move_mount)",
+                source.display(),
+                target.display()
+            ),
+            Step::SetFilesystemIds { uid, gid } => write!(f, "setfsgid {gid}, setfsuid {uid}"),
             Step::Remount { target, flags } => {
                 write!(f, "remount `{}` {flags}", target.display())
             }
@@ -321,13 +349,25 @@ pub(crate) struct StepContext<'a> {
     /// The read end of a pipe whose write end only the init process holds: it hangs up
     /// exactly when the init process is gone.
     pub lifeline: Option<BorrowedFd<'a>>,
+    /// Trees detached by [`Step::DetachTree`], by source, until attached.
+    pub trees: BTreeMap<PathBuf, OwnedFd>,
+}
+
+impl<'a> StepContext<'a> {
+    /// A context with the given lifeline and no detached trees.
+    pub(crate) fn new(lifeline: Option<BorrowedFd<'a>>) -> StepContext<'a> {
+        StepContext {
+            lifeline,
+            trees: BTreeMap::new(),
+        }
+    }
 }
 
 impl Step {
     /// Applies the step. The steps performed by the init process or PID 1 themselves
     /// (inspection, clone, id maps, pidfd, exec) never appear in a plan's lists and are
     /// refused here with `EINVAL`.
-    pub(crate) fn apply(&self, ctx: &StepContext<'_>) -> Result<(), Errno> {
+    pub(crate) fn apply(&self, ctx: &mut StepContext<'_>) -> Result<(), Errno> {
         match self {
             Step::ClearSupplementaryGroups => sys::clear_supplementary_groups(),
             Step::CreateDirectory { path, mode } => sys::create_directory(path, *mode),
@@ -342,7 +382,16 @@ impl Step {
             Step::SetOwner { path, uid, gid } => sys::lchown(path, *uid, *gid),
             Step::SetMode { path, mode } => sys::chmod(path, *mode),
             Step::MakeMountsPrivate => sys::make_mounts_private(),
-            Step::Bind { source, target } => sys::bind(source, target),
+            Step::DetachTree { source } => {
+                let tree = sys::detach_tree(source)?;
+                ctx.trees.insert(source.clone(), tree);
+                Ok(())
+            }
+            Step::AttachTree { source, target } => {
+                let tree = ctx.trees.remove(source).ok_or(Errno::EBADF)?;
+                sys::attach_tree(tree.as_fd(), target)
+            }
+            Step::SetFilesystemIds { uid, gid } => sys::set_filesystem_ids(*uid, *gid),
             Step::Remount { target, flags } => sys::remount(target, *flags),
             Step::MountTmpfs { target, options } => sys::mount_tmpfs(target, options),
             Step::MountDevpts { target, options } => sys::mount_devpts(target, options),
@@ -383,7 +432,8 @@ impl Step {
         }
     }
 
-    /// Whether the step runs in the init process on the host (as opposed to PID 1).
+    /// Whether the step may run in the init process, on the host: plain file operations,
+    /// never a mount or a credential change of the host's namespaces.
     pub(crate) fn is_host_step(&self) -> bool {
         matches!(
             self,

@@ -131,7 +131,7 @@ pub(crate) fn clone_into_namespaces(child: &mut dyn FnMut() -> isize) -> Result<
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWCGROUP;
-    let callback: nix::sched::CloneCb<'_> = Box::new(|| child());
+    let callback: nix::sched::CloneCb<'_> = Box::new(child);
     // SAFETY: without CLONE_VM the child gets a copy of this address space, so the stack
     // buffer and everything `child` borrows stay valid in it; the caller is the
     // single-threaded init process, so no lock (the allocator's, stdio's) can be held by
@@ -299,6 +299,22 @@ pub(crate) fn clear_supplementary_groups() -> Result<(), Errno> {
     nix::unistd::setgroups(&[])
 }
 
+/// [`setfsgid(2)`](https://man7.org/linux/man-pages/man2/setfsgid.2.html) and
+/// [`setfsuid(2)`](https://man7.org/linux/man-pages/man2/setfsuid.2.html). Neither reports
+/// failure, so each is called twice: the second call returns the value the first set.
+pub(crate) fn set_filesystem_ids(uid: u32, gid: u32) -> Result<(), Errno> {
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    nix::unistd::setfsgid(g);
+    if nix::unistd::setfsgid(g) != g {
+        return Err(Errno::EPERM);
+    }
+    nix::unistd::setfsuid(u);
+    if nix::unistd::setfsuid(u) != u {
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
+
 /// [`setresgid(2)`](https://man7.org/linux/man-pages/man2/setresgid.2.html).
 pub(crate) fn set_group_id(gid: u32) -> Result<(), Errno> {
     let g = Gid::from_raw(gid);
@@ -418,9 +434,32 @@ pub(crate) fn make_mounts_private() -> Result<(), Errno> {
     nix::mount::mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
 }
 
-/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) `MS_BIND`.
-pub(crate) fn bind(source: &Path, target: &Path) -> Result<(), Errno> {
-    nix::mount::mount(Some(source), target, NONE, MsFlags::MS_BIND, NONE)
+/// `open_tree(AT_FDCWD, source, OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC)`
+/// ([`open_tree(2)`](https://man7.org/linux/man-pages/man2/open_tree.2.html)): a detached,
+/// non-recursive bind mount of `source`.
+pub(crate) fn detach_tree(source: &Path) -> Result<OwnedFd, Errno> {
+    use rustix::mount::OpenTreeFlags;
+    rustix::mount::open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(rustix_errno)
+}
+
+/// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`
+/// ([`move_mount(2)`](https://man7.org/linux/man-pages/man2/move_mount.2.html)): attaches a
+/// tree from [`detach_tree`] at `target`.
+pub(crate) fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+    use rustix::mount::MoveMountFlags;
+    rustix::mount::move_mount(
+        tree,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(rustix_errno)
 }
 
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
