@@ -796,3 +796,42 @@ fn trivial_build_wall_time() {
         "{times:?}"
     );
 }
+
+/// The same probe, run by an unprivileged user: there the build user is the invoking user
+/// itself (`uid_map` `1000 <uid> 1`), and no privilege is needed at all. As root, the test
+/// re-runs the probe test of this binary under `setpriv` as uid/gid 4242.
+#[test]
+fn an_unprivileged_invoker_gets_the_same_sandbox() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: already unprivileged; the other tests cover this case");
+        return;
+    }
+    if skip_without_sandbox() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "sandbox::the_builder_sees_what_nix_shows_it",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env("TMPDIR", std::env::temp_dir())
+        .env("KSBUILD_REQUIRE_SANDBOX", "1")
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIP: cannot run setpriv (util-linux): {e}");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the probe failed as uid 4242:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
