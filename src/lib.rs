@@ -12,11 +12,12 @@
 //! |---|---|---|
 //! | [`compat`] | nixbase32, hashes, store paths, ATerm `.drv`s and hash-modulo, NAR, narinfo, signatures | none: bytes in, bytes out |
 //! | [`store`] | layout, locks, add/register (canonicalise, NAR hash, reference scan), metadata, verify, GC roots, GC | filesystem |
+//! | [`sandbox`] | one hermetic build: namespaces, id maps, mounts, `pivot_root`, privilege drop, `exec`; log streaming and timeouts | syscalls (the only `unsafe`) |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
 //!
 //! Layers still to come (see `../shared/DESIGN.md`): `model` (the TOML of `derivations/`
-//! and `sandboxes/`, lowered to [`compat::derivation`]), `graph` (the DAG and scheduler),
-//! `sandbox` (namespaces and mounts — the only place allowed `unsafe`) and `fetch`.
+//! and `sandboxes/`, lowered to [`compat::derivation`]), `graph` (the DAG and scheduler)
+//! and `fetch`.
 //!
 //! # Two ideas to keep in mind
 //!
@@ -39,6 +40,9 @@
 //! * `store/mod.rs` — [`store::Store`]: add, register, query; `dump.rs` — trees ⇄ NARs;
 //!   `pipe.rs` — the hashing thread; `metadata.rs` — records; `lock.rs` — `flock` locks;
 //!   `gc.rs` — roots, collection and the sweep of leftovers; `verify.rs`; `fsutil.rs`.
+//! * `sandbox/` — [`sandbox::run`]: `plan.rs` (spec → typed steps, pure), `step.rs`,
+//!   `sys.rs` (the one syscall layer), `init.rs` (the re-executed init process),
+//!   `pid1.rs`, `supervisor.rs` (log streaming, timeouts), `user_ns.rs`, `protocol.rs`.
 //! * `cli/` — one file per command group.
 
 pub mod cli;
@@ -46,4 +50,5 @@ pub mod compat;
 pub mod fetch;
 pub mod graph;
 pub mod model;
+pub mod sandbox;
 pub mod store;

@@ -1,5 +1,10 @@
 //! The `ksbuild` binary: everything is in the library; see `ksbuild::cli`.
 
 fn main() -> std::process::ExitCode {
+    // The sandbox re-executes this binary as its init process; that must happen before
+    // anything else (clap, threads) runs.
+    if std::env::args_os().nth(1).as_deref() == Some(ksbuild::sandbox::INIT_ARG.as_ref()) {
+        ksbuild::sandbox::init_main();
+    }
     ksbuild::cli::main()
 }

@@ -10,3 +10,4 @@ mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
 mod trees;
+mod sandbox;

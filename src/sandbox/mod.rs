@@ -1,0 +1,203 @@
+//! The sandbox: runs one build hermetically, with Nix 2.8's semantics — the only layer that
+//! makes namespace, mount and credential syscalls, and the only one allowed `unsafe`
+//! (in `sys.rs` alone).
+//!
+//! # What a builder sees
+//!
+//! Exactly what it sees in Nix 2.8's sandbox (`../shared/reference/nix-formats.md` §6):
+//! `/` holds `build dev etc nix proc tmp`; the store directory holds the inputs (read-only
+//! binds) and whatever the builder creates there (its outputs); uid 1000 (`nixbld`), gid 100,
+//! hostname `localhost`, domain name `(none)`; only `lo` in a network namespace of its own;
+//! PID 1 of its own PID namespace; generated `/etc/passwd`, `/etc/group`, `/etc/hosts`; a
+//! minimal `/dev` (`null zero full random urandom tty`, `shm`, `pts`, `ptmx`, `fd`, `std*`);
+//! a fresh `/proc`; stdout and stderr on a raw pseudo-terminal, stdin `/dev/null`; cwd
+//! `/build`; umask 022; ASLR off; `no_new_privs`; no capabilities; core dumps off; and the
+//! environment of [`plan::builder_environment`]. It also gets its own IPC and cgroup
+//! namespaces (Nix 2.8 has no cgroup namespace; without one, `/proc/self/cgroup` would leak
+//! the host's cgroup path into builds).
+//!
+//! Two differences of layout, invisible to a build's result: `/` is a `tmpfs` (owned by the
+//! build user, mode 0750, like Nix's chroot directory) over `root_dir`, so `/tmp` lives in
+//! memory rather than on disk; and only the store directory inside it is on disk
+//! (`<root_dir>/<store_dir>`), so that outputs land on the store's filesystem while the
+//! rest of the skeleton costs no disk metadata and vanishes with the namespace.
+//!
+//! # How
+//!
+//! ```text
+//! ksbuild (any thread)           init process (single-threaded)      PID 1 → the builder
+//! ───────────────────────────    ────────────────────────────────    ─────────────────────
+//! plan (pure) ─ JSON line ──▶    host steps: skeleton of the root
+//! spawn `<exe> __sandbox-init`   clone(NEWUSER|NS|PID|IPC|UTS|        waits for the maps
+//!                                      NET|CGROUP) ─────────────▶
+//!                                write setgroups/uid_map/gid_map
+//!                                release PID 1 ─────────────────▶    mounts, pivot_root,
+//! stream the pty → log, callback                                     lo, hostname, setsid,
+//! timeouts: close the control    poll(stdin, pidfd):                 setresgid/setresuid,
+//!   pipe ───────────────────▶      readable/hung up → SIGKILL PID 1  no_new_privs, ASLR off,
+//!                                waitpid(PID 1) — the kernel has     rlimits, umask, chdir,
+//! ◀─────── status JSON line ─    already killed the namespace        signals, caps → execve
+//! waitpid(init)
+//! ```
+//!
+//! The order of the steps, and why, is documented where each is done: the host side and the
+//! namespaces in `init.rs`, the inside in `pid1.rs`; the step list itself in `plan.rs`.
+//! Re-executing the binary (rather than forking ksbuild, which has threads) gives a clean,
+//! single-threaded process in which `clone` is safe.
+//!
+//! **Fail closed.** Every step either succeeds or stops the build with
+//! [`SandboxError::Step`], which names the step and the `errno`, and whose
+//! [`SandboxError::hint`] says how to enable it. There is no unsandboxed fallback.
+//!
+//! **Nothing outlives [`run`].** The builder is PID 1 of its PID namespace; when it dies
+//! the kernel kills every other process of the namespace before reporting its death. The
+//! init process reports only after reaping it, and `run` returns only after reaping the init
+//! process. If the init process is killed, PID 1 dies of `PR_SET_PDEATHSIG`; if ksbuild dies,
+//! the init process does (same signal) and closes nothing it should not. Note that the
+//! parent-death signal follows the *thread* that spawned the init process: `run` keeps that
+//! thread busy until the end.
+//!
+//! **The build user on the host.** When ksbuild is not root, uid 1000 inside is ksbuild's
+//! own uid. When it is root, it is [`DEFAULT_ROOT_BUILD_ID`] (or [`BuildUser::Ids`]), never
+//! 0: see `user_ns.rs` for why mapping to root would let a builder write host sysctls.
+//!
+//! # Files
+//!
+//! * `mod.rs` — the public types and [`run`];
+//! * `plan.rs` — spec → typed steps, id maps, `argv`, environment (pure);
+//! * `step.rs` — [`Step`] and how each is applied;
+//! * `sys.rs` — the one narrow syscall layer (and the only `unsafe`);
+//! * `user_ns.rs` — which host ids the build user has, and the map files;
+//! * `init.rs` — the init process; `pid1.rs` — PID 1 up to `execve`;
+//! * `supervisor.rs` — ksbuild's side: [`Sandbox`], log streaming, timeouts;
+//! * `protocol.rs` — the status messages; `error.rs` — [`SandboxError`].
+
+mod error;
+mod init;
+mod pid1;
+pub mod plan;
+mod protocol;
+mod step;
+mod supervisor;
+mod sys;
+mod user_ns;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::SandboxError;
+pub use init::{init_main, INIT_ARG};
+pub use step::{RemountFlags, Step};
+pub use supervisor::Sandbox;
+pub use user_ns::{BuildUser, DEFAULT_ROOT_BUILD_ID};
+
+/// One build to run in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The builder program, as seen inside the sandbox (normally a store path of an input).
+    pub builder: String,
+    /// Its arguments (`argv[0]` is the builder's base name, as Nix passes it).
+    pub args: Vec<String>,
+    /// The derivation's environment; the sandbox adds Nix's base variables around it (see
+    /// [`plan::builder_environment`] for who wins).
+    pub env: BTreeMap<String, String>,
+    /// The logical store directory, e.g. `/nix/store`.
+    pub store_dir: String,
+    /// The input closure: `(physical path, logical path)`; each logical path is a store path
+    /// directly under `store_dir`, bound read-only (symlink store paths are recreated).
+    pub inputs: Vec<(PathBuf, String)>,
+    /// A fresh, empty directory on the store's filesystem; the sandbox's `/` is mounted
+    /// over it. Outputs the builder writes under `<root_dir>/<store_dir>/` stay there for
+    /// the caller to register; beside them only the inputs' empty mount points are left, for
+    /// the caller to remove. When ksbuild is root, outputs belong to the build user's host
+    /// uid.
+    pub root_dir: PathBuf,
+    /// A fresh directory that becomes `/build` (the caller keeps it on `--keep-failed`).
+    /// It is given to the build user (mode 0700); files the caller puts in it beforehand
+    /// must be readable by that user.
+    pub build_dir: PathBuf,
+    /// `NIX_BUILD_CORES`.
+    pub cores: u32,
+    /// Kill the build after this long.
+    pub timeout: Option<Duration>,
+    /// Kill the build after this long without output.
+    pub max_silent_time: Option<Duration>,
+    /// At most this many processes of the build at once (`RLIMIT_NPROC` of the build user,
+    /// counted in the build's own user namespace, so it bounds this build only). Nix sets
+    /// no such limit; `None` keeps ksbuild's own.
+    pub max_processes: Option<u64>,
+    /// Which host user the build user is.
+    pub build_user: BuildUser,
+    /// The builder's stdout and stderr are appended here.
+    pub log: PathBuf,
+}
+
+/// How the builder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuilderStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+impl BuilderStatus {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        *self == BuilderStatus::Exited(0)
+    }
+}
+
+impl std::fmt::Display for BuilderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuilderStatus::Exited(code) => write!(f, "exit code {code}"),
+            BuilderStatus::Signaled(sig) => match nix::sys::signal::Signal::try_from(*sig) {
+                Ok(s) => write!(f, "killed by {s}"),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+        }
+    }
+}
+
+/// Which limit stopped a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeoutKind {
+    /// [`SandboxSpec::timeout`].
+    Timeout,
+    /// [`SandboxSpec::max_silent_time`].
+    MaxSilentTime,
+}
+
+/// The result of a build that ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildOutcome {
+    /// How the builder ended (`SIGKILL` after a timeout).
+    pub status: BuilderStatus,
+    /// Wall time from starting the init process to its end.
+    pub duration: Duration,
+    /// Set when ksbuild killed the build for a time limit.
+    pub timed_out: Option<TimeoutKind>,
+}
+
+impl BuildOutcome {
+    /// The builder exited with code 0 within its limits.
+    pub fn success(&self) -> bool {
+        self.timed_out.is_none() && self.status.success()
+    }
+}
+
+/// Runs one build hermetically with [`Sandbox::new`] (the init process is this very
+/// executable, which must be `ksbuild`). `on_log_line` gets every line of the builder's
+/// output (without its newline) as it comes; the output is also appended to
+/// [`SandboxSpec::log`]. Returns when the build and every process it started are gone.
+pub fn run(
+    spec: &SandboxSpec,
+    on_log_line: &mut dyn FnMut(&[u8]),
+) -> Result<BuildOutcome, SandboxError> {
+    Sandbox::new().run(spec, on_log_line)
+}

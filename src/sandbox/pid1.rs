@@ -1,0 +1,118 @@
+//! PID 1 of the build's namespaces: the cloned child of the init process, which applies
+//! the namespace steps of the plan in one loop and then becomes the builder with `execve`.
+//! Does syscalls.
+//!
+//! Order, and why (the steps themselves are listed by `plan.rs`):
+//!
+//! 1. keep a close-on-exec copy of the status pipe, close its copy of the lifeline's write
+//!    end, arm `PR_SET_PDEATHSIG`, and wait for the init process to have written the id
+//!    maps (until then this process has every capability in its user namespace but no
+//!    mapped uid);
+//! 2. **mounts**, while it still has `CAP_SYS_ADMIN` in the namespace and its host
+//!    filesystem ids: everything private; then every host path the build needs is taken as a
+//!    detached bind mount (`open_tree`): the store directory under `root_dir`, the inputs,
+//!    `build_dir`, the device nodes. Only then a `tmpfs` is mounted over `root_dir` — the new
+//!    root — and PID 1 `chdir`s into it and takes the build user's *filesystem* ids
+//!    (`setfsuid`), so that the skeleton it creates there (`nix/store`, `build`, `tmp`, `etc`
+//!    with `passwd`/`group`/`hosts`, `dev` with its mount points and symlinks, `proc`) belongs
+//!    to the build user as in Nix. (When ksbuild is root, PID 1's own uid is not mapped in its
+//!    namespace and could not create files on a tmpfs of that namespace.) The detached trees
+//!    are attached (`move_mount`) and remounted — inputs and devices read-only —, then
+//!    `/dev/shm`, `/dev/pts` and a fresh `/proc` for the new PID namespace are mounted;
+//! 3. **`pivot_root(".", ".")`** and detach the old root: from here no path leads to the
+//!    host's filesystem, and the mounts inherited from the host are locked;
+//! 4. loopback up, hostname `localhost`, domain name `(none)`, a new session, stdin from
+//!    `/dev/null` and stderr onto stdout;
+//! 5. **privilege drop**: `setresgid(100)`, `setresuid(1000)` (host ids: the build user),
+//!    re-arm the parent-death signal the credential change cleared, `no_new_privs`, ASLR
+//!    off, no core dumps, the optional process limit, umask 022, `chdir /build`, default
+//!    signal dispositions, and finally every capability cleared;
+//! 6. **`execve`** the builder with Nix's environment. On success the status pipe closes
+//!    itself (close-on-exec); on any failure the step and `errno` are reported there and
+//!    this process exits with 127.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+
+use nix::errno::Errno;
+
+use super::plan::Plan;
+use super::protocol::StatusMessage;
+use super::step::{Step, StepContext};
+use super::sys;
+
+/// The exit code of PID 1 when setup failed (like a shell's "command not found").
+const SETUP_FAILED: isize = 127;
+
+fn report(status: BorrowedFd<'_>, step: Step, errno: Errno) -> isize {
+    StatusMessage::StepFailed {
+        step,
+        errno: errno as i32,
+    }
+    .send(status);
+    SETUP_FAILED
+}
+
+fn c_string(s: &str) -> Result<CString, Errno> {
+    CString::new(s).map_err(|_| Errno::EINVAL)
+}
+
+/// Runs as PID 1: the clone callback of the init process. Returns only on failure, with
+/// the exit code.
+pub(crate) fn main(
+    plan: &Plan,
+    lifeline: BorrowedFd<'_>,
+    lifeline_write: RawFd,
+    init_status: BorrowedFd<'_>,
+) -> isize {
+    let status = match sys::dup_cloexec(init_status) {
+        Ok(fd) => fd,
+        Err(_) => return SETUP_FAILED,
+    };
+    let status = status.as_fd();
+    if let Err(e) = sys::close_unowned(lifeline_write) {
+        return report(status, Step::CreateNamespaces, e);
+    }
+    if let Err(e) = sys::set_parent_death_signal() {
+        return report(status, Step::ParentDeathSignal, e);
+    }
+    // Wait for the id maps. EOF means the init process gave up (and said why) or died.
+    let mut go = [0u8; 1];
+    match sys::read(lifeline, &mut go) {
+        Ok(1) => {}
+        _ => return SETUP_FAILED,
+    }
+
+    let exec_step = Step::Exec {
+        path: plan.exec.path.clone(),
+    };
+    let prepared = (|| {
+        let path = c_string(&plan.exec.path)?;
+        let argv = plan
+            .exec
+            .argv
+            .iter()
+            .map(|a| c_string(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = plan
+            .exec
+            .env
+            .iter()
+            .map(|a| c_string(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, Errno>((path, argv, env))
+    })();
+    let (path, argv, env) = match prepared {
+        Ok(p) => p,
+        Err(e) => return report(status, exec_step, e),
+    };
+
+    let mut ctx = StepContext::new(Some(lifeline));
+    for step in &plan.namespace {
+        if let Err(e) = step.apply(&mut ctx) {
+            return report(status, step.clone(), e);
+        }
+    }
+    let errno = sys::exec(&path, &argv, &env);
+    report(status, exec_step, errno)
+}

@@ -1,0 +1,755 @@
+//! The plan of a sandbox: from a [`SandboxSpec`] to the typed steps the init process and
+//! PID 1 apply, the id maps, and the builder's `argv` and environment. Pure: the kind of
+//! each input comes from a closure, so the whole plan is tested here without a kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+use super::error::SandboxError;
+use super::step::{RemountFlags, Step};
+use super::user_ns::HostIds;
+use super::SandboxSpec;
+
+/// The build user inside the sandbox, as in Nix.
+pub const SANDBOX_UID: u32 = 1000;
+/// The build group inside the sandbox, as in Nix.
+pub const SANDBOX_GID: u32 = 100;
+/// The build directory inside the sandbox (Nix's `sandbox-build-dir`).
+pub const BUILD_DIR: &str = "/build";
+/// `$HOME` of every build.
+pub const HOME_DIR: &str = "/homeless-shelter";
+
+/// Device nodes bound from the host into `/dev`, as in Nix (minus `/dev/kvm`, which Nix
+/// adds only for derivations that require the `kvm` system feature).
+const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
+
+/// Top-level names of the sandbox's root that ksbuild creates itself; the store directory
+/// must not start with one of them.
+const RESERVED: [&str; 5] = ["build", "dev", "etc", "proc", "tmp"];
+
+/// `/etc/passwd` of every build, byte for byte Nix 2.8's.
+pub fn etc_passwd() -> String {
+    format!(
+        "root:x:0:0:Nix build user:{BUILD_DIR}:/noshell\n\
+         nixbld:x:{SANDBOX_UID}:{SANDBOX_GID}:Nix build user:{BUILD_DIR}:/noshell\n\
+         nobody:x:65534:65534:Nobody:/:/noshell\n"
+    )
+}
+
+/// `/etc/group` of every build, byte for byte Nix 2.8's.
+pub fn etc_group() -> String {
+    format!("root:x:0:\nnixbld:!:{SANDBOX_GID}:\nnogroup:x:65534:\n")
+}
+
+/// `/etc/hosts` of every build, byte for byte Nix 2.8's.
+pub const ETC_HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+
+/// What an input's physical path is (after [`Step::InspectInput`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InputKind {
+    /// A directory (or a symlink to one): bound onto an empty directory.
+    Directory,
+    /// Anything else that is not a symlink: bound onto an empty file.
+    File,
+    /// A symlink store path: recreated as the same symlink, not bound.
+    Symlink(PathBuf),
+}
+
+/// The builder's program, `argv` and environment (`KEY=value`, sorted by key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExecSpec {
+    /// The builder path, resolved inside the sandbox.
+    pub path: String,
+    /// `argv`, starting with the builder's base name as Nix passes it.
+    pub argv: Vec<String>,
+    /// `envp`.
+    pub env: Vec<String>,
+}
+
+/// Everything the init process needs: sent to it as one JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Plan {
+    /// Steps applied on the host by the init process, before the namespaces exist.
+    pub host: Vec<Step>,
+    /// `(file under /proc/<pid>/, contents)`, written by the init process in this order.
+    pub id_maps: Vec<(String, String)>,
+    /// Steps applied by PID 1 inside the namespaces, in order; `exec` follows.
+    pub namespace: Vec<Step>,
+    /// The builder.
+    pub exec: ExecSpec,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> SandboxError {
+    SandboxError::InvalidSpec {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// An absolute path made only of normal components (no `.`, `..`, or empty name), not `/`.
+fn check_absolute_normal(path: &Path, field: &'static str) -> Result<(), SandboxError> {
+    let mut components = path.components();
+    if components.next() != Some(Component::RootDir) {
+        return Err(invalid(
+            field,
+            format!("`{}` is not absolute", path.display()),
+        ));
+    }
+    let mut any = false;
+    for c in components {
+        match c {
+            Component::Normal(_) => any = true,
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!("`{}` is not a normalised path", path.display()),
+                ))
+            }
+        }
+    }
+    if !any {
+        return Err(invalid(field, "`/` is not allowed"));
+    }
+    Ok(())
+}
+
+fn check_no_nul(s: &str, field: &'static str) -> Result<(), SandboxError> {
+    if s.contains('\0') {
+        return Err(invalid(field, format!("{s:?} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// The environment of the builder, with Nix 2.8's precedence (`initEnv`/`initTmpDir`):
+/// `PATH`, `HOME`, `NIX_STORE` and `NIX_BUILD_CORES` first, then the derivation's
+/// variables (which may override those four), then `NIX_BUILD_TOP`, `TMPDIR`, `TEMPDIR`,
+/// `TMP`, `TEMP`, `PWD`, `NIX_LOG_FD` and `TERM`, which the derivation cannot override.
+pub fn builder_environment(
+    store_dir: &str,
+    cores: u32,
+    derivation_env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), "/path-not-set".to_string());
+    env.insert("HOME".to_string(), HOME_DIR.to_string());
+    env.insert("NIX_STORE".to_string(), store_dir.to_string());
+    env.insert("NIX_BUILD_CORES".to_string(), cores.to_string());
+    for (k, v) in derivation_env {
+        env.insert(k.clone(), v.clone());
+    }
+    for k in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
+        env.insert(k.to_string(), BUILD_DIR.to_string());
+    }
+    env.insert("NIX_LOG_FD".to_string(), "2".to_string());
+    env.insert("TERM".to_string(), "xterm-256color".to_string());
+    env
+}
+
+/// `argv` of the builder: its base name (as Nix passes it), then the arguments.
+fn builder_argv(builder: &str, args: &[String]) -> Vec<String> {
+    let base = builder.rsplit('/').next().unwrap_or(builder);
+    std::iter::once(base.to_string())
+        .chain(args.iter().cloned())
+        .collect()
+}
+
+fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    if spec.builder.is_empty() {
+        return Err(invalid("builder", "empty"));
+    }
+    check_no_nul(&spec.builder, "builder")?;
+    for a in &spec.args {
+        check_no_nul(a, "args")?;
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(invalid("env", format!("{k:?} is not a variable name")));
+        }
+        check_no_nul(k, "env")?;
+        check_no_nul(v, "env")?;
+    }
+    let store = Path::new(&spec.store_dir);
+    check_absolute_normal(store, "store_dir")?;
+    if let Some(Component::Normal(first)) = store.components().nth(1) {
+        if RESERVED.iter().any(|r| first == *r) {
+            return Err(invalid(
+                "store_dir",
+                format!(
+                    "`{}` would hide the sandbox's own `/{}`",
+                    spec.store_dir,
+                    first.to_string_lossy()
+                ),
+            ));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (_, logical) in &spec.inputs {
+        check_absolute_normal(Path::new(logical), "inputs")?;
+        check_no_nul(logical, "inputs")?;
+        if Path::new(logical).parent() != Some(store) {
+            return Err(invalid(
+                "inputs",
+                format!(
+                    "`{logical}` is not a store path directly under `{}`",
+                    spec.store_dir
+                ),
+            ));
+        }
+        if !seen.insert(logical.as_str()) {
+            return Err(invalid("inputs", format!("`{logical}` is given twice")));
+        }
+    }
+    if !spec.root_dir.is_absolute() || !spec.build_dir.is_absolute() {
+        return Err(invalid(
+            "root_dir",
+            "root_dir and build_dir must be absolute paths",
+        ));
+    }
+    Ok(())
+}
+
+/// Plans a sandbox. `inspect` tells what each input's physical path is (the caller
+/// answers with `lstat`); `devpts` says whether to mount a private `/dev/pts` (Nix does
+/// when the host has `/dev/pts/ptmx`).
+///
+/// Layout: the new root is a `tmpfs` owned by the build user, mounted over `root_dir` in
+/// the build's own mount namespace; only the store directory inside it is on disk
+/// (`<root_dir>/<store_dir>`, bound into the tmpfs), so that outputs stay on the store's
+/// filesystem and everything else costs no disk metadata and vanishes with the namespace.
+pub(crate) fn plan(
+    spec: &SandboxSpec,
+    ids: &HostIds,
+    inspect: &mut dyn FnMut(&Path) -> Result<InputKind, Errno>,
+    devpts: bool,
+) -> Result<Plan, SandboxError> {
+    validate(spec)?;
+    let root = spec.root_dir.as_path();
+    let mut host = Vec::new();
+    let mut ns = Vec::new();
+
+    // -- host side, as the invoking user (root or not), before any namespace exists -------
+    if ids.invoker_is_root {
+        host.push(Step::ClearSupplementaryGroups);
+    }
+    // The store directory on disk: parents 0755, the store itself 1775 root:nixbld as in
+    // Nix, so the build user can create its outputs there and change nothing else.
+    let store = Path::new(&spec.store_dir);
+    let store_relative = store.strip_prefix("/").unwrap_or(store).to_path_buf();
+    let store_on_disk = root.join(&store_relative);
+    let mut prefix = PathBuf::new();
+    let depth = store_relative.components().count();
+    for (i, c) in store_relative.components().enumerate() {
+        prefix.push(c);
+        host.push(Step::CreateDirectory {
+            path: root.join(&prefix),
+            mode: if i + 1 == depth { 0o1775 } else { 0o755 },
+        });
+    }
+    host.push(Step::SetOwner {
+        path: store_on_disk.clone(),
+        uid: Some(ids.owner_uid),
+        gid: Some(ids.build_gid),
+    });
+    // Mount points of the inputs, in the store directory on disk.
+    let mut bound_inputs = Vec::new();
+    for (physical, logical) in &spec.inputs {
+        let relative = PathBuf::from(logical.trim_start_matches('/'));
+        match inspect(physical).map_err(|errno| SandboxError::Step {
+            step: Step::InspectInput {
+                path: physical.clone(),
+            },
+            errno,
+        })? {
+            InputKind::Symlink(link) => host.push(Step::CreateSymlink {
+                target: link,
+                path: root.join(&relative),
+            }),
+            InputKind::Directory | InputKind::File => {
+                host.push(Step::CreateMountPoint {
+                    source: physical.clone(),
+                    target: root.join(&relative),
+                });
+                bound_inputs.push((physical.clone(), relative));
+            }
+        }
+    }
+    host.push(Step::SetOwner {
+        path: spec.build_dir.clone(),
+        uid: Some(ids.build_uid),
+        gid: Some(ids.build_gid),
+    });
+    host.push(Step::SetMode {
+        path: spec.build_dir.clone(),
+        mode: 0o700,
+    });
+
+    // -- inside the namespaces, as PID 1 ---------------------------------------------------
+    // 1. Take every host path the build needs while host paths can still be reached with
+    //    this process's own (host) filesystem ids.
+    ns.push(Step::MakeMountsPrivate);
+    ns.push(Step::DetachTree {
+        source: store_on_disk.clone(),
+    });
+    for (physical, _) in &bound_inputs {
+        ns.push(Step::DetachTree {
+            source: physical.clone(),
+        });
+    }
+    ns.push(Step::DetachTree {
+        source: spec.build_dir.clone(),
+    });
+    for d in DEVICES {
+        ns.push(Step::DetachTree {
+            source: format!("/dev/{d}").into(),
+        });
+    }
+    // 2. The new root: a tmpfs owned by the build user, 0750 as Nix's; from here on paths
+    //    are relative to it, and files are created as the build user.
+    ns.push(Step::MountTmpfs {
+        target: root.to_path_buf(),
+        options: format!("mode=0750,uid={SANDBOX_UID},gid={SANDBOX_GID}"),
+    });
+    ns.push(Step::ChangeDirectory {
+        path: root.to_path_buf(),
+    });
+    ns.push(Step::SetFilesystemIds {
+        uid: SANDBOX_UID,
+        gid: SANDBOX_GID,
+    });
+    let mut prefix = PathBuf::new();
+    for c in store_relative.components() {
+        prefix.push(c);
+        ns.push(Step::CreateDirectory {
+            path: prefix.clone(),
+            mode: 0o755,
+        });
+    }
+    ns.push(Step::CreateDirectory {
+        path: "build".into(),
+        mode: 0o700,
+    });
+    ns.push(Step::CreateDirectory {
+        path: "tmp".into(),
+        mode: 0o1777,
+    });
+    ns.push(Step::CreateDirectory {
+        path: "etc".into(),
+        mode: 0o755,
+    });
+    for (name, contents) in [
+        ("etc/passwd", etc_passwd()),
+        ("etc/group", etc_group()),
+        ("etc/hosts", ETC_HOSTS.to_string()),
+    ] {
+        ns.push(Step::WriteFile {
+            path: name.into(),
+            mode: 0o644,
+            contents,
+        });
+    }
+    ns.push(Step::CreateDirectory {
+        path: "dev".into(),
+        mode: 0o755,
+    });
+    for d in DEVICES {
+        ns.push(Step::CreateFile {
+            path: format!("dev/{d}").into(),
+        });
+    }
+    ns.push(Step::CreateDirectory {
+        path: "dev/shm".into(),
+        mode: 0o755,
+    });
+    if devpts {
+        ns.push(Step::CreateDirectory {
+            path: "dev/pts".into(),
+            mode: 0o755,
+        });
+        ns.push(Step::CreateSymlink {
+            target: "/dev/pts/ptmx".into(),
+            path: "dev/ptmx".into(),
+        });
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ns.push(Step::CreateSymlink {
+            target: target.into(),
+            path: format!("dev/{name}").into(),
+        });
+    }
+    ns.push(Step::CreateDirectory {
+        path: "proc".into(),
+        mode: 0o555,
+    });
+    // 3. Attach what was taken: the store directory (rw, for the outputs), the inputs
+    //    read-only, /build, and the device nodes read-only (I/O on a device does not need a
+    //    writable mount, but chmod/chown of the host's node would), never nodev.
+    let rw = RemountFlags {
+        nosuid: true,
+        nodev: true,
+        ..RemountFlags::default()
+    };
+    ns.push(Step::AttachTree {
+        source: store_on_disk,
+        target: store_relative.clone(),
+    });
+    ns.push(Step::Remount {
+        target: store_relative,
+        flags: rw,
+    });
+    for (physical, relative) in bound_inputs {
+        ns.push(Step::AttachTree {
+            source: physical,
+            target: relative.clone(),
+        });
+        ns.push(Step::Remount {
+            target: relative,
+            flags: RemountFlags {
+                read_only: true,
+                nosuid: true,
+                nodev: true,
+                noexec: false,
+            },
+        });
+    }
+    ns.push(Step::AttachTree {
+        source: spec.build_dir.clone(),
+        target: "build".into(),
+    });
+    ns.push(Step::Remount {
+        target: "build".into(),
+        flags: rw,
+    });
+    for d in DEVICES {
+        ns.push(Step::AttachTree {
+            source: format!("/dev/{d}").into(),
+            target: format!("dev/{d}").into(),
+        });
+        ns.push(Step::Remount {
+            target: format!("dev/{d}").into(),
+            flags: RemountFlags {
+                read_only: true,
+                nosuid: true,
+                nodev: false,
+                noexec: true,
+            },
+        });
+    }
+    ns.push(Step::MountTmpfs {
+        target: "dev/shm".into(),
+        options: "mode=1777".to_string(),
+    });
+    if devpts {
+        ns.push(Step::MountDevpts {
+            target: "dev/pts".into(),
+            options: "newinstance,ptmxmode=0666,mode=0620".to_string(),
+        });
+    }
+    ns.push(Step::MountProc {
+        target: "proc".into(),
+    });
+    // 4. The tmpfs becomes `/`; the host's root is detached.
+    ns.push(Step::PivotRoot {
+        new_root: ".".into(),
+    });
+    ns.push(Step::DetachOldRoot);
+    // 5. Network, names, session, stdio.
+    ns.push(Step::LoopbackUp);
+    ns.push(Step::SetHostname {
+        name: "localhost".to_string(),
+    });
+    ns.push(Step::SetDomainname {
+        name: "(none)".to_string(),
+    });
+    ns.push(Step::NewSession);
+    ns.push(Step::RedirectStdio);
+    // 6. Privilege drop: group, then user; the credential change cleared the parent-death
+    //    signal, so re-arm it; then the rest of Nix's process state, capabilities last.
+    ns.push(Step::SetGroupId { gid: SANDBOX_GID });
+    ns.push(Step::SetUserId { uid: SANDBOX_UID });
+    ns.push(Step::ParentDeathSignal);
+    ns.push(Step::NoNewPrivileges);
+    ns.push(Step::DisableAddressRandomisation);
+    ns.push(Step::LimitCoreDumps);
+    if let Some(max) = spec.max_processes {
+        ns.push(Step::LimitProcesses { max });
+    }
+    ns.push(Step::SetUmask { mask: 0o022 });
+    ns.push(Step::ChangeDirectory {
+        path: BUILD_DIR.into(),
+    });
+    ns.push(Step::ResetSignals);
+    ns.push(Step::DropCapabilities);
+
+    let env = builder_environment(&spec.store_dir, spec.cores, &spec.env)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Ok(Plan {
+        host,
+        id_maps: ids.map_files(),
+        namespace: ns,
+        exec: ExecSpec {
+            path: spec.builder.clone(),
+            argv: builder_argv(&spec.builder, &spec.args),
+            env,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            builder: "/nix/store/aaaa-busybox/bin/busybox".into(),
+            args: vec!["sh".into(), "-c".into(), "true".into()],
+            env: BTreeMap::from([
+                ("out".to_string(), "/nix/store/bbbb-out".to_string()),
+                ("PATH".to_string(), "/drv-path".to_string()),
+                ("TMPDIR".to_string(), "/drv-tmp".to_string()),
+            ]),
+            store_dir: "/nix/store".into(),
+            inputs: vec![
+                (
+                    "/s/nix/store/aaaa-busybox".into(),
+                    "/nix/store/aaaa-busybox".into(),
+                ),
+                (
+                    "/s/nix/store/cccc-link".into(),
+                    "/nix/store/cccc-link".into(),
+                ),
+            ],
+            root_dir: "/s/root".into(),
+            build_dir: "/s/build".into(),
+            cores: 2,
+            timeout: Some(Duration::from_secs(1)),
+            max_silent_time: None,
+            max_processes: None,
+            build_user: super::super::BuildUser::Auto,
+            log: "/s/log".into(),
+        }
+    }
+
+    fn ids(root: bool) -> HostIds {
+        HostIds {
+            build_uid: 4000,
+            build_gid: 4000,
+            owner_uid: if root { 0 } else { 4000 },
+            invoker_is_root: root,
+        }
+    }
+
+    fn inspect(p: &Path) -> Result<InputKind, Errno> {
+        if p.ends_with("cccc-link") {
+            Ok(InputKind::Symlink("aaaa-busybox".into()))
+        } else if p.exists() || p.starts_with("/s") {
+            Ok(InputKind::Directory)
+        } else {
+            Err(Errno::ENOENT)
+        }
+    }
+
+    fn position(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
+        steps.iter().position(pred).expect("step present")
+    }
+
+    #[test]
+    fn environment_has_nix_precedence() {
+        let env = builder_environment("/nix/store", 2, &spec().env);
+        let expected: BTreeMap<String, String> = [
+            ("HOME", "/homeless-shelter"),
+            ("NIX_BUILD_CORES", "2"),
+            ("NIX_BUILD_TOP", "/build"),
+            ("NIX_LOG_FD", "2"),
+            ("NIX_STORE", "/nix/store"),
+            ("PATH", "/drv-path"),
+            ("PWD", "/build"),
+            ("TEMP", "/build"),
+            ("TEMPDIR", "/build"),
+            ("TERM", "xterm-256color"),
+            ("TMP", "/build"),
+            ("TMPDIR", "/build"),
+            ("out", "/nix/store/bbbb-out"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, expected);
+    }
+
+    #[test]
+    fn etc_files_are_nix_s_bytes() {
+        // Sizes observed in Nix 2.8's sandbox: passwd 130, group 41, hosts 34 bytes.
+        assert_eq!(etc_passwd().len(), 130);
+        assert_eq!(etc_group().len(), 41);
+        assert_eq!(ETC_HOSTS.len(), 34);
+        assert!(etc_passwd().contains("nixbld:x:1000:100:Nix build user:/build:/noshell\n"));
+    }
+
+    #[test]
+    fn argv_starts_with_the_builder_base_name() {
+        let p = plan(&spec(), &ids(true), &mut inspect, true).unwrap();
+        assert_eq!(p.exec.argv, ["busybox", "sh", "-c", "true"]);
+        assert_eq!(p.exec.path, "/nix/store/aaaa-busybox/bin/busybox");
+        let mut sorted = p.exec.env.clone();
+        sorted.sort();
+        assert_eq!(p.exec.env, sorted, "envp is sorted like Nix's std::map");
+    }
+
+    #[test]
+    fn steps_come_in_the_documented_order() {
+        let p = plan(&spec(), &ids(true), &mut inspect, true).unwrap();
+        assert!(p.host.iter().all(Step::is_host_step));
+        let ns = &p.namespace;
+        let private = position(ns, |s| matches!(s, Step::MakeMountsPrivate));
+        let root_tmpfs = position(
+            ns,
+            |s| matches!(s, Step::MountTmpfs { target, .. } if target == Path::new("/s/root")),
+        );
+        let last_detach = ns
+            .iter()
+            .rposition(|s| matches!(s, Step::DetachTree { .. }))
+            .unwrap();
+        let fsids = position(ns, |s| matches!(s, Step::SetFilesystemIds { .. }));
+        let first_create = position(ns, |s| matches!(s, Step::CreateDirectory { .. }));
+        let last_mount = ns
+            .iter()
+            .rposition(|s| {
+                matches!(
+                    s,
+                    Step::AttachTree { .. }
+                        | Step::Remount { .. }
+                        | Step::MountProc { .. }
+                        | Step::MountTmpfs { .. }
+                        | Step::MountDevpts { .. }
+                )
+            })
+            .unwrap();
+        // Host paths are all taken before the tmpfs hides `root_dir` and before the
+        // filesystem ids change; the skeleton is created after.
+        assert!(last_detach < root_tmpfs && root_tmpfs < fsids && fsids < first_create);
+        // Every detached tree is attached exactly once.
+        for s in ns {
+            if let Step::DetachTree { source } = s {
+                assert_eq!(
+                    ns.iter()
+                        .filter(|a| matches!(a, Step::AttachTree { source: x, .. } if x == source))
+                        .count(),
+                    1,
+                    "{source:?}"
+                );
+            }
+        }
+        let pivot = position(ns, |s| matches!(s, Step::PivotRoot { .. }));
+        let detach = position(ns, |s| matches!(s, Step::DetachOldRoot));
+        let gid = position(ns, |s| matches!(s, Step::SetGroupId { .. }));
+        let uid = position(ns, |s| matches!(s, Step::SetUserId { .. }));
+        let pdeath = position(ns, |s| matches!(s, Step::ParentDeathSignal));
+        let nnp = position(ns, |s| matches!(s, Step::NoNewPrivileges));
+        let caps = position(ns, |s| matches!(s, Step::DropCapabilities));
+        assert_eq!(private, 0);
+        assert!(last_mount < pivot && pivot + 1 == detach);
+        assert!(detach < gid && gid < uid && uid < pdeath && pdeath < nnp);
+        assert_eq!(caps, ns.len() - 1, "capabilities go last, just before exec");
+        // Every attached input is followed by its read-only remount.
+        for (i, s) in ns.iter().enumerate() {
+            if let Step::AttachTree { source, target } = s {
+                if source.starts_with("/s/nix/store") {
+                    assert_eq!(
+                        ns[i + 1],
+                        Step::Remount {
+                            target: target.clone(),
+                            flags: RemountFlags {
+                                read_only: true,
+                                nosuid: true,
+                                nodev: true,
+                                noexec: false
+                            }
+                        }
+                    );
+                }
+            }
+        }
+        // The symlink input is recreated, not bound.
+        assert!(p.host.contains(&Step::CreateSymlink {
+            target: "aaaa-busybox".into(),
+            path: "/s/root/nix/store/cccc-link".into()
+        }));
+        assert!(!ns
+            .iter()
+            .any(|s| matches!(s, Step::DetachTree { source } if source.ends_with("cccc-link"))));
+    }
+
+    #[test]
+    fn only_root_clears_groups_and_the_store_is_group_writable() {
+        let p = plan(&spec(), &ids(true), &mut inspect, false).unwrap();
+        assert_eq!(p.host[0], Step::ClearSupplementaryGroups);
+        assert!(p.host.contains(&Step::CreateDirectory {
+            path: "/s/root/nix/store".into(),
+            mode: 0o1775
+        }));
+        assert!(p.host.contains(&Step::SetOwner {
+            path: "/s/root/nix/store".into(),
+            uid: Some(0),
+            gid: Some(4000)
+        }));
+        assert!(!p
+            .host
+            .iter()
+            .any(|s| matches!(s, Step::CreateSymlink { path, .. } if path.ends_with("ptmx"))));
+        let p = plan(&spec(), &ids(false), &mut inspect, true).unwrap();
+        assert!(!p.host.contains(&Step::ClearSupplementaryGroups));
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        type Edit = fn(&mut SandboxSpec);
+        let cases: [(Edit, &str); 9] = [
+            (|s| s.store_dir = "nix/store".into(), "store_dir"),
+            (|s| s.store_dir = "/nix/../store".into(), "store_dir"),
+            (|s| s.store_dir = "/".into(), "store_dir"),
+            (|s| s.store_dir = "/tmp/store".into(), "store_dir"),
+            (|s| s.inputs[0].1 = "/nix/store/../../etc".into(), "inputs"),
+            (|s| s.inputs[0].1 = "/etc/passwd".into(), "inputs"),
+            (|s| s.inputs[1].1 = s.inputs[0].1.clone(), "inputs"),
+            (|s| s.args.push("a\0b".into()), "args"),
+            (
+                |s| {
+                    s.env.insert("A=B".into(), "x".into());
+                },
+                "env",
+            ),
+        ];
+        for (edit, field) in cases {
+            let mut s = spec();
+            edit(&mut s);
+            match plan(&s, &ids(true), &mut inspect, true) {
+                Err(SandboxError::InvalidSpec { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected InvalidSpec({field}), got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_input_names_the_inspect_step() {
+        let mut s = spec();
+        s.inputs[0].0 = "/nonexistent/nix/store/aaaa-busybox".into();
+        match plan(&s, &ids(true), &mut inspect, true) {
+            Err(SandboxError::Step {
+                step: Step::InspectInput { path },
+                errno: Errno::ENOENT,
+            }) => assert_eq!(path, Path::new("/nonexistent/nix/store/aaaa-busybox")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The typed setup steps of a sandbox ([`Step`]) and how each is applied. A plan is two
+//! lists of steps, applied in one loop each (host side in the init process, namespace side
+//! in PID 1); the names double as the error labels. Does syscalls, through [`super::sys`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+use super::sys;
+
+/// Extra flags for a bind remount. The flags the mount already has are kept (the kernel
+/// refuses to clear flags that are locked because the mount came from a more privileged
+/// mount namespace), so these can only add restrictions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RemountFlags {
+    /// `MS_RDONLY`.
+    pub read_only: bool,
+    /// `MS_NOSUID`.
+    pub nosuid: bool,
+    /// `MS_NODEV`.
+    pub nodev: bool,
+    /// `MS_NOEXEC`.
+    pub noexec: bool,
+}
+
+impl fmt::Display for RemountFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = vec![if self.read_only { "ro" } else { "rw" }];
+        if self.nosuid {
+            names.push("nosuid");
+        }
+        if self.nodev {
+            names.push("nodev");
+        }
+        if self.noexec {
+            names.push("noexec");
+        }
+        f.write_str(&names.join(","))
+    }
+}
+
+/// One setup step of the sandbox. Paths are host paths until the new root is mounted; from
+/// the `chdir` into it they are relative to it, and after [`Step::PivotRoot`] absolute
+/// paths inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Step {
+    // ---- checked by ksbuild while planning -------------------------------------------
+    /// `lstat` an input's physical path, to know what kind of mount point it needs.
+    InspectInput {
+        /// The physical path.
+        path: PathBuf,
+    },
+
+    // ---- on the host, in the init process, before the namespaces exist ----------------
+    /// `close_range(3, ~0U, 0)`: the init process keeps only stdin, stdout and stderr of
+    /// what it inherited (a leaked directory descriptor would be a way out of any root).
+    /// Done by the init process itself, first; never listed in a plan.
+    CloseInheritedDescriptors,
+    /// `setgroups(0, NULL)`: drop root's supplementary groups (only when ksbuild is root).
+    ClearSupplementaryGroups,
+    /// `mkdir` with an exact mode.
+    CreateDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode (the umask is 0 in the init process).
+        mode: u32,
+    },
+    /// Create the mount point of an input: an empty directory or file, the same kind as
+    /// `source`.
+    CreateMountPoint {
+        /// The input's physical path.
+        source: PathBuf,
+        /// The mount point under the new root.
+        target: PathBuf,
+    },
+    /// Create an empty file (the mount point of a device node).
+    CreateFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Write a generated file (`/etc/passwd`, `/etc/group`, `/etc/hosts`).
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// Its contents.
+        contents: String,
+    },
+    /// `symlink(target, path)`.
+    CreateSymlink {
+        /// What the link points to.
+        target: PathBuf,
+        /// The link.
+        path: PathBuf,
+    },
+    /// `lchown`.
+    SetOwner {
+        /// The file.
+        path: PathBuf,
+        /// New owner, if it changes.
+        uid: Option<u32>,
+        /// New group, if it changes.
+        gid: Option<u32>,
+    },
+    /// `chmod`.
+    SetMode {
+        /// The file.
+        path: PathBuf,
+        /// The mode.
+        mode: u32,
+    },
+
+    // ---- creating the namespaces (init process) ---------------------------------------
+    /// `clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWNET|
+    /// CLONE_NEWCGROUP)`: the child is PID 1 of the new PID namespace.
+    CreateNamespaces,
+    /// Write `/proc/<child>/{setgroups,uid_map,gid_map}`.
+    WriteIdMap {
+        /// The file under `/proc/<child>/`.
+        file: String,
+        /// What was written.
+        contents: String,
+    },
+    /// `pidfd_open(2)` on PID 1, to wait for it and for ksbuild at the same time.
+    WatchChild,
+
+    // ---- in PID 1, inside the namespaces -----------------------------------------------
+    /// `mount(NULL, "/", NULL, MS_REC|MS_PRIVATE)`: nothing propagates back to the host.
+    MakeMountsPrivate,
+    /// `open_tree(source, OPEN_TREE_CLONE)`: a detached bind mount of a host path (not
+    /// recursive: no submount comes along), taken while host paths can still be reached,
+    /// to be attached inside the new root by [`Step::AttachTree`].
+    DetachTree {
+        /// The host path.
+        source: PathBuf,
+    },
+    /// `move_mount` of the tree detached from `source` onto `target`.
+    AttachTree {
+        /// The host path the tree was taken from.
+        source: PathBuf,
+        /// The mount point (relative to the new root).
+        target: PathBuf,
+    },
+    /// `setfsgid(2)`, `setfsuid(2)`: files created from here on (the skeleton of the new
+    /// root) belong to the build user, as in Nix; capabilities are kept.
+    SetFilesystemIds {
+        /// The uid inside the namespace.
+        uid: u32,
+        /// The gid inside the namespace.
+        gid: u32,
+    },
+    /// `mount(NULL, target, NULL, MS_REMOUNT|MS_BIND|flags)`, keeping the flags it has.
+    Remount {
+        /// The mount point.
+        target: PathBuf,
+        /// The restrictions to add.
+        flags: RemountFlags,
+    },
+    /// Mount a fresh `tmpfs` (`/dev/shm`).
+    MountTmpfs {
+        /// The mount point.
+        target: PathBuf,
+        /// Mount data, e.g. `mode=1777`.
+        options: String,
+    },
+    /// Mount a private `devpts` instance (`/dev/pts`).
+    MountDevpts {
+        /// The mount point.
+        target: PathBuf,
+        /// Mount data.
+        options: String,
+    },
+    /// Mount a fresh `proc` for the new PID namespace.
+    MountProc {
+        /// The mount point.
+        target: PathBuf,
+    },
+    /// `chdir(new_root); pivot_root(".", ".")`: the new root becomes `/`, the old one is
+    /// stacked on top of it.
+    PivotRoot {
+        /// The new root (a mount point: it was bound onto itself).
+        new_root: PathBuf,
+    },
+    /// `umount2(".", MNT_DETACH); chdir("/")`: the host's root is gone from the namespace.
+    DetachOldRoot,
+    /// `ioctl(SIOCSIFFLAGS)`: bring up `lo`, the only interface of the new network namespace.
+    LoopbackUp,
+    /// `sethostname(2)`.
+    SetHostname {
+        /// The name (`localhost`).
+        name: String,
+    },
+    /// `setdomainname(2)`.
+    SetDomainname {
+        /// The name (`(none)`).
+        name: String,
+    },
+    /// `setsid(2)`: no terminal signals reach the build.
+    NewSession,
+    /// stdin from `/dev/null`; stderr onto stdout (the log pty).
+    RedirectStdio,
+    /// `setresgid(2)` to the build group (100).
+    SetGroupId {
+        /// The gid inside the namespace.
+        gid: u32,
+    },
+    /// `setresuid(2)` to the build user (1000).
+    SetUserId {
+        /// The uid inside the namespace.
+        uid: u32,
+    },
+    /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`, (re)armed after the credential change cleared
+    /// it, then a check that the init process is still there.
+    ParentDeathSignal,
+    /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+    NoNewPrivileges,
+    /// `personality(ADDR_NO_RANDOMIZE)`: ASLR off, as in Nix.
+    DisableAddressRandomisation,
+    /// `setrlimit(RLIMIT_CORE)` soft limit 0, as in Nix.
+    LimitCoreDumps,
+    /// `setrlimit(RLIMIT_NPROC)`: at most this many processes of the build user, counted in
+    /// this build's own user namespace.
+    LimitProcesses {
+        /// The limit.
+        max: u64,
+    },
+    /// `umask(2)`.
+    SetUmask {
+        /// The mask (`022`).
+        mask: u32,
+    },
+    /// `chdir(2)`.
+    ChangeDirectory {
+        /// The directory (`/build`).
+        path: PathBuf,
+    },
+    /// Every signal back to its default action and an empty signal mask (the Rust runtime
+    /// of the init process ignores `SIGPIPE`, and ignored signals survive `execve`).
+    ResetSignals,
+    /// Clear the effective, permitted, inheritable and ambient capability sets.
+    DropCapabilities,
+    /// `execve(2)` of the builder.
+    Exec {
+        /// The builder, as seen inside the sandbox.
+        path: String,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::InspectInput { path } => write!(f, "inspect input `{}`", path.display()),
+            Step::CloseInheritedDescriptors => {
+                f.write_str("close inherited file descriptors (close_range)")
+            }
+            Step::ClearSupplementaryGroups => f.write_str("clear supplementary groups"),
+            Step::CreateDirectory { path, mode } => {
+                write!(f, "create directory `{}` (mode {mode:o})", path.display())
+            }
+            Step::CreateMountPoint { source, target } => write!(
+                f,
+                "create mount point `{}` for `{}`",
+                target.display(),
+                source.display()
+            ),
+            Step::CreateFile { path } => write!(f, "create file `{}`", path.display()),
+            Step::WriteFile { path, .. } => write!(f, "write `{}`", path.display()),
+            Step::CreateSymlink { target, path } => write!(
+                f,
+                "create symlink `{}` -> `{}`",
+                path.display(),
+                target.display()
+            ),
+            Step::SetOwner { path, uid, gid } => write!(
+                f,
+                "chown `{}` to {}:{}",
+                path.display(),
+                uid.map_or("-".to_string(), |u| u.to_string()),
+                gid.map_or("-".to_string(), |g| g.to_string())
+            ),
+            Step::SetMode { path, mode } => write!(f, "chmod {mode:o} `{}`", path.display()),
+            Step::CreateNamespaces => f.write_str(
+                "create the namespaces (clone with CLONE_NEWUSER|NEWNS|NEWPID|NEWIPC|NEWUTS|\
+                 NEWNET|NEWCGROUP)",
+            ),
+            Step::WriteIdMap { file, contents } => {
+                write!(f, "write `{}` to /proc/<pid>/{file}", contents.trim_end())
+            }
+            Step::WatchChild => f.write_str("pidfd_open the sandbox's PID 1"),
+            Step::MakeMountsPrivate => f.write_str("make every mount private (MS_REC|MS_PRIVATE)"),
+            Step::DetachTree { source } => {
+                write!(
+                    f,
+                    "clone a bind mount of `{}` (open_tree)",
+                    source.display()
+                )
+            }
+            Step::AttachTree { source, target } => write!(
+                f,
+                "bind `{}` onto `{}` (move_mount)",
+                source.display(),
+                target.display()
+            ),
+            Step::SetFilesystemIds { uid, gid } => write!(f, "setfsgid {gid}, setfsuid {uid}"),
+            Step::Remount { target, flags } => {
+                write!(f, "remount `{}` {flags}", target.display())
+            }
+            Step::MountTmpfs { target, options } => {
+                write!(f, "mount tmpfs on `{}` ({options})", target.display())
+            }
+            Step::MountDevpts { target, options } => {
+                write!(f, "mount devpts on `{}` ({options})", target.display())
+            }
+            Step::MountProc { target } => write!(f, "mount proc on `{}`", target.display()),
+            Step::PivotRoot { new_root } => write!(f, "pivot_root into `{}`", new_root.display()),
+            Step::DetachOldRoot => f.write_str("detach the old root (umount2 MNT_DETACH)"),
+            Step::LoopbackUp => f.write_str("bring up the loopback interface `lo`"),
+            Step::SetHostname { name } => write!(f, "sethostname `{name}`"),
+            Step::SetDomainname { name } => write!(f, "setdomainname `{name}`"),
+            Step::NewSession => f.write_str("setsid"),
+            Step::RedirectStdio => {
+                f.write_str("redirect stdin from /dev/null and stderr to stdout")
+            }
+            Step::SetGroupId { gid } => write!(f, "setresgid {gid}"),
+            Step::SetUserId { uid } => write!(f, "setresuid {uid}"),
+            Step::ParentDeathSignal => f.write_str("arm PR_SET_PDEATHSIG"),
+            Step::NoNewPrivileges => f.write_str("set PR_SET_NO_NEW_PRIVS"),
+            Step::DisableAddressRandomisation => f.write_str("personality(ADDR_NO_RANDOMIZE)"),
+            Step::LimitCoreDumps => f.write_str("setrlimit RLIMIT_CORE 0"),
+            Step::LimitProcesses { max } => write!(f, "setrlimit RLIMIT_NPROC {max}"),
+            Step::SetUmask { mask } => write!(f, "umask {mask:03o}"),
+            Step::ChangeDirectory { path } => write!(f, "chdir `{}`", path.display()),
+            Step::ResetSignals => f.write_str("reset signal dispositions and mask"),
+            Step::DropCapabilities => f.write_str("drop all capabilities"),
+            Step::Exec { path } => write!(f, "exec the builder `{path}`"),
+        }
+    }
+}
+
+/// What a step may need besides its own data.
+pub(crate) struct StepContext<'a> {
+    /// The read end of a pipe whose write end only the init process holds: it hangs up
+    /// exactly when the init process is gone.
+    pub lifeline: Option<BorrowedFd<'a>>,
+    /// Trees detached by [`Step::DetachTree`], by source, until attached.
+    pub trees: BTreeMap<PathBuf, OwnedFd>,
+}
+
+impl<'a> StepContext<'a> {
+    /// A context with the given lifeline and no detached trees.
+    pub(crate) fn new(lifeline: Option<BorrowedFd<'a>>) -> StepContext<'a> {
+        StepContext {
+            lifeline,
+            trees: BTreeMap::new(),
+        }
+    }
+}
+
+impl Step {
+    /// Applies the step. The steps performed by the init process or PID 1 themselves
+    /// (inspection, clone, id maps, pidfd, exec) never appear in a plan's lists and are
+    /// refused here with `EINVAL`.
+    pub(crate) fn apply(&self, ctx: &mut StepContext<'_>) -> Result<(), Errno> {
+        match self {
+            Step::ClearSupplementaryGroups => sys::clear_supplementary_groups(),
+            Step::CreateDirectory { path, mode } => sys::create_directory(path, *mode),
+            Step::CreateMountPoint { source, target } => sys::create_mount_point(source, target),
+            Step::CreateFile { path } => sys::create_empty_file(path),
+            Step::WriteFile {
+                path,
+                mode,
+                contents,
+            } => sys::write_new_file(path, *mode, contents.as_bytes()),
+            Step::CreateSymlink { target, path } => sys::symlink(target, path),
+            Step::SetOwner { path, uid, gid } => sys::lchown(path, *uid, *gid),
+            Step::SetMode { path, mode } => sys::chmod(path, *mode),
+            Step::MakeMountsPrivate => sys::make_mounts_private(),
+            Step::DetachTree { source } => {
+                let tree = sys::detach_tree(source)?;
+                ctx.trees.insert(source.clone(), tree);
+                Ok(())
+            }
+            Step::AttachTree { source, target } => {
+                let tree = ctx.trees.remove(source).ok_or(Errno::EBADF)?;
+                sys::attach_tree(tree.as_fd(), target)
+            }
+            Step::SetFilesystemIds { uid, gid } => sys::set_filesystem_ids(*uid, *gid),
+            Step::Remount { target, flags } => sys::remount(target, *flags),
+            Step::MountTmpfs { target, options } => sys::mount_tmpfs(target, options),
+            Step::MountDevpts { target, options } => sys::mount_devpts(target, options),
+            Step::MountProc { target } => sys::mount_proc(target),
+            Step::PivotRoot { new_root } => sys::pivot_root_into(new_root),
+            Step::DetachOldRoot => sys::detach_old_root(),
+            Step::LoopbackUp => sys::loopback_up(),
+            Step::SetHostname { name } => sys::set_hostname(name),
+            Step::SetDomainname { name } => sys::set_domainname(name),
+            Step::NewSession => sys::new_session(),
+            Step::RedirectStdio => sys::redirect_stdio(),
+            Step::SetGroupId { gid } => sys::set_group_id(*gid),
+            Step::SetUserId { uid } => sys::set_user_id(*uid),
+            Step::ParentDeathSignal => {
+                sys::set_parent_death_signal()?;
+                match ctx.lifeline {
+                    Some(fd) if sys::hung_up(fd)? => Err(Errno::ESRCH),
+                    _ => Ok(()),
+                }
+            }
+            Step::NoNewPrivileges => sys::set_no_new_privs(),
+            Step::DisableAddressRandomisation => sys::disable_address_randomisation(),
+            Step::LimitCoreDumps => sys::limit_core_dumps(),
+            Step::LimitProcesses { max } => sys::limit_processes(*max),
+            Step::SetUmask { mask } => {
+                sys::set_umask(*mask);
+                Ok(())
+            }
+            Step::ChangeDirectory { path } => sys::chdir(path),
+            Step::ResetSignals => sys::reset_signals(),
+            Step::DropCapabilities => sys::drop_capabilities(),
+            Step::InspectInput { .. }
+            | Step::CloseInheritedDescriptors
+            | Step::CreateNamespaces
+            | Step::WriteIdMap { .. }
+            | Step::WatchChild
+            | Step::Exec { .. } => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Whether the step may run in the init process, on the host: plain file operations,
+    /// never a mount or a credential change of the host's namespaces.
+    pub(crate) fn is_host_step(&self) -> bool {
+        matches!(
+            self,
+            Step::ClearSupplementaryGroups
+                | Step::CreateDirectory { .. }
+                | Step::CreateMountPoint { .. }
+                | Step::CreateFile { .. }
+                | Step::WriteFile { .. }
+                | Step::CreateSymlink { .. }
+                | Step::SetOwner { .. }
+                | Step::SetMode { .. }
+        )
+    }
+}

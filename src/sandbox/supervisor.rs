@@ -1,0 +1,447 @@
+//! ksbuild's side of a sandboxed build: plan it, start the init process, stream the
+//! builder's output to the log file and the caller, enforce `timeout` and
+//! `max_silent_time`, and make sure nothing of the build outlives [`Sandbox::run`]. Does
+//! I/O and starts a process; the namespaces themselves are made by the init process.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use super::error::SandboxError;
+use super::init::INIT_ARG;
+use super::plan::{self, InputKind};
+use super::protocol::StatusMessage;
+use super::sys;
+use super::user_ns::HostIds;
+use super::{BuildOutcome, SandboxSpec, TimeoutKind};
+
+/// How long the init process gets to kill and reap the build once asked, before ksbuild
+/// kills the init process itself (PID 1 then dies of its parent-death signal).
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// Longest log line handed to the callback in one piece; longer lines are split.
+const MAX_LINE: usize = 1 << 20;
+
+/// Runs builds; holds the program that serves as the init process.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    init_program: PathBuf,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox::new()
+    }
+}
+
+impl Sandbox {
+    /// A sandbox whose init process is the running executable (`/proc/self/exe`), which
+    /// must call [`super::init_main`] when its first argument is `__sandbox-init` — as the
+    /// `ksbuild` binary does.
+    pub fn new() -> Sandbox {
+        Sandbox {
+            init_program: PathBuf::from("/proc/self/exe"),
+        }
+    }
+
+    /// A sandbox whose init process is `program` (a `ksbuild` binary): for callers that
+    /// are not `ksbuild` themselves, such as test binaries.
+    pub fn with_init_program(program: impl Into<PathBuf>) -> Sandbox {
+        Sandbox {
+            init_program: program.into(),
+        }
+    }
+
+    /// Runs one build hermetically; see [`super::run`].
+    pub fn run(
+        &self,
+        spec: &SandboxSpec,
+        on_log_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<BuildOutcome, SandboxError> {
+        let ids = HostIds::resolve(spec.build_user)?;
+        check_directories(spec)?;
+        let devpts = Path::new("/dev/pts/ptmx").exists();
+        let plan = plan::plan(spec, &ids, &mut inspect_input, devpts)?;
+        let mut request = serde_json::to_vec(&plan).map_err(|e| SandboxError::InvalidSpec {
+            field: "inputs",
+            reason: format!("cannot be sent to the init process: {e}"),
+        })?;
+        request.push(b'\n');
+
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(&spec.log)
+            .map_err(|source| SandboxError::Log {
+                path: spec.log.clone(),
+                source,
+            })?;
+        let (master, slave) = sys::open_raw_pty().map_err(|e| SandboxError::Supervise {
+            action: "open a pseudo-terminal for the build log",
+            source: e.into(),
+        })?;
+
+        let mut command = Command::new(&self.init_program);
+        command
+            .arg(INIT_ARG)
+            .arg(std::process::id().to_string())
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(slave))
+            .stderr(Stdio::piped());
+        let child = command.spawn().map_err(|source| SandboxError::SpawnInit {
+            program: self.init_program.clone(),
+            source,
+        })?;
+        // The command holds ksbuild's copy of the terminal's slave end: close it, so that
+        // the end of output means that no process of the build is left.
+        drop(command);
+        let start = Instant::now();
+        let mut running = Running {
+            control: None,
+            child,
+            reaped: false,
+        };
+        running.control = running.child.stdin.take();
+        let status_pipe = running
+            .child
+            .stderr
+            .take()
+            .ok_or_else(|| SandboxError::Init {
+                message: "no status pipe".to_string(),
+            })?;
+        if let Some(control) = running.control.as_mut() {
+            // A failure here means the init process is already gone; its status (or its
+            // absence) says why.
+            let _ = control.write_all(&request);
+        }
+
+        let mut lines = LineSplitter::default();
+        let mut status_bytes = Vec::new();
+        let mut output_open = true;
+        let mut status_open = true;
+        let mut last_output = start;
+        let mut timed_out = None;
+        let mut kill_requested: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        while output_open || status_open {
+            let now = Instant::now();
+            if timed_out.is_none() {
+                let overdue = match (spec.timeout, spec.max_silent_time) {
+                    (Some(t), _) if now >= start + t => Some(TimeoutKind::Timeout),
+                    (_, Some(s)) if now >= last_output + s => Some(TimeoutKind::MaxSilentTime),
+                    _ => None,
+                };
+                if overdue.is_some() {
+                    timed_out = overdue;
+                    running.request_kill();
+                    kill_requested = Some(now);
+                }
+            }
+            if let Some(at) = kill_requested {
+                if now >= at + KILL_GRACE && !running.reaped {
+                    let _ = running.child.kill();
+                }
+            }
+            if !status_open && output_open && kill_requested.is_none() {
+                // The init process is gone; the terminal must close as soon as the kernel
+                // has torn down the namespace. Do not wait for ever if it does not.
+                kill_requested = Some(now);
+            }
+            if !status_open && kill_requested.is_some_and(|at| now >= at + KILL_GRACE) {
+                break;
+            }
+            let wait_ms = next_wake(now, start, last_output, spec, timed_out, kill_requested);
+            let ready = sys::poll_readable(
+                &[
+                    output_open.then(|| master.as_fd()),
+                    status_open.then(|| status_pipe.as_fd()),
+                ],
+                wait_ms,
+            )
+            .map_err(|e| SandboxError::Supervise {
+                action: "poll the build's output",
+                source: e.into(),
+            })?;
+            if ready[0] {
+                match sys::read(master.as_fd(), &mut buf) {
+                    // EIO: every slave descriptor is closed.
+                    Ok(0) | Err(Errno::EIO) => output_open = false,
+                    Ok(n) => {
+                        last_output = Instant::now();
+                        log.write_all(&buf[..n])
+                            .map_err(|source| SandboxError::Log {
+                                path: spec.log.clone(),
+                                source,
+                            })?;
+                        lines.feed(&buf[..n], on_log_line);
+                    }
+                    Err(e) => {
+                        return Err(SandboxError::Supervise {
+                            action: "read the build's output",
+                            source: e.into(),
+                        })
+                    }
+                }
+            }
+            if ready[1] {
+                match sys::read(status_pipe.as_fd(), &mut buf) {
+                    Ok(0) => status_open = false,
+                    Ok(n) => status_bytes.extend_from_slice(&buf[..n]),
+                    Err(e) => {
+                        return Err(SandboxError::Supervise {
+                            action: "read the sandbox's status",
+                            source: e.into(),
+                        })
+                    }
+                }
+            }
+        }
+        let exit = running.wait().map_err(|source| SandboxError::Supervise {
+            action: "wait for the init process",
+            source,
+        })?;
+        let duration = start.elapsed();
+        lines.finish(on_log_line);
+        log.flush().map_err(|source| SandboxError::Log {
+            path: spec.log.clone(),
+            source,
+        })?;
+        interpret(&status_bytes, exit, duration, timed_out)
+    }
+}
+
+/// `lstat` of an input's physical path, for the plan.
+fn inspect_input(path: &Path) -> Result<InputKind, Errno> {
+    let meta = fs::symlink_metadata(path).map_err(|e| sys::io_errno(&e))?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path).map_err(|e| sys::io_errno(&e))?;
+        Ok(InputKind::Symlink(target))
+    } else if meta.is_dir() {
+        Ok(InputKind::Directory)
+    } else {
+        Ok(InputKind::File)
+    }
+}
+
+fn check_directories(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
+    let mut entries = fs::read_dir(&spec.root_dir)
+        .map_err(|e| invalid("root_dir", format!("`{}`: {e}", spec.root_dir.display())))?;
+    if entries.next().is_some() {
+        return Err(invalid(
+            "root_dir",
+            format!("`{}` is not empty", spec.root_dir.display()),
+        ));
+    }
+    match fs::symlink_metadata(&spec.build_dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(invalid(
+            "build_dir",
+            format!("`{}` is not a directory", spec.build_dir.display()),
+        )),
+        Err(e) => Err(invalid(
+            "build_dir",
+            format!("`{}`: {e}", spec.build_dir.display()),
+        )),
+    }
+}
+
+/// Milliseconds until the next deadline (rounded up), or -1 for none.
+fn next_wake(
+    now: Instant,
+    start: Instant,
+    last_output: Instant,
+    spec: &SandboxSpec,
+    timed_out: Option<TimeoutKind>,
+    kill_requested: Option<Instant>,
+) -> i32 {
+    let mut deadlines = Vec::new();
+    if timed_out.is_none() {
+        deadlines.extend(spec.timeout.map(|t| start + t));
+        deadlines.extend(spec.max_silent_time.map(|s| last_output + s));
+    }
+    deadlines.extend(kill_requested.map(|at| at + KILL_GRACE));
+    match deadlines.into_iter().min() {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(now);
+            let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// Turns what the init process reported into the outcome.
+fn interpret(
+    status_bytes: &[u8],
+    exit: std::process::ExitStatus,
+    duration: Duration,
+    timed_out: Option<TimeoutKind>,
+) -> Result<BuildOutcome, SandboxError> {
+    let mut failed: Option<SandboxError> = None;
+    let mut finished = None;
+    let mut noise = Vec::new();
+    for line in status_bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+    {
+        match serde_json::from_slice::<StatusMessage>(line) {
+            Ok(StatusMessage::StepFailed { step, errno }) => {
+                failed.get_or_insert(SandboxError::Step {
+                    step,
+                    errno: Errno::from_raw(errno),
+                });
+            }
+            Ok(StatusMessage::InitFailed { message }) => {
+                failed.get_or_insert(SandboxError::Init { message });
+            }
+            Ok(StatusMessage::Finished { status }) => finished = Some(status),
+            Err(_) => noise.push(String::from_utf8_lossy(line).into_owned()),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match finished {
+        Some(status) => Ok(BuildOutcome {
+            status,
+            duration,
+            timed_out,
+        }),
+        None => Err(SandboxError::Init {
+            message: format!(
+                "it exited ({exit}) without reporting the builder's status{}{}",
+                if noise.is_empty() { "" } else { "; it said: " },
+                noise.join("\n")
+            ),
+        }),
+    }
+}
+
+/// The running init process; dropping it (on any early return or panic) kills the build
+/// and reaps everything.
+struct Running {
+    control: Option<ChildStdin>,
+    child: Child,
+    reaped: bool,
+}
+
+impl Running {
+    /// Asks the init process to kill the build: closes its control pipe.
+    fn request_kill(&mut self) {
+        self.control = None;
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.control = None;
+        let status = self.child.wait()?;
+        self.reaped = true;
+        Ok(status)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.control = None;
+        let deadline = Instant::now() + KILL_GRACE;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Cuts a byte stream into lines (without their `\n`); a line longer than [`MAX_LINE`] is
+/// handed over in pieces.
+#[derive(Default)]
+struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn feed(&mut self, mut bytes: &[u8], on_line: &mut dyn FnMut(&[u8])) {
+        while let Some(i) = bytes.iter().position(|b| *b == b'\n') {
+            if self.pending.is_empty() {
+                on_line(&bytes[..i]);
+            } else {
+                self.pending.extend_from_slice(&bytes[..i]);
+                on_line(&self.pending);
+                self.pending.clear();
+            }
+            bytes = &bytes[i + 1..];
+        }
+        self.pending.extend_from_slice(bytes);
+        while self.pending.len() >= MAX_LINE {
+            let rest = self.pending.split_off(MAX_LINE);
+            on_line(&self.pending);
+            self.pending = rest;
+        }
+    }
+
+    fn finish(&mut self, on_line: &mut dyn FnMut(&[u8])) {
+        if !self.pending.is_empty() {
+            on_line(&self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::Step;
+
+    #[test]
+    fn lines_are_split_across_reads() {
+        let mut got = Vec::new();
+        let mut s = LineSplitter::default();
+        let mut cb = |l: &[u8]| got.push(String::from_utf8_lossy(l).into_owned());
+        s.feed(b"a\nb", &mut cb);
+        s.feed(b"c\n\nd", &mut cb);
+        s.finish(&mut cb);
+        assert_eq!(got, ["a", "bc", "", "d"]);
+    }
+
+    #[test]
+    fn long_lines_come_in_pieces() {
+        let mut sizes = Vec::new();
+        let mut s = LineSplitter::default();
+        let mut cb = |l: &[u8]| sizes.push(l.len());
+        s.feed(&vec![b'x'; MAX_LINE * 2 + 3], &mut cb);
+        s.feed(b"\n", &mut cb);
+        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 3]);
+    }
+
+    #[test]
+    fn a_failed_step_wins_over_the_exit_status() {
+        let ok = std::process::ExitStatus::default();
+        let bytes = b"{\"type\":\"step-failed\",\"step\":{\"step\":\"mount-proc\",\"target\":\"/r/proc\"},\"errno\":1}\n\
+{\"type\":\"finished\",\"status\":{\"exited\":127}}\n";
+        match interpret(bytes, ok, Duration::ZERO, None) {
+            Err(SandboxError::Step {
+                step: Step::MountProc { .. },
+                errno: Errno::EPERM,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let e = interpret(b"thread main panicked\n", ok, Duration::ZERO, None).unwrap_err();
+        assert!(e.to_string().contains("init process failed"), "{e}");
+        assert!(format!("{e}").contains("panicked"), "{e}");
+    }
+}

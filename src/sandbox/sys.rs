@@ -1,0 +1,603 @@
+//! The sandbox's one narrow syscall layer: every system call the sandbox makes goes through
+//! a function here, which names the C call, links its man page and returns the kernel's
+//! `errno`. The only `unsafe` of the crate lives in this file (clone, the loopback ioctl,
+//! signal dispositions, `close_range`), each block with its `SAFETY:` argument.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::FsFlags;
+use nix::unistd::{Gid, Pid, Uid};
+
+use super::step::RemountFlags;
+
+/// The `errno` of an `std::io::Error` (`EIO` if it carries none).
+pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
+
+fn rustix_errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+// ---- files (host side) --------------------------------------------------------------
+
+/// [`mkdir(2)`](https://man7.org/linux/man-pages/man2/mkdir.2.html) then
+/// [`chmod(2)`](https://man7.org/linux/man-pages/man2/chmod.2.html), so that the mode is
+/// exact whatever the umask (mkdir may drop the sticky bit).
+pub(crate) fn create_directory(path: &Path, mode: u32) -> Result<(), Errno> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|e| io_errno(&e))?;
+    chmod(path, mode)
+}
+
+/// Creates an empty file or directory at `target`, the same kind as `source` (after
+/// following symlinks, as the bind mount will): the mount point of an input.
+/// [`stat(2)`](https://man7.org/linux/man-pages/man2/stat.2.html), then `mkdir` or `open`.
+pub(crate) fn create_mount_point(source: &Path, target: &Path) -> Result<(), Errno> {
+    let meta = fs::metadata(source).map_err(|e| io_errno(&e))?;
+    if meta.is_dir() {
+        create_directory(target, 0o755)
+    } else {
+        create_empty_file(target)
+    }
+}
+
+/// Creates an empty file, failing if it exists
+/// ([`open(2)`](https://man7.org/linux/man-pages/man2/open.2.html) with `O_CREAT|O_EXCL`).
+pub(crate) fn create_empty_file(path: &Path) -> Result<(), Errno> {
+    write_new_file(path, 0o644, b"")
+}
+
+/// Creates a new file with exactly `mode` and `contents`
+/// ([`open(2)`](https://man7.org/linux/man-pages/man2/open.2.html) `O_CREAT|O_EXCL`,
+/// [`write(2)`](https://man7.org/linux/man-pages/man2/write.2.html),
+/// [`fchmod(2)`](https://man7.org/linux/man-pages/man2/fchmod.2.html)).
+pub(crate) fn write_new_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), Errno> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_errno(&e))?;
+    file.write_all(contents).map_err(|e| io_errno(&e))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| io_errno(&e))
+}
+
+/// [`symlink(2)`](https://man7.org/linux/man-pages/man2/symlink.2.html).
+pub(crate) fn symlink(target: &Path, path: &Path) -> Result<(), Errno> {
+    std::os::unix::fs::symlink(target, path).map_err(|e| io_errno(&e))
+}
+
+/// [`lchown(2)`](https://man7.org/linux/man-pages/man2/lchown.2.html).
+pub(crate) fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), Errno> {
+    std::os::unix::fs::lchown(path, uid, gid).map_err(|e| io_errno(&e))
+}
+
+/// [`chmod(2)`](https://man7.org/linux/man-pages/man2/chmod.2.html).
+pub(crate) fn chmod(path: &Path, mode: u32) -> Result<(), Errno> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io_errno(&e))
+}
+
+/// Writes a `/proc/<pid>/{uid_map,gid_map,setgroups}` file in one
+/// [`write(2)`](https://man7.org/linux/man-pages/man2/write.2.html), as
+/// [`user_namespaces(7)`](https://man7.org/linux/man-pages/man7/user_namespaces.7.html)
+/// requires.
+pub(crate) fn write_proc_file(path: &Path, contents: &str) -> Result<(), Errno> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_errno(&e))?;
+    let n = file.write(contents.as_bytes()).map_err(|e| io_errno(&e))?;
+    if n != contents.len() {
+        return Err(Errno::EIO);
+    }
+    Ok(())
+}
+
+/// [`umask(2)`](https://man7.org/linux/man-pages/man2/umask.2.html).
+pub(crate) fn set_umask(mask: u32) {
+    nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+}
+
+// ---- processes ------------------------------------------------------------------------
+
+/// [`clone(2)`](https://man7.org/linux/man-pages/man2/clone.2.html) into new user, mount,
+/// PID, IPC, UTS, network and cgroup namespaces, with `SIGCHLD` as the exit signal. The
+/// child runs `child` on a stack of its own and exits with what it returns.
+///
+/// Must only be called from a single-threaded process (the init process is one).
+pub(crate) fn clone_into_namespaces(child: &mut dyn FnMut() -> isize) -> Result<Pid, Errno> {
+    const STACK_SIZE: usize = 1 << 20;
+    let mut stack = vec![0u8; STACK_SIZE];
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP;
+    let callback: nix::sched::CloneCb<'_> = Box::new(child);
+    // SAFETY: without CLONE_VM the child gets a copy of this address space, so the stack
+    // buffer and everything `child` borrows stay valid in it; the caller is the
+    // single-threaded init process, so no lock (the allocator's, stdio's) can be held by
+    // another thread at the moment of the copy, and the child may allocate and use std.
+    // The 1 MiB stack is far more than the setup steps use (no recursion, small frames).
+    unsafe { nix::sched::clone(callback, &mut stack, flags, Some(nix::libc::SIGCHLD)) }
+}
+
+/// [`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html).
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or(Errno::ESRCH)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(rustix_errno)
+}
+
+/// [`kill(2)`](https://man7.org/linux/man-pages/man2/kill.2.html) with `SIGKILL`.
+pub(crate) fn kill(pid: Pid) -> Result<(), Errno> {
+    nix::sys::signal::kill(pid, Signal::SIGKILL)
+}
+
+/// [`waitpid(2)`](https://man7.org/linux/man-pages/man2/waitpid.2.html), retried on `EINTR`.
+pub(crate) fn wait(pid: Pid) -> Result<nix::sys::wait::WaitStatus, Errno> {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// [`pipe2(2)`](https://man7.org/linux/man-pages/man2/pipe2.2.html) with `O_CLOEXEC`:
+/// `(read end, write end)`.
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+/// [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html) on `fds` for input or
+/// hang-up, retried on `EINTR`; `timeout_ms` < 0 waits forever. Returns, per fd, whether
+/// it is ready (readable, hung up or in error); `None` entries are skipped.
+pub(crate) fn poll_readable(
+    fds: &[Option<BorrowedFd<'_>>],
+    timeout_ms: i32,
+) -> Result<Vec<bool>, Errno> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut polls: Vec<PollFd<'_>> = fds
+        .iter()
+        .flatten()
+        .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+        .collect();
+    loop {
+        match rustix::event::poll(&mut polls, timeout_ms) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(rustix_errno(e)),
+            Ok(_) => break,
+        }
+    }
+    let mut ready = polls.iter().map(|p| !p.revents().is_empty());
+    Ok(fds
+        .iter()
+        .map(|fd| fd.is_some() && ready.next().unwrap_or(false))
+        .collect())
+}
+
+/// Whether the other end of the pipe `fd` has hung up, without waiting
+/// ([`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html) with timeout 0).
+pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut polls = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+    loop {
+        match rustix::event::poll(&mut polls, 0) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(rustix_errno(e)),
+            Ok(_) => break,
+        }
+    }
+    Ok(polls[0].revents().contains(PollFlags::HUP))
+}
+
+/// [`read(2)`](https://man7.org/linux/man-pages/man2/read.2.html), retried on `EINTR`.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(rustix_errno),
+        }
+    }
+}
+
+/// [`write(2)`](https://man7.org/linux/man-pages/man2/write.2.html) of all of `buf`,
+/// retried on `EINTR`.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(rustix_errno(e)),
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => buf = &buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html) `F_DUPFD_CLOEXEC`: a
+/// copy of `fd` numbered 3 or more that `execve` will close.
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(rustix_errno)
+}
+
+/// Replaces `target` (0, 1 or 2) with a copy of `fd`
+/// ([`dup2(2)`](https://man7.org/linux/man-pages/man2/dup2.2.html)).
+pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<(), Errno> {
+    nix::unistd::dup2(fd.as_raw_fd(), target).map(|_| ())
+}
+
+/// Closes every file descriptor from 3 up
+/// ([`close_range(2)`](https://man7.org/linux/man-pages/man2/close_range.2.html)): the
+/// init process starts with only stdin, stdout and stderr, whatever ksbuild or the
+/// libraries it links may have leaked without `O_CLOEXEC`.
+pub(crate) fn close_fds_from_3() -> Result<(), Errno> {
+    // SAFETY: a raw syscall with integer arguments; it touches no memory. It is called at
+    // the very start of the init process, before any Rust object owns a descriptor above
+    // 2, so no `OwnedFd` is invalidated.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    Errno::result(r).map(|_| ())
+}
+
+/// [`close(2)`](https://man7.org/linux/man-pages/man2/close.2.html) of a descriptor number
+/// that no Rust object owns in this process (PID 1's copy of the init process's end of a
+/// pipe, inherited through `clone`).
+pub(crate) fn close_unowned(fd: std::os::fd::RawFd) -> Result<(), Errno> {
+    nix::unistd::close(fd)
+}
+
+/// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html) `PR_SET_PDEATHSIG`
+/// with `SIGKILL`.
+pub(crate) fn set_parent_death_signal() -> Result<(), Errno> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+}
+
+/// [`getppid(2)`](https://man7.org/linux/man-pages/man2/getppid.2.html).
+pub(crate) fn parent_pid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
+/// [`setsid(2)`](https://man7.org/linux/man-pages/man2/setsid.2.html).
+pub(crate) fn new_session() -> Result<(), Errno> {
+    nix::unistd::setsid().map(|_| ())
+}
+
+/// stdin from `/dev/null` and stderr a copy of stdout
+/// ([`open(2)`](https://man7.org/linux/man-pages/man2/open.2.html),
+/// [`dup2(2)`](https://man7.org/linux/man-pages/man2/dup2.2.html)).
+pub(crate) fn redirect_stdio() -> Result<(), Errno> {
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| io_errno(&e))?;
+    dup_onto(null.as_fd(), 0)?;
+    nix::unistd::dup2(1, 2).map(|_| ())
+}
+
+/// [`setgroups(2)`](https://man7.org/linux/man-pages/man2/setgroups.2.html) with an empty
+/// list.
+pub(crate) fn clear_supplementary_groups() -> Result<(), Errno> {
+    nix::unistd::setgroups(&[])
+}
+
+/// [`setfsgid(2)`](https://man7.org/linux/man-pages/man2/setfsgid.2.html) and
+/// [`setfsuid(2)`](https://man7.org/linux/man-pages/man2/setfsuid.2.html). Neither reports
+/// failure, so each is called twice: the second call returns the value the first set.
+pub(crate) fn set_filesystem_ids(uid: u32, gid: u32) -> Result<(), Errno> {
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    nix::unistd::setfsgid(g);
+    if nix::unistd::setfsgid(g) != g {
+        return Err(Errno::EPERM);
+    }
+    nix::unistd::setfsuid(u);
+    if nix::unistd::setfsuid(u) != u {
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
+
+/// [`setresgid(2)`](https://man7.org/linux/man-pages/man2/setresgid.2.html).
+pub(crate) fn set_group_id(gid: u32) -> Result<(), Errno> {
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g)
+}
+
+/// [`setresuid(2)`](https://man7.org/linux/man-pages/man2/setresuid.2.html).
+pub(crate) fn set_user_id(uid: u32) -> Result<(), Errno> {
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u)
+}
+
+/// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html)
+/// `PR_SET_NO_NEW_PRIVS`.
+pub(crate) fn set_no_new_privs() -> Result<(), Errno> {
+    nix::sys::prctl::set_no_new_privs()
+}
+
+/// [`personality(2)`](https://man7.org/linux/man-pages/man2/personality.2.html): the
+/// current persona plus `ADDR_NO_RANDOMIZE`.
+pub(crate) fn disable_address_randomisation() -> Result<(), Errno> {
+    use nix::sys::personality::{self, Persona};
+    let current = personality::get()?;
+    personality::set(current | Persona::ADDR_NO_RANDOMIZE).map(|_| ())
+}
+
+/// [`setrlimit(2)`](https://man7.org/linux/man-pages/man2/setrlimit.2.html)
+/// `RLIMIT_CORE`: soft limit 0, hard limit unchanged (as Nix does).
+pub(crate) fn limit_core_dumps() -> Result<(), Errno> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_CORE)?;
+    setrlimit(Resource::RLIMIT_CORE, 0, hard)
+}
+
+/// [`setrlimit(2)`](https://man7.org/linux/man-pages/man2/setrlimit.2.html)
+/// `RLIMIT_NPROC`, soft and hard, so the build cannot raise it again.
+pub(crate) fn limit_processes(max: u64) -> Result<(), Errno> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NPROC)?;
+    let max = max.min(hard);
+    setrlimit(Resource::RLIMIT_NPROC, max, max)
+}
+
+/// [`chdir(2)`](https://man7.org/linux/man-pages/man2/chdir.2.html).
+pub(crate) fn chdir(path: &Path) -> Result<(), Errno> {
+    nix::unistd::chdir(path)
+}
+
+/// `rt_sigaction(2)` ([`sigaction(2)`](https://man7.org/linux/man-pages/man2/sigaction.2.html))
+/// `SIG_DFL` for every signal from 1 to 64, and an empty mask
+/// ([`sigprocmask(2)`](https://man7.org/linux/man-pages/man2/sigprocmask.2.html)). The raw
+/// system call is used because glibc refuses to touch the two real-time signals it keeps for
+/// itself (32 and 33), and an ignored one would be inherited by the builder (observed: ksbuild's
+/// parents may ignore signal 32).
+pub(crate) fn reset_signals() -> Result<(), Errno> {
+    const SIGRTMAX: i32 = 64;
+    // The kernel's `struct sigaction` is at most 32 bytes (x86_64: handler, flags, restorer,
+    // mask; the generic layout of aarch64 has no restorer). All zero means: handler
+    // `SIG_DFL`, no flags, empty mask.
+    let default_action = [0u64; 4];
+    for signal in 1..=SIGRTMAX {
+        if signal == nix::libc::SIGKILL || signal == nix::libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default_action` is a live, zeroed buffer at least as large as the
+        // kernel's `struct sigaction` on every architecture, which the kernel only reads;
+        // the old action is not asked for (NULL); the size of the kernel's sigset is 8.
+        // `SIG_DFL` installs no handler, so no Rust code can run in signal context.
+        let r = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_rt_sigaction,
+                signal,
+                default_action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        Errno::result(r)?;
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// Clears the ambient, inheritable, effective and permitted capability sets
+/// ([`capset(2)`](https://man7.org/linux/man-pages/man2/capset.2.html),
+/// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html)
+/// `PR_CAP_AMBIENT_CLEAR_ALL`). The bounding set is left full, as in Nix: with
+/// `no_new_privs` nothing can be gained from it.
+pub(crate) fn drop_capabilities() -> Result<(), Errno> {
+    use caps::CapSet;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|_| Errno::EPERM)?;
+    }
+    Ok(())
+}
+
+/// [`execve(2)`](https://man7.org/linux/man-pages/man2/execve.2.html); returns only on
+/// failure.
+pub(crate) fn exec(path: &CString, argv: &[CString], envp: &[CString]) -> Errno {
+    match nix::unistd::execve(path, argv, envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+// ---- mounts -----------------------------------------------------------------------------
+
+const NONE: Option<&str> = None;
+
+/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
+/// `MS_REC|MS_PRIVATE` on `/`.
+pub(crate) fn make_mounts_private() -> Result<(), Errno> {
+    nix::mount::mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
+}
+
+/// `open_tree(AT_FDCWD, source, OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC)`
+/// ([`open_tree(2)`](https://man7.org/linux/man-pages/man2/open_tree.2.html)): a detached,
+/// non-recursive bind mount of `source`.
+pub(crate) fn detach_tree(source: &Path) -> Result<OwnedFd, Errno> {
+    use rustix::mount::OpenTreeFlags;
+    rustix::mount::open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(rustix_errno)
+}
+
+/// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`
+/// ([`move_mount(2)`](https://man7.org/linux/man-pages/man2/move_mount.2.html)): attaches a
+/// tree from [`detach_tree`] at `target`.
+pub(crate) fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+    use rustix::mount::MoveMountFlags;
+    rustix::mount::move_mount(
+        tree,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(rustix_errno)
+}
+
+/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
+/// `MS_REMOUNT|MS_BIND` with `flags` added to the flags the mount already has
+/// ([`statvfs(3)`](https://man7.org/linux/man-pages/man3/statvfs.3.html)): dropping a
+/// flag locked by a more privileged mount namespace would be refused with `EPERM`.
+pub(crate) fn remount(target: &Path, flags: RemountFlags) -> Result<(), Errno> {
+    let current = nix::sys::statvfs::statvfs(target)?.flags();
+    let mut ms = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    for (has, flag) in [
+        (current.contains(FsFlags::ST_RDONLY), MsFlags::MS_RDONLY),
+        (current.contains(FsFlags::ST_NOSUID), MsFlags::MS_NOSUID),
+        (current.contains(FsFlags::ST_NODEV), MsFlags::MS_NODEV),
+        (current.contains(FsFlags::ST_NOEXEC), MsFlags::MS_NOEXEC),
+        (current.contains(FsFlags::ST_NOATIME), MsFlags::MS_NOATIME),
+        (
+            current.contains(FsFlags::ST_NODIRATIME),
+            MsFlags::MS_NODIRATIME,
+        ),
+        (current.contains(FsFlags::ST_RELATIME), MsFlags::MS_RELATIME),
+        (flags.read_only, MsFlags::MS_RDONLY),
+        (flags.nosuid, MsFlags::MS_NOSUID),
+        (flags.nodev, MsFlags::MS_NODEV),
+        (flags.noexec, MsFlags::MS_NOEXEC),
+    ] {
+        if has {
+            ms |= flag;
+        }
+    }
+    nix::mount::mount(NONE, target, NONE, ms, NONE)
+}
+
+/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) of a `tmpfs`,
+/// `nosuid,nodev`.
+pub(crate) fn mount_tmpfs(target: &Path, options: &str) -> Result<(), Errno> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options),
+    )
+}
+
+/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) of a `devpts`,
+/// `nosuid,noexec`.
+pub(crate) fn mount_devpts(target: &Path, options: &str) -> Result<(), Errno> {
+    nix::mount::mount(
+        Some("devpts"),
+        target,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
+}
+
+/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) of `proc`,
+/// `nosuid,nodev,noexec`.
+pub(crate) fn mount_proc(target: &Path) -> Result<(), Errno> {
+    nix::mount::mount(
+        Some("proc"),
+        target,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        NONE,
+    )
+}
+
+/// [`chdir(2)`](https://man7.org/linux/man-pages/man2/chdir.2.html) into `new_root`, then
+/// [`pivot_root(2)`](https://man7.org/linux/man-pages/man2/pivot_root.2.html)`(".", ".")`:
+/// the old root ends up mounted on top of the new one, ready to be detached.
+pub(crate) fn pivot_root_into(new_root: &Path) -> Result<(), Errno> {
+    nix::unistd::chdir(new_root)?;
+    nix::unistd::pivot_root(".", ".")
+}
+
+/// [`umount2(2)`](https://man7.org/linux/man-pages/man2/umount2.2.html)`(".",
+/// MNT_DETACH)` then `chdir("/")`.
+pub(crate) fn detach_old_root() -> Result<(), Errno> {
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")
+}
+
+// ---- UTS and network ----------------------------------------------------------------------
+
+/// [`sethostname(2)`](https://man7.org/linux/man-pages/man2/sethostname.2.html).
+pub(crate) fn set_hostname(name: &str) -> Result<(), Errno> {
+    nix::unistd::sethostname(name)
+}
+
+/// [`setdomainname(2)`](https://man7.org/linux/man-pages/man2/setdomainname.2.html).
+pub(crate) fn set_domainname(name: &str) -> Result<(), Errno> {
+    rustix::system::setdomainname(name.as_bytes()).map_err(rustix_errno)
+}
+
+/// Brings `lo` up:
+/// [`socket(2)`](https://man7.org/linux/man-pages/man2/socket.2.html) `AF_INET`, then
+/// [`ioctl(2)`](https://man7.org/linux/man-pages/man2/ioctl.2.html) `SIOCSIFFLAGS` with
+/// `IFF_UP|IFF_LOOPBACK|IFF_RUNNING` (see
+/// [`netdevice(7)`](https://man7.org/linux/man-pages/man7/netdevice.7.html)).
+pub(crate) fn loopback_up() -> Result<(), Errno> {
+    use nix::libc;
+    // SAFETY: socket(2) takes only integers; the result is checked before it is owned.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = Errno::result(raw)?;
+    // SAFETY: `raw` is a descriptor socket(2) just returned to us and nothing else owns.
+    let socket: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) };
+    // SAFETY: `ifreq` is a plain C struct (arrays and a union of integers), for which all
+    // bits zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
+    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq`, and `request` is one, alive and
+    // initialised for the whole call; the descriptor is a valid socket.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &mut request) };
+    Errno::result(r).map(|_| ())
+}
+
+// ---- the log terminal (ksbuild's side) ------------------------------------------------------
+
+/// A pseudo-terminal pair for the builder's output, `(master, slave)`, both close-on-exec,
+/// the slave in raw mode (no `\n` → `\r\n`), as Nix gives its builders:
+/// [`posix_openpt(3)`](https://man7.org/linux/man-pages/man3/posix_openpt.3.html),
+/// [`unlockpt(3)`](https://man7.org/linux/man-pages/man3/unlockpt.3.html),
+/// `ioctl(TIOCGPTPEER)` ([`ioctl_tty(2)`](https://man7.org/linux/man-pages/man2/ioctl_tty.2.html)),
+/// [`cfmakeraw(3)`](https://man7.org/linux/man-pages/man3/termios.3.html).
+pub(crate) fn open_raw_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
+    use rustix::pty::{grantpt, ioctl_tiocgptpeer, openpt, unlockpt, OpenptFlags};
+    use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+    let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+    let master = openpt(flags).map_err(rustix_errno)?;
+    grantpt(&master).map_err(rustix_errno)?;
+    unlockpt(&master).map_err(rustix_errno)?;
+    let slave = ioctl_tiocgptpeer(&master, flags).map_err(rustix_errno)?;
+    let mut termios = tcgetattr(&slave).map_err(rustix_errno)?;
+    termios.make_raw();
+    tcsetattr(&slave, OptionalActions::Now, &termios).map_err(rustix_errno)?;
+    Ok((master, slave))
+}
