@@ -6,6 +6,7 @@ mod drv_cmd;
 mod errors;
 mod hash_cmd;
 mod key_cmd;
+mod realise_cmd;
 mod store_cmd;
 
 use std::io::Write;
@@ -53,6 +54,14 @@ enum Command {
         /// Targets (files of `derivations/`, without `.toml`).
         #[arg(required = true)]
         targets: Vec<String>,
+    },
+    /// Build targets in the sandbox; prints their output paths and makes `result` links.
+    #[command(visible_alias = "build")]
+    Realise(realise_cmd::RealiseArgs),
+    /// Print the log of a target's last build.
+    Log {
+        /// The target.
+        target: String,
     },
     /// Print targets' derivations as JSON (`nix show-derivation`).
     ShowDerivation {
@@ -184,6 +193,8 @@ pub fn main() -> ExitCode {
         Command::ShowDerivation { recursive, targets } => {
             drv_cmd::run_show(&ctx, targets, recursive)
         }
+        Command::Realise(args) => realise_cmd::run(&ctx, args),
+        Command::Log { target } => realise_cmd::run_log(&ctx, target),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),

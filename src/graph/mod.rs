@@ -2,6 +2,7 @@
 //! after in dependency order with `-j N` workers, and reporting events. Runs builds through
 //! an [`Executor`]; the scheduling itself is the pure [`queue::ReadyQueue`].
 
+pub mod build;
 pub mod queue;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -165,11 +165,28 @@ pub fn kind_of(meta: &fs::Metadata) -> &'static str {
 
 /// Canonicalises a tree in place, as build outputs are before registration: regular files
 /// become 0444 or 0555 (by the owner-x bit), directories 0555, no setuid/setgid/sticky
-/// bits, no extended attributes, mtime 1. Anything but regular files, directories and
+/// bits, no extended attributes, mtime 1, owned by the store's owner. Anything but regular files, directories and
 /// symlinks is refused, naming the file.
 pub fn canonicalise_in_place(path: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(path).map_err(StoreError::io("inspect", path))?;
     let t = meta.file_type();
+    // Builds run as a separate build user when ksbuild is root: give the files to the
+    // store's owner, as Nix does (a non-root ksbuild's builds already write as itself).
+    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+    if meta.uid() != uid.as_raw() || meta.gid() != gid.as_raw() {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(uid),
+            Some(gid),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| StoreError::Io {
+            action: "change the owner of",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+    }
     if t.is_symlink() {
         return set_canonical_time(path);
     }

@@ -207,6 +207,7 @@ impl Store {
             store.gcroots_dir().join("auto"),
             store.builds_dir(),
             store.failed_builds_dir(),
+            store.check_dir(),
             store.var_dir().join("logs"),
         ] {
             std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
@@ -371,6 +372,11 @@ impl Store {
     /// Where `--keep-failed` keeps the directories of failed builds.
     pub fn failed_builds_dir(&self) -> PathBuf {
         self.var_dir().join("failed")
+    }
+
+    /// Where `realise --check` keeps rebuilds that differ.
+    pub fn check_dir(&self) -> PathBuf {
+        self.var_dir().join("check")
     }
 
     /// The build log of the derivation `drv`.

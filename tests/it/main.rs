@@ -9,5 +9,5 @@ mod instantiate;
 mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
-mod trees;
 mod sandbox;
+mod trees;

@@ -1,0 +1,359 @@
+//! `ksbuild realise` (alias `build`) and `ksbuild log`: building targets, progress, result
+//! links, and build logs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::drv_cmd::instantiate;
+use super::{out, out_line, CliError, Context};
+use crate::fetch::Mirrors;
+use crate::graph::build::{BuildOptions, SandboxExecutor};
+use crate::graph::{self, output_paths, Event, RealiseError, Reporter};
+
+/// Options of `ksbuild realise`.
+#[derive(Debug, Args)]
+pub struct RealiseArgs {
+    /// Targets (files of `derivations/`, without `.toml`).
+    #[arg(required = true)]
+    targets: Vec<String>,
+    /// Builds to run at once.
+    #[arg(long, short = 'j', default_value_t = 1)]
+    jobs: usize,
+    /// `NIX_BUILD_CORES` of each build [default: the number of CPUs].
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Kill a build after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Kill a build that prints nothing for this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    max_silent_time: Option<u64>,
+    /// Keep `/build` of failed builds for inspection.
+    #[arg(long, short = 'K')]
+    keep_failed: bool,
+    /// Do not create `result` links.
+    #[arg(long)]
+    no_link: bool,
+    /// Base name of the result links.
+    #[arg(long, short = 'o', default_value = "result")]
+    out_link: PathBuf,
+    /// Print build output on stderr as it comes.
+    #[arg(long, short = 'L')]
+    print_build_logs: bool,
+    /// Rebuild the targets (whose outputs must be valid) and compare; exit 104 on a difference.
+    #[arg(long)]
+    check: bool,
+    /// Emit the event stream as JSON lines on stdout instead of output paths.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the terminal shows while a realisation runs.
+struct Progress {
+    tty: bool,
+    quiet: bool,
+    json: bool,
+    print_logs: bool,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    total: usize,
+    done: usize,
+    running: BTreeMap<String, Instant>,
+    last_line: String,
+    status_shown: bool,
+}
+
+impl Progress {
+    fn say(&self, s: &mut ProgressState, line: &str) {
+        let mut err = std::io::stderr().lock();
+        if s.status_shown {
+            let _ = write!(err, "\r\x1b[K");
+            s.status_shown = false;
+        }
+        let _ = writeln!(err, "{line}");
+    }
+
+    fn status(&self, s: &mut ProgressState) {
+        if !self.tty || self.quiet || s.running.is_empty() {
+            return;
+        }
+        let oldest = s
+            .running
+            .values()
+            .min()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let names: Vec<&str> = s.running.keys().map(String::as_str).collect();
+        let mut line = format!(
+            "[{}/{}] {} ({:.0}s)",
+            s.done,
+            s.total,
+            names.join(", "),
+            oldest.as_secs_f64()
+        );
+        if !s.last_line.is_empty() {
+            line.push_str(": ");
+            line.push_str(&s.last_line);
+        }
+        let width = 100;
+        if line.chars().count() > width {
+            line = line.chars().take(width - 1).collect::<String>() + "…";
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[K{line}");
+        let _ = err.flush();
+        s.status_shown = true;
+    }
+}
+
+impl Reporter for Progress {
+    fn event(&self, event: &Event) {
+        if self.json {
+            if let Ok(text) = serde_json::to_string(event) {
+                let _ = out_line(&text);
+            }
+        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let human = !self.json && !self.quiet;
+        match event {
+            Event::Plan {
+                fetches,
+                builds,
+                cached,
+            } => {
+                s.total = fetches + builds;
+                if human && s.total > 0 {
+                    self.say(
+                        &mut s,
+                        &format!("{fetches} to fetch, {builds} to build ({cached} valid already)"),
+                    );
+                }
+            }
+            Event::Cached { .. } => {}
+            Event::FetchStarted { target, url } => {
+                s.running.insert(target.clone(), Instant::now());
+                if human && !self.tty {
+                    self.say(&mut s, &format!("fetching `{target}` from {url}"));
+                }
+            }
+            Event::BuildStarted { target, .. } => {
+                s.running.insert(target.clone(), Instant::now());
+                if human && !self.tty {
+                    self.say(&mut s, &format!("building `{target}`"));
+                }
+            }
+            Event::FetchFinished {
+                target, seconds, ..
+            }
+            | Event::BuildFinished {
+                target, seconds, ..
+            } => {
+                s.running.remove(target);
+                s.done += 1;
+                s.last_line.clear();
+                if human {
+                    let verb = if matches!(event, Event::FetchFinished { .. }) {
+                        "fetched"
+                    } else {
+                        "built"
+                    };
+                    self.say(&mut s, &format!("{verb} `{target}` in {seconds:.1}s"));
+                }
+            }
+            Event::Failed {
+                target,
+                seconds,
+                error,
+                log,
+            } => {
+                s.running.remove(target);
+                s.done += 1;
+                if !self.json {
+                    let log = log
+                        .as_ref()
+                        .map(|l| format!("\n  full log: {l}"))
+                        .unwrap_or_default();
+                    self.say(
+                        &mut s,
+                        &format!("error: `{target}` failed after {seconds:.1}s: {error}{log}"),
+                    );
+                }
+            }
+            Event::Skipped { target, because } => {
+                if !self.json {
+                    self.say(
+                        &mut s,
+                        &format!("skipped `{target}`: it needs `{because}`, which failed"),
+                    );
+                }
+            }
+        }
+        self.status(&mut s);
+    }
+
+    fn log_line(&self, target: &str, line: &[u8]) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let text = String::from_utf8_lossy(line).trim_end().to_string();
+        if self.print_logs && !self.json {
+            self.say(&mut s, &format!("{target}> {text}"));
+        } else {
+            s.last_line = text;
+        }
+        self.status(&mut s);
+    }
+}
+
+/// `ksbuild realise`.
+pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
+    let store = ctx.open_store()?;
+    let (_project, lowered) = instantiate(ctx, &store, &args.targets)?;
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        quiet: ctx.quiet,
+        json: args.json,
+        print_logs: args.print_build_logs,
+        state: Mutex::new(ProgressState::default()),
+    };
+    let cores = args.cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
+    let executor = SandboxExecutor {
+        store: &store,
+        options: BuildOptions {
+            cores,
+            timeout: args.timeout.map(Duration::from_secs),
+            max_silent_time: args.max_silent_time.map(Duration::from_secs),
+            keep_failed: args.keep_failed,
+        },
+    };
+    let mirrors = Mirrors::discover();
+    let result = graph::realise(
+        &store,
+        &lowered,
+        &args.targets,
+        &mirrors,
+        &executor,
+        args.jobs,
+        &progress,
+    );
+    match result {
+        Ok(_) => {}
+        Err(RealiseError::Fetch(failed)) => {
+            for (target, e) in &failed {
+                let hint = e
+                    .hint()
+                    .map(|h| format!("\n  hint: {h}"))
+                    .unwrap_or_default();
+                eprintln!("error: cannot fetch `{target}`: {e}{hint}");
+            }
+            return Err(CliError::Failed(format!(
+                "{} download(s) failed; nothing was built",
+                failed.len()
+            )));
+        }
+        Err(RealiseError::Build { failed, skipped }) => {
+            for (target, f) in &failed {
+                eprintln!("error: `{target}`: {}", f.message);
+                if !f.tail.is_empty() {
+                    eprintln!("  last lines of the log:");
+                    for l in &f.tail {
+                        eprintln!("  > {l}");
+                    }
+                }
+                if let Some(log) = &f.log {
+                    eprintln!("  full log: {} (or `ksbuild log {target}`)", log.display());
+                }
+            }
+            let _ = skipped;
+            return Ok(ExitCode::from(100));
+        }
+        Err(RealiseError::Store(e)) => return Err(e.into()),
+    }
+    if args.check {
+        let mut mismatches = Vec::new();
+        for t in &args.targets {
+            let node = &lowered.nodes[t];
+            match crate::graph::Executor::build(&executor, node, &progress)
+                .and_then(|()| executor.check(node, &progress))
+            {
+                Ok(m) => mismatches.extend(m),
+                Err(f) => {
+                    return Err(CliError::Failed(format!(
+                        "`--check` of `{t}` could not rebuild it: {}",
+                        f.message
+                    )))
+                }
+            }
+        }
+        if args.json {
+            let verdict = serde_json::json!({ "event": "check", "reproducible": mismatches.is_empty(), "mismatches": mismatches });
+            out_line(&verdict.to_string())?;
+        }
+        if !mismatches.is_empty() {
+            for m in &mismatches {
+                eprintln!(
+                    "error: output `{}` of `{}` is not reproducible: {} was {}, the rebuild is {} (kept at `{}`)",
+                    m.output, m.target, m.path, m.expected, m.actual, m.kept
+                );
+            }
+            return Ok(ExitCode::from(104));
+        }
+        progress.event(&Event::Plan {
+            fetches: 0,
+            builds: 0,
+            cached: args.targets.len(),
+        });
+        ctx.note(&format!(
+            "checked {}: every output rebuilt bit for bit",
+            args.targets.join(", ")
+        ));
+    }
+    // Result links and output paths.
+    let mut printed = BTreeSet::new();
+    for (i, t) in args.targets.iter().enumerate() {
+        let node = &lowered.nodes[t];
+        for (output, path) in output_paths(node) {
+            if !args.no_link {
+                let mut link = args.out_link.as_os_str().to_owned();
+                if i > 0 {
+                    link.push(format!("-{}", i + 1));
+                }
+                if output != "out" {
+                    link.push(format!("-{output}"));
+                }
+                store.add_indirect_root(&PathBuf::from(link), &path)?;
+            }
+            if !args.json && printed.insert(path.clone()) {
+                out(format!("{}\n", store.print(&path)).as_bytes())?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ksbuild log TARGET`: prints the log of the target's last build.
+pub fn run_log(ctx: &Context, target: String) -> Result<ExitCode, CliError> {
+    let store = ctx.open_store()?;
+    let (_, lowered) = instantiate(ctx, &store, std::slice::from_ref(&target))?;
+    let drv = &lowered.nodes[&target].drv_path;
+    let log = store.log_path(drv);
+    let text = std::fs::read(&log).map_err(|_| CliError::Usage {
+        message: format!("no build log for `{target}` (`{}`)", store.print(drv)),
+        hint: Some(format!(
+            "it has not been built with this store; `ksbuild realise {target}` builds it"
+        )),
+    })?;
+    out(&text)?;
+    Ok(ExitCode::SUCCESS)
+}

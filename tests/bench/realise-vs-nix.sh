@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark of issue #3: ksbuild's sandboxed builds against Nix 2.8's, in one run.
+#   1. a trivial derivation rebuilt whole-process: `ksbuild realise --check` vs
+#      `nix-build --check` in Nix's sandbox                        (target: ≤ 0.33× Nix's time)
+#   2. 200 independent trivial derivations realised with -j2      (target: ≤ 3 ms each)
+#   3. a no-op realise of the same 200-node graph, all valid      (target: ≤ 20 ms)
+# Usage: tests/bench/realise-vs-nix.sh [RUNS]   (default 10; medians)
+set -euo pipefail
+RUNS=${1:-10}
+cd "$(dirname "$0")/../.."
+cargo build --release --quiet
+KS=$PWD/target/release/ksbuild
+export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\nsandbox = true\nsandbox-fallback = false'
+command -v nix-build >/dev/null || { echo "real Nix is needed: .ci/install-nix" >&2; exit 1; }
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+
+WORK=$(mktemp -d /var/tmp/ksbuild-bench.XXXXXX)
+trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
+P=$WORK/proj
+mkdir -p "$P/derivations" "$P/tools/busybox/bin"
+cp "$BUSYBOX" "$P/tools/busybox/bin/busybox"
+printf 'system = "x86_64-linux"\n' > "$P/derivations/_project.toml"
+cat > "$P/derivations/trivial.toml" <<'TOML'
+builder = "${busybox}/bin/busybox"
+args = ["sh", "-c", "echo trivial > $out"]
+[inputs]
+busybox = { path = "tools/busybox" }
+TOML
+cat > "$P/default.nix" <<'NIX'
+{ trivial = derivation { name = "trivial"; system = "x86_64-linux"; builder = "${./tools/busybox}/bin/busybox"; args = [ "sh" "-c" "echo trivial > $out" ]; }; }
+NIX
+for i in $(seq 1 200); do
+  cat > "$P/derivations/t$i.toml" <<TOML
+builder = "\${busybox}/bin/busybox"
+args = ["sh", "-c", "echo $i > \$out"]
+[inputs]
+busybox = { path = "tools/busybox" }
+TOML
+done
+export KSBUILD_STORE=$WORK/ks KSBUILD_PROJECT=$P
+NIXROOT=$WORK/nixroot
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+time_runs() { # command, runs
+  for _ in $(seq "$2"); do local t0 t1; t0=$(now); eval "$1" > /dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l; done | median
+}
+
+# 1. trivial rebuild, whole process
+$KS realise --no-link trivial > /dev/null
+nix-build --store "$NIXROOT" --no-out-link "$P/default.nix" -A trivial > /dev/null 2>&1
+[ "$($KS realise --no-link trivial)" = "$(nix-build --store "$NIXROOT" --no-out-link "$P/default.nix" -A trivial 2>/dev/null)" ] || { echo "output paths differ!" >&2; exit 1; }
+ks_trivial=$(time_runs "$KS realise --no-link --check trivial" "$RUNS")
+nix_trivial=$(time_runs "nix-build --store $NIXROOT --no-out-link --check $P/default.nix -A trivial" "$RUNS")
+
+# 2. 200 independent derivations with -j2 (fresh store each run)
+targets=$(seq -f 't%g' 1 200 | tr '\n' ' ')
+many=$(time_runs "rm -rf $WORK/ks; $KS realise --no-link -j2 $targets" 3)
+# 3. no-op realise of the 200 valid nodes
+$KS realise --no-link -j2 $targets > /dev/null
+noop=$(time_runs "$KS realise --no-link -j2 $targets" "$RUNS")
+
+printf '\n%-52s %10s\n' "measurement" "ms"
+printf '%-52s %10.1f\n' "ksbuild realise --check trivial (whole process)" "$(echo "$ks_trivial * 1000" | bc -l)"
+printf '%-52s %10.1f\n' "nix-build --check trivial (sandbox = true)" "$(echo "$nix_trivial * 1000" | bc -l)"
+printf '%-52s %10.2f\n' "200 derivations, -j2, per derivation" "$(echo "$many * 1000 / 200" | bc -l)"
+printf '%-52s %10.1f\n' "no-op realise of 200 valid nodes" "$(echo "$noop * 1000" | bc -l)"
+printf '\ntrivial build, ksbuild/nix: %.2fx   (target <= 0.33x)\n' "$(echo "$ks_trivial / $nix_trivial" | bc -l)"
+printf '200 derivations: %.2f ms each (target <= 3 ms); no-op: %.1f ms (target <= 20 ms)\n' \
+  "$(echo "$many * 1000 / 200" | bc -l)" "$(echo "$noop * 1000" | bc -l)"
