@@ -9,5 +9,6 @@ mod instantiate;
 mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
+mod realise;
 mod sandbox;
 mod trees;
