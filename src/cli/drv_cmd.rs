@@ -1,13 +1,14 @@
 //! `ksbuild instantiate` and `ksbuild show-derivation`: lowering `derivations/*.toml` to
 //! `.drv` files in the store, and showing them as `nix show-derivation` does.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{out_line, CliError, Context};
 use crate::compat::derivation::show_derivation_json;
 use crate::model::{lower, Lowered, Project};
-use crate::store::{AddOptions, Store};
+use crate::store::Store;
 
 /// Finds the project root: `--project`, else the nearest ancestor of the current
 /// directory holding `derivations/`.
@@ -38,15 +39,16 @@ pub fn instantiate(
     targets: &[String],
 ) -> Result<(Project, Lowered), CliError> {
     let project = Project::load(&project_root(ctx)?)?;
+    // Each repository file is imported once per evaluation, however many derivations use it.
+    let mut imported: BTreeMap<(PathBuf, String), crate::compat::StorePath> = BTreeMap::new();
     let mut import = |path: &Path, name: &str| -> Result<crate::compat::StorePath, String> {
-        let options = AddOptions {
-            name: Some(name.to_string()),
-            ..AddOptions::default()
-        };
-        store
-            .add_path(path, &options)
-            .map(|i| i.path)
-            .map_err(|e| e.to_string())
+        let key = (path.to_path_buf(), name.to_string());
+        if let Some(p) = imported.get(&key) {
+            return Ok(p.clone());
+        }
+        let p = store.import_source(path, name).map_err(|e| e.to_string())?;
+        imported.insert(key, p.clone());
+        Ok(p)
     };
     let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
     for key in &lowered.order {

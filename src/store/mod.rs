@@ -477,6 +477,35 @@ impl Store {
         Staging::new(&self.tmp_dir())
     }
 
+    /// Imports a repository file or tree as a source path, as Nix imports a path literal:
+    /// it is hashed first, and copied only if the store does not hold it yet, so that
+    /// re-evaluating a project costs one read of each source and no writes.
+    pub fn import_source(&self, source: &Path, name: &str) -> Result<StorePath> {
+        let (nar_hash, _) = nar_hash_path(source)?;
+        let path = self.store_dir.make_fixed_output_path(
+            FileIngestionMethod::Recursive,
+            &nar_hash,
+            name,
+            &BTreeSet::new(),
+            false,
+        )?;
+        if self.is_valid(&path)? {
+            return Ok(path);
+        }
+        let options = AddOptions {
+            name: Some(name.to_string()),
+            ..AddOptions::default()
+        };
+        let info = self.add_path(source, &options)?;
+        if info.path != path {
+            return Err(StoreError::Refused(format!(
+                "`{}` changed while it was being imported; try again",
+                source.display()
+            )));
+        }
+        Ok(path)
+    }
+
     /// Adds `contents` as a text path (how `.drv` files and `builtins.toFile` are stored).
     pub fn add_text(
         &self,
