@@ -143,6 +143,7 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     let _lock = store.lock_gc_exclusive()?;
     if !dry_run {
         sweep_leftovers(store)?;
+        remove_unregistered(store)?;
     }
     let roots = find_roots(store)?;
     let live = live_set(store, roots)?;
@@ -169,8 +170,10 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
         if !dry_run {
             store.observer().deleting(&printed);
             let _path_lock = store.lock_path(&p)?;
+            let marker = store.mark_pending(&p)?;
             metadata::remove(store, &p)?;
             fsutil::remove_tree(&store.physical_path(&p))?;
+            fs::remove_file(&marker).map_err(StoreError::io("remove", &marker))?;
         }
         report.freed_nar_bytes += sizes.get(&p).copied().unwrap_or(0);
         report.deleted.push(printed);
@@ -205,9 +208,10 @@ fn referrers_first(dead: &BTreeMap<StorePath, BTreeSet<StorePath>>) -> Vec<Store
     order
 }
 
-/// Removes what interrupted operations left behind: staging directories, temporary
-/// records, and store entries without a record. Only called while holding the GC lock
-/// exclusively, i.e. while no other ksbuild process uses the store.
+/// Removes what interrupted operations left behind: staging and build directories,
+/// temporary records, and the store entries named by `pending/` markers that have no
+/// record. Only called while holding the GC lock exclusively, i.e. while no other ksbuild
+/// process uses the store. Costs a listing of three usually empty directories.
 pub fn sweep_leftovers(store: &Store) -> Result<()> {
     for dir in [store.tmp_dir(), store.builds_dir()] {
         for entry in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
@@ -216,16 +220,30 @@ pub fn sweep_leftovers(store: &Store) -> Result<()> {
             store.observer().recovered(&path);
         }
     }
-    let db = store.db_dir();
-    for entry in fs::read_dir(&db).map_err(StoreError::io("list", &db))? {
-        let path = entry.map_err(StoreError::io("list", &db))?.path();
-        if path
+    let pending = store.pending_dir();
+    for entry in fs::read_dir(&pending).map_err(StoreError::io("list", &pending))? {
+        let marker = entry.map_err(StoreError::io("list", &pending))?.path();
+        let name = marker
             .file_name()
-            .is_some_and(|n| n.as_encoded_bytes().starts_with(b".record-"))
-        {
-            fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Ok(p) = StorePath::from_base_name(&name) {
+            if !store.is_valid(&p)? {
+                let entry = store.physical_path(&p);
+                if fs::symlink_metadata(&entry).is_ok() {
+                    fsutil::remove_tree(&entry)?;
+                    store.observer().recovered(&entry);
+                }
+            }
         }
+        fs::remove_file(&marker).map_err(StoreError::io("remove", &marker))?;
     }
+    Ok(())
+}
+
+/// Removes store entries without a record (which only a crash outside ksbuild's control,
+/// or a hand-made directory, can leave). Part of a full collection.
+fn remove_unregistered(store: &Store) -> Result<()> {
     let real = store.real_store_dir();
     for entry in fs::read_dir(&real).map_err(StoreError::io("list", &real))? {
         let entry = entry.map_err(StoreError::io("list", &real))?;

@@ -138,8 +138,8 @@ pub fn write(store: &Store, info: &ValidPathInfo) -> Result<()> {
         serde_json::to_vec(&info.to_json(store)).map_err(|e| StoreError::Refused(e.to_string()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".record-")
-        .tempfile_in(store.db_dir())
-        .map_err(StoreError::io("create a record in", store.db_dir()))?;
+        .tempfile_in(store.tmp_dir())
+        .map_err(StoreError::io("create a record in", store.tmp_dir()))?;
     tmp.write_all(&json)
         .map_err(StoreError::io("write", tmp.path().to_path_buf()))?;
     tmp.as_file()
