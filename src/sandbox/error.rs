@@ -126,6 +126,13 @@ fn step_hint(step: &Step, errno: Errno) -> Option<String> {
         ) => "an input of the build is missing from the store's physical root; was it \
               garbage-collected or never realised?"
             .to_string(),
+        (Step::SeccompFilter, Errno::ENOSYS) => {
+            "ksbuild has no seccomp filter for this architecture (only x86_64 and aarch64)"
+                .to_string()
+        }
+        (Step::SeccompFilter, Errno::EINVAL) => {
+            "this kernel was built without CONFIG_SECCOMP_FILTER".to_string()
+        }
         (Step::Exec { .. }, Errno::ENOENT) => {
             "the builder does not exist inside the sandbox: is the store path that holds it \
              among the inputs? (an ELF builder also needs its interpreter in the inputs)"

@@ -11,7 +11,8 @@
 //! PID 1 of its own PID namespace; generated `/etc/passwd`, `/etc/group`, `/etc/hosts`; a
 //! minimal `/dev` (`null zero full random urandom tty`, `shm`, `pts`, `ptmx`, `fd`, `std*`);
 //! a fresh `/proc`; stdout and stderr on a raw pseudo-terminal, stdin `/dev/null`; cwd
-//! `/build`; umask 022; ASLR off; `no_new_privs`; no capabilities; core dumps off; and the
+//! `/build`; umask 022; ASLR off; `no_new_privs`; Nix's seccomp filter (no setuid/setgid
+//! bits, no extended attributes); no capabilities; core dumps off; and the
 //! environment of [`plan::builder_environment`]. It also gets its own IPC and cgroup
 //! namespaces (Nix 2.8 has no cgroup namespace; without one, `/proc/self/cgroup` would leak
 //! the host's cgroup path into builds).
@@ -67,6 +68,7 @@
 //! * `plan.rs` — spec → typed steps, id maps, `argv`, environment (pure);
 //! * `step.rs` — [`Step`] and how each is applied;
 //! * `sys.rs` — the one narrow syscall layer (and the only `unsafe`);
+//! * `seccomp.rs` — Nix's seccomp filter as a BPF program (pure);
 //! * `user_ns.rs` — which host ids the build user has, and the map files;
 //! * `init.rs` — the init process; `pid1.rs` — PID 1 up to `execve`;
 //! * `supervisor.rs` — ksbuild's side: [`Sandbox`], log streaming, timeouts;
@@ -77,6 +79,7 @@ mod init;
 mod pid1;
 pub mod plan;
 mod protocol;
+mod seccomp;
 mod step;
 mod supervisor;
 mod sys;

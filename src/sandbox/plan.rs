@@ -476,6 +476,7 @@ pub(crate) fn plan(
     ns.push(Step::SetUserId { uid: SANDBOX_UID });
     ns.push(Step::ParentDeathSignal);
     ns.push(Step::NoNewPrivileges);
+    ns.push(Step::SeccompFilter);
     ns.push(Step::DisableAddressRandomisation);
     ns.push(Step::LimitCoreDumps);
     if let Some(max) = spec.max_processes {

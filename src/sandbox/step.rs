@@ -221,6 +221,9 @@ pub enum Step {
     ParentDeathSignal,
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
     NoNewPrivileges,
+    /// Install Nix's seccomp filter (`seccomp.rs`): no setuid/setgid bits, no extended
+    /// attributes, no system calls of foreign architectures.
+    SeccompFilter,
     /// `personality(ADDR_NO_RANDOMIZE)`: ASLR off, as in Nix.
     DisableAddressRandomisation,
     /// `setrlimit(RLIMIT_CORE)` soft limit 0, as in Nix.
@@ -332,6 +335,7 @@ impl fmt::Display for Step {
             Step::SetUserId { uid } => write!(f, "setresuid {uid}"),
             Step::ParentDeathSignal => f.write_str("arm PR_SET_PDEATHSIG"),
             Step::NoNewPrivileges => f.write_str("set PR_SET_NO_NEW_PRIVS"),
+            Step::SeccompFilter => f.write_str("install the seccomp filter"),
             Step::DisableAddressRandomisation => f.write_str("personality(ADDR_NO_RANDOMIZE)"),
             Step::LimitCoreDumps => f.write_str("setrlimit RLIMIT_CORE 0"),
             Step::LimitProcesses { max } => write!(f, "setrlimit RLIMIT_NPROC {max}"),
@@ -413,6 +417,12 @@ impl Step {
                 }
             }
             Step::NoNewPrivileges => sys::set_no_new_privs(),
+            Step::SeccompFilter => {
+                if !super::seccomp::supported() {
+                    return Err(Errno::ENOSYS);
+                }
+                sys::install_seccomp_filter(&super::seccomp::program())
+            }
             Step::DisableAddressRandomisation => sys::disable_address_randomisation(),
             Step::LimitCoreDumps => sys::limit_core_dumps(),
             Step::LimitProcesses { max } => sys::limit_processes(*max),
