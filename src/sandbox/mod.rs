@@ -74,6 +74,8 @@
 //! * `supervisor.rs` — ksbuild's side: [`Sandbox`], log streaming, timeouts;
 //! * `protocol.rs` — the status messages; `error.rs` — [`SandboxError`].
 
+#![warn(missing_docs)]
+
 mod error;
 mod init;
 mod pid1;

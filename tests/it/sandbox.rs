@@ -840,3 +840,136 @@ fn an_unprivileged_invoker_gets_the_same_sandbox() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn file_and_symlink_inputs_are_visible_read_only() {
+    if skip_without_sandbox() {
+        return;
+    }
+    let f = Fixture::new();
+    let store = f.dir.path().join("store/nix/store");
+    let script = store_base_name("builder.sh");
+    fs::write(store.join(&script), "echo from-script > $out\n").unwrap();
+    fs::set_permissions(store.join(&script), fs::Permissions::from_mode(0o444)).unwrap();
+    let link = store_base_name("link");
+    std::os::unix::fs::symlink(&f.busybox_logical, store.join(&link)).unwrap();
+    let mut b = f.build("");
+    b.spec.args = vec![format!("/nix/store/{script}")];
+    b.spec.builder = format!("/nix/store/{link}/bin/busybox");
+    b.spec.args.insert(0, "sh".into());
+    for name in [&script, &link] {
+        b.spec
+            .inputs
+            .push((store.join(name), format!("/nix/store/{name}")));
+    }
+    let outcome = b.run().expect("sandbox runs");
+    assert_success(&b, &outcome);
+    assert_eq!(b.output_text(), "from-script\n");
+
+    let check = f.build(&format!(
+        "{{ $B readlink /nix/store/{link}; echo x >> /nix/store/{script} || echo refused; }} > $out 2>&1"
+    ));
+    let mut check = check;
+    check
+        .spec
+        .inputs
+        .push((store.join(&script), format!("/nix/store/{script}")));
+    check
+        .spec
+        .inputs
+        .push((store.join(&link), format!("/nix/store/{link}")));
+    assert_success(&check, &check.run().expect("sandbox runs"));
+    let text = check.output_text();
+    assert!(
+        text.starts_with(&format!("{}\n", f.busybox_logical)),
+        "{text}"
+    );
+    assert!(text.contains("refused"), "{text}");
+}
+
+/// Set by [`killing_ksbuild_kills_the_build`] for the helper it starts.
+const HELPER_GATE: &str = "KSBUILD_TEST_RUN_HELPER";
+
+/// Not a test on its own: the process that [`killing_ksbuild_kills_the_build`] kills
+/// while its build runs. The build records its PID namespace in `$out/ns.ready`.
+#[test]
+#[ignore = "helper run by killing_ksbuild_kills_the_build"]
+fn helper_long_build() {
+    if std::env::var_os(HELPER_GATE).is_none() {
+        return;
+    }
+    let f = Fixture::new();
+    let mut b = f.build(&format!(
+        "{RECORD_NS} $B sleep 1000 & $B setsid $B sleep 1000 </dev/null >/dev/null 2>&1 & $B sleep 0.2; \
+         $B cp $out/ns $out/ns.ready; wait"
+    ));
+    b.spec.timeout = None;
+    let _ = b.run();
+}
+
+#[test]
+fn killing_ksbuild_kills_the_build() {
+    if skip_without_sandbox() {
+        return;
+    }
+    let dir = common::scratch();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "sandbox::helper_long_build",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(HELPER_GATE, "1")
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Find the build's namespace file: the helper's fixture lives under our TMPDIR.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ns = loop {
+        let found = walk(dir.path())
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "ns.ready"));
+        if let Some(p) = found {
+            break fs::read_to_string(p).unwrap().trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the helper build never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        processes_in_pid_namespace(&ns).len() >= 3,
+        "the build should be running"
+    );
+    child.kill().unwrap(); // SIGKILL: no destructor, no cleanup code of ksbuild runs
+    child.wait().unwrap();
+    // The init process dies of its parent-death signal, PID 1 of its own, and with PID 1
+    // the whole namespace; this is asynchronous, so allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_in_pid_namespace(&ns);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the build outlived ksbuild: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink()) {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
