@@ -216,6 +216,9 @@ pub enum Step {
         /// The uid inside the namespace.
         uid: u32,
     },
+    /// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session keyring, owned
+    /// by the build user, instead of ksbuild's.
+    NewSessionKeyring,
     /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`, (re)armed after the credential change cleared
     /// it, then a check that the init process is still there.
     ParentDeathSignal,
@@ -333,6 +336,7 @@ impl fmt::Display for Step {
             }
             Step::SetGroupId { gid } => write!(f, "setresgid {gid}"),
             Step::SetUserId { uid } => write!(f, "setresuid {uid}"),
+            Step::NewSessionKeyring => f.write_str("join a new session keyring"),
             Step::ParentDeathSignal => f.write_str("arm PR_SET_PDEATHSIG"),
             Step::NoNewPrivileges => f.write_str("set PR_SET_NO_NEW_PRIVS"),
             Step::SeccompFilter => f.write_str("install the seccomp filter"),
@@ -416,6 +420,7 @@ impl Step {
                     _ => Ok(()),
                 }
             }
+            Step::NewSessionKeyring => sys::new_session_keyring(),
             Step::NoNewPrivileges => sys::set_no_new_privs(),
             Step::SeccompFilter => {
                 if !super::seccomp::supported() {

@@ -1,8 +1,8 @@
 //! The sandbox's one narrow syscall layer: every system call the sandbox makes goes through
 //! a function here, which names the C call, links its man page and returns the kernel's
 //! `errno`. The only `unsafe` of the crate lives in this file (clone, the loopback ioctl,
-//! signal dispositions, `close_range`, the seccomp filter), each block with its `SAFETY:`
-//! argument.
+//! signal dispositions, `close_range`, `keyctl`, the seccomp filter), each block with its
+//! `SAFETY:` argument.
 
 #![allow(unsafe_code)]
 
@@ -327,6 +327,27 @@ pub(crate) fn set_group_id(gid: u32) -> Result<(), Errno> {
 pub(crate) fn set_user_id(uid: u32) -> Result<(), Errno> {
     let u = Uid::from_raw(uid);
     nix::unistd::setresuid(u, u, u)
+}
+
+/// [`keyctl(2)`](https://man7.org/linux/man-pages/man2/keyctl.2.html)
+/// `KEYCTL_JOIN_SESSION_KEYRING` with no name: a new, empty, anonymous session keyring, so
+/// that the build does not possess ksbuild's (a login session's keyring may hold secrets).
+/// A kernel without keys (`ENOSYS`) has nothing to leak.
+pub(crate) fn new_session_keyring() -> Result<(), Errno> {
+    const KEYCTL_JOIN_SESSION_KEYRING: nix::libc::c_long = 1;
+    // SAFETY: keyctl(2) with a null name pointer, which the kernel accepts as "anonymous";
+    // no other memory is passed.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<nix::libc::c_char>(),
+        )
+    };
+    match Errno::result(r) {
+        Ok(_) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html)
