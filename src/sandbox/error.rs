@@ -105,6 +105,9 @@ fn step_hint(step: &Step, errno: Errno) -> Option<String> {
              gid; as root, check that no LSM forbids writing `/proc/<pid>/uid_map`"
                 .to_string()
         }
+        (Step::CloseInheritedDescriptors, Errno::ENOSYS | Errno::EINVAL) => {
+            "ksbuild needs `close_range(2)`: Linux 5.9 or later".to_string()
+        }
         (Step::WatchChild, Errno::ENOSYS) => {
             "ksbuild needs `pidfd_open(2)`: Linux 5.3 or later".to_string()
         }
