@@ -144,6 +144,18 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// Makes every directory writable again, so that the scratch directory can be removed
+    /// by an unprivileged user too (store paths are read-only).
+    fn drop(&mut self) {
+        for p in walk(self.dir.path()) {
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o755));
+            }
+        }
+    }
+}
+
 /// Whether the sandbox tests can run here; prints why not, or panics under
 /// `KSBUILD_REQUIRE_SANDBOX`.
 fn skip_without_sandbox() -> bool {
