@@ -105,6 +105,9 @@ fn step_hint(step: &Step, errno: Errno) -> Option<String> {
              gid; as root, check that no LSM forbids writing `/proc/<pid>/uid_map`"
                 .to_string()
         }
+        (Step::CloseInheritedDescriptors, Errno::ENOSYS | Errno::EINVAL) => {
+            "ksbuild needs `close_range(2)`: Linux 5.9 or later".to_string()
+        }
         (Step::WatchChild, Errno::ENOSYS) => {
             "ksbuild needs `pidfd_open(2)`: Linux 5.3 or later".to_string()
         }
@@ -126,6 +129,13 @@ fn step_hint(step: &Step, errno: Errno) -> Option<String> {
         ) => "an input of the build is missing from the store's physical root; was it \
               garbage-collected or never realised?"
             .to_string(),
+        (Step::SeccompFilter, Errno::ENOSYS) => {
+            "ksbuild has no seccomp filter for this architecture (only x86_64 and aarch64)"
+                .to_string()
+        }
+        (Step::SeccompFilter, Errno::EINVAL) => {
+            "this kernel was built without CONFIG_SECCOMP_FILTER".to_string()
+        }
         (Step::Exec { .. }, Errno::ENOENT) => {
             "the builder does not exist inside the sandbox: is the store path that holds it \
              among the inputs? (an ELF builder also needs its interpreter in the inputs)"

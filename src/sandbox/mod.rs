@@ -11,7 +11,8 @@
 //! PID 1 of its own PID namespace; generated `/etc/passwd`, `/etc/group`, `/etc/hosts`; a
 //! minimal `/dev` (`null zero full random urandom tty`, `shm`, `pts`, `ptmx`, `fd`, `std*`);
 //! a fresh `/proc`; stdout and stderr on a raw pseudo-terminal, stdin `/dev/null`; cwd
-//! `/build`; umask 022; ASLR off; `no_new_privs`; no capabilities; core dumps off; and the
+//! `/build`; umask 022; ASLR off; `no_new_privs`; Nix's seccomp filter (no setuid/setgid
+//! bits, no extended attributes); no capabilities; core dumps off; and the
 //! environment of [`plan::builder_environment`]. It also gets its own IPC and cgroup
 //! namespaces (Nix 2.8 has no cgroup namespace; without one, `/proc/self/cgroup` would leak
 //! the host's cgroup path into builds).
@@ -27,17 +28,18 @@
 //! ```text
 //! ksbuild (any thread)           init process (single-threaded)      PID 1 → the builder
 //! ───────────────────────────    ────────────────────────────────    ─────────────────────
-//! plan (pure) ─ JSON line ──▶    host steps: skeleton of the root
-//! spawn `<exe> __sandbox-init`   clone(NEWUSER|NS|PID|IPC|UTS|        waits for the maps
+//! plan (pure) ─ JSON line ──▶    host steps: store dir on disk,
+//! spawn `<exe> __sandbox-init`     mount points, build dir owner
+//!                                clone(NEWUSER|NS|PID|IPC|UTS|        waits for the maps
 //!                                      NET|CGROUP) ─────────────▶
 //!                                write setgroups/uid_map/gid_map
-//!                                release PID 1 ─────────────────▶    mounts, pivot_root,
-//! stream the pty → log, callback                                     lo, hostname, setsid,
-//! timeouts: close the control    poll(stdin, pidfd):                 setresgid/setresuid,
-//!   pipe ───────────────────▶      readable/hung up → SIGKILL PID 1  no_new_privs, ASLR off,
-//!                                waitpid(PID 1) — the kernel has     rlimits, umask, chdir,
-//! ◀─────── status JSON line ─    already killed the namespace        signals, caps → execve
-//! waitpid(init)
+//!                                release PID 1 ─────────────────▶    open_tree host paths,
+//! stream the pty → log, callback                                     tmpfs root, skeleton,
+//! timeouts: close the control    poll(stdin, pidfd):                 move_mount, proc,
+//!   pipe ───────────────────▶      readable/hung up → SIGKILL PID 1  pivot_root, lo, names,
+//!                                waitpid(PID 1) — the kernel has     setresgid/setresuid,
+//! ◀─────── status JSON line ─    already killed the namespace        no_new_privs, seccomp,
+//! waitpid(init)                                                      … caps → execve
 //! ```
 //!
 //! The order of the steps, and why, is documented where each is done: the host side and the
@@ -52,10 +54,13 @@
 //! **Nothing outlives [`run`].** The builder is PID 1 of its PID namespace; when it dies
 //! the kernel kills every other process of the namespace before reporting its death. The
 //! init process reports only after reaping it, and `run` returns only after reaping the init
-//! process. If the init process is killed, PID 1 dies of `PR_SET_PDEATHSIG`; if ksbuild dies,
-//! the init process does (same signal) and closes nothing it should not. Note that the
-//! parent-death signal follows the *thread* that spawned the init process: `run` keeps that
-//! thread busy until the end.
+//! process. If the init process is killed, PID 1 dies of `PR_SET_PDEATHSIG`, and with it
+//! the namespace; if ksbuild dies, the init process dies of the same signal first. Note that
+//! the parent-death signal follows the *thread* that spawned the init process: `run` keeps
+//! that thread busy until the end.
+//!
+//! **Kernel.** Linux 5.9 or later (`close_range`; `open_tree`/`move_mount` are 5.2,
+//! `pidfd_open` 5.3), with user namespaces enabled for the invoking user.
 //!
 //! **The build user on the host.** When ksbuild is not root, uid 1000 inside is ksbuild's
 //! own uid. When it is root, it is [`DEFAULT_ROOT_BUILD_ID`] (or [`BuildUser::Ids`]), never
@@ -67,16 +72,20 @@
 //! * `plan.rs` — spec → typed steps, id maps, `argv`, environment (pure);
 //! * `step.rs` — [`Step`] and how each is applied;
 //! * `sys.rs` — the one narrow syscall layer (and the only `unsafe`);
+//! * `seccomp.rs` — Nix's seccomp filter as a BPF program (pure);
 //! * `user_ns.rs` — which host ids the build user has, and the map files;
 //! * `init.rs` — the init process; `pid1.rs` — PID 1 up to `execve`;
 //! * `supervisor.rs` — ksbuild's side: [`Sandbox`], log streaming, timeouts;
 //! * `protocol.rs` — the status messages; `error.rs` — [`SandboxError`].
+
+#![warn(missing_docs)]
 
 mod error;
 mod init;
 mod pid1;
 pub mod plan;
 mod protocol;
+mod seccomp;
 mod step;
 mod supervisor;
 mod sys;

@@ -24,9 +24,10 @@
 //! 4. loopback up, hostname `localhost`, domain name `(none)`, a new session, stdin from
 //!    `/dev/null` and stderr onto stdout;
 //! 5. **privilege drop**: `setresgid(100)`, `setresuid(1000)` (host ids: the build user),
-//!    re-arm the parent-death signal the credential change cleared, `no_new_privs`, ASLR
-//!    off, no core dumps, the optional process limit, umask 022, `chdir /build`, default
-//!    signal dispositions, and finally every capability cleared;
+//!    a new anonymous session keyring (not ksbuild's), re-arm the parent-death signal the
+//!    credential change cleared, `no_new_privs`, Nix's seccomp filter, ASLR off, no core
+//!    dumps, the optional process limit, umask 022, `chdir /build`, default signal
+//!    dispositions, and finally every capability cleared;
 //! 6. **`execve`** the builder with Nix's environment. On success the status pipe closes
 //!    itself (close-on-exec); on any failure the step and `errno` are reported there and
 //!    this process exits with 127.

@@ -474,8 +474,10 @@ pub(crate) fn plan(
     //    signal, so re-arm it; then the rest of Nix's process state, capabilities last.
     ns.push(Step::SetGroupId { gid: SANDBOX_GID });
     ns.push(Step::SetUserId { uid: SANDBOX_UID });
+    ns.push(Step::NewSessionKeyring);
     ns.push(Step::ParentDeathSignal);
     ns.push(Step::NoNewPrivileges);
+    ns.push(Step::SeccompFilter);
     ns.push(Step::DisableAddressRandomisation);
     ns.push(Step::LimitCoreDumps);
     if let Some(max) = spec.max_processes {

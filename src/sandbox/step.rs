@@ -216,11 +216,17 @@ pub enum Step {
         /// The uid inside the namespace.
         uid: u32,
     },
+    /// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session keyring, owned
+    /// by the build user, instead of ksbuild's.
+    NewSessionKeyring,
     /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`, (re)armed after the credential change cleared
     /// it, then a check that the init process is still there.
     ParentDeathSignal,
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
     NoNewPrivileges,
+    /// Install Nix's seccomp filter (`seccomp.rs`): no setuid/setgid bits, no extended
+    /// attributes, no system calls of foreign architectures.
+    SeccompFilter,
     /// `personality(ADDR_NO_RANDOMIZE)`: ASLR off, as in Nix.
     DisableAddressRandomisation,
     /// `setrlimit(RLIMIT_CORE)` soft limit 0, as in Nix.
@@ -330,8 +336,10 @@ impl fmt::Display for Step {
             }
             Step::SetGroupId { gid } => write!(f, "setresgid {gid}"),
             Step::SetUserId { uid } => write!(f, "setresuid {uid}"),
+            Step::NewSessionKeyring => f.write_str("join a new session keyring"),
             Step::ParentDeathSignal => f.write_str("arm PR_SET_PDEATHSIG"),
             Step::NoNewPrivileges => f.write_str("set PR_SET_NO_NEW_PRIVS"),
+            Step::SeccompFilter => f.write_str("install the seccomp filter"),
             Step::DisableAddressRandomisation => f.write_str("personality(ADDR_NO_RANDOMIZE)"),
             Step::LimitCoreDumps => f.write_str("setrlimit RLIMIT_CORE 0"),
             Step::LimitProcesses { max } => write!(f, "setrlimit RLIMIT_NPROC {max}"),
@@ -412,7 +420,14 @@ impl Step {
                     _ => Ok(()),
                 }
             }
+            Step::NewSessionKeyring => sys::new_session_keyring(),
             Step::NoNewPrivileges => sys::set_no_new_privs(),
+            Step::SeccompFilter => {
+                if !super::seccomp::supported() {
+                    return Err(Errno::ENOSYS);
+                }
+                sys::install_seccomp_filter(&super::seccomp::program())
+            }
             Step::DisableAddressRandomisation => sys::disable_address_randomisation(),
             Step::LimitCoreDumps => sys::limit_core_dumps(),
             Step::LimitProcesses { max } => sys::limit_processes(*max),

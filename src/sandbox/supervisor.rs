@@ -3,12 +3,12 @@
 //! `max_silent_time`, and make sure nothing of the build outlives [`Sandbox::run`]. Does
 //! I/O and starts a process; the namespaces themselves are made by the init process.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -87,7 +87,24 @@ impl Sandbox {
             action: "open a pseudo-terminal for the build log",
             source: e.into(),
         })?;
+        let mut running = self.start(slave, &request)?;
+        let (status_bytes, timed_out) =
+            pump(spec, &mut running, master.as_fd(), &mut log, on_log_line)?;
+        let exit = running.wait().map_err(|source| SandboxError::Supervise {
+            action: "wait for the init process",
+            source,
+        })?;
+        let duration = running.started.elapsed();
+        log.flush().map_err(|source| SandboxError::Log {
+            path: spec.log.clone(),
+            source,
+        })?;
+        interpret(&status_bytes, exit, duration, timed_out)
+    }
 
+    /// Starts the init process with the terminal's slave end as stdout, and sends it the
+    /// plan.
+    fn start(&self, slave: OwnedFd, request: &[u8]) -> Result<Running, SandboxError> {
         let mut command = Command::new(&self.init_program);
         command
             .arg(INIT_ARG)
@@ -96,126 +113,130 @@ impl Sandbox {
             .stdin(Stdio::piped())
             .stdout(Stdio::from(slave))
             .stderr(Stdio::piped());
-        let child = command.spawn().map_err(|source| SandboxError::SpawnInit {
+        let mut child = command.spawn().map_err(|source| SandboxError::SpawnInit {
             program: self.init_program.clone(),
             source,
         })?;
         // The command holds ksbuild's copy of the terminal's slave end: close it, so that
         // the end of output means that no process of the build is left.
         drop(command);
-        let start = Instant::now();
+        let started = Instant::now();
+        let control = child.stdin.take();
+        let status = child.stderr.take();
         let mut running = Running {
-            control: None,
+            control,
+            status,
             child,
+            started,
             reaped: false,
         };
-        running.control = running.child.stdin.take();
-        let status_pipe = running
-            .child
-            .stderr
-            .take()
-            .ok_or_else(|| SandboxError::Init {
-                message: "no status pipe".to_string(),
-            })?;
         if let Some(control) = running.control.as_mut() {
             // A failure here means the init process is already gone; its status (or its
             // absence) says why.
-            let _ = control.write_all(&request);
+            let _ = control.write_all(request);
         }
+        Ok(running)
+    }
+}
 
-        let mut lines = LineSplitter::default();
-        let mut status_bytes = Vec::new();
-        let mut output_open = true;
-        let mut status_open = true;
-        let mut last_output = start;
-        let mut timed_out = None;
-        let mut kill_requested: Option<Instant> = None;
-        let mut buf = vec![0u8; 64 * 1024];
-        while output_open || status_open {
-            let now = Instant::now();
-            if timed_out.is_none() {
-                let overdue = match (spec.timeout, spec.max_silent_time) {
-                    (Some(t), _) if now >= start + t => Some(TimeoutKind::Timeout),
-                    (_, Some(s)) if now >= last_output + s => Some(TimeoutKind::MaxSilentTime),
-                    _ => None,
-                };
-                if overdue.is_some() {
-                    timed_out = overdue;
-                    running.request_kill();
-                    kill_requested = Some(now);
-                }
-            }
-            if let Some(at) = kill_requested {
-                if now >= at + KILL_GRACE && !running.reaped {
-                    let _ = running.child.kill();
-                }
-            }
-            if !status_open && output_open && kill_requested.is_none() {
-                // The init process is gone; the terminal must close as soon as the kernel
-                // has torn down the namespace. Do not wait for ever if it does not.
+/// Streams the build's output to the log and the callback and collects the status
+/// messages until both the terminal and the status pipe are closed, enforcing the time
+/// limits on the way. Returns the status bytes and which limit, if any, stopped the build.
+fn pump(
+    spec: &SandboxSpec,
+    running: &mut Running,
+    master: BorrowedFd<'_>,
+    log: &mut File,
+    on_log_line: &mut dyn FnMut(&[u8]),
+) -> Result<(Vec<u8>, Option<TimeoutKind>), SandboxError> {
+    let status_pipe = running.status.take().ok_or_else(|| SandboxError::Init {
+        message: "no status pipe".to_string(),
+    })?;
+    let start = running.started;
+    let mut lines = LineSplitter::default();
+    let mut status_bytes = Vec::new();
+    let mut output_open = true;
+    let mut status_open = true;
+    let mut last_output = start;
+    let mut timed_out = None;
+    let mut kill_requested: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    while output_open || status_open {
+        let now = Instant::now();
+        if timed_out.is_none() {
+            timed_out = match (spec.timeout, spec.max_silent_time) {
+                (Some(t), _) if now >= start + t => Some(TimeoutKind::Timeout),
+                (_, Some(s)) if now >= last_output + s => Some(TimeoutKind::MaxSilentTime),
+                _ => None,
+            };
+            if timed_out.is_some() {
+                running.request_kill();
                 kill_requested = Some(now);
             }
-            if !status_open && kill_requested.is_some_and(|at| now >= at + KILL_GRACE) {
-                break;
-            }
-            let wait_ms = next_wake(now, start, last_output, spec, timed_out, kill_requested);
-            let ready = sys::poll_readable(
-                &[
-                    output_open.then(|| master.as_fd()),
-                    status_open.then(|| status_pipe.as_fd()),
-                ],
-                wait_ms,
-            )
-            .map_err(|e| SandboxError::Supervise {
-                action: "poll the build's output",
-                source: e.into(),
-            })?;
-            if ready[0] {
-                match sys::read(master.as_fd(), &mut buf) {
-                    // EIO: every slave descriptor is closed.
-                    Ok(0) | Err(Errno::EIO) => output_open = false,
-                    Ok(n) => {
-                        last_output = Instant::now();
-                        log.write_all(&buf[..n])
-                            .map_err(|source| SandboxError::Log {
-                                path: spec.log.clone(),
-                                source,
-                            })?;
-                        lines.feed(&buf[..n], on_log_line);
-                    }
-                    Err(e) => {
-                        return Err(SandboxError::Supervise {
-                            action: "read the build's output",
-                            source: e.into(),
-                        })
-                    }
+        }
+        if !status_open && kill_requested.is_none() {
+            // The init process is gone, so is PID 1; the terminal closes as soon as the
+            // kernel has torn the namespace down. Do not wait for ever if it does not.
+            kill_requested = Some(now);
+        }
+        if let Some(at) = kill_requested {
+            if now >= at + KILL_GRACE {
+                if !status_open {
+                    break;
                 }
+                // The init process did not obey: kill it, and PID 1 dies of its
+                // parent-death signal.
+                let _ = running.child.kill();
             }
-            if ready[1] {
-                match sys::read(status_pipe.as_fd(), &mut buf) {
-                    Ok(0) => status_open = false,
-                    Ok(n) => status_bytes.extend_from_slice(&buf[..n]),
-                    Err(e) => {
-                        return Err(SandboxError::Supervise {
-                            action: "read the sandbox's status",
-                            source: e.into(),
-                        })
-                    }
+        }
+        let wait_ms = next_wake(now, start, last_output, spec, timed_out, kill_requested);
+        let ready = sys::poll_readable(
+            &[
+                output_open.then_some(master),
+                status_open.then(|| status_pipe.as_fd()),
+            ],
+            wait_ms,
+        )
+        .map_err(|e| SandboxError::Supervise {
+            action: "poll the build's output",
+            source: e.into(),
+        })?;
+        if ready[0] {
+            match sys::read(master, &mut buf) {
+                // EIO: every slave descriptor is closed.
+                Ok(0) | Err(Errno::EIO) => output_open = false,
+                Ok(n) => {
+                    last_output = Instant::now();
+                    log.write_all(&buf[..n])
+                        .map_err(|source| SandboxError::Log {
+                            path: spec.log.clone(),
+                            source,
+                        })?;
+                    lines.feed(&buf[..n], on_log_line);
+                }
+                Err(e) => {
+                    return Err(SandboxError::Supervise {
+                        action: "read the build's output",
+                        source: e.into(),
+                    })
                 }
             }
         }
-        let exit = running.wait().map_err(|source| SandboxError::Supervise {
-            action: "wait for the init process",
-            source,
-        })?;
-        let duration = start.elapsed();
-        lines.finish(on_log_line);
-        log.flush().map_err(|source| SandboxError::Log {
-            path: spec.log.clone(),
-            source,
-        })?;
-        interpret(&status_bytes, exit, duration, timed_out)
+        if ready[1] {
+            match sys::read(status_pipe.as_fd(), &mut buf) {
+                Ok(0) => status_open = false,
+                Ok(n) => status_bytes.extend_from_slice(&buf[..n]),
+                Err(e) => {
+                    return Err(SandboxError::Supervise {
+                        action: "read the sandbox's status",
+                        source: e.into(),
+                    })
+                }
+            }
+        }
     }
+    lines.finish(on_log_line);
+    Ok((status_bytes, timed_out))
 }
 
 /// `lstat` of an input's physical path, for the plan.
@@ -329,8 +350,13 @@ fn interpret(
 /// The running init process; dropping it (on any early return or panic) kills the build
 /// and reaps everything.
 struct Running {
+    /// Its stdin: closing it asks for the build to be killed.
     control: Option<ChildStdin>,
+    /// Its stderr: the status messages.
+    status: Option<ChildStderr>,
     child: Child,
+    /// When it was started.
+    started: Instant,
     reaped: bool,
 }
 

@@ -1,7 +1,8 @@
 //! The sandbox's one narrow syscall layer: every system call the sandbox makes goes through
 //! a function here, which names the C call, links its man page and returns the kernel's
 //! `errno`. The only `unsafe` of the crate lives in this file (clone, the loopback ioctl,
-//! signal dispositions, `close_range`), each block with its `SAFETY:` argument.
+//! signal dispositions, `close_range`, `keyctl`, the seccomp filter), each block with its
+//! `SAFETY:` argument.
 
 #![allow(unsafe_code)]
 
@@ -20,6 +21,7 @@ use nix::sys::stat::Mode;
 use nix::sys::statvfs::FsFlags;
 use nix::unistd::{Gid, Pid, Uid};
 
+use super::seccomp;
 use super::step::RemountFlags;
 
 /// The `errno` of an `std::io::Error` (`EIO` if it carries none).
@@ -327,10 +329,63 @@ pub(crate) fn set_user_id(uid: u32) -> Result<(), Errno> {
     nix::unistd::setresuid(u, u, u)
 }
 
+/// [`keyctl(2)`](https://man7.org/linux/man-pages/man2/keyctl.2.html)
+/// `KEYCTL_JOIN_SESSION_KEYRING` with no name: a new, empty, anonymous session keyring, so
+/// that the build does not possess ksbuild's (a login session's keyring may hold secrets).
+/// A kernel without keys (`ENOSYS`) has nothing to leak.
+pub(crate) fn new_session_keyring() -> Result<(), Errno> {
+    const KEYCTL_JOIN_SESSION_KEYRING: nix::libc::c_long = 1;
+    // SAFETY: keyctl(2) with a null name pointer, which the kernel accepts as "anonymous";
+    // no other memory is passed.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<nix::libc::c_char>(),
+        )
+    };
+    match Errno::result(r) {
+        Ok(_) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html)
 /// `PR_SET_NO_NEW_PRIVS`.
 pub(crate) fn set_no_new_privs() -> Result<(), Errno> {
     nix::sys::prctl::set_no_new_privs()
+}
+
+/// [`prctl(2)`](https://man7.org/linux/man-pages/man2/prctl.2.html)
+/// `PR_SET_SECCOMP, SECCOMP_MODE_FILTER` with `program` (see
+/// [`seccomp(2)`](https://man7.org/linux/man-pages/man2/seccomp.2.html)); needs
+/// `no_new_privs`.
+pub(crate) fn install_seccomp_filter(program: &[seccomp::Instruction]) -> Result<(), Errno> {
+    use nix::libc;
+    let mut filter: Vec<libc::sock_filter> = program
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let len = u16::try_from(filter.len()).map_err(|_| Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, `len` valid `sock_filter`s that stay alive for the
+    // whole call; the kernel copies the program and keeps no pointer to it.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(r).map(|_| ())
 }
 
 /// [`personality(2)`](https://man7.org/linux/man-pages/man2/personality.2.html): the
