@@ -58,6 +58,14 @@ enum Command {
     /// Build targets in the sandbox; prints their output paths and makes `result` links.
     #[command(visible_alias = "build")]
     Realise(realise_cmd::RealiseArgs),
+    /// Explain what changed in a target since its last realisation.
+    WhyRebuild {
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The target.
+        target: String,
+    },
     /// Print the log of a target's last build.
     Log {
         /// The target.
@@ -195,6 +203,7 @@ pub fn main() -> ExitCode {
         }
         Command::Realise(args) => realise_cmd::run(&ctx, args),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),
+        Command::WhyRebuild { json, target } => realise_cmd::run_why(&ctx, target, json),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),

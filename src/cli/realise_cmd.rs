@@ -280,6 +280,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
         }
         Err(RealiseError::Store(e)) => return Err(e.into()),
     }
+    crate::graph::why::save(&store, &lowered)?;
     if args.check {
         let mut mismatches = Vec::new();
         for t in &args.targets {
@@ -355,5 +356,69 @@ pub fn run_log(ctx: &Context, target: String) -> Result<ExitCode, CliError> {
         )),
     })?;
     out(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ksbuild why-rebuild TARGET`: what changed since the target's last realisation.
+pub fn run_why(ctx: &Context, target: String, json: bool) -> Result<ExitCode, CliError> {
+    use crate::graph::why::{explain, Change};
+    let store = ctx.open_store()?;
+    let (_, lowered) = instantiate(ctx, &store, std::slice::from_ref(&target))?;
+    let node = &lowered.nodes[&target];
+    let valid = crate::graph::outputs_valid(&store, node)?;
+    let verdict = explain(&store, &lowered, node, valid);
+    if json {
+        let text = serde_json::to_string(&verdict).map_err(|e| CliError::Io {
+            action: "encode JSON",
+            source: e.into(),
+        })?;
+        out_line(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    if valid {
+        out_line(&format!(
+            "`{target}` is up to date: its outputs are valid ({})",
+            verdict.drv_now
+        ))?;
+    } else if !verdict.recorded {
+        out_line(&format!(
+            "`{target}` would be built: it has not been realised with this store before ({})",
+            verdict.drv_now
+        ))?;
+    } else if verdict.drv_before.as_deref() == Some(verdict.drv_now.as_str()) {
+        out_line(&format!(
+            "`{target}` would be built: its derivation is unchanged ({}) but its outputs are no longer valid (garbage-collected?)",
+            verdict.drv_now
+        ))?;
+    } else {
+        out_line(&format!(
+            "`{target}` would be rebuilt: its derivation changed ({} -> {})",
+            show(&verdict.drv_before),
+            verdict.drv_now
+        ))?;
+    }
+    for change in &verdict.changes {
+        let line = match change {
+            Change::Input {
+                name,
+                before,
+                now,
+                upstream,
+            } => {
+                let up = upstream
+                    .as_ref()
+                    .map(|u| format!(" (from `{u}`: see `ksbuild why-rebuild {u}`)"))
+                    .unwrap_or_default();
+                format!("  input `{name}`: {} -> {}{up}", show(before), show(now))
+            }
+            Change::Builder { before, now } => format!("  builder: {before} -> {now}"),
+            Change::Args { before, now } => format!("  args: {before:?} -> {now:?}"),
+            Change::Env { name, before, now } => {
+                format!("  env `{name}`: {} -> {}", show(before), show(now))
+            }
+        };
+        out_line(&line)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod queue;
+pub mod why;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex};

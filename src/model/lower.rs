@@ -49,6 +49,8 @@ pub struct Node {
     pub fetch: Option<Fetch>,
     /// Keys of the nodes it depends on.
     pub deps: BTreeSet<String>,
+    /// Its inputs by name: the store path each `${name}` stands for.
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// The lowered graph.
@@ -201,6 +203,7 @@ impl Lowerer<'_, '_> {
         mut drv: Derivation,
         fetch: Option<Fetch>,
         deps: BTreeSet<String>,
+        inputs: BTreeMap<String, String>,
         file: &SourceFile,
     ) -> Result<(), ModelError> {
         let lowering_error = |e: LowerError| {
@@ -236,6 +239,7 @@ impl Lowerer<'_, '_> {
                 drv_path,
                 fetch,
                 deps,
+                inputs,
             },
         );
         Ok(())
@@ -384,7 +388,14 @@ impl Lowerer<'_, '_> {
             unpack,
             executable: spec.executable,
         };
-        self.finish(key, drv, Some(fetch), BTreeSet::new(), file)
+        self.finish(
+            key,
+            drv,
+            Some(fetch),
+            BTreeSet::new(),
+            BTreeMap::new(),
+            file,
+        )
     }
 
     fn target(&mut self, target: &Target) -> Result<(), ModelError> {
@@ -648,7 +659,7 @@ impl Lowerer<'_, '_> {
             args,
             env,
         };
-        self.finish(target.name.clone(), drv, None, deps, file)
+        self.finish(target.name.clone(), drv, None, deps, values, file)
     }
 }
 

@@ -799,6 +799,43 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_lock_is_announced_before_waiting() {
+        struct Recorder(std::sync::Mutex<Vec<String>>);
+        impl Observer for Recorder {
+            fn waiting_for_lock(&self, what: &str, _lock: &Path) {
+                self.0.lock().unwrap().push(what.to_string());
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let recorder = Arc::new(Recorder(Default::default()));
+        let other = Store::open(
+            &tmp.path().join("root"),
+            StoreDir::default(),
+            recorder.clone(),
+        )
+        .unwrap();
+        let p = StorePath::from_base_name("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
+        let held = s.lock_path(&p).unwrap();
+        let waiter = std::thread::spawn(move || other.lock_path(&p).map(|_| ()));
+        let start = std::time::Instant::now();
+        while recorder.0.lock().unwrap().is_empty() {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "the wait was never announced"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!waiter.is_finished(), "the lock is still held");
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        assert_eq!(
+            recorder.0.lock().unwrap().as_slice(),
+            ["/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-t1"]
+        );
+    }
+
+    #[test]
     fn a_foreign_store_is_not_adopted() {
         let tmp = tempfile::tempdir().unwrap();
         let nix_store = tmp

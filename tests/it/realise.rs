@@ -456,3 +456,118 @@ fn the_project_builds_hello_from_debians_busybox() {
     .unwrap();
     assert_eq!(text, "hello from ksbuild (SOURCE_DATE_EPOCH=1704067200)\n");
 }
+
+#[test]
+fn why_rebuild_names_what_changed() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(GRAPH);
+    let why = |target: &str| run_ok(p.ks("s").args(["why-rebuild", target]));
+    assert!(
+        why("c").contains("has not been realised with this store before"),
+        "{}",
+        why("c")
+    );
+    run_ok(p.ks("s").args(["realise", "--no-link", "c"]));
+    assert!(why("c").contains("is up to date"), "{}", why("c"));
+    fs::write(
+        p.dir.join("fragments/c.sh"),
+        format!("{}\n# edited\n", GRAPH[3].1),
+    )
+    .unwrap();
+    let text = why("c");
+    assert!(
+        text.contains("would be rebuilt") && text.contains("input `script`"),
+        "{text}"
+    );
+    let a = GRAPH[0].1.replace("echo a >", "echo A >");
+    fs::write(p.dir.join("derivations/a.toml"), a).unwrap();
+    let text = why("c");
+    assert!(
+        text.contains("input `a`") && text.contains("ksbuild why-rebuild a"),
+        "{text}"
+    );
+    let text = why("a");
+    assert!(
+        text.contains("args:") && !text.contains("input `bb`"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok(p.ks("s").args(["why-rebuild", "--json", "a"]))).unwrap();
+    assert_eq!(json["changes"][0]["kind"], "args");
+}
+
+#[test]
+fn derivations_cannot_escape_or_smuggle_privileges() {
+    if skip_without_busybox() {
+        return;
+    }
+    let host_file = "/etc/hostname";
+    let mode_before = fs::symlink_metadata(host_file)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .ok();
+    let p = Project::new(&[
+        (
+            "derivations/sneaky.toml",
+            r#"builder = "${bb}/bin/busybox"
+args = ["sh", "${script}"]
+env = { BB = "${bb}" }
+[inputs]
+bb = { path = "tools/busybox" }
+script = { path = "fragments/sneaky.sh" }
+"#,
+        ),
+        ("fragments/sneaky.sh", ""),
+    ]);
+    fs::write(
+        p.dir.join("fragments/sneaky.sh"),
+        "b=$builder\n$b mkdir $out\n\
+         $b ln -s /etc/hostname $out/host-link\n\
+         echo x > $out/suid; $b chmod 4755 $out/suid 2> $out/chmod-error || true\n\
+         $b mknod $out/dev c 1 3 2> $out/mknod-error || true\n\
+         ( echo x > $BB/bin/new ) 2> $out/input-write-error || true\n\
+         $b cat /etc/hostname > $out/seen-hostname 2>&1 || true\n\
+         $b ls /nix/store > $out/store-listing\n\
+         $b wget -q -T 2 -O $out/net http://127.0.0.1:1/ 2> $out/net-error || true\n",
+    )
+    .unwrap();
+    let out = run_ok(p.ks("s").args(["realise", "--no-link", "sneaky"]));
+    let root = p.scratch.join("s").join(out.trim().trim_start_matches('/'));
+    let meta = |name: &str| fs::symlink_metadata(root.join(name));
+    // The symlink is registered as a symlink; the host file is untouched.
+    assert!(meta("host-link").unwrap().file_type().is_symlink());
+    let mode_after = fs::symlink_metadata(host_file)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .ok();
+    assert_eq!(
+        mode_before, mode_after,
+        "registration must not follow symlinks to host files"
+    );
+    // No setuid bit and no device node reach the store.
+    let suid_mode = std::os::unix::fs::PermissionsExt::mode(&meta("suid").unwrap().permissions());
+    assert_eq!(suid_mode & 0o7777, 0o444, "setuid bit kept: {suid_mode:o}");
+    assert!(meta("dev").is_err(), "a device node was created");
+    // The builder saw only its own closure: busybox, the script and its output dir.
+    let listing = fs::read_to_string(root.join("store-listing")).unwrap();
+    assert_eq!(listing.lines().count(), 3, "store view: {listing}");
+    assert!(
+        fs::read_to_string(root.join("seen-hostname")).unwrap()
+            != fs::read_to_string(host_file).unwrap_or_default()
+            || fs::read_to_string(root.join("seen-hostname"))
+                .unwrap()
+                .contains("No such file")
+    );
+    assert!(!root.join("net").exists() || fs::read_to_string(root.join("net")).unwrap().is_empty());
+    let write_error = fs::read_to_string(root.join("input-write-error")).unwrap();
+    assert!(
+        write_error.contains("Read-only file system"),
+        "writing into an input: {write_error:?}"
+    );
+    assert!(
+        !fs::read_to_string(root.join("chmod-error"))
+            .unwrap()
+            .is_empty(),
+        "setuid chmod must fail"
+    );
+}
