@@ -38,7 +38,10 @@ pub fn instantiate(
     store: &Store,
     targets: &[String],
 ) -> Result<(Project, Lowered), CliError> {
+    let t0 = std::time::Instant::now();
     let project = Project::load(&project_root(ctx)?)?;
+    ctx.timing("load the project", t0);
+    let t0 = std::time::Instant::now();
     // Each repository file is imported once per evaluation, however many derivations use it.
     let mut imported: BTreeMap<(PathBuf, String), crate::compat::StorePath> = BTreeMap::new();
     let mut import = |path: &Path, name: &str| -> Result<crate::compat::StorePath, String> {
@@ -51,6 +54,8 @@ pub fn instantiate(
         Ok(p)
     };
     let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
+    ctx.timing("lower (with source imports)", t0);
+    let t0 = std::time::Instant::now();
     for key in &lowered.order {
         let node = &lowered.nodes[key];
         let name = node.drv_path.name().to_string();
@@ -61,6 +66,7 @@ pub fn instantiate(
         )?;
         debug_assert_eq!(info.path, node.drv_path);
     }
+    ctx.timing("write the .drv files", t0);
     Ok((project, lowered))
 }
 

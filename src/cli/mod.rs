@@ -131,7 +131,9 @@ pub struct Context {
 impl Context {
     /// Opens the store.
     fn open_store(&self) -> Result<Store, CliError> {
+        let t0 = std::time::Instant::now();
         let store_dir = StoreDir::new(&self.store_dir).map_err(crate::store::StoreError::from)?;
+        let _timing = Defer(|| self.timing("open the store", t0));
         Ok(Store::open(
             &self.store_root,
             store_dir,
@@ -139,11 +141,29 @@ impl Context {
         )?)
     }
 
+    /// With `KSBUILD_TIMINGS=1`, prints how long a phase took (for profiling).
+    fn timing(&self, phase: &str, since: std::time::Instant) {
+        if std::env::var_os("KSBUILD_TIMINGS").is_some() {
+            eprintln!(
+                "timing: {phase}: {:.2} ms",
+                since.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+
     /// Prints a note on stderr unless `--quiet`.
     fn note(&self, message: &str) {
         if !self.quiet {
             eprintln!("{message}");
         }
+    }
+}
+
+/// Runs a closure when dropped.
+struct Defer<F: FnMut()>(F);
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 

@@ -248,7 +248,9 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
         &progress,
     );
     match result {
-        Ok(_) => {}
+        Ok(done) => {
+            crate::graph::why::save(&store, &lowered, done.built.iter().chain(&done.fetched))?
+        }
         Err(RealiseError::Fetch(failed)) => {
             for (target, e) in &failed {
                 let hint = e
@@ -280,7 +282,6 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
         }
         Err(RealiseError::Store(e)) => return Err(e.into()),
     }
-    crate::graph::why::save(&store, &lowered)?;
     if args.check {
         let mut mismatches = Vec::new();
         for t in &args.targets {

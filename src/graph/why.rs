@@ -29,22 +29,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of `node` as lowered now.
-    pub fn of(store: &Store, lowered: &Lowered, node: &Node) -> Record {
+    /// The record of `node` as lowered now; `producers` maps printed output paths to the
+    /// nodes that make them ([`producers`]).
+    pub fn of(store: &Store, producers: &BTreeMap<String, String>, node: &Node) -> Record {
         let input_targets = node
             .inputs
             .iter()
-            .filter_map(|(name, path)| {
-                lowered
-                    .nodes
-                    .values()
-                    .find(|n| {
-                        n.drv.outputs.values().any(|o| {
-                            o.path.as_ref().map(|p| store.print(p)).as_deref() == Some(path)
-                        })
-                    })
-                    .map(|n| (name.clone(), n.key.clone()))
-            })
+            .filter_map(|(name, path)| producers.get(path).map(|key| (name.clone(), key.clone())))
             .collect();
         Record {
             drv_path: store.print(&node.drv_path),
@@ -57,6 +48,21 @@ impl Record {
     }
 }
 
+/// Printed output path → key of the node producing it.
+pub fn producers(store: &Store, lowered: &Lowered) -> BTreeMap<String, String> {
+    lowered
+        .nodes
+        .values()
+        .flat_map(|n| {
+            n.drv
+                .outputs
+                .values()
+                .filter_map(|o| o.path.as_ref())
+                .map(|p| (store.print(p), n.key.clone()))
+        })
+        .collect()
+}
+
 fn record_file(store: &Store, key: &str) -> PathBuf {
     store
         .root()
@@ -64,13 +70,20 @@ fn record_file(store: &Store, key: &str) -> PathBuf {
         .join(format!("{key}.json"))
 }
 
-/// Records every node of `lowered` reachable from a realised graph.
-pub fn save(store: &Store, lowered: &Lowered) -> Result<(), StoreError> {
+/// Records what went into the nodes `keys` (those a realisation just built or fetched:
+/// cached nodes keep the record of the realisation that built them, so a no-op
+/// realisation writes nothing).
+pub fn save<'a>(
+    store: &Store,
+    lowered: &Lowered,
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Result<(), StoreError> {
     let dir = store.root().join("nix/var/ksbuild/realisations");
     std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
-    for node in lowered.nodes.values() {
+    let producers = producers(store, lowered);
+    for node in keys.into_iter().filter_map(|k| lowered.nodes.get(k)) {
         let file = record_file(store, &node.key);
-        let json = serde_json::to_vec_pretty(&Record::of(store, lowered, node))
+        let json = serde_json::to_vec_pretty(&Record::of(store, &producers, node))
             .map_err(|e| StoreError::Refused(e.to_string()))?;
         let tmp = file.with_extension("json.tmp");
         std::fs::write(&tmp, json).map_err(StoreError::io("write", &tmp))?;
@@ -130,7 +143,7 @@ pub struct Verdict {
 
 /// Compares `node` as lowered now with its last record.
 pub fn explain(store: &Store, lowered: &Lowered, node: &Node, up_to_date: bool) -> Verdict {
-    let now = Record::of(store, lowered, node);
+    let now = Record::of(store, &producers(store, lowered), node);
     let before = load(store, &node.key);
     let mut changes = Vec::new();
     if let Some(b) = &before {

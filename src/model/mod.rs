@@ -207,13 +207,37 @@ impl Project {
                 files.push(entry.into_path());
             }
         }
-        for path in files {
-            let source = read(&path)?;
+        // Parsing dominates loading a large project: spread it over the CPUs.
+        let parse = |path: &PathBuf| -> Result<(String, SourceFile, DerivationFile), ModelError> {
+            let source = read(path)?;
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let spec: DerivationFile = source.parse()?;
+            Ok((name, source, spec))
+        };
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        let chunk = files.len().div_ceil(workers).max(16);
+        let parsed: Vec<Result<(String, SourceFile, DerivationFile), ModelError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = files
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
+            });
+        for item in parsed {
+            let (name, source, spec) = item?;
             if let Some(existing) = targets.get(&name) {
                 return Err(ModelError::DuplicateTarget {
                     name,

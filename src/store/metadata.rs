@@ -102,6 +102,20 @@ fn record_path(store: &Store, path: &StorePath) -> PathBuf {
     store.db_dir().join(format!("{path}.json"))
 }
 
+/// Whether the record of `path` exists.
+pub fn exists(store: &Store, path: &StorePath) -> Result<bool> {
+    let file = record_path(store, path);
+    match std::fs::symlink_metadata(&file) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::Io {
+            action: "inspect",
+            path: file,
+            source: e,
+        }),
+    }
+}
+
 /// Reads the record of `path`; `None` if the path is not valid.
 pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
     let file = record_path(store, path);

@@ -20,6 +20,7 @@ mod cache;
 mod dump;
 mod fsutil;
 mod gc;
+mod import_cache;
 mod lock;
 mod metadata;
 mod pipe;
@@ -385,9 +386,9 @@ impl Store {
         self.var_dir().join("logs").join(format!("{drv}.log"))
     }
 
-    /// Whether `path` is valid.
+    /// Whether `path` is valid: its record exists (one `stat`; `verify` reads the records).
     pub fn is_valid(&self, path: &StorePath) -> Result<bool> {
-        Ok(self.query_path_info(path)?.is_some())
+        metadata::exists(self, path)
     }
 
     /// Every valid path, sorted.
@@ -482,7 +483,7 @@ impl Store {
     /// it is hashed first, and copied only if the store does not hold it yet, so that
     /// re-evaluating a project costs one read of each source and no writes.
     pub fn import_source(&self, source: &Path, name: &str) -> Result<StorePath> {
-        let (nar_hash, _) = nar_hash_path(source)?;
+        let nar_hash = import_cache::nar_hash(self, source)?;
         let path = self.store_dir.make_fixed_output_path(
             FileIngestionMethod::Recursive,
             &nar_hash,
