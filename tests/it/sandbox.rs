@@ -950,9 +950,15 @@ fn killing_ksbuild_kills_the_build() {
         assert!(Instant::now() < deadline, "the helper build never started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Under load the background processes may still be starting: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_in_pid_namespace(&ns).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         processes_in_pid_namespace(&ns).len() >= 3,
-        "the build should be running"
+        "the build should be running: {:?}",
+        processes_in_pid_namespace(&ns)
     );
     child.kill().unwrap(); // SIGKILL: no destructor, no cleanup code of ksbuild runs
     child.wait().unwrap();
