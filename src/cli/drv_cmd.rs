@@ -108,3 +108,49 @@ pub fn run_show(
     out_line(&text)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `ksbuild lock [NAME…]`: resolves environments to exact `.deb`s and writes their locks.
+pub fn run_lock(ctx: &Context, names: Vec<String>) -> Result<ExitCode, CliError> {
+    use crate::model::sandbox::{environment_names, load_environment, lock_path};
+    let root = project_root(ctx)?;
+    let names = if names.is_empty() {
+        environment_names(&root)
+    } else {
+        names
+    };
+    if names.is_empty() {
+        return Err(CliError::Usage {
+            message: format!("no environments in `{}`", root.join("sandboxes").display()),
+            hint: Some("declare one as `sandboxes/NAME.toml`".into()),
+        });
+    }
+    let mirrors = crate::fetch::Mirrors::discover();
+    for name in names {
+        let env = load_environment(&root, &name)?;
+        let progress = |m: &str| ctx.note(m);
+        let lock = crate::fetch::lock::lock_environment(&name, &env, &mirrors, &progress).map_err(
+            |e| CliError::Usage {
+                message: format!("cannot lock `{name}`: {e}"),
+                hint: e.hint(),
+            },
+        )?;
+        let path = lock_path(&root, &name);
+        std::fs::write(&path, lock.to_toml()).map_err(|e| CliError::Io {
+            action: "write the lock file",
+            source: e,
+        })?;
+        let bytes: u64 = lock.deb.iter().map(|d| d.size).sum();
+        ctx.note(&format!(
+            "locked `{name}`: {} packages, {:.1} MB{}",
+            lock.deb.len(),
+            bytes as f64 / 1e6,
+            if lock.signature_checked {
+                ", archive signature verified"
+            } else {
+                "; the archive signature was NOT checked (no gpgv or Debian keyring)"
+            }
+        ));
+        out_line(&path.display().to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

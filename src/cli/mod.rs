@@ -66,6 +66,11 @@ enum Command {
         /// The target.
         target: String,
     },
+    /// Resolve build environments (`sandboxes/NAME.toml`) to exact `.deb`s; writes `NAME.lock`.
+    Lock {
+        /// Environments [default: all in `sandboxes/`].
+        names: Vec<String>,
+    },
     /// Print the log of a target's last build.
     Log {
         /// The target.
@@ -222,6 +227,7 @@ pub fn main() -> ExitCode {
             drv_cmd::run_show(&ctx, targets, recursive)
         }
         Command::Realise(args) => realise_cmd::run(&ctx, args),
+        Command::Lock { names } => drv_cmd::run_lock(&ctx, names),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),
         Command::WhyRebuild { json, target } => realise_cmd::run_why(&ctx, target, json),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),

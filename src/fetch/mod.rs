@@ -2,6 +2,9 @@
 //! the first mirror that works, verifies the hash and registers the result; a mismatch
 //! registers nothing. Does network and file I/O.
 
+pub mod debian;
+pub mod debian_version;
+pub mod lock;
 mod mirrors;
 mod unpack;
 

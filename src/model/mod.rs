@@ -6,6 +6,7 @@
 //! `kernel-arm64`); files whose name starts with `_` are not targets.
 
 mod lower;
+pub mod sandbox;
 mod schema;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,7 @@ mod common;
 mod faults;
 mod flake;
 mod instantiate;
+mod lock;
 mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
