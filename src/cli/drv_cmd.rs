@@ -56,6 +56,9 @@ pub fn instantiate(
     let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
     ctx.timing("lower (with source imports)", t0);
     let t0 = std::time::Instant::now();
+    for (path, contents) in &lowered.texts {
+        store.add_text(path.name(), contents.as_bytes(), &Default::default())?;
+    }
     for key in &lowered.order {
         let node = &lowered.nodes[key];
         let name = node.drv_path.name().to_string();

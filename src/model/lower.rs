@@ -62,6 +62,37 @@ pub struct Lowered {
     pub order: Vec<String>,
     /// Repository files imported as sources.
     pub sources: BTreeSet<StorePath>,
+    /// Text files ksbuild itself provides (environment scripts), to add to the store
+    /// before the `.drv` files that use them.
+    pub texts: BTreeMap<StorePath, String>,
+}
+
+/// The target whose `out` is the static busybox that unpacks and enters environments.
+pub const ENVIRONMENT_BUSYBOX: &str = "busybox-static";
+/// The script that unpacks an environment's `.deb`s into its tree.
+pub const UNPACK_SCRIPT: &str = include_str!("../../fragments/environment-unpack.sh");
+/// The script that runs a builder inside an environment's tree.
+pub const ENTER_SCRIPT: &str = include_str!("../../fragments/environment-enter.sh");
+
+/// What a derivation that names an environment needs.
+struct Entered {
+    tree_key: String,
+    tree_drv: StorePath,
+    tree_path: String,
+    busybox_drv: StorePath,
+    busybox_path: String,
+    enter_script: StorePath,
+}
+
+/// Nix's system name of a Debian architecture.
+fn arch_to_system(arch: &str) -> &str {
+    match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "armhf" => "armv7l",
+        "i386" => "i686",
+        other => other,
+    }
 }
 
 impl Lowered {
@@ -136,6 +167,17 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                         }
                         deps.push(dep.clone());
                     }
+                }
+                if let Some(env) = &target.spec.environment {
+                    if !project.targets.contains_key(ENVIRONMENT_BUSYBOX) {
+                        return Err(target.source.error(
+                            env.span(),
+                            format!("`{name}` runs in an environment, which needs a `{ENVIRONMENT_BUSYBOX}` derivation"),
+                            "this environment",
+                            Some(format!("add `derivations/{ENVIRONMENT_BUSYBOX}.toml` (Debian's busybox-static, a `[fetch]` with `unpack = \"deb\"`)")),
+                        ));
+                    }
+                    deps.push(ENVIRONMENT_BUSYBOX.to_string());
                 }
                 deps.sort();
                 deps.dedup();
@@ -398,6 +440,183 @@ impl Lowerer<'_, '_> {
         )
     }
 
+    /// Lowers environment `name` (once): a download per locked `.deb` and the derivation
+    /// that unpacks them into one tree with the static busybox.
+    fn environment(
+        &mut self,
+        name: &Spanned<String>,
+        file: &SourceFile,
+    ) -> Result<Entered, ModelError> {
+        let env_name = name.get_ref();
+        let tree_key = format!("environment-{env_name}");
+        let busybox = self.out.nodes.get(ENVIRONMENT_BUSYBOX).ok_or_else(|| {
+            file.error(
+                name.span(),
+                format!("`{ENVIRONMENT_BUSYBOX}` was not lowered first"),
+                "here",
+                None,
+            )
+        })?;
+        let busybox_path = busybox
+            .drv
+            .outputs
+            .get("out")
+            .and_then(|o| o.path.clone())
+            .ok_or_else(|| {
+                file.error(
+                    name.span(),
+                    format!("`{ENVIRONMENT_BUSYBOX}` has no `out` output"),
+                    "here",
+                    None,
+                )
+            })?;
+        let busybox_drv = busybox.drv_path.clone();
+        let busybox_path = self.store_dir.display(&busybox_path);
+        let enter_script = self.text_file("environment-enter.sh", ENTER_SCRIPT);
+        if let Some(tree) = self.out.nodes.get(&tree_key) {
+            let tree_path = tree.drv.outputs["out"]
+                .path
+                .as_ref()
+                .map(|p| self.store_dir.display(p))
+                .unwrap_or_default();
+            return Ok(Entered {
+                tree_key,
+                tree_drv: tree.drv_path.clone(),
+                tree_path,
+                busybox_drv,
+                busybox_path,
+                enter_script,
+            });
+        }
+        let root = self.project.root.clone();
+        let declared = crate::model::sandbox::environment_path(&root, env_name);
+        if !declared.exists() {
+            let known = crate::model::sandbox::environment_names(&root);
+            return Err(file.error(
+                name.span(),
+                format!("unknown environment `{env_name}`"),
+                "no such file in sandboxes/",
+                did_you_mean(env_name, &known).or(Some(format!(
+                    "environments are `sandboxes/NAME.toml`: {}",
+                    known.join(", ")
+                ))),
+            ));
+        }
+        let env = crate::model::sandbox::load_environment(&root, env_name)?;
+        let lock_file = crate::model::sandbox::lock_path(&root, env_name);
+        let lock = crate::model::sandbox::LockFile::load(&lock_file).map_err(|_| {
+            file.error(
+                name.span(),
+                format!(
+                    "environment `{env_name}` is not locked (`{}` is missing or unreadable)",
+                    lock_file.display()
+                ),
+                "this environment",
+                Some(format!("run `ksbuild lock {env_name}`")),
+            )
+        })?;
+        let mut deb_paths = Vec::new();
+        let mut deb_keys = BTreeSet::new();
+        let mut input_derivations: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
+        for deb in &lock.deb {
+            let key = format!("{tree_key}.{}-{}", deb.name, deb.architecture);
+            let base = deb.path.rsplit('/').next().unwrap_or(&deb.path);
+            let store_name: String = base
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "+-._?=".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let spec = FetchSpec {
+                url: Spanned::new(name.span(), format!("mirror://{}/{}", deb.mirror, deb.path)),
+                hash: Spanned::new(name.span(), format!("sha256:{}", deb.sha256)),
+                name: Some(Spanned::new(name.span(), store_name)),
+                recursive: false,
+                unpack: None,
+                executable: false,
+            };
+            self.fetch_node(key.clone(), None, &spec, file)?;
+            let node = &self.out.nodes[&key];
+            let path = node.drv.outputs["out"]
+                .path
+                .clone()
+                .ok_or_else(|| file.error(name.span(), "download without a path", "here", None))?;
+            deb_paths.push(self.store_dir.display(&path));
+            input_derivations
+                .entry(node.drv_path.clone())
+                .or_default()
+                .insert("out".into());
+            deb_keys.insert(key);
+        }
+        input_derivations
+            .entry(busybox_drv.clone())
+            .or_default()
+            .insert("out".into());
+        let unpack_script = self.text_file("environment-unpack.sh", UNPACK_SCRIPT);
+        let fixups: Vec<String> = env.fixups.iter().map(|(p, t)| format!("{p} {t}")).collect();
+        let builder = format!("{busybox_path}/bin/busybox");
+        let mut drv_env = BTreeMap::new();
+        if let Some((_, s)) = self.project.settings.as_ref() {
+            for (k, v) in &s.env {
+                drv_env.insert(k.clone(), v.get_ref().clone());
+            }
+        }
+        drv_env.insert("builder".into(), builder.clone());
+        drv_env.insert("debs".into(), deb_paths.join(" "));
+        drv_env.insert("fixups".into(), fixups.join("\n"));
+        drv_env.insert("name".into(), tree_key.clone());
+        drv_env.insert("out".into(), String::new());
+        drv_env.insert(
+            "system".into(),
+            format!("{}-linux", arch_to_system(&env.architecture)),
+        );
+        let mut deps = deb_keys;
+        deps.insert(ENVIRONMENT_BUSYBOX.to_string());
+        let drv = Derivation {
+            outputs: BTreeMap::from([("out".to_string(), Output::default())]),
+            input_derivations,
+            input_sources: BTreeSet::from([unpack_script.clone()]),
+            system: drv_env["system"].clone(),
+            builder,
+            args: vec![
+                "sh".into(),
+                "-e".into(),
+                self.store_dir.display(&unpack_script),
+            ],
+            env: drv_env,
+        };
+        let inputs = BTreeMap::from([("busybox".to_string(), busybox_path.clone())]);
+        self.finish(tree_key.clone(), drv, None, deps, inputs, file)?;
+        let tree = &self.out.nodes[&tree_key];
+        let tree_path = tree.drv.outputs["out"]
+            .path
+            .as_ref()
+            .map(|p| self.store_dir.display(p))
+            .unwrap_or_default();
+        Ok(Entered {
+            tree_key,
+            tree_drv: tree.drv_path.clone(),
+            tree_path,
+            busybox_drv,
+            busybox_path,
+            enter_script,
+        })
+    }
+
+    /// A text file in the store (as Nix's `builtins.toFile`), recorded for the caller to add.
+    fn text_file(&mut self, name: &str, contents: &str) -> StorePath {
+        let path = self
+            .store_dir
+            .make_text_path(name, &Hash::sha256(contents.as_bytes()), &BTreeSet::new())
+            .unwrap_or_else(|_| unreachable!("constant, valid store name"));
+        self.out.texts.insert(path.clone(), contents.to_string());
+        path
+    }
+
     fn target(&mut self, target: &Target) -> Result<(), ModelError> {
         let spec = &target.spec;
         let file = &target.source;
@@ -433,14 +652,6 @@ impl Lowerer<'_, '_> {
                 ),
             ));
         };
-        if let Some(env_name) = &spec.environment {
-            return Err(file.error(
-                env_name.span(),
-                "build environments (`environment = …`) are not supported yet",
-                "here",
-                Some("run the builder from an input's store path for now".into()),
-            ));
-        }
         let name = spec
             .name
             .as_ref()
@@ -638,6 +849,33 @@ impl Lowerer<'_, '_> {
             }
             env.insert(k.clone(), subst(v)?);
         }
+        let mut input_derivations = input_derivations;
+        let mut input_sources = input_sources;
+        let mut deps = deps;
+        let (builder_s, args) = match &spec.environment {
+            None => (builder_s, args),
+            Some(env_name) => {
+                let entered = self.environment(env_name, file)?;
+                for (drv, out) in [(&entered.busybox_drv, "out"), (&entered.tree_drv, "out")] {
+                    input_derivations
+                        .entry(drv.clone())
+                        .or_default()
+                        .insert(out.to_string());
+                }
+                input_sources.insert(entered.enter_script.clone());
+                deps.insert(ENVIRONMENT_BUSYBOX.to_string());
+                deps.insert(entered.tree_key.clone());
+                let mut wrapped = vec![
+                    "sh".to_string(),
+                    "-e".to_string(),
+                    self.store_dir.display(&entered.enter_script),
+                    entered.tree_path.clone(),
+                    builder_s,
+                ];
+                wrapped.extend(args);
+                (format!("{}/bin/busybox", entered.busybox_path), wrapped)
+            }
+        };
         env.insert("name".into(), name.0.clone());
         env.insert("system".into(), system.clone());
         env.insert("builder".into(), builder_s.clone());

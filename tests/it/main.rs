@@ -3,6 +3,7 @@
 
 mod cache_export;
 mod common;
+mod environment;
 mod faults;
 mod flake;
 mod instantiate;
