@@ -849,9 +849,6 @@ impl Lowerer<'_, '_> {
             }
             env.insert(k.clone(), subst(v)?);
         }
-        let mut input_derivations = input_derivations;
-        let mut input_sources = input_sources;
-        let mut deps = deps;
         let (builder_s, args) = match &spec.environment {
             None => (builder_s, args),
             Some(env_name) => {
