@@ -16,7 +16,7 @@ use std::sync::Arc;
 use miette::{NamedSource, SourceSpan};
 
 pub use lower::{lower, Fetch, Lowered, Node, Unpack};
-pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile};
+pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 
 /// A problem at a place in a TOML file.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -245,6 +245,38 @@ impl Project {
                     first: existing.source.path.clone(),
                     second: source.path.clone(),
                 });
+            }
+            for (variant, v) in &spec.variants {
+                let v = v.get_ref();
+                let mut derived = spec.clone();
+                derived.variants.clear();
+                let base_name = spec
+                    .name
+                    .as_ref()
+                    .map(|n| n.get_ref().clone())
+                    .unwrap_or_else(|| name.clone());
+                derived.name = Some(match &v.name {
+                    Some(n) => n.clone(),
+                    None => toml::Spanned::new(0..0, format!("{base_name}-{variant}")),
+                });
+                if let Some(args) = &v.args {
+                    derived.args = args.clone();
+                }
+                derived
+                    .env
+                    .extend(v.env.iter().map(|(k, x)| (k.clone(), x.clone())));
+                derived
+                    .inputs
+                    .extend(v.inputs.iter().map(|(k, x)| (k.clone(), x.clone())));
+                let key = format!("{name}@{variant}");
+                targets.insert(
+                    key.clone(),
+                    Target {
+                        name: key,
+                        source: source.clone(),
+                        spec: derived,
+                    },
+                );
             }
             targets.insert(name.clone(), Target { name, source, spec });
         }

@@ -20,7 +20,7 @@ pub struct ProjectFile {
 }
 
 /// One `derivations/NAME.toml`: either a build (`builder`, …) or a download (`[fetch]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DerivationFile {
     /// Store name of the outputs [default: the target name].
@@ -44,6 +44,26 @@ pub struct DerivationFile {
     pub inputs: BTreeMap<String, Spanned<InputSpec>>,
     /// A download instead of a build.
     pub fetch: Option<Spanned<FetchSpec>>,
+    /// Variants: targets `NAME@VARIANT` that override some keys of this one.
+    #[serde(default)]
+    pub variants: BTreeMap<String, Spanned<VariantSpec>>,
+}
+
+/// A variant of a derivation (`[variants.NAME]`): the same file with some keys overridden,
+/// built as target `FILE@NAME` (e.g. a kernel with a small configuration for CI).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// Store name [default: the base name + `-` + the variant name].
+    pub name: Option<Spanned<String>>,
+    /// Replaces the base `args`.
+    pub args: Option<Vec<Spanned<String>>>,
+    /// Added to (and replacing entries of) the base `env`.
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    /// Added to (and replacing entries of) the base `[inputs]`.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Spanned<InputSpec>>,
 }
 
 /// A fixed-output download.

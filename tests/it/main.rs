@@ -7,6 +7,7 @@ mod environment;
 mod faults;
 mod flake;
 mod instantiate;
+mod kernels;
 mod lock;
 mod nix_derivations;
 mod nix_narinfo;

@@ -1,0 +1,192 @@
+//! The kernel tracks: which fragments feed which kernel, and real compiles of the small
+//! variants (tinyconfig + the container fragment + what a QEMU boot needs) in the locked
+//! `kernel` environment, twice (`realise --check`), with the config audit. Kernel builds
+//! share one store under Cargo's target directory, so the environment (157 `.deb`s) and
+//! the sources are fetched and unpacked once.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{ksbuild, run, run_ok, scratch};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared_store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-store")
+}
+
+/// A copy of the project's derivations, fragments and environments, to edit.
+fn project_copy(dir: &Path) {
+    for d in ["derivations", "fragments", "sandboxes"] {
+        run_ok(Command::new("cp").arg("-r").arg(repo().join(d)).arg(dir));
+    }
+}
+
+fn drv_paths(store: &Path, proj: &Path, targets: &[&str]) -> Vec<String> {
+    run_ok(
+        ksbuild(store)
+            .arg("--project")
+            .arg(proj)
+            .arg("instantiate")
+            .args(targets),
+    )
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
+#[test]
+fn fragments_change_exactly_the_tracks_that_use_them() {
+    let tmp = scratch();
+    project_copy(tmp.path());
+    let store = tmp.path().join("s");
+    let targets = [
+        "kernel-x86_64",
+        "kernel-arm64",
+        "kernel-x86_64@small",
+        "kernel-arm64@small",
+    ];
+    let base = drv_paths(&store, tmp.path(), &targets);
+    let changed = |file: &str| -> Vec<&str> {
+        let path = tmp.path().join("fragments").join(file);
+        let original = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{original}CONFIG_MAGIC_SYSRQ=y\n")).unwrap();
+        let after = drv_paths(&store, tmp.path(), &targets);
+        fs::write(&path, original).unwrap();
+        targets
+            .iter()
+            .zip(base.iter().zip(&after))
+            .filter(|(_, (b, a))| b != a)
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    assert_eq!(
+        changed("arm64-virt.fragment"),
+        ["kernel-arm64", "kernel-arm64@small"]
+    );
+    assert_eq!(changed("kernel-container.fragment"), targets);
+    assert_eq!(
+        changed("kernel-small-x86_64.fragment"),
+        ["kernel-x86_64@small"]
+    );
+    // The lock is an input too: a different .deb changes every kernel (its size alone does not
+    // enter the derivations; its hash and URL do).
+    let lock = tmp.path().join("sandboxes/kernel.lock");
+    let text = fs::read_to_string(&lock).unwrap();
+    let sum = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    fs::write(&lock, text.replacen(&sum, &"1".repeat(64), 1)).unwrap();
+    let after = drv_paths(&store, tmp.path(), &targets);
+    assert!(base.iter().zip(&after).all(|(b, a)| b != a));
+}
+
+/// Realises `target` of `proj` in the shared store, then rebuilds it with `--check`.
+fn build_twice(proj: &Path, target: &str) -> PathBuf {
+    let store = shared_store();
+    let out = run(ksbuild(&store).arg("--project").arg(proj).args([
+        "realise",
+        "--no-link",
+        "-j2",
+        target,
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        && err.contains("cannot fetch")
+        && std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_none()
+    {
+        eprintln!("SKIP: the Debian archive is unreachable here");
+        return PathBuf::new();
+    }
+    assert!(out.status.success(), "{err}");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let check = run(ksbuild(&store).arg("--project").arg(proj).args([
+        "realise",
+        "--no-link",
+        "--check",
+        target,
+    ]));
+    assert!(
+        check.status.success(),
+        "the rebuild of {target} differs: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    store.join(path.trim_start_matches('/'))
+}
+
+#[test]
+fn small_x86_64_kernel_builds_bit_for_bit_twice() {
+    let out = build_twice(repo(), "kernel-x86_64@small");
+    if out.as_os_str().is_empty() {
+        return;
+    }
+    assert!(fs::metadata(out.join("bzImage")).unwrap().len() > 500_000);
+    let config = fs::read_to_string(out.join("config")).unwrap();
+    for opt in [
+        "CONFIG_NF_TABLES=y",
+        "CONFIG_OVERLAY_FS=y",
+        "CONFIG_CGROUPS=y",
+        "CONFIG_SERIAL_8250_CONSOLE=y",
+    ] {
+        assert!(config.lines().any(|l| l == opt), "{opt} missing");
+    }
+}
+
+#[test]
+fn small_arm64_kernel_cross_compiles_bit_for_bit_twice() {
+    let out = build_twice(repo(), "kernel-arm64@small");
+    if out.as_os_str().is_empty() {
+        return;
+    }
+    assert!(fs::metadata(out.join("Image")).unwrap().len() > 1_000_000);
+    let config = fs::read_to_string(out.join("config")).unwrap();
+    assert!(config
+        .lines()
+        .any(|l| l == "CONFIG_SERIAL_AMBA_PL011_CONSOLE=y"));
+}
+
+#[test]
+fn the_config_audit_fails_an_option_kconfig_drops() {
+    let tmp = scratch();
+    project_copy(tmp.path());
+    // An option that cannot hold on x86_64: the audit must name it and stop the build.
+    fs::write(
+        tmp.path().join("fragments/impossible.fragment"),
+        "CONFIG_ARM_AMBA=y\n",
+    )
+    .unwrap();
+    let file = tmp.path().join("derivations/kernel-x86_64.toml");
+    let text = fs::read_to_string(&file).unwrap();
+    let text = text.replace(
+        "FRAGMENTS = \"${small} ${small_arch} ${container}\"",
+        "FRAGMENTS = \"${small} ${small_arch} ${container} ${impossible}\"",
+    );
+    let text = text.replace(
+        "inputs = { small = ",
+        "inputs = { impossible = { path = \"fragments/impossible.fragment\" }, small = ",
+    );
+    fs::write(&file, text).unwrap();
+    let out = run(ksbuild(&shared_store())
+        .arg("--project")
+        .arg(tmp.path())
+        .args(["realise", "--no-link", "kernel-x86_64@small"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        && err.contains("cannot fetch")
+        && std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_none()
+    {
+        eprintln!("SKIP: the Debian archive is unreachable here");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(100), "{err}");
+    assert!(
+        err.contains("config audit: CONFIG_ARM_AMBA wanted y, got n"),
+        "{err}"
+    );
+}
