@@ -12,6 +12,7 @@ use crate::compat::StorePath;
 use crate::model::Node;
 use crate::sandbox::{self, SandboxSpec};
 use crate::store::{self, FileLock, Store};
+use crate::timing;
 
 /// Settings of every build.
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ impl SandboxExecutor<'_> {
         reporter: &dyn Reporter,
     ) -> Result<(PathBuf, tempfile::TempDir), BuildFailure> {
         let store = self.store;
+        let t0 = std::time::Instant::now();
         let scratch = tempfile::Builder::new()
             .prefix(&format!("{}-", node.drv_path.hash_part()))
             .tempdir_in(store.builds_dir())
@@ -105,6 +107,8 @@ impl SandboxExecutor<'_> {
         }
         let log = store.log_path(&node.drv_path);
         let _ = std::fs::remove_file(&log);
+        timing::report("build: scratch directories", t0);
+        let t0 = std::time::Instant::now();
         let spec = SandboxSpec {
             builder: node.drv.builder.clone(),
             args: node.drv.args.clone(),
@@ -125,6 +129,7 @@ impl SandboxExecutor<'_> {
         };
         let key = node.key.clone();
         let outcome = sandbox::run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
+        timing::report("build: sandbox", t0);
         let with_log = |message: String| BuildFailure {
             message,
             tail: log_tail(&log, 25),
@@ -241,10 +246,16 @@ impl Executor for SandboxExecutor<'_> {
         if outputs_valid(store, node).map_err(|e| failure(e.to_string()))? {
             return Ok(());
         }
+        let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
+        timing::report("build: input closure", t0);
         let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter)?;
+        let t0 = std::time::Instant::now();
         self.register_outputs(node, &out_dir, &closure, &locks)?;
+        timing::report("build: register outputs", t0);
+        let t0 = std::time::Instant::now();
         drop(scratch);
+        timing::report("build: remove scratch", t0);
         Ok(())
     }
 }
@@ -283,8 +294,11 @@ impl SandboxExecutor<'_> {
     ) -> Result<Vec<CheckMismatch>, BuildFailure> {
         let store = self.store;
         let _gc = store.lock_gc_shared().map_err(|e| failure(e.to_string()))?;
+        let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
+        timing::report("build: input closure", t0);
         let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter)?;
+        let t0 = std::time::Instant::now();
         let outputs = output_paths(node);
         let mut candidates = closure.clone();
         candidates.extend(outputs.values().cloned());
@@ -318,7 +332,10 @@ impl SandboxExecutor<'_> {
                 });
             }
         }
+        timing::report("check: hash outputs", t0);
+        let t0 = std::time::Instant::now();
         drop(scratch);
+        timing::report("build: remove scratch", t0);
         Ok(mismatches)
     }
 }

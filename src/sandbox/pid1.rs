@@ -38,7 +38,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use nix::errno::Errno;
 
 use super::plan::Plan;
-use super::protocol::StatusMessage;
+use super::protocol::{StatusMessage, Timer};
 use super::step::{Step, StepContext};
 use super::sys;
 
@@ -65,6 +65,7 @@ pub(crate) fn main(
     lifeline: BorrowedFd<'_>,
     lifeline_write: RawFd,
     init_status: BorrowedFd<'_>,
+    timer: Timer,
 ) -> isize {
     let status = match sys::dup_cloexec(init_status) {
         Ok(fd) => fd,
@@ -108,12 +109,18 @@ pub(crate) fn main(
         Err(e) => return report(status, exec_step, e),
     };
 
+    timer.point(status, "pid1: released");
     let mut ctx = StepContext::new(Some(lifeline));
     for step in &plan.namespace {
+        let t0 = timer.enabled().then(std::time::Instant::now);
         if let Err(e) = step.apply(&mut ctx) {
             return report(status, step.clone(), e);
         }
+        if let Some(t0) = t0 {
+            timer.phase(status, &format!("pid1: {step}"), t0);
+        }
     }
+    timer.point(status, "pid1: exec");
     let errno = sys::exec(&path, &argv, &env);
     report(status, exec_step, errno)
 }

@@ -9,7 +9,7 @@ set -euo pipefail
 RUNS=${1:-10}
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet
-KS=$PWD/target/release/ksbuild
+KS=${CARGO_TARGET_DIR:-$PWD/target}/release/ksbuild
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\nsandbox = true\nsandbox-fallback = false'
 command -v nix-build >/dev/null || { echo "real Nix is needed: .ci/install-nix" >&2; exit 1; }
 BUSYBOX=${BUSYBOX:-/bin/busybox}
