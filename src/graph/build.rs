@@ -86,27 +86,38 @@ impl SandboxExecutor<'_> {
     }
 
     /// Runs the builder of `node` in a fresh sandbox. Returns the directory holding the
-    /// outputs (`<root>/<store dir>`) and the scratch directory to remove afterwards.
+    /// outputs (`<root>/<store dir>`) and the scratch directories to remove afterwards.
     pub fn run_sandboxed(
         &self,
         node: &Node,
         closure: &BTreeSet<StorePath>,
         reporter: &dyn Reporter,
-    ) -> Result<(PathBuf, tempfile::TempDir), BuildFailure> {
+    ) -> Result<(PathBuf, Scratch), BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("{}-", node.drv_path.hash_part()))
-            .tempdir_in(store.builds_dir())
-            .map_err(|e| failure(format!("cannot create a build directory: {e}")))?;
-        let root_dir = scratch.path().join("root");
-        let build_dir = scratch.path().join("build");
-        for d in [&root_dir, &build_dir] {
-            std::fs::create_dir(d)
-                .map_err(|e| failure(format!("cannot create `{}`: {e}", d.display())))?;
-        }
+        // Two directories side by side, each its own temporary directory: the sandbox's
+        // root and its `/build`. (No common parent: every directory created and removed
+        // per build costs the filesystem an inode allocation.)
+        let scratch_dir = |suffix: &str| {
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", node.drv_path.hash_part()))
+                .suffix(suffix)
+                .tempdir_in(store.builds_dir())
+                .map_err(|e| failure(format!("cannot create a build directory: {e}")))
+        };
+        let scratch = Scratch {
+            root: scratch_dir("")?,
+            build: scratch_dir(".build")?,
+        };
+        let root_dir = scratch.root.path().to_path_buf();
+        let build_dir = scratch.build.path().to_path_buf();
         let log = store.log_path(&node.drv_path);
-        let _ = std::fs::remove_file(&log);
+        // Emptied rather than removed: the sandbox appends to it, and reusing the inode
+        // spares the filesystem a deletion and a creation per rebuild.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log);
         timing::report("build: scratch directories", t0);
         let t0 = std::time::Instant::now();
         let spec = SandboxSpec {
@@ -135,15 +146,14 @@ impl SandboxExecutor<'_> {
             tail: log_tail(&log, 25),
             log: Some(log.clone()),
         };
-        let keep = |scratch: tempfile::TempDir, message: String| -> BuildFailure {
+        let keep = |scratch: Scratch, message: String| -> BuildFailure {
             let mut f = with_log(message);
             if self.options.keep_failed {
                 let kept = store
                     .failed_builds_dir()
-                    .join(scratch.path().file_name().unwrap_or_default());
-                if std::fs::rename(scratch.keep(), &kept).is_ok() {
-                    f.message
-                        .push_str(&format!(" (kept `{}`)", kept.join("build").display()));
+                    .join(scratch.build.path().file_name().unwrap_or_default());
+                if std::fs::rename(scratch.build.keep(), &kept).is_ok() {
+                    f.message.push_str(&format!(" (kept `{}`)", kept.display()));
                 }
             }
             f
@@ -258,6 +268,15 @@ impl Executor for SandboxExecutor<'_> {
         timing::report("build: remove scratch", t0);
         Ok(())
     }
+}
+
+/// The scratch space of one build, removed on drop: the sandbox's root directory (which
+/// holds the outputs until they are registered) and its `/build`.
+pub struct Scratch {
+    /// The root directory.
+    pub root: tempfile::TempDir,
+    /// `/build`.
+    pub build: tempfile::TempDir,
 }
 
 /// Removes a kept tree, ignoring errors (best effort for scratch space).

@@ -529,9 +529,20 @@ impl Store {
             }
         }
         let _gc = self.lock_gc_shared()?;
-        let staging = fsutil::Staging::new(&self.tmp_dir())?;
-        let target = staging.path().join("x");
-        fsutil::write_canonical_file(&target, contents, false)?;
+        // The file is staged directly in `tmp/` (no staging directory: one inode less to
+        // create and delete per .drv); a leftover is swept like a staging directory.
+        let tmp = self.tmp_dir();
+        let staged = tempfile::Builder::new()
+            .prefix(&format!("stage-{}-", std::process::id()))
+            .make_in(&tmp, |p| {
+                fsutil::write_canonical_file(p, contents, false).map_err(|e| match e {
+                    StoreError::Io { source, .. } => source,
+                    other => std::io::Error::other(other),
+                })
+            })
+            .map_err(StoreError::io("create a staging file in", &tmp))?
+            .into_temp_path();
+        let target = staged.to_path_buf();
         let (nar_hash, nar_size) = nar_hash_path(&target)?;
         let info = ValidPathInfo {
             path,
