@@ -607,8 +607,30 @@ impl Store {
     }
 
     /// Marks the store entry of `path` as in transition (being registered or deleted).
+    ///
+    /// The marker is a hard link to one empty file (`pending-marker` beside `pending/`):
+    /// it costs a directory entry, not an inode. (On ext4, each inode allocated and freed
+    /// makes later allocations slower for a while, and a build registers several paths.)
     pub(crate) fn mark_pending(&self, path: &StorePath) -> Result<PathBuf> {
         let marker = self.pending_dir().join(path.to_string());
+        let template = self.var_dir().join("pending-marker");
+        for _ in 0..2 {
+            match std::fs::hard_link(&template, &marker) {
+                Ok(()) => return Ok(marker),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(marker),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Not created yet (or removed): create it, without truncating a
+                    // concurrent process's.
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&template);
+                }
+                Err(_) => break,
+            }
+        }
+        // A filesystem without hard links: a file of its own.
         std::fs::File::create(&marker).map_err(StoreError::io("create", &marker))?;
         Ok(marker)
     }
