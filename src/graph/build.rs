@@ -86,7 +86,8 @@ impl SandboxExecutor<'_> {
     }
 
     /// Runs the builder of `node` in a fresh sandbox. Returns the directory holding the
-    /// outputs (`<root>/<store dir>`) and the scratch directories to remove afterwards.
+    /// outputs (the sandbox's root directory) and the scratch directories to remove
+    /// afterwards.
     pub fn run_sandboxed(
         &self,
         node: &Node,
@@ -176,10 +177,7 @@ impl SandboxExecutor<'_> {
                 };
                 Err(keep(scratch, format!("builder of `{}` {how}", node.key)))
             }
-            Ok(_) => Ok((
-                root_dir.join(store.store_dir().as_str().trim_start_matches('/')),
-                scratch,
-            )),
+            Ok(_) => Ok((root_dir, scratch)),
         }
     }
 

@@ -8,8 +8,8 @@
 //! 1. close inherited descriptors; umask 0; `PR_SET_PDEATHSIG` (and check ksbuild is still
 //!    its parent, in case it died first);
 //! 2. read the plan (one JSON line on stdin);
-//! 3. apply the host steps: the store directory under `root_dir` (1775, group = the build
-//!    group) with the inputs' mount points in it, and `build_dir` given to the build user —
+//! 3. apply the host steps: the store directory, `root_dir` itself (1775, group = the build
+//!    group), with the inputs' mount points in it, and `build_dir` given to the build user —
 //!    ordinary file operations on the host's filesystem, done here as the invoking user;
 //! 4. `clone` with every namespace flag: the child is PID 1 of the new PID namespace, in a
 //!    new user namespace where it has all capabilities but no mapped uid yet; it waits on a

@@ -10,7 +10,7 @@
 //!    mapped uid);
 //! 2. **mounts**, while it still has `CAP_SYS_ADMIN` in the namespace and its host
 //!    filesystem ids: everything private; then every host path the build needs is taken as a
-//!    detached bind mount (`open_tree`): the store directory under `root_dir`, the inputs,
+//!    detached bind mount (`open_tree`): the store directory (`root_dir`), the inputs,
 //!    `build_dir`, the device nodes. Only then a `tmpfs` is mounted over `root_dir` — the new
 //!    root — and PID 1 `chdir`s into it and takes the build user's *filesystem* ids
 //!    (`setfsuid`), so that the skeleton it creates there (`nix/store`, `build`, `tmp`, `etc`
