@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{output_paths, outputs_valid, BuildFailure, Executor, Reporter};
@@ -33,6 +34,31 @@ pub struct SandboxExecutor<'a> {
     pub store: &'a Store,
     /// Build settings.
     pub options: BuildOptions,
+    /// Scratch directories of successful builds, emptied, for the next builds of this
+    /// process: reusing them spares two directories created and removed per build.
+    spare: Mutex<Vec<Scratch>>,
+}
+
+impl<'a> SandboxExecutor<'a> {
+    /// An executor building into `store`.
+    pub fn new(store: &'a Store, options: BuildOptions) -> SandboxExecutor<'a> {
+        SandboxExecutor {
+            store,
+            options,
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Empties the scratch directories of a successful build and keeps them for the next
+    /// build; if they cannot be emptied they are removed (on drop).
+    fn recycle(&self, scratch: Scratch) {
+        if scratch.empty().is_ok() {
+            self.spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(scratch);
+        }
+    }
 }
 
 /// The last `n` lines of a log file.
@@ -106,9 +132,13 @@ impl SandboxExecutor<'_> {
                 .tempdir_in(store.builds_dir())
                 .map_err(|e| failure(format!("cannot create a build directory: {e}")))
         };
-        let scratch = Scratch {
-            root: scratch_dir("")?,
-            build: scratch_dir(".build")?,
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let scratch = match spare {
+            Some(s) => s,
+            None => Scratch {
+                root: scratch_dir("")?,
+                build: scratch_dir(".build")?,
+            },
         };
         let root_dir = scratch.root.path().to_path_buf();
         let build_dir = scratch.build.path().to_path_buf();
@@ -262,8 +292,8 @@ impl Executor for SandboxExecutor<'_> {
         self.register_outputs(node, &out_dir, &closure, &locks)?;
         timing::report("build: register outputs", t0);
         let t0 = std::time::Instant::now();
-        drop(scratch);
-        timing::report("build: remove scratch", t0);
+        self.recycle(scratch);
+        timing::report("build: empty scratch", t0);
         Ok(())
     }
 }
@@ -275,6 +305,21 @@ pub struct Scratch {
     pub root: tempfile::TempDir,
     /// `/build`.
     pub build: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// Removes everything in both directories (outputs left over, the inputs' mount
+    /// points, what the builder left in `/build`), keeping the directories.
+    fn empty(&self) -> Result<(), store::StoreError> {
+        for dir in [self.root.path(), self.build.path()] {
+            let entries = std::fs::read_dir(dir).map_err(store::StoreError::io("list", dir))?;
+            for entry in entries {
+                let entry = entry.map_err(store::StoreError::io("list", dir))?;
+                store::remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Removes a kept tree, ignoring errors (best effort for scratch space).
@@ -351,8 +396,8 @@ impl SandboxExecutor<'_> {
         }
         timing::report("check: hash outputs", t0);
         let t0 = std::time::Instant::now();
-        drop(scratch);
-        timing::report("build: remove scratch", t0);
+        self.recycle(scratch);
+        timing::report("build: empty scratch", t0);
         Ok(mismatches)
     }
 }
