@@ -44,6 +44,7 @@
 //!   `sys.rs` (the one syscall layer), `init.rs` (the re-executed init process),
 //!   `pid1.rs`, `supervisor.rs` (log streaming, timeouts), `user_ns.rs`, `protocol.rs`.
 //! * `cli/` — one file per command group.
+//! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 
 pub mod cli;
 pub mod compat;
@@ -52,3 +53,4 @@ pub mod graph;
 pub mod model;
 pub mod sandbox;
 pub mod store;
+pub mod timing;

@@ -228,15 +228,15 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             .map(|n| n.get() as u32)
             .unwrap_or(1)
     });
-    let executor = SandboxExecutor {
-        store: &store,
-        options: BuildOptions {
+    let executor = SandboxExecutor::new(
+        &store,
+        BuildOptions {
             cores,
             timeout: args.timeout.map(Duration::from_secs),
             max_silent_time: args.max_silent_time.map(Duration::from_secs),
             keep_failed: args.keep_failed,
         },
-    };
+    );
     let mirrors = Mirrors::discover();
     let result = graph::realise(
         &store,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{output_paths, outputs_valid, BuildFailure, Executor, Reporter};
@@ -12,6 +13,7 @@ use crate::compat::StorePath;
 use crate::model::Node;
 use crate::sandbox::{self, SandboxSpec};
 use crate::store::{self, FileLock, Store};
+use crate::timing;
 
 /// Settings of every build.
 #[derive(Debug, Clone)]
@@ -32,6 +34,31 @@ pub struct SandboxExecutor<'a> {
     pub store: &'a Store,
     /// Build settings.
     pub options: BuildOptions,
+    /// Scratch directories of successful builds, emptied, for the next builds of this
+    /// process: reusing them spares two directories created and removed per build.
+    spare: Mutex<Vec<Scratch>>,
+}
+
+impl<'a> SandboxExecutor<'a> {
+    /// An executor building into `store`.
+    pub fn new(store: &'a Store, options: BuildOptions) -> SandboxExecutor<'a> {
+        SandboxExecutor {
+            store,
+            options,
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Empties the scratch directories of a successful build and keeps them for the next
+    /// build; if they cannot be emptied they are removed (on drop).
+    fn recycle(&self, scratch: Scratch) {
+        if scratch.empty().is_ok() {
+            self.spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(scratch);
+        }
+    }
 }
 
 /// The last `n` lines of a log file.
@@ -85,26 +112,45 @@ impl SandboxExecutor<'_> {
     }
 
     /// Runs the builder of `node` in a fresh sandbox. Returns the directory holding the
-    /// outputs (`<root>/<store dir>`) and the scratch directory to remove afterwards.
+    /// outputs (the sandbox's root directory) and the scratch directories to remove
+    /// afterwards.
     pub fn run_sandboxed(
         &self,
         node: &Node,
         closure: &BTreeSet<StorePath>,
         reporter: &dyn Reporter,
-    ) -> Result<(PathBuf, tempfile::TempDir), BuildFailure> {
+    ) -> Result<(PathBuf, Scratch), BuildFailure> {
         let store = self.store;
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("{}-", node.drv_path.hash_part()))
-            .tempdir_in(store.builds_dir())
-            .map_err(|e| failure(format!("cannot create a build directory: {e}")))?;
-        let root_dir = scratch.path().join("root");
-        let build_dir = scratch.path().join("build");
-        for d in [&root_dir, &build_dir] {
-            std::fs::create_dir(d)
-                .map_err(|e| failure(format!("cannot create `{}`: {e}", d.display())))?;
-        }
+        let t0 = std::time::Instant::now();
+        // Two directories side by side, each its own temporary directory: the sandbox's
+        // root and its `/build`. (No common parent: every directory created and removed
+        // per build costs the filesystem an inode allocation.)
+        let scratch_dir = |suffix: &str| {
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", node.drv_path.hash_part()))
+                .suffix(suffix)
+                .tempdir_in(store.builds_dir())
+                .map_err(|e| failure(format!("cannot create a build directory: {e}")))
+        };
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let scratch = match spare {
+            Some(s) => s,
+            None => Scratch {
+                root: scratch_dir("")?,
+                build: scratch_dir(".build")?,
+            },
+        };
+        let root_dir = scratch.root.path().to_path_buf();
+        let build_dir = scratch.build.path().to_path_buf();
         let log = store.log_path(&node.drv_path);
-        let _ = std::fs::remove_file(&log);
+        // Emptied rather than removed: the sandbox appends to it, and reusing the inode
+        // spares the filesystem a deletion and a creation per rebuild.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log);
+        timing::report("build: scratch directories", t0);
+        let t0 = std::time::Instant::now();
         let spec = SandboxSpec {
             builder: node.drv.builder.clone(),
             args: node.drv.args.clone(),
@@ -125,20 +171,20 @@ impl SandboxExecutor<'_> {
         };
         let key = node.key.clone();
         let outcome = sandbox::run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
+        timing::report("build: sandbox", t0);
         let with_log = |message: String| BuildFailure {
             message,
             tail: log_tail(&log, 25),
             log: Some(log.clone()),
         };
-        let keep = |scratch: tempfile::TempDir, message: String| -> BuildFailure {
+        let keep = |scratch: Scratch, message: String| -> BuildFailure {
             let mut f = with_log(message);
             if self.options.keep_failed {
                 let kept = store
                     .failed_builds_dir()
-                    .join(scratch.path().file_name().unwrap_or_default());
-                if std::fs::rename(scratch.keep(), &kept).is_ok() {
-                    f.message
-                        .push_str(&format!(" (kept `{}`)", kept.join("build").display()));
+                    .join(scratch.build.path().file_name().unwrap_or_default());
+                if std::fs::rename(scratch.build.keep(), &kept).is_ok() {
+                    f.message.push_str(&format!(" (kept `{}`)", kept.display()));
                 }
             }
             f
@@ -161,10 +207,7 @@ impl SandboxExecutor<'_> {
                 };
                 Err(keep(scratch, format!("builder of `{}` {how}", node.key)))
             }
-            Ok(_) => Ok((
-                root_dir.join(store.store_dir().as_str().trim_start_matches('/')),
-                scratch,
-            )),
+            Ok(_) => Ok((root_dir, scratch)),
         }
     }
 
@@ -241,10 +284,40 @@ impl Executor for SandboxExecutor<'_> {
         if outputs_valid(store, node).map_err(|e| failure(e.to_string()))? {
             return Ok(());
         }
+        let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
+        timing::report("build: input closure", t0);
         let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter)?;
+        let t0 = std::time::Instant::now();
         self.register_outputs(node, &out_dir, &closure, &locks)?;
-        drop(scratch);
+        timing::report("build: register outputs", t0);
+        let t0 = std::time::Instant::now();
+        self.recycle(scratch);
+        timing::report("build: empty scratch", t0);
+        Ok(())
+    }
+}
+
+/// The scratch space of one build, removed on drop: the sandbox's root directory (which
+/// holds the outputs until they are registered) and its `/build`.
+pub struct Scratch {
+    /// The root directory.
+    pub root: tempfile::TempDir,
+    /// `/build`.
+    pub build: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// Removes everything in both directories (outputs left over, the inputs' mount
+    /// points, what the builder left in `/build`), keeping the directories.
+    fn empty(&self) -> Result<(), store::StoreError> {
+        for dir in [self.root.path(), self.build.path()] {
+            let entries = std::fs::read_dir(dir).map_err(store::StoreError::io("list", dir))?;
+            for entry in entries {
+                let entry = entry.map_err(store::StoreError::io("list", dir))?;
+                store::remove_tree(&entry.path())?;
+            }
+        }
         Ok(())
     }
 }
@@ -283,8 +356,11 @@ impl SandboxExecutor<'_> {
     ) -> Result<Vec<CheckMismatch>, BuildFailure> {
         let store = self.store;
         let _gc = store.lock_gc_shared().map_err(|e| failure(e.to_string()))?;
+        let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
+        timing::report("build: input closure", t0);
         let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter)?;
+        let t0 = std::time::Instant::now();
         let outputs = output_paths(node);
         let mut candidates = closure.clone();
         candidates.extend(outputs.values().cloned());
@@ -318,7 +394,10 @@ impl SandboxExecutor<'_> {
                 });
             }
         }
-        drop(scratch);
+        timing::report("check: hash outputs", t0);
+        let t0 = std::time::Instant::now();
+        self.recycle(scratch);
+        timing::report("build: empty scratch", t0);
         Ok(mismatches)
     }
 }

@@ -8,8 +8,8 @@
 //! 1. close inherited descriptors; umask 0; `PR_SET_PDEATHSIG` (and check ksbuild is still
 //!    its parent, in case it died first);
 //! 2. read the plan (one JSON line on stdin);
-//! 3. apply the host steps: the store directory under `root_dir` (1775, group = the build
-//!    group) with the inputs' mount points in it, and `build_dir` given to the build user —
+//! 3. apply the host steps: the store directory, `root_dir` itself (1775, group = the build
+//!    group), with the inputs' mount points in it, and `build_dir` given to the build user —
 //!    ordinary file operations on the host's filesystem, done here as the invoking user;
 //! 4. `clone` with every namespace flag: the child is PID 1 of the new PID namespace, in a
 //!    new user namespace where it has all capabilities but no mapped uid yet; it waits on a
@@ -30,7 +30,7 @@ use nix::sys::wait::WaitStatus;
 
 use super::pid1;
 use super::plan::Plan;
-use super::protocol::StatusMessage;
+use super::protocol::{StatusMessage, Timer};
 use super::step::{Step, StepContext};
 use super::sys;
 use super::BuilderStatus;
@@ -66,6 +66,8 @@ fn init_failed(message: impl Into<String>) -> StatusMessage {
 }
 
 fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
+    let timer = Timer::from_env();
+    timer.point(status, "init: main");
     sys::close_fds_from_3().map_err(|e| step_failed(Step::CloseInheritedDescriptors, e))?;
     sys::set_umask(0);
     let expected_parent: i32 = std::env::args()
@@ -79,6 +81,7 @@ fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
 
     let stdin = std::io::stdin();
     let plan = read_plan(stdin.as_fd())?;
+    timer.point(status, "init: plan read");
 
     let mut ctx = StepContext::new(None);
     for step in &plan.host {
@@ -86,15 +89,17 @@ fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
             .map_err(|e| step_failed(step.clone(), e))?;
     }
 
+    timer.point(status, "init: host steps done");
     let (sync_read, sync_write) =
         sys::pipe().map_err(|e| step_failed(Step::CreateNamespaces, e))?;
     let sync_write_raw = sync_write.as_raw_fd();
     let pid = {
-        let mut child = || pid1::main(&plan, sync_read.as_fd(), sync_write_raw, status);
+        let mut child = || pid1::main(&plan, sync_read.as_fd(), sync_write_raw, status, timer);
         sys::clone_into_namespaces(&mut child)
     }
     .map_err(|e| step_failed(Step::CreateNamespaces, e))?;
     drop(sync_read);
+    timer.point(status, "init: cloned");
 
     for (file, contents) in &plan.id_maps {
         let path = format!("/proc/{pid}/{file}");
@@ -118,6 +123,7 @@ fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
         return Err(step_failed(Step::CreateNamespaces, e));
     }
 
+    timer.point(status, "init: id maps written, PID 1 released");
     // This process must not keep the build's output terminal open: ksbuild takes the end
     // of the output as a sign that no process of the build is left.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -125,6 +131,7 @@ fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
     }
 
     let status_of_pid1 = supervise(pid, stdin.as_fd())?;
+    timer.point(status, "init: PID 1 reaped");
     StatusMessage::Finished {
         status: status_of_pid1,
     }

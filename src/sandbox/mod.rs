@@ -20,8 +20,9 @@
 //! Two differences of layout, invisible to a build's result: `/` is a `tmpfs` (owned by the
 //! build user, mode 0750, like Nix's chroot directory) over `root_dir`, so `/tmp` lives in
 //! memory rather than on disk; and only the store directory inside it is on disk
-//! (`<root_dir>/<store_dir>`), so that outputs land on the store's filesystem while the
-//! rest of the skeleton costs no disk metadata and vanishes with the namespace.
+//! (`root_dir` itself, bound there before the tmpfs hides it), so that outputs land on the
+//! store's filesystem while the rest of the skeleton costs no disk metadata and vanishes
+//! with the namespace.
 //!
 //! # How
 //!
@@ -119,10 +120,11 @@ pub struct SandboxSpec {
     /// directly under `store_dir`, bound read-only (symlink store paths are recreated).
     pub inputs: Vec<(PathBuf, String)>,
     /// A fresh, empty directory on the store's filesystem; the sandbox's `/` is mounted
-    /// over it. Outputs the builder writes under `<root_dir>/<store_dir>/` stay there for
-    /// the caller to register; beside them only the inputs' empty mount points are left, for
-    /// the caller to remove. When ksbuild is root, outputs belong to the build user's host
-    /// uid.
+    /// over it, and it is the store directory inside (mode 1775, group = the build group).
+    /// Outputs the builder writes in the store directory (`/nix/store/<hash>-<name>`) stay
+    /// in `root_dir` (`<root_dir>/<hash>-<name>`) for the caller to register; beside them
+    /// only the inputs' empty mount points are left, for the caller to remove. When ksbuild
+    /// is root, outputs belong to the build user's host uid.
     pub root_dir: PathBuf,
     /// A fresh directory that becomes `/build` (the caller keeps it on `--keep-failed`).
     /// It is given to the build user (mode 0700); files the caller puts in it beforehand

@@ -10,7 +10,7 @@
 //!    mapped uid);
 //! 2. **mounts**, while it still has `CAP_SYS_ADMIN` in the namespace and its host
 //!    filesystem ids: everything private; then every host path the build needs is taken as a
-//!    detached bind mount (`open_tree`): the store directory under `root_dir`, the inputs,
+//!    detached bind mount (`open_tree`): the store directory (`root_dir`), the inputs,
 //!    `build_dir`, the device nodes. Only then a `tmpfs` is mounted over `root_dir` — the new
 //!    root — and PID 1 `chdir`s into it and takes the build user's *filesystem* ids
 //!    (`setfsuid`), so that the skeleton it creates there (`nix/store`, `build`, `tmp`, `etc`
@@ -38,7 +38,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use nix::errno::Errno;
 
 use super::plan::Plan;
-use super::protocol::StatusMessage;
+use super::protocol::{StatusMessage, Timer};
 use super::step::{Step, StepContext};
 use super::sys;
 
@@ -65,6 +65,7 @@ pub(crate) fn main(
     lifeline: BorrowedFd<'_>,
     lifeline_write: RawFd,
     init_status: BorrowedFd<'_>,
+    timer: Timer,
 ) -> isize {
     let status = match sys::dup_cloexec(init_status) {
         Ok(fd) => fd,
@@ -108,12 +109,18 @@ pub(crate) fn main(
         Err(e) => return report(status, exec_step, e),
     };
 
+    timer.point(status, "pid1: released");
     let mut ctx = StepContext::new(Some(lifeline));
     for step in &plan.namespace {
+        let t0 = timer.enabled().then(std::time::Instant::now);
         if let Err(e) = step.apply(&mut ctx) {
             return report(status, step.clone(), e);
         }
+        if let Some(t0) = t0 {
+            timer.phase(status, &format!("pid1: {step}"), t0);
+        }
     }
+    timer.point(status, "pid1: exec");
     let errno = sys::exec(&path, &argv, &env);
     report(status, exec_step, errno)
 }

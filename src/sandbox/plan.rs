@@ -216,9 +216,10 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
 /// when the host has `/dev/pts/ptmx`).
 ///
 /// Layout: the new root is a `tmpfs` owned by the build user, mounted over `root_dir` in
-/// the build's own mount namespace; only the store directory inside it is on disk
-/// (`<root_dir>/<store_dir>`, bound into the tmpfs), so that outputs stay on the store's
-/// filesystem and everything else costs no disk metadata and vanishes with the namespace.
+/// the build's own mount namespace; only the store directory inside it is on disk:
+/// `root_dir` itself, taken before the tmpfs hides it and bound at the store directory,
+/// so that outputs stay on the store's filesystem and everything else costs no disk
+/// metadata and vanishes with the namespace.
 pub(crate) fn plan(
     spec: &SandboxSpec,
     ids: &HostIds,
@@ -234,29 +235,27 @@ pub(crate) fn plan(
     if ids.invoker_is_root {
         host.push(Step::ClearSupplementaryGroups);
     }
-    // The store directory on disk: parents 0755, the store itself 1775 root:nixbld as in
-    // Nix, so the build user can create its outputs there and change nothing else.
+    // The store directory on disk is `root_dir` itself (the tmpfs root hides it, and it is
+    // bound at the store directory inside): 1775 root:nixbld as in Nix, so the build user
+    // can create its outputs there and change nothing else. (No `nix/store` directories
+    // on disk: each directory created and removed per build costs an inode allocation.)
     let store = Path::new(&spec.store_dir);
     let store_relative = store.strip_prefix("/").unwrap_or(store).to_path_buf();
-    let store_on_disk = root.join(&store_relative);
-    let mut prefix = PathBuf::new();
-    let depth = store_relative.components().count();
-    for (i, c) in store_relative.components().enumerate() {
-        prefix.push(c);
-        host.push(Step::CreateDirectory {
-            path: root.join(&prefix),
-            mode: if i + 1 == depth { 0o1775 } else { 0o755 },
-        });
-    }
+    let store_on_disk = root.to_path_buf();
     host.push(Step::SetOwner {
         path: store_on_disk.clone(),
         uid: Some(ids.owner_uid),
         gid: Some(ids.build_gid),
     });
+    host.push(Step::SetMode {
+        path: store_on_disk.clone(),
+        mode: 0o1775,
+    });
     // Mount points of the inputs, in the store directory on disk.
     let mut bound_inputs = Vec::new();
     for (physical, logical) in &spec.inputs {
         let relative = PathBuf::from(logical.trim_start_matches('/'));
+        let on_disk = store_on_disk.join(relative.file_name().unwrap_or_default());
         match inspect(physical).map_err(|errno| SandboxError::Step {
             step: Step::InspectInput {
                 path: physical.clone(),
@@ -265,12 +264,12 @@ pub(crate) fn plan(
         })? {
             InputKind::Symlink(link) => host.push(Step::CreateSymlink {
                 target: link,
-                path: root.join(&relative),
+                path: on_disk,
             }),
             InputKind::Directory | InputKind::File => {
                 host.push(Step::CreateMountPoint {
                     source: physical.clone(),
-                    target: root.join(&relative),
+                    target: on_disk,
                 });
                 bound_inputs.push((physical.clone(), relative));
             }
@@ -685,7 +684,7 @@ mod tests {
         // The symlink input is recreated, not bound.
         assert!(p.host.contains(&Step::CreateSymlink {
             target: "aaaa-busybox".into(),
-            path: "/s/root/nix/store/cccc-link".into()
+            path: "/s/root/cccc-link".into()
         }));
         assert!(!ns
             .iter()
@@ -696,12 +695,12 @@ mod tests {
     fn only_root_clears_groups_and_the_store_is_group_writable() {
         let p = plan(&spec(), &ids(true), &mut inspect, false).unwrap();
         assert_eq!(p.host[0], Step::ClearSupplementaryGroups);
-        assert!(p.host.contains(&Step::CreateDirectory {
-            path: "/s/root/nix/store".into(),
+        assert!(p.host.contains(&Step::SetMode {
+            path: "/s/root".into(),
             mode: 0o1775
         }));
         assert!(p.host.contains(&Step::SetOwner {
-            path: "/s/root/nix/store".into(),
+            path: "/s/root".into(),
             uid: Some(0),
             gid: Some(4000)
         }));

@@ -53,6 +53,48 @@ impl StatusMessage {
     }
 }
 
+/// Timings of the init process and PID 1 (`KSBUILD_TIMINGS`), sent on the status pipe as
+/// lines that are not JSON; ksbuild prints them. The variable's value is when ksbuild
+/// started the init process ([`crate::timing::epoch_micros`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timer {
+    origin: Option<u128>,
+}
+
+impl Timer {
+    /// Enabled when ksbuild passed its start time in the environment.
+    pub(crate) fn from_env() -> Timer {
+        Timer {
+            origin: std::env::var(crate::timing::ENV)
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// Whether timings are reported.
+    pub(crate) fn enabled(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    /// Reports that `point` is reached, counted from ksbuild's start of the init process.
+    pub(crate) fn point(&self, fd: BorrowedFd<'_>, point: &str) {
+        if let Some(origin) = self.origin {
+            let mut line = crate::timing::line_after(point, origin);
+            line.push('\n');
+            let _ = sys::write_all(fd, line.as_bytes());
+        }
+    }
+
+    /// Reports how long `phase` took since `since`.
+    pub(crate) fn phase(&self, fd: BorrowedFd<'_>, phase: &str, since: std::time::Instant) {
+        if self.enabled() {
+            let mut line = crate::timing::line(phase, since);
+            line.push('\n');
+            let _ = sys::write_all(fd, line.as_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

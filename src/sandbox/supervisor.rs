@@ -20,6 +20,7 @@ use super::protocol::StatusMessage;
 use super::sys;
 use super::user_ns::HostIds;
 use super::{BuildOutcome, SandboxSpec, TimeoutKind};
+use crate::timing;
 
 /// How long the init process gets to kill and reap the build once asked, before ksbuild
 /// kills the init process itself (PID 1 then dies of its parent-death signal).
@@ -64,6 +65,7 @@ impl Sandbox {
         spec: &SandboxSpec,
         on_log_line: &mut dyn FnMut(&[u8]),
     ) -> Result<BuildOutcome, SandboxError> {
+        let t0 = Instant::now();
         let ids = HostIds::resolve(spec.build_user)?;
         check_directories(spec)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
@@ -73,6 +75,8 @@ impl Sandbox {
             reason: format!("cannot be sent to the init process: {e}"),
         })?;
         request.push(b'\n');
+        timing::report("sandbox: plan", t0);
+        let t0 = Instant::now();
 
         let mut log = OpenOptions::new()
             .create(true)
@@ -87,13 +91,27 @@ impl Sandbox {
             action: "open a pseudo-terminal for the build log",
             source: e.into(),
         })?;
-        let mut running = self.start(slave, &request)?;
+        timing::report("sandbox: log and pty", t0);
+        let origin = timing::epoch_micros();
+        let mut running = self.start(slave, &request, origin)?;
+        if timing::enabled() {
+            eprintln!("{}", timing::line_after("sandbox: init spawned", origin));
+        }
         let (status_bytes, timed_out) =
             pump(spec, &mut running, master.as_fd(), &mut log, on_log_line)?;
+        if timing::enabled() {
+            eprintln!(
+                "{}",
+                timing::line_after("sandbox: output and status closed", origin)
+            );
+        }
         let exit = running.wait().map_err(|source| SandboxError::Supervise {
             action: "wait for the init process",
             source,
         })?;
+        if timing::enabled() {
+            eprintln!("{}", timing::line_after("sandbox: init reaped", origin));
+        }
         let duration = running.started.elapsed();
         log.flush().map_err(|source| SandboxError::Log {
             path: spec.log.clone(),
@@ -104,12 +122,16 @@ impl Sandbox {
 
     /// Starts the init process with the terminal's slave end as stdout, and sends it the
     /// plan.
-    fn start(&self, slave: OwnedFd, request: &[u8]) -> Result<Running, SandboxError> {
+    fn start(&self, slave: OwnedFd, request: &[u8], origin: u128) -> Result<Running, SandboxError> {
         let mut command = Command::new(&self.init_program);
         command
             .arg(INIT_ARG)
             .arg(std::process::id().to_string())
-            .env_clear()
+            .env_clear();
+        if timing::enabled() {
+            command.env(timing::ENV, origin.to_string());
+        }
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::from(slave))
             .stderr(Stdio::piped());
@@ -325,6 +347,9 @@ fn interpret(
                 failed.get_or_insert(SandboxError::Init { message });
             }
             Ok(StatusMessage::Finished { status }) => finished = Some(status),
+            Err(_) if line.starts_with(timing::PREFIX.as_bytes()) => {
+                eprintln!("{}", String::from_utf8_lossy(line));
+            }
             Err(_) => noise.push(String::from_utf8_lossy(line).into_owned()),
         }
     }

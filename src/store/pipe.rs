@@ -1,7 +1,9 @@
 //! A two-stage pipeline for NAR digests: the caller's thread walks the filesystem and
 //! writes NAR bytes into a [`DigestPipe`]; a second thread hashes them, counts them and
 //! scans them for references. Reading and hashing then overlap, so hashing a tree runs
-//! at the speed of SHA-256 alone. Does no filesystem I/O itself.
+//! at the speed of SHA-256 alone. A NAR smaller than one chunk (most build outputs) is
+//! hashed on the caller's thread: starting a thread would cost more than it saves. Does
+//! no filesystem I/O itself.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -28,77 +30,126 @@ pub struct NarDigests {
     pub references: BTreeSet<StorePath>,
 }
 
-/// An `io::Write` sink that hands full chunks to a hashing thread.
+/// The hashes, size and reference scan of a NAR, fed chunk by chunk.
+struct Digester {
+    sha256: Hasher,
+    other: Option<Hasher>,
+    scanner: RefScanner,
+    size: u64,
+}
+
+impl Digester {
+    fn update(&mut self, chunk: &[u8]) {
+        self.sha256.update(chunk);
+        if let Some(h) = self.other.as_mut() {
+            h.update(chunk);
+        }
+        self.scanner.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    fn finish(self) -> NarDigests {
+        NarDigests {
+            sha256: self.sha256.finish(),
+            other: self.other.map(Hasher::finish),
+            size: self.size,
+            references: self.scanner.into_found(),
+        }
+    }
+}
+
+/// Where full chunks go: hashed on the caller's thread until the first chunk is full (a
+/// small NAR, such as most build outputs, never starts a thread), then by the hashing
+/// thread.
+enum Stage {
+    Inline(Box<Digester>),
+    Threaded {
+        tx: SyncSender<Vec<u8>>,
+        free: Receiver<Vec<u8>>,
+        worker: JoinHandle<NarDigests>,
+    },
+    Finished,
+}
+
+/// An `io::Write` sink that hands full chunks to a hashing thread (started with the first
+/// full chunk; a NAR smaller than one chunk is hashed on the caller's thread).
 pub struct DigestPipe {
     buf: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
-    free: Receiver<Vec<u8>>,
-    worker: Option<JoinHandle<NarDigests>>,
+    stage: Stage,
 }
 
 impl DigestPipe {
-    /// Starts the hashing thread. `other` adds a second NAR hash; `candidates` are the
-    /// store paths to look for.
+    /// A pipe; `other` adds a second NAR hash; `candidates` are the store paths to look
+    /// for.
     pub fn new(other: Option<HashAlgo>, candidates: &BTreeSet<StorePath>) -> DigestPipe {
+        DigestPipe {
+            buf: Vec::new(),
+            stage: Stage::Inline(Box::new(Digester {
+                sha256: Hasher::new(HashAlgo::Sha256),
+                other: other.map(Hasher::new),
+                scanner: RefScanner::new(candidates),
+                size: 0,
+            })),
+        }
+    }
+
+    /// Starts the hashing thread with what was digested so far.
+    fn start_thread(mut digester: Box<Digester>) -> Stage {
         let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
         let (free_tx, free) = sync_channel::<Vec<u8>>(DEPTH + 2);
-        let mut scanner = RefScanner::new(candidates);
         let worker = std::thread::spawn(move || {
-            let mut sha256 = Hasher::new(HashAlgo::Sha256);
-            let mut other = other.map(Hasher::new);
-            let mut size = 0u64;
             for mut chunk in rx {
-                sha256.update(&chunk);
-                if let Some(h) = other.as_mut() {
-                    h.update(&chunk);
-                }
-                scanner.update(&chunk);
-                size += chunk.len() as u64;
+                digester.update(&chunk);
                 chunk.clear();
                 // The producer may be gone; a lost buffer is only a lost allocation.
                 let _ = free_tx.try_send(chunk);
             }
-            NarDigests {
-                sha256: sha256.finish(),
-                other: other.map(Hasher::finish),
-                size,
-                references: scanner.into_found(),
-            }
+            digester.finish()
         });
-        DigestPipe {
-            buf: Vec::with_capacity(CHUNK),
-            tx: Some(tx),
-            free,
-            worker: Some(worker),
-        }
+        Stage::Threaded { tx, free, worker }
     }
 
+    /// Hands the full buffer to the hashing thread (starting it if needed).
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self
-            .free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        let full = std::mem::replace(&mut self.buf, next);
-        match &self.tx {
-            Some(tx) => tx
-                .send(full)
-                .map_err(|_| io::Error::other("the hashing thread stopped")),
-            None => Err(io::Error::other("the digest pipe is finished")),
+        if matches!(self.stage, Stage::Inline(_)) {
+            if let Stage::Inline(d) = std::mem::replace(&mut self.stage, Stage::Finished) {
+                self.stage = Self::start_thread(d);
+            }
+        }
+        match &self.stage {
+            Stage::Threaded { tx, free, .. } => {
+                let next = free
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                let full = std::mem::replace(&mut self.buf, next);
+                tx.send(full)
+                    .map_err(|_| io::Error::other("the hashing thread stopped"))
+            }
+            _ => Err(io::Error::other("the digest pipe is finished")),
         }
     }
 
-    /// Flushes the last chunk and waits for the digests.
+    /// Digests the last chunk and returns the digests.
     pub fn finish(mut self) -> io::Result<NarDigests> {
-        self.send()?;
-        drop(self.tx.take());
-        self.worker
-            .take()
-            .ok_or_else(|| io::Error::other("the digest pipe is finished"))?
-            .join()
-            .map_err(|_| io::Error::other("the hashing thread panicked"))
+        if let Stage::Inline(d) = &mut self.stage {
+            d.update(&self.buf);
+            self.buf.clear();
+        } else {
+            self.send()?;
+        }
+        match std::mem::replace(&mut self.stage, Stage::Finished) {
+            Stage::Inline(d) => Ok(d.finish()),
+            Stage::Threaded { tx, worker, .. } => {
+                drop(tx);
+                worker
+                    .join()
+                    .map_err(|_| io::Error::other("the hashing thread panicked"))
+            }
+            Stage::Finished => Err(io::Error::other("the digest pipe is finished")),
+        }
     }
 }
 
@@ -123,9 +174,11 @@ impl Write for DigestPipe {
 
 impl Drop for DigestPipe {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        if let Stage::Threaded { tx, worker, .. } =
+            std::mem::replace(&mut self.stage, Stage::Finished)
+        {
+            drop(tx);
+            let _ = worker.join();
         }
     }
 }
@@ -133,6 +186,17 @@ impl Drop for DigestPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_nars_are_digested_without_a_thread() {
+        let data = b"nix-archive-1 small".to_vec();
+        let mut pipe = DigestPipe::new(None, &BTreeSet::new());
+        pipe.write_all(&data).unwrap();
+        assert!(matches!(pipe.stage, Stage::Inline(_)));
+        let d = pipe.finish().unwrap();
+        assert_eq!(d.sha256, Hash::sha256(&data));
+        assert_eq!(d.size, data.len() as u64);
+    }
 
     #[test]
     fn digests_match_a_direct_hash() {

@@ -5,11 +5,12 @@
 #   2. 200 independent trivial derivations realised with -j2      (target: ≤ 3 ms each)
 #   3. a no-op realise of the same 200-node graph, all valid      (target: ≤ 20 ms)
 # Usage: tests/bench/realise-vs-nix.sh [RUNS]   (default 10; medians)
+#   KS=/path/to/ksbuild benchmarks that binary instead of the release build.
 set -euo pipefail
 RUNS=${1:-10}
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet
-KS=$PWD/target/release/ksbuild
+KS=${KS:-${CARGO_TARGET_DIR:-$PWD/target}/release/ksbuild}
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\nsandbox = true\nsandbox-fallback = false'
 command -v nix-build >/dev/null || { echo "real Nix is needed: .ci/install-nix" >&2; exit 1; }
 BUSYBOX=${BUSYBOX:-/bin/busybox}

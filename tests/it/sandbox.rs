@@ -48,11 +48,12 @@ struct Build {
 }
 
 impl Build {
-    /// `$out` as seen from the host, under the root directory.
+    /// `$out` as seen from the host: in the root directory, which is the store directory
+    /// of the sandbox.
     fn out(&self) -> PathBuf {
         self.spec
             .root_dir
-            .join(self.out_logical.trim_start_matches('/'))
+            .join(self.out_logical.trim_start_matches("/nix/store/"))
     }
 
     fn run(&self) -> Result<BuildOutcome, SandboxError> {
@@ -772,14 +773,23 @@ fn outputs_stay_in_the_root_for_the_caller() {
     let mount_point = b
         .spec
         .root_dir
-        .join(f.busybox_logical.trim_start_matches('/'));
+        .join(f.busybox_logical.trim_start_matches("/nix/store/"));
     assert_eq!(fs::read_dir(mount_point).unwrap().count(), 0);
-    // Nothing else of the sandbox's root is left on disk: it was a tmpfs.
-    let left: Vec<_> = fs::read_dir(&b.spec.root_dir)
+    // Nothing else of the sandbox's root is left on disk: it was a tmpfs. The root
+    // directory is the store directory: only the output and the mount point are there.
+    let mut left: Vec<_> = fs::read_dir(&b.spec.root_dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["nix"]);
+    left.sort();
+    let mut expected = vec![
+        f.busybox_logical
+            .trim_start_matches("/nix/store/")
+            .to_string(),
+        b.out_logical.trim_start_matches("/nix/store/").to_string(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
 }
 
 #[test]
