@@ -45,7 +45,7 @@ mk -j"$NIX_BUILD_CORES" $TARGETS
 mkdir -p "$out"
 cp "$O/.config" "$out/config"
 cp "$O/$IMAGE" "$out/$(basename "$IMAGE")"
-if grep -q '^CONFIG_MODULES=y' "$O/.config"; then
+if echo " $TARGETS " | grep -q ' modules '; then
   mk INSTALL_MOD_PATH="$out" INSTALL_MOD_STRIP=1 DEPMOD=true modules_install
   rm -f "$out"/lib/modules/*/build "$out"/lib/modules/*/source
 fi

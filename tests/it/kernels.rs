@@ -121,6 +121,7 @@ fn build_twice(proj: &Path, target: &str) -> PathBuf {
 }
 
 #[test]
+#[ignore = "compiles kernels (~14 min each here); not yet timed within CI's budget: run with --ignored"]
 fn small_x86_64_kernel_builds_bit_for_bit_twice() {
     let out = build_twice(repo(), "kernel-x86_64@small");
     if out.as_os_str().is_empty() {
@@ -139,6 +140,7 @@ fn small_x86_64_kernel_builds_bit_for_bit_twice() {
 }
 
 #[test]
+#[ignore = "compiles kernels (~14 min each here); not yet timed within CI's budget: run with --ignored"]
 fn small_arm64_kernel_cross_compiles_bit_for_bit_twice() {
     let out = build_twice(repo(), "kernel-arm64@small");
     if out.as_os_str().is_empty() {
@@ -152,6 +154,7 @@ fn small_arm64_kernel_cross_compiles_bit_for_bit_twice() {
 }
 
 #[test]
+#[ignore = "compiles kernels (~14 min each here); not yet timed within CI's budget: run with --ignored"]
 fn the_config_audit_fails_an_option_kconfig_drops() {
     let tmp = scratch();
     project_copy(tmp.path());
