@@ -322,11 +322,6 @@ impl Scratch {
     }
 }
 
-/// Removes a kept tree, ignoring errors (best effort for scratch space).
-pub fn remove_scratch(path: &std::path::Path) {
-    let _ = store::remove_tree(path);
-}
-
 /// A rebuild of an already valid output that gave different bytes.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -95,13 +95,6 @@ fn arch_to_system(arch: &str) -> &str {
     }
 }
 
-impl Lowered {
-    /// The node with this `.drv` path.
-    pub fn by_drv_path(&self, path: &StorePath) -> Option<&Node> {
-        self.nodes.values().find(|n| &n.drv_path == path)
-    }
-}
-
 /// Imports a repository file or folder (absolute path, store name) as a source path.
 pub type Import<'a> = dyn FnMut(&Path, &str) -> Result<StorePath, String> + 'a;
 
@@ -473,124 +466,111 @@ impl Lowerer<'_, '_> {
         let busybox_drv = busybox.drv_path.clone();
         let busybox_path = self.store_dir.display(&busybox_path);
         let enter_script = self.text_file("environment-enter.sh", ENTER_SCRIPT);
-        if let Some(tree) = self.out.nodes.get(&tree_key) {
-            let tree_path = tree.drv.outputs["out"]
-                .path
-                .as_ref()
-                .map(|p| self.store_dir.display(p))
-                .unwrap_or_default();
-            return Ok(Entered {
-                tree_key,
-                tree_drv: tree.drv_path.clone(),
-                tree_path,
-                busybox_drv,
-                busybox_path,
-                enter_script,
-            });
-        }
-        let root = self.project.root.clone();
-        let declared = crate::model::sandbox::environment_path(&root, env_name);
-        if !declared.exists() {
-            let known = crate::model::sandbox::environment_names(&root);
-            return Err(file.error(
-                name.span(),
-                format!("unknown environment `{env_name}`"),
-                "no such file in sandboxes/",
-                did_you_mean(env_name, &known).or(Some(format!(
-                    "environments are `sandboxes/NAME.toml`: {}",
-                    known.join(", ")
-                ))),
-            ));
-        }
-        let env = crate::model::sandbox::load_environment(&root, env_name)?;
-        let lock_file = crate::model::sandbox::lock_path(&root, env_name);
-        let lock = crate::model::sandbox::LockFile::load(&lock_file).map_err(|_| {
-            file.error(
-                name.span(),
-                format!(
-                    "environment `{env_name}` is not locked (`{}` is missing or unreadable)",
-                    lock_file.display()
-                ),
-                "this environment",
-                Some(format!("run `ksbuild lock {env_name}`")),
-            )
-        })?;
-        let mut deb_paths = Vec::new();
-        let mut deb_keys = BTreeSet::new();
-        let mut input_derivations: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
-        for deb in &lock.deb {
-            let key = format!("{tree_key}.{}-{}", deb.name, deb.architecture);
-            let base = deb.path.rsplit('/').next().unwrap_or(&deb.path);
-            let store_name: String = base
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "+-._?=".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let spec = FetchSpec {
-                url: Spanned::new(name.span(), format!("mirror://{}/{}", deb.mirror, deb.path)),
-                hash: Spanned::new(name.span(), format!("sha256:{}", deb.sha256)),
-                name: Some(Spanned::new(name.span(), store_name)),
-                recursive: false,
-                unpack: None,
-                executable: false,
-            };
-            self.fetch_node(key.clone(), None, &spec, file)?;
-            let node = &self.out.nodes[&key];
-            let path = node.drv.outputs["out"]
-                .path
-                .clone()
-                .ok_or_else(|| file.error(name.span(), "download without a path", "here", None))?;
-            deb_paths.push(self.store_dir.display(&path));
+        // Each environment is lowered once; later users share its tree.
+        if !self.out.nodes.contains_key(&tree_key) {
+            let root = self.project.root.clone();
+            let declared = crate::model::sandbox::environment_path(&root, env_name);
+            if !declared.exists() {
+                let known = crate::model::sandbox::environment_names(&root);
+                return Err(file.error(
+                    name.span(),
+                    format!("unknown environment `{env_name}`"),
+                    "no such file in sandboxes/",
+                    did_you_mean(env_name, &known).or(Some(format!(
+                        "environments are `sandboxes/NAME.toml`: {}",
+                        known.join(", ")
+                    ))),
+                ));
+            }
+            let env = crate::model::sandbox::load_environment(&root, env_name)?;
+            let lock_file = crate::model::sandbox::lock_path(&root, env_name);
+            let lock = crate::model::sandbox::LockFile::load(&lock_file).map_err(|_| {
+                file.error(
+                    name.span(),
+                    format!(
+                        "environment `{env_name}` is not locked (`{}` is missing or unreadable)",
+                        lock_file.display()
+                    ),
+                    "this environment",
+                    Some(format!("run `ksbuild lock {env_name}`")),
+                )
+            })?;
+            let mut deb_paths = Vec::new();
+            let mut deb_keys = BTreeSet::new();
+            let mut input_derivations: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
+            for deb in &lock.deb {
+                let key = format!("{tree_key}.{}-{}", deb.name, deb.architecture);
+                let base = deb.path.rsplit('/').next().unwrap_or(&deb.path);
+                let store_name: String = base
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "+-._?=".contains(c) {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let spec = FetchSpec {
+                    url: Spanned::new(name.span(), format!("mirror://{}/{}", deb.mirror, deb.path)),
+                    hash: Spanned::new(name.span(), format!("sha256:{}", deb.sha256)),
+                    name: Some(Spanned::new(name.span(), store_name)),
+                    recursive: false,
+                    unpack: None,
+                    executable: false,
+                };
+                self.fetch_node(key.clone(), None, &spec, file)?;
+                let node = &self.out.nodes[&key];
+                let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
+                    file.error(name.span(), "download without a path", "here", None)
+                })?;
+                deb_paths.push(self.store_dir.display(&path));
+                input_derivations
+                    .entry(node.drv_path.clone())
+                    .or_default()
+                    .insert("out".into());
+                deb_keys.insert(key);
+            }
             input_derivations
-                .entry(node.drv_path.clone())
+                .entry(busybox_drv.clone())
                 .or_default()
                 .insert("out".into());
-            deb_keys.insert(key);
-        }
-        input_derivations
-            .entry(busybox_drv.clone())
-            .or_default()
-            .insert("out".into());
-        let unpack_script = self.text_file("environment-unpack.sh", UNPACK_SCRIPT);
-        let fixups: Vec<String> = env.fixups.iter().map(|(p, t)| format!("{p} {t}")).collect();
-        let builder = format!("{busybox_path}/bin/busybox");
-        let mut drv_env = BTreeMap::new();
-        if let Some((_, s)) = self.project.settings.as_ref() {
-            for (k, v) in &s.env {
-                drv_env.insert(k.clone(), v.get_ref().clone());
+            let unpack_script = self.text_file("environment-unpack.sh", UNPACK_SCRIPT);
+            let fixups: Vec<String> = env.fixups.iter().map(|(p, t)| format!("{p} {t}")).collect();
+            let builder = format!("{busybox_path}/bin/busybox");
+            let mut drv_env = BTreeMap::new();
+            if let Some((_, s)) = self.project.settings.as_ref() {
+                for (k, v) in &s.env {
+                    drv_env.insert(k.clone(), v.get_ref().clone());
+                }
             }
+            drv_env.insert("builder".into(), builder.clone());
+            drv_env.insert("debs".into(), deb_paths.join(" "));
+            drv_env.insert("fixups".into(), fixups.join("\n"));
+            drv_env.insert("name".into(), tree_key.clone());
+            drv_env.insert("out".into(), String::new());
+            drv_env.insert(
+                "system".into(),
+                format!("{}-linux", arch_to_system(&env.architecture)),
+            );
+            let mut deps = deb_keys;
+            deps.insert(ENVIRONMENT_BUSYBOX.to_string());
+            let drv = Derivation {
+                outputs: BTreeMap::from([("out".to_string(), Output::default())]),
+                input_derivations,
+                input_sources: BTreeSet::from([unpack_script.clone()]),
+                system: drv_env["system"].clone(),
+                builder,
+                args: vec![
+                    "sh".into(),
+                    "-e".into(),
+                    self.store_dir.display(&unpack_script),
+                ],
+                env: drv_env,
+            };
+            let inputs = BTreeMap::from([("busybox".to_string(), busybox_path.clone())]);
+            self.finish(tree_key.clone(), drv, None, deps, inputs, file)?;
         }
-        drv_env.insert("builder".into(), builder.clone());
-        drv_env.insert("debs".into(), deb_paths.join(" "));
-        drv_env.insert("fixups".into(), fixups.join("\n"));
-        drv_env.insert("name".into(), tree_key.clone());
-        drv_env.insert("out".into(), String::new());
-        drv_env.insert(
-            "system".into(),
-            format!("{}-linux", arch_to_system(&env.architecture)),
-        );
-        let mut deps = deb_keys;
-        deps.insert(ENVIRONMENT_BUSYBOX.to_string());
-        let drv = Derivation {
-            outputs: BTreeMap::from([("out".to_string(), Output::default())]),
-            input_derivations,
-            input_sources: BTreeSet::from([unpack_script.clone()]),
-            system: drv_env["system"].clone(),
-            builder,
-            args: vec![
-                "sh".into(),
-                "-e".into(),
-                self.store_dir.display(&unpack_script),
-            ],
-            env: drv_env,
-        };
-        let inputs = BTreeMap::from([("busybox".to_string(), busybox_path.clone())]);
-        self.finish(tree_key.clone(), drv, None, deps, inputs, file)?;
         let tree = &self.out.nodes[&tree_key];
         let tree_path = tree.drv.outputs["out"]
             .path
