@@ -41,6 +41,16 @@ pub fn instantiate(
     let t0 = std::time::Instant::now();
     let project = Project::load(&project_root(ctx)?)?;
     ctx.timing("load the project", t0);
+    instantiate_project(ctx, store, project, targets)
+}
+
+/// Lowers `targets` of a loaded project, and writes the sources and `.drv` files to the store.
+pub fn instantiate_project(
+    ctx: &Context,
+    store: &Store,
+    project: Project,
+    targets: &[String],
+) -> Result<(Project, Lowered), CliError> {
     let t0 = std::time::Instant::now();
     // Each repository file is imported once per evaluation, however many derivations use it.
     let mut imported: BTreeMap<(PathBuf, String), crate::compat::StorePath> = BTreeMap::new();
@@ -155,5 +165,161 @@ pub fn run_lock(ctx: &Context, names: Vec<String>) -> Result<ExitCode, CliError>
         ));
         out_line(&path.display().to_string())?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The target a download key belongs to: a `[fetch]` file's target, or `TARGET.INPUT`.
+fn key_target(project: &Project, key: &str) -> Result<String, CliError> {
+    if project.targets.contains_key(key) {
+        return Ok(key.to_string());
+    }
+    if let Some((target, _)) = key.rsplit_once('.') {
+        if project.targets.contains_key(target) {
+            return Ok(target.to_string());
+        }
+    }
+    project.target(key)?;
+    unreachable!("Project::target reports unknown targets")
+}
+
+/// Pins `fetched` downloads (key, url, mode, content), then registers each content at the
+/// output path its new pin gives.
+fn pin_and_register(
+    ctx: &Context,
+    store: &Store,
+    root: &Path,
+    fetched: Vec<(String, String, &'static str, crate::fetch::Prefetched)>,
+) -> Result<(), CliError> {
+    if fetched.is_empty() {
+        return Ok(());
+    }
+    let mut pins = crate::model::pins::Pins::load(root).map_err(crate::model::ModelError::from)?;
+    for (key, url, mode, p) in &fetched {
+        let sri = p.hash.to_sri();
+        ctx.note(&format!("pinned `{key}`: {url} ({mode}) {sri}"));
+        pins.set(url, mode, &sri);
+    }
+    pins.save(root).map_err(crate::model::ModelError::from)?;
+    let project = Project::load(root)?;
+    let mut targets: Vec<String> = Vec::new();
+    for (key, ..) in &fetched {
+        targets.push(key_target(&project, key)?);
+    }
+    let mut import = |path: &Path, name: &str| -> Result<crate::compat::StorePath, String> {
+        store.import_source(path, name).map_err(|e| e.to_string())
+    };
+    let lowered = lower(&project, store.store_dir(), &targets, &mut import)?;
+    for (key, _, _, p) in &fetched {
+        let info = p
+            .register(store, &lowered.nodes[key])
+            .map_err(|e| CliError::Usage {
+                message: format!("cannot register `{key}`: {e}"),
+                hint: e.hint(),
+            })?;
+        ctx.note(&format!("`{key}` is {}", store.print(&info.path)));
+    }
+    Ok(())
+}
+
+/// Pins on first fetch every download among `targets` declared without a hash and not
+/// pinned yet. Where one cannot be fetched, nothing is built: the error names each such
+/// input and the command that provides it.
+/// Returns the project, loaded again if pins were added.
+pub fn ensure_pinned(
+    ctx: &Context,
+    store: &Store,
+    targets: &[String],
+) -> Result<Project, CliError> {
+    let t0 = std::time::Instant::now();
+    let root = project_root(ctx)?;
+    let project = Project::load(&root)?;
+    ctx.timing("load the project", t0);
+    let wanted: Vec<_> = crate::model::unpinned(&project, targets)?
+        .into_iter()
+        .filter(|u| u.pinned.is_none())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(project);
+    }
+    let mirrors = crate::fetch::Mirrors::discover();
+    let mut fetched = Vec::new();
+    let mut missing = Vec::new();
+    for u in wanted {
+        ctx.note(&format!("fetching `{}` to pin it: {}", u.key, u.url));
+        match crate::fetch::prefetch(store, &u.url, u.mode, None, &mirrors) {
+            Ok(p) => fetched.push((u.key, u.url, u.mode, p)),
+            Err(e) => missing.push((u, e)),
+        }
+    }
+    pin_and_register(ctx, store, &root, fetched)?;
+    if missing.is_empty() {
+        return Ok(Project::load(&root)?);
+    }
+    let mut message = format!(
+        "{} upstream input(s) are not pinned and cannot be fetched here; nothing was built:",
+        missing.len()
+    );
+    for (u, e) in &missing {
+        let file = u.url.rsplit('/').next().unwrap_or(&u.url);
+        let reason = match e {
+            crate::fetch::FetchError::AllFailed { attempts, .. } if !attempts.is_empty() => {
+                attempts[attempts.len() - 1].1.clone()
+            }
+            other => other.to_string(),
+        };
+        message.push_str(&format!(
+            "\n  - `{}`: {}\n    cannot be fetched: {reason}\n    provide it:  ksbuild pin {} /path/to/{file}",
+            u.key, u.url, u.key
+        ));
+    }
+    Err(CliError::Usage {
+        message,
+        hint: Some(
+            "`ksbuild pin TARGET FILE` hashes the file you downloaded elsewhere, records the hash in \
+             `derivations/pins.lock` and adds it to the store; commit the lock so every checkout builds the same input"
+                .into(),
+        ),
+    })
+}
+
+/// `ksbuild pin KEY [FILE]`: pins a download declared without a hash, from FILE (the file
+/// its URL serves, obtained elsewhere) or by fetching its URL; re-pins if already pinned.
+pub fn run_pin(ctx: &Context, key: String, file: Option<PathBuf>) -> Result<ExitCode, CliError> {
+    let root = project_root(ctx)?;
+    let project = Project::load(&root)?;
+    let target = key_target(&project, &key)?;
+    let all = crate::model::unpinned(&project, std::slice::from_ref(&target))?;
+    let Some(u) = all.into_iter().find(|u| u.key == key) else {
+        return Err(CliError::Usage {
+            message: format!("`{key}` is not a download declared without a hash"),
+            hint: Some(
+                "pins are for `[fetch]` files or `url` inputs without `hash`; downloads with a hash are checked against it"
+                    .into(),
+            ),
+        });
+    };
+    if let Some(f) = &file {
+        if !f.is_file() {
+            return Err(CliError::Usage {
+                message: format!("`{}` is not a file", f.display()),
+                hint: Some(format!("give the file that {} serves", u.url)),
+            });
+        }
+    }
+    let store = ctx.open_store()?;
+    let mirrors = crate::fetch::Mirrors::discover();
+    let p =
+        crate::fetch::prefetch(&store, &u.url, u.mode, file.as_deref(), &mirrors).map_err(|e| {
+            CliError::Usage {
+                message: format!("cannot pin `{key}`: {e}"),
+                hint: Some("download the file elsewhere and run `ksbuild pin KEY FILE`".into()),
+            }
+        })?;
+    if let Some(old) = &u.pinned {
+        if *old != p.hash.to_sri() {
+            ctx.note(&format!("`{key}` was pinned to {old}; re-pinned"));
+        }
+    }
+    pin_and_register(ctx, &store, &root, vec![(u.key, u.url, u.mode, p)])?;
     Ok(ExitCode::SUCCESS)
 }

@@ -71,6 +71,13 @@ enum Command {
         /// Environments [default: all in `sandboxes/`].
         names: Vec<String>,
     },
+    /// Pin a download declared without a hash: from FILE (obtained elsewhere) or its URL.
+    Pin {
+        /// The download: a `[fetch]` target, or `TARGET.INPUT` for an input.
+        key: String,
+        /// The file its URL serves [default: fetch the URL].
+        file: Option<PathBuf>,
+    },
     /// Print the log of a target's last build.
     Log {
         /// The target.
@@ -228,6 +235,7 @@ pub fn main() -> ExitCode {
         }
         Command::Realise(args) => realise_cmd::run(&ctx, args),
         Command::Lock { names } => drv_cmd::run_lock(&ctx, names),
+        Command::Pin { key, file } => drv_cmd::run_pin(&ctx, key, file),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),
         Command::WhyRebuild { json, target } => realise_cmd::run_why(&ctx, target, json),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),

@@ -215,7 +215,9 @@ impl Reporter for Progress {
 /// `ksbuild realise`.
 pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
-    let (_project, lowered) = instantiate(ctx, &store, &args.targets)?;
+    let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
+    let (_project, lowered) =
+        super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
         quiet: ctx.quiet,

@@ -9,13 +9,13 @@ mod mirrors;
 mod unpack;
 
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use mirrors::{apt_mirrors, Mirrors};
 pub use unpack::{strip_single_top_directory, unpack_deb, unpack_tar, UnpackError};
 
-use crate::compat::{FileIngestionMethod, Hash};
+use crate::compat::{FileIngestionMethod, Hash, HashAlgo};
 use crate::model::{Node, Unpack};
 use crate::store::{self, Store, StoreError, ValidPathInfo};
 
@@ -85,6 +85,150 @@ fn download(agent: &ureq::Agent, url: &str, dest: &Path) -> Result<u64, String> 
     Ok(n)
 }
 
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        .timeout_read(Duration::from_secs(120))
+        .user_agent(concat!("ksbuild/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Downloads `url` (or copies a `file://` URL) into `staging` and unpacks it as asked:
+/// returns the file or tree to register.
+fn obtain(
+    url: &str,
+    staging: &Path,
+    unpack: Option<Unpack>,
+    executable: bool,
+) -> Result<PathBuf, String> {
+    let download_file = staging.join("download");
+    let tree = staging.join("out");
+    let _ = std::fs::remove_file(&download_file);
+    let _ = store::remove_tree(&tree);
+    download(&agent(), url, &download_file)?;
+    let unpacked = match unpack {
+        Some(Unpack::Deb) => unpack_deb(&download_file, &tree),
+        Some(Unpack::Tar) => std::fs::File::open(&download_file)
+            .map_err(UnpackError::from)
+            .and_then(|f| unpack_tar(io::BufReader::new(f), &tree, url))
+            .and_then(|()| strip_single_top_directory(&tree).map_err(UnpackError::from)),
+        None => std::fs::rename(&download_file, &tree)
+            .map_err(UnpackError::from)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = if executable { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(mode))
+                    .map_err(UnpackError::from)
+            }),
+    };
+    unpacked.map_err(|e| format!("cannot unpack: {e}"))?;
+    Ok(tree)
+}
+
+fn hash_tree(tree: &Path, method: FileIngestionMethod, algo: HashAlgo) -> Result<Hash, FetchError> {
+    Ok(match method {
+        FileIngestionMethod::Flat => store::hash_file(tree, algo)?,
+        FileIngestionMethod::Recursive => store::dump_nar_hash(tree, algo)?.0,
+    })
+}
+
+fn register(
+    store: &Store,
+    tree: &Path,
+    node: &Node,
+    method: FileIngestionMethod,
+    hash: &Hash,
+) -> Result<ValidPathInfo, FetchError> {
+    let out = node
+        .drv
+        .outputs
+        .get("out")
+        .and_then(|o| o.path.clone())
+        .ok_or_else(|| FetchError::AllFailed {
+            what: node.key.clone(),
+            attempts: vec![("-".into(), "output path not computed".into())],
+        })?;
+    let ca = store::content_address(method, hash);
+    Ok(store.register_output(
+        tree,
+        &out,
+        &Default::default(),
+        Some(&node.drv_path),
+        Some(ca),
+    )?)
+}
+
+/// A download fetched before its hash is known (pinning): the staged content and its hash.
+pub struct Prefetched {
+    _staging: store::Staging,
+    tree: PathBuf,
+    /// How it is hashed.
+    pub method: FileIngestionMethod,
+    /// Its SHA-256.
+    pub hash: Hash,
+}
+
+impl Prefetched {
+    /// Registers the content as `node`'s output (`node` lowered with this hash pinned).
+    pub fn register(&self, store: &Store, node: &Node) -> Result<ValidPathInfo, FetchError> {
+        register(store, &self.tree, node, self.method, &self.hash)
+    }
+}
+
+/// Fetches a download whose hash is not known yet — from `local` (a file the user
+/// provides, as `ksbuild pin` does) or else from `url` through the mirrors — unpacks it
+/// as `mode` says and hashes it.
+pub fn prefetch(
+    store: &Store,
+    url: &str,
+    mode: &str,
+    local: Option<&Path>,
+    mirrors: &Mirrors,
+) -> Result<Prefetched, FetchError> {
+    let (unpack, executable, method) = match mode {
+        "deb" => (Some(Unpack::Deb), false, FileIngestionMethod::Recursive),
+        "tar" => (Some(Unpack::Tar), false, FileIngestionMethod::Recursive),
+        "recursive" => (None, false, FileIngestionMethod::Recursive),
+        "executable" => (None, true, FileIngestionMethod::Flat),
+        _ => (None, false, FileIngestionMethod::Flat),
+    };
+    let urls = match local {
+        Some(path) => {
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            vec![format!("file://{}", abs.display())]
+        }
+        None => mirrors.resolve(url).ok_or_else(|| FetchError::NoMirror {
+            name: url
+                .trim_start_matches("mirror://")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            url: url.to_string(),
+        })?,
+    };
+    let staging = store.staging()?;
+    let mut attempts = Vec::new();
+    for u in &urls {
+        match obtain(u, staging.path(), unpack, executable) {
+            Ok(tree) => {
+                let hash = hash_tree(&tree, method, HashAlgo::Sha256)?;
+                return Ok(Prefetched {
+                    _staging: staging,
+                    tree,
+                    method,
+                    hash,
+                });
+            }
+            Err(e) => attempts.push((u.clone(), e)),
+        }
+    }
+    Err(FetchError::AllFailed {
+        what: url.to_string(),
+        attempts,
+    })
+}
+
 /// Realises a download node: valid already, or fetched, unpacked, verified and registered.
 /// Returns the output's metadata.
 pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPathInfo, FetchError> {
@@ -118,46 +262,18 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
                 .to_string(),
             url: fetch.url.clone(),
         })?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout_read(Duration::from_secs(120))
-        .user_agent(concat!("ksbuild/", env!("CARGO_PKG_VERSION")))
-        .build();
     let staging = store.staging()?;
     let mut attempts = Vec::new();
     for url in &urls {
-        let download_file = staging.path().join("download");
-        let tree = staging.path().join("out");
-        let _ = std::fs::remove_file(&download_file);
-        let _ = store::remove_tree(&tree);
-        if let Err(e) = download(&agent, url, &download_file) {
-            attempts.push((url.clone(), e));
-            continue;
-        }
-        let unpacked = match fetch.unpack {
-            Some(Unpack::Deb) => unpack_deb(&download_file, &tree),
-            Some(Unpack::Tar) => std::fs::File::open(&download_file)
-                .map_err(UnpackError::from)
-                .and_then(|f| unpack_tar(io::BufReader::new(f), &tree, url))
-                .and_then(|()| strip_single_top_directory(&tree).map_err(UnpackError::from)),
-            None => std::fs::rename(&download_file, &tree)
-                .map_err(UnpackError::from)
-                .and_then(|()| {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = if fetch.executable { 0o755 } else { 0o644 };
-                    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(mode))
-                        .map_err(UnpackError::from)
-                }),
+        let tree = match obtain(url, staging.path(), fetch.unpack, fetch.executable) {
+            Ok(tree) => tree,
+            Err(e) => {
+                attempts.push((url.clone(), e));
+                continue;
+            }
         };
-        if let Err(e) = unpacked {
-            attempts.push((url.clone(), format!("cannot unpack: {e}")));
-            continue;
-        }
         let expected = &fetch.hash;
-        let actual: Hash = match expected.method {
-            FileIngestionMethod::Flat => store::hash_file(&tree, expected.hash.algo())?,
-            FileIngestionMethod::Recursive => store::dump_nar_hash(&tree, expected.hash.algo())?.0,
-        };
+        let actual = hash_tree(&tree, expected.method, expected.hash.algo())?;
         if actual != expected.hash {
             return Err(FetchError::HashMismatch {
                 url: url.clone(),
@@ -165,15 +281,7 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
                 actual: actual.to_sri(),
             });
         }
-        let ca = store::content_address(expected.method, &actual);
-        let info = store.register_output(
-            &tree,
-            &out,
-            &Default::default(),
-            Some(&node.drv_path),
-            Some(ca),
-        )?;
-        return Ok(info);
+        return register(store, &tree, node, expected.method, &actual);
     }
     Err(FetchError::AllFailed {
         what: fetch.url.clone(),

@@ -128,6 +128,50 @@ pub fn lower(
     Ok(l.out)
 }
 
+/// A download declared without `hash` (see [`super::pins`]).
+#[derive(Debug, Clone)]
+pub struct Unpinned {
+    /// Its node key: the target (a `[fetch]` file) or `target.input`.
+    pub key: String,
+    /// The URL as written.
+    pub url: String,
+    /// How it is stored ([`super::pins::fetch_mode`]).
+    pub mode: &'static str,
+    /// Its hash in `derivations/pins.lock`, if pinned.
+    pub pinned: Option<String>,
+}
+
+/// Every download declared without a hash among `roots` and what they depend on, pinned
+/// or not, in dependency order.
+pub fn unpinned(project: &Project, roots: &[String]) -> Result<Vec<Unpinned>, ModelError> {
+    let mut out = Vec::new();
+    let mut add = |key: String, spec: &FetchSpec| {
+        if spec.hash.is_none() {
+            let mode = super::pins::fetch_mode(spec);
+            let url = spec.url.get_ref().clone();
+            let pinned = project.pins.get(&url, mode).map(str::to_string);
+            out.push(Unpinned {
+                key,
+                url,
+                mode,
+                pinned,
+            });
+        }
+    };
+    for name in topological_order(project, roots)? {
+        let target = project.target(&name)?;
+        if let Some(fetch) = &target.spec.fetch {
+            add(name.clone(), fetch.get_ref());
+        }
+        for (input, spec) in &target.spec.inputs {
+            if let InputSpec::Fetch(fetch) = spec.get_ref() {
+                add(format!("{name}.{input}"), fetch);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Depth-first order of the targets reachable from `roots`; reports unknown inputs and cycles.
 fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>, ModelError> {
     #[derive(PartialEq)]
@@ -149,6 +193,9 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                 let target = project.target(&name)?;
                 let mut deps = Vec::new();
                 for (input, spec) in &target.spec.inputs {
+                    if let InputSpec::Environment { .. } = spec.get_ref() {
+                        deps.push(ENVIRONMENT_BUSYBOX.to_string());
+                    }
                     if let InputSpec::Derivation { target: dep, .. } = spec.get_ref() {
                         if !project.targets.contains_key(dep) {
                             return Err(target.source.error(
@@ -161,10 +208,23 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                         deps.push(dep.clone());
                     }
                 }
-                if let Some(env) = &target.spec.environment {
+                let env_span = target
+                    .spec
+                    .environment
+                    .as_ref()
+                    .map(|e| e.span())
+                    .or_else(|| {
+                        target
+                            .spec
+                            .inputs
+                            .values()
+                            .find(|i| matches!(i.get_ref(), InputSpec::Environment { .. }))
+                            .map(|i| i.span())
+                    });
+                if let Some(env_span) = env_span {
                     if !project.targets.contains_key(ENVIRONMENT_BUSYBOX) {
                         return Err(target.source.error(
-                            env.span(),
+                            env_span,
                             format!("`{name}` runs in an environment, which needs a `{ENVIRONMENT_BUSYBOX}` derivation"),
                             "this environment",
                             Some(format!("add `derivations/{ENVIRONMENT_BUSYBOX}.toml` (Debian's busybox-static, a `[fetch]` with `unpack = \"deb\"`)")),
@@ -303,9 +363,24 @@ impl Lowerer<'_, '_> {
                 Some("use `https://`, `http://`, `file://` or `mirror://NAME/path`".into()),
             ));
         }
-        let hash = parse_fetch_hash(spec.hash.get_ref()).map_err(|e| {
+        let mode = super::pins::fetch_mode(spec);
+        let hash_text = match (&spec.hash, self.project.pins.get(url, mode)) {
+            (Some(h), _) => h.clone(),
+            (None, Some(pinned)) => Spanned::new(spec.url.span(), pinned.to_string()),
+            (None, None) => {
+                return Err(file.error(
+                    spec.url.span(),
+                    format!("the download `{url}` (`{key}`) has no hash and is not pinned yet"),
+                    "declared without `hash`",
+                    Some(format!(
+                        "`ksbuild realise` pins it on first fetch; where it cannot be downloaded, provide the file with `ksbuild pin {key} FILE`"
+                    )),
+                ))
+            }
+        };
+        let hash = parse_fetch_hash(hash_text.get_ref()).map_err(|e| {
             file.error(
-                spec.hash.span(),
+                hash_text.span(),
                 format!("malformed hash: {e}"),
                 "this hash",
                 Some("write it in SRI form (`sha256-<base64>`), or as nix32 or hex (optionally prefixed `sha256:`)".into()),
@@ -379,7 +454,7 @@ impl Lowerer<'_, '_> {
         env.insert("builder".into(), "builtin:fetchurl".into());
         env.insert("name".into(), name.clone());
         env.insert("out".into(), String::new());
-        env.insert("outputHash".into(), spec.hash.get_ref().clone());
+        env.insert("outputHash".into(), hash_text.get_ref().clone());
         env.insert("outputHashAlgo".into(), hash.algo().name().into());
         env.insert(
             "outputHashMode".into(),
@@ -513,7 +588,7 @@ impl Lowerer<'_, '_> {
                     .collect();
                 let spec = FetchSpec {
                     url: Spanned::new(name.span(), format!("mirror://{}/{}", deb.mirror, deb.path)),
-                    hash: Spanned::new(name.span(), format!("sha256:{}", deb.sha256)),
+                    hash: Some(Spanned::new(name.span(), format!("sha256:{}", deb.sha256))),
                     name: Some(Spanned::new(name.span(), store_name)),
                     recursive: false,
                     unpack: None,
@@ -767,6 +842,16 @@ impl Lowerer<'_, '_> {
                     values.insert(input.clone(), self.store_dir.display(&sp));
                     self.out.sources.insert(sp.clone());
                     input_sources.insert(sp);
+                }
+                InputSpec::Environment { name: env_name } => {
+                    let entered =
+                        self.environment(&Spanned::new(span.clone(), env_name.clone()), file)?;
+                    values.insert(input.clone(), entered.tree_path.clone());
+                    input_derivations
+                        .entry(entered.tree_drv.clone())
+                        .or_default()
+                        .insert("out".into());
+                    deps.insert(entered.tree_key.clone());
                 }
                 InputSpec::Fetch(fetch) => {
                     let key = format!("{}.{input}", target.name);

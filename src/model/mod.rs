@@ -6,6 +6,7 @@
 //! `kernel-arm64`); files whose name starts with `_` are not targets.
 
 mod lower;
+pub mod pins;
 pub mod sandbox;
 mod schema;
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use miette::{NamedSource, SourceSpan};
 
-pub use lower::{lower, Fetch, Lowered, Node, Unpack};
+pub use lower::{lower, unpinned, Fetch, Lowered, Node, Unpack, Unpinned};
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 
 /// A problem at a place in a TOML file.
@@ -61,6 +62,10 @@ pub enum ModelError {
         #[help]
         help: Option<String>,
     },
+    /// `derivations/pins.lock` cannot be read.
+    #[error(transparent)]
+    #[diagnostic(help("it is written by ksbuild; restore it from version control, or delete it and fetch or `ksbuild pin` again"))]
+    Pins(#[from] pins::PinsError),
     /// Two files define the same target.
     #[error("two files define the target `{name}`: `{first}` and `{second}`")]
     #[diagnostic(help("target names come from file names; rename one of the files"))]
@@ -137,6 +142,8 @@ pub struct Project {
     pub settings: Option<(SourceFile, ProjectFile)>,
     /// Targets by name.
     pub targets: BTreeMap<String, Target>,
+    /// Hashes of downloads declared without one (`derivations/pins.lock`).
+    pub pins: pins::Pins,
 }
 
 /// The Levenshtein distance, for "did you mean".
@@ -284,6 +291,7 @@ impl Project {
             root: root.to_path_buf(),
             settings,
             targets,
+            pins: pins::Pins::load(root)?,
         })
     }
 

@@ -72,8 +72,9 @@ pub struct VariantSpec {
 pub struct FetchSpec {
     /// `https://`, `http://`, `file://` or `mirror://NAME/…`.
     pub url: Spanned<String>,
-    /// Expected hash: SRI, or nix32/hex with or without an `algo:` prefix.
-    pub hash: Spanned<String>,
+    /// Expected hash: SRI, or nix32/hex with or without an `algo:` prefix. Left out, the
+    /// download is pinned on first fetch into `derivations/pins.lock` (or by `ksbuild pin`).
+    pub hash: Option<Spanned<String>>,
     /// Store name [default: the URL's last segment].
     pub name: Option<Spanned<String>>,
     /// Hash the NAR of the result rather than the file's bytes.
@@ -98,12 +99,16 @@ pub enum InputSpec {
     Path { path: String, name: Option<String> },
     /// An inline download.
     Fetch(Box<FetchSpec>),
+    /// The unpacked tree of a locked environment (`sandboxes/NAME.toml`), as data: e.g.
+    /// another architecture's binaries to copy into an image, not a tree to run in.
+    Environment { name: String },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputTable {
     drv: Option<String>,
+    environment: Option<String>,
     output: Option<String>,
     path: Option<String>,
     name: Option<String>,
@@ -122,7 +127,9 @@ impl<'de> Deserialize<'de> for InputSpec {
         impl<'de> Visitor<'de> for InputVisitor {
             type Value = InputSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a derivation name, or a table with `drv`, `path` or `url`")
+                f.write_str(
+                    "a derivation name, or a table with `drv`, `path`, `url` or `environment`",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<InputSpec, E> {
                 Ok(InputSpec::Derivation {
@@ -132,17 +139,30 @@ impl<'de> Deserialize<'de> for InputSpec {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<InputSpec, A::Error> {
                 let t = InputTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                let kinds = [t.drv.is_some(), t.path.is_some(), t.url.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
+                let kinds = [
+                    t.drv.is_some(),
+                    t.path.is_some(),
+                    t.url.is_some(),
+                    t.environment.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
                 if kinds != 1 {
                     return Err(de::Error::custom(
-                        "an input table needs exactly one of `drv` (a derivation), `path` (a repository file) or `url` (a download)",
+                        "an input table needs exactly one of `drv` (a derivation), `path` (a repository file), `url` (a download) or `environment` (a locked tree, as data)",
                     ));
                 }
                 let fetch_only =
                     t.hash.is_some() || t.unpack.is_some() || t.recursive || t.executable;
+                if let Some(name) = t.environment {
+                    if fetch_only || t.name.is_some() || t.output.is_some() {
+                        return Err(de::Error::custom(
+                            "an `environment` input takes no other keys",
+                        ));
+                    }
+                    return Ok(InputSpec::Environment { name });
+                }
                 if let Some(target) = t.drv {
                     if t.path.is_some() || fetch_only || t.name.is_some() {
                         return Err(de::Error::custom("a `drv` input takes only `output`"));
@@ -161,14 +181,12 @@ impl<'de> Deserialize<'de> for InputSpec {
                     }
                     return Ok(InputSpec::Path { path, name: t.name });
                 }
-                let (Some(url), Some(hash)) = (t.url, t.hash) else {
-                    return Err(de::Error::custom(
-                        "a download needs `hash` as well as `url` (SRI, nix32 or hex)",
-                    ));
+                let Some(url) = t.url else {
+                    return Err(de::Error::custom("a download needs `url`"));
                 };
                 Ok(InputSpec::Fetch(Box::new(FetchSpec {
                     url,
-                    hash,
+                    hash: t.hash,
                     name: t.name.map(|n| Spanned::new(0..0, n)),
                     recursive: t.recursive,
                     unpack: t.unpack,

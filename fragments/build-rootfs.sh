@@ -1,0 +1,138 @@
+# Assembles a KubeSolo OS rootfs inside the `image` environment. Run by /bin/sh (dash).
+#   pkgs      the rootfs-ARCH environment tree (Debian packages of the target architecture)
+#   applets   a busybox of the build machine, to list the applets (same Debian build)
+#   init      fragments/kubesolo-init
+#   kubesolo  the KubeSolo release (a tree holding `kubesolo`)
+#   TRIPLET   the multiarch triplet of the target (x86_64-linux-gnu, aarch64-linux-gnu)
+# Every ELF copied in brings its NEEDED libraries and dynamic loader; the build fails if
+# any ELF of the rootfs does not resolve inside the rootfs.
+set -eu
+export LC_ALL=C TZ=UTC
+umask 022
+r=$out
+libdir=usr/lib/$TRIPLET
+mkdir -p "$r"
+cd "$r"
+mkdir -p bin sbin usr/bin usr/sbin usr/local/bin "$libdir" etc dev proc sys run tmp mnt root \
+  var/lib var/log var/tmp
+# /lib is the merged /usr/lib, as on Debian (loader paths start with it).
+ln -s usr/lib lib
+mkdir -p usr/lib/modules
+
+# Resolves a path inside the package tree, following symlinks within the tree only.
+resolve() {
+  f=$1
+  n=0
+  while [ -L "$f" ]; do
+    t=$(readlink "$f")
+    case "$t" in
+      /*) f=$pkgs$t ;;
+      *) f=$(dirname "$f")/$t ;;
+    esac
+    n=$((n + 1))
+    [ "$n" -lt 40 ] || { echo "symlink loop at $1" >&2; return 1; }
+  done
+  [ -e "$f" ] || { echo "$1 resolves to the missing $f" >&2; return 1; }
+  echo "$f"
+}
+
+# The userland: the static busybox and a link per applet.
+cp "$(resolve "$pkgs/usr/bin/busybox")" bin/busybox
+chmod 0755 bin/busybox
+for applet in $("$applets" --list-full); do
+  [ -e "$applet" ] || [ -L "$applet" ] || ln -s /bin/busybox "$applet"
+done
+
+# ELF helpers (readelf reads any architecture).
+is_elf() { [ "$(head -c 4 "$1" | od -An -c | tr -d ' ')" = '177ELF' ]; }
+needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+interp() { readelf -l "$1" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p'; }
+
+# Copies library $1 (a soname) from the package tree into the rootfs, with its own needs.
+add_lib() {
+  [ -e "$libdir/$1" ] && return 0
+  for d in "$pkgs/usr/lib/$TRIPLET" "$pkgs/usr/lib"; do
+    if [ -e "$d/$1" ] || [ -L "$d/$1" ]; then
+      cp "$(resolve "$d/$1")" "$libdir/$1"
+      chmod 0644 "$libdir/$1"
+      add_needs "$libdir/$1"
+      return 0
+    fi
+  done
+  echo "library $1 (needed by $2) is in none of the locked packages" >&2
+  return 1
+}
+add_needs() {
+  i=$(interp "$1")
+  if [ -n "$i" ] && [ ! -e ".$i" ] && [ ! -L ".$i" ]; then
+    base=${i##*/}
+    cp "$(resolve "$pkgs/usr/lib/$TRIPLET/$base")" "$libdir/$base"
+    chmod 0755 "$libdir/$base"
+    # A relative link, so that it resolves inside the rootfs (never on the build machine).
+    case "$(dirname "$i")" in
+      /lib|/usr/lib) ln -s "$TRIPLET/$base" ".$i" ;;
+      *) mkdir -p ".$(dirname "$i")"; ln -s "../$libdir/$base" ".$i" ;;
+    esac
+  fi
+  for lib in $(needed "$1"); do
+    add_lib "$lib" "$1"
+  done
+}
+
+# iptables (nftables backend) and nft, from the locked packages.
+cp "$(resolve "$pkgs/usr/sbin/xtables-nft-multi")" usr/sbin/xtables-nft-multi
+cp "$(resolve "$pkgs/usr/sbin/nft")" usr/sbin/nft
+chmod 0755 usr/sbin/xtables-nft-multi usr/sbin/nft
+for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore \
+         iptables-nft iptables-nft-save iptables-nft-restore ip6tables-nft ip6tables-nft-save \
+         ip6tables-nft-restore; do
+  rm -f "usr/sbin/$t" "sbin/$t"
+  ln -s xtables-nft-multi "usr/sbin/$t"
+done
+# The match and target extensions iptables loads at run time.
+mkdir -p "$libdir/xtables"
+for so in "$pkgs/usr/lib/$TRIPLET/xtables/"*.so; do
+  cp "$(resolve "$so")" "$libdir/xtables/${so##*/}"
+done
+for f in usr/sbin/xtables-nft-multi usr/sbin/nft "$libdir"/xtables/*.so; do
+  add_needs "$f"
+done
+for f in etc/protocols etc/services etc/ethertypes; do
+  [ -e "$pkgs/$f" ] && cp "$(resolve "$pkgs/$f")" "$f"
+done
+
+# KubeSolo.
+cp "$kubesolo/kubesolo" usr/local/bin/kubesolo
+chmod 0755 usr/local/bin/kubesolo
+is_elf usr/local/bin/kubesolo && add_needs usr/local/bin/kubesolo
+
+# The init and its stages; the configuration files.
+cp "$init/init" init
+chmod 0755 init
+mkdir -p lib/kubesolo-init/stages
+cp "$init"/lib/* lib/kubesolo-init/
+cp "$init"/stages/*.sh lib/kubesolo-init/stages/
+chmod 0755 lib/kubesolo-init/udhcpc.script
+cp -R "$init"/etc/. etc/
+chmod -R u+w etc lib/kubesolo-init
+ln -s /proc/mounts etc/mtab
+: > etc/resolv.conf
+
+# Every ELF resolves its interpreter and NEEDED libraries inside the rootfs.
+bad=0
+for f in $(find . -type f | sort); do
+  is_elf "$f" || continue
+  i=$(interp "$f")
+  if [ -n "$i" ] && [ ! -e ".$i" ]; then
+    echo "rootfs check: $f needs the loader $i, which is missing" >&2
+    bad=1
+  fi
+  for lib in $(needed "$f"); do
+    if [ ! -e "$libdir/$lib" ] && [ ! -e "usr/lib/$lib" ]; then
+      echo "rootfs check: $f needs $lib, which is missing" >&2
+      bad=1
+    fi
+  done
+done
+[ "$bad" = 0 ] || exit 1
+echo "rootfs: $(find . -type f | wc -l) files, $(du -sk . | cut -f1) KiB"

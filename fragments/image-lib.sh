@@ -1,0 +1,91 @@
+# Helpers for assembling disk images reproducibly; sourced by build-*-image.sh.
+set -eu
+export LC_ALL=C TZ=UTC MTOOLS_SKIP_CHECK=1 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
+umask 022
+MIB=1048576
+
+# A value derived from the output's own store path: the same inputs give the same image,
+# and two different images never share disk or filesystem identities.
+seed_hex() { printf '%s' "$out:$1" | sha256sum | cut -c1-32; }
+# An RFC 4122 version 4 UUID from the seed.
+seed_uuid() {
+  h=$(seed_hex "$1")
+  v=$(printf '%x' $(( (0x$(echo "$h" | cut -c17) & 3) | 8 )))
+  echo "$(echo "$h" | cut -c1-8)-$(echo "$h" | cut -c9-12)-4$(echo "$h" | cut -c14-16)-$v$(echo "$h" | cut -c18-20)-$(echo "$h" | cut -c21-32)"
+}
+# A FAT volume id (8 hex digits) from the seed.
+seed_volid() { seed_hex "$1" | cut -c1-8 | tr a-f A-F; }
+
+# fits NAME SRC PART_BYTES: fails, naming the partition, if SRC does not fit (leaving a
+# sixteenth of the partition for the filesystem's own structures).
+fits() {
+  used=$(du -sb "$2" | cut -f1)
+  room=$(( $3 - $3 / 16 ))
+  if [ "$used" -gt "$room" ]; then
+    echo "partition $1 is too small: its files take $(( used / 1024 )) KiB, it holds $(( room / 1024 )) KiB; enlarge it in the image's derivation" >&2
+    exit 1
+  fi
+}
+
+# Writes the normalised copy of directory $1 into $2: sorted, times at SOURCE_DATE_EPOCH.
+stage_tree() {
+  cp -R "$1" "$2"
+  chmod -R u+w "$2"
+  find "$2" -type d -exec chmod 0755 {} +
+  find "$2" -type f -perm /111 -exec chmod 0755 {} +
+  find "$2" -type f ! -perm /111 -exec chmod 0644 {} +
+  find "$2" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+}
+
+# fat IMAGE OFFSET_BYTES SIZE_BYTES LABEL VOLID SRC: a FAT32 filesystem at an offset of IMAGE,
+# filled from SRC in sorted order (mcopy -s would follow the host's readdir order).
+fat() {
+  img=$1 off=$2 size=$3 label=$4 volid=$5 src=$6
+  fits "$label" "$src" "$size"
+  mkfs.fat -F 32 -S 512 --invariant -i "$volid" -n "$label" --offset $((off / 512)) "$img" $((size / 1024)) > /dev/null
+  (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do
+    p=${p#./}
+    if [ -d "$src/$p" ]; then
+      mmd -i "$img@@$off" "::/$p"
+    else
+      mcopy -i "$img@@$off" -p -m -Q "$src/$p" "::/$p"
+    fi
+  done
+}
+
+# ext4 IMAGE OFFSET_BYTES SIZE_BYTES LABEL UUID JOURNAL(yes|no) [SRC]: an ext4 filesystem at an
+# offset of IMAGE, owned by root, with every inode time (ctime too) at SOURCE_DATE_EPOCH.
+ext4() {
+  img=$1 off=$2 size=$3 label=$4 uuid=$5 journal=$6 src=${7:-}
+  features=has_journal,ext_attr,resize_inode,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,huge_file,dir_nlink,extra_isize,metadata_csum
+  [ "$journal" = yes ] || features=$(echo "$features" | sed 's/has_journal,//')
+  cat > /build/mke2fs.conf <<CONF
+[defaults]
+	base_features = $features
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+[fs_types]
+	ext4 = {
+		features = $features
+	}
+CONF
+  if [ -n "$src" ]; then
+    fits "$label" "$src" "$size"
+  fi
+  MKE2FS_CONFIG=/build/mke2fs.conf mkfs.ext4 -q -F -t ext4 -b 4096 -I 256 -m 0 -L "$label" -U "$uuid" \
+    -E "offset=$off,hash_seed=$uuid,root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard" \
+    ${src:+-d "$src"} "$img" $((size / 1024))k
+  # mkfs copies each source inode's ctime, which no tool can set on the source: pin them.
+  {
+    echo "sif / ctime @$SOURCE_DATE_EPOCH"
+    echo "sif /lost+found ctime @$SOURCE_DATE_EPOCH"
+    if [ -n "$src" ]; then
+      (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do
+        echo "sif \"/${p#./}\" ctime @$SOURCE_DATE_EPOCH"
+      done
+    fi
+  } > /build/debugfs.cmds
+  debugfs -w -f /build/debugfs.cmds "$img?offset=$off" > /dev/null 2>&1
+  e2fsck -fn "$img?offset=$off" > /build/e2fsck.log 2>&1 || { cat /build/e2fsck.log >&2; exit 1; }
+}
