@@ -56,7 +56,7 @@ CFG
 grub-mkimage -O "$GRUB_TARGET" -d "/usr/lib/grub/$GRUB_TARGET" -o "/build/esp/EFI/BOOT/$EFI_NAME" \
   -p /EFI/BOOT -c /build/embed.cfg \
   part_gpt fat ext2 normal configfile linux echo test search search_fs_uuid loadenv sleep \
-  reboot halt cat ls
+  reboot halt cat ls efi_gop
 sed -e "s/@SYSTEM_A_UUID@/$a_fs/g" -e "s/@SYSTEM_B_UUID@/$b_fs/g" -e "s/@CONSOLE@/$CONSOLE/g" \
   "$grubcfg" > /build/esp/EFI/BOOT/grub.cfg
 grub-editenv /build/esp/EFI/BOOT/grubenv create

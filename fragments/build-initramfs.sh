@@ -25,12 +25,12 @@ missing=0
 for list in $MODULE_LISTS; do
   while read -r m rest; do
     case "$m" in ''|'#'*) continue ;; esac
-    if ! out=$(modprobe -d "$mods" -S "$kver" --show-depends "$m" 2>&1); then
+    if ! deps=$(modprobe -d "$mods" -S "$kver" --show-depends "$m" 2>&1); then
       echo "module \`$m\` (from $(basename "$list")) is not in kernel $kver: neither built in nor built as a module" >&2
       missing=1
       continue
     fi
-    echo "$out" | while read -r kind path args; do
+    echo "$deps" | while read -r kind path args; do
       case "$kind" in
         insmod) echo "${path#"$mods/lib/modules/$kver/"} $args" >> /build/order ;;
         builtin) ;;

@@ -42,7 +42,7 @@ stage_tree() {
 fat() {
   img=$1 off=$2 size=$3 label=$4 volid=$5 src=$6
   fits "$label" "$src" "$size"
-  mkfs.fat -F 32 -S 512 --invariant -i "$volid" -n "$label" --offset $((off / 512)) "$img" $((size / 1024)) > /dev/null
+  mkfs.fat -F 32 -S 512 -s 1 --invariant -i "$volid" -n "$label" --offset $((off / 512)) "$img" $((size / 1024)) > /dev/null 2>/build/mkfs.fat.log || { cat /build/mkfs.fat.log >&2; exit 1; }
   (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do
     p=${p#./}
     if [ -d "$src/$p" ]; then

@@ -97,8 +97,38 @@ impl<W: Write> Walker<'_, W> {
         self.nar.regular(executable, size).map_err(nar_err(src))?;
         let mut done = 0u64;
         let mut sparse_tail = false;
+        // Holes of sparse files (disk images) are fed as zeros without reading them.
+        // (Asking moves the file offset: it is set back to the next data each time.)
+        let mut data_at = next_data(&input, 0, size);
+        let mut hole_at = next_hole(&input, data_at, size);
+        input
+            .seek(SeekFrom::Start(data_at))
+            .map_err(StoreError::io("read", src))?;
         while done < size {
-            let want = READ_BUF.min((size - done) as usize);
+            if done < data_at {
+                let n = READ_BUF.min((data_at - done) as usize);
+                let zeros = &ZEROS[..n];
+                self.nar.contents(zeros).map_err(nar_err(src))?;
+                if let Some(h) = self.flat.as_deref_mut() {
+                    h.update(zeros);
+                }
+                if let Some((out, dst)) = output.as_mut() {
+                    out.seek(SeekFrom::Current(n as i64))
+                        .map_err(StoreError::io("write", *dst))?;
+                    sparse_tail = true;
+                }
+                done += n as u64;
+                continue;
+            }
+            if done >= hole_at {
+                data_at = next_data(&input, done, size);
+                hole_at = next_hole(&input, data_at, size);
+                input
+                    .seek(SeekFrom::Start(data_at))
+                    .map_err(StoreError::io("read", src))?;
+                continue;
+            }
+            let want = READ_BUF.min((size - done) as usize).min((hole_at - done) as usize);
             let n = match input.read(&mut self.buf[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -149,6 +179,29 @@ impl<W: Write> Walker<'_, W> {
             set_canonical_time_fd(&out, dst)?;
         }
         Ok(())
+    }
+}
+
+static ZEROS: [u8; READ_BUF] = [0; READ_BUF];
+
+/// The first offset at or after `from` that holds data (`size` if none: a trailing hole).
+/// Where the filesystem cannot tell, everything is data.
+fn next_data(file: &File, from: u64, size: u64) -> u64 {
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(from as i64)) {
+        Ok(p) => p.min(size),
+        Err(rustix::io::Errno::NXIO) => size,
+        Err(_) => from,
+    }
+}
+
+/// The first offset at or after `from` that is a hole (`size` if none).
+fn next_hole(file: &File, from: u64, size: u64) -> u64 {
+    if from >= size {
+        return size;
+    }
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(from as i64)) {
+        Ok(p) => p.min(size),
+        Err(_) => size,
     }
 }
 
@@ -338,4 +391,53 @@ pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result
             source,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A sparse file (holes at the start, between and after data, within and across read
+    /// buffers) hashes and copies exactly as the same bytes written densely.
+    #[test]
+    fn sparse_files_hash_and_copy_as_dense_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse");
+        let dense = dir.path().join("dense");
+        let size = 3 * READ_BUF as u64 + 12_345_678;
+        let pieces: [(u64, &[u8]); 3] = [
+            (READ_BUF as u64 + 17, b"first"),
+            (2 * READ_BUF as u64 - 2, b"across the buffer edge"),
+            (8_000_000, b"late"),
+        ];
+        let mut f = File::create(&sparse).unwrap();
+        f.set_len(size).unwrap();
+        let mut bytes = vec![0u8; size as usize];
+        for (at, data) in pieces {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(data).unwrap();
+            bytes[at as usize..at as usize + data.len()].copy_from_slice(data);
+        }
+        drop(f);
+        std::fs::write(&dense, &bytes).unwrap();
+        assert_eq!(
+            nar_hash_path(&sparse).unwrap(),
+            nar_hash_path(&dense).unwrap()
+        );
+        assert_eq!(
+            hash_file(&sparse, HashAlgo::Sha256).unwrap(),
+            hash_file(&dense, HashAlgo::Sha256).unwrap()
+        );
+        let copy = dir.path().join("copy");
+        let digests = copy_and_hash(&sparse, &copy, Some(HashAlgo::Sha256), None).unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+        assert_eq!(
+            digests.flat_hash,
+            Some(hash_file(&dense, HashAlgo::Sha256).unwrap())
+        );
+        // The copy keeps the holes.
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&copy).unwrap().blocks() * 512 < size / 2);
+    }
 }
