@@ -128,7 +128,9 @@ impl<W: Write> Walker<'_, W> {
                     .map_err(StoreError::io("read", src))?;
                 continue;
             }
-            let want = READ_BUF.min((size - done) as usize).min((hole_at - done) as usize);
+            let want = READ_BUF
+                .min((size - done) as usize)
+                .min((hole_at - done) as usize);
             let n = match input.read(&mut self.buf[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -396,7 +398,6 @@ pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     /// A sparse file (holes at the start, between and after data, within and across read
     /// buffers) hashes and copies exactly as the same bytes written densely.

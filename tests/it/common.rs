@@ -78,3 +78,9 @@ pub fn scratch() -> tempfile::TempDir {
         .tempdir()
         .expect("create scratch dir")
 }
+
+/// The store shared by the tests that compile kernels and assemble images (under Cargo's
+/// target directory), so that each small kernel is compiled once per run.
+pub fn kernel_store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-store")
+}

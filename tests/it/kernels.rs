@@ -15,7 +15,7 @@ fn repo() -> &'static Path {
 }
 
 fn shared_store() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-store")
+    crate::common::kernel_store()
 }
 
 /// A copy of the project's derivations, fragments and environments, to edit.

@@ -6,6 +6,7 @@ mod common;
 mod environment;
 mod faults;
 mod flake;
+mod images;
 mod instantiate;
 mod kernels;
 mod lock;
