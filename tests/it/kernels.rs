@@ -43,11 +43,24 @@ fn fragments_change_exactly_the_tracks_that_use_them() {
     let tmp = scratch();
     project_copy(tmp.path());
     let store = tmp.path().join("s");
+    // The fork is upstream-only: pin any file in its place (only hashes are compared here).
+    let fork = tmp.path().join("fork.tar.gz");
+    fs::write(&fork, "not really the fork").unwrap();
+    run_ok(
+        ksbuild(&store)
+            .arg("--project")
+            .arg(tmp.path())
+            .args(["pin", "linux-rpi"])
+            .arg(&fork),
+    );
     let targets = [
         "kernel-x86_64",
         "kernel-arm64",
+        "kernel-rpi",
         "kernel-x86_64@small",
         "kernel-arm64@small",
+        "kernel-rpi@small",
+        "kernel-rpi@pi5",
     ];
     let base = drv_paths(&store, tmp.path(), &targets);
     let changed = |file: &str| -> Vec<&str> {
@@ -64,13 +77,21 @@ fn fragments_change_exactly_the_tracks_that_use_them() {
             .collect()
     };
     assert_eq!(
-        changed("arm64-virt.fragment"),
-        ["kernel-arm64", "kernel-arm64@small"]
+        changed("rpi-kernel-overrides.fragment"),
+        ["kernel-rpi", "kernel-rpi@small", "kernel-rpi@pi5"]
     );
     assert_eq!(changed("kernel-container.fragment"), targets);
     assert_eq!(
+        changed("x86_64-virt.fragment"),
+        ["kernel-x86_64", "kernel-x86_64@small"]
+    );
+    assert_eq!(
         changed("kernel-small-x86_64.fragment"),
         ["kernel-x86_64@small"]
+    );
+    assert_eq!(
+        changed("kernel-small-arm64.fragment"),
+        ["kernel-arm64@small", "kernel-rpi@small"]
     );
     // The lock is an input too: a different .deb changes every kernel (its size alone does not
     // enter the derivations; its hash and URL do).
@@ -167,8 +188,8 @@ fn the_config_audit_fails_an_option_kconfig_drops() {
     let file = tmp.path().join("derivations/kernel-x86_64.toml");
     let text = fs::read_to_string(&file).unwrap();
     let text = text.replace(
-        "FRAGMENTS = \"${small} ${small_arch} ${container}\"",
-        "FRAGMENTS = \"${small} ${small_arch} ${container} ${impossible}\"",
+        "FRAGMENTS = \"${small} ${small_arch} ${container} ${virt}\"",
+        "FRAGMENTS = \"${small} ${small_arch} ${container} ${virt} ${impossible}\"",
     );
     let text = text.replace(
         "inputs = { small = ",

@@ -571,3 +571,136 @@ script = { path = "fragments/sneaky.sh" }
         "setuid chmod must fail"
     );
 }
+
+#[test]
+fn upstream_only_downloads_are_pinned_on_first_fetch_or_with_ksbuild_pin() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[]);
+    let payload = p.scratch.join("release.txt");
+    fs::write(&payload, "release 1\n").unwrap();
+    let uses = |name: &str, input: &str| {
+        format!("builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat ${{x}} > $out\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\nx = \"{input}\"\n# {name}\n")
+    };
+    let files = [
+        (
+            "reachable.toml",
+            format!("[fetch]\nurl = \"file://{}\"\n", payload.display()),
+        ),
+        // Port 9 on loopback refuses connections: an upstream that cannot be reached.
+        (
+            "upstream.toml",
+            "[fetch]\nurl = \"http://127.0.0.1:9/release-2.tar.gz\"\nunpack = \"tar\"\n"
+                .to_string(),
+        ),
+        ("a.toml", uses("a", "reachable")),
+        ("b.toml", uses("b", "upstream")),
+    ];
+    for (name, text) in &files {
+        fs::write(p.dir.join("derivations").join(name), text).unwrap();
+    }
+    // instantiate cannot lower an unpinned download, and says what to do.
+    let out = run(p.ks("s").args(["instantiate", "a"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("has no hash and is not pinned yet")
+            && err.contains("ksbuild pin reachable FILE"),
+        "{err}"
+    );
+    // realise pins on first fetch, then builds.
+    let built = run_ok(p.ks("s").args(["realise", "--no-link", "a"]));
+    let lock = fs::read_to_string(p.dir.join("derivations/pins.lock")).unwrap();
+    let want = "sha256-".to_string() + &ksbuild::compat::Hash::sha256(b"release 1\n").to_base64();
+    assert!(
+        lock.contains(&format!("hash = \"{want}\"")) && lock.contains("mode = \"flat\""),
+        "{lock}"
+    );
+    assert_eq!(
+        fs::read_to_string(
+            p.scratch
+                .join("s")
+                .join(built.trim().trim_start_matches('/'))
+        )
+        .unwrap(),
+        "release 1\n"
+    );
+    // The pin holds: new content at the URL is a hash mismatch, not a silent change.
+    fs::write(&payload, "release 2\n").unwrap();
+    let out = run(p.ks("fresh").args(["realise", "--no-link", "a"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("expected: {want}")),
+        "{err}"
+    );
+    // An unreachable upstream stops everything before any build, naming the input and the
+    // command that provides it.
+    let out = run(p.ks("s").args(["realise", "--no-link", "b", "a"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("`upstream`: http://127.0.0.1:9/release-2.tar.gz")
+            && err.contains("ksbuild pin upstream /path/to/release-2.tar.gz")
+            && err.contains("nothing was built"),
+        "{err}"
+    );
+    assert!(!fs::read_to_string(p.dir.join("derivations/pins.lock"))
+        .unwrap()
+        .contains("release-2"));
+    // `ksbuild pin` provides it from a file obtained elsewhere; then it builds.
+    let tree = p.scratch.join("tree");
+    fs::create_dir_all(tree.join("release-2")).unwrap();
+    fs::write(tree.join("release-2/hello"), "from the tarball\n").unwrap();
+    let tarball = p.scratch.join("release-2.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree)
+            .arg("release-2"),
+    );
+    run_ok(p.ks("s").args(["pin", "upstream"]).arg(&tarball));
+    let b = p
+        .ks("s")
+        .args(["realise", "--no-link", "b"])
+        .output()
+        .unwrap();
+    // `cat` of a directory fails: the point is that the tree was unpacked and pinned.
+    let lock = fs::read_to_string(p.dir.join("derivations/pins.lock")).unwrap();
+    assert!(
+        lock.contains("release-2.tar.gz") && lock.contains("mode = \"tar\""),
+        "{lock}"
+    );
+    let shown = run_ok(p.ks("s").args(["show-derivation", "upstream"]));
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let out_path = v.as_object().unwrap().values().next().unwrap()["outputs"]["out"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unpacked = p
+        .scratch
+        .join("s")
+        .join(out_path.trim_start_matches('/'))
+        .join("hello");
+    assert_eq!(
+        fs::read_to_string(&unpacked).unwrap(),
+        "from the tarball\n",
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    // Pinning a download that has a hash is refused.
+    fs::write(
+        p.dir.join("derivations/hashed.toml"),
+        format!(
+            "[fetch]\nurl = \"file://{}\"\nhash = \"{want}\"\n",
+            payload.display()
+        ),
+    )
+    .unwrap();
+    let out = run(p.ks("s").args(["pin", "hashed"]).arg(&payload));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a download declared without a hash")
+    );
+}
