@@ -406,8 +406,7 @@ fn x86_64_image_boots_switches_to_slot_b_and_falls_back_after_three_failures() {
     for left in ["2", "1", "0"] {
         let log = boot("qemu-system-x86_64", &x86_args(&copy), LIMIT);
         assert!(
-            log.contains(&format!("GRUB: booting slot B"))
-                && log.contains(&format!("boot_counter={left} ")),
+            log.contains("GRUB: booting slot B") && log.contains(&format!("boot_counter={left} ")),
             "{log}"
         );
         assert_booted(&log, "x86_64", "B", "/dev/vda4");
