@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
 
 use super::debian::{parse_packages, release_checksums, DebianError, Index, Package};
-use super::Mirrors;
+use super::{agent, Mirrors};
 use crate::compat::Hash;
 use crate::model::sandbox::{EnvironmentFile, LockFile, LockedDeb};
 
@@ -50,14 +49,6 @@ impl LockError {
             _ => None,
         }
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout_read(Duration::from_secs(120))
-        .user_agent(concat!("ksbuild/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Downloads `mirror://NAME/path` from the first mirror that answers.

@@ -85,7 +85,8 @@ fn download(agent: &ureq::Agent, url: &str, dest: &Path) -> Result<u64, String> 
     Ok(n)
 }
 
-fn agent() -> ureq::Agent {
+/// The HTTP client of every download: bounded connect and read times.
+pub(crate) fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(15))
         .timeout_read(Duration::from_secs(120))
@@ -132,6 +133,18 @@ fn hash_tree(tree: &Path, method: FileIngestionMethod, algo: HashAlgo) -> Result
     })
 }
 
+/// The `out` path of a download node.
+fn out_path(node: &Node) -> Result<crate::compat::StorePath, FetchError> {
+    node.drv
+        .outputs
+        .get("out")
+        .and_then(|o| o.path.clone())
+        .ok_or_else(|| FetchError::AllFailed {
+            what: node.key.clone(),
+            attempts: vec![("-".into(), "output path not computed".into())],
+        })
+}
+
 fn register(
     store: &Store,
     tree: &Path,
@@ -139,15 +152,7 @@ fn register(
     method: FileIngestionMethod,
     hash: &Hash,
 ) -> Result<ValidPathInfo, FetchError> {
-    let out = node
-        .drv
-        .outputs
-        .get("out")
-        .and_then(|o| o.path.clone())
-        .ok_or_else(|| FetchError::AllFailed {
-            what: node.key.clone(),
-            attempts: vec![("-".into(), "output path not computed".into())],
-        })?;
+    let out = out_path(node)?;
     let ca = store::content_address(method, hash);
     Ok(store.register_output(
         tree,
@@ -238,15 +243,7 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
             attempts: vec![("-".into(), "not a download".into())],
         });
     };
-    let out = node
-        .drv
-        .outputs
-        .get("out")
-        .and_then(|o| o.path.clone())
-        .ok_or_else(|| FetchError::AllFailed {
-            what: node.key.clone(),
-            attempts: vec![("-".into(), "output path not computed".into())],
-        })?;
+    let out = out_path(node)?;
     if let Some(info) = store.query_path_info(&out)? {
         return Ok(info);
     }

@@ -218,52 +218,41 @@ fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
     copy
 }
 
-fn x86_args(image: &Path) -> Vec<String> {
-    [
-        "-accel",
-        "tcg",
-        "-M",
-        "q35",
+/// QEMU's arguments for a UEFI boot of `image` on virtio: `machine` words and firmware.
+fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
+    let common = [
         "-smp",
         "2",
         "-m",
         "1024",
-        "-bios",
-        "/usr/share/ovmf/OVMF.fd",
         "-net",
         "none",
         "-nographic",
         "-no-reboot",
-        "-drive",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("file={},format=raw,if=virtio", image.display())])
-    .collect()
+    ];
+    machine
+        .iter()
+        .chain(&common)
+        .map(|s| s.to_string())
+        .chain(["-bios".into(), firmware.into(), "-drive".into()])
+        .chain([format!("file={},format=raw,if=virtio", image.display())])
+        .collect()
+}
+
+fn x86_args(image: &Path) -> Vec<String> {
+    uefi_args(
+        &["-accel", "tcg", "-M", "q35"],
+        "/usr/share/ovmf/OVMF.fd",
+        image,
+    )
 }
 
 fn arm64_args(image: &Path) -> Vec<String> {
-    [
-        "-M",
-        "virt",
-        "-cpu",
-        "cortex-a72",
-        "-smp",
-        "2",
-        "-m",
-        "1024",
-        "-bios",
+    uefi_args(
+        &["-M", "virt", "-cpu", "cortex-a72"],
         "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-        "-net",
-        "none",
-        "-nographic",
-        "-no-reboot",
-        "-drive",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("file={},format=raw,if=virtio", image.display())])
-    .collect()
+        image,
+    )
 }
 
 const LIMIT: Duration = Duration::from_secs(240);
