@@ -26,7 +26,8 @@ for list in $MODULE_LISTS; do
   while read -r m rest; do
     case "$m" in ''|'#'*) continue ;; esac
     if ! deps=$(modprobe -d "$mods" -S "$kver" --show-depends "$m" 2>&1); then
-      echo "module \`$m\` (from $(basename "$list")) is not in kernel $kver: neither built in nor built as a module" >&2
+      name=$(basename "$list")
+      echo "module \`$m\` (from ${name#*-}) is not in kernel $kver: neither built in nor built as a module" >&2
       missing=1
       continue
     fi
