@@ -666,3 +666,54 @@ fn bad_image_input_is_named() {
         "module `no_such_module` (from modules-x86_64.list) is not in kernel",
     );
 }
+
+#[test]
+fn a_rootfs_change_rebuilds_no_kernel() {
+    let tmp = scratch();
+    let store = tmp.path().join("s");
+    let proj = project(tmp.path(), &store);
+    let targets = [
+        "kernel-x86_64@small",
+        "kernel-rpi@small",
+        "rootfs-x86_64",
+        "rootfs-arm64",
+        "initramfs-x86_64@small",
+        "initramfs-rpi@small",
+        "disk-image@small",
+        "rpi-image@small",
+    ];
+    let drvs = || -> Vec<String> {
+        run_ok(
+            ksbuild(&store)
+                .arg("--project")
+                .arg(&proj)
+                .arg("instantiate")
+                .args(targets),
+        )
+        .lines()
+        .map(String::from)
+        .collect()
+    };
+    let before = drvs();
+    let stage = proj.join("fragments/kubesolo-init/stages/60-hostname.sh");
+    let text = fs::read_to_string(&stage).unwrap();
+    fs::write(&stage, format!("{text}# changed\n")).unwrap();
+    let after = drvs();
+    let changed: Vec<&str> = targets
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (b, a))| b != a)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "rootfs-x86_64",
+            "rootfs-arm64",
+            "initramfs-x86_64@small",
+            "initramfs-rpi@small",
+            "disk-image@small",
+            "rpi-image@small"
+        ]
+    );
+}
