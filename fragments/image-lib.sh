@@ -76,16 +76,17 @@ CONF
   MKE2FS_CONFIG=/build/mke2fs.conf mkfs.ext4 -q -F -t ext4 -b 4096 -I 256 -m 0 -L "$label" -U "$uuid" \
     -E "offset=$off,hash_seed=$uuid,root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard" \
     ${src:+-d "$src"} "$img" $((size / 1024))k
-  # mkfs copies each source inode's ctime, which no tool can set on the source: pin them.
+  # mkfs copies each source inode's times: ctime, which no tool can set on the source, and
+  # atime, which reading the source (an earlier mkfs) moves. Pin all four times.
   {
-    echo "sif / ctime @$SOURCE_DATE_EPOCH"
-    echo "sif /lost+found ctime @$SOURCE_DATE_EPOCH"
+    echo /
+    echo /lost+found
     if [ -n "$src" ]; then
-      (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do
-        echo "sif \"/${p#./}\" ctime @$SOURCE_DATE_EPOCH"
-      done
+      (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do echo "/${p#./}"; done
     fi
-  } > /build/debugfs.cmds
+  } | while read -r p; do
+    for t in atime mtime ctime crtime; do echo "sif \"$p\" $t @$SOURCE_DATE_EPOCH"; done
+  done > /build/debugfs.cmds
   debugfs -w -f /build/debugfs.cmds "$img?offset=$off" > /dev/null 2>&1
   e2fsck -fn "$img?offset=$off" > /build/e2fsck.log 2>&1 || { cat /build/e2fsck.log >&2; exit 1; }
 }

@@ -66,22 +66,50 @@ impl FetchError {
 
 /// Downloads `url` into `dest` (a new file). `file://` reads a local file.
 fn download(agent: &ureq::Agent, url: &str, dest: &Path) -> Result<u64, String> {
+    // A transient failure (a resolver hiccup, a reset connection, a cut transfer) is tried
+    // again twice; an answer such as 404, or a name that does not exist, is final.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match download_once(agent, url, dest) {
+            Err((_, true)) if attempt < 3 => {
+                std::thread::sleep(Duration::from_secs(attempt));
+                let _ = std::fs::remove_file(dest);
+            }
+            Err((e, _)) => return Err(e),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+/// One try; the error says whether it is worth another.
+fn download_once(agent: &ureq::Agent, url: &str, dest: &Path) -> Result<u64, (String, bool)> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dest)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), false))?;
     let mut reader: Box<dyn Read> = if let Some(path) = url.strip_prefix("file://") {
-        Box::new(std::fs::File::open(path).map_err(|e| e.to_string())?)
+        Box::new(std::fs::File::open(path).map_err(|e| (e.to_string(), false))?)
     } else {
         let response = agent.get(url).call().map_err(|e| match e {
-            ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
-            ureq::Error::Transport(t) => t.to_string(),
+            ureq::Error::Status(code, r) => {
+                (format!("HTTP {code} {}", r.status_text()), code >= 500)
+            }
+            ureq::Error::Transport(t) => {
+                let text = t.to_string();
+                let transient = match t.kind() {
+                    ureq::ErrorKind::Dns => text.contains("Temporary failure"),
+                    ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io => true,
+                    _ => false,
+                };
+                (text, transient)
+            }
         })?;
         Box::new(response.into_reader())
     };
-    let n = io::copy(&mut reader, &mut file).map_err(|e| e.to_string())?;
-    file.flush().map_err(|e| e.to_string())?;
+    let n = io::copy(&mut reader, &mut file).map_err(|e| (e.to_string(), true))?;
+    file.flush().map_err(|e| (e.to_string(), false))?;
     Ok(n)
 }
 

@@ -34,6 +34,12 @@ fn project(dir: &Path, store: &Path) -> PathBuf {
     for d in ["derivations", "fragments", "sandboxes"] {
         run_ok(Command::new("cp").arg("-r").arg(repo().join(d)).arg(&proj));
     }
+    pin_standins(store, &proj, dir);
+    proj
+}
+
+/// Pins the stand-in KubeSolo tarballs (written into `dir/standin`) in `store`.
+fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
     let stage = dir.join("standin");
     fs::create_dir_all(&stage).unwrap();
     let script = stage.join("kubesolo");
@@ -52,12 +58,11 @@ fn project(dir: &Path, store: &Path) -> PathBuf {
         run_ok(
             ksbuild(store)
                 .arg("--project")
-                .arg(&proj)
+                .arg(proj)
                 .args(["pin", target])
                 .arg(&tarball),
         );
     }
-    proj
 }
 
 /// Realises `target`; returns the output's physical directory. `None` when the Debian
@@ -583,6 +588,8 @@ fn images_are_bit_identical_across_store_roots_umask_and_tz() {
                 .arg(other.join("nix/var/ksbuild/db")),
         );
     }
+    // The stand-in is provided to the second store as a user would: `ksbuild pin`.
+    pin_standins(&other, &proj, &tmp.path().join("again"));
     for ((t, f), a) in targets.iter().zip(&first) {
         let mut cmd = ksbuild(&other);
         cmd.arg("--project")
