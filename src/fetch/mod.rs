@@ -97,7 +97,14 @@ fn download_once(agent: &ureq::Agent, url: &str, dest: &Path) -> Result<u64, (St
                 (format!("HTTP {code} {}", r.status_text()), code >= 500)
             }
             ureq::Error::Transport(t) => {
-                let text = t.to_string();
+                // Its Display repeats the URL, which the caller already names.
+                let mut text = match t.message() {
+                    Some(m) => format!("{}: {m}", t.kind()),
+                    None => t.kind().to_string(),
+                };
+                if let Some(cause) = std::error::Error::source(&t) {
+                    text.push_str(&format!(": {cause}"));
+                }
                 let transient = match t.kind() {
                     ureq::ErrorKind::Dns => text.contains("Temporary failure"),
                     ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io => true,
