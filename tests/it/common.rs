@@ -84,3 +84,17 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn kernel_store() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-store")
 }
+
+/// The `.drv` paths `ksbuild instantiate` prints for `targets` of the project `proj`.
+pub fn drv_paths(store: &Path, proj: &Path, targets: &[&str]) -> Vec<String> {
+    run_ok(
+        ksbuild(store)
+            .arg("--project")
+            .arg(proj)
+            .arg("instantiate")
+            .args(targets),
+    )
+    .lines()
+    .map(String::from)
+    .collect()
+}

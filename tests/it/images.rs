@@ -689,18 +689,7 @@ fn a_rootfs_change_rebuilds_no_kernel() {
         "disk-image@small",
         "rpi-image@small",
     ];
-    let drvs = || -> Vec<String> {
-        run_ok(
-            ksbuild(&store)
-                .arg("--project")
-                .arg(&proj)
-                .arg("instantiate")
-                .args(targets),
-        )
-        .lines()
-        .map(String::from)
-        .collect()
-    };
+    let drvs = || -> Vec<String> { crate::common::drv_paths(&store, &proj, &targets) };
     let before = drvs();
     let stage = proj.join("fragments/kubesolo-init/stages/60-hostname.sh");
     let text = fs::read_to_string(&stage).unwrap();

@@ -142,18 +142,7 @@ fn editing_a_fragment_changes_exactly_what_depends_on_it() {
     write_project(&proj);
     let store = tmp.path().join("ks");
     let targets = ["simple", "hello-src", "multi", "dependent"];
-    let instantiate = || -> Vec<String> {
-        run_ok(
-            ksbuild(&store)
-                .arg("--project")
-                .arg(&proj)
-                .arg("instantiate")
-                .args(targets),
-        )
-        .lines()
-        .map(String::from)
-        .collect()
-    };
+    let instantiate = || -> Vec<String> { crate::common::drv_paths(&store, &proj, &targets) };
     let before = instantiate();
     fs::write(proj.join("fragments/conf/a.fragment"), "CONFIG_A=m\n").unwrap();
     let after = instantiate();

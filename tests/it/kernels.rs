@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{ksbuild, run, run_ok, scratch};
+use crate::common::{drv_paths, ksbuild, run, run_ok, scratch};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,19 +24,6 @@ fn project_copy(dir: &Path) {
     for d in ["derivations", "fragments", "sandboxes"] {
         run_ok(Command::new("cp").arg("-r").arg(repo().join(d)).arg(dir));
     }
-}
-
-fn drv_paths(store: &Path, proj: &Path, targets: &[&str]) -> Vec<String> {
-    run_ok(
-        ksbuild(store)
-            .arg("--project")
-            .arg(proj)
-            .arg("instantiate")
-            .args(targets),
-    )
-    .lines()
-    .map(String::from)
-    .collect()
 }
 
 #[test]
