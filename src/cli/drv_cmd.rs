@@ -173,26 +173,20 @@ fn key_target(project: &Project, key: &str) -> Result<String, CliError> {
     if project.targets.contains_key(key) {
         return Ok(key.to_string());
     }
-    if let Some((target, _)) = key.rsplit_once('.') {
-        if project.targets.contains_key(target) {
-            return Ok(target.to_string());
-        }
+    match key.rsplit_once('.') {
+        Some((target, _)) if project.targets.contains_key(target) => Ok(target.to_string()),
+        _ => Ok(project.target(key)?.name.clone()),
     }
-    project.target(key)?;
-    unreachable!("Project::target reports unknown targets")
 }
 
 /// Pins `fetched` downloads (key, url, mode, content), then registers each content at the
-/// output path its new pin gives.
+/// output path its new pin gives. Returns the project loaded with the new pins.
 fn pin_and_register(
     ctx: &Context,
     store: &Store,
     root: &Path,
     fetched: Vec<(String, String, &'static str, crate::fetch::Prefetched)>,
-) -> Result<(), CliError> {
-    if fetched.is_empty() {
-        return Ok(());
-    }
+) -> Result<Project, CliError> {
     let mut pins = crate::model::pins::Pins::load(root).map_err(crate::model::ModelError::from)?;
     for (key, url, mode, p) in &fetched {
         let sri = p.hash.to_sri();
@@ -218,7 +212,7 @@ fn pin_and_register(
             })?;
         ctx.note(&format!("`{key}` is {}", store.print(&info.path)));
     }
-    Ok(())
+    Ok(project)
 }
 
 /// Pins on first fetch every download among `targets` declared without a hash and not
@@ -251,9 +245,13 @@ pub fn ensure_pinned(
             Err(e) => missing.push((u, e)),
         }
     }
-    pin_and_register(ctx, store, &root, fetched)?;
+    let project = if fetched.is_empty() {
+        project
+    } else {
+        pin_and_register(ctx, store, &root, fetched)?
+    };
     if missing.is_empty() {
-        return Ok(Project::load(&root)?);
+        return Ok(project);
     }
     let mut message = format!(
         "{} upstream input(s) are not pinned and cannot be fetched here; nothing was built:",

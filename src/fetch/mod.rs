@@ -168,6 +168,19 @@ fn hash_tree(tree: &Path, method: FileIngestionMethod, algo: HashAlgo) -> Result
     })
 }
 
+/// The URLs to try for `url` (`mirror://NAME/…` through the mirrors).
+fn resolve(mirrors: &Mirrors, url: &str) -> Result<Vec<String>, FetchError> {
+    mirrors.resolve(url).ok_or_else(|| FetchError::NoMirror {
+        name: url
+            .trim_start_matches("mirror://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        url: url.to_string(),
+    })
+}
+
 /// The `out` path of a download node.
 fn out_path(node: &Node) -> Result<crate::compat::StorePath, FetchError> {
     node.drv
@@ -225,27 +238,13 @@ pub fn prefetch(
     local: Option<&Path>,
     mirrors: &Mirrors,
 ) -> Result<Prefetched, FetchError> {
-    let (unpack, executable, method) = match mode {
-        "deb" => (Some(Unpack::Deb), false, FileIngestionMethod::Recursive),
-        "tar" => (Some(Unpack::Tar), false, FileIngestionMethod::Recursive),
-        "recursive" => (None, false, FileIngestionMethod::Recursive),
-        "executable" => (None, true, FileIngestionMethod::Flat),
-        _ => (None, false, FileIngestionMethod::Flat),
-    };
+    let (unpack, executable, method) = crate::model::pins::mode_parts(mode);
     let urls = match local {
         Some(path) => {
             let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             vec![format!("file://{}", abs.display())]
         }
-        None => mirrors.resolve(url).ok_or_else(|| FetchError::NoMirror {
-            name: url
-                .trim_start_matches("mirror://")
-                .split('/')
-                .next()
-                .unwrap_or("")
-                .to_string(),
-            url: url.to_string(),
-        })?,
+        None => resolve(mirrors, url)?,
     };
     let staging = store.staging()?;
     let mut attempts = Vec::new();
@@ -282,18 +281,7 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
     if let Some(info) = store.query_path_info(&out)? {
         return Ok(info);
     }
-    let urls = mirrors
-        .resolve(&fetch.url)
-        .ok_or_else(|| FetchError::NoMirror {
-            name: fetch
-                .url
-                .trim_start_matches("mirror://")
-                .split('/')
-                .next()
-                .unwrap_or("")
-                .to_string(),
-            url: fetch.url.clone(),
-        })?;
+    let urls = resolve(mirrors, &fetch.url)?;
     let staging = store.staging()?;
     let mut attempts = Vec::new();
     for url in &urls {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::schema::FetchSpec;
+use super::Unpack;
+use crate::compat::FileIngestionMethod;
 
 /// The lock file's path in a project.
 pub fn pins_path(root: &Path) -> PathBuf {
@@ -23,6 +25,18 @@ pub fn fetch_mode(spec: &FetchSpec) -> &'static str {
         None if spec.recursive => "recursive",
         None if spec.executable => "executable",
         None => "flat",
+    }
+}
+
+/// The inverse of [`fetch_mode`]: how a download in `mode` is unpacked, whether it is made
+/// executable, and how it is hashed.
+pub fn mode_parts(mode: &str) -> (Option<Unpack>, bool, FileIngestionMethod) {
+    match mode {
+        "deb" => (Some(Unpack::Deb), false, FileIngestionMethod::Recursive),
+        "tar" => (Some(Unpack::Tar), false, FileIngestionMethod::Recursive),
+        "recursive" => (None, false, FileIngestionMethod::Recursive),
+        "executable" => (None, true, FileIngestionMethod::Flat),
+        _ => (None, false, FileIngestionMethod::Flat),
     }
 }
 
@@ -125,6 +139,52 @@ impl Pins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_round_trip() {
+        let spec = |unpack: Option<&str>, recursive: bool, executable: bool| FetchSpec {
+            url: toml::Spanned::new(0..0, "https://x/y".into()),
+            hash: None,
+            name: None,
+            recursive,
+            unpack: unpack.map(|u| toml::Spanned::new(0..0, u.to_string())),
+            executable,
+        };
+        for (s, unpack, exec, method) in [
+            (
+                spec(Some("deb"), false, false),
+                Some(Unpack::Deb),
+                false,
+                FileIngestionMethod::Recursive,
+            ),
+            (
+                spec(Some("tar"), false, false),
+                Some(Unpack::Tar),
+                false,
+                FileIngestionMethod::Recursive,
+            ),
+            (
+                spec(None, true, false),
+                None,
+                false,
+                FileIngestionMethod::Recursive,
+            ),
+            (
+                spec(None, false, true),
+                None,
+                true,
+                FileIngestionMethod::Flat,
+            ),
+            (
+                spec(None, false, false),
+                None,
+                false,
+                FileIngestionMethod::Flat,
+            ),
+        ] {
+            assert_eq!(mode_parts(fetch_mode(&s)), (unpack, exec, method));
+        }
+    }
 
     #[test]
     fn set_replaces_and_sorts() {

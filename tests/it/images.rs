@@ -713,3 +713,29 @@ fn a_rootfs_change_rebuilds_no_kernel() {
         ]
     );
 }
+
+#[test]
+fn the_compressed_image_decompresses_to_the_image() {
+    let tmp = scratch();
+    let store = kernel_store();
+    let proj = project(tmp.path(), &store);
+    let (Some(image), Some(zst)) = (
+        realise(&store, &proj, "disk-image@small", &[]),
+        realise(&store, &proj, "disk-image-zst@small", &[]),
+    ) else {
+        return;
+    };
+    let out = tmp.path().join("disk.img");
+    run_ok(
+        Command::new("zstd")
+            .args(["-q", "-d", "--sparse", "--long=27", "-o"])
+            .arg(&out)
+            .arg(zst.join("disk.img.zst")),
+    );
+    let same = run(Command::new("cmp").arg(image.join("disk.img")).arg(&out));
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+}
