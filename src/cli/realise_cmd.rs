@@ -238,7 +238,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             max_silent_time: args.max_silent_time.map(Duration::from_secs),
             keep_failed: args.keep_failed,
         },
-    );
+    )?;
     let mirrors = Mirrors::discover();
     let result = graph::realise(
         &store,

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// Reading or writing failed.
-    #[error("I/O error while unpacking")]
+    #[error("I/O error while unpacking: {0}")]
     Io(#[from] io::Error),
     /// The archive is not of the expected format.
     #[error("{0}")]

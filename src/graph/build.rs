@@ -37,16 +37,24 @@ pub struct SandboxExecutor<'a> {
     /// Scratch directories of successful builds, emptied, for the next builds of this
     /// process: reusing them spares two directories created and removed per build.
     spare: Mutex<Vec<Scratch>>,
+    /// The store's GC lock, shared, for the executor's lifetime: the spare scratch
+    /// directories wait in `builds/` between builds, where another process opening an
+    /// idle store would sweep them away.
+    _gc: FileLock,
 }
 
 impl<'a> SandboxExecutor<'a> {
     /// An executor building into `store`.
-    pub fn new(store: &'a Store, options: BuildOptions) -> SandboxExecutor<'a> {
-        SandboxExecutor {
+    pub fn new(
+        store: &'a Store,
+        options: BuildOptions,
+    ) -> Result<SandboxExecutor<'a>, crate::store::StoreError> {
+        Ok(SandboxExecutor {
             store,
             options,
             spare: Mutex::new(Vec::new()),
-        }
+            _gc: store.lock_gc_shared()?,
+        })
     }
 
     /// Empties the scratch directories of a successful build and keeps them for the next
@@ -274,7 +282,6 @@ impl SandboxExecutor<'_> {
 impl Executor for SandboxExecutor<'_> {
     fn build(&self, node: &Node, reporter: &dyn Reporter) -> Result<(), BuildFailure> {
         let store = self.store;
-        let _gc = store.lock_gc_shared().map_err(|e| failure(e.to_string()))?;
         // Another process may be building the same derivation: wait for it, then reuse.
         let locks: BTreeMap<StorePath, FileLock> = output_paths(node)
             .into_values()
@@ -350,7 +357,6 @@ impl SandboxExecutor<'_> {
         reporter: &dyn Reporter,
     ) -> Result<Vec<CheckMismatch>, BuildFailure> {
         let store = self.store;
-        let _gc = store.lock_gc_shared().map_err(|e| failure(e.to_string()))?;
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
@@ -394,5 +400,39 @@ impl SandboxExecutor<'_> {
         self.recycle(scratch);
         timing::report("build: empty scratch", t0);
         Ok(mismatches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compat::StoreDir;
+    use crate::store::Silent;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(&dir.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap()
+    }
+
+    #[test]
+    fn spare_scratch_directories_survive_another_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        let options = BuildOptions {
+            cores: 1,
+            timeout: None,
+            max_silent_time: None,
+            keep_failed: false,
+        };
+        let executor = SandboxExecutor::new(&s, options).unwrap();
+        let spare = s.builds_dir().join("spare");
+        std::fs::create_dir(&spare).unwrap();
+        let _other = open(tmp.path());
+        assert!(spare.exists(), "swept while the executor lives");
+        drop(executor);
+        let _idle = open(tmp.path());
+        assert!(!spare.exists(), "an idle store is swept");
     }
 }

@@ -117,9 +117,12 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 
 /// A staging directory for a path being added, removed on drop. It is created inside the
 /// store's `tmp/`, on the same filesystem as the store, so the finished tree can be
-/// renamed into place.
+/// renamed into place. One made by [`Store::staging`](super::Store::staging) also holds
+/// the store's GC lock shared, so that no other process sweeps it away as a leftover.
 pub struct Staging {
     dir: PathBuf,
+    // Dropped after `drop` has removed the directory.
+    _gc: Option<super::FileLock>,
 }
 
 impl Staging {
@@ -130,7 +133,14 @@ impl Staging {
             .tempdir_in(tmp)
             .map_err(StoreError::io("create a staging directory in", tmp))?
             .keep();
-        Ok(Staging { dir })
+        Ok(Staging { dir, _gc: None })
+    }
+
+    /// Creates a fresh staging directory under `tmp`, kept safe from sweeps by `gc`.
+    pub fn locked(tmp: &Path, gc: super::FileLock) -> Result<Staging> {
+        let mut staging = Staging::new(tmp)?;
+        staging._gc = Some(gc);
+        Ok(staging)
     }
 
     /// The directory.

@@ -474,9 +474,10 @@ impl Store {
     }
 
     /// A fresh staging directory on the store's filesystem, removed when dropped; trees
-    /// built in it can be registered with [`Store::register_output`].
+    /// built in it can be registered with [`Store::register_output`]. It holds the GC lock
+    /// shared while it lives: another process opening an idle store sweeps `tmp/`.
     pub fn staging(&self) -> Result<Staging> {
-        Staging::new(&self.tmp_dir())
+        Staging::locked(&self.tmp_dir(), self.lock_gc_shared()?)
     }
 
     /// Imports a repository file or tree as a source path, as Nix imports a path literal:
@@ -830,6 +831,31 @@ mod tests {
         assert!(stray.exists());
         s2.collect_garbage(false).unwrap();
         assert!(!stray.exists());
+    }
+
+    #[test]
+    fn a_staging_directory_in_use_is_not_swept_by_another_open() {
+        // A download being unpacked while another process opens the store (CI lost two
+        // fetches this way): the open must not take the store for idle.
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let staging = s.staging().unwrap();
+        std::fs::write(staging.path().join("download"), b"half").unwrap();
+        let _s2 = store(tmp.path());
+        assert!(
+            staging.path().join("download").exists(),
+            "swept while in use"
+        );
+        let dir = staging.path().to_path_buf();
+        drop(staging);
+        assert!(!dir.exists(), "removed when dropped");
+        std::fs::create_dir(s.tmp_dir().join("stage-1-x")).unwrap();
+        let _s3 = store(tmp.path());
+        assert_eq!(
+            std::fs::read_dir(s.tmp_dir()).unwrap().count(),
+            0,
+            "the lock is released with the staging directory"
+        );
     }
 
     #[test]
