@@ -39,7 +39,7 @@ pub fn instantiate(
     targets: &[String],
 ) -> Result<(Project, Lowered), CliError> {
     let t0 = std::time::Instant::now();
-    let project = Project::load(&project_root(ctx)?)?;
+    let project = Project::load_for(&project_root(ctx)?, targets)?;
     ctx.timing("load the project", t0);
     instantiate_project(ctx, store, project, targets)
 }
@@ -66,11 +66,17 @@ pub fn instantiate_project(
     let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
     ctx.timing("lower (with source imports)", t0);
     let t0 = std::time::Instant::now();
+    // Lowering computed every path: those already valid (usually all) cost one stat.
     for (path, contents) in &lowered.texts {
-        store.add_text(path.name(), contents.as_bytes(), &Default::default())?;
+        if !store.is_valid(path)? {
+            store.add_text(path.name(), contents.as_bytes(), &Default::default())?;
+        }
     }
     for key in &lowered.order {
         let node = &lowered.nodes[key];
+        if store.is_valid(&node.drv_path)? {
+            continue;
+        }
         let name = node.drv_path.name().to_string();
         let info = store.add_text(
             &name,
@@ -180,11 +186,13 @@ fn key_target(project: &Project, key: &str) -> Result<String, CliError> {
 }
 
 /// Pins `fetched` downloads (key, url, mode, content), then registers each content at the
-/// output path its new pin gives. Returns the project loaded with the new pins.
+/// output path its new pin gives. Returns the project, loaded for `targets`, with the new
+/// pins.
 fn pin_and_register(
     ctx: &Context,
     store: &Store,
     root: &Path,
+    targets: &[String],
     fetched: Vec<(String, String, &'static str, crate::fetch::Prefetched)>,
 ) -> Result<Project, CliError> {
     let mut pins = crate::model::pins::Pins::load(root).map_err(crate::model::ModelError::from)?;
@@ -194,7 +202,7 @@ fn pin_and_register(
         pins.set(url, mode, &sri);
     }
     pins.save(root).map_err(crate::model::ModelError::from)?;
-    let project = Project::load(root)?;
+    let project = Project::load_for(root, targets)?;
     let mut targets: Vec<String> = Vec::new();
     for (key, ..) in &fetched {
         targets.push(key_target(&project, key)?);
@@ -226,7 +234,7 @@ pub fn ensure_pinned(
 ) -> Result<Project, CliError> {
     let t0 = std::time::Instant::now();
     let root = project_root(ctx)?;
-    let project = Project::load(&root)?;
+    let project = Project::load_for(&root, targets)?;
     ctx.timing("load the project", t0);
     let wanted: Vec<_> = crate::model::unpinned(&project, targets)?
         .into_iter()
@@ -248,7 +256,7 @@ pub fn ensure_pinned(
     let project = if fetched.is_empty() {
         project
     } else {
-        pin_and_register(ctx, store, &root, fetched)?
+        pin_and_register(ctx, store, &root, targets, fetched)?
     };
     if missing.is_empty() {
         return Ok(project);
@@ -318,6 +326,12 @@ pub fn run_pin(ctx: &Context, key: String, file: Option<PathBuf>) -> Result<Exit
             ctx.note(&format!("`{key}` was pinned to {old}; re-pinned"));
         }
     }
-    pin_and_register(ctx, &store, &root, vec![(u.key, u.url, u.mode, p)])?;
+    pin_and_register(
+        ctx,
+        &store,
+        &root,
+        std::slice::from_ref(&target),
+        vec![(u.key, u.url, u.mode, p)],
+    )?;
     Ok(ExitCode::SUCCESS)
 }

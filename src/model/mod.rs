@@ -175,29 +175,28 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
-impl Project {
-    /// Loads every derivation file under `root/derivations`.
-    pub fn load(root: &Path) -> Result<Project, ModelError> {
+/// A parsed derivation file: its target name, text and contents.
+type Parsed = (String, SourceFile, DerivationFile);
+
+/// The derivation files of a project, found but not parsed yet.
+struct Index {
+    root: PathBuf,
+    settings: Option<(SourceFile, ProjectFile)>,
+    /// Every target file, in path order.
+    files: Vec<PathBuf>,
+}
+
+impl Index {
+    fn new(root: &Path) -> Result<Index, ModelError> {
         let dir = root.join("derivations");
-        let read = |path: &Path| -> Result<SourceFile, ModelError> {
-            let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            Ok(SourceFile {
-                path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
-                text: Arc::new(text),
-            })
-        };
         let settings_file = dir.join("_project.toml");
         let settings = if settings_file.exists() {
-            let source = read(&settings_file)?;
+            let source = read_source(root, &settings_file)?;
             let parsed: ProjectFile = source.parse()?;
             Some((source, parsed))
         } else {
             None
         };
-        let mut targets: BTreeMap<String, Target> = BTreeMap::new();
         let mut files: Vec<PathBuf> = Vec::new();
         for entry in walkdir::WalkDir::new(&dir).sort_by_file_name() {
             let entry = entry.map_err(|e| ModelError::Io {
@@ -215,84 +214,199 @@ impl Project {
                 files.push(entry.into_path());
             }
         }
-        // Parsing dominates loading a large project: spread it over the CPUs.
-        let parse = |path: &PathBuf| -> Result<(String, SourceFile, DerivationFile), ModelError> {
-            let source = read(path)?;
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        Ok(Index {
+            root: root.to_path_buf(),
+            settings,
+            files,
+        })
+    }
+
+    /// Reads and parses `files`; parsing dominates loading a large project, so many files
+    /// are spread over the CPUs.
+    fn parse(&self, files: &[&PathBuf]) -> Vec<Result<Parsed, ModelError>> {
+        let parse = |path: &&PathBuf| -> Result<Parsed, ModelError> {
+            let source = read_source(&self.root, path)?;
             let spec: DerivationFile = source.parse()?;
-            Ok((name, source, spec))
+            Ok((target_name(path), source, spec))
         };
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(8);
         let chunk = files.len().div_ceil(workers).max(16);
-        let parsed: Vec<Result<(String, SourceFile, DerivationFile), ModelError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = files
-                    .chunks(chunk)
-                    .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| {
-                        h.join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })
-                    .collect()
-            });
-        for item in parsed {
-            let (name, source, spec) = item?;
-            if let Some(existing) = targets.get(&name) {
-                return Err(ModelError::DuplicateTarget {
-                    name,
-                    first: existing.source.path.clone(),
-                    second: source.path.clone(),
-                });
-            }
-            for (variant, v) in &spec.variants {
-                let v = v.get_ref();
-                let mut derived = spec.clone();
-                derived.variants.clear();
-                let base_name = spec
-                    .name
-                    .as_ref()
-                    .map(|n| n.get_ref().clone())
-                    .unwrap_or_else(|| name.clone());
-                derived.name = Some(match &v.name {
-                    Some(n) => n.clone(),
-                    None => toml::Spanned::new(0..0, format!("{base_name}-{variant}")),
-                });
-                if let Some(args) = &v.args {
-                    derived.args = args.clone();
-                }
-                derived
-                    .env
-                    .extend(v.env.iter().map(|(k, x)| (k.clone(), x.clone())));
-                derived
-                    .inputs
-                    .extend(v.inputs.iter().map(|(k, x)| (k.clone(), x.clone())));
-                let key = format!("{name}@{variant}");
-                targets.insert(
-                    key.clone(),
-                    Target {
-                        name: key,
-                        source: source.clone(),
-                        spec: derived,
-                    },
-                );
-            }
-            targets.insert(name.clone(), Target { name, source, spec });
+        if files.len() <= chunk {
+            return files.iter().map(parse).collect();
         }
-        Ok(Project {
-            root: root.to_path_buf(),
-            settings,
-            targets,
-            pins: pins::Pins::load(root)?,
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
         })
+    }
+
+    fn into_project(self, targets: BTreeMap<String, Target>) -> Result<Project, ModelError> {
+        Ok(Project {
+            pins: pins::Pins::load(&self.root)?,
+            root: self.root,
+            settings: self.settings,
+            targets,
+        })
+    }
+}
+
+fn read_source(root: &Path, path: &Path) -> Result<SourceFile, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(SourceFile {
+        path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
+        text: Arc::new(text),
+    })
+}
+
+/// A file's target name: its stem.
+fn target_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Adds a parsed file to `targets`: the target and one per variant (`NAME@VARIANT`).
+fn insert_target(
+    targets: &mut BTreeMap<String, Target>,
+    (name, source, spec): Parsed,
+) -> Result<(), ModelError> {
+    if let Some(existing) = targets.get(&name) {
+        return Err(ModelError::DuplicateTarget {
+            name,
+            first: existing.source.path.clone(),
+            second: source.path.clone(),
+        });
+    }
+    for (variant, v) in &spec.variants {
+        let mut derived = spec.clone();
+        derived.variants.clear();
+        let base_name = spec
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| name.clone());
+        derived.name = Some(match &v.name {
+            Some(n) => n.clone(),
+            None => toml::Spanned::new(0..0, format!("{base_name}-{variant}")),
+        });
+        if let Some(args) = &v.args {
+            derived.args = args.clone();
+        }
+        derived
+            .env
+            .extend(v.env.iter().map(|(k, x)| (k.clone(), x.clone())));
+        derived
+            .inputs
+            .extend(v.inputs.iter().map(|(k, x)| (k.clone(), x.clone())));
+        let key = format!("{name}@{variant}");
+        targets.insert(
+            key.clone(),
+            Target {
+                name: key,
+                source: source.clone(),
+                spec: derived,
+            },
+        );
+    }
+    targets.insert(name.clone(), Target { name, source, spec });
+    Ok(())
+}
+
+/// The targets a derivation depends on by name.
+fn dependencies(spec: &DerivationFile) -> impl Iterator<Item = &str> {
+    let environment = spec.environment.is_some()
+        || spec
+            .inputs
+            .values()
+            .any(|i| matches!(i.get_ref(), InputSpec::Environment { .. }));
+    spec.inputs
+        .values()
+        .filter_map(|i| match i.get_ref() {
+            InputSpec::Derivation { target, .. } => Some(target.as_str()),
+            _ => None,
+        })
+        .chain(environment.then_some(lower::ENVIRONMENT_BUSYBOX))
+}
+
+impl Project {
+    /// Loads every derivation file under `root/derivations`.
+    pub fn load(root: &Path) -> Result<Project, ModelError> {
+        let index = Index::new(root)?;
+        let mut targets = BTreeMap::new();
+        for parsed in index.parse(&index.files.iter().collect::<Vec<_>>()) {
+            insert_target(&mut targets, parsed?)?;
+        }
+        index.into_project(targets)
+    }
+
+    /// Loads the derivation files that `roots` need: theirs and those of their
+    /// dependencies, level by level, so that building one target of a large project
+    /// parses only its closure. Anything unexpected (an unknown name, two files for one
+    /// name) loads the whole project instead, whose errors say it best.
+    pub fn load_for(root: &Path, roots: &[String]) -> Result<Project, ModelError> {
+        if roots.is_empty() {
+            return Project::load(root);
+        }
+        let index = Index::new(root)?;
+        let mut by_name: BTreeMap<String, &PathBuf> = BTreeMap::new();
+        for path in &index.files {
+            if by_name.insert(target_name(path), path).is_some() {
+                return Project::load(root);
+            }
+        }
+        let base = |name: &str| name.split('@').next().unwrap_or(name).to_string();
+        let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+        let mut wanted: Vec<String> = roots.to_vec();
+        let mut loaded: std::collections::BTreeSet<String> = Default::default();
+        while !wanted.is_empty() {
+            let mut files = Vec::new();
+            for name in &wanted {
+                let file = base(name);
+                if loaded.insert(file.clone()) {
+                    match by_name.get(&file) {
+                        Some(path) => files.push(*path),
+                        None => return Project::load(root),
+                    }
+                }
+            }
+            let mut next = Vec::new();
+            for parsed in index.parse(&files) {
+                let parsed = parsed?;
+                let name = parsed.0.clone();
+                let variants: Vec<String> = parsed.2.variants.keys().cloned().collect();
+                insert_target(&mut targets, parsed)?;
+                for key in std::iter::once(name.clone())
+                    .chain(variants.iter().map(|v| format!("{name}@{v}")))
+                {
+                    next.extend(dependencies(&targets[&key].spec).map(str::to_string));
+                }
+            }
+            wanted = next;
+        }
+        let complete = roots.iter().all(|n| targets.contains_key(n))
+            && targets
+                .values()
+                .flat_map(|t| dependencies(&t.spec))
+                .all(|n| targets.contains_key(n));
+        if !complete {
+            return Project::load(root);
+        }
+        index.into_project(targets)
     }
 
     /// The target called `name`, or an error with a suggestion.
@@ -331,5 +445,33 @@ mod tests {
             Some("did you mean `kernel-arm64`?")
         );
         assert_eq!(did_you_mean("zzz", &names), None);
+    }
+
+    #[test]
+    fn loading_for_targets_parses_their_closure_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("derivations");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        write("_project.toml", "system = \"x86_64-linux\"\n");
+        write(
+            "a.toml",
+            "builder = \"/b\"\n[inputs]\nb = \"b\"\n[variants.small.inputs]\nc = \"c@x\"\n",
+        );
+        write("sub/b.toml", "builder = \"/b\"\n");
+        write("c.toml", "builder = \"/b\"\n[variants.x]\nargs = []\n");
+        write("unrelated.toml", "this is not = toml = at all");
+        let keys = |p: &Project| p.targets.keys().cloned().collect::<Vec<_>>();
+        let p = Project::load_for(tmp.path(), &["a".into()]).unwrap();
+        // A variant's inputs count too: `a@small` needs `c@x`.
+        assert_eq!(keys(&p), ["a", "a@small", "b", "c", "c@x"]);
+        let p = Project::load_for(tmp.path(), &["sub/b".into(), "b".into()][1..]).unwrap();
+        assert_eq!(keys(&p), ["b"]);
+        // Whatever the closure cannot resolve loads everything, whose errors say it best.
+        let err = Project::load_for(tmp.path(), &["nope".into()]).unwrap_err();
+        assert!(err.to_string().contains("unrelated.toml"), "{err}");
+        std::fs::remove_file(dir.join("unrelated.toml")).unwrap();
+        let p = Project::load_for(tmp.path(), &["nope".into()]).unwrap();
+        assert_eq!(keys(&p), ["a", "a@small", "b", "c", "c@x"]);
     }
 }

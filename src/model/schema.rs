@@ -46,7 +46,7 @@ pub struct DerivationFile {
     pub fetch: Option<Spanned<FetchSpec>>,
     /// Variants: targets `NAME@VARIANT` that override some keys of this one.
     #[serde(default)]
-    pub variants: BTreeMap<String, Spanned<VariantSpec>>,
+    pub variants: BTreeMap<String, VariantSpec>,
 }
 
 /// A variant of a derivation (`[variants.NAME]`): the same file with some keys overridden,
