@@ -6,5 +6,8 @@ fn main() -> std::process::ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(ksbuild::sandbox::INIT_ARG.as_ref()) {
         ksbuild::sandbox::init_main();
     }
+    if std::env::args_os().nth(1).as_deref() == Some(ksbuild::sandbox::ZYGOTE_ARG.as_ref()) {
+        ksbuild::sandbox::zygote_main();
+    }
     ksbuild::cli::main()
 }

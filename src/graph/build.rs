@@ -41,10 +41,14 @@ pub struct SandboxExecutor<'a> {
     /// directories wait in `builds/` between builds, where another process opening an
     /// idle store would sweep them away.
     _gc: FileLock,
+    /// The sandbox, with its zygote.
+    sandbox: sandbox::Sandbox,
 }
 
 impl<'a> SandboxExecutor<'a> {
-    /// An executor building into `store`.
+    /// An executor building into `store`. Its sandbox's zygote lives as long as the
+    /// calling thread: create the executor on a thread that outlives the builds (the
+    /// main thread).
     pub fn new(
         store: &'a Store,
         options: BuildOptions,
@@ -54,6 +58,7 @@ impl<'a> SandboxExecutor<'a> {
             options,
             spare: Mutex::new(Vec::new()),
             _gc: store.lock_gc_shared()?,
+            sandbox: sandbox::Sandbox::new().with_zygote(),
         })
     }
 
@@ -178,7 +183,9 @@ impl SandboxExecutor<'_> {
             log: log.clone(),
         };
         let key = node.key.clone();
-        let outcome = sandbox::run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
+        let outcome = self
+            .sandbox
+            .run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
         timing::report("build: sandbox", t0);
         let with_log = |message: String| BuildFailure {
             message,

@@ -41,8 +41,30 @@ pub const INIT_ARG: &str = "__sandbox-init";
 /// Entry point of the init process; `main` calls it when `argv[1]` is [`INIT_ARG`].
 /// Never returns.
 pub fn init_main() -> ! {
+    let parent = std::env::args().nth(2).and_then(|a| a.parse().ok());
+    finish(Timer::from_env(), parent)
+}
+
+/// Entry point of an init process forked by the zygote: `fds` become its stdin (the
+/// control pipe), stdout (the build's terminal) and stderr (the status pipe), as
+/// [`super::supervisor`] would have given them to an `exec`ed one. Never returns.
+pub(crate) fn forked_main(fds: [std::os::fd::OwnedFd; 3], timer: Timer, zygote: i32) -> ! {
+    for (fd, target) in fds.iter().zip(0..) {
+        if sys::dup_onto(fd.as_fd(), target).is_err() {
+            std::process::exit(1);
+        }
+    }
+    drop(fds);
+    // The zygote lets the kernel reap its children; this process waits for PID 1.
+    if sys::set_children_reaped_by_kernel(false).is_err() {
+        std::process::exit(1);
+    }
+    finish(timer, Some(zygote))
+}
+
+fn finish(timer: Timer, parent: Option<i32>) -> ! {
     let status = std::io::stderr();
-    let code = match run(status.as_fd()) {
+    let code = match run(status.as_fd(), timer, parent) {
         Ok(()) => 0,
         Err(message) => {
             message.send(status.as_fd());
@@ -65,14 +87,17 @@ fn init_failed(message: impl Into<String>) -> StatusMessage {
     }
 }
 
-fn run(status: BorrowedFd<'_>) -> Result<(), StatusMessage> {
-    let timer = Timer::from_env();
+/// The init process's work; `expected_parent` is the process that started it (ksbuild,
+/// or the zygote).
+fn run(
+    status: BorrowedFd<'_>,
+    timer: Timer,
+    expected_parent: Option<i32>,
+) -> Result<(), StatusMessage> {
     timer.point(status, "init: main");
     sys::close_fds_from_3().map_err(|e| step_failed(Step::CloseInheritedDescriptors, e))?;
     sys::set_umask(0);
-    let expected_parent: i32 = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
+    let expected_parent = expected_parent
         .ok_or_else(|| init_failed(format!("usage: ksbuild {INIT_ARG} <parent pid>")))?;
     sys::set_parent_death_signal().map_err(|e| step_failed(Step::ParentDeathSignal, e))?;
     if sys::parent_pid() != expected_parent {

@@ -91,6 +91,7 @@ mod step;
 mod supervisor;
 mod sys;
 mod user_ns;
+mod zygote;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -103,6 +104,7 @@ pub use init::{init_main, INIT_ARG};
 pub use step::{RemountFlags, Step};
 pub use supervisor::Sandbox;
 pub use user_ns::{BuildUser, DEFAULT_ROOT_BUILD_ID};
+pub use zygote::{zygote_main, ZYGOTE_ARG};
 
 /// One build to run in the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

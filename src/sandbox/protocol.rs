@@ -71,6 +71,11 @@ impl Timer {
         }
     }
 
+    /// Enabled when `origin` (ksbuild's start of the init process) is given.
+    pub(crate) fn at(origin: Option<u128>) -> Timer {
+        Timer { origin }
+    }
+
     /// Whether timings are reported.
     pub(crate) fn enabled(&self) -> bool {
         self.origin.is_some()

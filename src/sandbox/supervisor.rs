@@ -8,7 +8,8 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -19,6 +20,7 @@ use super::plan::{self, InputKind};
 use super::protocol::StatusMessage;
 use super::sys;
 use super::user_ns::HostIds;
+use super::zygote::{REQUEST_LEN, ZYGOTE_ARG};
 use super::{BuildOutcome, SandboxSpec, TimeoutKind};
 use crate::timing;
 
@@ -29,10 +31,28 @@ const KILL_GRACE: Duration = Duration::from_secs(30);
 /// Longest log line handed to the callback in one piece; longer lines are split.
 const MAX_LINE: usize = 1 << 20;
 
-/// Runs builds; holds the program that serves as the init process.
+/// Runs builds; holds the program that serves as the init process, and the zygote that
+/// forks init processes if one was started ([`Sandbox::with_zygote`]).
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     init_program: PathBuf,
+    zygote: Option<Arc<Mutex<Zygote>>>,
+}
+
+/// A running zygote (see `zygote.rs`): ksbuild's end of its socket, and the process.
+#[derive(Debug)]
+struct Zygote {
+    socket: Option<OwnedFd>,
+    process: Child,
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        // Closing the socket ends the zygote; its init processes live on until their
+        // builds end (each `Running` waits for its own).
+        self.socket = None;
+        let _ = self.process.wait();
+    }
 }
 
 impl Default for Sandbox {
@@ -46,9 +66,7 @@ impl Sandbox {
     /// must call [`super::init_main`] when its first argument is `__sandbox-init` — as the
     /// `ksbuild` binary does.
     pub fn new() -> Sandbox {
-        Sandbox {
-            init_program: PathBuf::from("/proc/self/exe"),
-        }
+        Sandbox::with_init_program("/proc/self/exe")
     }
 
     /// A sandbox whose init process is `program` (a `ksbuild` binary): for callers that
@@ -56,7 +74,42 @@ impl Sandbox {
     pub fn with_init_program(program: impl Into<PathBuf>) -> Sandbox {
         Sandbox {
             init_program: program.into(),
+            zygote: None,
         }
+    }
+
+    /// The same sandbox, with init processes forked by a zygote rather than `exec`ed,
+    /// which spares each build the start of a fresh ksbuild binary. The zygote dies with
+    /// the calling *thread* (`PR_SET_PDEATHSIG`), and every build with it: call this from
+    /// a thread that outlives the builds, such as the main thread. If the zygote cannot
+    /// be started, or dies, builds start their init process by `exec` as without one.
+    pub fn with_zygote(mut self) -> Sandbox {
+        let Ok((ours, theirs)) = sys::seqpacket_pair() else {
+            return self;
+        };
+        let spawned = Command::new(&self.init_program)
+            .arg(ZYGOTE_ARG)
+            .arg(std::process::id().to_string())
+            .env_clear()
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(process) = spawned {
+            self.zygote = Some(Arc::new(Mutex::new(Zygote {
+                socket: Some(ours),
+                process,
+            })));
+        }
+        self
+    }
+
+    /// The pid of the zygote, while it is in use.
+    pub fn zygote_pid(&self) -> Option<u32> {
+        let zygote = self.zygote.as_ref()?;
+        let zygote = zygote.lock().unwrap_or_else(|p| p.into_inner());
+        zygote.socket.as_ref()?;
+        Some(zygote.process.id())
     }
 
     /// Runs one build hermetically; see [`super::run`].
@@ -120,9 +173,66 @@ impl Sandbox {
         interpret(&status_bytes, exit, duration, timed_out)
     }
 
-    /// Starts the init process with the terminal's slave end as stdout, and sends it the
-    /// plan.
+    /// Starts the init process with the terminal's slave end as stdout — forked by the
+    /// zygote if there is one, else `exec`ed — and sends it the plan.
     fn start(&self, slave: OwnedFd, request: &[u8], origin: u128) -> Result<Running, SandboxError> {
+        let (mut running, sent) = match self.fork_init(&slave, request, origin) {
+            Some(forked) => forked,
+            None => (self.exec_init(slave, origin)?, false),
+        };
+        // The slave end (if still here) is closed now, so that the end of output means
+        // that no process of the build is left.
+        if let (Some(control), false) = (running.control.as_mut(), sent) {
+            // A failure here means the init process is already gone; its status (or its
+            // absence) says why.
+            let _ = control.write_all(request);
+        }
+        Ok(running)
+    }
+
+    /// Asks the zygote for an init process; `None` if there is no zygote or it failed
+    /// (then it is not asked again). A plan that fits in the pipe is sent ahead, so that
+    /// the init process finds it at once: then the flag is set.
+    fn fork_init(&self, slave: &OwnedFd, request: &[u8], origin: u128) -> Option<(Running, bool)> {
+        let zygote = self.zygote.as_ref()?;
+        let mut zygote = zygote.lock().unwrap_or_else(|p| p.into_inner());
+        let socket = zygote.socket.as_ref()?;
+        let (control_read, control_write) = sys::pipe().ok()?;
+        let mut control_write = File::from(control_write);
+        // Linux pipes hold 64 KiB; a larger plan is written once the reader runs.
+        let sent = request.len() <= 32 * 1024 && control_write.write_all(request).is_ok();
+        let (status_read, status_write) = sys::pipe().ok()?;
+        let started = Instant::now();
+        let asked = sys::send_with_fds(
+            socket.as_fd(),
+            &origin.to_le_bytes()[..REQUEST_LEN],
+            &[control_read.as_fd(), slave.as_fd(), status_write.as_fd()],
+        );
+        let mut answer = [0u8; 4];
+        let answered = asked.and_then(|()| sys::recv_with_fds(socket.as_fd(), &mut answer));
+        match answered {
+            Ok((4, mut fds)) if answer == [0; 4] && fds.len() == 1 => Some((
+                Running {
+                    control: Some(control_write),
+                    status: Some(status_read),
+                    init: InitProcess::Forked(fds.remove(0)),
+                    started,
+                    reaped: false,
+                },
+                sent,
+            )),
+            // The zygote could not fork (say, a process limit): so would `exec`.
+            Ok((4, _)) => None,
+            // The zygote is gone or confused: stop using it.
+            _ => {
+                zygote.socket = None;
+                None
+            }
+        }
+    }
+
+    /// Starts the init process by `exec`ing the init program.
+    fn exec_init(&self, slave: OwnedFd, origin: u128) -> Result<Running, SandboxError> {
         let mut command = Command::new(&self.init_program);
         command
             .arg(INIT_ARG)
@@ -143,21 +253,15 @@ impl Sandbox {
         // the end of output means that no process of the build is left.
         drop(command);
         let started = Instant::now();
-        let control = child.stdin.take();
-        let status = child.stderr.take();
-        let mut running = Running {
+        let control = child.stdin.take().map(|c| File::from(OwnedFd::from(c)));
+        let status = child.stderr.take().map(OwnedFd::from);
+        Ok(Running {
             control,
             status,
-            child,
+            init: InitProcess::Spawned(child),
             started,
             reaped: false,
-        };
-        if let Some(control) = running.control.as_mut() {
-            // A failure here means the init process is already gone; its status (or its
-            // absence) says why.
-            let _ = control.write_all(request);
-        }
-        Ok(running)
+        })
     }
 }
 
@@ -208,7 +312,7 @@ fn pump(
                 }
                 // The init process did not obey: kill it, and PID 1 dies of its
                 // parent-death signal.
-                let _ = running.child.kill();
+                running.init.kill();
             }
         }
         let wait_ms = next_wake(now, start, last_output, spec, timed_out, kill_requested);
@@ -325,7 +429,7 @@ fn next_wake(
 /// Turns what the init process reported into the outcome.
 fn interpret(
     status_bytes: &[u8],
-    exit: std::process::ExitStatus,
+    exit: String,
     duration: Duration,
     timed_out: Option<TimeoutKind>,
 ) -> Result<BuildOutcome, SandboxError> {
@@ -372,14 +476,47 @@ fn interpret(
     }
 }
 
+/// An init process: a child of ksbuild, or of the zygote (known by a pidfd).
+enum InitProcess {
+    Spawned(Child),
+    Forked(OwnedFd),
+}
+
+impl InitProcess {
+    fn kill(&mut self) {
+        match self {
+            InitProcess::Spawned(child) => {
+                let _ = child.kill();
+            }
+            InitProcess::Forked(pidfd) => {
+                let _ = sys::pidfd_kill(pidfd.as_fd());
+            }
+        }
+    }
+
+    /// Waits at most `timeout_ms` (-1: for ever) for it to end; how, if known.
+    fn wait(&mut self, timeout_ms: i32) -> std::io::Result<Option<String>> {
+        match self {
+            InitProcess::Spawned(child) if timeout_ms < 0 => Ok(Some(child.wait()?.to_string())),
+            InitProcess::Spawned(child) => Ok(child.try_wait()?.map(|s| s.to_string())),
+            InitProcess::Forked(pidfd) => {
+                let ready = sys::poll_readable(&[Some(pidfd.as_fd())], timeout_ms)?;
+                // The zygote's children are reaped by the kernel: how it ended is in what
+                // it reported.
+                Ok(ready[0].then(|| "ended".to_string()))
+            }
+        }
+    }
+}
+
 /// The running init process; dropping it (on any early return or panic) kills the build
 /// and reaps everything.
 struct Running {
     /// Its stdin: closing it asks for the build to be killed.
-    control: Option<ChildStdin>,
+    control: Option<File>,
     /// Its stderr: the status messages.
-    status: Option<ChildStderr>,
-    child: Child,
+    status: Option<OwnedFd>,
+    init: InitProcess,
     /// When it was started.
     started: Instant,
     reaped: bool,
@@ -391,11 +528,12 @@ impl Running {
         self.control = None;
     }
 
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+    /// Waits for the init process to end; how it ended, if known.
+    fn wait(&mut self) -> std::io::Result<String> {
         self.control = None;
-        let status = self.child.wait()?;
+        let how = self.init.wait(-1)?.unwrap_or_default();
         self.reaped = true;
-        Ok(status)
+        Ok(how)
     }
 }
 
@@ -407,14 +545,18 @@ impl Drop for Running {
         self.control = None;
         let deadline = Instant::now() + KILL_GRACE;
         while Instant::now() < deadline {
-            match self.child.try_wait() {
+            match self.init.wait(5) {
                 Ok(Some(_)) => return,
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    if matches!(self.init, InitProcess::Spawned(_)) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
                 Err(_) => break,
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.init.kill();
+        let _ = self.init.wait(-1);
     }
 }
 
@@ -481,17 +623,17 @@ mod tests {
 
     #[test]
     fn a_failed_step_wins_over_the_exit_status() {
-        let ok = std::process::ExitStatus::default();
+        let ok = || "exit status: 0".to_string();
         let bytes = b"{\"type\":\"step-failed\",\"step\":{\"step\":\"mount-proc\",\"target\":\"/r/proc\"},\"errno\":1}\n\
 {\"type\":\"finished\",\"status\":{\"exited\":127}}\n";
-        match interpret(bytes, ok, Duration::ZERO, None) {
+        match interpret(bytes, ok(), Duration::ZERO, None) {
             Err(SandboxError::Step {
                 step: Step::MountProc { .. },
                 errno: Errno::EPERM,
             }) => {}
             other => panic!("{other:?}"),
         }
-        let e = interpret(b"thread main panicked\n", ok, Duration::ZERO, None).unwrap_err();
+        let e = interpret(b"thread main panicked\n", ok(), Duration::ZERO, None).unwrap_err();
         assert!(e.to_string().contains("init process failed"), "{e}");
         assert!(format!("{e}").contains("panicked"), "{e}");
     }

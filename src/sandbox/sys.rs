@@ -656,3 +656,127 @@ pub(crate) fn open_raw_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
     tcsetattr(&slave, OptionalActions::Now, &termios).map_err(rustix_errno)?;
     Ok((master, slave))
 }
+
+// ---- the zygote -----------------------------------------------------------------------
+
+/// [`socketpair(2)`](https://man7.org/linux/man-pages/man2/socketpair.2.html):
+/// `AF_UNIX`, `SOCK_SEQPACKET` (message boundaries kept), close-on-exec.
+pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(rustix_errno)
+}
+
+/// Most descriptors one message carries.
+const MAX_FDS: usize = 4;
+
+/// [`sendmsg(2)`](https://man7.org/linux/man-pages/man2/sendmsg.2.html) of `bytes` with
+/// `fds` as `SCM_RIGHTS`, retried on `EINTR`.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), Errno> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [0u8; rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::E2BIG);
+    }
+    loop {
+        match rustix::net::sendmsg(
+            socket,
+            &[std::io::IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(rustix_errno(e)),
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => return Err(Errno::EMSGSIZE),
+        }
+    }
+}
+
+/// [`recvmsg(2)`](https://man7.org/linux/man-pages/man2/recvmsg.2.html) of one message
+/// into `buf`, with the descriptors it carries (close-on-exec); 0 bytes means the peer is
+/// gone. Retried on `EINTR`.
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [0u8; rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = loop {
+        match rustix::net::recvmsg(
+            socket,
+            &mut [std::io::IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(rustix_errno(e)),
+            Ok(r) => break r,
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    Ok((received.bytes, fds))
+}
+
+/// Which side of a [`fork`] this is.
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The caller, with the new process's pid.
+    Parent(Pid),
+}
+
+/// [`fork(2)`](https://man7.org/linux/man-pages/man2/fork.2.html).
+///
+/// Must only be called from a single-threaded process (the zygote is one).
+pub(crate) fn fork() -> Result<Forked, Errno> {
+    // SAFETY: the caller is the single-threaded zygote, so no lock (the allocator's,
+    // stdio's) can be held by another thread at the moment of the copy, and the child may
+    // allocate and use std — as `clone_into_namespaces` argues for the init process.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+    }
+}
+
+/// [`sigaction(2)`](https://man7.org/linux/man-pages/man2/sigaction.2.html) of `SIGCHLD`:
+/// `SIG_IGN` (the kernel reaps children at once: the zygote never waits for its
+/// children) or `SIG_DFL`.
+pub(crate) fn set_children_reaped_by_kernel(reaped: bool) -> Result<(), Errno> {
+    use nix::sys::signal::SigHandler;
+    let handler = if reaped {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: `SIG_IGN` and `SIG_DFL` install no handler, so no code runs in signal
+    // context.
+    unsafe { nix::sys::signal::signal(Signal::SIGCHLD, handler) }.map(|_| ())
+}
+
+/// [`pidfd_send_signal(2)`](https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html)
+/// with `SIGKILL`.
+pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
+    rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::Kill).map_err(rustix_errno)
+}
+
+/// [`getpid(2)`](https://man7.org/linux/man-pages/man2/getpid.2.html).
+pub(crate) fn own_pid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}

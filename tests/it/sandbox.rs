@@ -33,8 +33,10 @@ fn store_base_name(name: &str) -> String {
     path.to_string()
 }
 
-/// A scratch store with busybox in it, and a fresh root and build dir per build.
+/// A scratch store with busybox in it, and a fresh root and build dir per build; builds
+/// start their init process through a zygote, as `ksbuild realise` does.
 struct Fixture {
+    sandbox: Sandbox,
     dir: tempfile::TempDir,
     busybox_physical: PathBuf,
     busybox_logical: String,
@@ -45,6 +47,7 @@ struct Fixture {
 struct Build {
     spec: SandboxSpec,
     out_logical: String,
+    sandbox: Sandbox,
 }
 
 impl Build {
@@ -61,7 +64,12 @@ impl Build {
     }
 
     fn run_with_lines(&self, on_line: &mut dyn FnMut(&[u8])) -> Result<BuildOutcome, SandboxError> {
-        Sandbox::with_init_program(common::ksbuild_bin()).run(&self.spec, on_line)
+        self.sandbox.run(&self.spec, on_line)
+    }
+
+    /// Runs the build with an init process `exec`ed for it, as without a zygote.
+    fn run_exec(&self) -> Result<BuildOutcome, SandboxError> {
+        Sandbox::with_init_program(common::ksbuild_bin()).run(&self.spec, &mut |_| {})
     }
 
     fn log(&self) -> String {
@@ -95,6 +103,7 @@ impl Fixture {
         .unwrap();
         fs::set_permissions(&busybox_physical, fs::Permissions::from_mode(0o555)).unwrap();
         Fixture {
+            sandbox: Sandbox::with_init_program(common::ksbuild_bin()).with_zygote(),
             busybox_logical: format!("/nix/store/{base}"),
             busybox_physical,
             dir,
@@ -141,6 +150,7 @@ impl Fixture {
                 log: self.dir.path().join(format!("log-{n}")),
             },
             out_logical,
+            sandbox: self.sandbox.clone(),
         }
     }
 }
@@ -230,8 +240,10 @@ fn the_builder_sees_what_nix_shows_it() {
         return;
     }
     let f = Fixture::new();
-    // The probe of nix-formats.md §6, plus what else Nix 2.8 was seen to give a builder.
-    let b = f.build(
+    // Both ways of starting the init process: forked by the zygote, and `exec`ed.
+    for exec in [false, true] {
+        // The probe of nix-formats.md §6, plus what else Nix 2.8 was seen to give a builder.
+        let b = f.build(
         r#"
         if $B test -t 1; then T=y; else T=n; fi; if $B test -t 2; then T=${T}y; else T=${T}n; fi
         if $B test -t 0; then T=${T}y; else T=${T}n; fi
@@ -260,91 +272,141 @@ fn the_builder_sees_what_nix_shows_it() {
           echo "env:"; $B env | $B sort; } > $out
         "#,
     );
-    let outcome = b.run().expect("sandbox runs");
-    assert_success(&b, &outcome);
-    let text = b.output_text();
-    let got = fields(&text);
-    let expect = |k: &str, v: &str| {
-        assert_eq!(
-            got.get(k).map(String::as_str),
-            Some(v),
-            "{k} in the probe's output:\n{text}"
-        )
-    };
-    let out_base = b.out_logical.trim_start_matches("/nix/store/");
-    let busybox_base = f.busybox_logical.trim_start_matches("/nix/store/");
-    let mut store: Vec<&str> = vec![out_base, busybox_base];
-    store.sort();
-    let host_uid = if nix::unistd::geteuid().is_root() {
-        ksbuild::sandbox::DEFAULT_ROOT_BUILD_ID
-    } else {
-        nix::unistd::geteuid().as_raw()
-    };
-    expect("pwd", "/build");
-    expect("pid", "1");
-    expect("id", "uid=1000(nixbld) gid=100(nixbld)");
-    expect("hostname", "localhost");
-    expect("domainname", "(none)");
-    expect("uid_map", &format!("1000 {host_uid} 1"));
-    expect("setgroups", "deny");
-    expect("ls", "build dev etc nix proc tmp ");
-    expect("store", &format!("{} ", store.join(" ")));
-    expect("net", "lo ");
-    expect(
-        "dev",
-        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ",
-    );
-    expect("umask", "0022");
-    expect("tty", "yyn");
-    expect("stdin", "/dev/null");
-    expect("personality", "00040000");
-    expect("corelimit", "0");
-    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
-        expect(cap, "0000000000000000");
-    }
-    expect("NoNewPrivs", "1");
-    expect("SigIgn", "0000000000000000");
-    expect("SigBlk", "0000000000000000");
-    // md5 of Nix 2.8's /etc/passwd (nix-formats.md §6 probe, printed by real Nix here).
-    expect(
-        "passwd",
-        &md5_hex(ksbuild::sandbox::plan::etc_passwd().as_bytes()),
-    );
-    expect("hosts", "127.0.0.1 localhost|::1 localhost|");
-    expect("storemode", "1775");
-    expect("buildmode", "700 1000 100");
-    expect("tmpmode", "1777");
-    // Nix 2.8's root and generated files belong to the build user.
-    expect("rootmode", "750 1000 100");
-    expect("etcmode", "644 1000 100");
+        let outcome = if exec { b.run_exec() } else { b.run() }.expect("sandbox runs");
+        assert_success(&b, &outcome);
+        let text = b.output_text();
+        let got = fields(&text);
+        let expect = |k: &str, v: &str| {
+            assert_eq!(
+                got.get(k).map(String::as_str),
+                Some(v),
+                "{k} in the probe's output:\n{text}"
+            )
+        };
+        let out_base = b.out_logical.trim_start_matches("/nix/store/");
+        let busybox_base = f.busybox_logical.trim_start_matches("/nix/store/");
+        let mut store: Vec<&str> = vec![out_base, busybox_base];
+        store.sort();
+        let host_uid = if nix::unistd::geteuid().is_root() {
+            ksbuild::sandbox::DEFAULT_ROOT_BUILD_ID
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
+        expect("pwd", "/build");
+        expect("pid", "1");
+        expect("id", "uid=1000(nixbld) gid=100(nixbld)");
+        expect("hostname", "localhost");
+        expect("domainname", "(none)");
+        expect("uid_map", &format!("1000 {host_uid} 1"));
+        expect("setgroups", "deny");
+        expect("ls", "build dev etc nix proc tmp ");
+        expect("store", &format!("{} ", store.join(" ")));
+        expect("net", "lo ");
+        expect(
+            "dev",
+            "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ",
+        );
+        expect("umask", "0022");
+        expect("tty", "yyn");
+        expect("stdin", "/dev/null");
+        expect("personality", "00040000");
+        expect("corelimit", "0");
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            expect(cap, "0000000000000000");
+        }
+        expect("NoNewPrivs", "1");
+        expect("SigIgn", "0000000000000000");
+        expect("SigBlk", "0000000000000000");
+        // md5 of Nix 2.8's /etc/passwd (nix-formats.md §6 probe, printed by real Nix here).
+        expect(
+            "passwd",
+            &md5_hex(ksbuild::sandbox::plan::etc_passwd().as_bytes()),
+        );
+        expect("hosts", "127.0.0.1 localhost|::1 localhost|");
+        expect("storemode", "1775");
+        expect("buildmode", "700 1000 100");
+        expect("tmpmode", "1777");
+        // Nix 2.8's root and generated files belong to the build user.
+        expect("rootmode", "750 1000 100");
+        expect("etcmode", "644 1000 100");
 
-    let env: Vec<&str> = text
-        .split_once("env:\n")
-        .expect("env section")
-        .1
-        .lines()
-        .collect();
-    let expected_env = [
-        format!("B={}", f.busybox()),
-        "HOME=/homeless-shelter".to_string(),
-        "NIX_BUILD_CORES=2".to_string(),
-        "NIX_BUILD_TOP=/build".to_string(),
-        "NIX_LOG_FD=2".to_string(),
-        "NIX_STORE=/nix/store".to_string(),
-        "PATH=/path-not-set".to_string(),
-        "PWD=/build".to_string(),
-        "SHLVL=1".to_string(),
-        "TEMP=/build".to_string(),
-        "TEMPDIR=/build".to_string(),
-        "TERM=xterm-256color".to_string(),
-        "TMP=/build".to_string(),
-        "TMPDIR=/build".to_string(),
-        format!("builder={}", f.busybox()),
-        format!("name={}", b.spec.env["name"]),
-        format!("out={}", b.out_logical),
-        "system=x86_64-linux".to_string(),
-    ];
-    assert_eq!(env, expected_env, "the builder's environment");
+        let env: Vec<&str> = text
+            .split_once("env:\n")
+            .expect("env section")
+            .1
+            .lines()
+            .collect();
+        let expected_env = [
+            format!("B={}", f.busybox()),
+            "HOME=/homeless-shelter".to_string(),
+            "NIX_BUILD_CORES=2".to_string(),
+            "NIX_BUILD_TOP=/build".to_string(),
+            "NIX_LOG_FD=2".to_string(),
+            "NIX_STORE=/nix/store".to_string(),
+            "PATH=/path-not-set".to_string(),
+            "PWD=/build".to_string(),
+            "SHLVL=1".to_string(),
+            "TEMP=/build".to_string(),
+            "TEMPDIR=/build".to_string(),
+            "TERM=xterm-256color".to_string(),
+            "TMP=/build".to_string(),
+            "TMPDIR=/build".to_string(),
+            format!("builder={}", f.busybox()),
+            format!("name={}", b.spec.env["name"]),
+            format!("out={}", b.out_logical),
+            "system=x86_64-linux".to_string(),
+        ];
+        assert_eq!(env, expected_env, "the builder's environment");
+    }
+}
+
+/// Whether `pid` is a live zygote (a zombie has no command line).
+fn is_zygote(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .any(|a| a == ksbuild::sandbox::ZYGOTE_ARG.as_bytes())
+}
+
+#[test]
+fn builds_go_on_when_the_zygote_dies_and_it_leaves_with_its_sandbox() {
+    if skip_without_sandbox() {
+        return;
+    }
+    let f = Fixture::new();
+    let b = f.build("echo first > $out");
+    assert_success(&b, &b.run().expect("sandbox runs"));
+    let zygote = f.sandbox.zygote_pid().expect("a zygote");
+    assert!(is_zygote(zygote));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The next build finds the zygote gone and starts its init process by `exec`.
+    let b = f.build("echo second > $out");
+    assert_success(&b, &b.run().expect("sandbox runs without its zygote"));
+    assert_eq!(b.output_text(), "second\n");
+    assert_eq!(
+        f.sandbox.zygote_pid(),
+        None,
+        "a dead zygote is not asked again"
+    );
+    // A zygote ends (and is reaped) when the last copy of its sandbox is dropped.
+    let g = Fixture::new();
+    let b = g.build("echo third > $out");
+    assert_success(&b, &b.run().expect("sandbox runs"));
+    let zygote = g.sandbox.zygote_pid().expect("a zygote");
+    drop(b);
+    drop(g);
+    assert!(!is_zygote(zygote), "the zygote outlived its sandbox");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{zygote}")).exists()
+            || !fs::read_to_string(format!("/proc/{zygote}/stat"))
+                .unwrap_or_default()
+                .contains(") Z "),
+        "the zygote was not reaped"
+    );
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
