@@ -211,13 +211,23 @@ fn referrers_first(dead: &BTreeMap<StorePath, BTreeSet<StorePath>>) -> Vec<Store
 /// Removes what interrupted operations left behind: staging and build directories,
 /// temporary records, and the store entries named by `pending/` markers that have no
 /// record. Only called while holding the GC lock exclusively, i.e. while no other ksbuild
-/// process uses the store. Costs a listing of three usually empty directories.
+/// process uses the store. Costs a listing of four almost empty directories.
 pub fn sweep_leftovers(store: &Store) -> Result<()> {
     for dir in [store.tmp_dir(), store.builds_dir()] {
         for entry in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
             let path = entry.map_err(StoreError::io("list", &dir))?.path();
             fsutil::remove_tree(&path)?;
             store.observer().recovered(&path);
+        }
+    }
+    // Per-path lock files of earlier versions (paths are now locked by a byte of
+    // `paths.lock`).
+    let locks = store.locks_dir();
+    for entry in fs::read_dir(&locks).map_err(StoreError::io("list", &locks))? {
+        let path = entry.map_err(StoreError::io("list", &locks))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if !matches!(name.as_deref(), Some("gc.lock" | "paths.lock")) {
+            fsutil::remove_tree(&path)?;
         }
     }
     let pending = store.pending_dir();

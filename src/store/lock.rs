@@ -1,4 +1,6 @@
-//! Advisory file locks (`flock(2)`) between ksbuild processes sharing a store. Does I/O.
+//! Advisory file locks between ksbuild processes sharing a store: whole files
+//! (`flock(2)`), and single bytes of one file (open file description locks, `fcntl(2)`
+//! `F_OFD_SETLK`), so that locking one of many store paths creates no file. Does I/O.
 //! A lock that is busy is reported to the [`Observer`] before blocking: never a silent wait.
 
 use std::fs::{File, OpenOptions};
@@ -92,4 +94,49 @@ pub fn lock(path: &Path, kind: LockKind, observer: &dyn Observer, what: &str) ->
             }
         }
     }
+}
+
+/// Takes an exclusive lock on the byte at `offset` of the file `path` (created if
+/// missing), telling `observer` about `what` first if it has to wait. Like a `flock`, the
+/// lock belongs to the open file: another open of the same file, in this process or
+/// another, waits for it; dropping the [`FileLock`] releases it.
+pub fn lock_byte(
+    path: &Path,
+    offset: u64,
+    observer: &dyn Observer,
+    what: &str,
+) -> Result<FileLock> {
+    use std::os::fd::AsRawFd;
+    let file = open(path)?;
+    let range = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: (offset & (i64::MAX as u64)) as i64,
+        l_len: 1,
+        l_pid: 0,
+    };
+    let failed = |e: nix::errno::Errno| StoreError::Io {
+        action: "lock",
+        path: path.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(e as i32),
+    };
+    use nix::fcntl::{fcntl, FcntlArg};
+    match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&range)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+            observer.waiting_for_lock(what, path);
+            loop {
+                match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&range)) {
+                    Ok(_) => break,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+        }
+        Err(e) => return Err(failed(e)),
+    }
+    Ok(FileLock {
+        _file: file,
+        path: path.to_path_buf(),
+    })
 }

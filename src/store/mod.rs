@@ -268,7 +268,7 @@ impl Store {
     fn db_dir(&self) -> PathBuf {
         self.var_dir().join("db")
     }
-    fn locks_dir(&self) -> PathBuf {
+    pub(crate) fn locks_dir(&self) -> PathBuf {
         self.var_dir().join("locks")
     }
     pub(crate) fn tmp_dir(&self) -> PathBuf {
@@ -314,15 +314,17 @@ impl Store {
         }))
     }
 
-    fn path_lock_file(&self, path: &StorePath) -> PathBuf {
-        self.locks_dir().join(format!("{}.lock", path.hash_part()))
-    }
-
-    /// Locks `path` against concurrent registration or deletion.
+    /// Locks `path` against concurrent registration or deletion: one byte of
+    /// `locks/paths.lock`, at an offset taken from the path's hash (63 bits of it: two
+    /// paths that share one wait for each other, which only costs time), so that locking
+    /// creates no file per path.
     pub fn lock_path(&self, path: &StorePath) -> Result<FileLock> {
-        lock::lock(
-            &self.path_lock_file(path),
-            LockKind::Exclusive,
+        let digest = Hash::digest(HashAlgo::Sha256, path.hash_part().as_bytes());
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&digest.digest_bytes()[..8]);
+        lock::lock_byte(
+            &self.locks_dir().join("paths.lock"),
+            u64::from_le_bytes(offset),
             self.observer(),
             &self.print(path),
         )
@@ -823,7 +825,13 @@ mod tests {
             .join("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1");
         std::fs::create_dir(&stray).unwrap();
         std::fs::create_dir(s.tmp_dir().join("stage-1-x")).unwrap();
+        let old_lock = s.locks_dir().join("70jzzwfcc6lp7w8f91acm19j5q6n839a.lock");
+        std::fs::write(&old_lock, b"").unwrap();
         let s2 = store(tmp.path());
+        assert!(
+            !old_lock.exists(),
+            "per-path lock files of earlier versions are swept"
+        );
         assert!(!s2.physical_path(&leftover).exists());
         assert_eq!(std::fs::read_dir(s2.pending_dir()).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(s2.tmp_dir()).unwrap().count(), 0);
@@ -856,6 +864,29 @@ mod tests {
             0,
             "the lock is released with the staging directory"
         );
+    }
+
+    #[test]
+    fn path_locks_create_no_files_and_do_not_block_other_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let other = store(tmp.path());
+        let before = std::fs::read_dir(s.locks_dir()).unwrap().count();
+        let a = StorePath::from_base_name("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
+        let b = StorePath::from_base_name("ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf-foo").unwrap();
+        let _held = s.lock_path(&a).unwrap();
+        // Another open (as another process would) gets a different path's lock at once…
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let got = other.lock_path(&b).map(|_| ());
+            tx.send(()).unwrap();
+            got
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("locking another path waited");
+        waiter.join().unwrap().unwrap();
+        let after = std::fs::read_dir(s.locks_dir()).unwrap().count();
+        assert!(after <= before + 1, "one lock file for all paths");
     }
 
     #[test]
