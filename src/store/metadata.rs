@@ -1,5 +1,12 @@
 //! Metadata records of valid paths: one JSON file per path, in the shape of
-//! `nix path-info --json`, written atomically (temporary file, `fsync`, rename). Does I/O.
+//! `nix path-info --json`, written atomically (temporary file, rename). Does I/O.
+//!
+//! Records are not `fsync`ed, as Nix's database is not on each registration (SQLite in
+//! WAL mode with `synchronous = NORMAL`): a killed process never leaves a partial record
+//! (the rename is atomic), and a power loss may forget the latest registrations but
+//! leaves the others intact. A record such a crash left empty (its data never reached the
+//! disk) reads as absent: the path is not valid, and is built or added again. An `fsync`
+//! costs 1 to 3 ms here, which would be most of the cost of registering a small path.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -98,15 +105,15 @@ impl ValidPathInfo {
     }
 }
 
-fn record_path(store: &Store, path: &StorePath) -> PathBuf {
+pub(crate) fn record_path(store: &Store, path: &StorePath) -> PathBuf {
     store.db_dir().join(format!("{path}.json"))
 }
 
-/// Whether the record of `path` exists.
+/// Whether the record of `path` exists (and is not empty).
 pub fn exists(store: &Store, path: &StorePath) -> Result<bool> {
     let file = record_path(store, path);
     match std::fs::symlink_metadata(&file) {
-        Ok(_) => Ok(true),
+        Ok(meta) => Ok(meta.len() > 0),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(StoreError::Io {
             action: "inspect",
@@ -130,6 +137,9 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
             })
         }
     };
+    if text.is_empty() {
+        return Ok(None);
+    }
     let corrupt = |reason: String| StoreError::CorruptMetadata {
         path: file.clone(),
         reason,
@@ -156,9 +166,6 @@ pub fn write(store: &Store, info: &ValidPathInfo) -> Result<()> {
         .map_err(StoreError::io("create a record in", store.tmp_dir()))?;
     tmp.write_all(&json)
         .map_err(StoreError::io("write", tmp.path().to_path_buf()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(StoreError::io("sync", tmp.path().to_path_buf()))?;
     tmp.persist(&file).map_err(|e| StoreError::Io {
         action: "write",
         path: file.clone(),
@@ -192,6 +199,9 @@ pub fn list(store: &Store) -> Result<Vec<StorePath>> {
         let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
             continue;
         };
+        if entry.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+            continue;
+        }
         if let Ok(path) = StorePath::from_base_name(base) {
             out.push(path);
         }

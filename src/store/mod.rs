@@ -890,6 +890,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_a_power_loss_left_empty_is_absent_and_the_path_can_be_added_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let src = tmp.path().join("f");
+        std::fs::write(&src, b"content").unwrap();
+        let p = s.add_path(&src, &AddOptions::default()).unwrap().path;
+        let record = metadata::record_path(&s, &p);
+        std::fs::write(&record, b"").unwrap();
+        assert!(!s.is_valid(&p).unwrap());
+        assert!(s.query_path_info(&p).unwrap().is_none());
+        assert!(!s.valid_paths().unwrap().contains(&p));
+        let again = s.add_path(&src, &AddOptions::default()).unwrap();
+        assert_eq!(again.path, p);
+        assert!(s.is_valid(&p).unwrap());
+        assert!(s.verify(true).unwrap().damaged.is_empty());
+    }
+
+    #[test]
     fn a_busy_lock_is_announced_before_waiting() {
         struct Recorder(std::sync::Mutex<Vec<String>>);
         impl Observer for Recorder {
