@@ -215,16 +215,7 @@ impl Reporter for Progress {
 /// `ksbuild realise`.
 pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
-    let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
-    let (_project, lowered) =
-        super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
-    let progress = Progress {
-        tty: std::io::stderr().is_terminal(),
-        quiet: ctx.quiet,
-        json: args.json,
-        print_logs: args.print_build_logs,
-        state: Mutex::new(ProgressState::default()),
-    };
+    // Created first, so that its zygote starts up while the project is evaluated.
     let cores = args.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -239,6 +230,16 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             keep_failed: args.keep_failed,
         },
     )?;
+    let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
+    let (_project, lowered) =
+        super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        quiet: ctx.quiet,
+        json: args.json,
+        print_logs: args.print_build_logs,
+        state: Mutex::new(ProgressState::default()),
+    };
     let mirrors = Mirrors::discover();
     let result = graph::realise(
         &store,

@@ -48,9 +48,11 @@ struct Zygote {
 
 impl Drop for Zygote {
     fn drop(&mut self) {
-        // Closing the socket ends the zygote; its init processes live on until their
-        // builds end (each `Running` waits for its own).
+        // No build is running (each holds the sandbox), so nothing depends on the zygote
+        // any more: closing the socket would end it, but it may still be starting up, so
+        // it is killed and reaped at once.
         self.socket = None;
+        let _ = self.process.kill();
         let _ = self.process.wait();
     }
 }
