@@ -72,18 +72,57 @@ pub fn instantiate_project(
             store.add_text(path.name(), contents.as_bytes(), &Default::default())?;
         }
     }
+    // A .drv can be added once the .drvs it names are: level by level, each level's
+    // files written on all CPUs (a fresh project writes one per derivation).
+    let mut levels: Vec<Vec<&crate::model::Node>> = Vec::new();
+    let mut level_of: BTreeMap<&crate::compat::StorePath, usize> = BTreeMap::new();
     for key in &lowered.order {
         let node = &lowered.nodes[key];
         if store.is_valid(&node.drv_path)? {
             continue;
         }
-        let name = node.drv_path.name().to_string();
+        let level = node
+            .drv
+            .input_derivations
+            .keys()
+            .filter_map(|d| level_of.get(d).map(|l| l + 1))
+            .max()
+            .unwrap_or(0);
+        level_of.insert(&node.drv_path, level);
+        if levels.len() <= level {
+            levels.resize_with(level + 1, Vec::new);
+        }
+        levels[level].push(node);
+    }
+    let write = |node: &crate::model::Node| -> Result<(), crate::store::StoreError> {
         let info = store.add_text(
-            &name,
+            node.drv_path.name(),
             &node.drv.to_aterm(store.store_dir()),
             &node.drv.references(),
         )?;
         debug_assert_eq!(info.path, node.drv_path);
+        Ok(())
+    };
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    for level in &levels {
+        if level.len() < 8 || workers == 1 {
+            level.iter().try_for_each(|n| write(n))?;
+            continue;
+        }
+        let chunk = level.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = level
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().try_for_each(|n| write(n))))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        })?;
     }
     ctx.timing("write the .drv files", t0);
     Ok((project, lowered))
