@@ -215,7 +215,8 @@ impl Reporter for Progress {
 /// `ksbuild realise`.
 pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
-    // Created first, so that its zygote starts up while the project is evaluated.
+    // Created first: a `--check` rebuilds whatever the evaluation gives, so its zygote
+    // can start up meanwhile; otherwise it starts once there is something to build.
     let cores = args.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -230,6 +231,9 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             keep_failed: args.keep_failed,
         },
     )?;
+    if args.check {
+        graph::Executor::prepare(&executor);
+    }
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =
         super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;

@@ -41,14 +41,12 @@ pub struct SandboxExecutor<'a> {
     /// directories wait in `builds/` between builds, where another process opening an
     /// idle store would sweep them away.
     _gc: FileLock,
-    /// The sandbox, with its zygote.
-    sandbox: sandbox::Sandbox,
+    /// The sandbox: with a zygote once [`Executor::prepare`] has run, else without.
+    sandbox: std::sync::OnceLock<sandbox::Sandbox>,
 }
 
 impl<'a> SandboxExecutor<'a> {
-    /// An executor building into `store`. Its sandbox's zygote lives as long as the
-    /// calling thread: create the executor on a thread that outlives the builds (the
-    /// main thread).
+    /// An executor building into `store`.
     pub fn new(
         store: &'a Store,
         options: BuildOptions,
@@ -58,7 +56,7 @@ impl<'a> SandboxExecutor<'a> {
             options,
             spare: Mutex::new(Vec::new()),
             _gc: store.lock_gc_shared()?,
-            sandbox: sandbox::Sandbox::new().with_zygote(),
+            sandbox: std::sync::OnceLock::new(),
         })
     }
 
@@ -185,6 +183,7 @@ impl SandboxExecutor<'_> {
         let key = node.key.clone();
         let outcome = self
             .sandbox
+            .get_or_init(sandbox::Sandbox::new)
             .run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
         timing::report("build: sandbox", t0);
         let with_log = |message: String| BuildFailure {
@@ -287,6 +286,13 @@ impl SandboxExecutor<'_> {
 }
 
 impl Executor for SandboxExecutor<'_> {
+    /// Starts the sandbox's zygote. It lives as long as the calling thread, which must
+    /// outlive the builds (the thread driving the realisation does).
+    fn prepare(&self) {
+        self.sandbox
+            .get_or_init(|| sandbox::Sandbox::new().with_zygote());
+    }
+
     fn build(&self, node: &Node, reporter: &dyn Reporter) -> Result<(), BuildFailure> {
         let store = self.store;
         // Another process may be building the same derivation: wait for it, then reuse.

@@ -87,6 +87,10 @@ pub struct BuildFailure {
 pub trait Executor: Sync {
     /// Builds `node`.
     fn build(&self, node: &Node, reporter: &dyn Reporter) -> Result<(), BuildFailure>;
+
+    /// Called on the thread that drives the realisation, before anything is fetched, when
+    /// there is something to build: a chance to start what builds will need.
+    fn prepare(&self) {}
 }
 
 /// Why a realisation failed.
@@ -245,6 +249,9 @@ pub fn realise(
         builds: builds.len(),
         cached: result.cached.len(),
     });
+    if !builds.is_empty() {
+        executor.prepare();
+    }
 
     let fetch_one = |key: &str| -> Result<(), FetchError> {
         let node = &lowered.nodes[key];
