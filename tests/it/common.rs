@@ -13,7 +13,9 @@ pub fn ksbuild_bin() -> PathBuf {
 /// A `ksbuild` command using the physical store root `store`.
 pub fn ksbuild(store: &Path) -> Command {
     let mut c = Command::new(ksbuild_bin());
-    c.env("KSBUILD_STORE", store).env("NO_COLOR", "1");
+    c.env("KSBUILD_STORE", store)
+        .env("NO_COLOR", "1")
+        .env_remove(ksbuild::timing::ENV);
     c
 }
 

@@ -446,6 +446,10 @@ fn the_project_builds_hello_from_debians_busybox() {
         return;
     }
     assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("timing:"),
+        "phase timings only with KSBUILD_TIMINGS: {err}"
+    );
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let text = fs::read_to_string(
         tmp.path()
