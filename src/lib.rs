@@ -38,11 +38,12 @@
 //! * `compat/derivation.rs` — ATerm, `hashDerivationModulo`, output and `.drv` paths.
 //! * `compat/narinfo.rs`, `signing.rs` — narinfo files, fingerprints, Ed25519 keys.
 //! * `store/mod.rs` — [`store::Store`]: add, register, query; `dump.rs` — trees ⇄ NARs;
-//!   `pipe.rs` — the hashing thread; `metadata.rs` — records; `lock.rs` — `flock` locks;
+//!   `pipe.rs` — the hashing thread; `metadata.rs` — records; `lock.rs` — file locks;
 //!   `gc.rs` — roots, collection and the sweep of leftovers; `verify.rs`; `fsutil.rs`.
 //! * `sandbox/` — [`sandbox::run`]: `plan.rs` (spec → typed steps, pure), `step.rs`,
-//!   `sys.rs` (the one syscall layer), `init.rs` (the re-executed init process),
-//!   `pid1.rs`, `supervisor.rs` (log streaming, timeouts), `user_ns.rs`, `protocol.rs`.
+//!   `sys.rs` (the one syscall layer), `init.rs` (the init process), `zygote.rs` (which
+//!   forks init processes), `pid1.rs`, `supervisor.rs` (log streaming, timeouts),
+//!   `user_ns.rs`, `protocol.rs`.
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 
@@ -54,3 +55,14 @@ pub mod model;
 pub mod sandbox;
 pub mod store;
 pub mod timing;
+
+/// The CPUs this process may use ([`std::thread::available_parallelism`], which reads
+/// cgroup files each time it is asked), read once.
+pub fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}

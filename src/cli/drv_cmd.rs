@@ -103,10 +103,7 @@ pub fn instantiate_project(
         debug_assert_eq!(info.path, node.drv_path);
         Ok(())
     };
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    let workers = crate::cpus().min(8);
     for level in &levels {
         if level.len() < 8 || workers == 1 {
             level.iter().try_for_each(|n| write(n))?;

@@ -217,11 +217,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
     // Created first: a `--check` rebuilds whatever the evaluation gives, so its zygote
     // can start up meanwhile; otherwise it starts once there is something to build.
-    let cores = args.cores.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
+    let cores = args.cores.unwrap_or_else(|| crate::cpus() as u32);
     let executor = SandboxExecutor::new(
         &store,
         BuildOptions {

@@ -6,9 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Mirror lists by name, in order of preference.
-#[derive(Debug, Clone, Default)]
+/// Mirror lists by name, in order of preference. Discovered ones are read on first use,
+/// so that a realisation with nothing to fetch reads no configuration.
+#[derive(Debug, Clone)]
 pub struct Mirrors {
+    found: std::sync::OnceLock<Found>,
+    given: Option<Found>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Found {
     lists: BTreeMap<String, Vec<String>>,
     /// Where each list came from, for messages.
     origins: BTreeMap<String, String>,
@@ -21,55 +28,76 @@ impl Mirrors {
             .keys()
             .map(|k| (k.clone(), "configuration".to_string()))
             .collect();
-        Mirrors { lists, origins }
+        Mirrors {
+            found: std::sync::OnceLock::new(),
+            given: Some(Found { lists, origins }),
+        }
     }
 
-    /// Mirrors from the environment, the user's configuration file and the host's apt sources.
+    /// Mirrors from the environment, the user's configuration file and the host's apt
+    /// sources, read when first needed.
     pub fn discover() -> Mirrors {
-        let mut m = Mirrors::default();
-        for (key, value) in std::env::vars() {
-            if let Some(name) = key.strip_prefix("KSBUILD_MIRROR_") {
-                let name = name.to_ascii_lowercase().replace('_', "-");
-                let urls: Vec<String> = value.split_whitespace().map(String::from).collect();
-                if !urls.is_empty() {
-                    m.origins.insert(name.clone(), format!("`{key}`"));
-                    m.lists.insert(name, urls);
-                }
+        Mirrors {
+            found: std::sync::OnceLock::new(),
+            given: None,
+        }
+    }
+
+    fn found(&self) -> &Found {
+        match &self.given {
+            Some(found) => found,
+            None => self.found.get_or_init(discover),
+        }
+    }
+}
+
+/// Reads the mirrors from the environment, the configuration file and apt's sources.
+fn discover() -> Found {
+    let mut m = Found::default();
+    for (key, value) in std::env::vars() {
+        if let Some(name) = key.strip_prefix("KSBUILD_MIRROR_") {
+            let name = name.to_ascii_lowercase().replace('_', "-");
+            let urls: Vec<String> = value.split_whitespace().map(String::from).collect();
+            if !urls.is_empty() {
+                m.origins.insert(name.clone(), format!("`{key}`"));
+                m.lists.insert(name, urls);
             }
         }
-        let config_dir = std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-        if let Some(file) = config_dir.map(|d| d.join("ksbuild/mirrors.toml")) {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                if let Ok(table) = toml::from_str::<BTreeMap<String, Vec<String>>>(&text) {
-                    for (name, urls) in table {
-                        if !m.lists.contains_key(&name) && !urls.is_empty() {
-                            m.origins
-                                .insert(name.clone(), format!("`{}`", file.display()));
-                            m.lists.insert(name, urls);
-                        }
+    }
+    let config_dir = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(file) = config_dir.map(|d| d.join("ksbuild/mirrors.toml")) {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(table) = toml::from_str::<BTreeMap<String, Vec<String>>>(&text) {
+                for (name, urls) in table {
+                    if !m.lists.contains_key(&name) && !urls.is_empty() {
+                        m.origins
+                            .insert(name.clone(), format!("`{}`", file.display()));
+                        m.lists.insert(name, urls);
                     }
                 }
             }
         }
-        for (name, urls) in apt_mirrors(Path::new("/etc/apt")) {
-            if !m.lists.contains_key(&name) && !urls.is_empty() {
-                m.origins
-                    .insert(name.clone(), "the host's apt sources".to_string());
-                m.lists.insert(name, urls);
-            }
-        }
-        m
     }
+    for (name, urls) in apt_mirrors(Path::new("/etc/apt")) {
+        if !m.lists.contains_key(&name) && !urls.is_empty() {
+            m.origins
+                .insert(name.clone(), "the host's apt sources".to_string());
+            m.lists.insert(name, urls);
+        }
+    }
+    m
+}
 
+impl Mirrors {
     /// The URLs for `mirror://NAME/rest`, in order; `None` if `NAME` has no mirrors.
     pub fn resolve(&self, url: &str) -> Option<Vec<String>> {
         let Some(rest) = url.strip_prefix("mirror://") else {
             return Some(vec![url.to_string()]);
         };
         let (name, path) = rest.split_once('/')?;
-        let list = self.lists.get(name)?;
+        let list = self.found().lists.get(name)?;
         Some(
             list.iter()
                 .map(|base| format!("{}/{}", base.trim_end_matches('/'), path))
@@ -79,7 +107,7 @@ impl Mirrors {
 
     /// Where the list for `name` came from.
     pub fn origin(&self, name: &str) -> Option<&str> {
-        self.origins.get(name).map(String::as_str)
+        self.found().origins.get(name).map(String::as_str)
     }
 }
 

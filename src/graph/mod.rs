@@ -168,7 +168,8 @@ fn run_pool<E: Send>(
     });
     let wake = Condvar::new();
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
+        // No more workers than jobs (none for an empty graph).
+        for _ in 0..jobs.max(1).min(graph.len()) {
             scope.spawn(|| loop {
                 let key = {
                     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());

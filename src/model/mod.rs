@@ -229,10 +229,7 @@ impl Index {
             let spec: DerivationFile = source.parse()?;
             Ok((target_name(path), source, spec))
         };
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8);
+        let workers = crate::cpus().min(8);
         let chunk = files.len().div_ceil(workers).max(16);
         if files.len() <= chunk {
             return files.iter().map(parse).collect();
