@@ -28,6 +28,9 @@ use crate::timing;
 /// kills the init process itself (PID 1 then dies of its parent-death signal).
 const KILL_GRACE: Duration = Duration::from_secs(30);
 
+/// How long the zygote may take to answer a request before it is given up.
+const ZYGOTE_ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
 /// Longest log line handed to the callback in one piece; longer lines are split.
 const MAX_LINE: usize = 1 << 20;
 
@@ -89,6 +92,11 @@ impl Sandbox {
         let Ok((ours, theirs)) = sys::seqpacket_pair() else {
             return self;
         };
+        // It answers in well under a millisecond; one that does not answer at all (stopped,
+        // say) is given up, and builds `exec` their init process.
+        if sys::set_receive_timeout(ours.as_fd(), ZYGOTE_ANSWER_LIMIT).is_err() {
+            return self;
+        }
         let spawned = Command::new(&self.init_program)
             .arg(ZYGOTE_ARG)
             .arg(std::process::id().to_string())
@@ -227,9 +235,12 @@ impl Sandbox {
             )),
             // The zygote could not fork (say, a process limit): so would `exec`.
             Ok((4, _)) => None,
-            // The zygote is gone or confused: stop using it.
+            // The zygote is gone, confused or stuck: stop using it, and make sure it does
+            // not serve this request late (an init process it forked dies with it, or sees
+            // it gone and exits).
             _ => {
                 zygote.socket = None;
+                let _ = zygote.process.kill();
                 None
             }
         }

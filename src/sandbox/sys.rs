@@ -672,6 +672,20 @@ pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     .map_err(rustix_errno)
 }
 
+/// [`setsockopt(2)`](https://man7.org/linux/man-pages/man2/setsockopt.2.html)
+/// `SO_RCVTIMEO`: a `recvmsg` on `socket` fails with `EAGAIN` after `limit`.
+pub(crate) fn set_receive_timeout(
+    socket: BorrowedFd<'_>,
+    limit: std::time::Duration,
+) -> Result<(), Errno> {
+    rustix::net::sockopt::set_socket_timeout(
+        socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(limit),
+    )
+    .map_err(rustix_errno)
+}
+
 /// Most descriptors one message carries.
 const MAX_FDS: usize = 4;
 

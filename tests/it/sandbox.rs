@@ -392,6 +392,24 @@ fn builds_go_on_when_the_zygote_dies_and_it_leaves_with_its_sandbox() {
         None,
         "a dead zygote is not asked again"
     );
+    // A stuck zygote is given up after a while, and killed so that it cannot serve the
+    // request late.
+    let h = Fixture::new();
+    let b = h.build("echo first > $out");
+    assert_success(&b, &b.run().expect("sandbox runs"));
+    let zygote = h.sandbox.zygote_pid().expect("a zygote");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let b = h.build("echo late > $out");
+    assert_success(&b, &b.run().expect("sandbox runs past a stuck zygote"));
+    assert_eq!(b.output_text(), "late\n");
+    assert_eq!(h.sandbox.zygote_pid(), None);
+    drop(b);
+    drop(h);
+    assert!(!is_zygote(zygote), "the stuck zygote was not killed");
     // A zygote ends (and is reaped) when the last copy of its sandbox is dropped.
     let g = Fixture::new();
     let b = g.build("echo third > $out");
