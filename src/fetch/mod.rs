@@ -308,3 +308,61 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
         attempts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A loopback HTTP server answering request `n` (from 0) with `answer(n)`, for at
+    /// most 10 s; returns its URL and how many requests it got.
+    fn serve(answer: fn(usize) -> &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/file", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        let mut request = [0u8; 1024];
+                        let _ = conn.read(&mut request);
+                        let n = seen.fetch_add(1, Ordering::SeqCst);
+                        let _ = conn.write_all(answer(n).as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        (url, count)
+    }
+
+    #[test]
+    fn a_transient_failure_is_tried_again_and_a_final_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, count) = serve(|n| match n {
+            0 => {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        });
+        let dest = dir.path().join("a");
+        assert_eq!(download(&agent(), &url, &dest), Ok(5));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        assert_eq!(count.load(Ordering::SeqCst), 2, "tried again after the 503");
+
+        let (url, count) =
+            serve(|_| "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let err = download(&agent(), &url, &dir.path().join("b")).unwrap_err();
+        assert!(err.contains("404"), "{err}");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a 404 is final");
+    }
+}
