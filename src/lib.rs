@@ -66,3 +66,31 @@ pub fn cpus() -> usize {
             .unwrap_or(1)
     })
 }
+
+/// `f` of each item, in order, spread over the CPUs in chunks of at least `min_chunk`
+/// items (on the calling thread alone when there are fewer); a panic in a worker is
+/// re-raised here.
+pub fn map_parallel<T: Sync, R: Send>(
+    items: &[T],
+    min_chunk: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let chunk = items.len().div_ceil(cpus().min(8)).max(min_chunk.max(1));
+    if items.len() <= chunk {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}

@@ -94,32 +94,18 @@ pub fn instantiate_project(
         }
         levels[level].push(node);
     }
-    let write = |node: &crate::model::Node| -> Result<(), crate::store::StoreError> {
-        let info = store.add_text(
-            node.drv_path.name(),
-            &node.drv.to_aterm(store.store_dir()),
-            &node.drv.references(),
-        )?;
-        debug_assert_eq!(info.path, node.drv_path);
-        Ok(())
-    };
-    let workers = crate::cpus().min(8);
     for level in &levels {
-        if level.len() < 8 || workers == 1 {
-            level.iter().try_for_each(|n| write(n))?;
-            continue;
-        }
-        let chunk = level.len().div_ceil(workers);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = level
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().try_for_each(|n| write(n))))
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        })?;
+        crate::map_parallel(level, 8, |node| {
+            store
+                .add_text(
+                    node.drv_path.name(),
+                    &node.drv.to_aterm(store.store_dir()),
+                    &node.drv.references(),
+                )
+                .map(|info| debug_assert_eq!(info.path, node.drv_path))
+        })
+        .into_iter()
+        .collect::<Result<(), _>>()?;
     }
     ctx.timing("write the .drv files", t0);
     Ok((project, lowered))

@@ -49,6 +49,25 @@ impl Mirrors {
             None => self.found.get_or_init(discover),
         }
     }
+
+    /// The URLs for `mirror://NAME/rest`, in order; `None` if `NAME` has no mirrors.
+    pub fn resolve(&self, url: &str) -> Option<Vec<String>> {
+        let Some(rest) = url.strip_prefix("mirror://") else {
+            return Some(vec![url.to_string()]);
+        };
+        let (name, path) = rest.split_once('/')?;
+        let list = self.found().lists.get(name)?;
+        Some(
+            list.iter()
+                .map(|base| format!("{}/{}", base.trim_end_matches('/'), path))
+                .collect(),
+        )
+    }
+
+    /// Where the list for `name` came from.
+    pub fn origin(&self, name: &str) -> Option<&str> {
+        self.found().origins.get(name).map(String::as_str)
+    }
 }
 
 /// Reads the mirrors from the environment, the configuration file and apt's sources.
@@ -88,27 +107,6 @@ fn discover() -> Found {
         }
     }
     m
-}
-
-impl Mirrors {
-    /// The URLs for `mirror://NAME/rest`, in order; `None` if `NAME` has no mirrors.
-    pub fn resolve(&self, url: &str) -> Option<Vec<String>> {
-        let Some(rest) = url.strip_prefix("mirror://") else {
-            return Some(vec![url.to_string()]);
-        };
-        let (name, path) = rest.split_once('/')?;
-        let list = self.found().lists.get(name)?;
-        Some(
-            list.iter()
-                .map(|base| format!("{}/{}", base.trim_end_matches('/'), path))
-                .collect(),
-        )
-    }
-
-    /// Where the list for `name` came from.
-    pub fn origin(&self, name: &str) -> Option<&str> {
-        self.found().origins.get(name).map(String::as_str)
-    }
 }
 
 /// `debian` and `debian-security` mirrors from apt's `sources.list` (one-line format) and

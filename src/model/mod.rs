@@ -224,28 +224,10 @@ impl Index {
     /// Reads and parses `files`; parsing dominates loading a large project, so many files
     /// are spread over the CPUs.
     fn parse(&self, files: &[&PathBuf]) -> Vec<Result<Parsed, ModelError>> {
-        let parse = |path: &&PathBuf| -> Result<Parsed, ModelError> {
+        crate::map_parallel(files, 16, |path| {
             let source = read_source(&self.root, path)?;
             let spec: DerivationFile = source.parse()?;
             Ok((target_name(path), source, spec))
-        };
-        let workers = crate::cpus().min(8);
-        let chunk = files.len().div_ceil(workers).max(16);
-        if files.len() <= chunk {
-            return files.iter().map(parse).collect();
-        }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = files
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
         })
     }
 

@@ -185,25 +185,19 @@ impl Sandbox {
 
     /// Starts the init process with the terminal's slave end as stdout — forked by the
     /// zygote if there is one, else `exec`ed — and sends it the plan.
+    /// Either way ksbuild's copy of the slave end is closed on return, so that the end of
+    /// output means that no process of the build is left.
     fn start(&self, slave: OwnedFd, request: &[u8], origin: u128) -> Result<Running, SandboxError> {
-        let (mut running, sent) = match self.fork_init(&slave, request, origin) {
-            Some(forked) => forked,
-            None => (self.exec_init(slave, origin)?, false),
-        };
-        // The slave end (if still here) is closed now, so that the end of output means
-        // that no process of the build is left.
-        if let (Some(control), false) = (running.control.as_mut(), sent) {
-            // A failure here means the init process is already gone; its status (or its
-            // absence) says why.
-            let _ = control.write_all(request);
+        match self.fork_init(&slave, request, origin) {
+            Some(running) => Ok(running),
+            None => self.exec_init(slave, request, origin),
         }
-        Ok(running)
     }
 
     /// Asks the zygote for an init process; `None` if there is no zygote or it failed
     /// (then it is not asked again). A plan that fits in the pipe is sent ahead, so that
-    /// the init process finds it at once: then the flag is set.
-    fn fork_init(&self, slave: &OwnedFd, request: &[u8], origin: u128) -> Option<(Running, bool)> {
+    /// the init process finds it at once.
+    fn fork_init(&self, slave: &OwnedFd, request: &[u8], origin: u128) -> Option<Running> {
         let zygote = self.zygote.as_ref()?;
         let mut zygote = zygote.lock().unwrap_or_else(|p| p.into_inner());
         let socket = zygote.socket.as_ref()?;
@@ -223,16 +217,20 @@ impl Sandbox {
         let mut answer = [0u8; 4];
         let answered = asked.and_then(|()| sys::recv_with_fds(socket.as_fd(), &mut answer));
         match answered {
-            Ok((4, mut fds)) if answer == [0; 4] && fds.len() == 1 => Some((
-                Running {
+            Ok((4, mut fds)) if answer == [0; 4] && fds.len() == 1 => {
+                if !sent {
+                    // A failure means the init process is already gone; its status (or
+                    // its absence) says why.
+                    let _ = control_write.write_all(request);
+                }
+                Some(Running {
                     control: Some(control_write),
                     status: Some(status_read),
                     init: InitProcess::Forked(fds.remove(0)),
                     started,
                     reaped: false,
-                },
-                sent,
-            )),
+                })
+            }
             // The zygote could not fork (say, a process limit): so would `exec`.
             Ok((4, _)) => None,
             // The zygote is gone, confused or stuck: stop using it, and make sure it does
@@ -246,8 +244,13 @@ impl Sandbox {
         }
     }
 
-    /// Starts the init process by `exec`ing the init program.
-    fn exec_init(&self, slave: OwnedFd, origin: u128) -> Result<Running, SandboxError> {
+    /// Starts the init process by `exec`ing the init program, and sends it the plan.
+    fn exec_init(
+        &self,
+        slave: OwnedFd,
+        request: &[u8],
+        origin: u128,
+    ) -> Result<Running, SandboxError> {
         let mut command = Command::new(&self.init_program);
         command
             .arg(INIT_ARG)
@@ -268,7 +271,12 @@ impl Sandbox {
         // the end of output means that no process of the build is left.
         drop(command);
         let started = Instant::now();
-        let control = child.stdin.take().map(|c| File::from(OwnedFd::from(c)));
+        let mut control = child.stdin.take().map(|c| File::from(OwnedFd::from(c)));
+        if let Some(control) = control.as_mut() {
+            // A failure means the init process is already gone; its status (or its
+            // absence) says why.
+            let _ = control.write_all(request);
+        }
         let status = child.stderr.take().map(OwnedFd::from);
         Ok(Running {
             control,
@@ -513,7 +521,14 @@ impl InitProcess {
     fn wait(&mut self, timeout_ms: i32) -> std::io::Result<Option<String>> {
         match self {
             InitProcess::Spawned(child) if timeout_ms < 0 => Ok(Some(child.wait()?.to_string())),
-            InitProcess::Spawned(child) => Ok(child.try_wait()?.map(|s| s.to_string())),
+            InitProcess::Spawned(child) => {
+                // A child has no descriptor to poll: look, wait, look again.
+                if let Some(status) = child.try_wait()? {
+                    return Ok(Some(status.to_string()));
+                }
+                std::thread::sleep(Duration::from_millis(timeout_ms as u64));
+                Ok(child.try_wait()?.map(|s| s.to_string()))
+            }
             InitProcess::Forked(pidfd) => {
                 let ready = sys::poll_readable(&[Some(pidfd.as_fd())], timeout_ms)?;
                 // The zygote's children are reaped by the kernel: how it ended is in what
@@ -562,11 +577,7 @@ impl Drop for Running {
         while Instant::now() < deadline {
             match self.init.wait(5) {
                 Ok(Some(_)) => return,
-                Ok(None) => {
-                    if matches!(self.init, InitProcess::Spawned(_)) {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
+                Ok(None) => {}
                 Err(_) => break,
             }
         }

@@ -360,6 +360,10 @@ fn the_builder_sees_what_nix_shows_it() {
     }
 }
 
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
 /// Whether `pid` is a live zygote (a zombie has no command line).
 fn is_zygote(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
@@ -378,11 +382,7 @@ fn builds_go_on_when_the_zygote_dies_and_it_leaves_with_its_sandbox() {
     assert_success(&b, &b.run().expect("sandbox runs"));
     let zygote = f.sandbox.zygote_pid().expect("a zygote");
     assert!(is_zygote(zygote));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(zygote as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    signal(zygote, nix::sys::signal::Signal::SIGKILL);
     // The next build finds the zygote gone and starts its init process by `exec`.
     let b = f.build("echo second > $out");
     assert_success(&b, &b.run().expect("sandbox runs without its zygote"));
@@ -398,11 +398,7 @@ fn builds_go_on_when_the_zygote_dies_and_it_leaves_with_its_sandbox() {
     let b = h.build("echo first > $out");
     assert_success(&b, &b.run().expect("sandbox runs"));
     let zygote = h.sandbox.zygote_pid().expect("a zygote");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(zygote as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    signal(zygote, nix::sys::signal::Signal::SIGSTOP);
     let b = h.build("echo late > $out");
     assert_success(&b, &b.run().expect("sandbox runs past a stuck zygote"));
     assert_eq!(b.output_text(), "late\n");
