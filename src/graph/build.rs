@@ -122,14 +122,15 @@ impl SandboxExecutor<'_> {
             .map_err(|e| failure(format!("input closure: {e}")))
     }
 
-    /// Runs the builder of `node` in a fresh sandbox. Returns the directory holding the
-    /// outputs (the sandbox's root directory) and the scratch directories to remove
-    /// afterwards.
+    /// Runs the builder of `node` in a fresh sandbox, calling `builder_done` as soon as
+    /// the sandbox is gone. Returns the directory holding the outputs (the sandbox's root
+    /// directory) and the scratch directories to remove afterwards.
     pub fn run_sandboxed(
         &self,
         node: &Node,
         closure: &BTreeSet<StorePath>,
         reporter: &dyn Reporter,
+        builder_done: &dyn Fn(),
     ) -> Result<(PathBuf, Scratch), BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
@@ -185,6 +186,7 @@ impl SandboxExecutor<'_> {
             .sandbox
             .get_or_init(sandbox::Sandbox::new)
             .run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
+        builder_done();
         timing::report("build: sandbox", t0);
         let with_log = |message: String| BuildFailure {
             message,
@@ -293,7 +295,12 @@ impl Executor for SandboxExecutor<'_> {
             .get_or_init(|| sandbox::Sandbox::new().with_zygote());
     }
 
-    fn build(&self, node: &Node, reporter: &dyn Reporter) -> Result<(), BuildFailure> {
+    fn build(
+        &self,
+        node: &Node,
+        reporter: &dyn Reporter,
+        builder_done: &dyn Fn(),
+    ) -> Result<(), BuildFailure> {
         let store = self.store;
         // Another process may be building the same derivation: wait for it, then reuse.
         let locks: BTreeMap<StorePath, FileLock> = output_paths(node)
@@ -307,7 +314,7 @@ impl Executor for SandboxExecutor<'_> {
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter)?;
+        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, builder_done)?;
         let t0 = std::time::Instant::now();
         self.register_outputs(node, &out_dir, &closure, &locks)?;
         timing::report("build: register outputs", t0);
@@ -373,7 +380,7 @@ impl SandboxExecutor<'_> {
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter)?;
+        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &|| {})?;
         let t0 = std::time::Instant::now();
         let outputs = output_paths(node);
         let mut candidates = closure.clone();

@@ -85,8 +85,15 @@ pub struct BuildFailure {
 
 /// Runs one build of a node whose inputs are all valid; on success every output is valid.
 pub trait Executor: Sync {
-    /// Builds `node`.
-    fn build(&self, node: &Node, reporter: &dyn Reporter) -> Result<(), BuildFailure>;
+    /// Builds `node`. `builder_done` is called once the builder and every process it
+    /// started are gone, before the outputs are registered: the build then no longer holds
+    /// one of the `-j` slots, and the next build may start while this one registers.
+    fn build(
+        &self,
+        node: &Node,
+        reporter: &dyn Reporter,
+        builder_done: &dyn Fn(),
+    ) -> Result<(), BuildFailure>;
 
     /// Called on the thread that drives the realisation, before anything is fetched, when
     /// there is something to build: a chance to start what builds will need.
@@ -148,35 +155,50 @@ struct PoolOutcome<E> {
     skipped: Vec<(String, String)>,
 }
 
-/// Runs `work` over a DAG with `jobs` workers.
+/// The work of a pool on one key; the function it gets releases the key's slot.
+type PoolWork<'a, E> = dyn Fn(&str, &dyn Fn()) -> Result<(), E> + Sync + 'a;
+
+/// Runs `work` over a DAG: at most `jobs` keys hold a slot at once. A key holds its slot
+/// from when it is started until `work` returns or calls the function it is given
+/// (`release`), whichever comes first; what `work` does after releasing (registering a
+/// build's outputs, say) overlaps the next keys, on as many workers again.
 fn run_pool<E: Send>(
     graph: &BTreeMap<String, BTreeSet<String>>,
     jobs: usize,
-    work: &(dyn Fn(&str) -> Result<(), E> + Sync),
+    work: &PoolWork<'_, E>,
 ) -> PoolOutcome<E> {
     struct State<E> {
         queue: ReadyQueue,
+        /// Keys being worked on.
         running: usize,
+        /// Keys holding a slot.
+        slots: usize,
         failed: Vec<(String, E)>,
         skipped: Vec<(String, String)>,
     }
+    let jobs = jobs.max(1);
     let state = Mutex::new(State {
         queue: ReadyQueue::new(graph),
         running: 0,
+        slots: 0,
         failed: Vec::new(),
         skipped: Vec::new(),
     });
     let wake = Condvar::new();
     std::thread::scope(|scope| {
-        // No more workers than jobs (none for an empty graph).
-        for _ in 0..jobs.max(1).min(graph.len()) {
+        // Twice as many workers as slots, so that each slot's next key can start while the
+        // last one finishes; no more workers than keys (none for an empty graph).
+        for _ in 0..(2 * jobs).min(graph.len()) {
             scope.spawn(|| loop {
                 let key = {
                     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                     loop {
-                        if let Some(k) = s.queue.pop() {
-                            s.running += 1;
-                            break Some(k);
+                        if s.slots < jobs {
+                            if let Some(k) = s.queue.pop() {
+                                s.running += 1;
+                                s.slots += 1;
+                                break Some(k);
+                            }
                         }
                         if s.running == 0 {
                             break None;
@@ -188,7 +210,16 @@ fn run_pool<E: Send>(
                     wake.notify_all();
                     return;
                 };
-                let result = work(&key);
+                let released = std::sync::atomic::AtomicBool::new(false);
+                let release = || {
+                    if !released.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                        s.slots -= 1;
+                        wake.notify_all();
+                    }
+                };
+                let result = work(&key, &release);
+                release();
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                 s.running -= 1;
                 match result {
@@ -254,7 +285,7 @@ pub fn realise(
         executor.prepare();
     }
 
-    let fetch_one = |key: &str| -> Result<(), FetchError> {
+    let fetch_one = |key: &str, _release: &dyn Fn()| -> Result<(), FetchError> {
         let node = &lowered.nodes[key];
         let url = node
             .fetch
@@ -296,14 +327,14 @@ pub fn realise(
     }
     result.fetched = fetches.into_keys().collect();
 
-    let build_one = |key: &str| -> Result<(), BuildFailure> {
+    let build_one = |key: &str, builder_done: &dyn Fn()| -> Result<(), BuildFailure> {
         let node = &lowered.nodes[key];
         reporter.event(&Event::BuildStarted {
             target: key.to_string(),
             drv: store.print(&node.drv_path),
         });
         let start = Instant::now();
-        match executor.build(node, reporter) {
+        match executor.build(node, reporter, builder_done) {
             Ok(()) => {
                 let outputs = output_paths(node)
                     .into_iter()
@@ -346,4 +377,52 @@ pub fn realise(
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Keys hold a slot until they release it; what they do afterwards overlaps the next
+    /// keys, and dependents still wait for the whole work of their dependencies.
+    #[test]
+    fn a_released_slot_starts_the_next_key_while_the_last_one_finishes() {
+        let mut graph: BTreeMap<String, BTreeSet<String>> =
+            (0..6).map(|i| (format!("k{i}"), BTreeSet::new())).collect();
+        graph.insert("last".into(), ["k0".to_string()].into());
+        let (in_slot, max_in_slot) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (running, max_running) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let finished = Mutex::new(BTreeSet::new());
+        let work = |key: &str, release: &dyn Fn()| -> Result<(), ()> {
+            if key == "last" {
+                assert!(finished.lock().unwrap().contains("k0"));
+            }
+            max_running.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            max_in_slot.fetch_max(in_slot.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            in_slot.fetch_sub(1, Ordering::SeqCst);
+            release();
+            // The part after the release: long enough for the next key to start.
+            std::thread::sleep(Duration::from_millis(30));
+            running.fetch_sub(1, Ordering::SeqCst);
+            finished.lock().unwrap().insert(key.to_string());
+            Ok(())
+        };
+        let outcome = run_pool(&graph, 1, &work);
+        assert!(outcome.failed.is_empty() && outcome.skipped.is_empty());
+        assert_eq!(finished.lock().unwrap().len(), 7);
+        assert_eq!(
+            max_in_slot.load(Ordering::SeqCst),
+            1,
+            "-j1 ran two keys in slots"
+        );
+        assert_eq!(
+            max_running.load(Ordering::SeqCst),
+            2,
+            "no overlap after release"
+        );
+    }
 }

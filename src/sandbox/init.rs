@@ -95,6 +95,7 @@ fn run(
     expected_parent: Option<i32>,
 ) -> Result<(), StatusMessage> {
     timer.point(status, "init: main");
+    sys::set_process_name(c"ksbuild-init");
     sys::close_fds_from_3().map_err(|e| step_failed(Step::CloseInheritedDescriptors, e))?;
     sys::set_umask(0);
     let expected_parent = expected_parent

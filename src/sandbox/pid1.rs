@@ -67,6 +67,7 @@ pub(crate) fn main(
     init_status: BorrowedFd<'_>,
     timer: Timer,
 ) -> isize {
+    sys::set_process_name(c"ksbuild-pid1");
     let status = match sys::dup_cloexec(init_status) {
         Ok(fd) => fd,
         Err(_) => return SETUP_FAILED,

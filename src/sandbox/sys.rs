@@ -272,6 +272,12 @@ pub(crate) fn set_parent_death_signal() -> Result<(), Errno> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
 }
 
+/// `prctl(PR_SET_NAME)`: the name `ps` and `perf` show for this process (at most 15
+/// bytes; it says which part of the sandbox a process is until the builder replaces it).
+pub(crate) fn set_process_name(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+}
+
 /// [`getppid(2)`](https://man7.org/linux/man-pages/man2/getppid.2.html).
 pub(crate) fn parent_pid() -> i32 {
     nix::unistd::getppid().as_raw()

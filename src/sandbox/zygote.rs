@@ -40,6 +40,7 @@ pub fn zygote_main() -> ! {
 }
 
 fn serve() -> Result<(), Errno> {
+    sys::set_process_name(c"ksbuild-zygote");
     sys::close_fds_from_3()?;
     let expected_parent: Option<i32> = std::env::args().nth(2).and_then(|a| a.parse().ok());
     sys::set_parent_death_signal()?;
