@@ -225,10 +225,11 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             timeout: args.timeout.map(Duration::from_secs),
             max_silent_time: args.max_silent_time.map(Duration::from_secs),
             keep_failed: args.keep_failed,
+            jobs: args.jobs,
         },
     )?;
     if args.check {
-        graph::Executor::prepare(&executor);
+        graph::Executor::prepare(&executor, args.targets.len());
     }
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =

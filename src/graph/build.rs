@@ -26,6 +26,8 @@ pub struct BuildOptions {
     pub max_silent_time: Option<Duration>,
     /// Keep `/build` of failed builds.
     pub keep_failed: bool,
+    /// How many builds run at once (`-j`).
+    pub jobs: usize,
 }
 
 /// Builds derivations in ksbuild's namespace sandbox.
@@ -288,11 +290,13 @@ impl SandboxExecutor<'_> {
 }
 
 impl Executor for SandboxExecutor<'_> {
-    /// Starts the sandbox's zygote. It lives as long as the calling thread, which must
-    /// outlive the builds (the thread driving the realisation does).
-    fn prepare(&self) {
+    /// Starts the sandbox's zygotes, one per build that runs at once. They live as long as
+    /// the calling thread, which must outlive the builds (the thread driving the
+    /// realisation does).
+    fn prepare(&self, builds: usize) {
+        let zygotes = self.options.jobs.min(builds).max(1);
         self.sandbox
-            .get_or_init(|| sandbox::Sandbox::new().with_zygote());
+            .get_or_init(|| sandbox::Sandbox::new().with_zygotes(zygotes));
     }
 
     fn build(
@@ -445,6 +449,7 @@ mod tests {
             timeout: None,
             max_silent_time: None,
             keep_failed: false,
+            jobs: 1,
         };
         let executor = SandboxExecutor::new(&s, options).unwrap();
         let spare = s.builds_dir().join("spare");

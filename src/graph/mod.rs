@@ -96,8 +96,9 @@ pub trait Executor: Sync {
     ) -> Result<(), BuildFailure>;
 
     /// Called on the thread that drives the realisation, before anything is fetched, when
-    /// there is something to build: a chance to start what builds will need.
-    fn prepare(&self) {}
+    /// there is something to build (`builds` derivations): a chance to start what builds
+    /// will need.
+    fn prepare(&self, _builds: usize) {}
 }
 
 /// Why a realisation failed.
@@ -282,7 +283,7 @@ pub fn realise(
         cached: result.cached.len(),
     });
     if !builds.is_empty() {
-        executor.prepare();
+        executor.prepare(builds.len());
     }
 
     let fetch_one = |key: &str, _release: &dyn Fn()| -> Result<(), FetchError> {

@@ -45,23 +45,6 @@ pub fn init_main() -> ! {
     finish(Timer::from_env(), parent)
 }
 
-/// Entry point of an init process forked by the zygote: `fds` become its stdin (the
-/// control pipe), stdout (the build's terminal) and stderr (the status pipe), as
-/// [`super::supervisor`] would have given them to an `exec`ed one. Never returns.
-pub(crate) fn forked_main(fds: [std::os::fd::OwnedFd; 3], timer: Timer, zygote: i32) -> ! {
-    for (fd, target) in fds.iter().zip(0..) {
-        if sys::dup_onto(fd.as_fd(), target).is_err() {
-            std::process::exit(1);
-        }
-    }
-    drop(fds);
-    // The zygote lets the kernel reap its children; this process waits for PID 1.
-    if sys::set_children_reaped_by_kernel(false).is_err() {
-        std::process::exit(1);
-    }
-    finish(timer, Some(zygote))
-}
-
 fn finish(timer: Timer, parent: Option<i32>) -> ! {
     let status = std::io::stderr();
     let code = match run(status.as_fd(), timer, parent) {
@@ -166,8 +149,9 @@ fn run(
     Ok(())
 }
 
-/// Reads the plan: bytes up to the first newline on stdin.
-fn read_plan(stdin: BorrowedFd<'_>) -> Result<Plan, StatusMessage> {
+/// Reads the plan: bytes up to the first newline on stdin (also PID 1's, when the zygote
+/// cloned it).
+pub(crate) fn read_plan(stdin: BorrowedFd<'_>) -> Result<Plan, StatusMessage> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {

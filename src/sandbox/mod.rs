@@ -48,6 +48,14 @@
 //! Re-executing the binary (rather than forking ksbuild, which has threads) gives a clean,
 //! single-threaded process in which `clone` is safe.
 //!
+//! That is the path of a lone build. `ksbuild realise` starts zygotes (`zygote.rs`), one
+//! per `-j` slot: single-threaded processes that clone PID 1 themselves, write its id maps
+//! and reap it, so no init process is started per build; from a zygote's second build on,
+//! the next PID 1 is cloned while the current build runs, and a build finds its namespaces
+//! made. ksbuild then does the host steps itself, hands the zygote the plan's pipe, the
+//! terminal and the status pipe, and kills PID 1 through a pidfd on a time limit. If a
+//! zygote cannot be used, the build takes the path above.
+//!
 //! **Fail closed.** Every step either succeeds or stops the build with
 //! [`SandboxError::Step`], which names the step and the `errno`, and whose
 //! [`SandboxError::hint`] says how to enable it. There is no unsandboxed fallback.
@@ -76,6 +84,7 @@
 //! * `seccomp.rs` — Nix's seccomp filter as a BPF program (pure);
 //! * `user_ns.rs` — which host ids the build user has, and the map files;
 //! * `init.rs` — the init process; `pid1.rs` — PID 1 up to `execve`;
+//! * `zygote.rs` — the zygote: PID 1s cloned ahead of time, and reaped;
 //! * `supervisor.rs` — ksbuild's side: [`Sandbox`], log streaming, timeouts;
 //! * `protocol.rs` — the status messages; `error.rs` — [`SandboxError`].
 

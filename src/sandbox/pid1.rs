@@ -85,7 +85,63 @@ pub(crate) fn main(
         Ok(1) => {}
         _ => return SETUP_FAILED,
     }
+    become_builder(plan, lifeline, status, timer)
+}
 
+/// Runs as a PID 1 cloned ahead of time by the zygote (see `zygote.rs`): keeps only
+/// `channel` of the zygote's descriptors, waits on it for a request — the start time and
+/// the three descriptors that become stdin (the plan), stdout (the build's terminal) and
+/// stderr (the status pipe) —, reads the plan and goes on as [`main`] does. The channel
+/// is its lifeline: it hangs up when the zygote is gone. Returns only on failure.
+pub(crate) fn waiting_main(channel: BorrowedFd<'_>) -> isize {
+    sys::set_process_name(c"ksbuild-pid1");
+    if sys::close_fds_from_3_except(channel).is_err() || sys::set_parent_death_signal().is_err() {
+        return SETUP_FAILED;
+    }
+    // The zygote may have died between the clone and the parent-death signal.
+    if !matches!(sys::hung_up(channel), Ok(false)) {
+        return SETUP_FAILED;
+    }
+    let mut origin = [0u8; super::zygote::ORIGIN_LEN];
+    let fds = match sys::recv_with_fds(channel, &mut origin) {
+        Ok((n, fds)) if n == origin.len() && fds.len() == 3 => fds,
+        _ => return SETUP_FAILED,
+    };
+    for (fd, target) in fds.iter().zip(0..) {
+        if sys::dup_onto(fd.as_fd(), target).is_err() {
+            return SETUP_FAILED;
+        }
+    }
+    drop(fds);
+    let origin = u128::from_le_bytes(origin);
+    let timer = Timer::at((origin != 0).then_some(origin));
+    let stderr = std::io::stderr();
+    let status = match sys::dup_cloexec(stderr.as_fd()) {
+        Ok(fd) => fd,
+        Err(_) => return SETUP_FAILED,
+    };
+    let status = status.as_fd();
+    timer.point(status, "pid1: request received");
+    let stdin = std::io::stdin();
+    let plan = match super::init::read_plan(stdin.as_fd()) {
+        Ok(plan) => plan,
+        Err(message) => {
+            message.send(status);
+            return SETUP_FAILED;
+        }
+    };
+    become_builder(&plan, channel, status, timer)
+}
+
+/// Applies the plan's namespace steps and `execve`s the builder; `lifeline` hangs up when
+/// this process's parent is gone, `status` is a close-on-exec copy of the status pipe.
+/// Returns only on failure, with the exit code.
+fn become_builder(
+    plan: &Plan,
+    lifeline: BorrowedFd<'_>,
+    status: BorrowedFd<'_>,
+    timer: Timer,
+) -> isize {
     let exec_step = Step::Exec {
         path: plan.exec.path.clone(),
     };

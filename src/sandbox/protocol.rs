@@ -2,7 +2,9 @@
 //!
 //! * ksbuild → init, on the init process's stdin: one [`super::plan::Plan`] line. The pipe
 //!   then stays open as the control channel: when ksbuild closes it (a timeout, an error,
-//!   or ksbuild dying) the init process kills the sandbox's PID 1 and reports.
+//!   or ksbuild dying) the init process kills the sandbox's PID 1 and reports. (A PID 1
+//!   cloned by a zygote reads the plan from that pipe itself; ksbuild kills it through a
+//!   pidfd, and the zygote reports its end as the init process would.)
 //! * init and PID 1 → ksbuild, on the init process's stderr: [`StatusMessage`] lines.
 //!   PID 1 writes through a close-on-exec copy, so after a successful `execve` only the init
 //!   process can write there; the builder never can.

@@ -16,11 +16,13 @@ use nix::errno::Errno;
 
 use super::error::SandboxError;
 use super::init::INIT_ARG;
+use super::plan::Plan;
 use super::plan::{self, InputKind};
 use super::protocol::StatusMessage;
+use super::step::{Step, StepContext};
 use super::sys;
 use super::user_ns::HostIds;
-use super::zygote::{REQUEST_LEN, ZYGOTE_ARG};
+use super::zygote::{ORIGIN_LEN, ZYGOTE_ARG};
 use super::{BuildOutcome, SandboxSpec, TimeoutKind};
 use crate::timing;
 
@@ -34,12 +36,12 @@ const ZYGOTE_ANSWER_LIMIT: Duration = Duration::from_secs(10);
 /// Longest log line handed to the callback in one piece; longer lines are split.
 const MAX_LINE: usize = 1 << 20;
 
-/// Runs builds; holds the program that serves as the init process, and the zygote that
-/// forks init processes if one was started ([`Sandbox::with_zygote`]).
+/// Runs builds; holds the program that serves as the init process, and the zygotes that
+/// start builds, if any were started ([`Sandbox::with_zygotes`]).
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     init_program: PathBuf,
-    zygote: Option<Arc<Mutex<Zygote>>>,
+    zygotes: Vec<Arc<Mutex<Zygote>>>,
 }
 
 /// A running zygote (see `zygote.rs`): ksbuild's end of its socket, and the process.
@@ -79,44 +81,53 @@ impl Sandbox {
     pub fn with_init_program(program: impl Into<PathBuf>) -> Sandbox {
         Sandbox {
             init_program: program.into(),
-            zygote: None,
+            zygotes: Vec::new(),
         }
     }
 
-    /// The same sandbox, with init processes forked by a zygote rather than `exec`ed,
-    /// which spares each build the start of a fresh ksbuild binary. The zygote dies with
-    /// the calling *thread* (`PR_SET_PDEATHSIG`), and every build with it: call this from
-    /// a thread that outlives the builds, such as the main thread. If the zygote cannot
-    /// be started, or dies, builds start their init process by `exec` as without one.
-    pub fn with_zygote(mut self) -> Sandbox {
-        let Ok((ours, theirs)) = sys::seqpacket_pair() else {
-            return self;
-        };
-        // It answers in well under a millisecond; one that does not answer at all (stopped,
-        // say) is given up, and builds `exec` their init process.
-        if sys::set_receive_timeout(ours.as_fd(), ZYGOTE_ANSWER_LIMIT).is_err() {
-            return self;
+    /// The same sandbox, with one zygote: see [`Sandbox::with_zygotes`].
+    pub fn with_zygote(self) -> Sandbox {
+        self.with_zygotes(1)
+    }
+
+    /// The same sandbox, with `count` zygotes (see `zygote.rs`), each of which makes a
+    /// build's namespaces ahead of time and starts the build in them. One per build that
+    /// runs at once: each makes the next PID 1 while its last build runs. They die with
+    /// the calling *thread* (`PR_SET_PDEATHSIG`), and every build with them: call this
+    /// from a thread that outlives the builds, such as the main thread. If a zygote cannot
+    /// be started, or dies, builds go to the others, or start an init process by `exec`.
+    pub fn with_zygotes(mut self, count: usize) -> Sandbox {
+        for _ in 0..count {
+            if let Some(z) = self.start_zygote() {
+                self.zygotes.push(Arc::new(Mutex::new(z)));
+            }
         }
-        let spawned = Command::new(&self.init_program)
+        self
+    }
+
+    fn start_zygote(&self) -> Option<Zygote> {
+        let (ours, theirs) = sys::seqpacket_pair().ok()?;
+        // It answers in about a millisecond; one that does not answer at all (stopped,
+        // say) is given up, and builds `exec` their init process.
+        sys::set_receive_timeout(ours.as_fd(), ZYGOTE_ANSWER_LIMIT).ok()?;
+        let process = Command::new(&self.init_program)
             .arg(ZYGOTE_ARG)
             .arg(std::process::id().to_string())
             .env_clear()
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn();
-        if let Ok(process) = spawned {
-            self.zygote = Some(Arc::new(Mutex::new(Zygote {
-                socket: Some(ours),
-                process,
-            })));
-        }
-        self
+            .spawn()
+            .ok()?;
+        Some(Zygote {
+            socket: Some(ours),
+            process,
+        })
     }
 
-    /// The pid of the zygote, while it is in use.
+    /// The pid of the first zygote, while it is in use.
     pub fn zygote_pid(&self) -> Option<u32> {
-        let zygote = self.zygote.as_ref()?;
+        let zygote = self.zygotes.first()?;
         let zygote = zygote.lock().unwrap_or_else(|p| p.into_inner());
         zygote.socket.as_ref()?;
         Some(zygote.process.id())
@@ -133,11 +144,6 @@ impl Sandbox {
         check_directories(spec)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
         let plan = plan::plan(spec, &ids, &mut inspect_input, devpts)?;
-        let mut request = serde_json::to_vec(&plan).map_err(|e| SandboxError::InvalidSpec {
-            field: "inputs",
-            reason: format!("cannot be sent to the init process: {e}"),
-        })?;
-        request.push(b'\n');
         timing::report("sandbox: plan", t0);
         let t0 = Instant::now();
 
@@ -156,7 +162,7 @@ impl Sandbox {
         })?;
         timing::report("sandbox: log and pty", t0);
         let origin = timing::epoch_micros();
-        let mut running = self.start(slave, &request, origin)?;
+        let mut running = self.start(slave, plan, origin)?;
         if timing::enabled() {
             eprintln!("{}", timing::line_after("sandbox: init spawned", origin));
         }
@@ -183,23 +189,69 @@ impl Sandbox {
         interpret(&status_bytes, exit, duration, timed_out)
     }
 
-    /// Starts the init process with the terminal's slave end as stdout — forked by the
-    /// zygote if there is one, else `exec`ed — and sends it the plan.
-    /// Either way ksbuild's copy of the slave end is closed on return, so that the end of
-    /// output means that no process of the build is left.
-    fn start(&self, slave: OwnedFd, request: &[u8], origin: u128) -> Result<Running, SandboxError> {
-        match self.fork_init(&slave, request, origin) {
-            Some(running) => Ok(running),
-            None => self.exec_init(slave, request, origin),
+    /// Starts the build with the terminal's slave end as its stdout: through the zygote if
+    /// there is one, else by `exec`ing an init process. Either way ksbuild's copy of the
+    /// slave end is closed on return, so that the end of output means that no process of
+    /// the build is left.
+    fn start(&self, slave: OwnedFd, mut plan: Plan, origin: u128) -> Result<Running, SandboxError> {
+        if self.zygote_socket_open() {
+            // The zygote's PID 1s expect the host steps done: they are plain file
+            // operations as the invoking user, done here (the zygote itself has cleared
+            // root's supplementary groups). Only that step is left for an init process, in
+            // case the zygote fails.
+            let mut ctx = StepContext::new(None);
+            for step in &plan.host {
+                if *step != Step::ClearSupplementaryGroups {
+                    step.apply(&mut ctx).map_err(|errno| SandboxError::Step {
+                        step: step.clone(),
+                        errno,
+                    })?;
+                }
+            }
+            plan.host.retain(|s| *s == Step::ClearSupplementaryGroups);
+            let request = serialise(&plan)?;
+            if let Some(running) = self.ask_zygote(&slave, &request, &plan.id_maps, origin) {
+                return Ok(running);
+            }
+            return self.exec_init(slave, &request, origin);
         }
+        self.exec_init(slave, &serialise(&plan)?, origin)
     }
 
-    /// Asks the zygote for an init process; `None` if there is no zygote or it failed
-    /// (then it is not asked again). A plan that fits in the pipe is sent ahead, so that
-    /// the init process finds it at once.
-    fn fork_init(&self, slave: &OwnedFd, request: &[u8], origin: u128) -> Option<Running> {
-        let zygote = self.zygote.as_ref()?;
-        let mut zygote = zygote.lock().unwrap_or_else(|p| p.into_inner());
+    /// Whether there is a zygote to ask.
+    fn zygote_socket_open(&self) -> bool {
+        self.zygotes
+            .iter()
+            .any(|z| z.lock().unwrap_or_else(|p| p.into_inner()).socket.is_some())
+    }
+
+    /// A zygote in use that no other build is asking, else the first one in use (waiting
+    /// for it).
+    fn pick_zygote(&self) -> Option<std::sync::MutexGuard<'_, Zygote>> {
+        for z in &self.zygotes {
+            if let Ok(guard) = z.try_lock() {
+                if guard.socket.is_some() {
+                    return Some(guard);
+                }
+            }
+        }
+        self.zygotes
+            .iter()
+            .map(|z| z.lock().unwrap_or_else(|p| p.into_inner()))
+            .find(|g| g.socket.is_some())
+    }
+
+    /// Asks the zygote to start the build in a PID 1 of its own; `None` if there is no
+    /// zygote or it failed (then it is not asked again). A plan that fits in the pipe is
+    /// sent ahead, so that PID 1 finds it at once.
+    fn ask_zygote(
+        &self,
+        slave: &OwnedFd,
+        request: &[u8],
+        id_maps: &[(String, String)],
+        origin: u128,
+    ) -> Option<Running> {
+        let mut zygote = self.pick_zygote()?;
         let socket = zygote.socket.as_ref()?;
         let (control_read, control_write) = sys::pipe().ok()?;
         let mut control_write = File::from(control_write);
@@ -209,9 +261,11 @@ impl Sandbox {
         let started = Instant::now();
         // 0: no timings (an `exec`ed init process gets no variable).
         let origin = if timing::enabled() { origin } else { 0 };
+        let mut message = origin.to_le_bytes()[..ORIGIN_LEN].to_vec();
+        message.extend(serde_json::to_vec(id_maps).ok()?);
         let asked = sys::send_with_fds(
             socket.as_fd(),
-            &origin.to_le_bytes()[..REQUEST_LEN],
+            &message,
             &[control_read.as_fd(), slave.as_fd(), status_write.as_fd()],
         );
         let mut answer = [0u8; 4];
@@ -219,26 +273,27 @@ impl Sandbox {
         match answered {
             Ok((4, mut fds)) if answer == [0; 4] && fds.len() == 1 => {
                 if !sent {
-                    // A failure means the init process is already gone; its status (or
-                    // its absence) says why.
+                    // A failure means PID 1 is already gone; its status (or its absence)
+                    // says why.
                     let _ = control_write.write_all(request);
                 }
                 Some(Running {
                     control: Some(control_write),
                     status: Some(status_read),
-                    init: InitProcess::Forked(fds.remove(0)),
+                    init: InitProcess::ZygotePid1(fds.remove(0)),
                     started,
                     reaped: false,
                 })
             }
-            // The zygote could not fork (say, a process limit): so would `exec`.
+            // The zygote could not clone (say, namespaces are not allowed): an `exec`ed
+            // init process fails the same way, and says which step and why.
             Ok((4, _)) => None,
             // The zygote is gone, confused or stuck: stop using it, and make sure it does
-            // not serve this request late (an init process it forked dies with it, or sees
-            // it gone and exits).
+            // not serve this request late (a PID 1 it cloned dies with it).
             _ => {
                 zygote.socket = None;
                 let _ = zygote.process.kill();
+                let _ = zygote.process.wait();
                 None
             }
         }
@@ -388,6 +443,16 @@ fn pump(
     Ok((status_bytes, timed_out))
 }
 
+/// The plan as the one JSON line an init process or PID 1 reads.
+fn serialise(plan: &Plan) -> Result<Vec<u8>, SandboxError> {
+    let mut request = serde_json::to_vec(plan).map_err(|e| SandboxError::InvalidSpec {
+        field: "inputs",
+        reason: format!("cannot be sent to the init process: {e}"),
+    })?;
+    request.push(b'\n');
+    Ok(request)
+}
+
 /// `lstat` of an input's physical path, for the plan.
 fn inspect_input(path: &Path) -> Result<InputKind, Errno> {
     let meta = fs::symlink_metadata(path).map_err(|e| sys::io_errno(&e))?;
@@ -499,10 +564,11 @@ fn interpret(
     }
 }
 
-/// An init process: a child of ksbuild, or of the zygote (known by a pidfd).
+/// What ksbuild started: an init process, its own child; or a PID 1 of the zygote (known
+/// by a pidfd), which the zygote reaps.
 enum InitProcess {
     Spawned(Child),
-    Forked(OwnedFd),
+    ZygotePid1(OwnedFd),
 }
 
 impl InitProcess {
@@ -511,7 +577,7 @@ impl InitProcess {
             InitProcess::Spawned(child) => {
                 let _ = child.kill();
             }
-            InitProcess::Forked(pidfd) => {
+            InitProcess::ZygotePid1(pidfd) => {
                 let _ = sys::pidfd_kill(pidfd.as_fd());
             }
         }
@@ -529,10 +595,9 @@ impl InitProcess {
                 std::thread::sleep(Duration::from_millis(timeout_ms as u64));
                 Ok(child.try_wait()?.map(|s| s.to_string()))
             }
-            InitProcess::Forked(pidfd) => {
+            InitProcess::ZygotePid1(pidfd) => {
                 let ready = sys::poll_readable(&[Some(pidfd.as_fd())], timeout_ms)?;
-                // The zygote's children are reaped by the kernel: how it ended is in what
-                // it reported.
+                // The zygote reaps it: how it ended is in what the zygote reported.
                 Ok(ready[0].then(|| "ended".to_string()))
             }
         }
@@ -553,9 +618,13 @@ struct Running {
 }
 
 impl Running {
-    /// Asks the init process to kill the build: closes its control pipe.
+    /// Kills the build: closes the init process's control pipe, which makes it kill PID 1,
+    /// or kills the zygote's PID 1 itself.
     fn request_kill(&mut self) {
         self.control = None;
+        if let InitProcess::ZygotePid1(_) = self.init {
+            self.init.kill();
+        }
     }
 
     /// Waits for the init process to end; how it ended, if known.
@@ -572,7 +641,7 @@ impl Drop for Running {
         if self.reaped {
             return;
         }
-        self.control = None;
+        self.request_kill();
         let deadline = Instant::now() + KILL_GRACE;
         while Instant::now() < deadline {
             match self.init.wait(5) {

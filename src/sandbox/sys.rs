@@ -125,7 +125,6 @@ pub(crate) fn set_umask(mask: u32) {
 /// Must only be called from a single-threaded process (the init process is one).
 pub(crate) fn clone_into_namespaces(child: &mut dyn FnMut() -> isize) -> Result<Pid, Errno> {
     const STACK_SIZE: usize = 1 << 20;
-    let mut stack = vec![0u8; STACK_SIZE];
     let flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -133,13 +132,35 @@ pub(crate) fn clone_into_namespaces(child: &mut dyn FnMut() -> isize) -> Result<
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWCGROUP;
+    // The stack is a fresh anonymous mapping, unmapped here once the child has its copy:
+    // the child faults in only the pages it uses, and this process never writes to them.
+    // (A heap buffer would be zeroed on every call once the allocator recycles it — a
+    // thousand-odd page writes, each a copy-on-write fault while earlier children still
+    // share this address space.)
+    // SAFETY: an anonymous private mapping of fresh memory, aliased by nothing.
+    let base = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            STACK_SIZE,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
+        )
+    }
+    .map_err(rustix_errno)?;
+    // SAFETY: `base` is a mapping of STACK_SIZE writable bytes that only this slice uses
+    // until it is unmapped below.
+    let stack = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), STACK_SIZE) };
     let callback: nix::sched::CloneCb<'_> = Box::new(child);
     // SAFETY: without CLONE_VM the child gets a copy of this address space, so the stack
-    // buffer and everything `child` borrows stay valid in it; the caller is the
-    // single-threaded init process, so no lock (the allocator's, stdio's) can be held by
-    // another thread at the moment of the copy, and the child may allocate and use std.
-    // The 1 MiB stack is far more than the setup steps use (no recursion, small frames).
-    unsafe { nix::sched::clone(callback, &mut stack, flags, Some(nix::libc::SIGCHLD)) }
+    // mapping and everything `child` borrows stay valid in it; the caller is
+    // single-threaded (the init process or the zygote), so no lock (the allocator's,
+    // stdio's) can be held by another thread at the moment of the copy, and the child may
+    // allocate and use std. The 1 MiB stack is far more than the setup steps use (no
+    // recursion, small frames).
+    let cloned = unsafe { nix::sched::clone(callback, stack, flags, Some(nix::libc::SIGCHLD)) };
+    // SAFETY: the slice is not used after this; the child has its own copy of the mapping.
+    let _ = unsafe { rustix::mm::munmap(base, STACK_SIZE) };
+    cloned
 }
 
 /// [`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html).
@@ -257,6 +278,33 @@ pub(crate) fn close_fds_from_3() -> Result<(), Errno> {
     // 2, so no `OwnedFd` is invalidated.
     let r = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     Errno::result(r).map(|_| ())
+}
+
+/// Closes every file descriptor from 3 up but `keep`
+/// ([`close_range(2)`](https://man7.org/linux/man-pages/man2/close_range.2.html)): a PID 1
+/// cloned by the zygote keeps only its request channel of the zygote's descriptors.
+pub(crate) fn close_fds_from_3_except(keep: BorrowedFd<'_>) -> Result<(), Errno> {
+    let keep = keep.as_raw_fd() as u32;
+    let ranges = [
+        (3u32, keep.checked_sub(1)),
+        (keep.saturating_add(1), Some(u32::MAX)),
+    ];
+    for (first, last) in ranges {
+        let Some(last) = last.filter(|l| *l >= first) else {
+            continue;
+        };
+        // SAFETY: a raw syscall with integer arguments; it touches no memory. It is called
+        // first thing in a freshly cloned PID 1, whose only `OwnedFd`-backed descriptor it
+        // uses afterwards is `keep`, which stays open.
+        let r = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, first, last, 0u32) };
+        Errno::result(r)?;
+    }
+    Ok(())
+}
+
+/// Whether this process's effective uid is 0.
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// [`close(2)`](https://man7.org/linux/man-pages/man2/close.2.html) of a descriptor number
@@ -754,27 +802,6 @@ pub(crate) fn recv_with_fds(
     Ok((received.bytes, fds))
 }
 
-/// Which side of a [`fork`] this is.
-pub(crate) enum Forked {
-    /// The new process.
-    Child,
-    /// The caller, with the new process's pid.
-    Parent(Pid),
-}
-
-/// [`fork(2)`](https://man7.org/linux/man-pages/man2/fork.2.html).
-///
-/// Must only be called from a single-threaded process (the zygote is one).
-pub(crate) fn fork() -> Result<Forked, Errno> {
-    // SAFETY: the caller is the single-threaded zygote, so no lock (the allocator's,
-    // stdio's) can be held by another thread at the moment of the copy, and the child may
-    // allocate and use std — as `clone_into_namespaces` argues for the init process.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => Ok(Forked::Child),
-        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
-    }
-}
-
 /// [`sigaction(2)`](https://man7.org/linux/man-pages/man2/sigaction.2.html) of `SIGCHLD`:
 /// `SIG_IGN` (the kernel reaps children at once: the zygote never waits for its
 /// children) or `SIG_DFL`.
@@ -794,9 +821,4 @@ pub(crate) fn set_children_reaped_by_kernel(reaped: bool) -> Result<(), Errno> {
 /// with `SIGKILL`.
 pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
     rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::Kill).map_err(rustix_errno)
-}
-
-/// [`getpid(2)`](https://man7.org/linux/man-pages/man2/getpid.2.html).
-pub(crate) fn own_pid() -> i32 {
-    nix::unistd::getpid().as_raw()
 }

@@ -1,33 +1,56 @@
 //! The zygote (`ksbuild __sandbox-zygote <ksbuild pid>`): a small, single-threaded process
-//! that forks init processes on request, so that a build does not pay for `exec`ing,
-//! loading and starting the ksbuild binary (about 2 ms here, most of a trivial build's
-//! sandbox overhead). Does syscalls.
+//! that clones the sandboxes' PID 1s — ahead of time, so that a build finds its namespaces
+//! already made — and reaps them. Does syscalls.
+//!
+//! Making a build's seven namespaces is the largest fixed cost of a sandbox (about 1 ms
+//! here, most of it the network namespace), and much of it is spent waiting on locks the
+//! kernel's clean-up of earlier namespaces holds. Without the zygote, each build pays it,
+//! plus starting an init process, on its critical path. With it, the next build's PID 1 is
+//! cloned while the current build runs.
 //!
 //! ksbuild starts it once per executor, from a thread that outlives every build (the
-//! zygote dies of `PR_SET_PDEATHSIG` with that thread; its init processes die with it, and
-//! their PID 1s with them). Its stdin is one end of a `SOCK_SEQPACKET` pair. Each request
-//! is one message: ksbuild's start time for timings (16 bytes, little-endian micros; 0 for
-//! none) with three descriptors — what the init process gets as stdin (the control pipe),
-//! stdout (the build's terminal) and stderr (the status pipe). The zygote forks; the child
-//! becomes the init process ([`super::init`]) exactly as an `exec`ed one would, and the
-//! zygote answers with 4 bytes (0, or the `errno` of what failed) and, on success, a pidfd
-//! of the child, with which ksbuild watches and, if need be, kills it. The kernel reaps
-//! the children (`SIGCHLD` ignored), so the zygote never waits; how an init process ended
-//! is in what it reported on its status pipe. The zygote exits when ksbuild closes its end.
+//! zygote dies of `PR_SET_PDEATHSIG` with that thread, and its PID 1s with it). Its stdin
+//! is one end of a `SOCK_SEQPACKET` pair. Each request is one message: ksbuild's start
+//! time for timings (16 bytes, little-endian micros; 0 for none), then the id maps as JSON
+//! (`[[file, contents], …]`), with three descriptors — what PID 1 gets as stdin (the pipe
+//! that carries the plan), stdout (the build's terminal) and the status pipe. ksbuild has
+//! already done the plan's host steps. The zygote:
+//!
+//! 1. takes the waiting PID 1 if it has one with the same id maps, else clones one: PID 1
+//!    of new user, mount, PID, IPC, UTS, network and cgroup namespaces, whose id maps the
+//!    zygote writes from outside, as the init process would ([`super::init`]);
+//! 2. hands it the start time and the three descriptors over a `SOCK_SEQPACKET` pair of
+//!    their own — PID 1 then reads the plan and goes on as in [`super::pid1`];
+//! 3. answers ksbuild with 4 bytes (0, or the `errno` of what failed) and, on success, a
+//!    pidfd of PID 1, with which ksbuild kills the build on a time limit;
+//! 4. from the second request on, clones the next PID 1, to wait for the next request;
+//! 5. when a PID 1 ends, reaps it and reports [`StatusMessage::Finished`] on its status
+//!    pipe, as the init process would — the kernel has killed every other process of its
+//!    PID namespace before it reports PID 1's death.
+//!
+//! The zygote exits when ksbuild closes its end, killing the waiting PID 1. A waiting PID 1
+//! holds no host path, descriptor or mount of any build: everything it will touch comes
+//! with the request.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
 
-use super::init;
-use super::protocol::Timer;
+use super::pid1;
+use super::protocol::StatusMessage;
 use super::sys;
+use super::BuilderStatus;
 
 /// The argument that makes the `ksbuild` binary run [`zygote_main`].
 pub const ZYGOTE_ARG: &str = "__sandbox-zygote";
 
-/// Size of a request's bytes.
-pub(crate) const REQUEST_LEN: usize = 16;
+/// Size of the start time at the head of a request (and of what PID 1 is handed).
+pub(crate) const ORIGIN_LEN: usize = 16;
+
+/// The id maps of a PID 1: `(file under /proc/<pid>/, contents)`, in writing order.
+pub(crate) type IdMaps = Vec<(String, String)>;
 
 /// Entry point of the zygote; `main` calls it when `argv[1]` is [`ZYGOTE_ARG`]. Never
 /// returns.
@@ -39,6 +62,77 @@ pub fn zygote_main() -> ! {
     std::process::exit(code)
 }
 
+/// A PID 1 cloned by the zygote.
+struct Pid1 {
+    pid: Pid,
+    pidfd: OwnedFd,
+    /// The zygote's end of the pair PID 1 gets its request on; it also tells PID 1 that
+    /// the zygote is alive, so it is kept until PID 1 is reaped.
+    channel: OwnedFd,
+    maps: IdMaps,
+}
+
+impl Pid1 {
+    /// Clones a PID 1 into new namespaces and writes its id maps; it waits for a request.
+    fn spawn(maps: &IdMaps) -> Result<Pid1, Errno> {
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        let pid = {
+            let mut child = || pid1::waiting_main(theirs.as_fd());
+            sys::clone_into_namespaces(&mut child)
+        }?;
+        drop(theirs);
+        let reap = |e: Errno| {
+            let _ = sys::kill(pid);
+            let _ = sys::wait(pid);
+            e
+        };
+        for (file, contents) in maps {
+            let path = format!("/proc/{pid}/{file}");
+            sys::write_proc_file(path.as_ref(), contents).map_err(reap)?;
+        }
+        let pidfd = sys::pidfd_open(pid).map_err(reap)?;
+        Ok(Pid1 {
+            pid,
+            pidfd,
+            channel: ours,
+            maps: maps.clone(),
+        })
+    }
+
+    /// Kills and reaps a PID 1 that will not be used.
+    fn discard(self) {
+        let _ = sys::kill(self.pid);
+        let _ = sys::wait(self.pid);
+    }
+}
+
+/// A PID 1 running a build, and the status pipe to report its end on.
+struct Running {
+    pid1: Pid1,
+    status: OwnedFd,
+}
+
+impl Running {
+    /// Reaps PID 1 (it has ended) and reports how.
+    fn finish(self) {
+        let message = match sys::wait(self.pid1.pid) {
+            Ok(WaitStatus::Exited(_, code)) => StatusMessage::Finished {
+                status: BuilderStatus::Exited(code),
+            },
+            Ok(WaitStatus::Signaled(_, signal, _)) => StatusMessage::Finished {
+                status: BuilderStatus::Signaled(signal as i32),
+            },
+            Ok(other) => StatusMessage::InitFailed {
+                message: format!("unexpected wait status {other:?}"),
+            },
+            Err(e) => StatusMessage::InitFailed {
+                message: format!("waitpid: {e}"),
+            },
+        };
+        message.send(self.status.as_fd());
+    }
+}
+
 fn serve() -> Result<(), Errno> {
     sys::set_process_name(c"ksbuild-zygote");
     sys::close_fds_from_3()?;
@@ -47,39 +141,98 @@ fn serve() -> Result<(), Errno> {
     if Some(sys::parent_pid()) != expected_parent {
         return Err(Errno::ESRCH);
     }
-    sys::set_children_reaped_by_kernel(true)?;
-    let me = sys::own_pid();
+    // As in the init process: exact modes whatever ksbuild's umask, and PID 1s that do not
+    // inherit root's supplementary groups.
+    sys::set_umask(0);
+    if sys::is_root() {
+        sys::clear_supplementary_groups()?;
+    }
+    sys::set_children_reaped_by_kernel(false)?;
     let stdin = std::io::stdin();
     let socket = stdin.as_fd();
+    let mut waiting: Option<Pid1> = None;
+    let mut running: Vec<Running> = Vec::new();
+    let mut served = 0u64;
     loop {
-        let mut request = [0u8; REQUEST_LEN + 1];
+        let mut watched = vec![Some(socket), waiting.as_ref().map(|w| w.pidfd.as_fd())];
+        watched.extend(running.iter().map(|r| Some(r.pid1.pidfd.as_fd())));
+        let ready = sys::poll_readable(&watched, -1)?;
+        drop(watched);
+        for i in (0..running.len()).rev() {
+            if ready[2 + i] {
+                running.swap_remove(i).finish();
+            }
+        }
+        if ready[1] {
+            // The waiting PID 1 died (killed from outside): clone another when needed.
+            if let Some(w) = waiting.take() {
+                w.discard();
+            }
+        }
+        if !ready[0] {
+            continue;
+        }
+        let mut request = [0u8; 16 * 1024];
         let (n, fds) = sys::recv_with_fds(socket, &mut request)?;
         if n == 0 {
+            if let Some(w) = waiting.take() {
+                w.discard();
+            }
             return Ok(());
         }
-        let fds: Result<[OwnedFd; 3], _> = fds.try_into();
-        let (Ok(fds), REQUEST_LEN) = (fds, n) else {
+        let Some((origin, maps, fds)) = parse_request(&request[..n], fds) else {
             reply(socket, Err(Errno::EINVAL));
             continue;
         };
-        let mut origin = [0u8; REQUEST_LEN];
-        origin.copy_from_slice(&request[..REQUEST_LEN]);
-        let origin = u128::from_le_bytes(origin);
-        match sys::fork() {
-            Ok(sys::Forked::Child) => {
-                init::forked_main(fds, Timer::at((origin != 0).then_some(origin)), me)
-            }
-            Ok(sys::Forked::Parent(pid)) => {
-                drop(fds);
-                match sys::pidfd_open(pid) {
-                    Ok(pidfd) => reply(socket, Ok(pidfd.as_fd())),
-                    Err(e) => {
-                        let _ = sys::kill(pid);
-                        reply(socket, Err(e));
-                    }
+        let pid1 = match waiting.take() {
+            Some(w) if w.maps == maps => Ok(w),
+            other => {
+                if let Some(w) = other {
+                    w.discard();
                 }
+                Pid1::spawn(&maps)
+            }
+        };
+        match pid1.and_then(|p| start(p, origin, fds)) {
+            Ok(build) => {
+                reply(socket, Ok(build.pid1.pidfd.as_fd()));
+                running.push(build);
+                served += 1;
             }
             Err(e) => reply(socket, Err(e)),
+        }
+        // One request may be all there is (a `--check` of one derivation): the next PID 1
+        // is made ahead only once builds come in a series.
+        if served >= 2 && waiting.is_none() {
+            waiting = Pid1::spawn(&maps).ok();
+        }
+    }
+}
+
+/// Splits a request into its start time, id maps and three descriptors.
+fn parse_request(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Option<([u8; ORIGIN_LEN], IdMaps, [OwnedFd; 3])> {
+    let fds: [OwnedFd; 3] = fds.try_into().ok()?;
+    let origin: [u8; ORIGIN_LEN] = bytes.get(..ORIGIN_LEN)?.try_into().ok()?;
+    let maps: IdMaps = serde_json::from_slice(&bytes[ORIGIN_LEN..]).ok()?;
+    Some((origin, maps, fds))
+}
+
+/// Hands a request to `pid1`; the zygote keeps the status pipe to report its end.
+fn start(pid1: Pid1, origin: [u8; ORIGIN_LEN], fds: [OwnedFd; 3]) -> Result<Running, Errno> {
+    let [plan, terminal, status] = fds;
+    let sent = sys::send_with_fds(
+        pid1.channel.as_fd(),
+        &origin,
+        &[plan.as_fd(), terminal.as_fd(), status.as_fd()],
+    );
+    match sent {
+        Ok(()) => Ok(Running { pid1, status }),
+        Err(e) => {
+            pid1.discard();
+            Err(e)
         }
     }
 }

@@ -372,6 +372,83 @@ fn is_zygote(pid: u32) -> bool {
         .any(|a| a == ksbuild::sandbox::ZYGOTE_ARG.as_bytes())
 }
 
+/// The children of `pid`, with their names.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(|c: u32| {
+            let name = fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            (c, name.trim().to_string())
+        })
+        .collect()
+}
+
+/// Waits up to 5 s for `done` to hold.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A process that has ended (gone, or a zombie).
+fn ended(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn the_zygote_makes_the_next_sandbox_ahead_and_it_leaves_with_the_zygote() {
+    if skip_without_sandbox() {
+        return;
+    }
+    let f = Fixture::new();
+    let zygote = f.sandbox.zygote_pid().expect("a zygote");
+    let waiting = || -> Vec<u32> {
+        children_of(zygote)
+            .into_iter()
+            .filter(|(_, name)| name == "ksbuild-pid1")
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    // Each build holds the sandbox, and with it the zygote, until it is dropped.
+    let run = |script: &str| {
+        let b = f.build(script);
+        assert_success(&b, &b.run().expect("sandbox runs"));
+        b.output_text()
+    };
+    run("echo 1 > $out");
+    // One build may be all there is: nothing is made ahead for a lone build.
+    assert_eq!(waiting(), Vec::<u32>::new());
+    run("echo 2 > $out");
+    eventually("no PID 1 waits after the second build", || {
+        waiting().len() == 1
+    });
+    let first = waiting()[0];
+    // It is made ahead in namespaces of its own.
+    for ns in ["net", "mnt", "pid_for_children", "user"] {
+        let of = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(of(first), of(zygote), "{ns} namespace of the waiting PID 1");
+    }
+    assert_eq!(run("echo 3 > $out"), "3\n");
+    // The third build ran in it (it is gone), and the next one waits.
+    assert!(ended(first), "the waiting PID 1 was not used");
+    eventually("no PID 1 waits after the third build", || {
+        waiting().len() == 1
+    });
+    let second = waiting()[0];
+    assert_ne!(second, first);
+    drop(f);
+    eventually("the waiting PID 1 outlived its zygote", || ended(second));
+}
+
 #[test]
 fn builds_go_on_when_the_zygote_dies_and_it_leaves_with_its_sandbox() {
     if skip_without_sandbox() {
