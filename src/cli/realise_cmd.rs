@@ -290,8 +290,13 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
         let mut mismatches = Vec::new();
         for t in &args.targets {
             let node = &lowered.nodes[t];
-            match crate::graph::Executor::build(&executor, node, &progress, &|| {})
-                .and_then(|()| executor.check(node, &progress))
+            match crate::graph::Executor::build(
+                &executor,
+                node,
+                &progress,
+                &crate::graph::Slot::FREE,
+            )
+            .and_then(|()| executor.check(node, &progress))
             {
                 Ok(m) => mismatches.extend(m),
                 Err(f) => {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{output_paths, outputs_valid, BuildFailure, Executor, Reporter};
+use super::{output_paths, outputs_valid, BuildFailure, Executor, Reporter, Slot};
 use crate::compat::derivation::Derivation;
 use crate::compat::StorePath;
 use crate::model::Node;
@@ -124,15 +124,16 @@ impl SandboxExecutor<'_> {
             .map_err(|e| failure(format!("input closure: {e}")))
     }
 
-    /// Runs the builder of `node` in a fresh sandbox, calling `builder_done` as soon as
-    /// the sandbox is gone. Returns the directory holding the outputs (the sandbox's root
-    /// directory) and the scratch directories to remove afterwards.
+    /// Runs the builder of `node` in a fresh sandbox, holding `slot` from when all is
+    /// ready to start it until the sandbox is gone. Returns the directory holding the
+    /// outputs (the sandbox's root directory) and the scratch directories to remove
+    /// afterwards.
     pub fn run_sandboxed(
         &self,
         node: &Node,
         closure: &BTreeSet<StorePath>,
         reporter: &dyn Reporter,
-        builder_done: &dyn Fn(),
+        slot: &Slot<'_>,
     ) -> Result<(PathBuf, Scratch), BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
@@ -184,11 +185,12 @@ impl SandboxExecutor<'_> {
             log: log.clone(),
         };
         let key = node.key.clone();
-        let outcome = self
-            .sandbox
-            .get_or_init(sandbox::Sandbox::new)
-            .run(&spec, &mut |line: &[u8]| reporter.log_line(&key, line));
-        builder_done();
+        let outcome = self.sandbox.get_or_init(sandbox::Sandbox::new).run_when(
+            &spec,
+            &|| slot.acquire(),
+            &mut |line: &[u8]| reporter.log_line(&key, line),
+        );
+        slot.release();
         timing::report("build: sandbox", t0);
         let with_log = |message: String| BuildFailure {
             message,
@@ -303,7 +305,7 @@ impl Executor for SandboxExecutor<'_> {
         &self,
         node: &Node,
         reporter: &dyn Reporter,
-        builder_done: &dyn Fn(),
+        slot: &Slot<'_>,
     ) -> Result<(), BuildFailure> {
         let store = self.store;
         // Another process may be building the same derivation: wait for it, then reuse.
@@ -318,7 +320,7 @@ impl Executor for SandboxExecutor<'_> {
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, builder_done)?;
+        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, slot)?;
         let t0 = std::time::Instant::now();
         self.register_outputs(node, &out_dir, &closure, &locks)?;
         timing::report("build: register outputs", t0);
@@ -384,7 +386,7 @@ impl SandboxExecutor<'_> {
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &|| {})?;
+        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &Slot::FREE)?;
         let t0 = std::time::Instant::now();
         let outputs = output_paths(node);
         let mut candidates = closure.clone();

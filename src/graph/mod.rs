@@ -85,14 +85,15 @@ pub struct BuildFailure {
 
 /// Runs one build of a node whose inputs are all valid; on success every output is valid.
 pub trait Executor: Sync {
-    /// Builds `node`. `builder_done` is called once the builder and every process it
-    /// started are gone, before the outputs are registered: the build then no longer holds
-    /// one of the `-j` slots, and the next build may start while this one registers.
+    /// Builds `node`, holding one of the `-j` slots from `slot.acquire()` — called once
+    /// all is ready to start the builder — to `slot.release()` — called once the builder
+    /// and every process it started are gone, before the outputs are registered. So the
+    /// next build prepares while this one runs, and starts while this one registers.
     fn build(
         &self,
         node: &Node,
         reporter: &dyn Reporter,
-        builder_done: &dyn Fn(),
+        slot: &Slot<'_>,
     ) -> Result<(), BuildFailure>;
 
     /// Called on the thread that drives the realisation, before anything is fetched, when
@@ -156,13 +157,37 @@ struct PoolOutcome<E> {
     skipped: Vec<(String, String)>,
 }
 
-/// The work of a pool on one key; the function it gets releases the key's slot.
-type PoolWork<'a, E> = dyn Fn(&str, &dyn Fn()) -> Result<(), E> + Sync + 'a;
+/// A key's hold on one of a pool's slots (`-j`): taken at most once, given back at most
+/// once (and in any case when the key's work returns).
+pub struct Slot<'a> {
+    acquire: &'a dyn Fn(),
+    release: &'a dyn Fn(),
+}
 
-/// Runs `work` over a DAG: at most `jobs` keys hold a slot at once. A key holds its slot
-/// from when it is started until `work` returns or calls the function it is given
-/// (`release`), whichever comes first; what `work` does after releasing (registering a
-/// build's outputs, say) overlaps the next keys, on as many workers again.
+impl Slot<'_> {
+    /// A slot that is always free: for work outside a pool.
+    pub const FREE: Slot<'static> = Slot {
+        acquire: &|| {},
+        release: &|| {},
+    };
+
+    /// Waits for a free slot and takes it; nothing if this key holds one already.
+    pub fn acquire(&self) {
+        (self.acquire)()
+    }
+
+    /// Gives the slot back, if this key holds it.
+    pub fn release(&self) {
+        (self.release)()
+    }
+}
+
+/// The work of a pool on one key.
+type PoolWork<'a, E> = dyn Fn(&str, &Slot<'_>) -> Result<(), E> + Sync + 'a;
+
+/// Runs `work` over a DAG on twice as many workers as slots: at most `jobs` keys hold a
+/// slot at once (see [`Slot`]), so a key's work before it takes its slot and after it
+/// gives it back overlaps the keys holding slots.
 fn run_pool<E: Send>(
     graph: &BTreeMap<String, BTreeSet<String>>,
     jobs: usize,
@@ -178,6 +203,7 @@ fn run_pool<E: Send>(
         skipped: Vec<(String, String)>,
     }
     let jobs = jobs.max(1);
+    let workers = (2 * jobs).min(graph.len());
     let state = Mutex::new(State {
         queue: ReadyQueue::new(graph),
         running: 0,
@@ -186,20 +212,16 @@ fn run_pool<E: Send>(
         skipped: Vec::new(),
     });
     let wake = Condvar::new();
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     std::thread::scope(|scope| {
-        // Twice as many workers as slots, so that each slot's next key can start while the
-        // last one finishes; no more workers than keys (none for an empty graph).
-        for _ in 0..(2 * jobs).min(graph.len()) {
+        for _ in 0..workers {
             scope.spawn(|| loop {
                 let key = {
-                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut s = lock();
                     loop {
-                        if s.slots < jobs {
-                            if let Some(k) = s.queue.pop() {
-                                s.running += 1;
-                                s.slots += 1;
-                                break Some(k);
-                            }
+                        if let Some(k) = s.queue.pop() {
+                            s.running += 1;
+                            break Some(k);
                         }
                         if s.running == 0 {
                             break None;
@@ -211,17 +233,33 @@ fn run_pool<E: Send>(
                     wake.notify_all();
                     return;
                 };
-                let released = std::sync::atomic::AtomicBool::new(false);
+                let held = std::sync::atomic::AtomicBool::new(false);
+                let acquire = || {
+                    if held.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let mut s = lock();
+                    while s.slots >= jobs {
+                        s = wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                    }
+                    s.slots += 1;
+                    held.store(true, std::sync::atomic::Ordering::SeqCst);
+                };
                 let release = || {
-                    if !released.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                        s.slots -= 1;
+                    if held.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        lock().slots -= 1;
                         wake.notify_all();
                     }
                 };
-                let result = work(&key, &release);
+                let result = work(
+                    &key,
+                    &Slot {
+                        acquire: &acquire,
+                        release: &release,
+                    },
+                );
                 release();
-                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut s = lock();
                 s.running -= 1;
                 match result {
                     Ok(()) => s.queue.done(&key),
@@ -286,7 +324,8 @@ pub fn realise(
         executor.prepare(builds.len());
     }
 
-    let fetch_one = |key: &str, _release: &dyn Fn()| -> Result<(), FetchError> {
+    let fetch_one = |key: &str, slot: &Slot<'_>| -> Result<(), FetchError> {
+        slot.acquire();
         let node = &lowered.nodes[key];
         let url = node
             .fetch
@@ -328,14 +367,34 @@ pub fn realise(
     }
     result.fetched = fetches.into_keys().collect();
 
-    let build_one = |key: &str, builder_done: &dyn Fn()| -> Result<(), BuildFailure> {
+    let build_one = |key: &str, slot: &Slot<'_>| -> Result<(), BuildFailure> {
         let node = &lowered.nodes[key];
-        reporter.event(&Event::BuildStarted {
-            target: key.to_string(),
-            drv: store.print(&node.drv_path),
-        });
-        let start = Instant::now();
-        match executor.build(node, reporter, builder_done) {
+        // A build starts when it has its slot (or ends without having needed one).
+        let start = std::sync::OnceLock::new();
+        let started = || {
+            *start.get_or_init(|| {
+                reporter.event(&Event::BuildStarted {
+                    target: key.to_string(),
+                    drv: store.print(&node.drv_path),
+                });
+                Instant::now()
+            })
+        };
+        let acquire = || {
+            slot.acquire();
+            started();
+        };
+        let release = || slot.release();
+        let result = executor.build(
+            node,
+            reporter,
+            &Slot {
+                acquire: &acquire,
+                release: &release,
+            },
+        );
+        let start = started();
+        match result {
             Ok(()) => {
                 let outputs = output_paths(node)
                     .into_iter()
@@ -387,26 +446,32 @@ mod tests {
 
     use super::*;
 
-    /// Keys hold a slot until they release it; what they do afterwards overlaps the next
-    /// keys, and dependents still wait for the whole work of their dependencies.
+    /// Keys hold a slot from acquiring to releasing it; what they do before and after
+    /// overlaps the keys holding slots, and dependents still wait for the whole work of
+    /// their dependencies.
     #[test]
-    fn a_released_slot_starts_the_next_key_while_the_last_one_finishes() {
+    fn work_outside_a_slot_overlaps_the_keys_in_slots() {
         let mut graph: BTreeMap<String, BTreeSet<String>> =
             (0..6).map(|i| (format!("k{i}"), BTreeSet::new())).collect();
         graph.insert("last".into(), ["k0".to_string()].into());
         let (in_slot, max_in_slot) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let (running, max_running) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let finished = Mutex::new(BTreeSet::new());
-        let work = |key: &str, release: &dyn Fn()| -> Result<(), ()> {
+        let work = |key: &str, slot: &Slot<'_>| -> Result<(), ()> {
             if key == "last" {
                 assert!(finished.lock().unwrap().contains("k0"));
             }
             max_running.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            // Before the slot: long enough for the key in the slot to be there meanwhile.
+            std::thread::sleep(Duration::from_millis(10));
+            slot.acquire();
+            slot.acquire(); // a second call changes nothing
             max_in_slot.fetch_max(in_slot.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(5));
             in_slot.fetch_sub(1, Ordering::SeqCst);
-            release();
-            // The part after the release: long enough for the next key to start.
+            slot.release();
+            slot.release();
+            // After the slot: long enough for the next key to take it.
             std::thread::sleep(Duration::from_millis(30));
             running.fetch_sub(1, Ordering::SeqCst);
             finished.lock().unwrap().insert(key.to_string());
@@ -423,7 +488,7 @@ mod tests {
         assert_eq!(
             max_running.load(Ordering::SeqCst),
             2,
-            "no overlap after release"
+            "no overlap outside the slot"
         );
     }
 }

@@ -139,11 +139,24 @@ impl Sandbox {
         spec: &SandboxSpec,
         on_log_line: &mut dyn FnMut(&[u8]),
     ) -> Result<BuildOutcome, SandboxError> {
+        self.run_when(spec, &|| {}, on_log_line)
+    }
+
+    /// Runs one build hermetically, as [`Sandbox::run`]; everything up to starting the
+    /// build (the plan, the log, the terminal, the host's side of the root) is done first,
+    /// then `ready` is called — it may wait for one of the `-j` slots —, then the build
+    /// starts. Its time limits count from then.
+    pub fn run_when(
+        &self,
+        spec: &SandboxSpec,
+        ready: &dyn Fn(),
+        on_log_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<BuildOutcome, SandboxError> {
         let t0 = Instant::now();
         let ids = HostIds::resolve(spec.build_user)?;
         check_directories(spec)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
-        let plan = plan::plan(spec, &ids, &mut inspect_input, devpts)?;
+        let mut plan = plan::plan(spec, &ids, &mut inspect_input, devpts)?;
         timing::report("sandbox: plan", t0);
         let t0 = Instant::now();
 
@@ -160,9 +173,41 @@ impl Sandbox {
             action: "open a pseudo-terminal for the build log",
             source: e.into(),
         })?;
+        let zygote = self.zygote_socket_open();
+        if zygote {
+            // The zygote's PID 1s expect the host steps done: they are plain file
+            // operations as the invoking user, done here (the zygote itself has cleared
+            // root's supplementary groups). Only that step is left for an init process, in
+            // case the zygote fails.
+            let mut ctx = StepContext::new(None);
+            for step in &plan.host {
+                if *step != Step::ClearSupplementaryGroups {
+                    step.apply(&mut ctx).map_err(|errno| SandboxError::Step {
+                        step: step.clone(),
+                        errno,
+                    })?;
+                }
+            }
+            plan.host.retain(|s| *s == Step::ClearSupplementaryGroups);
+        }
+        let request = serialise(&plan)?;
         timing::report("sandbox: log and pty", t0);
+        ready();
         let origin = timing::epoch_micros();
-        let mut running = self.start(slave, plan, origin)?;
+        // Through a zygote if there is one, else by `exec`ing an init process. Either way
+        // ksbuild's copy of the terminal's slave end is closed once the build has started,
+        // so that the end of output means that no process of the build is left.
+        let zygote_run = match zygote {
+            true => self.ask_zygote(&slave, &request, &plan.id_maps, origin),
+            false => None,
+        };
+        let mut running = match zygote_run {
+            Some(running) => {
+                drop(slave);
+                running
+            }
+            None => self.exec_init(slave, &request, origin)?,
+        };
         if timing::enabled() {
             eprintln!("{}", timing::line_after("sandbox: init spawned", origin));
         }
@@ -187,35 +232,6 @@ impl Sandbox {
             source,
         })?;
         interpret(&status_bytes, exit, duration, timed_out)
-    }
-
-    /// Starts the build with the terminal's slave end as its stdout: through the zygote if
-    /// there is one, else by `exec`ing an init process. Either way ksbuild's copy of the
-    /// slave end is closed on return, so that the end of output means that no process of
-    /// the build is left.
-    fn start(&self, slave: OwnedFd, mut plan: Plan, origin: u128) -> Result<Running, SandboxError> {
-        if self.zygote_socket_open() {
-            // The zygote's PID 1s expect the host steps done: they are plain file
-            // operations as the invoking user, done here (the zygote itself has cleared
-            // root's supplementary groups). Only that step is left for an init process, in
-            // case the zygote fails.
-            let mut ctx = StepContext::new(None);
-            for step in &plan.host {
-                if *step != Step::ClearSupplementaryGroups {
-                    step.apply(&mut ctx).map_err(|errno| SandboxError::Step {
-                        step: step.clone(),
-                        errno,
-                    })?;
-                }
-            }
-            plan.host.retain(|s| *s == Step::ClearSupplementaryGroups);
-            let request = serialise(&plan)?;
-            if let Some(running) = self.ask_zygote(&slave, &request, &plan.id_maps, origin) {
-                return Ok(running);
-            }
-            return self.exec_init(slave, &request, origin);
-        }
-        self.exec_init(slave, &serialise(&plan)?, origin)
     }
 
     /// Whether there is a zygote to ask.
