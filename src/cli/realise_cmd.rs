@@ -357,8 +357,13 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
 pub fn run_log(ctx: &Context, target: String) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
     let (_, lowered) = instantiate(ctx, &store, std::slice::from_ref(&target))?;
-    let drv = &lowered.nodes[&target].drv_path;
+    let node = &lowered.nodes[&target];
+    let drv = &node.drv_path;
     let log = store.log_path(drv);
+    // A build that printed nothing left no log file.
+    if !log.exists() && node.fetch.is_none() && crate::graph::outputs_valid(&store, node)? {
+        return Ok(ExitCode::SUCCESS);
+    }
     let text = std::fs::read(&log).map_err(|_| CliError::Usage {
         message: format!("no build log for `{target}` (`{}`)", store.print(drv)),
         hint: Some(format!(

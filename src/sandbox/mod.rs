@@ -130,12 +130,14 @@ pub struct SandboxSpec {
     /// The input closure: `(physical path, logical path)`; each logical path is a store path
     /// directly under `store_dir`, bound read-only (symlink store paths are recreated).
     pub inputs: Vec<(PathBuf, String)>,
-    /// A fresh, empty directory on the store's filesystem; the sandbox's `/` is mounted
-    /// over it, and it is the store directory inside (mode 1775, group = the build group).
-    /// Outputs the builder writes in the store directory (`/nix/store/<hash>-<name>`) stay
-    /// in `root_dir` (`<root_dir>/<hash>-<name>`) for the caller to register; beside them
-    /// only the inputs' empty mount points are left, for the caller to remove. When ksbuild
-    /// is root, outputs belong to the build user's host uid.
+    /// An empty directory on the store's filesystem; the sandbox's `/` is mounted over it,
+    /// and it is the store directory inside (mode 1775, group = the build group). Outputs
+    /// the builder writes in the store directory (`/nix/store/<hash>-<name>`) stay in
+    /// `root_dir` (`<root_dir>/<hash>-<name>`) for the caller to register; beside them only
+    /// the inputs' empty mount points (and symlinks) are left. The caller may remove them,
+    /// or run the next build in the same directory: mount points it needs are reused, the
+    /// others removed (anything else in it is refused). When ksbuild is root, outputs
+    /// belong to the build user's host uid.
     pub root_dir: PathBuf,
     /// A fresh directory that becomes `/build` (the caller keeps it on `--keep-failed`).
     /// It is given to the build user (mode 0700); files the caller puts in it beforehand
@@ -153,7 +155,8 @@ pub struct SandboxSpec {
     pub max_processes: Option<u64>,
     /// Which host user the build user is.
     pub build_user: BuildUser,
-    /// The builder's stdout and stderr are appended here.
+    /// The builder's stdout and stderr are appended here (the file is created on the first
+    /// output: a build that prints nothing leaves none).
     pub log: PathBuf,
 }
 

@@ -69,6 +69,14 @@ pub(crate) struct ExecSpec {
     pub env: Vec<String>,
 }
 
+/// Whether `name` looks like the base name of a store path: 32 characters of Nix's
+/// base-32 alphabet, a dash, and a name.
+pub fn is_store_path_name(name: &std::ffi::OsStr) -> bool {
+    const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let name = name.as_encoded_bytes();
+    name.len() > 33 && name[32] == b'-' && name[..32].iter().all(|c| NIX32.contains(c))
+}
+
 /// Everything the init process needs: sent to it as one JSON line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Plan {
@@ -562,6 +570,22 @@ mod tests {
 
     fn position(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
         steps.iter().position(pred).expect("step present")
+    }
+
+    #[test]
+    fn store_path_names_are_recognised() {
+        use std::ffi::OsStr;
+        assert!(is_store_path_name(OsStr::new(
+            "71fc7s32zl20dc955bhghy5dvalm7ndz-busybox"
+        )));
+        for not in [
+            "junk",
+            "71fc7s32zl20dc955bhghy5dvalm7ndz-",
+            "71fc7s32zl20dc955bhghy5dvalm7ndze-x",
+            "71fc7s32zl20dc955bhghy5dvalm7ndu-x",
+        ] {
+            assert!(!is_store_path_name(OsStr::new(not)), "{not}");
+        }
     }
 
     #[test]

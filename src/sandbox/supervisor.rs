@@ -160,15 +160,11 @@ impl Sandbox {
         timing::report("sandbox: plan", t0);
         let t0 = Instant::now();
 
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(&spec.log)
-            .map_err(|source| SandboxError::Log {
-                path: spec.log.clone(),
-                source,
-            })?;
+        // Opened on the first output: a silent build creates no file.
+        let mut log = LazyLog {
+            path: &spec.log,
+            file: None,
+        };
         let (master, slave) = sys::open_raw_pty().map_err(|e| SandboxError::Supervise {
             action: "open a pseudo-terminal for the build log",
             source: e.into(),
@@ -227,10 +223,7 @@ impl Sandbox {
             eprintln!("{}", timing::line_after("sandbox: init reaped", origin));
         }
         let duration = running.started.elapsed();
-        log.flush().map_err(|source| SandboxError::Log {
-            path: spec.log.clone(),
-            source,
-        })?;
+        log.flush()?;
         interpret(&status_bytes, exit, duration, timed_out)
     }
 
@@ -366,7 +359,7 @@ fn pump(
     spec: &SandboxSpec,
     running: &mut Running,
     master: BorrowedFd<'_>,
-    log: &mut File,
+    log: &mut LazyLog<'_>,
     on_log_line: &mut dyn FnMut(&[u8]),
 ) -> Result<(Vec<u8>, Option<TimeoutKind>), SandboxError> {
     let status_pipe = running.status.take().ok_or_else(|| SandboxError::Init {
@@ -427,11 +420,7 @@ fn pump(
                 Ok(0) | Err(Errno::EIO) => output_open = false,
                 Ok(n) => {
                     last_output = Instant::now();
-                    log.write_all(&buf[..n])
-                        .map_err(|source| SandboxError::Log {
-                            path: spec.log.clone(),
-                            source,
-                        })?;
+                    log.write_all(&buf[..n])?;
                     lines.feed(&buf[..n], on_log_line);
                 }
                 Err(e) => {
@@ -482,15 +471,40 @@ fn inspect_input(path: &Path) -> Result<InputKind, Errno> {
     }
 }
 
+/// Checks the two directories of the spec. `root_dir` must be empty but for the mount
+/// points an earlier build in it left (empty files and directories named like store
+/// paths): those of this build's inputs are left for the plan to reuse, the others are
+/// removed, so that the builder sees its closure and nothing else in the store directory.
 fn check_directories(spec: &SandboxSpec) -> Result<(), SandboxError> {
     let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
-    let mut entries = fs::read_dir(&spec.root_dir)
-        .map_err(|e| invalid("root_dir", format!("`{}`: {e}", spec.root_dir.display())))?;
-    if entries.next().is_some() {
-        return Err(invalid(
-            "root_dir",
-            format!("`{}` is not empty", spec.root_dir.display()),
-        ));
+    let root = &spec.root_dir;
+    let entries = fs::read_dir(root)
+        .map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
+    let not_empty = || invalid("root_dir", format!("`{}` is not empty", root.display()));
+    for entry in entries {
+        let entry = entry.map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
+        let path = entry.path();
+        let left_mount_point = plan::is_store_path_name(&entry.file_name())
+            && match entry.file_type() {
+                Ok(t) if t.is_dir() => sys::is_empty_mount_point(&path, true),
+                Ok(t) if t.is_file() => sys::is_empty_mount_point(&path, false),
+                _ => false,
+            };
+        if !left_mount_point {
+            return Err(not_empty());
+        }
+        let name = entry.file_name();
+        let needed = spec
+            .inputs
+            .iter()
+            .any(|(_, logical)| Path::new(logical).file_name() == Some(name.as_os_str()));
+        if !needed {
+            let removed = match entry.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir(&path),
+                _ => fs::remove_file(&path),
+            };
+            removed.map_err(|_| not_empty())?;
+        }
     }
     match fs::symlink_metadata(&spec.build_dir) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -668,6 +682,44 @@ impl Drop for Running {
         }
         self.init.kill();
         let _ = self.init.wait(-1);
+    }
+}
+
+/// The build log, created (or appended to) on the first write.
+struct LazyLog<'a> {
+    path: &'a Path,
+    file: Option<File>,
+}
+
+impl LazyLog<'_> {
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), SandboxError> {
+        let error = |source| SandboxError::Log {
+            path: self.path.to_path_buf(),
+            source,
+        };
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o644)
+                .open(self.path)
+                .map_err(error)?;
+            self.file = Some(file);
+        }
+        match self.file.as_mut() {
+            Some(file) => file.write_all(bytes).map_err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SandboxError> {
+        match self.file.as_mut() {
+            Some(file) => file.flush().map_err(|source| SandboxError::Log {
+                path: self.path.to_path_buf(),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -47,14 +47,29 @@ pub(crate) fn create_directory(path: &Path, mode: u32) -> Result<(), Errno> {
 }
 
 /// Creates an empty file or directory at `target`, the same kind as `source` (after
-/// following symlinks, as the bind mount will): the mount point of an input.
+/// following symlinks, as the bind mount will): the mount point of an input. One that an
+/// earlier build left there is kept if it is of that kind and empty (`EEXIST` otherwise).
 /// [`stat(2)`](https://man7.org/linux/man-pages/man2/stat.2.html), then `mkdir` or `open`.
 pub(crate) fn create_mount_point(source: &Path, target: &Path) -> Result<(), Errno> {
     let meta = fs::metadata(source).map_err(|e| io_errno(&e))?;
-    if meta.is_dir() {
+    let created = if meta.is_dir() {
         create_directory(target, 0o755)
     } else {
         create_empty_file(target)
+    };
+    match created {
+        Err(Errno::EEXIST) if is_empty_mount_point(target, meta.is_dir()) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `path` is an empty directory (or, for `dir == false`, an empty regular file),
+/// not a symlink: what a mount point looks like once its bind mount is gone.
+pub(crate) fn is_empty_mount_point(path: &Path, dir: bool) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(m) if dir && m.is_dir() => fs::read_dir(path).is_ok_and(|mut d| d.next().is_none()),
+        Ok(m) if !dir && m.is_file() => m.len() == 0,
+        _ => false,
     }
 }
 

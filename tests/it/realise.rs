@@ -283,6 +283,34 @@ fn failures_show_the_log_and_keep_failed_keeps_build() {
 }
 
 #[test]
+fn a_silent_build_leaves_no_log_file_and_an_empty_log() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[(
+        "derivations/quiet.toml",
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo made > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n",
+    )]);
+    // Before it is built, there is no log to show.
+    let before = run(p.ks("s").args(["log", "quiet"]));
+    assert!(!before.status.success());
+    assert!(String::from_utf8_lossy(&before.stderr).contains("no build log"));
+    run_ok(p.ks("s").args(["realise", "--no-link", "quiet"]));
+    let logs = p.scratch.join("s/nix/var/ksbuild/logs");
+    let files: Vec<_> = fs::read_dir(&logs)
+        .expect("the store's log directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        files,
+        Vec::<std::ffi::OsString>::new(),
+        "a log file for a silent build"
+    );
+    assert_eq!(run_ok(p.ks("s").args(["log", "quiet"])), "");
+}
+
+#[test]
 fn timeouts_kill_the_build() {
     if skip_without_busybox() {
         return;

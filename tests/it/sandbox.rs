@@ -372,6 +372,38 @@ fn is_zygote(pid: u32) -> bool {
         .any(|a| a == ksbuild::sandbox::ZYGOTE_ARG.as_bytes())
 }
 
+#[test]
+fn a_root_dir_is_reused_with_its_mount_points_and_nothing_else_shows() {
+    if skip_without_sandbox() {
+        return;
+    }
+    let f = Fixture::new();
+    let b = f.build("$B ls /nix/store > $out");
+    // What earlier builds in this root left: busybox's mount point, needed again, and the
+    // mount points of inputs this build does not have (an empty directory, an empty file).
+    let root = &b.spec.root_dir;
+    let busybox = f.busybox_logical.trim_start_matches("/nix/store/");
+    let (gone_dir, gone_file) = (store_base_name("gone-dir"), store_base_name("gone-file"));
+    fs::create_dir(root.join(busybox)).unwrap();
+    fs::create_dir(root.join(&gone_dir)).unwrap();
+    fs::write(root.join(&gone_file), "").unwrap();
+    assert_success(&b, &b.run().expect("sandbox runs"));
+    let out = b.out_logical.trim_start_matches("/nix/store/");
+    let mut expected = vec![busybox, out];
+    expected.sort();
+    assert_eq!(b.output_text().lines().collect::<Vec<_>>(), expected);
+    assert!(!root.join(&gone_dir).exists() && !root.join(&gone_file).exists());
+    assert!(
+        root.join(busybox).is_dir(),
+        "the mount point is left for the next build"
+    );
+    // Anything else in the root is refused, as before.
+    let c = f.build("true");
+    fs::create_dir_all(c.spec.root_dir.join(store_base_name("x")).join("inner")).unwrap();
+    let e = c.run().expect_err("a root with a non-empty directory");
+    assert!(e.to_string().contains("is not empty"), "{e}");
+}
+
 /// The children of `pid`, with their names.
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
