@@ -85,7 +85,7 @@ pub(crate) fn main(
         Ok(1) => {}
         _ => return SETUP_FAILED,
     }
-    become_builder(plan, lifeline, status, timer)
+    become_builder(plan, StepContext::new(Some(lifeline)), &[], status, timer)
 }
 
 /// Runs as a PID 1 cloned ahead of time by the zygote (see `zygote.rs`): keeps only
@@ -101,6 +101,20 @@ pub(crate) fn waiting_main(channel: BorrowedFd<'_>) -> isize {
     // The zygote may have died between the clone and the parent-death signal.
     if !matches!(sys::hung_up(channel), Ok(false)) {
         return SETUP_FAILED;
+    }
+    // What does not depend on the build is done while waiting for one; a failure is
+    // reported once there is a status pipe to report it on.
+    let mut ctx = StepContext::new(Some(channel));
+    let mut done = Vec::new();
+    let mut failed = None;
+    for step in super::plan::prelude() {
+        match step.apply(&mut ctx) {
+            Ok(()) => done.push(step),
+            Err(e) => {
+                failed = Some((step, e));
+                break;
+            }
+        }
     }
     let mut origin = [0u8; super::zygote::ORIGIN_LEN];
     let fds = match sys::recv_with_fds(channel, &mut origin) {
@@ -122,6 +136,9 @@ pub(crate) fn waiting_main(channel: BorrowedFd<'_>) -> isize {
     };
     let status = status.as_fd();
     timer.point(status, "pid1: request received");
+    if let Some((step, errno)) = failed {
+        return report(status, step, errno);
+    }
     let stdin = std::io::stdin();
     let plan = match super::init::read_plan(stdin.as_fd()) {
         Ok(plan) => plan,
@@ -130,15 +147,17 @@ pub(crate) fn waiting_main(channel: BorrowedFd<'_>) -> isize {
             return SETUP_FAILED;
         }
     };
-    become_builder(&plan, channel, status, timer)
+    become_builder(&plan, ctx, &done, status, timer)
 }
 
-/// Applies the plan's namespace steps and `execve`s the builder; `lifeline` hangs up when
-/// this process's parent is gone, `status` is a close-on-exec copy of the status pipe.
-/// Returns only on failure, with the exit code.
+/// Applies the plan's namespace steps but those already `done` (once each) and `execve`s
+/// the builder; `ctx` holds what the done ones left (detached trees) and the lifeline,
+/// which hangs up when this process's parent is gone; `status` is a close-on-exec copy of
+/// the status pipe. Returns only on failure, with the exit code.
 fn become_builder(
     plan: &Plan,
-    lifeline: BorrowedFd<'_>,
+    mut ctx: StepContext<'_>,
+    done: &[Step],
     status: BorrowedFd<'_>,
     timer: Timer,
 ) -> isize {
@@ -167,8 +186,16 @@ fn become_builder(
     };
 
     timer.point(status, "pid1: released");
-    let mut ctx = StepContext::new(Some(lifeline));
+    // Only steps of the plan may have been done ahead (the plan's tests hold it to that).
+    if let Some(extra) = done.iter().find(|d| !plan.namespace.contains(d)) {
+        return report(status, extra.clone(), Errno::EINVAL);
+    }
+    let mut skip: Vec<&Step> = done.iter().collect();
     for step in &plan.namespace {
+        if let Some(i) = skip.iter().position(|d| *d == step) {
+            skip.swap_remove(i);
+            continue;
+        }
         let t0 = timer.enabled().then(std::time::Instant::now);
         if let Err(e) = step.apply(&mut ctx) {
             return report(status, step.clone(), e);

@@ -69,6 +69,27 @@ pub(crate) struct ExecSpec {
     pub env: Vec<String>,
 }
 
+/// Namespace steps that do not depend on the build, in an order they may be applied in
+/// ahead of the rest: a PID 1 that the zygote clones before a build is known does them
+/// while it waits, and skips them in the plan it then gets (they appear in every plan,
+/// equal to these). None of them touches the root, the inputs or the build's files.
+pub(crate) fn prelude() -> Vec<Step> {
+    let mut steps = vec![
+        Step::MakeMountsPrivate,
+        Step::LoopbackUp,
+        Step::SetHostname {
+            name: "localhost".to_string(),
+        },
+        Step::SetDomainname {
+            name: "(none)".to_string(),
+        },
+    ];
+    steps.extend(DEVICES.iter().map(|d| Step::DetachTree {
+        source: format!("/dev/{d}").into(),
+    }));
+    steps
+}
+
 /// Whether `name` looks like the base name of a store path: 32 characters of Nix's
 /// base-32 alphabet, a dash, and a name.
 pub fn is_store_path_name(name: &std::ffi::OsStr) -> bool {
@@ -570,6 +591,18 @@ mod tests {
 
     fn position(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
         steps.iter().position(pred).expect("step present")
+    }
+
+    #[test]
+    fn the_prelude_is_in_every_plan_and_comes_first_where_it_matters() {
+        let p = plan(&spec(), &ids(false), &mut inspect, true).unwrap();
+        for step in prelude() {
+            assert!(p.namespace.contains(&step), "{step} is not in the plan");
+        }
+        // What the prelude does early must not depend on anything before it in the plan
+        // but making mounts private, which it does first.
+        assert_eq!(p.namespace[0], Step::MakeMountsPrivate);
+        assert_eq!(prelude()[0], Step::MakeMountsPrivate);
     }
 
     #[test]
