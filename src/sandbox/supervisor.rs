@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -280,7 +280,8 @@ impl Sandbox {
         let mut answer = [0u8; 4];
         let answered = asked.and_then(|()| sys::recv_with_fds(socket.as_fd(), &mut answer));
         match answered {
-            Ok((4, mut fds)) if answer == [0; 4] && fds.len() == 1 => {
+            Ok((4, mut fds)) if answer == [0; 4] && (1..=2).contains(&fds.len()) => {
+                let mount_ns = (fds.len() == 2).then(|| fds.remove(1));
                 if !sent {
                     // A failure means PID 1 is already gone; its status (or its absence)
                     // says why.
@@ -290,6 +291,7 @@ impl Sandbox {
                     control: Some(control_write),
                     status: Some(status_read),
                     init: InitProcess::ZygotePid1(fds.remove(0)),
+                    mount_ns,
                     started,
                     reaped: false,
                 })
@@ -348,6 +350,7 @@ impl Sandbox {
             init: InitProcess::Spawned(child),
             started,
             reaped: false,
+            mount_ns: None,
         })
     }
 }
@@ -645,6 +648,8 @@ struct Running {
     /// When it was started.
     started: Instant,
     reaped: bool,
+    /// The mount namespace of a zygote's PID 1 (see [`close_in_background`]).
+    mount_ns: Option<OwnedFd>,
 }
 
 impl Running {
@@ -668,9 +673,18 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.reaped {
-            return;
+        if !self.reaped {
+            self.end();
         }
+        if let Some(ns) = self.mount_ns.take() {
+            close_in_background(ns);
+        }
+    }
+}
+
+impl Running {
+    /// Kills the build and waits for it to end (on an early return or a panic).
+    fn end(&mut self) {
         self.request_kill();
         let deadline = Instant::now() + KILL_GRACE;
         while Instant::now() < deadline {
@@ -682,6 +696,29 @@ impl Drop for Running {
         }
         self.init.kill();
         let _ = self.init.wait(-1);
+    }
+}
+
+/// Closes a build's mount namespace on a thread of its own. Once the last reference to a
+/// mount namespace goes, the kernel unmounts everything in it and waits for an RCU grace
+/// period before it returns: when that reference is PID 1's, its exit — and so the build's
+/// end — waits for it. ksbuild holds a reference (from the zygote) until the build has
+/// ended, so that the wait happens here, beside the next builds rather than before them.
+/// Nothing can use the namespace meanwhile: no process is left in it.
+fn close_in_background(ns: OwnedFd) {
+    static CLOSER: OnceLock<Option<mpsc::Sender<OwnedFd>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        let spawned = std::thread::Builder::new()
+            .name("ksbuild-ns-close".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        spawned.ok().map(|_| tx)
+    });
+    match closer {
+        Some(tx) => {
+            let _ = tx.send(ns);
+        }
+        None => drop(ns),
     }
 }
 

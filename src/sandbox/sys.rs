@@ -178,6 +178,16 @@ pub(crate) fn clone_into_namespaces(child: &mut dyn FnMut() -> isize) -> Result<
     cloned
 }
 
+/// Opens `/proc/<pid>/ns/<kind>`: a reference that keeps the namespace alive after its
+/// last process is gone, until the descriptor is closed.
+pub(crate) fn open_namespace(pid: Pid, kind: &str) -> Result<OwnedFd, Errno> {
+    let file = OpenOptions::new()
+        .read(true)
+        .open(format!("/proc/{pid}/ns/{kind}"))
+        .map_err(|e| io_errno(&e))?;
+    Ok(OwnedFd::from(file))
+}
+
 /// [`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html).
 pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or(Errno::ESRCH)?;

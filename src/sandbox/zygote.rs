@@ -22,7 +22,8 @@
 //! 2. hands it the start time and the three descriptors over a `SOCK_SEQPACKET` pair of
 //!    their own — PID 1 then reads the plan and goes on as in [`super::pid1`];
 //! 3. answers ksbuild with 4 bytes (0, or the `errno` of what failed) and, on success, a
-//!    pidfd of PID 1, with which ksbuild kills the build on a time limit;
+//!    pidfd of PID 1, with which ksbuild kills the build on a time limit, and a descriptor
+//!    of PID 1's mount namespace (see `supervisor.rs`);
 //! 4. from the second request on, clones the next PID 1, to wait for the next request;
 //! 5. when a PID 1 ends, reaps it and reports [`StatusMessage::Finished`] on its status
 //!    pipe, as the init process would — the kernel has killed every other process of its
@@ -69,6 +70,9 @@ struct Pid1 {
     /// The zygote's end of the pair PID 1 gets its request on; it also tells PID 1 that
     /// the zygote is alive, so it is kept until PID 1 is reaped.
     channel: OwnedFd,
+    /// PID 1's mount namespace (`/proc/<pid>/ns/mnt`), handed to ksbuild with the pidfd:
+    /// see [`super::supervisor`] for why ksbuild, not PID 1's exit, tears it down.
+    mount_ns: Option<OwnedFd>,
     maps: IdMaps,
 }
 
@@ -91,10 +95,12 @@ impl Pid1 {
             sys::write_proc_file(path.as_ref(), contents).map_err(reap)?;
         }
         let pidfd = sys::pidfd_open(pid).map_err(reap)?;
+        let mount_ns = sys::open_namespace(pid, "mnt").ok();
         Ok(Pid1 {
             pid,
             pidfd,
             channel: ours,
+            mount_ns,
             maps: maps.clone(),
         })
     }
@@ -194,8 +200,12 @@ fn serve() -> Result<(), Errno> {
             }
         };
         match pid1.and_then(|p| start(p, origin, fds)) {
-            Ok(build) => {
-                reply(socket, Ok(build.pid1.pidfd.as_fd()));
+            Ok(mut build) => {
+                // The zygote's copy of the namespace goes now: the zygote must never be the
+                // one that tears it down (that waits for an RCU grace period).
+                let mount_ns = build.pid1.mount_ns.take();
+                reply(socket, Ok((build.pid1.pidfd.as_fd(), mount_ns.as_ref())));
+                drop(mount_ns);
                 running.push(build);
                 served += 1;
             }
@@ -238,9 +248,12 @@ fn start(pid1: Pid1, origin: [u8; ORIGIN_LEN], fds: [OwnedFd; 3]) -> Result<Runn
 }
 
 /// Answers a request; if ksbuild is gone there is nobody to tell.
-fn reply(socket: BorrowedFd<'_>, result: Result<BorrowedFd<'_>, Errno>) {
+fn reply(socket: BorrowedFd<'_>, result: Result<(BorrowedFd<'_>, Option<&OwnedFd>), Errno>) {
     let _ = match result {
-        Ok(pidfd) => sys::send_with_fds(socket, &0i32.to_le_bytes(), &[pidfd]),
+        Ok((pidfd, None)) => sys::send_with_fds(socket, &0i32.to_le_bytes(), &[pidfd]),
+        Ok((pidfd, Some(ns))) => {
+            sys::send_with_fds(socket, &0i32.to_le_bytes(), &[pidfd, ns.as_fd()])
+        }
         Err(e) => sys::send_with_fds(socket, &(e as i32).to_le_bytes(), &[]),
     };
 }

@@ -404,6 +404,46 @@ fn a_root_dir_is_reused_with_its_mount_points_and_nothing_else_shows() {
     assert!(e.to_string().contains("is not empty"), "{e}");
 }
 
+/// The mount namespaces this process holds descriptors of, but its own.
+fn held_mount_namespaces() -> Vec<String> {
+    let own = fs::read_link("/proc/self/ns/mnt").unwrap();
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("mnt:") && *l != own)
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_build_s_mount_namespace_is_torn_down_by_ksbuild_after_the_build() {
+    if skip_without_sandbox() {
+        return;
+    }
+    let f = Fixture::new();
+    // Namespace inode numbers are the same seen from anywhere: the builder says its own.
+    let b = f.build("$B readlink /proc/self/ns/mnt > $out; $B sleep 1");
+    let seen = std::thread::scope(|scope| {
+        let running = scope.spawn(|| b.run().expect("sandbox runs"));
+        let mut seen = BTreeSet::new();
+        while !running.is_finished() {
+            seen.extend(held_mount_namespaces());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_success(&b, &running.join().unwrap());
+        seen
+    });
+    let ns = b.output_text().trim().to_string();
+    assert!(ns.starts_with("mnt:["), "{ns}");
+    // While it ran, ksbuild held the build's mount namespace (from the zygote)...
+    assert!(seen.contains(&ns), "no reference to {ns} among {seen:?}");
+    // ...and once it is over, lets it go (on a thread of its own).
+    eventually("the build's mount namespace is still held", || {
+        !held_mount_namespaces().contains(&ns)
+    });
+}
+
 /// The children of `pid`, with their names.
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
