@@ -330,8 +330,9 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             args.targets.join(", ")
         ));
     }
-    // Result links and output paths.
+    // Result links and output paths (printed in one write).
     let mut printed = BTreeSet::new();
+    let mut paths = String::new();
     for (i, t) in args.targets.iter().enumerate() {
         let node = &lowered.nodes[t];
         for (output, path) in output_paths(node) {
@@ -346,10 +347,12 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
                 store.add_indirect_root(&PathBuf::from(link), &path)?;
             }
             if !args.json && printed.insert(path.clone()) {
-                out(format!("{}\n", store.print(&path)).as_bytes())?;
+                paths.push_str(&store.print(&path));
+                paths.push('\n');
             }
         }
     }
+    out(paths.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
