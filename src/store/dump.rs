@@ -244,6 +244,36 @@ pub fn nar_hash_path_with(path: &Path, algo: HashAlgo) -> Result<(Hash, Hash, u6
     ))
 }
 
+/// The SHA-256 NAR hash and the NAR size of a single non-executable regular file holding
+/// `contents` (what [`nar_hash_path`] gives for such a file), without touching the disk.
+pub fn nar_hash_regular(contents: &[u8]) -> (Hash, u64) {
+    struct Counting {
+        hasher: Hasher,
+        size: u64,
+    }
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.size += buf.len() as u64;
+            self.hasher.write_all(buf)?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counting = Counting {
+        hasher: Hasher::new(HashAlgo::Sha256),
+        size: 0,
+    };
+    // Writing to memory cannot fail, and the writer is used as its API requires.
+    let written = NarWriter::new(&mut counting).and_then(|mut nar| {
+        nar.regular(false, contents.len() as u64)?;
+        nar.contents(contents)
+    });
+    debug_assert!(written.is_ok());
+    (counting.hasher.finish(), counting.size)
+}
+
 /// Hash of the bytes of the regular file at `path` (`nix hash file`).
 pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash> {
     let meta = fs::metadata(path).map_err(StoreError::io("read", path))?;
@@ -401,6 +431,23 @@ mod tests {
 
     /// A sparse file (holes at the start, between and after data, within and across read
     /// buffers) hashes and copies exactly as the same bytes written densely.
+    #[test]
+    fn the_nar_hash_of_bytes_is_that_of_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        for contents in [
+            &b""[..],
+            b"x",
+            b"12345678",
+            b"Derive([(\"out\",\"/nix/store/a\")])\n",
+        ] {
+            let file = tmp.path().join("f");
+            let _ = fs::remove_file(&file);
+            fs::write(&file, contents).unwrap();
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o444)).unwrap();
+            assert_eq!(nar_hash_regular(contents), nar_hash_path(&file).unwrap());
+        }
+    }
+
     #[test]
     fn sparse_files_hash_and_copy_as_dense_ones() {
         let dir = tempfile::tempdir().unwrap();

@@ -548,7 +548,8 @@ impl Store {
             .map_err(StoreError::io("create a staging file in", &tmp))?
             .into_temp_path();
         let target = staged.to_path_buf();
-        let (nar_hash, nar_size) = nar_hash_path(&target)?;
+        // The staged file holds exactly `contents`: its NAR is hashed from memory.
+        let (nar_hash, nar_size) = dump::nar_hash_regular(contents);
         let info = ValidPathInfo {
             path,
             nar_hash,
