@@ -28,11 +28,16 @@ fn path_infos(store: &Path, paths: &[String]) -> BTreeMap<String, serde_json::Va
         .collect()
 }
 
+/// The names in `dir`; none if it does not exist (a `store add` killed before it created
+/// the store).
 fn names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect()
+    match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        listing => listing
+            .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+    }
 }
 
 /// The valid paths of a store, from its metadata records.
