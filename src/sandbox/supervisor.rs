@@ -229,9 +229,12 @@ impl Sandbox {
 
     /// Whether there is a zygote to ask.
     fn zygote_socket_open(&self) -> bool {
-        self.zygotes
-            .iter()
-            .any(|z| z.lock().unwrap_or_else(|p| p.into_inner()).socket.is_some())
+        // A zygote another build is asking right now is in use: no need to wait for it.
+        self.zygotes.iter().any(|z| match z.try_lock() {
+            Ok(guard) => guard.socket.is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().socket.is_some(),
+        })
     }
 
     /// A zygote in use that no other build is asking, else the first one in use (waiting
