@@ -42,7 +42,8 @@
 //!   `gc.rs` — roots, collection and the sweep of leftovers; `verify.rs`; `fsutil.rs`.
 //! * `sandbox/` — [`sandbox::run`]: `plan.rs` (spec → typed steps, pure), `step.rs`,
 //!   `sys.rs` (the one syscall layer), `init.rs` (the init process), `zygote.rs` (which
-//!   forks init processes), `pid1.rs`, `supervisor.rs` (log streaming, timeouts),
+//!   clones PID 1s ahead of the builds and reaps them), `pid1.rs`, `supervisor.rs` (log
+//!   streaming, timeouts),
 //!   `user_ns.rs`, `protocol.rs`.
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.

@@ -1,7 +1,8 @@
-//! ksbuild's side of a sandboxed build: plan it, start the init process, stream the
-//! builder's output to the log file and the caller, enforce `timeout` and
-//! `max_silent_time`, and make sure nothing of the build outlives [`Sandbox::run`]. Does
-//! I/O and starts a process; the namespaces themselves are made by the init process.
+//! ksbuild's side of a sandboxed build: plan it, start it (through a zygote's PID 1, or an
+//! `exec`ed init process), stream the builder's output to the log file and the caller,
+//! enforce `timeout` and `max_silent_time`, and make sure no process of the build outlives
+//! [`Sandbox::run`]. Does I/O and starts processes; the namespaces themselves are made by
+//! the zygote or the init process.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
