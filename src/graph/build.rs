@@ -354,27 +354,13 @@ impl Scratch {
             for entry in entries {
                 let entry = entry.map_err(store::StoreError::io("list", dir))?;
                 let path = entry.path();
-                if dir == self.root.path() && is_left_mount_point(&entry) {
+                if dir == self.root.path() && sandbox::is_left_mount_point(&path) {
                     continue;
                 }
                 store::remove_tree(&path)?;
             }
         }
         Ok(())
-    }
-}
-
-/// An empty directory or empty regular file (not a symlink) named like a store path.
-fn is_left_mount_point(entry: &std::fs::DirEntry) -> bool {
-    if !sandbox::plan::is_store_path_name(&entry.file_name()) {
-        return false;
-    }
-    match entry.file_type() {
-        Ok(t) if t.is_dir() => {
-            std::fs::read_dir(entry.path()).is_ok_and(|mut d| d.next().is_none())
-        }
-        Ok(t) if t.is_file() => entry.metadata().is_ok_and(|m| m.len() == 0),
-        _ => false,
     }
 }
 

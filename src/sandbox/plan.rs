@@ -92,7 +92,7 @@ pub(crate) fn prelude() -> Vec<Step> {
 
 /// Whether `name` looks like the base name of a store path: 32 characters of Nix's
 /// base-32 alphabet, a dash, and a name.
-pub fn is_store_path_name(name: &std::ffi::OsStr) -> bool {
+pub(crate) fn is_store_path_name(name: &std::ffi::OsStr) -> bool {
     const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
     let name = name.as_encoded_bytes();
     name.len() > 33 && name[32] == b'-' && name[..32].iter().all(|c| NIX32.contains(c))

@@ -478,6 +478,18 @@ fn inspect_input(path: &Path) -> Result<InputKind, Errno> {
     }
 }
 
+/// Whether `path` is what an input's mount point leaves in a root directory once its
+/// build is over: an empty directory or empty regular file (not a symlink) named like a
+/// store path. Such entries may stay in a root reused for the next build.
+pub fn is_left_mount_point(path: &Path) -> bool {
+    let named_like_a_store_path = path.file_name().is_some_and(plan::is_store_path_name);
+    named_like_a_store_path
+        && match fs::symlink_metadata(path) {
+            Ok(m) => sys::is_empty_mount_point(path, m.is_dir()),
+            Err(_) => false,
+        }
+}
+
 /// Checks the two directories of the spec. `root_dir` must be empty but for the mount
 /// points an earlier build in it left (empty files and directories named like store
 /// paths): those of this build's inputs are left for the plan to reuse, the others are
@@ -491,13 +503,7 @@ fn check_directories(spec: &SandboxSpec) -> Result<(), SandboxError> {
     for entry in entries {
         let entry = entry.map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
         let path = entry.path();
-        let left_mount_point = plan::is_store_path_name(&entry.file_name())
-            && match entry.file_type() {
-                Ok(t) if t.is_dir() => sys::is_empty_mount_point(&path, true),
-                Ok(t) if t.is_file() => sys::is_empty_mount_point(&path, false),
-                _ => false,
-            };
-        if !left_mount_point {
+        if !is_left_mount_point(&path) {
             return Err(not_empty());
         }
         let name = entry.file_name();
@@ -506,10 +512,7 @@ fn check_directories(spec: &SandboxSpec) -> Result<(), SandboxError> {
             .iter()
             .any(|(_, logical)| Path::new(logical).file_name() == Some(name.as_os_str()));
         if !needed {
-            let removed = match entry.file_type() {
-                Ok(t) if t.is_dir() => fs::remove_dir(&path),
-                _ => fs::remove_file(&path),
-            };
+            let removed = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
             removed.map_err(|_| not_empty())?;
         }
     }
