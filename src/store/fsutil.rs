@@ -87,6 +87,26 @@ pub fn seal_directory(path: &Path) -> Result<()> {
     set_canonical_time(path)
 }
 
+/// Moves a canonical file or tree `from` to `to` (same filesystem), keeping it canonical.
+///
+/// Moving a directory to another parent rewrites its `..` entry, which needs write
+/// permission on the directory itself; a sealed (0555) tree therefore cannot be moved by
+/// its owner unless it is opened up for the rename and sealed again after it. (Root's
+/// `CAP_DAC_OVERRIDE` hides this; an ordinary user meets `EACCES`.)
+pub fn move_sealed(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from).map_err(StoreError::io("inspect", from))?;
+    let open_up = meta.is_dir() && meta.mode() & 0o200 == 0;
+    if open_up {
+        fs::set_permissions(from, fs::Permissions::from_mode(0o755))
+            .map_err(StoreError::io("chmod", from))?;
+    }
+    fs::rename(from, to).map_err(StoreError::io("move into the store", to))?;
+    if open_up {
+        seal_directory(to)?;
+    }
+    Ok(())
+}
+
 /// Removes a tree even if its directories are read-only (as store paths are).
 pub fn remove_tree(path: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(path) {

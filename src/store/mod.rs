@@ -600,7 +600,7 @@ impl Store {
             fsutil::remove_tree(&dest)?;
             self.observer.recovered(&dest);
         }
-        std::fs::rename(staged, &dest).map_err(StoreError::io("move into the store", &dest))?;
+        fsutil::move_sealed(staged, &dest)?;
         if info.registration_time == 0 {
             info.registration_time = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

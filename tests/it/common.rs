@@ -100,3 +100,55 @@ pub fn drv_paths(store: &Path, proj: &Path, targets: &[&str]) -> Vec<String> {
     .map(String::from)
     .collect()
 }
+
+/// The uid and gid the tests use for an ordinary user when they run as root.
+pub const ORDINARY_ID: u32 = 4242;
+
+/// Whether the tests run as root (and so stand in for an ordinary user with
+/// [`ORDINARY_ID`]).
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A `ksbuild` command (as [`ksbuild`]) run by an ordinary user: as root, under `setpriv`
+/// as uid/gid [`ORDINARY_ID`] with no supplementary groups and no capabilities, so that
+/// root's `CAP_DAC_OVERRIDE` cannot hide a permission bug; otherwise as the caller, who
+/// already is one. The files it needs must belong to that user ([`give_to_ordinary_user`]).
+pub fn ksbuild_as_ordinary_user(store: &Path) -> Command {
+    let mut c = if running_as_root() {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={ORDINARY_ID}"))
+            .arg(format!("--regid={ORDINARY_ID}"))
+            .args(["--clear-groups", "--inh-caps=-all", "--"])
+            .arg(ksbuild_bin());
+        c
+    } else {
+        Command::new(ksbuild_bin())
+    };
+    c.env("KSBUILD_STORE", store)
+        .env("NO_COLOR", "1")
+        .env("HOME", "/homeless-shelter")
+        .env_remove(ksbuild::timing::ENV);
+    c
+}
+
+/// Gives `dir` and everything under it to the ordinary user of
+/// [`ksbuild_as_ordinary_user`] (as root; a no-op otherwise).
+pub fn give_to_ordinary_user(dir: &Path) {
+    if !running_as_root() {
+        return;
+    }
+    let id = Some(nix::unistd::Uid::from_raw(ORDINARY_ID));
+    let gid = Some(nix::unistd::Gid::from_raw(ORDINARY_ID));
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry.expect("walk");
+        nix::unistd::fchownat(
+            None,
+            entry.path(),
+            id,
+            gid,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap_or_else(|e| panic!("chown {}: {e}", entry.path().display()));
+    }
+}
