@@ -151,15 +151,28 @@ pub fn run(ctx: &Context, cmd: StoreCommand) -> Result<ExitCode, CliError> {
                 for d in &report.damaged {
                     out_line(&format!("{}\t{}", d.path, d.problem))?;
                 }
+                for f in &report.foreign {
+                    out_line(&format!(
+                        "{f}\tforeign: not registered by ksbuild (left alone)"
+                    ))?;
+                }
                 ctx.note(&format!(
-                    "checked {} paths{}: {} damaged",
+                    "checked {} paths{}: {} damaged{}",
                     report.checked,
                     if check_contents {
                         " and their contents"
                     } else {
                         ""
                     },
-                    report.damaged.len()
+                    report.damaged.len(),
+                    if report.foreign.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} foreign entries in the store directory, which ksbuild leaves alone",
+                            report.foreign.len()
+                        )
+                    }
                 ));
             }
             if report.damaged.is_empty() {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -141,9 +141,11 @@ fn live_set(store: &Store, roots: BTreeSet<StorePath>) -> Result<BTreeSet<StoreP
 /// Collects garbage.
 pub fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     let _lock = store.lock_gc_exclusive()?;
+    // Only what ksbuild itself left half-done goes (its staging, and the entries its
+    // `pending/` markers name): an unregistered entry without a marker belongs to someone
+    // else — Nix, sharing the root — and is never touched (`store verify` lists it).
     if !dry_run {
         sweep_leftovers(store)?;
-        remove_unregistered(store)?;
     }
     let roots = find_roots(store)?;
     let live = live_set(store, roots)?;
@@ -247,26 +249,6 @@ pub fn sweep_leftovers(store: &Store) -> Result<()> {
             }
         }
         fs::remove_file(&marker).map_err(StoreError::io("remove", &marker))?;
-    }
-    Ok(())
-}
-
-/// Removes store entries without a record (which only a crash outside ksbuild's control,
-/// or a hand-made directory, can leave). Part of a full collection.
-fn remove_unregistered(store: &Store) -> Result<()> {
-    let real = store.real_store_dir();
-    for entry in fs::read_dir(&real).map_err(StoreError::io("list", &real))? {
-        let entry = entry.map_err(StoreError::io("list", &real))?;
-        let name = entry.file_name();
-        let valid = match StorePath::from_base_name(&name.to_string_lossy()) {
-            Ok(p) => store.is_valid(&p)?,
-            Err(_) => false,
-        };
-        if !valid {
-            let path: PathBuf = entry.path();
-            fsutil::remove_tree(&path)?;
-            store.observer().recovered(&path);
-        }
     }
     Ok(())
 }

@@ -819,7 +819,8 @@ mod tests {
             report.damaged
         );
         // An unregistered directory that a killed add leaves (with its pending marker) is
-        // swept by the next idle open; one without a marker only by a full collection.
+        // swept by the next idle open; one without a marker is someone else's (Nix's, in a
+        // shared root): never removed, not even by a full collection, and listed as foreign.
         let leftover = StorePath::from_base_name("ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf-foo").unwrap();
         std::fs::create_dir(s.physical_path(&leftover)).unwrap();
         s.mark_pending(&leftover).unwrap();
@@ -840,8 +841,23 @@ mod tests {
         assert_eq!(std::fs::read_dir(s2.tmp_dir()).unwrap().count(), 0);
         assert!(s2.is_valid(&p).unwrap());
         assert!(stray.exists());
-        s2.collect_garbage(false).unwrap();
-        assert!(!stray.exists());
+        let links = s2.real_store_dir().join(".links");
+        std::fs::create_dir(&links).unwrap();
+        let report = s2.collect_garbage(false).unwrap();
+        assert!(
+            stray.exists() && links.exists(),
+            "gc deleted what it did not register"
+        );
+        assert!(
+            report.deleted.iter().all(|d| !d.contains("-t1")),
+            "{report:?}"
+        );
+        let verify = s2.verify(false).unwrap();
+        assert!(verify.damaged.is_empty(), "{verify:?}");
+        assert_eq!(
+            verify.foreign,
+            [links.display().to_string(), stray.display().to_string()]
+        );
     }
 
     #[test]

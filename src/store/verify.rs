@@ -24,6 +24,10 @@ pub struct VerifyReport {
     pub checked_contents: bool,
     /// Every problem found.
     pub damaged: Vec<Damage>,
+    /// Entries of the store directory that ksbuild did not register and is not
+    /// registering (another tool's, such as Nix's `.links` or a path Nix added to a shared
+    /// root), as physical paths. ksbuild leaves them alone; they are not damage.
+    pub foreign: Vec<String>,
 }
 
 /// Verifies the store.
@@ -89,5 +93,29 @@ pub fn verify(store: &Store, check_contents: bool) -> Result<VerifyReport> {
             }
         }
     }
+    report.foreign = foreign_entries(store)?
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect();
     Ok(report)
+}
+
+/// Entries of the store directory without a record and without a `pending/` marker (which
+/// names an entry ksbuild is registering or deleting): what some other tool put there.
+pub fn foreign_entries(store: &Store) -> Result<Vec<std::path::PathBuf>> {
+    let real = store.real_store_dir();
+    let mut foreign = Vec::new();
+    for entry in std::fs::read_dir(&real).map_err(StoreError::io("list", &real))? {
+        let entry = entry.map_err(StoreError::io("list", &real))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = match crate::compat::StorePath::from_base_name(&name) {
+            Ok(p) => store.is_valid(&p)? || store.pending_dir().join(&name).exists(),
+            Err(_) => false,
+        };
+        if !ours {
+            foreign.push(entry.path());
+        }
+    }
+    foreign.sort();
+    Ok(foreign)
 }

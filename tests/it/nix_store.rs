@@ -485,3 +485,59 @@ fn special_files_are_refused() {
     let out = run_ok(ksbuild(&ks).args(["store", "verify", "--check-contents"]));
     assert_eq!(out, "");
 }
+
+/// A store root shared with Nix (the same `nix/store` layout, each tool with its own
+/// database): ksbuild's gc removes only what ksbuild registered; Nix's path and `.links`
+/// stay, Nix still finds its path valid, and `store verify` lists them as foreign.
+#[test]
+fn gc_leaves_what_nix_added_to_a_shared_root() {
+    if skip_without_nix() {
+        return;
+    }
+    let tmp = crate::common::scratch();
+    let root = tmp.path().join("shared");
+    let (ours, theirs) = (tmp.path().join("ours"), tmp.path().join("theirs"));
+    std::fs::write(&ours, "ksbuild's\n").unwrap();
+    std::fs::write(&theirs, "Nix's\n").unwrap();
+    let ours_path = run_ok(ksbuild(&root).args(["store", "add"]).arg(&ours));
+    let theirs_path = run_ok(nix_store(&root).arg("--add").arg(&theirs));
+    run_ok(nix_store(&root).arg("--optimise"));
+    let store = root.join("nix/store");
+    assert!(store.join(".links").is_dir(), "Nix made its .links");
+    let verify = run_ok(ksbuild(&root).args(["store", "verify", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    let foreign: Vec<&str> = v["foreign"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let theirs_physical = physical(&root, theirs_path.trim());
+    assert_eq!(
+        foreign,
+        [
+            store.join(".links").display().to_string(),
+            theirs_physical.display().to_string()
+        ],
+        "{verify}"
+    );
+    let dry = run_ok(ksbuild(&root).args(["store", "gc", "--dry-run", "--json"]));
+    let gc = run_ok(ksbuild(&root).args(["store", "gc", "--json"]));
+    for report in [&dry, &gc] {
+        let v: serde_json::Value = serde_json::from_str(report).unwrap();
+        assert_eq!(v["deleted"].as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(
+            v["deleted"][0].as_str().unwrap(),
+            ours_path.trim(),
+            "{report}"
+        );
+    }
+    assert!(!physical(&root, ours_path.trim()).exists());
+    assert!(theirs_physical.exists(), "gc deleted Nix's path");
+    assert!(store.join(".links").is_dir(), "gc deleted Nix's .links");
+    run_ok(
+        nix_store(&root)
+            .arg("--verify-path")
+            .arg(theirs_path.trim()),
+    );
+}
