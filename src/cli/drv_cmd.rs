@@ -78,7 +78,9 @@ pub fn instantiate_project(
     let mut level_of: BTreeMap<&crate::compat::StorePath, usize> = BTreeMap::new();
     for key in &lowered.order {
         let node = &lowered.nodes[key];
-        if store.is_valid(&node.drv_path)? {
+        // Two keys can lower to one .drv (the same `.deb` in two environments): write it
+        // once, or two threads of this process would contend for its lock.
+        if level_of.contains_key(&node.drv_path) || store.is_valid(&node.drv_path)? {
             continue;
         }
         let level = node

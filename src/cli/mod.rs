@@ -112,7 +112,7 @@ impl Observer for Terminal {
     fn waiting_for_lock(&self, what: &str, lock: &Path) {
         if !self.quiet {
             eprintln!(
-                "waiting for the lock on {what} (`{}`), held by another ksbuild process",
+                "waiting for the lock on {what}, held by another ksbuild process (`{}`)",
                 lock.display()
             );
         }

@@ -138,7 +138,30 @@ impl Reporter for Progress {
                     );
                 }
             }
-            Event::Cached { .. } => {}
+            Event::Cached { target } => {
+                // A build this process waited for, done by another process.
+                if let Some(since) = s.running.remove(target) {
+                    s.done += 1;
+                    if human {
+                        let waited = since.elapsed().as_secs_f64();
+                        self.say(
+                            &mut s,
+                            &format!(
+                                "`{target}` was built by another process (waited {waited:.1}s)"
+                            ),
+                        );
+                    }
+                }
+            }
+            Event::BuildWaiting { target, .. } => {
+                s.running.insert(target.clone(), Instant::now());
+                if human {
+                    self.say(
+                        &mut s,
+                        &format!("waiting for `{target}`: another ksbuild process is building it"),
+                    );
+                }
+            }
             Event::FetchStarted { target, url } => {
                 s.running.insert(target.clone(), Instant::now());
                 if human && !self.tty {
@@ -296,7 +319,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
                 &progress,
                 &crate::graph::Slot::FREE,
             )
-            .and_then(|()| executor.check(node, &progress))
+            .and_then(|_| executor.check(node, &progress))
             {
                 Ok(m) => mismatches.extend(m),
                 Err(f) => {

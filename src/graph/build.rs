@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{output_paths, outputs_valid, BuildFailure, Executor, Reporter, Slot};
+use super::{
+    output_paths, outputs_valid, BuildFailure, BuildOutcome, Event, Executor, Reporter, Slot,
+};
 use crate::compat::derivation::Derivation;
 use crate::compat::StorePath;
 use crate::model::Node;
@@ -307,16 +309,35 @@ impl Executor for SandboxExecutor<'_> {
         node: &Node,
         reporter: &dyn Reporter,
         slot: &Slot<'_>,
-    ) -> Result<(), BuildFailure> {
+    ) -> Result<BuildOutcome, BuildFailure> {
         let store = self.store;
-        // Another process may be building the same derivation: wait for it, then reuse.
-        let locks: BTreeMap<StorePath, FileLock> = output_paths(node)
-            .into_values()
-            .map(|p| store.lock_path(&p).map(|l| (p, l)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| failure(e.to_string()))?;
+        // Another process may be building the same derivation: say so, wait for it, then
+        // reuse its outputs (or build them, if it failed).
+        let mut locks: BTreeMap<StorePath, FileLock> = BTreeMap::new();
+        let mut announced = false;
+        for p in output_paths(node).into_values() {
+            let lock = match store
+                .try_lock_path(&p)
+                .map_err(|e| failure(e.to_string()))?
+            {
+                Some(lock) => lock,
+                None => {
+                    if !announced {
+                        announced = true;
+                        reporter.event(&Event::BuildWaiting {
+                            target: node.key.clone(),
+                            drv: store.print(&node.drv_path),
+                        });
+                    }
+                    store
+                        .lock_path_quietly(&p)
+                        .map_err(|e| failure(e.to_string()))?
+                }
+            };
+            locks.insert(p, lock);
+        }
         if outputs_valid(store, node).map_err(|e| failure(e.to_string()))? {
-            return Ok(());
+            return Ok(BuildOutcome::AlreadyValid);
         }
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
@@ -328,7 +349,7 @@ impl Executor for SandboxExecutor<'_> {
         let t0 = std::time::Instant::now();
         self.recycle(scratch);
         timing::report("build: empty scratch", t0);
-        Ok(())
+        Ok(BuildOutcome::Built)
     }
 }
 

@@ -41,6 +41,10 @@ pub enum Event {
     },
     /// A build started.
     BuildStarted { target: String, drv: String },
+    /// Another process is building the node (it holds the lock of an output): this one
+    /// waits for it, and then reports the node [`Event::Cached`] (or builds it, if the
+    /// other process failed).
+    BuildWaiting { target: String, drv: String },
     /// A build finished; its outputs are valid.
     BuildFinished {
         target: String,
@@ -83,18 +87,30 @@ pub struct BuildFailure {
     pub tail: Vec<String>,
 }
 
+/// How a build ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildOutcome {
+    /// This process built the node.
+    Built,
+    /// The outputs became valid without this process building them (another process
+    /// built them while this one waited for their locks).
+    AlreadyValid,
+}
+
 /// Runs one build of a node whose inputs are all valid; on success every output is valid.
 pub trait Executor: Sync {
     /// Builds `node`, holding one of the `-j` slots from `slot.acquire()` — called once
     /// all is ready to start the builder — to `slot.release()` — called once the builder
     /// and every process it started are gone, before the outputs are registered. So the
     /// next build prepares while this one runs, and starts while this one registers.
+    /// A build whose outputs turn out valid without it (built by another process) takes
+    /// no slot and returns [`BuildOutcome::AlreadyValid`].
     fn build(
         &self,
         node: &Node,
         reporter: &dyn Reporter,
         slot: &Slot<'_>,
-    ) -> Result<(), BuildFailure>;
+    ) -> Result<BuildOutcome, BuildFailure>;
 
     /// Called on the thread that drives the realisation, before anything is fetched, when
     /// there is something to build (`builds` derivations): a chance to start what builds
@@ -312,6 +328,29 @@ pub fn realise(
         needed.insert(key.to_string(), node.deps.clone());
         todo.extend(node.deps.iter().map(String::as_str));
     }
+    // Keys that lower to one derivation (the same `.deb` in two environments) are one
+    // piece of work: the first key does it, and the others are reported cached after it.
+    let mut first_of: BTreeMap<&StorePath, &str> = BTreeMap::new();
+    let mut aliases: BTreeMap<String, String> = BTreeMap::new();
+    for key in needed.keys() {
+        let drv = &lowered.nodes[key].drv_path;
+        match first_of.get(drv) {
+            Some(first) => {
+                aliases.insert(key.clone(), first.to_string());
+            }
+            None => {
+                first_of.insert(drv, key);
+            }
+        }
+    }
+    for (alias, first) in &aliases {
+        needed.remove(alias);
+        for deps in needed.values_mut() {
+            if deps.remove(alias) {
+                deps.insert(first.clone());
+            }
+        }
+    }
     let (fetches, builds): (BTreeMap<_, _>, BTreeMap<_, _>) = needed
         .into_iter()
         .partition(|(k, _)| lowered.nodes[k].fetch.is_some());
@@ -366,7 +405,19 @@ pub fn realise(
         return Err(RealiseError::Fetch(outcome.failed));
     }
     result.fetched = fetches.into_keys().collect();
+    let report_aliases = |done: &[String]| {
+        for (alias, first) in &aliases {
+            if done.contains(first) {
+                reporter.event(&Event::Cached {
+                    target: alias.clone(),
+                });
+            }
+        }
+    };
+    report_aliases(&result.fetched);
 
+    // Nodes another process built while this one waited for their locks.
+    let built_elsewhere: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let build_one = |key: &str, slot: &Slot<'_>| -> Result<(), BuildFailure> {
         let node = &lowered.nodes[key];
         // A build starts when it has its slot (or ends without having needed one).
@@ -393,9 +444,19 @@ pub fn realise(
                 release: &release,
             },
         );
-        let start = started();
         match result {
-            Ok(()) => {
+            Ok(BuildOutcome::AlreadyValid) => {
+                reporter.event(&Event::Cached {
+                    target: key.to_string(),
+                });
+                built_elsewhere
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(key.to_string());
+                Ok(())
+            }
+            Ok(BuildOutcome::Built) => {
+                let start = started();
                 let outputs = output_paths(node)
                     .into_iter()
                     .map(|(n, p)| (n, store.print(&p)))
@@ -408,6 +469,7 @@ pub fn realise(
                 Ok(())
             }
             Err(f) => {
+                let start = started();
                 reporter.event(&Event::Failed {
                     target: key.to_string(),
                     seconds: secs(start.elapsed()),
@@ -431,7 +493,16 @@ pub fn realise(
             skipped: skipped.into_iter().map(|(k, _)| k).collect(),
         });
     }
-    result.built = builds.into_keys().collect();
+    let elsewhere = built_elsewhere
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    result.built = builds
+        .into_keys()
+        .filter(|k| !elsewhere.contains(k))
+        .collect();
+    result.cached.extend(elsewhere);
+    report_aliases(&result.built);
+    result.cached.extend(aliases.into_keys());
     Ok(result)
 }
 

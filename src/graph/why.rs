@@ -85,9 +85,7 @@ pub fn save<'a>(
         let file = record_file(store, &node.key);
         let json = serde_json::to_vec_pretty(&Record::of(store, &producers, node))
             .map_err(|e| StoreError::Refused(e.to_string()))?;
-        let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(StoreError::io("write", &tmp))?;
-        std::fs::rename(&tmp, &file).map_err(StoreError::io("write", &file))?;
+        crate::store::write_atomic(&file, &json)?;
     }
     Ok(())
 }

@@ -130,9 +130,11 @@ impl Pins {
             path: path.clone(),
             source,
         };
-        let tmp = path.with_extension("lock.tmp");
-        std::fs::write(&tmp, text).map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))
+        // A temporary file of its own (two processes may pin at once), renamed over it.
+        crate::store::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
+            crate::store::StoreError::Io { source, .. } => io("write", source),
+            other => io("write", std::io::Error::other(other.to_string())),
+        })
     }
 }
 

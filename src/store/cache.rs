@@ -28,23 +28,6 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
     }
 }
 
-/// Writes `content` to `path` atomically (temporary file beside it, then rename).
-fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(StoreError::io("create a file in", dir))?;
-    tmp.write_all(content)
-        .map_err(StoreError::io("write", path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        action: "write",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
-}
-
 /// Copies `paths` (callers pass a closure) into the binary cache at `dir`, signing each
 /// narinfo with `key` if given. Paths already in the cache are skipped. Each NAR is
 /// re-hashed while it is written and must match the store's record, so damage is never
@@ -60,7 +43,7 @@ pub fn copy_to_binary_cache(
     fs::create_dir_all(&nar_dir).map_err(StoreError::io("create", &nar_dir))?;
     let info_file = dir.join("nix-cache-info");
     if !info_file.exists() {
-        write_atomic(
+        super::fsutil::write_atomic(
             &info_file,
             format!("StoreDir: {}\n", store.store_dir()).as_bytes(),
         )?;
@@ -140,7 +123,7 @@ pub fn copy_to_binary_cache(
                 StoreError::Refused(format!("cannot sign `{}`: {e}", store.print(path)))
             })?;
         }
-        write_atomic(&narinfo_file, narinfo.to_text(store.store_dir()).as_bytes())?;
+        super::fsutil::write_atomic(&narinfo_file, narinfo.to_text(store.store_dir()).as_bytes())?;
         written.push(path.clone());
     }
     Ok(written)

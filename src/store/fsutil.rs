@@ -80,6 +80,29 @@ pub fn write_canonical_file(path: &Path, contents: &[u8], executable: bool) -> R
     set_canonical_time_fd(&f, path)
 }
 
+/// Replaces `path` with `content` atomically: a uniquely named temporary file beside it
+/// (so concurrent writers, in this process or others, never share one), renamed over it.
+/// The file gets mode 0644.
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(StoreError::io("create a file in", dir))?;
+    tmp.write_all(content)
+        .map_err(StoreError::io("write", path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
 /// Finishes a directory whose children are complete: mode 0555, canonical mtime.
 pub fn seal_directory(path: &Path) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o555))

@@ -96,11 +96,8 @@ pub fn nar_hash(store: &Store, source: &Path) -> Result<Hash> {
         };
         if std::fs::create_dir_all(&dir).is_ok() {
             if let Ok(json) = serde_json::to_vec(&entry) {
-                let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
                 // The cache is an optimisation: failing to write it loses nothing.
-                if std::fs::write(&tmp, json).is_ok() {
-                    let _ = std::fs::rename(&tmp, &file);
-                }
+                let _ = super::fsutil::write_atomic(&file, &json);
             }
         }
     }

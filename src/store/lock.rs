@@ -1,10 +1,17 @@
 //! Advisory file locks between ksbuild processes sharing a store: whole files
 //! (`flock(2)`), and single bytes of one file (open file description locks, `fcntl(2)`
 //! `F_OFD_SETLK`), so that locking one of many store paths creates no file. Does I/O.
-//! A lock that is busy is reported to the [`Observer`] before blocking: never a silent wait.
+//! A lock that another process holds is reported to the [`Observer`] before blocking:
+//! never a silent wait. One held by another thread of this process is waited for without a
+//! word (it is this process's own work, not another process's), and a whole-file lock is
+//! announced only when it stays busy for [`ANNOUNCE_AFTER`] (an idle store's clean-up at
+//! open holds the GC lock for a few milliseconds).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -19,11 +26,43 @@ pub enum LockKind {
     Exclusive,
 }
 
+/// How long a busy whole-file lock is retried before the wait is announced.
+pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(150);
+
+/// The byte locks this process holds, by file and offset, with how many holders (an OFD
+/// lock of one thread conflicts with another thread's; this tells them apart from other
+/// processes' locks, which `F_OFD_GETLK` cannot: it reports no pid for OFD locks).
+static HELD_HERE: Mutex<BTreeMap<(PathBuf, u64), usize>> = Mutex::new(BTreeMap::new());
+
+fn held_here() -> std::sync::MutexGuard<'static, BTreeMap<(PathBuf, u64), usize>> {
+    HELD_HERE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A held lock; released when dropped (closing the file releases the `flock`).
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    file: Option<File>,
     path: PathBuf,
+    /// For a byte lock, its offset (registered in [`HELD_HERE`]).
+    byte: Option<u64>,
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Release first, then forget: a thread that meets the lock busy in between takes
+        // it for this process's (and waits silently), never the reverse.
+        drop(self.file.take());
+        if let Some(offset) = self.byte {
+            let mut held = held_here();
+            let key = (self.path.clone(), offset);
+            if let Some(n) = held.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl FileLock {
@@ -57,8 +96,9 @@ pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<FileLock>> {
     let file = open(path)?;
     match flock(&file, operation(kind, false)) {
         Ok(()) => Ok(Some(FileLock {
-            _file: file,
+            file: Some(file),
             path: path.to_path_buf(),
+            byte: None,
         })),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
         Err(e) => Err(StoreError::Io {
@@ -69,10 +109,18 @@ pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<FileLock>> {
     }
 }
 
-/// Takes the lock, telling `observer` about `what` first if it has to wait.
+/// Takes the lock, telling `observer` about `what` first if it stays busy for
+/// [`ANNOUNCE_AFTER`].
 pub fn lock(path: &Path, kind: LockKind, observer: &dyn Observer, what: &str) -> Result<FileLock> {
-    if let Some(held) = try_lock(path, kind)? {
-        return Ok(held);
+    let start = Instant::now();
+    loop {
+        if let Some(held) = try_lock(path, kind)? {
+            return Ok(held);
+        }
+        if start.elapsed() >= ANNOUNCE_AFTER {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(3));
     }
     observer.waiting_for_lock(what, path);
     let file = open(path)?;
@@ -80,8 +128,9 @@ pub fn lock(path: &Path, kind: LockKind, observer: &dyn Observer, what: &str) ->
         match flock(&file, operation(kind, true)) {
             Ok(()) => {
                 return Ok(FileLock {
-                    _file: file,
+                    file: Some(file),
                     path: path.to_path_buf(),
+                    byte: None,
                 })
             }
             Err(rustix::io::Errno::INTR) => continue,
@@ -97,15 +146,42 @@ pub fn lock(path: &Path, kind: LockKind, observer: &dyn Observer, what: &str) ->
 }
 
 /// Takes an exclusive lock on the byte at `offset` of the file `path` (created if
-/// missing), telling `observer` about `what` first if it has to wait. Like a `flock`, the
-/// lock belongs to the open file: another open of the same file, in this process or
-/// another, waits for it; dropping the [`FileLock`] releases it.
+/// missing), telling `observer` about `what` first if another process holds it. Like a
+/// `flock`, the lock belongs to the open file: another open of the same file, in this
+/// process or another, waits for it; dropping the [`FileLock`] releases it.
 pub fn lock_byte(
     path: &Path,
     offset: u64,
     observer: &dyn Observer,
     what: &str,
 ) -> Result<FileLock> {
+    lock_byte_with(path, offset, Blocking::Announce(observer, what))
+        .map(|held| held.expect("a blocking lock is always taken"))
+}
+
+/// Takes the byte lock of [`lock_byte`] if it is free now; `None` if it is busy.
+pub fn try_lock_byte(path: &Path, offset: u64) -> Result<Option<FileLock>> {
+    lock_byte_with(path, offset, Blocking::No)
+}
+
+/// Takes the byte lock of [`lock_byte`], waiting without a word if it is busy (for a
+/// caller that reports the wait in its own terms).
+pub fn lock_byte_quietly(path: &Path, offset: u64) -> Result<FileLock> {
+    lock_byte_with(path, offset, Blocking::Quiet)
+        .map(|held| held.expect("a blocking lock is always taken"))
+}
+
+/// What a byte lock does when it is busy.
+enum Blocking<'a> {
+    /// Returns `None`.
+    No,
+    /// Waits.
+    Quiet,
+    /// Waits, telling the observer about the thing locked first if another process holds it.
+    Announce(&'a dyn Observer, &'a str),
+}
+
+fn lock_byte_with(path: &Path, offset: u64, blocking: Blocking<'_>) -> Result<Option<FileLock>> {
     use std::os::fd::AsRawFd;
     let file = open(path)?;
     let range = nix::libc::flock {
@@ -124,7 +200,16 @@ pub fn lock_byte(
     match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&range)) {
         Ok(_) => {}
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
-            observer.waiting_for_lock(what, path);
+            match blocking {
+                Blocking::No => return Ok(None),
+                Blocking::Quiet => {}
+                Blocking::Announce(observer, what) => {
+                    let ours = held_here().contains_key(&(path.to_path_buf(), offset));
+                    if !ours {
+                        observer.waiting_for_lock(what, path);
+                    }
+                }
+            }
             loop {
                 match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&range)) {
                     Ok(_) => break,
@@ -135,8 +220,10 @@ pub fn lock_byte(
         }
         Err(e) => return Err(failed(e)),
     }
-    Ok(FileLock {
-        _file: file,
+    *held_here().entry((path.to_path_buf(), offset)).or_default() += 1;
+    Ok(Some(FileLock {
+        file: Some(file),
         path: path.to_path_buf(),
-    })
+        byte: Some(offset),
+    }))
 }

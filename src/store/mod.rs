@@ -36,6 +36,7 @@ pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
     RestoreMode,
 };
+pub use fsutil::write_atomic;
 pub use fsutil::{remove_tree, Staging};
 pub use gc::GcReport;
 pub use lock::{FileLock, LockKind};
@@ -319,17 +320,23 @@ impl Store {
     /// paths that share one wait for each other, which only costs time), so that locking
     /// creates no file per path.
     pub fn lock_path(&self, path: &StorePath) -> Result<FileLock> {
-        // The hash part is already uniformly distributed: its first 8 bytes will do.
-        let mut offset = [0u8; 8];
-        if let Ok(digest) = crate::compat::nixbase32::decode(path.hash_part().as_bytes(), 20) {
-            offset.copy_from_slice(&digest[..8]);
-        }
         lock::lock_byte(
             &self.locks_dir().join("paths.lock"),
-            u64::from_le_bytes(offset),
+            path_lock_offset(path),
             self.observer(),
             &self.print(path),
         )
+    }
+
+    /// [`Store::lock_path`] if the lock is free now; `None` if another process (or thread)
+    /// holds it, i.e. is registering or building the path.
+    pub fn try_lock_path(&self, path: &StorePath) -> Result<Option<FileLock>> {
+        lock::try_lock_byte(&self.locks_dir().join("paths.lock"), path_lock_offset(path))
+    }
+
+    /// [`Store::lock_path`] without announcing a wait, for a caller that reports it.
+    pub fn lock_path_quietly(&self, path: &StorePath) -> Result<FileLock> {
+        lock::lock_byte_quietly(&self.locks_dir().join("paths.lock"), path_lock_offset(path))
     }
 
     /// Takes the GC lock shared: held by every operation that adds paths or uses them
@@ -339,7 +346,8 @@ impl Store {
             &self.locks_dir().join("gc.lock"),
             LockKind::Shared,
             self.observer(),
-            "the store (garbage collection running)",
+            "the store (held alone by `store gc`, or by the clean-up of an interrupted \
+             operation)",
         )
     }
 
@@ -706,6 +714,16 @@ impl Store {
     }
 }
 
+/// The byte of `locks/paths.lock` that locks `path`: the hash part is already uniformly
+/// distributed, so its first 8 bytes will do.
+fn path_lock_offset(path: &StorePath) -> u64 {
+    let mut offset = [0u8; 8];
+    if let Ok(digest) = crate::compat::nixbase32::decode(path.hash_part().as_bytes(), 20) {
+        offset.copy_from_slice(&digest[..8]);
+    }
+    u64::from_le_bytes(offset)
+}
+
 /// The `ca` field of a content-addressed path, in Nix's text form.
 pub fn content_address(method: FileIngestionMethod, hash: &Hash) -> String {
     let r = if method == FileIngestionMethod::Recursive {
@@ -861,6 +879,66 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_atomic_writes_of_one_file_all_succeed() {
+        // Realisation records, pins.lock and the import cache are replaced this way by
+        // processes and threads at once; a shared temporary name made one of them fail.
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("record.json");
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    let file = &file;
+                    scope.spawn(move || {
+                        for round in 0..50 {
+                            write_atomic(file, format!("{i}/{round}").as_bytes())?;
+                        }
+                        Ok::<(), StoreError>(())
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn a_lock_held_by_another_thread_of_this_process_is_waited_for_silently() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Observer for Count {
+            fn waiting_for_lock(&self, _what: &str, _lock: &Path) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let count = Arc::new(Count(Default::default()));
+        let s = Store::open(tmp.path(), StoreDir::default(), count.clone()).unwrap();
+        let p = StorePath::from_base_name("ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf-foo").unwrap();
+        let held = s.lock_path(&p).unwrap();
+        assert!(
+            s.try_lock_path(&p).unwrap().is_none(),
+            "busy for another open"
+        );
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| s.lock_path(&p).map(|_| ()));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+            waiter.join().unwrap().unwrap();
+        });
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a wait on this process's own lock is not announced as another process's"
+        );
+        let _again = s.try_lock_path(&p).unwrap().expect("free once released");
+    }
+
+    #[test]
     fn a_staging_directory_in_use_is_not_swept_by_another_open() {
         // A download being unpacked while another process opens the store (CI lost two
         // fetches this way): the open must not take the store for idle.
@@ -935,7 +1013,7 @@ mod tests {
             }
         }
         let tmp = tempfile::tempdir().unwrap();
-        let s = store(tmp.path());
+        let _s = store(tmp.path());
         let recorder = Arc::new(Recorder(Default::default()));
         let other = Store::open(
             &tmp.path().join("root"),
@@ -944,7 +1022,24 @@ mod tests {
         )
         .unwrap();
         let p = StorePath::from_base_name("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
-        let held = s.lock_path(&p).unwrap();
+        // Another process's lock: the byte locked on an open of the file that this
+        // process's lock registry knows nothing of (as another process's would be).
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(other.locks_dir().join("paths.lock"))
+            .unwrap();
+        let range = nix::libc::flock {
+            l_type: nix::libc::F_WRLCK as i16,
+            l_whence: nix::libc::SEEK_SET as i16,
+            l_start: (path_lock_offset(&p) & (i64::MAX as u64)) as i64,
+            l_len: 1,
+            l_pid: 0,
+        };
+        use std::os::fd::AsRawFd;
+        nix::fcntl::fcntl(held.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&range)).unwrap();
         let waiter = std::thread::spawn(move || other.lock_path(&p).map(|_| ()));
         let start = std::time::Instant::now();
         while recorder.0.lock().unwrap().is_empty() {

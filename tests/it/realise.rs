@@ -782,3 +782,120 @@ fn upstream_only_downloads_are_pinned_on_first_fetch_or_with_ksbuild_pin() {
         String::from_utf8_lossy(&out.stderr).contains("is not a download declared without a hash")
     );
 }
+
+/// A slow shared base and three derivations on top of it, for processes that race.
+const RACE: &[(&str, &str)] = &[
+    (
+        "derivations/base.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "$builder sleep 0.3 && echo base > $out"]
+[inputs]
+bb = { path = "tools/busybox" }
+"#,
+    ),
+    (
+        "derivations/t1.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "$builder sleep 0.1 && cat ${base} > $out && echo t1 >> $out"]
+[inputs]
+bb = { path = "tools/busybox" }
+base = "base"
+"#,
+    ),
+    (
+        "derivations/t2.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "cat ${base} ${t1} > $out"]
+[inputs]
+bb = { path = "tools/busybox" }
+base = "base"
+t1 = "t1"
+"#,
+    ),
+    (
+        "derivations/t3.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "cat ${base} > $out && echo t3 >> $out"]
+[inputs]
+bb = { path = "tools/busybox" }
+base = "base"
+"#,
+    ),
+];
+
+/// Two and four `realise` processes of overlapping targets on one fresh store, many times:
+/// every process succeeds, each derivation is built by exactly one of them, and a process
+/// that waited for another's build reports a wait and then the node as cached — never a
+/// build it did not run. (Two processes once shared one temporary file name for a
+/// realisation record, and one failed with `No such file or directory`; CI lost a run so.)
+#[test]
+fn concurrent_realises_of_overlapping_targets_all_succeed() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(RACE);
+    let sets: [&[&str]; 4] = [&["t2"], &["t1", "t3"], &["t3", "t2", "base"], &["t2", "t1"]];
+    for round in 0..8 {
+        let processes = if round % 2 == 0 { 2 } else { 4 };
+        let store = format!("race-{round}");
+        let children: Vec<_> = (0..processes)
+            .map(|i| {
+                p.ks(&store)
+                    .args(["realise", "--json", "--no-link", "-j2"])
+                    .args(sets[(round + i) % sets.len()])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut built: std::collections::BTreeMap<String, usize> = Default::default();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(
+                out.status.success(),
+                "round {round}: a realise failed ({}):\n{stdout}\n{stderr}",
+                out.status
+            );
+            assert!(
+                !stderr.contains("garbage collection"),
+                "round {round}: no gc ran:\n{stderr}"
+            );
+            let events: Vec<serde_json::Value> = stdout
+                .lines()
+                .filter(|l| l.starts_with('{'))
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let of = |kind: &str| -> Vec<String> {
+                events
+                    .iter()
+                    .filter(|e| e["event"] == kind)
+                    .map(|e| e["target"].as_str().unwrap().to_string())
+                    .collect()
+            };
+            let (mut started, mut finished) = (of("build-started"), of("build-finished"));
+            started.sort();
+            finished.sort();
+            assert_eq!(started, finished, "round {round}: {stdout}");
+            for waited in of("build-waiting") {
+                assert!(
+                    !started.contains(&waited) && of("cached").contains(&waited),
+                    "round {round}: `{waited}` waited for another process, so it is cached, \
+                     not built here:\n{stdout}"
+                );
+            }
+            for t in finished {
+                *built.entry(t).or_default() += 1;
+            }
+        }
+        for (target, times) in &built {
+            assert_eq!(*times, 1, "round {round}: `{target}` built {times} times");
+        }
+        assert_eq!(built.len(), 4, "round {round}: {built:?}");
+        run_ok(p.ks(&store).args(["store", "verify", "--check-contents"]));
+    }
+}
