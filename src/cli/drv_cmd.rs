@@ -52,18 +52,32 @@ pub fn instantiate_project(
     targets: &[String],
 ) -> Result<(Project, Lowered), CliError> {
     let t0 = std::time::Instant::now();
-    // Each repository file is imported once per evaluation, however many derivations use it.
+    // Each repository file is hashed once per evaluation, however many derivations use
+    // it; it is copied into the store only once the whole evaluation has succeeded, so a
+    // failed one leaves nothing behind (but for the stat cache of source hashes).
     let mut imported: BTreeMap<(PathBuf, String), crate::compat::StorePath> = BTreeMap::new();
     let mut import = |path: &Path, name: &str| -> Result<crate::compat::StorePath, String> {
         let key = (path.to_path_buf(), name.to_string());
         if let Some(p) = imported.get(&key) {
             return Ok(p.clone());
         }
-        let p = store.import_source(path, name).map_err(|e| e.to_string())?;
+        let p = store.source_path(path, name).map_err(|e| e.to_string())?;
         imported.insert(key, p.clone());
         Ok(p)
     };
     let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
+    for ((path, name), expected) in &imported {
+        if store.is_valid(expected)? {
+            continue;
+        }
+        let p = store.import_source(path, name)?;
+        if &p != expected {
+            return Err(CliError::Failed(format!(
+                "`{}` changed while the project was being evaluated; run the command again",
+                path.display()
+            )));
+        }
+    }
     ctx.timing("lower (with source imports)", t0);
     let t0 = std::time::Instant::now();
     // Lowering computed every path: those already valid (usually all) cost one stat.

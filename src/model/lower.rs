@@ -95,6 +95,73 @@ fn arch_to_system(arch: &str) -> &str {
     }
 }
 
+/// Where the path input `path` (as written in a derivation file) leads: the file or folder
+/// it names once every symlink on the way is followed, which must be inside the project
+/// root and must not hold the project's own metadata. A symlink *inside* an imported tree is
+/// kept as a symlink (as Nix does) and never followed. The error is a message and a hint.
+pub fn confine_to_project(root: &Path, path: &str) -> Result<std::path::PathBuf, (String, String)> {
+    let relative_hint = || {
+        format!(
+            "path inputs are files of the project, relative to its root `{}`",
+            root.display()
+        )
+    };
+    if Path::new(path).is_absolute() {
+        return Err((
+            format!("`{path}` is an absolute path"),
+            relative_hint() + "; copy the file into the project (or fetch it with a hash)",
+        ));
+    }
+    let full = root.join(path);
+    if std::fs::symlink_metadata(&full).is_err() {
+        return Err((format!("`{path}` does not exist"), relative_hint()));
+    }
+    let root = std::fs::canonicalize(root).map_err(|e| {
+        (
+            format!("cannot resolve the project root `{}`: {e}", root.display()),
+            relative_hint(),
+        )
+    })?;
+    let resolved = std::fs::canonicalize(&full).map_err(|e| {
+        (
+            format!("cannot resolve `{path}`: {e} (a dangling symlink?)"),
+            relative_hint(),
+        )
+    })?;
+    if !resolved.starts_with(&root) {
+        return Err((
+            format!(
+                "`{path}` leads to `{}`, outside the project",
+                resolved.display()
+            ),
+            relative_hint() + "; a path input may not leave it (through `..` or a symlink)",
+        ));
+    }
+    // The project's own metadata never goes into the store: the store root (importing it
+    // would copy the store into itself), Git's database, Cargo's build tree.
+    let held: Vec<&str> =
+        [".git", "store", "target", "derivations"]
+            .into_iter()
+            .filter(|entry| resolved == root && root.join(entry).exists())
+            .chain([".git"].into_iter().filter(|entry| {
+                resolved != root && resolved.is_dir() && resolved.join(entry).exists()
+            }))
+            .collect();
+    if !held.is_empty() {
+        return Err((
+            format!(
+                "`{path}` holds {}, which ksbuild never imports",
+                held.iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "import the folders the build needs (`fragments`, `tools/…`), not the project root or a repository".into(),
+        ));
+    }
+    Ok(resolved)
+}
+
 /// Imports a repository file or folder (absolute path, store name) as a source path.
 pub type Import<'a> = dyn FnMut(&Path, &str) -> Result<StorePath, String> + 'a;
 
@@ -802,21 +869,21 @@ impl Lowerer<'_, '_> {
                     deps.insert(dep.clone());
                 }
                 InputSpec::Path { path, name } => {
-                    let full = self.project.root.join(path);
-                    if std::fs::symlink_metadata(&full).is_err() {
-                        return Err(file.error(
-                            span,
-                            format!("input `{input}`: `{path}` does not exist"),
-                            "this path",
-                            Some(format!(
-                                "paths are relative to the project root `{}`",
-                                self.project.root.display()
-                            )),
-                        ));
-                    }
+                    let full = confine_to_project(&self.project.root, path).map_err(
+                        |(message, help)| {
+                            file.error(
+                                span.clone(),
+                                format!("input `{input}`: {message}"),
+                                "this path",
+                                Some(help),
+                            )
+                        },
+                    )?;
+                    // Named after the path as written (`tools/busybox`), not where a
+                    // symlink on the way leads.
                     let store_name = match name {
                         Some(n) => n.clone(),
-                        None => full
+                        None => Path::new(path)
                             .file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_default(),

@@ -495,23 +495,21 @@ impl Store {
     /// Imports a repository file or tree as a source path, as Nix imports a path literal:
     /// it is hashed first, and copied only if the store does not hold it yet, so that
     /// re-evaluating a project costs one read of each source and no writes.
+    ///
+    /// A symlink at `source` itself is followed (the hash and the copy are of what it leads
+    /// to); symlinks inside a tree are kept. A tree that holds this store's root is refused:
+    /// it would be copied into itself.
     pub fn import_source(&self, source: &Path, name: &str) -> Result<StorePath> {
-        let nar_hash = import_cache::nar_hash(self, source)?;
-        let path = self.store_dir.make_fixed_output_path(
-            FileIngestionMethod::Recursive,
-            &nar_hash,
-            name,
-            &BTreeSet::new(),
-            false,
-        )?;
+        let path = self.source_path(source, name)?;
         if self.is_valid(&path)? {
             return Ok(path);
         }
+        let source = std::fs::canonicalize(source).map_err(StoreError::io("resolve", source))?;
         let options = AddOptions {
             name: Some(name.to_string()),
             ..AddOptions::default()
         };
-        let info = self.add_path(source, &options)?;
+        let info = self.add_path(&source, &options)?;
         if info.path != path {
             return Err(StoreError::Refused(format!(
                 "`{}` changed while it was being imported; try again",
@@ -519,6 +517,30 @@ impl Store {
             )));
         }
         Ok(path)
+    }
+
+    /// The store path [`Store::import_source`] gives `source` under `name`, computed
+    /// without writing to the store (but for its stat cache of source hashes).
+    pub fn source_path(&self, source: &Path, name: &str) -> Result<StorePath> {
+        let resolved = std::fs::canonicalize(source).map_err(StoreError::io("resolve", source))?;
+        if let Ok(root) = std::fs::canonicalize(&self.root) {
+            if root.starts_with(&resolved) {
+                return Err(StoreError::Refused(format!(
+                    "`{}` holds the store root `{}`: importing it would copy the store into \
+                     itself; import a folder beside the store instead",
+                    source.display(),
+                    root.display()
+                )));
+            }
+        }
+        let nar_hash = import_cache::nar_hash(self, &resolved)?;
+        Ok(self.store_dir.make_fixed_output_path(
+            FileIngestionMethod::Recursive,
+            &nar_hash,
+            name,
+            &BTreeSet::new(),
+            false,
+        )?)
     }
 
     /// Adds `contents` as a text path (how `.drv` files and `builtins.toFile` are stored).

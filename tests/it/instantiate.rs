@@ -250,3 +250,129 @@ fn bad_input_points_into_the_toml() {
     let e = error_for("bad.toml", "builder = \"/bin/sh\"\n", "nonexistent");
     assert!(e.contains("unknown target `nonexistent`"), "{e}");
 }
+
+/// Runs `instantiate bad` on the project at `proj` with `derivations/bad.toml` = `text`,
+/// into a fresh store; returns stderr and the store entries left behind.
+fn instantiate_bad(proj: &Path, text: &str) -> (bool, String, Vec<String>) {
+    fs::write(proj.join("derivations/bad.toml"), text).unwrap();
+    let store = proj.parent().unwrap().join(format!(
+        "ks-{}",
+        fs::read_dir(proj.parent().unwrap()).unwrap().count()
+    ));
+    let out = run(ksbuild(&store)
+        .arg("--project")
+        .arg(proj)
+        .args(["instantiate", "bad"]));
+    let left = fs::read_dir(store.join("nix/store"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        out.status.success(),
+        String::from_utf8(out.stderr).unwrap(),
+        left,
+    )
+}
+
+/// A path input is a file of the project: absolute paths, `..` and symlinks that lead out
+/// are refused with the file and line (a root-only 0600 file once became a 0444 store
+/// path); the project root itself (with `store/`, `.git`, `target/`) and a tree holding the
+/// store root are refused (the store was once copied into itself until ENAMETOOLONG); a
+/// symlink to a folder of the project imports the folder; symlinks inside a tree stay
+/// symlinks. A failed evaluation leaves nothing in the store.
+#[test]
+fn path_inputs_stay_inside_the_project() {
+    let tmp = scratch();
+    let proj = tmp.path().join("proj");
+    write_project(&proj);
+    fs::write(tmp.path().join("secret"), "outside\n").unwrap();
+    std::os::unix::fs::symlink("../../secret", proj.join("fragments/escape")).unwrap();
+    std::os::unix::fs::symlink("/etc", proj.join("fragments/etc")).unwrap();
+    std::os::unix::fs::symlink("conf", proj.join("fragments/conf-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", proj.join("fragments/conf/passwd-link")).unwrap();
+    fs::create_dir_all(proj.join(".git")).unwrap();
+    fs::create_dir_all(proj.join("store")).unwrap();
+    let bad = |path: &str| {
+        format!(
+            "builder = \"/bin/sh\"\nargs = [\"${{x}}\"]\n[inputs]\nx = {{ path = \"{path}\" }}\n"
+        )
+    };
+    for (path, why) in [
+        ("/etc/passwd", "is an absolute path"),
+        ("fragments/../../secret", "outside the project"),
+        ("fragments/escape", "outside the project"),
+        ("fragments/etc", "outside the project"),
+        (".", "which ksbuild never imports"),
+        ("", "which ksbuild never imports"),
+        ("fragments/..", "which ksbuild never imports"),
+    ] {
+        let (ok, e, left) = instantiate_bad(&proj, &bad(path));
+        assert!(!ok, "`{path}` was accepted");
+        assert!(
+            e.contains(why) && e.contains("bad.toml:4:") && e.contains("help:"),
+            "`{path}`: {e}"
+        );
+        assert!(
+            left.is_empty(),
+            "`{path}`: a failed evaluation left {left:?}"
+        );
+    }
+    // A tree holding the store root, which is not the project's `store/`.
+    fs::create_dir_all(proj.join("fragments/cache")).unwrap();
+    let nested = proj.join("fragments/cache/st");
+    fs::write(proj.join("derivations/bad.toml"), bad("fragments/cache")).unwrap();
+    let out = run(ksbuild(&nested)
+        .arg("--project")
+        .arg(&proj)
+        .args(["instantiate", "bad"]));
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && e.contains("holds the store root") && e.contains("bad.toml:4:"),
+        "{e}"
+    );
+
+    // An evaluation that fails after a path input (an unknown `${…}`) imports nothing.
+    let (ok, e, left) = instantiate_bad(
+        &proj,
+        "builder = \"/bin/sh\"\nargs = [\"${x}\", \"${nope}\"]\n[inputs]\nx = { path = \"fragments/conf\" }\n",
+    );
+    assert!(!ok && e.contains("unknown input `nope`"), "{e}");
+    assert!(left.is_empty(), "a failed evaluation left {left:?}");
+
+    // A symlink to a folder of the project imports the folder, named as written; the
+    // symlink inside it is kept, not followed.
+    let ks = tmp.path().join("good");
+    fs::write(
+        proj.join("derivations/bad.toml"),
+        bad("fragments/conf-link"),
+    )
+    .unwrap();
+    let drv = run_ok(
+        ksbuild(&ks)
+            .arg("--project")
+            .arg(&proj)
+            .args(["instantiate", "bad"]),
+    );
+    let shown = run_ok(
+        ksbuild(&ks)
+            .arg("--project")
+            .arg(&proj)
+            .args(["show-derivation", "bad"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let src = v[drv.trim()]["inputSrcs"][0].as_str().unwrap().to_string();
+    assert!(src.ends_with("-conf-link"), "{src}");
+    let physical = ks.join(src.trim_start_matches('/'));
+    assert_eq!(
+        fs::read_to_string(physical.join("a.fragment")).unwrap(),
+        "CONFIG_A=y\n"
+    );
+    let link = physical.join("passwd-link");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("/etc/passwd"));
+}
