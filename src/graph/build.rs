@@ -72,8 +72,39 @@ impl<'a> SandboxExecutor<'a> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(scratch);
+        } else {
+            scratch.discard();
         }
     }
+
+    /// `message`, followed by what fills the store's filesystem if it is full or `error`
+    /// says it is: its mount point, size and free space, and what the build had written in
+    /// `scratch` by then (measured before the scratch is removed).
+    fn with_space(
+        &self,
+        message: String,
+        error: Option<&(dyn std::error::Error + 'static)>,
+        written: impl FnOnce() -> u64,
+        what: &str,
+    ) -> String {
+        let out_of_space = error.is_some_and(store::is_out_of_space);
+        match store::FilesystemSpace::of(&self.store.builds_dir()) {
+            Some(fs) if out_of_space || fs.is_full() => format!(
+                "{}: {}",
+                // The system's words for it are replaced by the filesystem's description.
+                message
+                    .strip_suffix(": No space left on device (os error 28)")
+                    .unwrap_or(&message),
+                fs.no_space_left(Some(format!("{what} ~{}", store::megabytes(written()))))
+            ),
+            _ => message,
+        }
+    }
+}
+
+/// The size of a build log, 0 if there is none.
+fn log_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// The last `n` lines of a log file.
@@ -89,6 +120,22 @@ pub fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
         lines.push_back(line);
     }
     lines.into()
+}
+
+/// `error` and its sources, `: `-separated (a sandbox error's cause, such as `ENOSPC`, is
+/// its source).
+fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn failure(message: impl Into<String>) -> BuildFailure {
@@ -200,22 +247,35 @@ impl SandboxExecutor<'_> {
             // A build that printed nothing has no log file.
             log: log.exists().then(|| log.clone()),
         };
+        // A failed build's scratch (its outputs, sealed read-only, and `/build`) is removed
+        // here, before the error is reported: it must not stay on a full disk.
         let keep = |scratch: Scratch, message: String| -> BuildFailure {
             let mut f = with_log(message);
             if self.options.keep_failed {
                 let kept = store
                     .failed_builds_dir()
                     .join(scratch.build.path().file_name().unwrap_or_default());
+                let _ = store::remove_tree(scratch.root.path());
                 if std::fs::rename(scratch.build.keep(), &kept).is_ok() {
                     f.message.push_str(&format!(" (kept `{}`)", kept.display()));
                 }
+            } else {
+                scratch.discard();
             }
             f
         };
+        let written =
+            || store::disk_usage(&root_dir) + store::disk_usage(&build_dir) + log_size(&log);
         match outcome {
             Err(e) => {
                 let hint = e.hint().map(|h| format!("; hint: {h}")).unwrap_or_default();
-                Err(keep(scratch, format!("sandbox: {e}{hint}")))
+                let message = self.with_space(
+                    format!("sandbox: {}", with_sources(&e)),
+                    Some(&e),
+                    written,
+                    "the build had written",
+                );
+                Err(keep(scratch, format!("{message}{hint}")))
             }
             Ok(o) if !o.success() => {
                 let how = match o.timed_out {
@@ -228,7 +288,13 @@ impl SandboxExecutor<'_> {
                     }
                     None => format!("failed with {}", o.status),
                 };
-                Err(keep(scratch, format!("builder of `{}` {how}", node.key)))
+                let message = self.with_space(
+                    format!("builder of `{}` {how}", node.key),
+                    None,
+                    written,
+                    "the build had written",
+                );
+                Err(keep(scratch, message))
             }
             Ok(_) => Ok((root_dir, scratch)),
         }
@@ -344,7 +410,16 @@ impl Executor for SandboxExecutor<'_> {
         timing::report("build: input closure", t0);
         let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, slot)?;
         let t0 = std::time::Instant::now();
-        self.register_outputs(node, &out_dir, &closure, &locks)?;
+        if let Err(mut f) = self.register_outputs(node, &out_dir, &closure, &locks) {
+            f.message = self.with_space(
+                f.message,
+                None,
+                || store::disk_usage(&out_dir),
+                "its outputs take",
+            );
+            scratch.discard();
+            return Err(f);
+        }
         timing::report("build: register outputs", t0);
         let t0 = std::time::Instant::now();
         self.recycle(scratch);
@@ -363,6 +438,13 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Removes both directories and everything in them, read-only trees included (which
+    /// dropping a `TempDir` cannot remove for an ordinary user).
+    fn discard(self) {
+        let _ = store::remove_tree(self.root.path());
+        let _ = store::remove_tree(self.build.path());
+    }
+
     /// Removes everything in both directories (outputs left over, what the builder left in
     /// `/build`), keeping the directories — and, in the root, the inputs' empty mount
     /// points, which the next build reuses if it has the same inputs (the sandbox removes

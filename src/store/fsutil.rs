@@ -292,3 +292,115 @@ fn remove_xattrs(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The bytes a tree occupies on disk (allocated blocks, not following symlinks); 0 if it
+/// is gone. For messages about space.
+pub fn disk_usage(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// Whether `error` or one of its sources is "no space left on device" (`ENOSPC`) or "disk
+/// quota exceeded" (`EDQUOT`).
+pub fn is_out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cur) = e {
+        if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+            ) {
+                return true;
+            }
+        }
+        e = cur.source();
+    }
+    false
+}
+
+/// A filesystem that holds `path`, for messages about space: its mount point, type, size
+/// and what an unprivileged writer may still use.
+#[derive(Debug, Clone)]
+pub struct FilesystemSpace {
+    /// The mount point (the highest ancestor of `path` on the same device).
+    pub mount_point: PathBuf,
+    /// The filesystem type (`ext4`, `tmpfs`, …; hex magic if unknown).
+    pub kind: String,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Bytes available to an unprivileged writer.
+    pub available: u64,
+}
+
+impl FilesystemSpace {
+    /// Reads the filesystem holding `path` (or its nearest existing ancestor).
+    pub fn of(path: &Path) -> Option<FilesystemSpace> {
+        let mut at = path.to_path_buf();
+        while fs::symlink_metadata(&at).is_err() {
+            at = at.parent()?.to_path_buf();
+        }
+        let at = fs::canonicalize(&at).ok()?;
+        let dev = fs::metadata(&at).ok()?.dev();
+        let mut mount_point = at.clone();
+        while let Some(parent) = mount_point.parent() {
+            match fs::metadata(parent) {
+                Ok(m) if m.dev() == dev => mount_point = parent.to_path_buf(),
+                _ => break,
+            }
+        }
+        let vfs = rustix::fs::statvfs(&at).ok()?;
+        let kind = rustix::fs::statfs(&at)
+            .map(|s| filesystem_name(s.f_type as i64))
+            .unwrap_or_else(|_| "filesystem".into());
+        Some(FilesystemSpace {
+            mount_point,
+            kind,
+            size: vfs.f_blocks * vfs.f_frsize,
+            available: vfs.f_bavail * vfs.f_frsize,
+        })
+    }
+
+    /// Whether it is full, or nearly (less than 1 MiB or 0.1% left).
+    pub fn is_full(&self) -> bool {
+        self.available < (1 << 20).max(self.size / 1000)
+    }
+
+    /// "no space left on `/mnt` (tmpfs of 20.0 MB, 0.0 MB free; needed ~30.0 MB)", with
+    /// `detail` ("needed ~30.0 MB") after the figures.
+    pub fn no_space_left(&self, detail: Option<String>) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        let needed = detail.map(|d| format!("; {d}")).unwrap_or_default();
+        format!(
+            "no space left on `{}` ({} of {:.1} MB, {:.1} MB free{needed})",
+            self.mount_point.display(),
+            self.kind,
+            mb(self.size),
+            mb(self.available)
+        )
+    }
+}
+
+/// Megabytes, for messages: "30.0 MB".
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The name of a filesystem type from its `statfs` magic number.
+fn filesystem_name(magic: i64) -> String {
+    match magic {
+        0xEF53 => "ext4",
+        0x0102_1994 => "tmpfs",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x794C_7630 => "overlayfs",
+        0x2FC1_2FC1 => "zfs",
+        0x6969 => "nfs",
+        0xF2F5_2010 => "f2fs",
+        _ => return format!("filesystem 0x{magic:x}"),
+    }
+    .to_string()
+}

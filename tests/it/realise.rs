@@ -899,3 +899,129 @@ fn concurrent_realises_of_overlapping_targets_all_succeed() {
         run_ok(p.ks(&store).args(["store", "verify", "--check-contents"]));
     }
 }
+
+/// A builder that writes 30 MB, and one that writes 8 MB (each silent: `dd`'s report is
+/// discarded, so the builder, not the log, meets the full disk).
+const DISK_FILLERS: &[(&str, &str)] = &[
+    (
+        "derivations/big.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "$builder mkdir $out && $builder dd if=/dev/zero of=$out/f bs=1M count=30 2>/dev/null"]
+[inputs]
+bb = { path = "tools/busybox" }
+"#,
+    ),
+    (
+        "derivations/chatty.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "$builder mkdir $out && $builder dd if=/dev/zero of=$out/f bs=1M count=30; $builder yes filling the log | $builder head -c 5000000"]
+[inputs]
+bb = { path = "tools/busybox" }
+"#,
+    ),
+    (
+        "derivations/medium.toml",
+        r#"builder = "${bb}/bin/busybox"
+args = ["sh", "-c", "$builder mkdir $out && $builder dd if=/dev/zero of=$out/f bs=1M count=8 2>/dev/null"]
+[inputs]
+bb = { path = "tools/busybox" }
+"#,
+    ),
+];
+
+/// On a 20 MB store that a build fills, the error names the filesystem, its size and free
+/// space and what the build had written (the messages once said only `cannot write the
+/// build log …`); the failed build's own leftovers are gone before ksbuild exits, and the
+/// store takes the next build that fits. Run by an ordinary user in a mount namespace of
+/// its own holding a 20 MB tmpfs.
+#[test]
+fn a_full_disk_is_named_and_the_failed_build_leaves_nothing() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(DISK_FILLERS);
+    let mnt = p.scratch.join("small");
+    fs::create_dir(&mnt).unwrap();
+    give_to_ordinary_user(&p.scratch);
+    let ks = crate::common::ksbuild_bin();
+    // Inside the namespace: mount, then each realise as the ordinary user without
+    // capabilities, then what is left in the store's scratch areas and the free space.
+    let script = r#"set -u
+mnt=$1; ks=$2; proj=$3; shift 3
+mount -t tmpfs -o "size=20m$MOUNT_OWNER" tmpfs "$mnt" || exit 90
+for t in big chatty medium; do
+  "$@" "$ks" --store "$mnt/st" --project "$proj" realise --no-link "$t"
+  echo "rc $t=$?"
+  echo "left $t=$(find "$mnt/st/nix/var/ksbuild/builds" "$mnt/st/nix/var/ksbuild/tmp" -mindepth 1 | wc -l)"
+  echo "used $t=$(df -k "$mnt" | awk 'NR==2 {print $3}')"
+done
+"#;
+    let mut cmd = Command::new("unshare");
+    if crate::common::running_as_root() {
+        let id = crate::common::ORDINARY_ID;
+        cmd.args(["-m", "sh", "-c", script, "sh"])
+            .env("MOUNT_OWNER", format!(",uid={id},gid={id}"))
+            .arg(&mnt)
+            .arg(&ks)
+            .arg(&p.dir)
+            .args([
+                "setpriv",
+                &format!("--reuid={id}"),
+                &format!("--regid={id}"),
+                "--clear-groups",
+                "--inh-caps=-all",
+            ]);
+    } else {
+        cmd.args(["-U", "--map-current-user", "-m", "--keep-caps"])
+            .args(["sh", "-c", script, "sh"])
+            .env("MOUNT_OWNER", "")
+            .arg(&mnt)
+            .arg(&ks)
+            .arg(&p.dir)
+            .args(["setpriv", "--inh-caps=-all", "--ambient-caps=-all"]);
+    }
+    cmd.env("NO_COLOR", "1").current_dir(&p.scratch);
+    let out = run(&mut cmd);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let value = |key: &str| -> i64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no `{key}` in:\n{stdout}\n{stderr}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    for t in ["big", "chatty"] {
+        assert_eq!(value(&format!("rc {t}")), 100, "{stdout}\n{stderr}");
+        assert_eq!(
+            value(&format!("left {t}")),
+            0,
+            "{t} left its scratch behind"
+        );
+        assert!(
+            value(&format!("used {t}")) < 4096,
+            "{t}'s output stayed on the full disk:\n{stdout}"
+        );
+    }
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: `big` failed") || l.starts_with("error: `chatty` failed"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{stderr}");
+    for e in errors {
+        assert!(
+            e.contains(&format!("no space left on `{}` (tmpfs of 2", mnt.display()))
+                && e.contains("MB free; the build had written ~"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        value("rc medium"),
+        0,
+        "the store takes what fits:\n{stderr}"
+    );
+}
