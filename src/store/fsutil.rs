@@ -354,7 +354,7 @@ impl FilesystemSpace {
         }
         let vfs = rustix::fs::statvfs(&at).ok()?;
         let kind = rustix::fs::statfs(&at)
-            .map(|s| filesystem_name(s.f_type as i64))
+            .map(|s| filesystem_name(s.f_type))
             .unwrap_or_else(|_| "filesystem".into());
         Some(FilesystemSpace {
             mount_point,
