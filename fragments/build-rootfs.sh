@@ -5,12 +5,19 @@
 #   kubesolo  the KubeSolo release (a tree holding `kubesolo`)
 #   TRIPLET   the multiarch triplet of the target (x86_64-linux-gnu, aarch64-linux-gnu)
 # Every ELF copied in brings its NEEDED libraries and dynamic loader; the build fails if
-# any ELF of the rootfs does not resolve inside the rootfs.
+# any ELF of the rootfs is for another machine than TRIPLET's, or does not resolve inside
+# the rootfs.
 set -eu
 export LC_ALL=C TZ=UTC
 umask 022
 r=$out
 libdir=usr/lib/$TRIPLET
+# The ELF machine of the track (as `readelf -h` names it) and its KubeSolo target.
+case "$TRIPLET" in
+  x86_64-linux-gnu) machine='Advanced Micro Devices X86-64' kubesolo_target=kubesolo-x86_64 ;;
+  aarch64-linux-gnu) machine=AArch64 kubesolo_target=kubesolo-arm64 ;;
+  *) echo "build-rootfs.sh: no ELF machine known for TRIPLET=$TRIPLET" >&2; exit 1 ;;
+esac
 mkdir -p "$r"
 cd "$r"
 mkdir -p bin sbin usr/bin usr/sbin usr/local/bin "$libdir" etc dev proc sys run tmp mnt root \
@@ -47,6 +54,14 @@ done
 is_elf() { [ "$(head -c 4 "$1" | od -An -c | tr -d ' ')" = '177ELF' ]; }
 needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
 interp() { readelf -l "$1" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p'; }
+# Fails, saying so (and $2, the likely cause), if ELF $1 is not for the track's machine: the
+# booted kernel could not run it (`ELF: not found`, and PID 1 killed if it is the init's).
+check_machine() {
+  m=$(readelf -h "$1" | sed -n 's/^ *Machine: *//p')
+  [ "$m" = "$machine" ] && return 0
+  echo "rootfs check: $1 is an ELF for ${m:-an unknown machine}, but this rootfs ($TRIPLET) needs $machine${2:+; $2}" >&2
+  return 1
+}
 
 # Copies library $1 (a soname) from the package tree into the rootfs, with its own needs.
 add_lib() {
@@ -104,7 +119,10 @@ done
 # KubeSolo.
 cp "$kubesolo/kubesolo" usr/local/bin/kubesolo
 chmod 0755 usr/local/bin/kubesolo
-is_elf usr/local/bin/kubesolo && add_needs usr/local/bin/kubesolo
+if is_elf usr/local/bin/kubesolo; then
+  check_machine usr/local/bin/kubesolo "the KubeSolo release pinned as \`$kubesolo_target\` is for another architecture: pin the $TRIPLET release with \`ksbuild pin $kubesolo_target FILE\`" || exit 1
+  add_needs usr/local/bin/kubesolo
+fi
 
 # The init and its stages; the configuration files.
 cp "$init/init" init
@@ -118,10 +136,12 @@ chmod -R u+w etc lib/kubesolo-init
 ln -s /proc/mounts etc/mtab
 : > etc/resolv.conf
 
-# Every ELF resolves its interpreter and NEEDED libraries inside the rootfs.
+# Every ELF is for the track's machine and resolves its interpreter and NEEDED libraries
+# inside the rootfs.
 bad=0
 for f in $(find . -type f | sort); do
   is_elf "$f" || continue
+  check_machine "$f" || bad=1
   i=$(interp "$f")
   if [ -n "$i" ] && [ ! -e ".$i" ]; then
     echo "rootfs check: $f needs the loader $i, which is missing" >&2

@@ -13,7 +13,7 @@ use clap::Args;
 use super::drv_cmd::instantiate;
 use super::{out, out_line, CliError, Context};
 use crate::fetch::Mirrors;
-use crate::graph::build::{BuildOptions, SandboxExecutor};
+use crate::graph::build::{unsupported_systems, BuildOptions, Platforms, SandboxExecutor};
 use crate::graph::{self, output_paths, Event, RealiseError, Reporter};
 
 /// Options of `ksbuild realise`.
@@ -52,6 +52,11 @@ pub struct RealiseArgs {
     /// Emit the event stream as JSON lines on stdout instead of output paths.
     #[arg(long)]
     json: bool,
+    /// Systems besides this machine's own whose derivations are built here (their builders
+    /// must run here, e.g. through binfmt_misc), separated by spaces or commas. Replaces the
+    /// default, as Nix's `extra-platforms` does [default: `i686-linux` on `x86_64-linux`].
+    #[arg(long, env = "KSBUILD_EXTRA_PLATFORMS", value_name = "SYSTEMS")]
+    extra_platforms: Option<String>,
 }
 
 /// What the terminal shows while a realisation runs.
@@ -241,6 +246,10 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     // Created first: a `--check` rebuilds whatever the evaluation gives, so its zygote
     // can start up meanwhile; otherwise it starts once there is something to build.
     let cores = args.cores.unwrap_or_else(|| crate::cpus() as u32);
+    let platforms = match &args.extra_platforms {
+        Some(list) => Platforms::host().with_extra(list),
+        None => Platforms::host(),
+    };
     let executor = SandboxExecutor::new(
         &store,
         BuildOptions {
@@ -249,6 +258,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             max_silent_time: args.max_silent_time.map(Duration::from_secs),
             keep_failed: args.keep_failed,
             jobs: args.jobs,
+            platforms: platforms.clone(),
         },
     )?;
     if args.check {
@@ -257,6 +267,18 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =
         super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
+    // A derivation this machine cannot build stops the realisation before anything is
+    // fetched or built.
+    let unsupported = unsupported_systems(&store, &lowered, &args.targets, &platforms)?;
+    if !unsupported.is_empty() {
+        for e in &unsupported {
+            eprintln!("error: {e}\n  hint: {}", e.hint());
+        }
+        return Err(CliError::Failed(format!(
+            "{} derivation(s) are for a system this machine does not build for; nothing was fetched or built",
+            unsupported.len()
+        )));
+    }
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
         quiet: ctx.quiet,

@@ -1,5 +1,7 @@
 //! One build of one derivation in the sandbox: assembling the input closure, the build
-//! directories and the log, running the builder, and registering the outputs. Does I/O.
+//! directories and the log, running the builder, and registering the outputs; and which
+//! systems this machine builds for ([`Platforms`]), checked before a realisation fetches
+//! anything and again before each builder runs. Does I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -30,6 +32,149 @@ pub struct BuildOptions {
     pub keep_failed: bool,
     /// How many builds run at once (`-j`).
     pub jobs: usize,
+    /// The systems this machine builds for.
+    pub platforms: Platforms,
+}
+
+/// The systems whose derivations this machine builds: Nix's `system` setting (the machine's
+/// own) and `extra-platforms` (others it can run programs of, e.g. 32-bit x86 on x86_64, or
+/// any system with `binfmt_misc` and QEMU). A derivation's `system` is where its builder
+/// runs; Nix refuses to build one for a system not listed here, and so does ksbuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platforms {
+    /// This machine's system, e.g. `x86_64-linux`.
+    pub system: String,
+    /// The other systems it builds for.
+    pub extra: BTreeSet<String>,
+}
+
+impl Platforms {
+    /// The system ksbuild was compiled for, as Nix names it (Nix's `SYSTEM`, also a
+    /// compile-time constant), with Nix's default `extra-platforms`.
+    pub fn host() -> Platforms {
+        let cpu = match std::env::consts::ARCH {
+            "x86" => "i686",
+            // Rust does not tell ARMv6 from ARMv7; Debian's armhf (what ksbuild would run
+            // on) is ARMv7.
+            "arm" => "armv7l",
+            "powerpc64" if cfg!(target_endian = "little") => "powerpc64le",
+            other => other,
+        };
+        Platforms::with_default_extra(format!("{cpu}-{}", std::env::consts::OS))
+    }
+
+    /// `system` with Nix's default `extra-platforms`: `i686-linux` on `x86_64-linux` (whose
+    /// kernels run 32-bit programs), nothing elsewhere.
+    pub fn with_default_extra(system: String) -> Platforms {
+        let extra = if system == "x86_64-linux" {
+            BTreeSet::from(["i686-linux".to_string()])
+        } else {
+            BTreeSet::new()
+        };
+        Platforms { system, extra }
+    }
+
+    /// Replaces the extra platforms (as Nix's `extra-platforms` setting replaces its
+    /// default) by the systems listed in `list`, separated by spaces or commas.
+    pub fn with_extra(mut self, list: &str) -> Platforms {
+        self.extra = list
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        self
+    }
+
+    /// Whether a derivation for `system` can be built here: this machine's system, an
+    /// extra platform, or `builtin` (downloads, which ksbuild itself performs).
+    pub fn can_build(&self, system: &str) -> bool {
+        system == "builtin" || system == self.system || self.extra.contains(system)
+    }
+}
+
+impl std::fmt::Display for Platforms {
+    /// `x86_64-linux (extra platforms: i686-linux)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`", self.system)?;
+        if self.extra.is_empty() {
+            write!(f, " (no extra platforms)")
+        } else {
+            let extra: Vec<String> = self.extra.iter().map(|s| format!("`{s}`")).collect();
+            write!(f, " (extra platforms: {})", extra.join(", "))
+        }
+    }
+}
+
+/// A derivation that must be built for a system this machine does not build for.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{target}` is for `{system}` (`{drv}`), but this machine builds for {platforms}")]
+pub struct UnsupportedSystem {
+    /// The target (node key).
+    pub target: String,
+    /// Its `.drv` path, as printed.
+    pub drv: String,
+    /// Its `system`.
+    pub system: String,
+    /// What this machine builds for.
+    pub platforms: Platforms,
+}
+
+impl UnsupportedSystem {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        let s = &self.system;
+        let mut extra: Vec<&str> = self.platforms.extra.iter().map(String::as_str).collect();
+        extra.push(s);
+        let list = extra.join(",");
+        format!(
+            "a derivation's `system` is where its builder runs: build `{}` on a `{s}` machine, \
+             or, if this one can run `{s}` programs (e.g. QEMU registered with binfmt_misc's \
+             `F` flag), list it with `--extra-platforms {list}` or `KSBUILD_EXTRA_PLATFORMS={list}`",
+            self.target
+        )
+    }
+}
+
+/// The derivations a realisation of `roots` would build (those whose outputs are not valid,
+/// and what they need) that are for a system `platforms` does not include. Checked before
+/// anything is fetched or built, as Nix checks before it starts a build; a derivation whose
+/// outputs are valid needs no builder and passes, whatever its system.
+pub fn unsupported_systems(
+    store: &Store,
+    lowered: &crate::model::Lowered,
+    roots: &[String],
+    platforms: &Platforms,
+) -> Result<Vec<UnsupportedSystem>, store::StoreError> {
+    // Usually every derivation can be built here: then the store need not be asked.
+    if lowered
+        .nodes
+        .values()
+        .all(|n| n.fetch.is_some() || platforms.can_build(&n.drv.system))
+    {
+        return Ok(Vec::new());
+    }
+    let mut unsupported = Vec::new();
+    let mut todo: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let mut seen = BTreeSet::new();
+    while let Some(key) = todo.pop() {
+        let Some(node) = lowered.nodes.get(key) else {
+            continue;
+        };
+        if !seen.insert(key) || outputs_valid(store, node)? {
+            continue;
+        }
+        if node.fetch.is_none() && !platforms.can_build(&node.drv.system) {
+            unsupported.push(UnsupportedSystem {
+                target: key.to_string(),
+                drv: store.print(&node.drv_path),
+                system: node.drv.system.clone(),
+                platforms: platforms.clone(),
+            });
+        }
+        todo.extend(node.deps.iter().map(String::as_str));
+    }
+    unsupported.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(unsupported)
 }
 
 /// Builds derivations in ksbuild's namespace sandbox.
@@ -360,6 +505,24 @@ impl SandboxExecutor<'_> {
     }
 }
 
+impl SandboxExecutor<'_> {
+    /// Refuses a derivation for a system this machine does not build for, before its
+    /// builder is run (`realise` refuses earlier, before fetching; this covers every
+    /// build, `--check` included).
+    fn check_system(&self, node: &Node) -> Result<(), BuildFailure> {
+        if self.options.platforms.can_build(&node.drv.system) {
+            return Ok(());
+        }
+        let e = UnsupportedSystem {
+            target: node.key.clone(),
+            drv: self.store.print(&node.drv_path),
+            system: node.drv.system.clone(),
+            platforms: self.options.platforms.clone(),
+        };
+        Err(failure(format!("{e}; hint: {}", e.hint())))
+    }
+}
+
 impl Executor for SandboxExecutor<'_> {
     /// Starts the sandbox's zygotes, one per build that runs at once. They live as long as
     /// the calling thread, which must outlive the builds (the thread driving the
@@ -405,6 +568,7 @@ impl Executor for SandboxExecutor<'_> {
         if outputs_valid(store, node).map_err(|e| failure(e.to_string()))? {
             return Ok(BuildOutcome::AlreadyValid);
         }
+        self.check_system(node)?;
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
@@ -496,6 +660,7 @@ impl SandboxExecutor<'_> {
     ) -> Result<Vec<CheckMismatch>, BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
+        self.check_system(node)?;
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
         let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &Slot::FREE)?;
@@ -555,6 +720,86 @@ mod tests {
     }
 
     #[test]
+    fn platforms_build_their_system_extra_platforms_and_builtin_only() {
+        let x86 = Platforms::with_default_extra("x86_64-linux".into());
+        let arm = Platforms::with_default_extra("aarch64-linux".into());
+        let x86_arm = x86.clone().with_extra("aarch64-linux, i686-linux");
+        let x86_none = x86.clone().with_extra("");
+        #[rustfmt::skip]
+        let table: &[(&Platforms, &str, bool)] = &[
+            (&x86, "x86_64-linux", true),
+            (&x86, "i686-linux", true), // Nix's default extra platform on x86_64-linux
+            (&x86, "aarch64-linux", false),
+            (&x86, "x86_64-darwin", false),
+            (&x86, "builtin", true), // downloads
+            (&x86, "", false),
+            (&x86, "X86_64-linux", false), // systems are compared exactly, as Nix does
+            (&arm, "aarch64-linux", true),
+            (&arm, "i686-linux", false), // no default extra platforms elsewhere
+            (&arm, "x86_64-linux", false),
+            (&x86_arm, "aarch64-linux", true),
+            (&x86_arm, "i686-linux", true),
+            (&x86_arm, "armv7l-linux", false),
+            (&x86_none, "i686-linux", false), // the setting replaces the default
+            (&x86_none, "x86_64-linux", true),
+        ];
+        for (platforms, system, expected) in table {
+            assert_eq!(
+                platforms.can_build(system),
+                *expected,
+                "{platforms} building `{system}`"
+            );
+        }
+        assert_eq!(x86_none.extra, BTreeSet::new());
+        assert_eq!(
+            x86.to_string(),
+            "`x86_64-linux` (extra platforms: `i686-linux`)"
+        );
+        assert_eq!(arm.to_string(), "`aarch64-linux` (no extra platforms)");
+    }
+
+    #[test]
+    fn the_host_is_named_as_nix_names_it() {
+        let host = Platforms::host();
+        let (cpu, os) = host.system.split_once('-').unwrap();
+        assert_eq!(os, "linux");
+        assert!(
+            [
+                "x86_64",
+                "aarch64",
+                "i686",
+                "armv7l",
+                "riscv64",
+                "powerpc64le"
+            ]
+            .contains(&cpu),
+            "{host}"
+        );
+        assert!(host.can_build(&host.system));
+    }
+
+    #[test]
+    fn the_refusal_names_the_derivation_the_systems_and_the_setting() {
+        let e = UnsupportedSystem {
+            target: "rootfs".into(),
+            drv: "/nix/store/00000000000000000000000000000000-rootfs.drv".into(),
+            system: "aarch64-linux".into(),
+            platforms: Platforms::with_default_extra("x86_64-linux".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "`rootfs` is for `aarch64-linux` (`/nix/store/00000000000000000000000000000000-rootfs.drv`), \
+             but this machine builds for `x86_64-linux` (extra platforms: `i686-linux`)"
+        );
+        let hint = e.hint();
+        assert!(
+            hint.contains("`--extra-platforms i686-linux,aarch64-linux`")
+                && hint.contains("`KSBUILD_EXTRA_PLATFORMS=i686-linux,aarch64-linux`"),
+            "{hint}"
+        );
+    }
+
+    #[test]
     fn spare_scratch_directories_survive_another_open() {
         let tmp = tempfile::tempdir().unwrap();
         let s = open(tmp.path());
@@ -564,6 +809,7 @@ mod tests {
             max_silent_time: None,
             keep_failed: false,
             jobs: 1,
+            platforms: Platforms::host(),
         };
         let executor = SandboxExecutor::new(&s, options).unwrap();
         let spare = s.builds_dir().join("spare");

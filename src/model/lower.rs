@@ -84,17 +84,6 @@ struct Entered {
     enter_script: StorePath,
 }
 
-/// Nix's system name of a Debian architecture.
-fn arch_to_system(arch: &str) -> &str {
-    match arch {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "armhf" => "armv7l",
-        "i386" => "i686",
-        other => other,
-    }
-}
-
 /// Where the path input `path` (as written in a derivation file) leads: the file or folder
 /// it names once every symlink on the way is followed, which must be inside the project
 /// root and must not hold the project's own metadata. A symlink *inside* an imported tree is
@@ -691,10 +680,30 @@ impl Lowerer<'_, '_> {
             drv_env.insert("fixups".into(), fixups.join("\n"));
             drv_env.insert("name".into(), tree_key.clone());
             drv_env.insert("out".into(), String::new());
-            drv_env.insert(
-                "system".into(),
-                format!("{}-linux", arch_to_system(&env.architecture)),
-            );
+            // The system of a derivation is where its builder runs, not what its output
+            // holds: the builder is the static busybox of `busybox-static`, the project's
+            // bootstrap builder, which runs where every build of the project runs — the
+            // project's `system` (as for the derivations that enter this tree with the same
+            // busybox). The packages' `architecture` is only data here: an arm64 tree is
+            // unpacked on the build machine like any other. (The busybox's own architecture
+            // is not known when lowering: `busybox-static` is a download of any URL, and an
+            // `_amd64.deb` file name is a convention, not a declaration.)
+            let system = self
+                .project
+                .settings
+                .as_ref()
+                .and_then(|(_, s)| s.system.as_ref())
+                .ok_or_else(|| {
+                    file.error(
+                        name.span(),
+                        format!(
+                            "environment `{env_name}` needs the project's `system`, where its builder (the static busybox of `{ENVIRONMENT_BUSYBOX}`) runs"
+                        ),
+                        "this environment",
+                        Some("add `system = \"x86_64-linux\"` to `derivations/_project.toml`".into()),
+                    )
+                })?;
+            drv_env.insert("system".into(), system.get_ref().clone());
             let mut deps = deb_keys;
             deps.insert(ENVIRONMENT_BUSYBOX.to_string());
             let drv = Derivation {

@@ -152,3 +152,49 @@ pub fn give_to_ordinary_user(dir: &Path) {
         .unwrap_or_else(|e| panic!("chown {}: {e}", entry.path().display()));
     }
 }
+
+/// `e_machine` of x86_64 ELF files.
+pub const EM_X86_64: u16 = 62;
+/// `e_machine` of AArch64 ELF files.
+pub const EM_AARCH64: u16 = 183;
+
+/// A minimal static ELF executable for `machine` (64-bit, little-endian, one `PT_LOAD`)
+/// that exits with status 42 — on x86_64 and AArch64; for other machines only the header
+/// is meaningful. What `readelf -h` and the kernel need, nothing more.
+pub fn tiny_elf(machine: u16) -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const HEADERS: u64 = 64 + 56;
+    let code: &[u8] = match machine {
+        // mov edi, 42; mov eax, 60 (exit); syscall
+        EM_X86_64 => &[0xbf, 42, 0, 0, 0, 0xb8, 60, 0, 0, 0, 0x0f, 0x05],
+        // mov x0, #42; mov x8, #93 (exit); svc #0
+        EM_AARCH64 => &[
+            0x40, 0x05, 0x80, 0xd2, 0xa8, 0x0b, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4,
+        ],
+        _ => &[0; 12],
+    };
+    let size = HEADERS + code.len() as u64;
+    let mut elf = Vec::new();
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    elf.extend_from_slice(&machine.to_le_bytes());
+    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    elf.extend_from_slice(&(BASE + HEADERS).to_le_bytes()); // e_entry: the code
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff: no sections
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    // The program header: the whole file loaded at BASE, readable and executable.
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: PF_R | PF_X
+    for word in [0, BASE, BASE, size, size, 0x1000u64] {
+        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(code);
+    elf
+}

@@ -125,3 +125,60 @@ fn builds_run_inside_the_locked_environment_and_cannot_change_it() {
         "{err}"
     );
 }
+
+/// An environment tree of another architecture (arm64 packages, unpacked as data) is built
+/// by the static busybox of the build machine: its `system` is the project's, where that
+/// busybox runs, not the packages' architecture. Offline: only lowering.
+#[test]
+fn an_environment_tree_is_for_the_system_its_builder_runs_on() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = scratch();
+    let proj = tmp.path().join("proj");
+    fs::create_dir_all(proj.join("derivations")).unwrap();
+    fs::create_dir_all(proj.join("sandboxes")).unwrap();
+    for f in [
+        "derivations/_project.toml",
+        "derivations/busybox-static.toml",
+        "sandboxes/userland-arm64.toml",
+        "sandboxes/userland-arm64.lock",
+    ] {
+        fs::copy(root.join(f), proj.join(f)).unwrap();
+    }
+    fs::write(
+        proj.join("derivations/uses-arm64.toml"),
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"ls ${pkgs} > $out\"]\n[inputs]\nbb = \"busybox-static\"\npkgs = { environment = \"userland-arm64\" }\n",
+    )
+    .unwrap();
+    let project: toml::Value =
+        toml::from_str(&fs::read_to_string(proj.join("derivations/_project.toml")).unwrap())
+            .unwrap();
+    let system = project["system"].as_str().unwrap();
+    let store = tmp.path().join("s");
+    let shown = run_ok(ksbuild(&store).arg("--project").arg(&proj).args([
+        "show-derivation",
+        "-r",
+        "uses-arm64",
+    ]));
+    let drvs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&shown).unwrap();
+    let by_name = |name: &str| {
+        drvs.values()
+            .find(|d| d["env"]["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` in {shown}"))
+    };
+    let busybox = by_name("busybox-static");
+    let tree = by_name("environment-userland-arm64");
+    assert_eq!(
+        tree["builder"].as_str().unwrap(),
+        format!(
+            "{}/bin/busybox",
+            busybox["outputs"]["out"]["path"].as_str().unwrap()
+        )
+    );
+    assert_eq!(tree["system"], system, "{tree}");
+    assert_eq!(tree["env"]["system"], system, "{tree}");
+    // Every build of the closure runs where the project's builds run; downloads are builtin.
+    for (path, d) in &drvs {
+        let s = d["system"].as_str().unwrap();
+        assert!(s == system || s == "builtin", "{path}: `{s}`");
+    }
+}

@@ -1,6 +1,7 @@
 //! KubeSolo OS images from the small kernels: the rootfs library closure, the three images
 //! realised twice and compared, their partition tables and files, QEMU boots (OVMF, AAVMF,
-//! raspi3b) with the A/B switch and the three-failures fallback, and bad input. KubeSolo
+//! raspi3b) with the A/B switch and the three-failures fallback, and bad input (a KubeSolo
+//! of the wrong architecture, one the booted system cannot run). KubeSolo
 //! itself is upstream-only: a stand-in is provided through `ksbuild pin`, as the README
 //! tells users without access to GitHub. Shares the kernel tests' store, so each small
 //! kernel is compiled once per CI run.
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{kernel_store, ksbuild, run, run_ok, scratch};
+use crate::common::{kernel_store, ksbuild, run, run_ok, scratch, tiny_elf, EM_AARCH64, EM_X86_64};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,13 +30,43 @@ poweroff -f\n";
 /// A copy of the project with the stand-in KubeSolo pinned (the repository's own pins, if
 /// any, are replaced in the copy only).
 fn project(dir: &Path, store: &Path) -> PathBuf {
+    let proj = copy_project(dir);
+    pin_standins(store, &proj, dir);
+    proj
+}
+
+/// A copy of the project's derivations, fragments and environments in `dir/project`.
+fn copy_project(dir: &Path) -> PathBuf {
     let proj = dir.join("project");
     fs::create_dir_all(&proj).unwrap();
     for d in ["derivations", "fragments", "sandboxes"] {
         run_ok(Command::new("cp").arg("-r").arg(repo().join(d)).arg(&proj));
     }
-    pin_standins(store, &proj, dir);
     proj
+}
+
+/// Pins `kubesolo` (the one file of a release tarball, written into `dir`) as `target`.
+fn pin_kubesolo(store: &Path, proj: &Path, dir: &Path, target: &str, kubesolo: &[u8]) {
+    fs::create_dir_all(dir).unwrap();
+    let file = dir.join("kubesolo");
+    fs::write(&file, kubesolo).unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&file));
+    let tarball = dir.join("kubesolo.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .args(["--owner=0", "--group=0", "--mtime=@0", "-czf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir)
+            .arg("kubesolo"),
+    );
+    run_ok(
+        ksbuild(store)
+            .arg("--project")
+            .arg(proj)
+            .args(["pin", target])
+            .arg(&tarball),
+    );
 }
 
 /// Pins the stand-in KubeSolo tarballs (written into `dir/standin`) in `store`.
@@ -325,6 +356,58 @@ fn rootfs_elfs_resolve_every_needed_library_inside_the_rootfs() {
     }
 }
 
+/// KubeSolo of another architecture (an x86_64 ELF pinned as `kubesolo-arm64`) fails the
+/// rootfs build — which otherwise gives an image that announces its boot and panics —
+/// naming the file, both machines and the `ksbuild pin` that fixes it; an AArch64 one
+/// builds. Needs the environments' packages, no kernel.
+#[test]
+fn a_kubesolo_for_another_architecture_fails_the_rootfs_build() {
+    let tmp = scratch();
+    let store = kernel_store();
+    let proj = copy_project(tmp.path());
+    pin_kubesolo(
+        &store,
+        &proj,
+        &tmp.path().join("x86_64"),
+        "kubesolo-arm64",
+        &tiny_elf(EM_X86_64),
+    );
+    let out = run(ksbuild(&store).arg("--project").arg(&proj).args([
+        "realise",
+        "--no-link",
+        "-j2",
+        "rootfs-arm64",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("cannot fetch") && std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_none() {
+        eprintln!("SKIP: the Debian archive is unreachable here");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(100), "{err}");
+    for wanted in [
+        "rootfs check: usr/local/bin/kubesolo is an ELF for Advanced Micro Devices X86-64, \
+         but this rootfs (aarch64-linux-gnu) needs AArch64",
+        "the KubeSolo release pinned as `kubesolo-arm64` is for another architecture: \
+         pin the aarch64-linux-gnu release with `ksbuild pin kubesolo-arm64 FILE`",
+    ] {
+        assert!(err.contains(wanted), "`{wanted}` missing in:\n{err}");
+    }
+    pin_kubesolo(
+        &store,
+        &proj,
+        &tmp.path().join("aarch64"),
+        "kubesolo-arm64",
+        &tiny_elf(EM_AARCH64),
+    );
+    let Some(root) = realise(&store, &proj, "rootfs-arm64", &[]) else {
+        return;
+    };
+    assert_eq!(
+        fs::read(root.join("usr/local/bin/kubesolo")).unwrap(),
+        tiny_elf(EM_AARCH64)
+    );
+}
+
 /// Whether the absolute path `p` resolves to a file inside `root`, following symlinks as
 /// the booted system would (absolute targets relative to `root`).
 fn resolves_inside(root: &Path, p: &str) -> bool {
@@ -363,6 +446,52 @@ fn resolves_inside(root: &Path, p: &str) -> bool {
         }
     }
     root.join(path.strip_prefix("/").unwrap()).is_file()
+}
+
+/// A KubeSolo the booted system cannot run (here a script whose interpreter is missing: the
+/// rootfs build checks ELF machines, not scripts) fails the boot before it is announced, into
+/// the init's emergency path — no success line, no PID 1 killed by a failed exec (a kernel
+/// panic, with `panic=-1` a reboot loop). Boots the small x86_64 kernel's image from the
+/// shared kernel store.
+#[test]
+fn a_kubesolo_the_system_cannot_run_fails_the_boot_instead_of_killing_init() {
+    let tmp = scratch();
+    let store = kernel_store();
+    let proj = project(tmp.path(), &store);
+    pin_kubesolo(
+        &store,
+        &proj,
+        &tmp.path().join("unrunnable"),
+        "kubesolo-x86_64",
+        b"#!/no/such/sh\necho KUBESOLO-STANDIN running\n",
+    );
+    let Some(out) = realise(&store, &proj, "disk-image@small", &[]) else {
+        return;
+    };
+    if !qemu("qemu-system-x86_64") {
+        return;
+    }
+    let copy = writable_copy(&out.join("disk.img"), tmp.path());
+    let log = boot("qemu-system-x86_64", &x86_args(&copy), LIMIT);
+    assert!(
+        log.contains(
+            "KUBESOLO-OS BOOT FAILED: /usr/local/bin/kubesolo is a script for the interpreter \
+             /no/such/sh, which is not an executable file"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("kubesolo-os: FAILED: stage 90-kubesolo failed"),
+        "{log}"
+    );
+    for never in [
+        "KUBESOLO-OS BOOT OK",
+        "KUBESOLO-STANDIN",
+        "Kernel panic",
+        "Attempted to kill init",
+    ] {
+        assert!(!log.contains(never), "`{never}` in:\n{log}");
+    }
 }
 
 #[test]

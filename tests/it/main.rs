@@ -7,6 +7,7 @@ mod environment;
 mod faults;
 mod flake;
 mod images;
+mod init;
 mod instantiate;
 mod kernels;
 mod lock;

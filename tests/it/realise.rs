@@ -1025,3 +1025,118 @@ done
         "the store takes what fits:\n{stderr}"
     );
 }
+
+/// The `out` path of `target`, from `show-derivation`.
+fn out_path(p: &Project, store: &str, target: &str) -> String {
+    let shown = run_ok(p.ks(store).args(["show-derivation", target]));
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    v.as_object().unwrap().values().next().unwrap()["outputs"]["out"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_derivation_for_another_system_is_refused_before_anything_is_fetched_or_built() {
+    if skip_without_busybox() {
+        return;
+    }
+    let host = ksbuild::graph::build::Platforms::host();
+    let foreign = if host.system == "aarch64-linux" {
+        "x86_64-linux"
+    } else {
+        "aarch64-linux"
+    };
+    let p = Project::new(&[]);
+    let payload = p.scratch.join("payload.txt");
+    fs::write(&payload, "payload\n").unwrap();
+    let hash = "sha256-".to_string() + &ksbuild::compat::Hash::sha256(b"payload\n").to_base64();
+    let files = [
+        (
+            "download.toml",
+            format!("[fetch]\nurl = \"file://{}\"\nhash = \"{hash}\"\n", payload.display()),
+        ),
+        (
+            "native.toml",
+            "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo native > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n".to_string(),
+        ),
+        // The builder is the host's busybox: the derivation only claims another system, so
+        // that listing it as an extra platform lets it build here.
+        (
+            "foreign.toml",
+            format!("system = \"{foreign}\"\nbuilder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat ${{n}} ${{d}} > $out\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\nn = \"native\"\nd = \"download\"\n"),
+        ),
+    ];
+    for (name, text) in &files {
+        fs::write(p.dir.join("derivations").join(name), text).unwrap();
+    }
+    let drv = run_ok(p.ks("s").args(["instantiate", "foreign"]));
+    let realise = |extra: Option<&str>, args: &[&str]| {
+        let mut c = p.ks("s");
+        c.env_remove("KSBUILD_EXTRA_PLATFORMS")
+            .args(["realise", "--no-link"])
+            .args(args)
+            .arg("foreign");
+        if let Some(list) = extra {
+            c.env("KSBUILD_EXTRA_PLATFORMS", list);
+        }
+        run(&mut c)
+    };
+    let out = realise(None, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for wanted in [
+        format!("`foreign` is for `{foreign}` (`{}`)", drv.trim()),
+        format!("but this machine builds for {host}"),
+        format!("--extra-platforms {}", extra_list(&host, foreign)),
+        format!("KSBUILD_EXTRA_PLATFORMS={}", extra_list(&host, foreign)),
+        "nothing was fetched or built".to_string(),
+    ] {
+        assert!(err.contains(&wanted), "`{wanted}` missing in:\n{err}");
+    }
+    for (target, what) in [("download", "fetched"), ("native", "built")] {
+        let path = out_path(&p, "s", target);
+        assert!(
+            !run(p.ks("s").args(["store", "path-info", &path]))
+                .status
+                .success(),
+            "`{target}` was {what} although `foreign` cannot be built: {err}"
+        );
+    }
+    // Listing the system lifts the refusal (the environment variable and the option).
+    let out = realise(Some(foreign), &["--extra-platforms", "i686-linux"]);
+    assert!(!out.status.success(), "the option replaces the variable");
+    let out = realise(Some(&format!("i686-linux {foreign}")), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A valid output needs no builder: realising it again needs no extra platform…
+    let out = realise(None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …but rebuilding it does, and says why.
+    let out = realise(None, &["--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("`foreign` is for `{foreign}`")),
+        "{err}"
+    );
+    let out = realise(None, &["--check", "--extra-platforms", foreign]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The extra platforms the hint suggests: the current ones and `system`.
+fn extra_list(host: &ksbuild::graph::build::Platforms, system: &str) -> String {
+    let mut list: Vec<&str> = host.extra.iter().map(String::as_str).collect();
+    list.push(system);
+    list.join(",")
+}

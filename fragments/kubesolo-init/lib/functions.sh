@@ -42,3 +42,49 @@ ks_wait_device() {
   done
   return 1
 }
+
+# Whether the program $1 can run on this machine; if not, prints why and fails. Cheap checks
+# of what would otherwise only show when PID 1 execs it (`ELF: not found`, then a kernel
+# panic): a file, executable, and either an ELF whose e_machine is this machine's (`uname
+# -m`) or a script whose interpreter is executable.
+ks_runnable() {
+  [ -e "$1" ] || { echo "$1 is missing"; return 1; }
+  { [ -f "$1" ] && [ -x "$1" ]; } || { echo "$1 is not an executable file"; return 1; }
+  # The first 20 bytes: e_ident (16), e_type (2), e_machine (2).
+  set -- "$1" $(od -An -tx1 -N20 "$1")
+  if [ "$2$3$4$5" = 7f454c46 ]; then
+    # e_machine in the file's byte order (EI_DATA, byte 5: 01 little-endian, 02 big).
+    if [ "$7" = 02 ]; then ks_m=${20}${21}; else ks_m=${21}${20}; fi
+    case "$(uname -m)" in
+      x86_64) ks_want=003e ;;
+      aarch64) ks_want=00b7 ;;
+      armv*) ks_want=0028 ;;
+      i?86) ks_want=0003 ;;
+      riscv64) ks_want=00f3 ;;
+      *) return 0 ;; # a machine not listed here: the kernel decides
+    esac
+    [ "$ks_m" = "$ks_want" ] && return 0
+    echo "$1 is an ELF for $(ks_elf_machine "$ks_m"), but this machine is $(uname -m)"
+    return 1
+  fi
+  if [ "$2$3" = 2321 ]; then
+    ks_interp=$(head -n 1 "$1" | sed 's/^#![[:space:]]*//; s/[[:space:]].*//')
+    [ -f "$ks_interp" ] && [ -x "$ks_interp" ] && return 0
+    echo "$1 is a script for the interpreter ${ks_interp:-(none)}, which is not an executable file"
+    return 1
+  fi
+  echo "$1 is neither an ELF executable nor a script"
+  return 1
+}
+
+# The name `uname -m` gives the ELF machine $1 (e_machine, four hex digits).
+ks_elf_machine() {
+  case "$1" in
+    003e) echo x86_64 ;;
+    00b7) echo aarch64 ;;
+    0028) echo arm ;;
+    0003) echo i386 ;;
+    00f3) echo riscv64 ;;
+    *) echo "e_machine 0x$1" ;;
+  esac
+}
