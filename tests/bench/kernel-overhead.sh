@@ -19,7 +19,7 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin); v=list(d.values()
 STORE=${KSBUILD_STORE:-$PWD/store}
 TREE=$STORE$(field "v['args'][3]")
 SCRIPT=$(field "v['args'][6]")
-WORK=$(mktemp -d /var/tmp/ksbuild-kbench.XXXXXX)
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/ksbuild-kbench.XXXXXX")
 trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
 # The derivation's environment, with the store paths as the build sees them.
 ENVFILE=$WORK/env

@@ -13,7 +13,9 @@ KS=$PWD/target/release/ksbuild
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group ='
 command -v nix >/dev/null || { echo "real Nix is needed: .ci/install-nix" >&2; exit 1; }
 
-WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/ksbuild-bench.XXXXXX)}
+# A directory of its own under BENCH_DIR (default /var/tmp): never BENCH_DIR itself, which
+# the EXIT trap would delete with everything else in it.
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/ksbuild-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 TREE=$WORK/big
 if [ ! -d "$TREE" ]; then

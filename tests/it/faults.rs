@@ -539,3 +539,71 @@ fn gc_respects_indirect_roots() {
     );
     verify_clean(&ks, "after re-adding");
 }
+
+/// Every benchmark script works in a directory of its own under `BENCH_DIR` and deletes
+/// only that: `store-vs-nix.sh` once used `BENCH_DIR` itself and removed it on exit
+/// (`BENCH_DIR=/dev/shm` emptied `/dev/shm`). Each script is stopped early, where its
+/// clean-up runs (a `mkdir` that fails; `cargo` and Nix are stand-ins that succeed), with
+/// `BENCH_DIR` holding a file of the user's.
+#[test]
+fn benchmark_scripts_delete_only_what_they_created() {
+    let tmp = crate::common::scratch();
+    let fake = tmp.path().join("bin");
+    fs::create_dir(&fake).unwrap();
+    for (name, body) in [
+        ("cargo", "exit 0"),
+        ("nix", "exit 0"),
+        ("nix-build", "exit 0"),
+        ("nix-store", "exit 0"),
+        ("mkdir", "echo stopped here >&2; exit 1"),
+        // kernel-overhead.sh asks ksbuild (`KS`) for the kernel's derivation first.
+        (
+            "ksbuild",
+            r#"[ "$1" = show-derivation ] && echo '{"k.drv": {"args": ["0", "1", "2", "/t", "4", "5", "/s"], "env": {"A": "b"}}}'; exit 0"#,
+        ),
+    ] {
+        let path = fake.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        run_ok(Command::new("chmod").arg("755").arg(&path));
+    }
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench");
+    let mut ran = 0;
+    for entry in fs::read_dir(&scripts).unwrap() {
+        let script = entry.unwrap().path();
+        if script.extension().is_none_or(|e| e != "sh") {
+            continue;
+        }
+        let bench_dir = tmp.path().join("users-dir");
+        fs::create_dir_all(&bench_dir).unwrap();
+        fs::write(bench_dir.join("keep-me"), "the user's\n").unwrap();
+        let out = run(Command::new("timeout")
+            .arg("60")
+            .arg("bash")
+            .arg(&script)
+            .arg("1")
+            .env("BENCH_DIR", &bench_dir)
+            .env("KS", fake.join("ksbuild"))
+            .env(
+                "PATH",
+                format!("{}:{}", fake.display(), std::env::var("PATH").unwrap()),
+            ));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("stopped here"),
+            "{}: did not reach its work directory:\n{stderr}",
+            script.display()
+        );
+        let left: Vec<String> = fs::read_dir(&bench_dir)
+            .unwrap_or_else(|e| panic!("{}: deleted BENCH_DIR: {e}", script.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            ["keep-me"],
+            "{}: BENCH_DIR must keep the user's files and lose the script's own",
+            script.display()
+        );
+        ran += 1;
+    }
+    assert_eq!(ran, 3, "every script in tests/bench is checked");
+}
