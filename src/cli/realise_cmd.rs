@@ -34,6 +34,11 @@ pub struct RealiseArgs {
     /// Kill a build that prints nothing for this many seconds.
     #[arg(long, value_name = "SECONDS")]
     max_silent_time: Option<u64>,
+    /// At most this many processes (threads included) of one build at once; beyond it the
+    /// build's `fork` fails with `EAGAIN`.
+    #[arg(long, value_name = "N", default_value_t = crate::sandbox::DEFAULT_MAX_PROCESSES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_processes: u64,
     /// Keep `/build` of failed builds for inspection.
     #[arg(long, short = 'K')]
     keep_failed: bool,
@@ -256,6 +261,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             cores,
             timeout: args.timeout.map(Duration::from_secs),
             max_silent_time: args.max_silent_time.map(Duration::from_secs),
+            max_processes: args.max_processes,
             keep_failed: args.keep_failed,
             jobs: args.jobs,
             platforms: platforms.clone(),

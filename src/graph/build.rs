@@ -28,6 +28,9 @@ pub struct BuildOptions {
     pub timeout: Option<Duration>,
     /// Kill a build that prints nothing for this long.
     pub max_silent_time: Option<Duration>,
+    /// At most this many processes (threads included) of one build at once
+    /// ([`SandboxSpec::max_processes`]; [`sandbox::DEFAULT_MAX_PROCESSES`] by default).
+    pub max_processes: u64,
     /// Keep `/build` of failed builds.
     pub keep_failed: bool,
     /// How many builds run at once (`-j`).
@@ -374,7 +377,7 @@ impl SandboxExecutor<'_> {
             cores: self.options.cores,
             timeout: self.options.timeout,
             max_silent_time: self.options.max_silent_time,
-            max_processes: None,
+            max_processes: Some(self.options.max_processes),
             build_user: sandbox::BuildUser::Auto,
             log: log.clone(),
         };
@@ -807,6 +810,7 @@ mod tests {
             cores: 1,
             timeout: None,
             max_silent_time: None,
+            max_processes: sandbox::DEFAULT_MAX_PROCESSES,
             keep_failed: false,
             jobs: 1,
             platforms: Platforms::host(),

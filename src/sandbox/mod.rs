@@ -15,7 +15,8 @@
 //! bits, no extended attributes); no capabilities; core dumps off; and the
 //! environment of [`plan::builder_environment`]. It also gets its own IPC and cgroup
 //! namespaces (Nix 2.8 has no cgroup namespace; without one, `/proc/self/cgroup` would leak
-//! the host's cgroup path into builds).
+//! the host's cgroup path into builds), and a bound on its processes, which Nix 2.8 does not
+//! set ([`SandboxSpec::max_processes`]).
 //!
 //! Two differences of layout, invisible to a build's result: `/` is a `tmpfs` (owned by the
 //! build user, mode 0750, like Nix's chroot directory) over `root_dir`, so `/tmp` lives in
@@ -115,6 +116,22 @@ pub use supervisor::{is_left_mount_point, Sandbox};
 pub use user_ns::{BuildUser, DEFAULT_ROOT_BUILD_ID};
 pub use zygote::{zygote_main, ZYGOTE_ARG};
 
+/// The number of processes a build may have at once unless told otherwise
+/// ([`SandboxSpec::max_processes`]; `realise --max-processes`).
+///
+/// Without a limit a build inherits ksbuild's `RLIMIT_NPROC` (for root typically half of
+/// `kernel.threads-max`, ~96,000 on a 24 GB machine, more than the default
+/// `kernel.pid_max` of 32,768): a fork bomb would take every pid of the machine. Busy real
+/// builds stay far below 4096: `make -j N` runs about five processes per job (`make`, `sh`,
+/// `gcc`, `cc1`, `as`), so a kernel build at `-j 256` peaks near 1,300, and threads (which
+/// count) add tens per multi-threaded compiler or linker. A busybox `sh` fork bomb held at
+/// 4096 took about 300 MB, and a few such builds at once stay below `pid_max`.
+///
+/// The limit is `RLIMIT_NPROC` ([`Step::LimitProcesses`] says why it bounds one build), not
+/// a cgroup's `pids.max`: that needs a cgroup delegated to ksbuild, which an ordinary user
+/// generally lacks (no systemd delegation, or a cgroup v1 hierarchy that only root writes).
+pub const DEFAULT_MAX_PROCESSES: u64 = 4096;
+
 /// One build to run in the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -149,9 +166,11 @@ pub struct SandboxSpec {
     pub timeout: Option<Duration>,
     /// Kill the build after this long without output.
     pub max_silent_time: Option<Duration>,
-    /// At most this many processes of the build at once (`RLIMIT_NPROC` of the build user,
-    /// counted in the build's own user namespace, so it bounds this build only). Nix sets
-    /// no such limit; `None` keeps ksbuild's own.
+    /// At most this many processes (threads included) of the build at once: `RLIMIT_NPROC`
+    /// of the build user, counted in the build's own user namespace, so it bounds this
+    /// build only (see [`DEFAULT_MAX_PROCESSES`]). A `fork` beyond it fails with `EAGAIN`.
+    /// Nix sets no such limit; `None` keeps ksbuild's own (inherited, and counted the same
+    /// way).
     pub max_processes: Option<u64>,
     /// Which host user the build user is.
     pub build_user: BuildUser,

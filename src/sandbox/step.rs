@@ -231,8 +231,15 @@ pub enum Step {
     DisableAddressRandomisation,
     /// `setrlimit(RLIMIT_CORE)` soft limit 0, as in Nix.
     LimitCoreDumps,
-    /// `setrlimit(RLIMIT_NPROC)`: at most this many processes of the build user, counted in
-    /// this build's own user namespace.
+    /// `setrlimit(RLIMIT_NPROC)`, soft and hard: at most this many processes (threads
+    /// included) of the build user; a `fork` beyond it fails with `EAGAIN`. Since Linux
+    /// 5.14 the kernel counts them per user namespace and uid (`ucounts`), and the build's
+    /// namespace holds this build alone: the limit bounds neither the host user's other
+    /// processes nor the other builds (before 5.14 it counted every process of the host
+    /// uid). Its exemptions never apply: `CAP_SYS_RESOURCE`/`CAP_SYS_ADMIN` count only in
+    /// the initial user namespace, where the builder has none, and the builder's kernel uid
+    /// is never 0. The caller's own limit still holds over its processes, the build's
+    /// included (a namespace keeps its creator's `RLIMIT_NPROC` unless that is root).
     LimitProcesses {
         /// The limit.
         max: u64,

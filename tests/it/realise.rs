@@ -1,11 +1,14 @@
 //! `ksbuild realise` end to end: a derivation graph with Debian's static busybox as the
 //! builder, built in the sandbox into two store roots and by real Nix 2.8 in its sandbox —
 //! the same output paths and NAR hashes everywhere; `--check`, failures, logs, timeouts,
-//! downloads (hash mismatch, fetch-before-build), the event stream and result links.
+//! the process limit (a fork bomb), downloads (hash mismatch, fetch-before-build), the
+//! event stream and result links.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::common::{
     give_to_ordinary_user, ksbuild, ksbuild_as_ordinary_user, nix, run, run_ok, scratch,
@@ -375,6 +378,156 @@ fn timeouts_kill_the_build() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("timed out"), "{err}");
+}
+
+/// The processes (zombies included) of each PID namespace in `namespaces`, and those whose
+/// environment holds `marker`.
+fn processes_of_build(namespaces: &BTreeSet<String>, marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let in_namespace = fs::read_link(entry.path().join("ns/pid"))
+            .is_ok_and(|ns| namespaces.contains(&*ns.to_string_lossy()));
+        let marked = fs::read(entry.path().join("environ"))
+            .is_ok_and(|e| String::from_utf8_lossy(&e).contains(marker));
+        if in_namespace || marked {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_fork_bomb_is_held_at_the_default_process_limit_and_dies_with_its_build() {
+    if skip_without_busybox() {
+        return;
+    }
+    // Every shell of the bomb forks copies of itself for ever, and dies when a fork fails.
+    // PID 1 starts it and becomes a `sleep` that forks nothing, so only the timeout ends
+    // the build; the orphans it never reaps stay zombies, which count against the limit.
+    // The environment variable marks the build's live processes (PID 1 to the end).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let marker = format!("fork-bomb-{}-{nanos}", std::process::id());
+    let p = Project::new(&[
+        (
+            "derivations/bomb.toml",
+            &format!(
+                "builder = \"${{bb}}/bin/busybox\"\n\
+                 args = [\"sh\", \"-c\", \"$builder sh ${{script}} & exec $builder sleep 1000\"]\n\
+                 env = {{ BOMB = \"{marker}\" }}\n\
+                 [inputs]\nbb = {{ path = \"tools/busybox\" }}\nscript = {{ path = \"fragments/bomb.sh\" }}\n"
+            ),
+        ),
+        ("fragments/bomb.sh", "while :; do $builder sh $0 & done\n"),
+    ]);
+    let limit = ksbuild::sandbox::DEFAULT_MAX_PROCESSES as usize;
+    let stderr_path = p.scratch.join("stderr");
+    let start = Instant::now();
+    let mut realise = p
+        .ks("s")
+        .args(["realise", "--no-link", "--timeout", "10", "bomb"])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut namespaces = BTreeSet::new();
+    let mut peak = 0;
+    let mut slowest_spawn = Duration::ZERO;
+    let status = loop {
+        if let Some(status) = realise.try_wait().unwrap() {
+            break status;
+        }
+        for pid in processes_of_build(&BTreeSet::new(), &marker) {
+            if let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) {
+                namespaces.insert(ns.to_string_lossy().into_owned());
+            }
+        }
+        peak = peak.max(processes_of_build(&namespaces, &marker).len());
+        // The machine stays usable: this test can start a process while the bomb runs.
+        let t0 = Instant::now();
+        let spawned = Command::new("/bin/true").status();
+        slowest_spawn = slowest_spawn.max(t0.elapsed());
+        let unbounded = peak > 2 * limit || start.elapsed() > Duration::from_secs(60);
+        if unbounded || !spawned.as_ref().is_ok_and(|s| s.success()) {
+            // Stop the bomb before it takes the machine: the sandbox's processes die with
+            // ksbuild.
+            realise.kill().unwrap();
+            let _ = realise.wait();
+            panic!(
+                "the bomb is not held: {peak} processes after {:?}, spawning here: {spawned:?}",
+                start.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = start.elapsed();
+    eprintln!(
+        "at most {peak} processes at once, a spawn here took at most {slowest_spawn:?}, \
+         realise took {elapsed:?}"
+    );
+    // Nothing of the build outlives `realise`.
+    let left = processes_of_build(&namespaces, &marker);
+    assert_eq!(left, Vec::<u32>::new(), "processes of the bomb outlived it");
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+    // The kernel holds the build at `limit` exactly, but a scan of `/proc` is no snapshot:
+    // while it runs, a reaped process's slot can go to a new one that it also counts.
+    // Unbounded, the bomb goes on to `kernel.pid_max` (or is stopped at twice the limit).
+    assert!(
+        peak <= limit + limit / 100,
+        "{peak} processes at once, above the default limit of {limit}"
+    );
+    assert!(
+        peak > limit / 2,
+        "only {peak} processes at once: the bomb did not go off"
+    );
+    assert!(
+        slowest_spawn < Duration::from_secs(5),
+        "starting a process took {slowest_spawn:?} during the bomb"
+    );
+    assert_eq!(status.code(), Some(100));
+    assert!(elapsed < Duration::from_secs(40), "{elapsed:?}");
+    let err = fs::read_to_string(&stderr_path).unwrap();
+    assert!(err.contains("timed out after 10s and was killed"), "{err}");
+    // The builder's forks failed with `EAGAIN` (busybox: "can't fork: <strerror>").
+    let log = run_ok(p.ks("s").args(["log", "bomb"]));
+    assert!(
+        log.contains("can't fork: Resource temporarily unavailable"),
+        "{} lines, the last: {:?}",
+        log.lines().count(),
+        log.lines().last()
+    );
+}
+
+#[test]
+fn max_processes_bounds_each_build_exactly() {
+    if skip_without_busybox() {
+        return;
+    }
+    // PID 1 counts itself, then forks `sleep`s until a fork fails (and the shell gives up).
+    let p = Project::new(&[(
+        "derivations/forks.toml",
+        "builder = \"${bb}/bin/busybox\"\n\
+         args = [\"sh\", \"-c\", \"n=1; while :; do $builder sleep 5 & n=$((n+1)); echo $n; done\"]\n\
+         [inputs]\nbb = { path = \"tools/busybox\" }\n",
+    )]);
+    let out = run(p
+        .ks("s")
+        .args(["realise", "--max-processes", "50", "forks"]));
+    assert_eq!(out.status.code(), Some(100));
+    let log = run_ok(p.ks("s").args(["log", "forks"]));
+    let counts: Vec<&str> = log.lines().filter(|l| l.parse::<u32>().is_ok()).collect();
+    assert_eq!(counts.last(), Some(&"50"), "{log}");
+    assert!(
+        log.contains("can't fork: Resource temporarily unavailable"),
+        "{log}"
+    );
+    let refused = run(p.ks("s").args(["realise", "--max-processes", "0", "forks"]));
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
 
 #[test]
