@@ -1293,3 +1293,53 @@ fn extra_list(host: &ksbuild::graph::build::Platforms, system: &str) -> String {
     list.push(system);
     list.join(",")
 }
+
+/// With user namespaces off (here: `user.max_user_namespaces = 0` in a user namespace of
+/// the test's own, which the kernel applies to everything below it), a build fails closed
+/// with the hint the README quotes, and nothing is built.
+#[test]
+fn without_user_namespaces_a_build_fails_closed_with_the_sysctl_hint() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(GRAPH);
+    give_to_ordinary_user(&p.scratch);
+    let script = r#"echo 0 > /proc/sys/user/max_user_namespaces || exit 90
+exec setpriv --inh-caps=-all --ambient-caps=-all "$@""#;
+    let mut cmd = if crate::common::running_as_root() {
+        let id = crate::common::ORDINARY_ID;
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={id}"))
+            .arg(format!("--regid={id}"))
+            .args(["--clear-groups", "unshare"]);
+        c
+    } else {
+        Command::new("unshare")
+    };
+    cmd.args(["-U", "--map-current-user", "--keep-caps", "sh", "-c", script, "sh"])
+        .arg(crate::common::ksbuild_bin())
+        .arg("--store")
+        .arg(p.scratch.join("st"))
+        .arg("--project")
+        .arg(&p.dir)
+        .args(["realise", "--no-link", "a"])
+        .env("NO_COLOR", "1")
+        .current_dir(&p.scratch);
+    let out = run(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(100), "{stderr}");
+    assert!(
+        stderr.contains("sandbox setup step `create the namespaces")
+            && stderr.contains("hint: user namespaces are disabled or exhausted on this host")
+            && stderr.contains("user.max_user_namespaces"),
+        "{stderr}"
+    );
+    let built = fs::read_dir(p.scratch.join("st/nix/store"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with("-a")
+        })
+        .count();
+    assert_eq!(built, 0, "nothing was built without the sandbox");
+}
