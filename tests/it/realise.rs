@@ -1316,15 +1316,23 @@ exec setpriv --inh-caps=-all --ambient-caps=-all "$@""#;
     } else {
         Command::new("unshare")
     };
-    cmd.args(["-U", "--map-current-user", "--keep-caps", "sh", "-c", script, "sh"])
-        .arg(crate::common::ksbuild_bin())
-        .arg("--store")
-        .arg(p.scratch.join("st"))
-        .arg("--project")
-        .arg(&p.dir)
-        .args(["realise", "--no-link", "a"])
-        .env("NO_COLOR", "1")
-        .current_dir(&p.scratch);
+    cmd.args([
+        "-U",
+        "--map-current-user",
+        "--keep-caps",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(crate::common::ksbuild_bin())
+    .arg("--store")
+    .arg(p.scratch.join("st"))
+    .arg("--project")
+    .arg(&p.dir)
+    .args(["realise", "--no-link", "a"])
+    .env("NO_COLOR", "1")
+    .current_dir(&p.scratch);
     let out = run(&mut cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(100), "{stderr}");

@@ -294,7 +294,32 @@ fn the_builder_sees_what_nix_shows_it() {
         };
         expect("pwd", "/build");
         expect("pid", "1");
-        expect("id", "uid=1000(nixbld) gid=100(nixbld)");
+        // Supplementary groups cannot be dropped without privilege (an ordinary user's
+        // namespace must deny `setgroups`), so an invoker's groups stay, shown as `nixbld`
+        // for its own gid and `nogroup` for the others — as in Nix's sandbox run by an
+        // ordinary user. Root drops them all, as Nix does.
+        let groups = nix::unistd::getgroups().unwrap();
+        let expected_id = if nix::unistd::geteuid().is_root() || groups.is_empty() {
+            "uid=1000(nixbld) gid=100(nixbld)".to_string()
+        } else {
+            let mut names: Vec<&str> = groups
+                .iter()
+                .map(|g| {
+                    if *g == nix::unistd::getegid() {
+                        "100(nixbld)"
+                    } else {
+                        "65534(nogroup)"
+                    }
+                })
+                .collect();
+            names.sort();
+            names.dedup();
+            format!(
+                "uid=1000(nixbld) gid=100(nixbld) groups={}",
+                names.join(",")
+            )
+        };
+        expect("id", &expected_id);
         expect("hostname", "localhost");
         expect("domainname", "(none)");
         expect("uid_map", &format!("1000 {host_uid} 1"));
