@@ -251,7 +251,14 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                             let mut cycle: Vec<&str> =
                                 path[start..].iter().map(String::as_str).collect();
                             cycle.push(&dep);
-                            return Err(ModelError::Cycle(cycle.join(" -> ")));
+                            let lines = cycle
+                                .windows(2)
+                                .filter_map(|pair| dependency_line(project, pair[0], pair[1]))
+                                .collect();
+                            return Err(ModelError::Cycle {
+                                cycle: cycle.join(" -> "),
+                                lines,
+                            });
                         }
                         None => stack.push((dep, Vec::new())),
                     }
@@ -265,6 +272,35 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
         }
     }
     Ok(order)
+}
+
+/// Where `target` declares that it needs `dep`: `path:line: the line`, for cycle reports.
+fn dependency_line(project: &Project, target: &str, dep: &str) -> Option<String> {
+    let t = project.targets.get(target)?;
+    let environment = dep == ENVIRONMENT_BUSYBOX;
+    let span = t
+        .spec
+        .inputs
+        .values()
+        .find(|i| match i.get_ref() {
+            InputSpec::Derivation { target, .. } => target == dep,
+            InputSpec::Environment { .. } => environment,
+            _ => false,
+        })
+        .map(|i| i.span())
+        .or_else(|| {
+            t.spec
+                .environment
+                .as_ref()
+                .filter(|_| environment)
+                .map(|e| e.span())
+        })?;
+    let file = &t.source;
+    Some(format!(
+        "{}: {}",
+        file.location(span.start),
+        file.quote_line(span.start)
+    ))
 }
 
 /// Parses a download hash: SRI, `algo:digest`, or a bare hex/nix32 digest whose length
@@ -778,10 +814,18 @@ impl Lowerer<'_, '_> {
                     target: dep,
                     output,
                 } => {
-                    let node =
-                        self.out.nodes.get(dep).ok_or_else(|| {
-                            ModelError::Cycle(format!("{} -> {dep}", target.name))
-                        })?;
+                    // Lowered first by the dependency order, which reports cycles.
+                    let node = self.out.nodes.get(dep).ok_or_else(|| {
+                        file.error(
+                            span.clone(),
+                            format!(
+                                "input `{input}`: `{dep}` was not lowered before `{}`",
+                                target.name
+                            ),
+                            "this input",
+                            None,
+                        )
+                    })?;
                     let output = output.clone().unwrap_or_else(|| "out".to_string());
                     let Some(path) = node.drv.outputs.get(&output).and_then(|o| o.path.clone())
                     else {
