@@ -68,6 +68,9 @@ struct ProgressState {
     total: usize,
     done: usize,
     running: BTreeMap<String, Instant>,
+    /// The downloads started: their failures are told once, after the downloads end,
+    /// with where each is declared and what to do.
+    fetches: BTreeSet<String>,
     last_line: String,
     status_shown: bool,
 }
@@ -141,6 +144,7 @@ impl Reporter for Progress {
             Event::Cached { .. } => {}
             Event::FetchStarted { target, url } => {
                 s.running.insert(target.clone(), Instant::now());
+                s.fetches.insert(target.clone());
                 if human && !self.tty {
                     self.say(&mut s, &format!("fetching `{target}` from {url}"));
                 }
@@ -177,7 +181,7 @@ impl Reporter for Progress {
             } => {
                 s.running.remove(target);
                 s.done += 1;
-                if !self.json {
+                if !self.json && !s.fetches.contains(target) {
                     let log = log
                         .as_ref()
                         .map(|l| format!("\n  full log: {l}"))
@@ -256,12 +260,19 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             crate::graph::why::save(&store, &lowered, done.built.iter().chain(&done.fetched))?
         }
         Err(RealiseError::Fetch(failed)) => {
+            // Told here only (not as they happen): with where each download is declared.
             for (target, e) in &failed {
+                let at = lowered
+                    .nodes
+                    .get(target)
+                    .and_then(|n| n.fetch.as_ref())
+                    .map(|f| format!(" ({})", f.declared_at))
+                    .unwrap_or_default();
                 let hint = e
                     .hint()
                     .map(|h| format!("\n  hint: {h}"))
                     .unwrap_or_default();
-                eprintln!("error: cannot fetch `{target}`: {e}{hint}");
+                eprintln!("error: download `{target}`{at}: {e}{hint}");
             }
             return Err(CliError::Failed(format!(
                 "{} download(s) failed; nothing was built",

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use miette::SourceSpan;
 
-pub use lower::{lower, unpinned, Fetch, Lowered, Node, Unpack, Unpinned};
+pub use lower::{lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned};
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 
 /// A problem at a place in a TOML file.

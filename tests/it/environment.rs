@@ -124,4 +124,9 @@ fn builds_run_inside_the_locked_environment_and_cannot_change_it() {
         err.contains("hash mismatch") && err.contains("nothing was built"),
         "{err}"
     );
+    // The hash is the lock's, and so is the fix.
+    assert!(
+        err.contains("`sandboxes/probe.lock`") && err.contains("`ksbuild lock probe`"),
+        "{err}"
+    );
 }
