@@ -288,8 +288,22 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
                         eprintln!("  > {l}");
                     }
                 }
-                if let Some(log) = &f.log {
-                    eprintln!("  full log: {} (or `ksbuild log {target}`)", log.display());
+                let log = store.log_path(&lowered.nodes[target].drv_path);
+                let printed = std::fs::metadata(&log).is_ok_and(|m| m.len() > 0);
+                match &f.log {
+                    Some(log) if printed => {
+                        eprintln!("  full log: {} (or `ksbuild log {target}`)", log.display())
+                    }
+                    _ => {
+                        // A build that printed nothing leaves no log file; a failed one
+                        // leaves an empty one, so that `ksbuild log` can tell a silent
+                        // failure from a target never built.
+                        let _ = std::fs::OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(&log);
+                        eprintln!("  it printed nothing");
+                    }
                 }
             }
             let _ = skipped;
@@ -374,18 +388,33 @@ pub fn run_log(ctx: &Context, target: String) -> Result<ExitCode, CliError> {
     let node = &lowered.nodes[&target];
     let drv = &node.drv_path;
     let log = store.log_path(drv);
-    // A build that printed nothing left no log file.
-    if !log.exists() && node.fetch.is_none() && crate::graph::outputs_valid(&store, node)? {
+    let text = std::fs::read(&log).ok();
+    if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {
+        out(text)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let text = std::fs::read(&log).map_err(|_| CliError::Usage {
-        message: format!("no build log for `{target}` (`{}`)", store.print(drv)),
-        hint: Some(format!(
-            "it has not been built with this store; `ksbuild realise {target}` builds it"
-        )),
-    })?;
-    out(&text)?;
-    Ok(ExitCode::SUCCESS)
+    // A build that printed nothing left no log file (or an empty one).
+    if node.fetch.is_none() && crate::graph::outputs_valid(&store, node)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A failed build leaves a log file, even an empty one (see `run`).
+    Err(match text {
+        Some(_) => CliError::Usage {
+            message: format!(
+                "no build log for `{target}` (`{}`): its last build failed and printed nothing",
+                store.print(drv)
+            ),
+            hint: Some(format!(
+                "`ksbuild realise {target}` builds it again and says how it fails"
+            )),
+        },
+        None => CliError::Usage {
+            message: format!("no build log for `{target}` (`{}`)", store.print(drv)),
+            hint: Some(format!(
+                "it has not been built with this store; `ksbuild realise {target}` builds it"
+            )),
+        },
+    })
 }
 
 /// `ksbuild why-rebuild TARGET`: what changed since the target's last realisation.

@@ -851,3 +851,26 @@ fn a_hand_edited_pins_lock_is_blamed_and_ksbuild_pin_is_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn the_log_of_a_silent_failure_says_the_build_failed() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[(
+        "derivations/mute.toml",
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"exit 3\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n",
+    )]);
+    let out = run(p.ks("s").args(["realise", "--no-link", "mute"]));
+    assert_eq!(out.status.code(), Some(100));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("it printed nothing"), "{err}");
+    let log = run(p.ks("s").args(["log", "mute"]));
+    let err = String::from_utf8_lossy(&log.stderr);
+    assert!(!log.status.success());
+    assert!(
+        err.contains("its last build failed and printed nothing")
+            && !err.contains("has not been built"),
+        "{err}"
+    );
+}
