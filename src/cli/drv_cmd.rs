@@ -233,7 +233,7 @@ fn pin_and_register(
     targets: &[String],
     fetched: Vec<(String, String, &'static str, crate::fetch::Prefetched)>,
 ) -> Result<Project, CliError> {
-    let mut pins = crate::model::pins::Pins::load(root).map_err(crate::model::ModelError::from)?;
+    let mut pins = crate::model::pins::Pins::load(root)?;
     for (key, url, mode, p) in &fetched {
         let sri = p.hash.to_sri();
         ctx.note(&format!("pinned `{key}`: {url} ({mode}) {sri}"));
@@ -304,7 +304,6 @@ pub fn ensure_pinned(
         missing.len()
     );
     for (u, e) in &missing {
-        let file = u.url.rsplit('/').next().unwrap_or(&u.url);
         let reason = match e {
             crate::fetch::FetchError::AllFailed { attempts, .. } if !attempts.is_empty() => {
                 attempts[attempts.len() - 1].1.clone()
@@ -312,8 +311,10 @@ pub fn ensure_pinned(
             other => other.to_string(),
         };
         message.push_str(&format!(
-            "\n  - `{}`: {}\n    cannot be fetched: {reason}\n    provide it:  ksbuild pin {} /path/to/{file}",
-            u.key, u.url, u.key
+            "\n  - `{}`: {}\n    cannot be fetched: {reason}\n    provide it:  {}",
+            u.key,
+            u.url,
+            crate::model::pins::pin_command(&u.key, &u.url)
         ));
     }
     Err(CliError::Usage {

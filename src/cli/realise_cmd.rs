@@ -78,6 +78,9 @@ struct ProgressState {
     total: usize,
     done: usize,
     running: BTreeMap<String, Instant>,
+    /// The downloads started: their failures are told once, after the downloads end,
+    /// with where each is declared and what to do.
+    fetches: BTreeSet<String>,
     last_line: String,
     status_shown: bool,
 }
@@ -174,6 +177,7 @@ impl Reporter for Progress {
             }
             Event::FetchStarted { target, url } => {
                 s.running.insert(target.clone(), Instant::now());
+                s.fetches.insert(target.clone());
                 if human && !self.tty {
                     self.say(&mut s, &format!("fetching `{target}` from {url}"));
                 }
@@ -210,7 +214,7 @@ impl Reporter for Progress {
             } => {
                 s.running.remove(target);
                 s.done += 1;
-                if !self.json {
+                if !self.json && !s.fetches.contains(target) {
                     let log = log
                         .as_ref()
                         .map(|l| format!("\n  full log: {l}"))
@@ -307,12 +311,19 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             crate::graph::why::save(&store, &lowered, done.built.iter().chain(&done.fetched))?
         }
         Err(RealiseError::Fetch(failed)) => {
+            // Told here only (not as they happen): with where each download is declared.
             for (target, e) in &failed {
+                let at = lowered
+                    .nodes
+                    .get(target)
+                    .and_then(|n| n.fetch.as_ref())
+                    .map(|f| format!(" ({})", f.declared_at))
+                    .unwrap_or_default();
                 let hint = e
                     .hint()
                     .map(|h| format!("\n  hint: {h}"))
                     .unwrap_or_default();
-                eprintln!("error: cannot fetch `{target}`: {e}{hint}");
+                eprintln!("error: download `{target}`{at}: {e}{hint}");
             }
             return Err(CliError::Failed(format!(
                 "{} download(s) failed; nothing was built",
@@ -328,8 +339,22 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
                         eprintln!("  > {l}");
                     }
                 }
-                if let Some(log) = &f.log {
-                    eprintln!("  full log: {} (or `ksbuild log {target}`)", log.display());
+                let log = store.log_path(&lowered.nodes[target].drv_path);
+                let printed = std::fs::metadata(&log).is_ok_and(|m| m.len() > 0);
+                match &f.log {
+                    Some(log) if printed => {
+                        eprintln!("  full log: {} (or `ksbuild log {target}`)", log.display())
+                    }
+                    _ => {
+                        // A build that printed nothing leaves no log file; a failed one
+                        // leaves an empty one, so that `ksbuild log` can tell a silent
+                        // failure from a target never built.
+                        let _ = std::fs::OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(&log);
+                        eprintln!("  it printed nothing");
+                    }
                 }
             }
             let _ = skipped;
@@ -414,18 +439,33 @@ pub fn run_log(ctx: &Context, target: String) -> Result<ExitCode, CliError> {
     let node = &lowered.nodes[&target];
     let drv = &node.drv_path;
     let log = store.log_path(drv);
-    // A build that printed nothing left no log file.
-    if !log.exists() && node.fetch.is_none() && crate::graph::outputs_valid(&store, node)? {
+    let text = std::fs::read(&log).ok();
+    if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {
+        out(text)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let text = std::fs::read(&log).map_err(|_| CliError::Usage {
-        message: format!("no build log for `{target}` (`{}`)", store.print(drv)),
-        hint: Some(format!(
-            "it has not been built with this store; `ksbuild realise {target}` builds it"
-        )),
-    })?;
-    out(&text)?;
-    Ok(ExitCode::SUCCESS)
+    // A build that printed nothing left no log file (or an empty one).
+    if node.fetch.is_none() && crate::graph::outputs_valid(&store, node)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A failed build leaves a log file, even an empty one (see `run`).
+    Err(match text {
+        Some(_) => CliError::Usage {
+            message: format!(
+                "no build log for `{target}` (`{}`): its last build failed and printed nothing",
+                store.print(drv)
+            ),
+            hint: Some(format!(
+                "`ksbuild realise {target}` builds it again and says how it fails"
+            )),
+        },
+        None => CliError::Usage {
+            message: format!("no build log for `{target}` (`{}`)", store.print(drv)),
+            hint: Some(format!(
+                "it has not been built with this store; `ksbuild realise {target}` builds it"
+            )),
+        },
+    })
 }
 
 /// `ksbuild why-rebuild TARGET`: what changed since the target's last realisation.

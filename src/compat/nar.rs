@@ -56,6 +56,10 @@ pub enum NarError {
         len: u64,
         limit: u64,
     },
+    /// Bytes after the end of the NAR (Nix 2.8's reader ignores them; this one does not:
+    /// they mean the stream is not the NAR it seems).
+    #[error("malformed NAR: more data after its end at byte {offset}")]
+    TrailingData { offset: u64 },
     /// Directories nested deeper than [`MAX_DEPTH`].
     #[error("NAR nests directories deeper than {MAX_DEPTH}")]
     TooDeep,
@@ -479,8 +483,8 @@ impl<R: Read> Reader<R> {
     }
 }
 
-/// Reads one NAR from `input`, reporting its contents to `sink`. Stops after the root
-/// node's closing token; returns the number of bytes read.
+/// Reads one NAR from `input`, reporting its contents to `sink`; `input` must end with
+/// the root node's closing token. Returns the number of bytes read.
 pub fn read_nar(input: impl Read, sink: &mut dyn NarSink) -> Result<u64, NarError> {
     let mut reader = Reader { input, offset: 0 };
     let at = reader.offset;
@@ -493,7 +497,19 @@ pub fn read_nar(input: impl Read, sink: &mut dyn NarSink) -> Result<u64, NarErro
         });
     }
     reader.node(sink, &mut Vec::new())?;
-    Ok(reader.offset)
+    let mut byte = [0u8; 1];
+    loop {
+        match reader.input.read(&mut byte) {
+            Ok(0) => return Ok(reader.offset),
+            Ok(_) => {
+                return Err(NarError::TrailingData {
+                    offset: reader.offset,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(NarError::Io(e)),
+        }
+    }
 }
 
 /// An in-memory tree, for building NARs in tests and small tools.
@@ -811,6 +827,15 @@ mod tests {
             assert!(
                 matches!(read_err(&good[..cut]), NarError::Truncated(_)),
                 "cut at {cut}"
+            );
+        }
+        // Anything after the end, even one zero byte.
+        for tail in [&b"\0"[..], b"garbage", &good] {
+            let mut longer = good.clone();
+            longer.extend_from_slice(tail);
+            assert!(
+                matches!(read_err(&longer), NarError::TrailingData { offset } if offset == good.len() as u64),
+                "{tail:?}"
             );
         }
         // Non-zero padding after "hello\n".

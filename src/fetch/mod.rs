@@ -16,7 +16,7 @@ pub use mirrors::{apt_mirrors, Mirrors};
 pub use unpack::{strip_single_top_directory, unpack_deb, unpack_tar, UnpackError};
 
 use crate::compat::{FileIngestionMethod, Hash, HashAlgo};
-use crate::model::{Node, Unpack};
+use crate::model::{HashFrom, Node, Unpack};
 use crate::store::{self, Store, StoreError, ValidPathInfo};
 
 /// Why a download failed.
@@ -26,10 +26,12 @@ pub enum FetchError {
     #[error("no mirrors are known for `mirror://{name}/` (needed by `{url}`)")]
     NoMirror { name: String, url: String },
     /// Every URL failed.
-    #[error("cannot fetch `{what}`: {}", attempts.iter().map(|(u, e)| format!("{u}: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("cannot fetch `{what}`: {}", failures(what, attempts))]
     AllFailed {
         what: String,
         attempts: Vec<(String, String)>,
+        /// Where the expected hash is written (none while pinning: it is not known yet).
+        from: Option<HashFrom>,
     },
     /// The content does not have the declared hash.
     #[error("hash mismatch for `{url}`:\n  expected: {expected}\n       got: {actual}")]
@@ -37,6 +39,8 @@ pub enum FetchError {
         url: String,
         expected: String,
         actual: String,
+        /// Where the expected hash is written.
+        from: HashFrom,
     },
     /// The store refused.
     #[error(transparent)]
@@ -51,16 +55,47 @@ impl FetchError {
                 "set `KSBUILD_MIRROR_{}=\"http://…\"`, or list it in `~/.config/ksbuild/mirrors.toml`",
                 name.to_ascii_uppercase().replace('-', "_")
             )),
+            // An upstream-only download is provided as it was pinned, with `ksbuild pin`.
+            FetchError::AllFailed {
+                what,
+                from: Some(HashFrom::Pinned { key, .. }),
+                ..
+            } => Some(format!(
+                "download it elsewhere and provide it: `{}`",
+                crate::model::pins::pin_command(key, what)
+            )),
             FetchError::AllFailed { .. } => Some(
                 "if the file cannot be downloaded here, provide it with `ksbuild store add-fixed` (flat downloads) or \
                  `ksbuild store add-fixed --recursive` (unpacked trees) and it will not be fetched"
                     .into(),
             ),
-            FetchError::HashMismatch { .. } => {
-                Some("nothing was registered; if the new content is right, update `hash` in the derivation file".into())
-            }
+            FetchError::HashMismatch { from, .. } => Some(match from {
+                HashFrom::Declared { at } => format!(
+                    "nothing was registered; if the new content is right, update `hash` at `{at}`"
+                ),
+                HashFrom::Pinned { at, key } => format!(
+                    "nothing was registered; the hash is pinned at `{at}`: if the new content is right, \
+                     pin it again with `ksbuild pin {key}` (or `ksbuild pin {key} FILE`)"
+                ),
+                HashFrom::Locked { environment } => format!(
+                    "nothing was registered; the hash comes from `sandboxes/{environment}.lock`: if the \
+                     archive changed, lock it again with `ksbuild lock {environment}`"
+                ),
+            }),
             FetchError::Store(e) => e.hint(),
         }
+    }
+}
+
+/// What each URL tried answered; just the answer when the one URL tried is `what` itself.
+fn failures(what: &str, attempts: &[(String, String)]) -> String {
+    match attempts {
+        [(url, e)] if url == what => e.clone(),
+        _ => attempts
+            .iter()
+            .map(|(u, e)| format!("{u}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -190,6 +225,7 @@ fn out_path(node: &Node) -> Result<crate::compat::StorePath, FetchError> {
         .ok_or_else(|| FetchError::AllFailed {
             what: node.key.clone(),
             attempts: vec![("-".into(), "output path not computed".into())],
+            from: None,
         })
 }
 
@@ -265,6 +301,7 @@ pub fn prefetch(
     Err(FetchError::AllFailed {
         what: url.to_string(),
         attempts,
+        from: None,
     })
 }
 
@@ -275,6 +312,7 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
         return Err(FetchError::AllFailed {
             what: node.key.clone(),
             attempts: vec![("-".into(), "not a download".into())],
+            from: None,
         });
     };
     let out = out_path(node)?;
@@ -299,6 +337,7 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
                 url: url.clone(),
                 expected: expected.hash.to_sri(),
                 actual: actual.to_sri(),
+                from: fetch.hash_from.clone(),
             });
         }
         return register(store, &tree, node, expected.method, &actual);
@@ -306,6 +345,7 @@ pub fn realise(store: &Store, node: &Node, mirrors: &Mirrors) -> Result<ValidPat
     Err(FetchError::AllFailed {
         what: fetch.url.clone(),
         attempts,
+        from: Some(fetch.hash_from.clone()),
     })
 }
 

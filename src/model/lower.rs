@@ -23,6 +23,17 @@ pub enum Unpack {
     Tar,
 }
 
+/// Where a download's expected hash is written: what to change if it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashFrom {
+    /// `hash` in the derivation file, at `path:line`.
+    Declared { at: String },
+    /// `derivations/pins.lock`, at `path:line`; `ksbuild pin KEY` changes it.
+    Pinned { at: String, key: String },
+    /// The lock of an environment (`sandboxes/NAME.lock`); `ksbuild lock NAME` changes it.
+    Locked { environment: String },
+}
+
 /// What ksbuild must download for a fixed-output node.
 #[derive(Debug, Clone)]
 pub struct Fetch {
@@ -34,6 +45,11 @@ pub struct Fetch {
     pub unpack: Option<Unpack>,
     /// Whether the downloaded file is made executable.
     pub executable: bool,
+    /// Where the download is declared: `path:line` of its `url` (for an environment's
+    /// packages, of the `environment` that needs them).
+    pub declared_at: String,
+    /// Where its hash is written.
+    pub hash_from: HashFrom,
 }
 
 /// One lowered derivation.
@@ -307,7 +323,14 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                             let mut cycle: Vec<&str> =
                                 path[start..].iter().map(String::as_str).collect();
                             cycle.push(&dep);
-                            return Err(ModelError::Cycle(cycle.join(" -> ")));
+                            let lines = cycle
+                                .windows(2)
+                                .filter_map(|pair| dependency_line(project, pair[0], pair[1]))
+                                .collect();
+                            return Err(ModelError::Cycle {
+                                cycle: cycle.join(" -> "),
+                                lines,
+                            });
                         }
                         None => stack.push((dep, Vec::new())),
                     }
@@ -321,6 +344,35 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
         }
     }
     Ok(order)
+}
+
+/// Where `target` declares that it needs `dep`: `path:line: the line`, for cycle reports.
+fn dependency_line(project: &Project, target: &str, dep: &str) -> Option<String> {
+    let t = project.targets.get(target)?;
+    let environment = dep == ENVIRONMENT_BUSYBOX;
+    let span = t
+        .spec
+        .inputs
+        .values()
+        .find(|i| match i.get_ref() {
+            InputSpec::Derivation { target, .. } => target == dep,
+            InputSpec::Environment { .. } => environment,
+            _ => false,
+        })
+        .map(|i| i.span())
+        .or_else(|| {
+            t.spec
+                .environment
+                .as_ref()
+                .filter(|_| environment)
+                .map(|e| e.span())
+        })?;
+    let file = &t.source;
+    Some(format!(
+        "{}: {}",
+        file.location(span.start),
+        file.quote_line(span.start)
+    ))
 }
 
 /// Parses a download hash: SRI, `algo:digest`, or a bare hex/nix32 digest whose length
@@ -396,12 +448,14 @@ impl Lowerer<'_, '_> {
         Ok(())
     }
 
+    /// Lowers a download; `environment` names the environment whose lock gave its hash.
     fn fetch_node(
         &mut self,
         key: String,
         default_name: Option<&str>,
         spec: &FetchSpec,
         file: &SourceFile,
+        environment: Option<&str>,
     ) -> Result<(), ModelError> {
         let url = spec.url.get_ref();
         let scheme_ok = ["https://", "http://", "file://"]
@@ -420,9 +474,41 @@ impl Lowerer<'_, '_> {
             ));
         }
         let mode = super::pins::fetch_mode(spec);
-        let hash_text = match (&spec.hash, self.project.pins.get(url, mode)) {
-            (Some(h), _) => h.clone(),
-            (None, Some(pinned)) => Spanned::new(spec.url.span(), pinned.to_string()),
+        let pins = &self.project.pins;
+        // The hash, the file that writes it (to point at when it is malformed), and where
+        // it comes from.
+        let (hash_text, hash_file, hash_from) = match (&spec.hash, pins.find(url, mode)) {
+            (Some(h), _) => (
+                h.clone(),
+                file,
+                match environment {
+                    Some(e) => HashFrom::Locked {
+                        environment: e.to_string(),
+                    },
+                    None => HashFrom::Declared {
+                        at: file.location(h.span().start),
+                    },
+                },
+            ),
+            (None, Some(pin)) => match (&pins.source, &pin.hash_span) {
+                (Some(lock), Some(span)) => (
+                    Spanned::new(span.clone(), pin.hash.clone()),
+                    lock,
+                    HashFrom::Pinned {
+                        at: lock.location(span.start),
+                        key: key.clone(),
+                    },
+                ),
+                // Pinned in memory only (not read from the file).
+                _ => (
+                    Spanned::new(spec.url.span(), pin.hash.clone()),
+                    file,
+                    HashFrom::Pinned {
+                        at: super::pins::pins_path(Path::new("")).display().to_string(),
+                        key: key.clone(),
+                    },
+                ),
+            },
             (None, None) => {
                 return Err(file.error(
                     spec.url.span(),
@@ -434,14 +520,24 @@ impl Lowerer<'_, '_> {
                 ))
             }
         };
-        let hash = parse_fetch_hash(hash_text.get_ref()).map_err(|e| {
-            file.error(
+        let hash = parse_fetch_hash(hash_text.get_ref()).map_err(|e| match &hash_from {
+            HashFrom::Pinned { .. } => hash_file.error(
+                hash_text.span(),
+                format!("malformed hash pinned for `{key}` ({url}): {e}"),
+                "this hash",
+                Some(format!(
+                    "`{}` is written by `ksbuild pin`, not by hand: pin it again with `ksbuild pin {key}` (or `ksbuild pin {key} FILE`)",
+                    hash_file.path.display()
+                )),
+            ),
+            _ => hash_file.error(
                 hash_text.span(),
                 format!("malformed hash: {e}"),
                 "this hash",
                 Some("write it in SRI form (`sha256-<base64>`), or as nix32 or hex (optionally prefixed `sha256:`)".into()),
-            )
+            ),
         })?;
+        let declared_at = file.location(spec.url.span().start);
         let unpack = match spec
             .unpack
             .as_ref()
@@ -553,6 +649,8 @@ impl Lowerer<'_, '_> {
             hash: fixed,
             unpack,
             executable: spec.executable,
+            declared_at,
+            hash_from,
         };
         self.finish(
             key,
@@ -650,7 +748,7 @@ impl Lowerer<'_, '_> {
                     unpack: None,
                     executable: false,
                 };
-                self.fetch_node(key.clone(), None, &spec, file)?;
+                self.fetch_node(key.clone(), None, &spec, file, Some(env_name))?;
                 let node = &self.out.nodes[&key];
                 let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
                     file.error(name.span(), "download without a path", "here", None)
@@ -770,7 +868,7 @@ impl Lowerer<'_, '_> {
                 .as_ref()
                 .map(|n| n.get_ref().as_str())
                 .or(Some(target.name.as_str()));
-            return self.fetch_node(target.name.clone(), name, fetch.get_ref(), file);
+            return self.fetch_node(target.name.clone(), name, fetch.get_ref(), file, None);
         }
         let Some(builder) = &spec.builder else {
             return Err(file.error(
@@ -854,10 +952,18 @@ impl Lowerer<'_, '_> {
                     target: dep,
                     output,
                 } => {
-                    let node =
-                        self.out.nodes.get(dep).ok_or_else(|| {
-                            ModelError::Cycle(format!("{} -> {dep}", target.name))
-                        })?;
+                    // Lowered first by the dependency order, which reports cycles.
+                    let node = self.out.nodes.get(dep).ok_or_else(|| {
+                        file.error(
+                            span.clone(),
+                            format!(
+                                "input `{input}`: `{dep}` was not lowered before `{}`",
+                                target.name
+                            ),
+                            "this input",
+                            None,
+                        )
+                    })?;
                     let output = output.clone().unwrap_or_else(|| "out".to_string());
                     let Some(path) = node.drv.outputs.get(&output).and_then(|o| o.path.clone())
                     else {
@@ -938,7 +1044,7 @@ impl Lowerer<'_, '_> {
                             .name
                             .map(|n| Spanned::new(span.clone(), n.into_inner()));
                     }
-                    self.fetch_node(key.clone(), None, &fetch, file)?;
+                    self.fetch_node(key.clone(), None, &fetch, file, None)?;
                     let node = &self.out.nodes[&key];
                     let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
                         file.error(

@@ -5,6 +5,7 @@
 //! A target is named after its file (`derivations/kernels/kernel-arm64.toml` is
 //! `kernel-arm64`); files whose name starts with `_` are not targets.
 
+mod excerpt;
 mod lower;
 pub mod pins;
 pub mod sandbox;
@@ -14,9 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{NamedSource, SourceSpan};
+use miette::SourceSpan;
 
-pub use lower::{lower, unpinned, Fetch, Lowered, Node, Unpack, Unpinned};
+pub use lower::{lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned};
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 
 /// A problem at a place in a TOML file.
@@ -26,7 +27,7 @@ pub struct FileError {
     /// What is wrong.
     pub message: String,
     #[source_code]
-    src: NamedSource<Arc<String>>,
+    src: excerpt::Excerpt,
     #[label("{label}")]
     span: SourceSpan,
     label: String,
@@ -50,11 +51,16 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// Derivations depend on each other in a circle.
-    #[error("dependency cycle: {0}")]
+    #[error("dependency cycle: {cycle}{}", lines.iter().map(|l| format!("\n  {l}")).collect::<String>())]
     #[diagnostic(help(
         "a derivation cannot depend on itself, even through others; remove one of these inputs"
     ))]
-    Cycle(String),
+    Cycle {
+        /// The targets, `a -> b -> a`.
+        cycle: String,
+        /// The `[inputs]` lines that make it, `path:line: text`.
+        lines: Vec<String>,
+    },
     /// A target that no file defines.
     #[error("unknown target `{name}`")]
     UnknownTarget {
@@ -94,13 +100,44 @@ impl SourceFile {
         label: impl Into<String>,
         help: Option<String>,
     ) -> ModelError {
+        // Only the lines around the span, long ones clipped: a diagnostic never echoes
+        // a whole file, however long its lines.
+        let (src, span) = excerpt::Excerpt::new(self.path.display().to_string(), &self.text, span);
         ModelError::InFile(Box::new(FileError {
             message: message.into(),
-            src: NamedSource::new(self.path.display().to_string(), self.text.clone()),
-            span: (span.start, span.end.saturating_sub(span.start)).into(),
+            src,
+            span: (span.start, span.len()).into(),
             label: label.into(),
             help,
         }))
+    }
+
+    /// The number (from 1) of the line holding byte `offset`.
+    pub fn line_number(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        1 + self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+    }
+
+    /// `path:line` of byte `offset`, as compilers name a place.
+    pub fn location(&self, offset: usize) -> String {
+        format!("{}:{}", self.path.display(), self.line_number(offset))
+    }
+
+    /// The line holding byte `offset`, trimmed and clipped around it if long.
+    pub fn quote_line(&self, offset: usize) -> String {
+        let text = self.text.as_str();
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+        excerpt::clip_line(text, start..end, offset)
+            .trim()
+            .to_string()
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ModelError> {

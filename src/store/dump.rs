@@ -400,7 +400,8 @@ impl NarSink for RestoreSink {
 }
 
 /// Restores the NAR read from `input` as a new tree at `target` (which must not exist).
-/// Returns the number of NAR bytes read.
+/// Returns the number of NAR bytes read. A NAR that is refused (malformed, truncated,
+/// followed by more data) leaves nothing at `target`.
 pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result<u64> {
     if fs::symlink_metadata(target).is_ok() {
         return Err(StoreError::Refused(format!(
@@ -412,22 +413,67 @@ pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result
         root: target.to_path_buf(),
         mode,
     };
-    crate::compat::nar::read_nar(input, &mut sink).map_err(|e| match e {
-        NarError::Io(source) => StoreError::Io {
-            action: "restore",
-            path: target.to_path_buf(),
-            source,
-        },
-        source => StoreError::Nar {
-            path: target.to_path_buf(),
-            source,
-        },
+    crate::compat::nar::read_nar(input, &mut sink).map_err(|e| {
+        // The partial tree is ours (`target` did not exist): remove it.
+        let _ = fsutil::remove_tree(target);
+        match e {
+            NarError::Io(source) => StoreError::Io {
+                action: "restore",
+                path: target.to_path_buf(),
+                source,
+            },
+            source => StoreError::Nar {
+                path: target.to_path_buf(),
+                source,
+            },
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused NAR (cut short, or followed by more data) leaves no partial tree.
+    #[test]
+    fn a_refused_restore_leaves_nothing() {
+        use crate::compat::nar::Node;
+        let tree = Node::Directory(vec![
+            (
+                b"a".to_vec(),
+                Node::Regular {
+                    executable: false,
+                    contents: b"first\n".to_vec(),
+                },
+            ),
+            (
+                b"b".to_vec(),
+                Node::Regular {
+                    executable: true,
+                    contents: b"second\n".to_vec(),
+                },
+            ),
+        ]);
+        let nar = tree.write_nar(Vec::new()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [RestoreMode::Plain, RestoreMode::Canonical] {
+            let mut trailing = nar.clone();
+            trailing.extend_from_slice(b"more");
+            for bad in [&nar[..nar.len() - 20], &trailing[..]] {
+                let target = dir.path().join("t");
+                let err = restore_nar(bad, &target, mode).unwrap_err();
+                assert!(matches!(err, StoreError::Nar { .. }), "{err}");
+                assert!(fs::symlink_metadata(&target).is_err(), "{err}");
+            }
+            let target = dir.path().join("good");
+            assert_eq!(
+                restore_nar(&nar[..], &target, mode).unwrap(),
+                nar.len() as u64
+            );
+            assert_eq!(fs::read(target.join("b")).unwrap(), b"second\n");
+            fsutil::remove_tree(&target).unwrap();
+        }
+    }
 
     /// A sparse file (holes at the start, between and after data, within and across read
     /// buffers) hashes and copies exactly as the same bytes written densely.

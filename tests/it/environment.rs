@@ -124,6 +124,11 @@ fn builds_run_inside_the_locked_environment_and_cannot_change_it() {
         err.contains("hash mismatch") && err.contains("nothing was built"),
         "{err}"
     );
+    // The hash is the lock's, and so is the fix.
+    assert!(
+        err.contains("`sandboxes/probe.lock`") && err.contains("`ksbuild lock probe`"),
+        "{err}"
+    );
 }
 
 /// An environment tree of another architecture (arm64 packages, unpacked as data) is built

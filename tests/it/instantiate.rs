@@ -376,3 +376,65 @@ fn path_inputs_stay_inside_the_project() {
         .is_symlink());
     assert_eq!(fs::read_link(&link).unwrap(), Path::new("/etc/passwd"));
 }
+
+#[test]
+fn a_cycle_names_the_inputs_lines_that_make_it() {
+    let tmp = scratch();
+    let proj = tmp.path().join("proj");
+    write_project(&proj);
+    for (name, text) in [
+        ("a.toml", "builder = \"/bin/sh\"\n\n[inputs]\nb = \"b\"\n"),
+        (
+            "b.toml",
+            "builder = \"/bin/sh\"\n[inputs]\nz = \"simple\"\nc = \"c@v\"\n",
+        ),
+        // Through a variant's own inputs.
+        (
+            "c.toml",
+            "builder = \"/bin/sh\"\n[variants.v.inputs]\na = \"a\"\n",
+        ),
+    ] {
+        fs::write(proj.join("derivations").join(name), text).unwrap();
+    }
+    let out = run(ksbuild(&tmp.path().join("ks"))
+        .arg("--project")
+        .arg(&proj)
+        .args(["instantiate", "a"]));
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{e}");
+    for want in [
+        "dependency cycle: a -> b -> c@v -> a",
+        "derivations/a.toml:4: b = \"b\"",
+        "derivations/b.toml:4: c = \"c@v\"",
+        "derivations/c.toml:3: a = \"a\"",
+    ] {
+        assert!(e.contains(want), "{want:?} missing from:\n{e}");
+    }
+}
+
+#[test]
+fn an_error_on_a_huge_line_shows_a_window_of_it() {
+    let tmp = scratch();
+    let proj = tmp.path().join("proj");
+    write_project(&proj);
+    // 10 MB on one line, and a syntax error near its end.
+    let text = format!(
+        "builder = \"/bin/sh\"\nenv = {{ A = \"{}\" B = 1 }}\n",
+        "x".repeat(10_000_000)
+    );
+    fs::write(proj.join("derivations/huge.toml"), text).unwrap();
+    let out = run(ksbuild(&tmp.path().join("ks"))
+        .arg("--project")
+        .arg(&proj)
+        .args(["instantiate", "huge"]));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", &e[..e.len().min(2000)]);
+    assert!(
+        out.stderr.len() < 4096,
+        "{} bytes of stderr",
+        out.stderr.len()
+    );
+    // The place is the file's (line 2, the column of `B`); the window shows it.
+    assert!(e.contains("huge.toml:2:10000016"), "{e}");
+    assert!(e.contains("…xxxx") && e.contains("\" B = 1 }"), "{e}");
+}

@@ -541,3 +541,53 @@ fn gc_leaves_what_nix_added_to_a_shared_root() {
             .arg(theirs_path.trim()),
     );
 }
+
+/// `store restore` takes exactly one NAR: bytes after it are refused (Nix 2.8 ignores
+/// them), and a refused restore, like a truncated one, leaves nothing at the target.
+#[test]
+fn restore_refuses_trailing_bytes_and_leaves_nothing_behind() {
+    let s = Scratch::new();
+    let ks = s.path().join("ks");
+    let src = s.path().join("tree");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/file"), "contents\n").unwrap();
+    std::fs::write(src.join("top"), "top\n").unwrap();
+    let nar = run(ksbuild(&ks).args(["store", "dump"]).arg(&src));
+    assert!(nar.status.success());
+    let nar = nar.stdout;
+    let restore = |name: &str, bytes: &[u8]| {
+        let target = s.path().join(name);
+        let mut child = ksbuild(&ks)
+            .args(["store", "restore"])
+            .arg(&target)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out, target)
+    };
+    let (out, target) = restore("whole", &nar);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(target.join("sub/file")).unwrap(),
+        "contents\n"
+    );
+    let mut trailing = nar.clone();
+    trailing.extend_from_slice(b"trailing garbage");
+    for (name, bytes, says) in [
+        ("trailing", &trailing[..], "more data after its end"),
+        ("truncated", &nar[..nar.len() - 16], "truncated"),
+    ] {
+        let (out, target) = restore(name, bytes);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(
+            std::fs::symlink_metadata(&target).is_err(),
+            "{name}: a partial tree was left at `{}`",
+            target.display()
+        );
+    }
+}

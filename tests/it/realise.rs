@@ -1351,3 +1351,141 @@ exec setpriv --inh-caps=-all --ambient-caps=-all "$@""#;
         .count();
     assert_eq!(built, 0, "nothing was built without the sandbox");
 }
+
+#[test]
+fn a_failed_download_is_told_once_with_where_it_is_declared() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[]);
+    let payload = p.scratch.join("payload.txt");
+    fs::write(&payload, "payload\n").unwrap();
+    let wrong = "sha256-".to_string() + &ksbuild::compat::Hash::sha256(b"other\n").to_base64();
+    fs::write(
+        p.dir.join("derivations/bad.toml"),
+        format!(
+            "[fetch]\nurl = \"file://{}\"\nhash = \"{wrong}\"\n",
+            payload.display()
+        ),
+    )
+    .unwrap();
+    let out = run(p.ks("s").args(["realise", "--no-link", "bad"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("hash mismatch").count(),
+        1,
+        "told twice:\n{err}"
+    );
+    assert!(
+        err.contains("download `bad` (derivations/bad.toml:2): hash mismatch"),
+        "{err}"
+    );
+    assert!(
+        err.contains("update `hash` at `derivations/bad.toml:3`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hand_edited_pins_lock_is_blamed_and_ksbuild_pin_is_the_fix() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[]);
+    let payload = p.scratch.join("release.txt");
+    fs::write(&payload, "release 1\n").unwrap();
+    fs::write(
+        p.dir.join("derivations/upstream.toml"),
+        format!(
+            "# Upstream-only.\n[fetch]\nurl = \"file://{}\"\n",
+            payload.display()
+        ),
+    )
+    .unwrap();
+    run_ok(p.ks("s").args(["realise", "--no-link", "upstream"]));
+    let lock = p.dir.join("derivations/pins.lock");
+    let good = fs::read_to_string(&lock).unwrap();
+    let line = 1 + good
+        .lines()
+        .position(|l| l.starts_with("hash = "))
+        .expect("a hash line");
+    let at = format!("derivations/pins.lock:{line}");
+    let want = "sha256-".to_string() + &ksbuild::compat::Hash::sha256(b"release 1\n").to_base64();
+    assert!(good.contains(&want), "{good}");
+    let edit = |from: &str, to: &str| fs::write(&lock, good.replace(from, to)).unwrap();
+    let stderr = |store: &str, command: &str| {
+        let out = run(p.ks(store).args([command, "upstream"]));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A wrong hash: the mismatch sends the user to the pin, not to the derivation file.
+    let other = "sha256-".to_string() + &ksbuild::compat::Hash::sha256(b"other\n").to_base64();
+    edit(&want, &other);
+    let err = stderr("fresh", "realise");
+    assert_eq!(err.matches("hash mismatch").count(), 1, "{err}");
+    assert!(
+        err.contains("(derivations/upstream.toml:3)")
+            && err.contains(&format!("the hash is pinned at `{at}`"))
+            && err.contains("`ksbuild pin upstream`")
+            && !err.contains("derivation file"),
+        "{err}"
+    );
+
+    // A malformed hash: pointed at in pins.lock.
+    edit(&want, "sha256-bogus");
+    let err = stderr("s", "instantiate");
+    assert!(
+        err.contains("malformed hash pinned for `upstream`")
+            && err.contains(&format!("[{at}:8]"))
+            && err.contains("this hash")
+            && err.contains("`ksbuild pin upstream`")
+            && !err.contains("upstream.toml"),
+        "{err}"
+    );
+
+    // A syntax error: at its line in pins.lock.
+    edit(&format!("\"{want}\""), &format!("{want}\""));
+    let err = stderr("s", "instantiate");
+    assert!(
+        err.contains("invalid `derivations/pins.lock`")
+            && err.contains(&format!("[{at}:"))
+            && err.contains("ksbuild pin"),
+        "{err}"
+    );
+
+    // Pinned, but in no store here and no longer downloadable: told once, with the
+    // command an unpinned download gets.
+    fs::write(&lock, &good).unwrap();
+    fs::remove_file(&payload).unwrap();
+    let err = stderr("fresh2", "realise");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert!(
+        err.contains("ksbuild pin upstream /path/to/release.txt") && !err.contains("add-fixed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_log_of_a_silent_failure_says_the_build_failed() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[(
+        "derivations/mute.toml",
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"exit 3\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n",
+    )]);
+    let out = run(p.ks("s").args(["realise", "--no-link", "mute"]));
+    assert_eq!(out.status.code(), Some(100));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("it printed nothing"), "{err}");
+    let log = run(p.ks("s").args(["log", "mute"]));
+    let err = String::from_utf8_lossy(&log.stderr);
+    assert!(!log.status.success());
+    assert!(
+        err.contains("its last build failed and printed nothing")
+            && !err.contains("has not been built"),
+        "{err}"
+    );
+}
