@@ -48,6 +48,7 @@
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 
+pub mod check;
 pub mod cli;
 pub mod compat;
 pub mod fetch;

@@ -2,6 +2,7 @@
 //! function over library operations. stdout carries data only (paths, hashes, JSON);
 //! messages go to stderr; errors are rendered by miette here and nowhere else.
 
+mod check_cmd;
 mod drv_cmd;
 mod errors;
 mod hash_cmd;
@@ -58,6 +59,9 @@ enum Command {
     /// Build targets in the sandbox; prints their output paths and makes `result` links.
     #[command(visible_alias = "build")]
     Realise(realise_cmd::RealiseArgs),
+    /// Build targets again in fresh sandboxes and compare the outputs bit for bit, with
+    /// each other and with `derivations/outputs.lock`; exit 104 on a difference.
+    Check(check_cmd::CheckArgs),
     /// Explain what changed in a target since its last realisation.
     WhyRebuild {
         /// Print the verdict as JSON.
@@ -234,6 +238,7 @@ pub fn main() -> ExitCode {
             drv_cmd::run_show(&ctx, targets, recursive)
         }
         Command::Realise(args) => realise_cmd::run(&ctx, args),
+        Command::Check(args) => check_cmd::run(&ctx, args),
         Command::Lock { names } => drv_cmd::run_lock(&ctx, names),
         Command::Pin { key, file } => drv_cmd::run_pin(&ctx, key, file),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),

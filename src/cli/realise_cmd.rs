@@ -65,7 +65,7 @@ pub struct RealiseArgs {
 }
 
 /// What the terminal shows while a realisation runs.
-struct Progress {
+pub(super) struct Progress {
     tty: bool,
     quiet: bool,
     json: bool,
@@ -249,6 +249,21 @@ impl Reporter for Progress {
     }
 }
 
+impl Progress {
+    /// The progress of a command of `ctx`: a status line on a terminal, plain lines
+    /// otherwise, JSON events on stdout with `json`, build logs as they come with
+    /// `print_logs`.
+    pub(super) fn new(ctx: &Context, json: bool, print_logs: bool) -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            quiet: ctx.quiet,
+            json,
+            print_logs,
+            state: Mutex::new(ProgressState::default()),
+        }
+    }
+}
+
 /// `ksbuild realise`.
 pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
@@ -289,13 +304,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             unsupported.len()
         )));
     }
-    let progress = Progress {
-        tty: std::io::stderr().is_terminal(),
-        quiet: ctx.quiet,
-        json: args.json,
-        print_logs: args.print_build_logs,
-        state: Mutex::new(ProgressState::default()),
-    };
+    let progress = Progress::new(ctx, args.json, args.print_build_logs);
     let mirrors = Mirrors::discover();
     let result = graph::realise(
         &store,

@@ -16,7 +16,7 @@ use crate::compat::derivation::Derivation;
 use crate::compat::StorePath;
 use crate::model::Node;
 use crate::sandbox::{self, SandboxSpec};
-use crate::store::{self, FileLock, Store};
+use crate::store::{self, FileLock, Store, StoreError};
 use crate::timing;
 
 /// Settings of every build.
@@ -652,7 +652,95 @@ pub struct CheckMismatch {
     pub kept: String,
 }
 
-impl SandboxExecutor<'_> {
+/// One output of a rebuild: its NAR hash and size, and the tree, canonical, in the
+/// rebuild's scratch space (gone when the [`Rebuild`] is dropped, unless kept).
+#[derive(Debug)]
+pub struct RebuiltOutput {
+    /// Its NAR hash.
+    pub nar_hash: crate::compat::Hash,
+    /// Its NAR size.
+    pub nar_size: u64,
+    /// The tree.
+    pub staged: PathBuf,
+}
+
+/// A build of a node in a fresh sandbox whose outputs are hashed but not registered:
+/// a round of `check`. The scratch space goes when it is dropped.
+pub struct Rebuild<'e, 's> {
+    executor: &'e SandboxExecutor<'s>,
+    scratch: Option<Scratch>,
+    /// The outputs, by name.
+    pub outputs: BTreeMap<String, RebuiltOutput>,
+}
+
+impl Rebuild<'_, '_> {
+    /// Moves output `name` to `dest` (replacing what is there) for inspection.
+    pub fn keep(&mut self, name: &str, dest: &std::path::Path) -> Result<(), StoreError> {
+        let Some(out) = self.outputs.get_mut(name) else {
+            return Ok(());
+        };
+        store::remove_tree(dest)?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(StoreError::io("create", parent))?;
+        }
+        store::move_sealed(&out.staged, dest)?;
+        out.staged = dest.to_path_buf();
+        Ok(())
+    }
+}
+
+impl Drop for Rebuild<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(scratch) = self.scratch.take() {
+            self.executor.recycle(scratch);
+        }
+    }
+}
+
+impl<'s> SandboxExecutor<'s> {
+    /// Builds `node`, whose inputs must be valid, in a fresh sandbox, and hashes its
+    /// outputs (canonicalised as for registration) without registering them: nothing of
+    /// an earlier build of it is used.
+    pub fn rebuild<'e>(
+        &'e self,
+        node: &Node,
+        reporter: &dyn Reporter,
+    ) -> Result<Rebuild<'e, 's>, BuildFailure> {
+        let store = self.store;
+        self.check_system(node)?;
+        let closure = self.input_closure(&node.drv)?;
+        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &Slot::FREE)?;
+        let mut rebuild = Rebuild {
+            executor: self,
+            scratch: Some(scratch),
+            outputs: BTreeMap::new(),
+        };
+        let outputs = output_paths(node);
+        let mut candidates = closure;
+        candidates.extend(outputs.values().cloned());
+        for (name, path) in &outputs {
+            let staged = out_dir.join(path.to_string());
+            if std::fs::symlink_metadata(&staged).is_err() {
+                return Err(failure(format!(
+                    "the rebuild of `{}` did not produce its output `{name}`",
+                    node.key
+                )));
+            }
+            let info = store
+                .prepare_output(&staged, path, &candidates, Some(&node.drv_path), None)
+                .map_err(|e| failure(format!("output `{name}`: {e}")))?;
+            rebuild.outputs.insert(
+                name.clone(),
+                RebuiltOutput {
+                    nar_hash: info.nar_hash,
+                    nar_size: info.nar_size,
+                    staged,
+                },
+            );
+        }
+        Ok(rebuild)
+    }
+
     /// Rebuilds `node`, whose outputs must be valid, in a fresh sandbox and compares every
     /// output's NAR hash with the registered one. Differing rebuilds are kept under the
     /// store's `check/` directory. Returns the mismatches (empty when reproducible).
@@ -663,48 +751,30 @@ impl SandboxExecutor<'_> {
     ) -> Result<Vec<CheckMismatch>, BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
-        self.check_system(node)?;
-        let closure = self.input_closure(&node.drv)?;
-        timing::report("build: input closure", t0);
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &Slot::FREE)?;
-        let t0 = std::time::Instant::now();
-        let outputs = output_paths(node);
-        let mut candidates = closure.clone();
-        candidates.extend(outputs.values().cloned());
+        let mut rebuild = self.rebuild(node, reporter)?;
+        timing::report("check: rebuild", t0);
         let mut mismatches = Vec::new();
-        for (name, path) in &outputs {
+        for (name, path) in output_paths(node) {
             let registered = store
-                .path_info(path)
+                .path_info(&path)
                 .map_err(|e| failure(format!("`--check` needs valid outputs: {e}")))?;
-            let staged = out_dir.join(path.to_string());
-            if std::fs::symlink_metadata(&staged).is_err() {
-                return Err(failure(format!(
-                    "the rebuild of `{}` did not produce its output `{name}`",
-                    node.key
-                )));
-            }
-            let rebuilt = store
-                .prepare_output(&staged, path, &candidates, Some(&node.drv_path), None)
-                .map_err(|e| failure(format!("output `{name}`: {e}")))?;
+            let rebuilt = &rebuild.outputs[&name];
             if rebuilt.nar_hash != registered.nar_hash {
+                let actual = rebuilt.nar_hash.to_sri();
                 let kept = store.check_dir().join(path.to_string());
-                let _ = store::remove_tree(&kept);
-                std::fs::rename(&staged, &kept)
+                rebuild
+                    .keep(&name, &kept)
                     .map_err(|e| failure(format!("cannot keep the rebuild: {e}")))?;
                 mismatches.push(CheckMismatch {
                     target: node.key.clone(),
                     output: name.clone(),
-                    path: store.print(path),
+                    path: store.print(&path),
                     expected: registered.nar_hash.to_sri(),
-                    actual: rebuilt.nar_hash.to_sri(),
+                    actual,
                     kept: kept.display().to_string(),
                 });
             }
         }
-        timing::report("check: hash outputs", t0);
-        let t0 = std::time::Instant::now();
-        self.recycle(scratch);
-        timing::report("build: empty scratch", t0);
         Ok(mismatches)
     }
 }

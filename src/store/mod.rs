@@ -36,7 +36,9 @@ pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
     RestoreMode,
 };
-pub use fsutil::{disk_usage, is_out_of_space, megabytes, write_atomic, FilesystemSpace};
+pub use fsutil::{
+    disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic, FilesystemSpace,
+};
 pub use fsutil::{remove_tree, Staging};
 pub use gc::GcReport;
 pub use lock::{FileLock, LockKind};

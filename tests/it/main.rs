@@ -2,6 +2,7 @@
 //! cross-checks against real Nix 2.8. Shared helpers live in `common`.
 
 mod cache_export;
+mod check;
 mod common;
 mod environment;
 mod faults;

@@ -18,7 +18,7 @@ use crate::common::{
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Whether the sandbox can run here; in CI (`KSBUILD_REQUIRE_SANDBOX`) it must.
-fn skip_without_busybox() -> bool {
+pub(crate) fn skip_without_busybox() -> bool {
     if Path::new(BUSYBOX).exists() {
         return false;
     }
@@ -30,14 +30,14 @@ fn skip_without_busybox() -> bool {
 }
 
 /// A project whose builder is a copy of the host's static busybox, as a repository folder.
-struct Project {
+pub(crate) struct Project {
     _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    scratch: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) scratch: PathBuf,
 }
 
 impl Project {
-    fn new(files: &[(&str, &str)]) -> Project {
+    pub(crate) fn new(files: &[(&str, &str)]) -> Project {
         let tmp = scratch();
         let dir = tmp.path().join("proj");
         fs::create_dir_all(dir.join("derivations")).unwrap();
@@ -62,7 +62,7 @@ impl Project {
         }
     }
 
-    fn ks(&self, store: &str) -> Command {
+    pub(crate) fn ks(&self, store: &str) -> Command {
         let mut c = ksbuild(&self.scratch.join(store));
         c.arg("--project").arg(&self.dir).current_dir(&self.scratch);
         c
@@ -84,7 +84,7 @@ impl Project {
     }
 }
 
-const GRAPH: &[(&str, &str)] = &[
+pub(crate) const GRAPH: &[(&str, &str)] = &[
     (
         "derivations/a.toml",
         r#"builder = "${bb}/bin/busybox"

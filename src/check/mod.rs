@@ -1,0 +1,277 @@
+//! Reproducibility checks (`ksbuild check`): builds of a derivation in fresh sandboxes,
+//! compared output by output by NAR hash with each other, with the store's own build and
+//! with a recorded build (`derivations/outputs.lock`); a difference is explained file by
+//! file ([`explain`]). Runs builds through the sandbox executor and reads outputs.
+//!
+//! Rounds: `rounds` is the number of builds compared. The store's copy of an output counts
+//! as one when this store built it (`ultimate`, as Nix calls a path built locally rather
+//! than substituted or copied); the check makes the others, each in a fresh sandbox. No
+//! output ever stands for two rounds.
+
+pub mod explain;
+pub mod record;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::graph::build::SandboxExecutor;
+use crate::graph::{output_paths, BuildFailure, Reporter};
+use crate::model::Node;
+use crate::store::Store;
+use explain::Difference;
+use record::Record;
+
+/// How a derivation's outputs compare with its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum RecordStatus {
+    /// Every output's NAR hash is the recorded one.
+    Matches,
+    /// Some output's is not.
+    Differs,
+    /// The record is for another `.drv` (the derivation changed since): re-record.
+    Stale {
+        /// The `.drv` the record is for.
+        recorded_drv: String,
+    },
+    /// There is no record of the target.
+    Missing,
+}
+
+/// One output of a checked derivation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputVerdict {
+    /// The output's name.
+    pub name: String,
+    /// Its store path.
+    pub path: String,
+    /// The NAR hash of each build compared (the store's first when it counts as a build).
+    pub builds: Vec<String>,
+    /// The NAR hash recorded in `outputs.lock`, when compared with it.
+    pub recorded: Option<String>,
+    /// Whether every build (and the record) agree.
+    pub reproducible: bool,
+    /// Where the first differing build is kept, for inspection.
+    pub kept: Option<String>,
+    /// The first differences between the store's copy and that build.
+    pub differences: Vec<Difference>,
+}
+
+/// One checked derivation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DerivationVerdict {
+    /// The target.
+    pub target: String,
+    /// Its `.drv`.
+    pub drv: String,
+    /// How many builds were compared.
+    pub builds: u32,
+    /// How many of them this check ran.
+    pub rebuilt: u32,
+    /// Whether every output reproduced (and matched its record, if compared).
+    pub reproducible: bool,
+    /// The outputs.
+    pub outputs: Vec<OutputVerdict>,
+    /// The comparison with `outputs.lock`, when asked for.
+    pub record: Option<RecordStatus>,
+}
+
+/// What the check asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions {
+    /// The number of builds compared (see the module's documentation).
+    pub rounds: u32,
+}
+
+/// Checks `node`, whose outputs are valid: makes the builds `options.rounds` asks for,
+/// compares them, and compares them with `record` when one is given (`Some(None)`: asked
+/// for, but there is none). A differing build is kept under the store's `check/` and
+/// explained against the store's copy.
+pub fn check_node(
+    store: &Store,
+    executor: &SandboxExecutor<'_>,
+    node: &Node,
+    options: CheckOptions,
+    record: Option<Option<&Record>>,
+    reporter: &dyn Reporter,
+) -> Result<DerivationVerdict, BuildFailure> {
+    let fail = |message: String| BuildFailure {
+        message,
+        log: None,
+        tail: Vec::new(),
+    };
+    let outputs = output_paths(node);
+    let mut registered = BTreeMap::new();
+    for (name, path) in &outputs {
+        let info = store
+            .path_info(path)
+            .map_err(|e| fail(format!("`{}` must be valid to be checked: {e}", node.key)))?;
+        registered.insert(name.clone(), info);
+    }
+    let counted = registered.values().all(|i| i.ultimate);
+    let rebuilds = options.rounds.saturating_sub(u32::from(counted));
+    let mut verdicts: BTreeMap<String, OutputVerdict> = outputs
+        .iter()
+        .map(|(name, path)| {
+            let info = &registered[name];
+            (
+                name.clone(),
+                OutputVerdict {
+                    name: name.clone(),
+                    path: store.print(path),
+                    builds: if counted {
+                        vec![info.nar_hash.to_sri()]
+                    } else {
+                        Vec::new()
+                    },
+                    recorded: None,
+                    reproducible: true,
+                    kept: None,
+                    differences: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for round in 0..rebuilds {
+        let mut rebuild = executor.rebuild(node, reporter)?;
+        for (name, path) in &outputs {
+            let info = &registered[name];
+            let got = rebuild.outputs[name].nar_hash.clone();
+            let v = verdicts.get_mut(name).expect("every output has a verdict");
+            v.builds.push(got.to_sri());
+            if got != info.nar_hash && v.kept.is_none() {
+                let kept = store.check_dir().join(format!(
+                    "{}-build-{}",
+                    path,
+                    round + 1 + u32::from(counted)
+                ));
+                rebuild
+                    .keep(name, &kept)
+                    .map_err(|e| fail(format!("cannot keep the differing build: {e}")))?;
+                v.differences = explain::diff_trees(&store.physical_path(path), &kept)
+                    .map_err(|e| fail(format!("cannot compare the builds of `{name}`: {e}")))?;
+                v.kept = Some(kept.display().to_string());
+            }
+        }
+    }
+    let mut record_status = None;
+    if let Some(record) = record {
+        let drv = store.print(&node.drv_path);
+        record_status = Some(match record {
+            None => RecordStatus::Missing,
+            Some(r) if r.drv != drv => RecordStatus::Stale {
+                recorded_drv: r.drv.clone(),
+            },
+            Some(r) => {
+                let mut status = RecordStatus::Matches;
+                for (name, v) in verdicts.iter_mut() {
+                    let recorded = r.outputs.get(name).map(|o| o.nar_hash.clone());
+                    // Without a build of its own, the store's copy is what is compared.
+                    let ours = if v.builds.is_empty() {
+                        vec![registered[name].nar_hash.to_sri()]
+                    } else {
+                        v.builds.clone()
+                    };
+                    if ours.iter().any(|h| Some(h) != recorded.as_ref()) {
+                        status = RecordStatus::Differs;
+                        v.reproducible = false;
+                    }
+                    v.recorded = recorded;
+                }
+                status
+            }
+        });
+    }
+    let mut outputs_verdicts: Vec<OutputVerdict> = verdicts.into_values().collect();
+    for v in &mut outputs_verdicts {
+        if v.builds.windows(2).any(|w| w[0] != w[1]) {
+            v.reproducible = false;
+        }
+    }
+    let reproducible = outputs_verdicts.iter().all(|v| v.reproducible)
+        && !matches!(record_status, Some(RecordStatus::Differs));
+    Ok(DerivationVerdict {
+        target: node.key.clone(),
+        drv: store.print(&node.drv_path),
+        builds: rebuilds + u32::from(counted),
+        rebuilt: rebuilds,
+        reproducible,
+        outputs: outputs_verdicts,
+        record: record_status,
+    })
+}
+
+/// The record of a derivation that a check showed reproducible.
+pub fn record_of(verdict: &DerivationVerdict, store: &Store, node: &Node) -> Record {
+    let outputs = output_paths(node)
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let info = store.query_path_info(&path).ok()??;
+            Some((
+                name,
+                record::RecordedOutput {
+                    path: store.print(&path),
+                    nar_hash: info.nar_hash.to_sri(),
+                    nar_size: info.nar_size,
+                },
+            ))
+        })
+        .collect();
+    Record {
+        drv: verdict.drv.clone(),
+        builds: verdict.builds,
+        outputs,
+    }
+}
+
+/// A reproducibility report in the style of NixOS's r13y: N of M reproducible, a row per
+/// derivation, the located differences.
+pub fn report_markdown(verdicts: &[DerivationVerdict]) -> String {
+    let good = verdicts.iter().filter(|v| v.reproducible).count();
+    let mut md = format!(
+        "# Reproducibility report\n\n**{good} of {} derivations reproducible.**\n\n\
+         | derivation | builds compared | record | verdict |\n|---|---|---|---|\n",
+        verdicts.len()
+    );
+    for v in verdicts {
+        let record = match &v.record {
+            None => "—".to_string(),
+            Some(RecordStatus::Matches) => "matches".into(),
+            Some(RecordStatus::Differs) => "**differs**".into(),
+            Some(RecordStatus::Stale { .. }) => "stale".into(),
+            Some(RecordStatus::Missing) => "none".into(),
+        };
+        md.push_str(&format!(
+            "| `{}` | {} | {record} | {} |\n",
+            v.target,
+            v.builds,
+            if v.reproducible {
+                "reproducible"
+            } else {
+                "**not reproducible**"
+            }
+        ));
+    }
+    for v in verdicts.iter().filter(|v| !v.reproducible) {
+        md.push_str(&format!("\n## `{}`\n\n", v.target));
+        for o in v.outputs.iter().filter(|o| !o.reproducible) {
+            md.push_str(&format!(
+                "- output `{}` (`{}`): builds {}{}\n",
+                o.name,
+                o.path,
+                o.builds.join(", "),
+                o.recorded
+                    .as_ref()
+                    .map(|r| format!("; recorded {r}"))
+                    .unwrap_or_default()
+            ));
+            for d in &o.differences {
+                md.push_str(&format!("  - `{}`: {}\n", d.path, d.what));
+            }
+        }
+    }
+    md
+}

@@ -1,0 +1,286 @@
+//! `ksbuild check`: realises targets, then builds each selected derivation again in fresh
+//! sandboxes and compares the outputs by NAR hash, with each other and with
+//! `derivations/outputs.lock`; explains differences; records outputs that reproduced.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::drv_cmd::{ensure_pinned, instantiate_project, project_root};
+use super::realise_cmd::Progress;
+use super::{out_line, CliError, Context};
+use crate::check::record::{record_path, Records};
+use crate::check::{self, CheckOptions, DerivationVerdict, RecordStatus};
+use crate::fetch::Mirrors;
+use crate::graph::build::{BuildOptions, Platforms, SandboxExecutor};
+use crate::graph::{self, RealiseError};
+
+/// Which derivations a check builds again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Depth {
+    /// The named targets.
+    Targets,
+    /// The targets and every derivation they need (downloads excepted).
+    Closure,
+}
+
+/// `ksbuild check` options.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Rounds: the number of builds compared per derivation. The store's copy of an output counts as \
+one when this store built it (not when it was copied or substituted); the check makes the \
+others, each in a fresh sandbox, and never counts one output twice.
+
+Exit codes: 0 every output reproduced (and matched its record); 104 an output differs, \
+between builds or from its record (the differing build is kept under the store's `check/` \
+and explained: the first differing files, the byte where they part, a likely cause); 1 a \
+record is missing or stale, or a build failed.")]
+pub struct CheckArgs {
+    /// Targets (files of `derivations/`, without `.toml`).
+    #[arg(required = true)]
+    targets: Vec<String>,
+    /// Builds compared per derivation [default: 2; 1 with --against-record].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    rounds: Option<u32>,
+    /// Which derivations are built again: the targets, or their whole closure.
+    #[arg(long, value_enum, default_value_t = Depth::Targets)]
+    depth: Depth,
+    /// Compare each target with its record in `derivations/outputs.lock`, across machines
+    /// and time: with the store's own build when it made one, so a target is built once.
+    #[arg(long)]
+    against_record: bool,
+    /// Record the targets' outputs in `derivations/outputs.lock` if every output
+    /// reproduced over at least two builds.
+    #[arg(long)]
+    record: bool,
+    /// Print the verdict as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write a reproducibility report (Markdown) to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Builds to run at once while realising.
+    #[arg(long, short = 'j', default_value_t = 1)]
+    jobs: usize,
+    /// `NIX_BUILD_CORES` of each build [default: the number of CPUs].
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Kill a build after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Kill a build that prints nothing for this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    max_silent_time: Option<u64>,
+    /// Print build output on stderr as it comes.
+    #[arg(long, short = 'L')]
+    print_build_logs: bool,
+}
+
+/// `ksbuild check`.
+pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
+    let rounds = args
+        .rounds
+        .unwrap_or(if args.against_record { 1 } else { 2 });
+    if args.record && rounds < 2 {
+        return Err(CliError::Usage {
+            message: "a record needs at least two builds that agree".into(),
+            hint: Some("use `--rounds 2` (or more) with `--record`".into()),
+        });
+    }
+    let store = ctx.open_store()?;
+    let executor = SandboxExecutor::new(
+        &store,
+        BuildOptions {
+            cores: args.cores.unwrap_or_else(|| crate::cpus() as u32),
+            timeout: args.timeout.map(Duration::from_secs),
+            max_silent_time: args.max_silent_time.map(Duration::from_secs),
+            max_processes: crate::sandbox::DEFAULT_MAX_PROCESSES,
+            keep_failed: false,
+            jobs: args.jobs,
+            platforms: Platforms::host(),
+        },
+    )?;
+    let root = project_root(ctx)?;
+    let project = ensure_pinned(ctx, &store, &args.targets)?;
+    let (_project, lowered) = instantiate_project(ctx, &store, project, &args.targets)?;
+    let progress = Progress::new(ctx, false, args.print_build_logs);
+    match graph::realise(
+        &store,
+        &lowered,
+        &args.targets,
+        &Mirrors::discover(),
+        &executor,
+        args.jobs,
+        &progress,
+    ) {
+        Ok(_) => {}
+        Err(RealiseError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot check what does not build: {e}"
+            )))
+        }
+    }
+    let selected: Vec<&str> = match args.depth {
+        Depth::Targets => args.targets.iter().map(String::as_str).collect(),
+        Depth::Closure => {
+            let mut keep = std::collections::BTreeSet::new();
+            let mut todo: Vec<&str> = args.targets.iter().map(String::as_str).collect();
+            while let Some(k) = todo.pop() {
+                if keep.insert(k) {
+                    todo.extend(lowered.nodes[k].deps.iter().map(String::as_str));
+                }
+            }
+            lowered
+                .order
+                .iter()
+                .map(String::as_str)
+                .filter(|k| keep.contains(k) && lowered.nodes[*k].fetch.is_none())
+                .collect()
+        }
+    };
+    let records = if args.against_record || args.record {
+        Records::load(&root).map_err(|e| CliError::Failed(e.to_string()))?
+    } else {
+        Records::default()
+    };
+    let mut verdicts: Vec<DerivationVerdict> = Vec::new();
+    for key in &selected {
+        let node = &lowered.nodes[*key];
+        let record = (args.against_record && args.targets.iter().any(|t| t == key))
+            .then(|| records.0.get(*key));
+        ctx.note(&format!("checking `{key}`…"));
+        let verdict = check::check_node(
+            &store,
+            &executor,
+            node,
+            CheckOptions { rounds },
+            record,
+            &progress,
+        )
+        .map_err(|f| CliError::Failed(format!("cannot check `{key}`: {}", f.message)))?;
+        tell(ctx, &verdict, &root);
+        verdicts.push(verdict);
+    }
+    let reproducible = verdicts.iter().all(|v| v.reproducible);
+    let unusable: Vec<&DerivationVerdict> = verdicts
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.record,
+                Some(RecordStatus::Stale { .. } | RecordStatus::Missing)
+            )
+        })
+        .collect();
+    if args.json {
+        let verdict = serde_json::json!({
+            "reproducible": reproducible && unusable.is_empty(),
+            "rounds": rounds,
+            "derivations": verdicts,
+        });
+        out_line(&verdict.to_string())?;
+    }
+    if let Some(file) = &args.report {
+        std::fs::File::create(file)
+            .and_then(|mut f| f.write_all(check::report_markdown(&verdicts).as_bytes()))
+            .map_err(|source| CliError::Io {
+                action: "write the report",
+                source,
+            })?;
+    }
+    if !reproducible {
+        return Ok(ExitCode::from(104));
+    }
+    if !unusable.is_empty() {
+        let targets: Vec<&str> = unusable.iter().map(|v| v.target.as_str()).collect();
+        return Err(CliError::Usage {
+            message: format!(
+                "{} target(s) have no usable record in `{}`",
+                targets.len(),
+                record_path(&root).display()
+            ),
+            hint: Some(format!(
+                "record them (two builds that agree): `ksbuild check --record {}`",
+                targets.join(" ")
+            )),
+        });
+    }
+    if args.record {
+        let mut records = records;
+        for key in &args.targets {
+            let v = verdicts
+                .iter()
+                .find(|v| &v.target == key)
+                .expect("every target is checked");
+            if v.builds < 2 {
+                return Err(CliError::Failed(format!(
+                    "`{key}` was built {} time(s) only; a record needs two builds that agree",
+                    v.builds
+                )));
+            }
+            records.0.insert(
+                key.clone(),
+                check::record_of(v, &store, &lowered.nodes[key]),
+            );
+        }
+        records
+            .save(&root)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        ctx.note(&format!(
+            "recorded {} in `{}`",
+            args.targets.join(", "),
+            record_path(&root).display()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tells one derivation's verdict on stderr.
+fn tell(ctx: &Context, v: &DerivationVerdict, root: &std::path::Path) {
+    let record = match &v.record {
+        None => String::new(),
+        Some(RecordStatus::Matches) => ", as recorded".into(),
+        Some(RecordStatus::Differs) => ", NOT as recorded".into(),
+        Some(RecordStatus::Missing) => format!(
+            "; no record in `{}`: record one with `ksbuild check --record {}`",
+            record_path(root).display(),
+            v.target
+        ),
+        Some(RecordStatus::Stale { recorded_drv }) => format!(
+            "; its record is for `{recorded_drv}`, not `{}` (the derivation changed since): \
+             re-record with `ksbuild check --record {}`",
+            v.drv, v.target
+        ),
+    };
+    if v.reproducible {
+        ctx.note(&format!(
+            "`{}`: reproducible over {} build(s){record}",
+            v.target, v.builds
+        ));
+        return;
+    }
+    eprintln!(
+        "error: `{}` is not reproducible over {} build(s){record}",
+        v.target, v.builds
+    );
+    for o in v.outputs.iter().filter(|o| !o.reproducible) {
+        eprintln!(
+            "  output `{}` ({}): {}",
+            o.name,
+            o.path,
+            o.builds.join(" vs ")
+        );
+        if let Some(r) = &o.recorded {
+            eprintln!("    recorded: {r}");
+        }
+        if let Some(k) = &o.kept {
+            eprintln!("    the differing build is kept at `{k}`");
+        }
+        for d in &o.differences {
+            eprintln!("    {d}");
+        }
+    }
+}
