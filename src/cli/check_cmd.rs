@@ -106,6 +106,48 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     let root = project_root(ctx)?;
     let project = ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) = instantiate_project(ctx, &store, project, &args.targets)?;
+    let records = if args.against_record || args.record {
+        Records::load(&root).map_err(|e| CliError::Failed(e.to_string()))?
+    } else {
+        Records::default()
+    };
+    // A missing or stale record is told before anything is built (a kernel is an hour).
+    if args.against_record {
+        let mut unusable = Vec::new();
+        for t in &args.targets {
+            let drv = store.print(&lowered.nodes[t].drv_path);
+            match records.0.get(t) {
+                Some(r) if r.drv == drv => {}
+                Some(r) => {
+                    eprintln!(
+                        "error: the record of `{t}` is for `{}`, not `{drv}` (the derivation \
+                         changed since it was recorded)",
+                        r.drv
+                    );
+                    unusable.push(t.as_str());
+                }
+                None => {
+                    eprintln!(
+                        "error: `{t}` has no record in `{}`",
+                        record_path(&root).display()
+                    );
+                    unusable.push(t.as_str());
+                }
+            }
+        }
+        if !unusable.is_empty() {
+            return Err(CliError::Usage {
+                message: format!(
+                    "{} target(s) have no usable record; nothing was built",
+                    unusable.len()
+                ),
+                hint: Some(format!(
+                    "re-record with `ksbuild check --record {}` (two builds that agree)",
+                    unusable.join(" ")
+                )),
+            });
+        }
+    }
     let progress = Progress::new(ctx, false, args.print_build_logs);
     match graph::realise(
         &store,
@@ -141,11 +183,6 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                 .filter(|k| keep.contains(k) && lowered.nodes[*k].fetch.is_none())
                 .collect()
         }
-    };
-    let records = if args.against_record || args.record {
-        Records::load(&root).map_err(|e| CliError::Failed(e.to_string()))?
-    } else {
-        Records::default()
     };
     let mut verdicts: Vec<DerivationVerdict> = Vec::new();
     for key in &selected {

@@ -1,9 +1,12 @@
 //! The kernel tracks: which fragments feed which kernel, and real compiles of the small
 //! variants (tinyconfig + the container fragment + what a QEMU boot needs) in the locked
-//! `kernel` environment, twice (`realise --check`), with the config audit. The six small
-//! compiles take about an hour of CI's 90 minutes on 2 cores (about 10 minutes each). Kernel builds
-//! share one store under Cargo's target directory, so the environment (157 `.deb`s) and
-//! the sources are fetched and unpacked once.
+//! `kernel` environment, with the config audit. Each small kernel is compiled once per run
+//! and checked bit for bit against its record in `derivations/outputs.lock` (`ksbuild
+//! check --against-record`), which two builds that agreed wrote (`ksbuild check --record`):
+//! an independent build, on another machine and at another time, for the price of one
+//! compile (about 10 minutes each on 2 cores). Kernel builds share one store under Cargo's
+//! target directory with the image tests, which reuse these kernels, so the environment
+//! (157 `.deb`s) and the sources are fetched and unpacked once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -96,12 +99,14 @@ fn fragments_change_exactly_the_tracks_that_use_them() {
     assert!(base.iter().zip(&after).all(|(b, a)| b != a));
 }
 
-/// Realises `target` of `proj` in the shared store, then rebuilds it with `--check`.
-fn build_twice(proj: &Path, target: &str) -> PathBuf {
+/// Realises `target` of `proj` in the shared store (once: the image tests reuse it) and
+/// compares it bit for bit with its record in `derivations/outputs.lock`.
+fn build_and_check_against_record(proj: &Path, target: &str) -> PathBuf {
     let store = shared_store();
     let out = run(ksbuild(&store).arg("--project").arg(proj).args([
-        "realise",
-        "--no-link",
+        "check",
+        "--against-record",
+        "--json",
         "-j2",
         target,
     ]));
@@ -113,25 +118,47 @@ fn build_twice(proj: &Path, target: &str) -> PathBuf {
         eprintln!("SKIP: the Debian archive is unreachable here");
         return PathBuf::new();
     }
-    assert!(out.status.success(), "{err}");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let check = run(ksbuild(&store).arg("--project").arg(proj).args([
-        "realise",
-        "--no-link",
-        "--check",
-        target,
-    ]));
     assert!(
-        check.status.success(),
-        "the rebuild of {target} differs: {}",
-        String::from_utf8_lossy(&check.stderr)
+        out.status.success(),
+        "{target} does not build to its record: {err}"
     );
+    let verdict: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("check --json prints its verdict");
+    let d = &verdict["derivations"][0];
+    assert_eq!(d["record"]["status"], "matches", "{verdict}");
+    assert!(d["builds"].as_u64().unwrap() >= 1, "{verdict}");
+    let o = &d["outputs"][0];
+    assert_eq!(o["builds"][0], o["recorded"], "{verdict}");
+    let path = o["path"].as_str().unwrap();
     store.join(path.trim_start_matches('/'))
 }
 
+/// A changed kernel fragment makes the record stale: `--against-record` fails before
+/// building, naming the command that re-records — never a silent pass.
 #[test]
-fn small_x86_64_kernel_builds_bit_for_bit_twice() {
-    let out = build_twice(repo(), "kernel-x86_64@small");
+fn a_changed_fragment_makes_the_kernel_record_stale() {
+    let tmp = scratch();
+    project_copy(tmp.path());
+    let fragment = tmp.path().join("fragments/kernel-small-x86_64.fragment");
+    let text = fs::read_to_string(&fragment).unwrap();
+    fs::write(&fragment, format!("{text}CONFIG_MAGIC_SYSRQ=y\n")).unwrap();
+    let out = run(ksbuild(&tmp.path().join("s"))
+        .arg("--project")
+        .arg(tmp.path())
+        .args(["check", "--against-record", "kernel-x86_64@small"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the record of `kernel-x86_64@small` is for `/nix/store/")
+            && err.contains("nothing was built")
+            && err.contains("ksbuild check --record kernel-x86_64@small"),
+        "{err}"
+    );
+}
+
+#[test]
+fn small_x86_64_kernel_builds_bit_for_bit_as_recorded() {
+    let out = build_and_check_against_record(repo(), "kernel-x86_64@small");
     if out.as_os_str().is_empty() {
         return;
     }
@@ -148,8 +175,8 @@ fn small_x86_64_kernel_builds_bit_for_bit_twice() {
 }
 
 #[test]
-fn small_arm64_kernel_cross_compiles_bit_for_bit_twice() {
-    let out = build_twice(repo(), "kernel-arm64@small");
+fn small_arm64_kernel_cross_compiles_bit_for_bit_as_recorded() {
+    let out = build_and_check_against_record(repo(), "kernel-arm64@small");
     if out.as_os_str().is_empty() {
         return;
     }
@@ -161,8 +188,8 @@ fn small_arm64_kernel_cross_compiles_bit_for_bit_twice() {
 }
 
 #[test]
-fn small_rpi_kernel_cross_compiles_with_its_device_trees_bit_for_bit_twice() {
-    let out = build_twice(repo(), "kernel-rpi@small");
+fn small_rpi_kernel_cross_compiles_with_its_device_trees_bit_for_bit_as_recorded() {
+    let out = build_and_check_against_record(repo(), "kernel-rpi@small");
     if out.as_os_str().is_empty() {
         return;
     }
