@@ -71,6 +71,8 @@ pub struct DerivationVerdict {
     pub builds: u32,
     /// How many of them this check ran.
     pub rebuilt: u32,
+    /// What the varied builds varied.
+    pub variations: Vec<Vary>,
     /// Whether every output reproduced (and matched its record, if compared).
     pub reproducible: bool,
     /// The outputs.
@@ -79,11 +81,96 @@ pub struct DerivationVerdict {
     pub record: Option<RecordStatus>,
 }
 
+/// A thing a check varies between builds; each must not change a reproducible output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Vary {
+    /// Wall-clock time: each varied build starts in a later second than the one before.
+    Time,
+    /// The CPUs: one CPU (affinity) and `NIX_BUILD_CORES=1`.
+    Cores,
+    /// Host and domain name: `ksbuild-check` instead of `localhost` and `(none)`.
+    Hostname,
+    /// The umask: 077 instead of 022.
+    Umask,
+    /// Address-space layout randomisation on (Nix turns it off).
+    Aslr,
+    /// The kernel release `uname -r` reports: a 2.6 one (`personality(UNAME26)`).
+    Uname,
+}
+
+impl Vary {
+    /// Every variation, in the order `--vary all` applies them.
+    pub const ALL: [Vary; 6] = [
+        Vary::Time,
+        Vary::Cores,
+        Vary::Hostname,
+        Vary::Umask,
+        Vary::Aslr,
+        Vary::Uname,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vary::Time => "time",
+            Vary::Cores => "cores",
+            Vary::Hostname => "hostname",
+            Vary::Umask => "umask",
+            Vary::Aslr => "aslr",
+            Vary::Uname => "uname",
+        }
+    }
+
+    /// Parses `--vary`: names separated by commas, or `all`.
+    pub fn parse_list(text: &str) -> Result<Vec<Vary>, String> {
+        if text.trim() == "all" {
+            return Ok(Vary::ALL.to_vec());
+        }
+        let mut out = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let v = Vary::ALL
+                .iter()
+                .copied()
+                .find(|v| v.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown variation `{name}`: choose from {} or `all`",
+                        Vary::ALL.map(Vary::name).join(", ")
+                    )
+                })?;
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The sandbox's variation for `vary` (pure; `cpus` is how many CPUs ksbuild may use).
+pub fn variation_of(vary: &[Vary], cpus: usize) -> crate::sandbox::Variation {
+    let mut v = crate::sandbox::Variation::default();
+    for x in vary {
+        match x {
+            Vary::Time => {}
+            Vary::Cores => v.cpus = (cpus > 1).then_some(1),
+            Vary::Hostname => v.hostname = Some("ksbuild-check".into()),
+            Vary::Umask => v.umask = Some(0o077),
+            Vary::Aslr => v.aslr = true,
+            Vary::Uname => v.old_kernel_release = true,
+        }
+    }
+    v
+}
+
 /// What the check asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CheckOptions {
     /// The number of builds compared (see the module's documentation).
     pub rounds: u32,
+    /// What the builds the check makes vary from the first build compared (which is made
+    /// as Nix makes it).
+    pub vary: Vec<Vary>,
 }
 
 /// Checks `node`, whose outputs are valid: makes the builds `options.rounds` asks for,
@@ -98,6 +185,7 @@ pub fn check_node(
     record: Option<Option<&Record>>,
     reporter: &dyn Reporter,
 ) -> Result<DerivationVerdict, BuildFailure> {
+    let options = options.clone();
     let fail = |message: String| BuildFailure {
         message,
         log: None,
@@ -135,8 +223,24 @@ pub fn check_node(
             )
         })
         .collect();
+    let varied = variation_of(&options.vary, crate::cpus());
+    let mut variations_applied = Vec::new();
     for round in 0..rebuilds {
-        let mut rebuild = executor.rebuild(node, reporter)?;
+        // The first build compared is made as Nix makes it; the others vary.
+        let vary = counted || round > 0;
+        if vary && options.vary.contains(&Vary::Time) {
+            // Later in wall-clock time than the build before, to the second.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        if vary {
+            variations_applied = options.vary.clone();
+        }
+        let variation = if vary {
+            varied.clone()
+        } else {
+            Default::default()
+        };
+        let mut rebuild = executor.rebuild(node, reporter, &variation)?;
         for (name, path) in &outputs {
             let info = &registered[name];
             let got = rebuild.outputs[name].nar_hash.clone();
@@ -198,6 +302,7 @@ pub fn check_node(
         drv: store.print(&node.drv_path),
         builds: rebuilds + u32::from(counted),
         rebuilt: rebuilds,
+        variations: variations_applied,
         reproducible,
         outputs: outputs_verdicts,
         record: record_status,

@@ -45,6 +45,13 @@ pub struct CheckArgs {
     /// Builds compared per derivation [default: 2; 1 with --against-record].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     rounds: Option<u32>,
+    /// What the builds the check makes vary (each must not change a reproducible output):
+    /// names separated by commas, or `all`. `time`: each build starts in a later second;
+    /// `cores`: one CPU (affinity) and `NIX_BUILD_CORES=1`; `hostname`: `ksbuild-check`
+    /// instead of `localhost` (and the domain name); `umask`: 077 instead of 022; `aslr`:
+    /// address-space randomisation on; `uname`: a 2.6 kernel release (`UNAME26`).
+    #[arg(long, value_name = "LIST", value_parser = parse_vary)]
+    vary: Option<VaryList>,
     /// Which derivations are built again: the targets, or their whole closure.
     #[arg(long, value_enum, default_value_t = Depth::Targets)]
     depth: Depth,
@@ -77,6 +84,14 @@ pub struct CheckArgs {
     /// Print build output on stderr as it comes.
     #[arg(long, short = 'L')]
     print_build_logs: bool,
+}
+
+/// The variations `--vary` names.
+#[derive(Debug, Clone)]
+struct VaryList(Vec<crate::check::Vary>);
+
+fn parse_vary(text: &str) -> Result<VaryList, String> {
+    crate::check::Vary::parse_list(text).map(VaryList)
 }
 
 /// `ksbuild check`.
@@ -194,7 +209,10 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
             &store,
             &executor,
             node,
-            CheckOptions { rounds },
+            CheckOptions {
+                rounds,
+                vary: args.vary.clone().map(|v| v.0).unwrap_or_default(),
+            },
             record,
             &progress,
         )

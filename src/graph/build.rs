@@ -331,6 +331,7 @@ impl SandboxExecutor<'_> {
         closure: &BTreeSet<StorePath>,
         reporter: &dyn Reporter,
         slot: &Slot<'_>,
+        variation: &sandbox::Variation,
     ) -> Result<(PathBuf, Scratch), BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
@@ -378,6 +379,7 @@ impl SandboxExecutor<'_> {
             timeout: self.options.timeout,
             max_silent_time: self.options.max_silent_time,
             max_processes: Some(self.options.max_processes),
+            variation: variation.clone(),
             build_user: sandbox::BuildUser::Auto,
             log: log.clone(),
         };
@@ -575,7 +577,8 @@ impl Executor for SandboxExecutor<'_> {
         let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
         timing::report("build: input closure", t0);
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, slot)?;
+        let (out_dir, scratch) =
+            self.run_sandboxed(node, &closure, reporter, slot, &Default::default())?;
         let t0 = std::time::Instant::now();
         if let Err(mut f) = self.register_outputs(node, &out_dir, &closure, &locks) {
             f.message = self.with_space(
@@ -705,11 +708,13 @@ impl<'s> SandboxExecutor<'s> {
         &'e self,
         node: &Node,
         reporter: &dyn Reporter,
+        variation: &sandbox::Variation,
     ) -> Result<Rebuild<'e, 's>, BuildFailure> {
         let store = self.store;
         self.check_system(node)?;
         let closure = self.input_closure(&node.drv)?;
-        let (out_dir, scratch) = self.run_sandboxed(node, &closure, reporter, &Slot::FREE)?;
+        let (out_dir, scratch) =
+            self.run_sandboxed(node, &closure, reporter, &Slot::FREE, variation)?;
         let mut rebuild = Rebuild {
             executor: self,
             scratch: Some(scratch),
@@ -751,7 +756,7 @@ impl<'s> SandboxExecutor<'s> {
     ) -> Result<Vec<CheckMismatch>, BuildFailure> {
         let store = self.store;
         let t0 = std::time::Instant::now();
-        let mut rebuild = self.rebuild(node, reporter)?;
+        let mut rebuild = self.rebuild(node, reporter, &Default::default())?;
         timing::report("check: rebuild", t0);
         let mut mismatches = Vec::new();
         for (name, path) in output_paths(node) {

@@ -132,6 +132,24 @@ pub use zygote::{zygote_main, ZYGOTE_ARG};
 /// generally lacks (no systemd delegation, or a cgroup v1 hierarchy that only root writes).
 pub const DEFAULT_MAX_PROCESSES: u64 = 4096;
 
+/// What a reproducibility check changes in a build's world, each thing a reproducible
+/// output must not depend on (`ksbuild check --vary`). The default changes nothing: the
+/// sandbox Nix gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variation {
+    /// Host and domain name (instead of `localhost` and `(none)`).
+    pub hostname: Option<String>,
+    /// The umask (instead of 022).
+    pub umask: Option<u32>,
+    /// Address-space layout randomisation left on (Nix turns it off).
+    pub aslr: bool,
+    /// The CPUs the build may use, the first this many of ksbuild's (`sched_setaffinity`),
+    /// with `NIX_BUILD_CORES` to match.
+    pub cpus: Option<u32>,
+    /// `uname -r` reports a 2.6 kernel (`personality(UNAME26)`).
+    pub old_kernel_release: bool,
+}
+
 /// One build to run in the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -172,6 +190,8 @@ pub struct SandboxSpec {
     /// Nix sets no such limit; `None` keeps ksbuild's own (inherited, and counted the same
     /// way).
     pub max_processes: Option<u64>,
+    /// What a reproducibility check varies (nothing, by default).
+    pub variation: Variation,
     /// Which host user the build user is.
     pub build_user: BuildUser,
     /// The builder's stdout and stderr are appended here (the file is created on the first

@@ -496,6 +496,11 @@ pub(crate) fn plan(
     ns.push(Step::SetDomainname {
         name: "(none)".to_string(),
     });
+    // A varied name comes after the standard one, which a waiting PID 1 has set ahead.
+    if let Some(name) = &spec.variation.hostname {
+        ns.push(Step::SetHostname { name: name.clone() });
+        ns.push(Step::SetDomainname { name: name.clone() });
+    }
     ns.push(Step::NewSession);
     ns.push(Step::RedirectStdio);
     // 6. Privilege drop: group, then user; the credential change cleared the parent-death
@@ -506,19 +511,30 @@ pub(crate) fn plan(
     ns.push(Step::ParentDeathSignal);
     ns.push(Step::NoNewPrivileges);
     ns.push(Step::SeccompFilter);
-    ns.push(Step::DisableAddressRandomisation);
+    if !spec.variation.aslr {
+        ns.push(Step::DisableAddressRandomisation);
+    }
+    if spec.variation.old_kernel_release {
+        ns.push(Step::ReportOldKernelRelease);
+    }
+    if let Some(count) = spec.variation.cpus {
+        ns.push(Step::RestrictCpus { count });
+    }
     ns.push(Step::LimitCoreDumps);
     if let Some(max) = spec.max_processes {
         ns.push(Step::LimitProcesses { max });
     }
-    ns.push(Step::SetUmask { mask: 0o022 });
+    ns.push(Step::SetUmask {
+        mask: spec.variation.umask.unwrap_or(0o022),
+    });
     ns.push(Step::ChangeDirectory {
         path: BUILD_DIR.into(),
     });
     ns.push(Step::ResetSignals);
     ns.push(Step::DropCapabilities);
 
-    let env = builder_environment(&spec.store_dir, spec.cores, &spec.env)
+    let cores = spec.variation.cpus.unwrap_or(spec.cores);
+    let env = builder_environment(&spec.store_dir, cores, &spec.env)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
@@ -565,6 +581,7 @@ mod tests {
             timeout: Some(Duration::from_secs(1)),
             max_silent_time: None,
             max_processes: None,
+            variation: Default::default(),
             build_user: super::super::BuildUser::Auto,
             log: "/s/log".into(),
         }

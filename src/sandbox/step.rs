@@ -229,6 +229,13 @@ pub enum Step {
     SeccompFilter,
     /// `personality(ADDR_NO_RANDOMIZE)`: ASLR off, as in Nix.
     DisableAddressRandomisation,
+    /// `personality(UNAME26)`: `uname` reports a 2.6 release (a check's variation).
+    ReportOldKernelRelease,
+    /// `sched_setaffinity`: the first `count` CPUs of those allowed (a check's variation).
+    RestrictCpus {
+        /// How many.
+        count: u32,
+    },
     /// `setrlimit(RLIMIT_CORE)` soft limit 0, as in Nix.
     LimitCoreDumps,
     /// `setrlimit(RLIMIT_NPROC)`, soft and hard: at most this many processes (threads
@@ -348,6 +355,8 @@ impl fmt::Display for Step {
             Step::NoNewPrivileges => f.write_str("set PR_SET_NO_NEW_PRIVS"),
             Step::SeccompFilter => f.write_str("install the seccomp filter"),
             Step::DisableAddressRandomisation => f.write_str("personality(ADDR_NO_RANDOMIZE)"),
+            Step::ReportOldKernelRelease => f.write_str("personality(UNAME26)"),
+            Step::RestrictCpus { count } => write!(f, "sched_setaffinity to {count} CPU(s)"),
             Step::LimitCoreDumps => f.write_str("setrlimit RLIMIT_CORE 0"),
             Step::LimitProcesses { max } => write!(f, "setrlimit RLIMIT_NPROC {max}"),
             Step::SetUmask { mask } => write!(f, "umask {mask:03o}"),
@@ -436,6 +445,8 @@ impl Step {
                 sys::install_seccomp_filter(&super::seccomp::program())
             }
             Step::DisableAddressRandomisation => sys::disable_address_randomisation(),
+            Step::ReportOldKernelRelease => sys::report_old_kernel_release(),
+            Step::RestrictCpus { count } => sys::restrict_cpus(*count),
             Step::LimitCoreDumps => sys::limit_core_dumps(),
             Step::LimitProcesses { max } => sys::limit_processes(*max),
             Step::SetUmask { mask } => {

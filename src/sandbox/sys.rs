@@ -475,6 +475,35 @@ pub(crate) fn disable_address_randomisation() -> Result<(), Errno> {
     personality::set(current | Persona::ADDR_NO_RANDOMIZE).map(|_| ())
 }
 
+/// [`personality(2)`](https://man7.org/linux/man-pages/man2/personality.2.html): the
+/// current persona plus `UNAME26`, so that `uname(2)` reports a 2.6 release.
+pub(crate) fn report_old_kernel_release() -> Result<(), Errno> {
+    use nix::sys::personality::{self, Persona};
+    let current = personality::get()?;
+    personality::set(current | Persona::UNAME26).map(|_| ())
+}
+
+/// [`sched_setaffinity(2)`](https://man7.org/linux/man-pages/man2/sched_setaffinity.2.html):
+/// this process (and what it starts) may run on the first `count` of the CPUs it may run
+/// on now.
+pub(crate) fn restrict_cpus(count: u32) -> Result<(), Errno> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0))?;
+    let mut chosen = CpuSet::new();
+    let mut left = count.max(1);
+    for cpu in 0..CpuSet::count() {
+        if left == 0 {
+            break;
+        }
+        if allowed.is_set(cpu)? {
+            chosen.set(cpu)?;
+            left -= 1;
+        }
+    }
+    sched_setaffinity(Pid::from_raw(0), &chosen)
+}
+
 /// [`setrlimit(2)`](https://man7.org/linux/man-pages/man2/setrlimit.2.html)
 /// `RLIMIT_CORE`: soft limit 0, hard limit unchanged (as Nix does).
 pub(crate) fn limit_core_dumps() -> Result<(), Errno> {

@@ -197,3 +197,79 @@ fn differences_are_explained_by_file_offset_and_cause() {
         "{md}"
     );
 }
+
+/// Each variation catches a derivation that depends on what it varies (exit 104, the
+/// differing file named), and none of them changes a reproducible output: the GRAPH
+/// derivations pass under `--vary all`.
+#[test]
+fn each_variation_catches_what_depends_on_it_and_spares_what_does_not() {
+    if skip_without_busybox() {
+        return;
+    }
+    let drv = |name: &str, script: &str| {
+        (
+            format!("derivations/{name}.toml"),
+            format!(
+                "builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", {script:?}]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n"
+            ),
+        )
+    };
+    let cases = [
+        (
+            "time",
+            "echo \"built $($builder date -u '+%Y-%m-%d %H:%M:%S')\" > $out",
+        ),
+        (
+            "cores",
+            "echo \"cores=$NIX_BUILD_CORES nproc=$($builder nproc)\" > $out",
+        ),
+        ("hostname", "echo \"host=$($builder hostname)\" > $out"),
+        ("umask", "echo \"umask=$(umask)\" > $out"),
+        ("aslr", "$builder grep -F '[stack]' /proc/self/maps > $out"),
+        ("uname", "echo \"release=$($builder uname -r)\" > $out"),
+    ];
+    let mut files: Vec<(String, String)> = cases.iter().map(|(n, s)| drv(n, s)).collect();
+    files.extend(GRAPH.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let p = Project::new(&files);
+    for (name, _) in cases {
+        // Without the variation, two builds agree ...
+        if name != "time" {
+            let out = run(p.ks("st").args(["check", name]));
+            assert!(
+                out.status.success(),
+                "{name} without --vary: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // ... and with it, they do not.
+        let out = run(p.ks("st").args(["check", "--json", "--vary", name, name]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(104), "--vary {name}: {stderr}");
+        let v = verdict(&out);
+        let d = &v["derivations"][0];
+        assert_eq!(d["variations"], serde_json::json!([name]), "{d}");
+        assert_eq!(d["outputs"][0]["differences"][0]["path"], "/", "{d}");
+    }
+    let out = run(p.ks("st").args([
+        "check", "--json", "--vary", "all", "--depth", "closure", "c",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "--vary all changed a reproducible output: {stderr}"
+    );
+    let v = verdict(&out);
+    assert_eq!(v["derivations"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        v["derivations"][0]["variations"],
+        serde_json::json!(["time", "cores", "hostname", "umask", "aslr", "uname"])
+    );
+    let out = run(p.ks("st").args(["check", "--vary", "colour", "c"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown variation `colour`"), "{stderr}");
+}

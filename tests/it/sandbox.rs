@@ -146,6 +146,7 @@ impl Fixture {
                 timeout: Some(Duration::from_secs(60)),
                 max_silent_time: None,
                 max_processes: None,
+                variation: Default::default(),
                 build_user: BuildUser::Auto,
                 log: self.dir.path().join(format!("log-{n}")),
             },
