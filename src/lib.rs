@@ -11,13 +11,16 @@
 //! | layer | owns | effects |
 //! |---|---|---|
 //! | [`compat`] | nixbase32, hashes, store paths, ATerm `.drv`s and hash-modulo, NAR, narinfo, signatures | none: bytes in, bytes out |
+//! | [`model`] | the TOML of `derivations/` and `sandboxes/` with source spans, pins, lowering to [`compat::derivation`] | reads the project's files |
 //! | [`store`] | layout, locks, add/register (canonicalise, NAR hash, reference scan), metadata, verify, GC roots, GC | filesystem |
-//! | [`sandbox`] | one hermetic build: namespaces, id maps, mounts, `pivot_root`, privilege drop, `exec`; log streaming and timeouts | syscalls (the only `unsafe`) |
+//! | [`sandbox`] | one hermetic build: namespaces, id maps, mounts, `pivot_root`, privilege drop, `exec`; log streaming and timeouts; a check's variations | syscalls (the only `unsafe`) |
+//! | [`fetch`] | fixed-output downloads, mirrors, `.deb`/tar unpacking, environment locks | network, store |
+//! | [`graph`] | the DAG, the ready queue, `-j` slots, the sandbox executor, why-rebuild records | runs builds |
+//! | [`check`] | rounds of builds compared, variations, explained differences, recorded outputs | runs builds, reads outputs |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
 //!
-//! Layers still to come (see `../shared/DESIGN.md`): `model` (the TOML of `derivations/`
-//! and `sandboxes/`, lowered to [`compat::derivation`]), `graph` (the DAG and scheduler)
-//! and `fetch`.
+//! Layers still to come (see `../shared/DESIGN.md`): `cache` (binary caches) and `remote`
+//! (Nix's serve protocol).
 //!
 //! # Two ideas to keep in mind
 //!
@@ -45,6 +48,13 @@
 //!   clones PID 1s ahead of the builds and reaps them), `pid1.rs`, `supervisor.rs` (log
 //!   streaming, timeouts),
 //!   `user_ns.rs`, `protocol.rs`.
+//! * `model/` — `schema.rs` (the TOML), `mod.rs` (loading, spans), `lower.rs` (to
+//!   derivations; path inputs confined to the project), `pins.rs`, `sandbox.rs`
+//!   (environments), `excerpt.rs` (source windows for diagnostics).
+//! * `graph/` — `mod.rs` ([`graph::realise`], events), `queue.rs`, `build.rs` (the sandbox
+//!   executor, platforms, rebuilds), `why.rs`.
+//! * `check/` — `mod.rs` (rounds, variations, verdicts, report), `explain.rs` (tree diffs
+//!   with causes), `record.rs` (`derivations/outputs.lock`).
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 
