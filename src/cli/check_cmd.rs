@@ -199,26 +199,42 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                 .collect()
         }
     };
+    // The derivations are checked `-j` at a time (their inputs are all valid now), each
+    // verdict told as it comes and kept in the order of `selected`.
+    let options = CheckOptions {
+        rounds,
+        vary: args.vary.clone().map(|v| v.0).unwrap_or_default(),
+    };
+    crate::graph::Executor::prepare(&executor, selected.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<DerivationVerdict, CliError>>>> =
+        std::sync::Mutex::new((0..selected.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.clamp(1, selected.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(key) = selected.get(i) else {
+                    return;
+                };
+                let node = &lowered.nodes[*key];
+                let record = (args.against_record && args.targets.iter().any(|t| t == key))
+                    .then(|| records.0.get(*key));
+                ctx.note(&format!("checking `{key}`…"));
+                let verdict =
+                    check::check_node(&store, &executor, node, options.clone(), record, &progress)
+                        .map_err(|f| {
+                            CliError::Failed(format!("cannot check `{key}`: {}", f.message))
+                        });
+                if let Ok(v) = &verdict {
+                    tell(ctx, v, &root);
+                }
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(verdict);
+            });
+        }
+    });
     let mut verdicts: Vec<DerivationVerdict> = Vec::new();
-    for key in &selected {
-        let node = &lowered.nodes[*key];
-        let record = (args.against_record && args.targets.iter().any(|t| t == key))
-            .then(|| records.0.get(*key));
-        ctx.note(&format!("checking `{key}`…"));
-        let verdict = check::check_node(
-            &store,
-            &executor,
-            node,
-            CheckOptions {
-                rounds,
-                vary: args.vary.clone().map(|v| v.0).unwrap_or_default(),
-            },
-            record,
-            &progress,
-        )
-        .map_err(|f| CliError::Failed(format!("cannot check `{key}`: {}", f.message)))?;
-        tell(ctx, &verdict, &root);
-        verdicts.push(verdict);
+    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        verdicts.push(r.expect("every derivation is checked")?);
     }
     let reproducible = verdicts.iter().all(|v| v.reproducible);
     let unusable: Vec<&DerivationVerdict> = verdicts
