@@ -54,7 +54,12 @@ pub struct Difference {
 /// order).
 pub fn diff_trees(a: &Path, b: &Path) -> std::io::Result<Vec<Difference>> {
     let mut out = Vec::new();
-    walk(a, b, "", &mut out)?;
+    // Two files are named by the first's name (a disk image reads `disk.img › p1 …`).
+    let rel = match (std::fs::symlink_metadata(a), a.file_name()) {
+        (Ok(m), Some(name)) if m.is_file() => format!("/{}", name.to_string_lossy()),
+        _ => String::new(),
+    };
+    walk(a, b, &rel, &mut out)?;
     Ok(out)
 }
 
@@ -109,6 +114,20 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
             out.push(simple("mode (executable bit)".into()));
         }
         if let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? {
+            // A disk image is opened: partition › filesystem › file › line.
+            if ma.len() >= 1 << 16 && mb.len() >= 1 << 16 {
+                let label = shown.trim_start_matches('/');
+                if let Some(inner) = super::image::diff_images(a, b, label)? {
+                    if !inner.is_empty() {
+                        out.extend(
+                            inner
+                                .into_iter()
+                                .take(MAX_DIFFERENCES - out.len().min(MAX_DIFFERENCES)),
+                        );
+                        return Ok(());
+                    }
+                }
+            }
             out.push(d);
         }
         return Ok(());

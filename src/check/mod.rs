@@ -9,6 +9,7 @@
 //! output ever stands for two rounds.
 
 pub mod explain;
+pub mod image;
 pub mod record;
 
 use std::collections::BTreeMap;

@@ -355,3 +355,35 @@ fn tell(ctx: &Context, v: &DerivationVerdict, root: &std::path::Path) {
         }
     }
 }
+
+/// `ksbuild diff A B`: the differences between two outputs, as `check` explains them; exit
+/// 0 when they are the same, 1 when they differ.
+pub fn run_diff(ctx: &Context, json: bool, a: PathBuf, b: PathBuf) -> Result<ExitCode, CliError> {
+    let resolve = |p: &PathBuf| -> Result<PathBuf, CliError> {
+        std::fs::canonicalize(p).map_err(|source| CliError::Usage {
+            message: format!("cannot read `{}`: {source}", p.display()),
+            hint: Some("give two store paths, `result` links, files or folders".into()),
+        })
+    };
+    let (ra, rb) = (resolve(&a)?, resolve(&b)?);
+    let differences =
+        crate::check::explain::diff_trees(&ra, &rb).map_err(|source| CliError::Io {
+            action: "compare the two",
+            source,
+        })?;
+    if json {
+        out_line(&serde_json::to_string(&differences).unwrap_or_default())?;
+    } else {
+        for d in &differences {
+            out_line(&d.to_string())?;
+        }
+        if differences.is_empty() {
+            ctx.note("no differences");
+        }
+    }
+    Ok(if differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

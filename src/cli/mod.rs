@@ -62,6 +62,17 @@ enum Command {
     /// Build targets again in fresh sandboxes and compare the outputs bit for bit, with
     /// each other and with `derivations/outputs.lock`; exit 104 on a difference.
     Check(check_cmd::CheckArgs),
+    /// Compare two outputs (store paths, `result` links, files or trees): the first
+    /// differing files, and inside disk images the partition, filesystem, file and line.
+    Diff {
+        /// Print the differences as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The first.
+        a: PathBuf,
+        /// The second.
+        b: PathBuf,
+    },
     /// Explain what changed in a target since its last realisation.
     WhyRebuild {
         /// Print the verdict as JSON.
@@ -239,6 +250,7 @@ pub fn main() -> ExitCode {
         }
         Command::Realise(args) => realise_cmd::run(&ctx, args),
         Command::Check(args) => check_cmd::run(&ctx, args),
+        Command::Diff { json, a, b } => check_cmd::run_diff(&ctx, json, a, b),
         Command::Lock { names } => drv_cmd::run_lock(&ctx, names),
         Command::Pin { key, file } => drv_cmd::run_pin(&ctx, key, file),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),

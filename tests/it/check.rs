@@ -273,3 +273,135 @@ fn each_variation_catches_what_depends_on_it_and_spares_what_does_not() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown variation `colour`"), "{stderr}");
 }
+
+/// An 8 MiB sparse disk image with one FAT partition (1 MiB in, 6 MiB long) holding
+/// `/config.txt` and `/overlays/README`, partitioned GPT or MBR; made with mtools.
+fn disk_image(path: &std::path::Path, gpt: bool, config: &str) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(path).unwrap();
+    f.set_len(8 << 20).unwrap();
+    let (first, last): (u64, u64) = (2048, 2048 + 12288 - 1);
+    let mut mbr = [0u8; 512];
+    mbr[440..444].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+    let entry = &mut mbr[446..462];
+    if gpt {
+        entry[4] = 0xEE;
+        entry[8..12].copy_from_slice(&1u32.to_le_bytes());
+        entry[12..16].copy_from_slice(&(16383u32).to_le_bytes());
+    } else {
+        entry[4] = 0x0C;
+        entry[8..12].copy_from_slice(&(first as u32).to_le_bytes());
+        entry[12..16].copy_from_slice(&(12288u32).to_le_bytes());
+    }
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    f.write_all_at(&mbr, 0).unwrap();
+    if gpt {
+        let mut header = [0u8; 92];
+        header[0..8].copy_from_slice(b"EFI PART");
+        header[56..72].copy_from_slice(&[7u8; 16]);
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&128u32.to_le_bytes());
+        header[84..88].copy_from_slice(&128u32.to_le_bytes());
+        f.write_all_at(&header, 512).unwrap();
+        let mut e = [0u8; 128];
+        e[0..16].copy_from_slice(&[
+            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0, 0xa0, 0xc9, 0x3e, 0xc9,
+            0x3b,
+        ]);
+        e[16..32].copy_from_slice(&[9u8; 16]);
+        e[32..40].copy_from_slice(&first.to_le_bytes());
+        e[40..48].copy_from_slice(&last.to_le_bytes());
+        for (i, c) in "KSOBOOTA".encode_utf16().enumerate() {
+            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&c.to_le_bytes());
+        }
+        f.write_all_at(&e, 1024).unwrap();
+    }
+    drop(f);
+    let at = format!("{}@@1M", path.display());
+    let mtool = |args: &[&str]| run_ok(std::process::Command::new(args[0]).args(&args[1..]));
+    mtool(&[
+        "mformat", "-i", &at, "-T", "12288", "-h", "1", "-s", "32", "-v", "KSOBOOTA", "-N",
+        "12345678", "::",
+    ]);
+    let dir = path.parent().unwrap().join(format!(
+        "{}-files",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("config.txt"), config).unwrap();
+    fs::write(dir.join("README"), "overlays go here\n").unwrap();
+    let config_file = dir.join("config.txt").display().to_string();
+    let readme = dir.join("README").display().to_string();
+    mtool(&["mcopy", "-i", &at, &config_file, "::/config.txt"]);
+    mtool(&["mmd", "-i", &at, "::/overlays"]);
+    mtool(&["mcopy", "-i", &at, &readme, "::/overlays/README"]);
+}
+
+/// Two disk images (GPT, then MBR) that differ in one line of one file of a FAT partition:
+/// the diff names the partition, the filesystem, the file and the line, not an offset in
+/// the image; identical images have no difference.
+#[test]
+fn an_image_diff_names_the_partition_the_file_and_the_line() {
+    if !crate::common::command_available("mformat") {
+        if std::env::var_os("KSBUILD_REQUIRE_QEMU").is_some() {
+            panic!("mtools is required (.ci/install-nix installs it)");
+        }
+        eprintln!("SKIP: mtools is not installed");
+        return;
+    }
+    let tmp = crate::common::scratch();
+    for gpt in [true, false] {
+        let scheme = if gpt { "gpt" } else { "mbr" };
+        let dir = tmp.path().join(scheme);
+        fs::create_dir_all(dir.join("a")).unwrap();
+        fs::create_dir_all(dir.join("b")).unwrap();
+        let (a, b) = (dir.join("a/sdcard.img"), dir.join("b/sdcard.img"));
+        disk_image(
+            &a,
+            gpt,
+            "arm_64bit=1\nkernel=kernel8.img\nos_prefix=slot-a/\n",
+        );
+        disk_image(
+            &b,
+            gpt,
+            "arm_64bit=1\nkernel=kernel8.img\nos_prefix=slot-b/\n",
+        );
+        let out = run(crate::common::ksbuild(&tmp.path().join("st"))
+            .args(["diff", "--json"])
+            .arg(&a)
+            .arg(&b));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diffs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let first = &diffs[0];
+        // GPT names the partition; on MBR the name is the FAT volume label.
+        let name = "p1 KSOBOOTA (FAT12)";
+        assert_eq!(
+            first["path"],
+            format!("sdcard.img › {name} › /config.txt: line 3"),
+            "{scheme}: {diffs}"
+        );
+        assert_eq!(diffs.as_array().unwrap().len(), 1, "{scheme}: {diffs}");
+        let text = run(crate::common::ksbuild(&tmp.path().join("st"))
+            .arg("diff")
+            .arg(&a)
+            .arg(&b));
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.starts_with(&format!(
+                "sdcard.img › {name} › /config.txt: line 3: content from byte"
+            )),
+            "{text}"
+        );
+        let same = run(crate::common::ksbuild(&tmp.path().join("st"))
+            .arg("diff")
+            .arg(&a)
+            .arg(&a));
+        assert!(same.status.success() && same.stdout.is_empty());
+    }
+}

@@ -198,3 +198,9 @@ pub fn tiny_elf(machine: u16) -> Vec<u8> {
     elf.extend_from_slice(code);
     elf
 }
+
+/// Whether `program` is on `PATH`.
+pub fn command_available(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}

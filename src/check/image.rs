@@ -1,0 +1,641 @@
+//! Disk images opened, not hex-dumped: two images (GPT or MBR) are compared partition table
+//! → partition → filesystem → file → line, so a difference reads
+//! `sdcard.img › p1 KSOBOOTA (FAT) › /config.txt: line 3`. FAT12/16/32 is read here, in
+//! Rust, with no mount and no privilege; another filesystem is located to its first
+//! differing block. Holes of sparse images are skipped (`SEEK_DATA`). Reads the images.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::explain::{classify, same_in_another_order, Cause, Difference};
+
+/// A partition: its number (from 1), where it is, and what names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Its number, from 1.
+    pub number: usize,
+    /// Its first byte.
+    pub start: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The partition type (a GUID or an MBR type byte, as text).
+    pub kind: String,
+    /// Its GPT name, or empty.
+    pub name: String,
+    /// Its unique GUID (GPT), or empty.
+    pub guid: String,
+}
+
+/// An image's partition table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// `GPT` or `MBR`.
+    pub scheme: &'static str,
+    /// The disk GUID (GPT) or the MBR disk signature, as text.
+    pub disk_id: String,
+    /// The partitions, in table order.
+    pub partitions: Vec<Partition>,
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn guid(b: &[u8]) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{}",
+        le32(b, 0),
+        le16(b, 4),
+        le16(b, 6),
+        b[8],
+        b[9],
+        b[10..16]
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// Reads the partition table of the image at `path`, if it has one (pure over the bytes
+/// read: the first sectors and the GPT entries).
+pub fn read_table(file: &File) -> Option<Table> {
+    let mut mbr = [0u8; 512];
+    file.read_exact_at(&mut mbr, 0).ok()?;
+    if mbr[510] != 0x55 || mbr[511] != 0xAA {
+        return None;
+    }
+    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
+    if entries.iter().any(|e| e[4] == 0xEE) {
+        let mut header = [0u8; 92];
+        file.read_exact_at(&mut header, 512).ok()?;
+        if &header[0..8] != b"EFI PART" {
+            return None;
+        }
+        let (lba, count, size) = (le64(&header, 72), le32(&header, 80), le32(&header, 84));
+        if !(128..=4096).contains(&size) || count > 1024 {
+            return None;
+        }
+        let mut table = vec![0u8; (count * size) as usize];
+        file.read_exact_at(&mut table, lba * 512).ok()?;
+        let partitions = table
+            .chunks(size as usize)
+            .enumerate()
+            .filter(|(_, e)| e[0..16].iter().any(|&b| b != 0))
+            .map(|(i, e)| {
+                let name: Vec<u16> = e[56..128]
+                    .chunks(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .take_while(|&c| c != 0)
+                    .collect();
+                Partition {
+                    number: i + 1,
+                    start: le64(e, 32) * 512,
+                    size: (le64(e, 40) + 1).saturating_sub(le64(e, 32)) * 512,
+                    kind: guid(&e[0..16]),
+                    name: String::from_utf16_lossy(&name),
+                    guid: guid(&e[16..32]),
+                }
+            })
+            .collect();
+        return Some(Table {
+            scheme: "GPT",
+            disk_id: guid(&header[56..72]),
+            partitions,
+        });
+    }
+    let partitions = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e[4] != 0)
+        .map(|(i, e)| Partition {
+            number: i + 1,
+            start: le32(e, 8) * 512,
+            size: le32(e, 12) * 512,
+            kind: format!("0x{:02x}", e[4]),
+            name: String::new(),
+            guid: String::new(),
+        })
+        .collect();
+    Some(Table {
+        scheme: "MBR",
+        disk_id: format!("0x{:08x}", le32(&mbr, 440)),
+        partitions,
+    })
+}
+
+/// The differences between two disk images, located partition › filesystem › file ›
+/// line; `None` when either is not a partitioned image (the caller compares bytes).
+/// `label` names the image in the paths (`sdcard.img`).
+pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Vec<Difference>>> {
+    let (fa, fb) = (File::open(a)?, File::open(b)?);
+    let (Some(ta), Some(tb)) = (read_table(&fa), read_table(&fb)) else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    let note = |path: String, what: String| Difference {
+        path,
+        what,
+        sizes: None,
+        offset: None,
+        cause: Cause::Other,
+        excerpts: None,
+    };
+    let table_path = format!("{label} › partition table ({})", ta.scheme);
+    if ta.scheme != tb.scheme {
+        out.push(note(table_path, format!("{} vs {}", ta.scheme, tb.scheme)));
+        return Ok(Some(out));
+    }
+    if ta.disk_id != tb.disk_id {
+        let mut d = note(
+            table_path.clone(),
+            format!("disk identifier {} vs {}", ta.disk_id, tb.disk_id),
+        );
+        d.cause = Cause::Random;
+        out.push(d);
+    }
+    for (pa, pb) in ta.partitions.iter().zip(&tb.partitions) {
+        let name = partition_name(&fa, pa);
+        for (what, x, y) in [
+            ("start", pa.start.to_string(), pb.start.to_string()),
+            ("size", pa.size.to_string(), pb.size.to_string()),
+            ("type", pa.kind.clone(), pb.kind.clone()),
+            ("name", pa.name.clone(), pb.name.clone()),
+            ("unique GUID", pa.guid.clone(), pb.guid.clone()),
+        ] {
+            if x != y {
+                let mut d = note(
+                    format!("{table_path} › p{} {name}", pa.number),
+                    format!("{what}: {x} vs {y}"),
+                );
+                if what == "unique GUID" {
+                    d.cause = Cause::Random;
+                }
+                out.push(d);
+            }
+        }
+        if pa.start != pb.start || pa.size != pb.size {
+            continue;
+        }
+        if let Some(at) = first_difference(&fa, &fb, pa.start, pa.size)? {
+            let path = format!("{label} › p{} {name}", pa.number);
+            let fs_a = Fat::open(&fa, pa.start, pa.size);
+            let fs_b = Fat::open(&fb, pb.start, pb.size);
+            match (fs_a, fs_b) {
+                (Some(x), Some(y)) => diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out)?,
+                _ => {
+                    let kind = filesystem_kind(&fa, pa.start);
+                    out.push(Difference {
+                        path: format!("{path} ({kind})"),
+                        what: format!(
+                            "content from byte {} of the partition (block {} of 4096 bytes)",
+                            at - pa.start,
+                            (at - pa.start) / 4096
+                        ),
+                        sizes: Some((pa.size, pb.size)),
+                        offset: Some(at - pa.start),
+                        cause: Cause::Other,
+                        excerpts: None,
+                    });
+                }
+            }
+        }
+    }
+    if ta.partitions.len() != tb.partitions.len() {
+        out.push(note(
+            table_path,
+            format!(
+                "{} partitions vs {}",
+                ta.partitions.len(),
+                tb.partitions.len()
+            ),
+        ));
+    }
+    // Bytes outside every partition (the table itself, gaps) are compared last.
+    if out.is_empty() {
+        if let Some(at) =
+            first_difference(&fa, &fb, 0, fa.metadata()?.len().max(fb.metadata()?.len()))?
+        {
+            out.push(Difference {
+                path: format!("{label} › outside the partitions"),
+                what: format!("content from byte {at}"),
+                sizes: None,
+                offset: Some(at),
+                cause: Cause::Other,
+                excerpts: None,
+            });
+        }
+    }
+    Ok(Some(out))
+}
+
+/// "KSOBOOTA" for a partition: its GPT name, else its FAT label, else nothing.
+fn partition_name(file: &File, p: &Partition) -> String {
+    if !p.name.is_empty() {
+        return p.name.clone();
+    }
+    Fat::open(file, p.start, p.size)
+        .map(|f| f.label)
+        .unwrap_or_default()
+}
+
+/// The filesystem in a partition, by its magic numbers.
+fn filesystem_kind(file: &File, start: u64) -> &'static str {
+    let mut sb = [0u8; 2];
+    if file.read_exact_at(&mut sb, start + 1024 + 56).is_ok() && sb == [0x53, 0xEF] {
+        return "ext4";
+    }
+    "data"
+}
+
+/// The first byte in `[start, start + len)` where the two files differ, reading only the
+/// extents that hold data in either (sparse images are mostly holes).
+fn first_difference(fa: &File, fb: &File, start: u64, len: u64) -> std::io::Result<Option<u64>> {
+    const CHUNK: usize = 1 << 20;
+    let end = start + len;
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut at = start;
+    while at < end {
+        // Skip to the next byte that holds data in either file.
+        let next = next_data(fa, at).min(next_data(fb, at));
+        if next >= end {
+            return Ok(None);
+        }
+        at = next.max(at);
+        let n = ((end - at) as usize).min(CHUNK);
+        let ra = read_at_most(fa, &mut ba[..n], at)?;
+        let rb = read_at_most(fb, &mut bb[..n], at)?;
+        if let Some(i) = (0..n).find(|&i| {
+            ba[..ra].get(i).copied().unwrap_or(0) != bb[..rb].get(i).copied().unwrap_or(0)
+        }) {
+            return Ok(Some(at + i as u64));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
+/// Where the next data at or after `at` is (`lseek(SEEK_DATA)`); the end of the file if
+/// there is none; `at` itself where the filesystem cannot tell.
+fn next_data(file: &File, at: u64) -> u64 {
+    match rustix::fs::seek(
+        file,
+        rustix::fs::SeekFrom::Data(at.min(i64::MAX as u64) as i64),
+    ) {
+        Ok(pos) => pos,
+        Err(rustix::io::Errno::NXIO) => u64::MAX,
+        Err(_) => at,
+    }
+}
+
+fn read_at_most(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], at + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    buf[n..].fill(0);
+    Ok(n)
+}
+
+/// A FAT12/16/32 filesystem inside an image, read in place.
+pub struct Fat<'f> {
+    file: &'f File,
+    start: u64,
+    /// `FAT12`, `FAT16` or `FAT32`.
+    pub kind: &'static str,
+    /// The volume label.
+    pub label: String,
+    cluster_size: u64,
+    fat_offset: u64,
+    root_offset: u64,
+    root_entries: u64,
+    data_offset: u64,
+    root_cluster: u64,
+    clusters: u64,
+}
+
+/// A file or directory of a FAT filesystem.
+struct Entry {
+    name: String,
+    dir: bool,
+    cluster: u64,
+    size: u64,
+}
+
+impl<'f> Fat<'f> {
+    /// Opens the FAT filesystem at `start` of `file`, if there is one.
+    pub fn open(file: &'f File, start: u64, size: u64) -> Option<Fat<'f>> {
+        let mut bs = [0u8; 512];
+        file.read_exact_at(&mut bs, start).ok()?;
+        if bs[510] != 0x55 || bs[511] != 0xAA {
+            return None;
+        }
+        let bytes_per_sector = le16(&bs, 11);
+        let per_cluster = u64::from(bs[13]);
+        if ![512, 1024, 2048, 4096].contains(&bytes_per_sector) || per_cluster == 0 {
+            return None;
+        }
+        let reserved = le16(&bs, 14);
+        let fats = u64::from(bs[16]);
+        let root_entries = le16(&bs, 17);
+        let total = match le16(&bs, 19) {
+            0 => le32(&bs, 32),
+            n => n,
+        };
+        let fat_size = match le16(&bs, 22) {
+            0 => le32(&bs, 36),
+            n => n,
+        };
+        if fats == 0 || fat_size == 0 || total * bytes_per_sector > size.max(1) * 2 {
+            return None;
+        }
+        let root_sectors = (root_entries * 32).div_ceil(bytes_per_sector);
+        let data_sector = reserved + fats * fat_size + root_sectors;
+        let clusters = total.saturating_sub(data_sector) / per_cluster;
+        let kind = if clusters < 4085 {
+            "FAT12"
+        } else if clusters < 65525 {
+            "FAT16"
+        } else {
+            "FAT32"
+        };
+        let label_at = if kind == "FAT32" { 71 } else { 43 };
+        let label = String::from_utf8_lossy(&bs[label_at..label_at + 11])
+            .trim_end()
+            .to_string();
+        Some(Fat {
+            file,
+            start,
+            kind,
+            label: if label == "NO NAME" {
+                String::new()
+            } else {
+                label
+            },
+            cluster_size: per_cluster * bytes_per_sector,
+            fat_offset: start + reserved * bytes_per_sector,
+            root_offset: start + (reserved + fats * fat_size) * bytes_per_sector,
+            root_entries,
+            data_offset: start + data_sector * bytes_per_sector,
+            root_cluster: if kind == "FAT32" { le32(&bs, 44) } else { 0 },
+            clusters,
+        })
+    }
+
+    /// The next cluster of a chain, `None` at its end.
+    fn next(&self, cluster: u64) -> std::io::Result<Option<u64>> {
+        let (at, bytes) = match self.kind {
+            "FAT12" => (cluster + cluster / 2, 2),
+            "FAT16" => (cluster * 2, 2),
+            _ => (cluster * 4, 4),
+        };
+        let mut b = [0u8; 4];
+        self.file
+            .read_exact_at(&mut b[..bytes], self.fat_offset + at)?;
+        let raw = u32::from_le_bytes(b);
+        let value = match self.kind {
+            "FAT12" if cluster % 2 == 1 => raw >> 4,
+            "FAT12" => raw & 0xFFF,
+            "FAT16" => raw & 0xFFFF,
+            _ => raw & 0x0FFF_FFFF,
+        };
+        let end = match self.kind {
+            "FAT12" => 0xFF8,
+            "FAT16" => 0xFFF8,
+            _ => 0x0FFF_FFF8,
+        };
+        Ok(
+            (value >= 2 && value < end && u64::from(value) < self.clusters + 2)
+                .then_some(u64::from(value)),
+        )
+    }
+
+    /// The bytes of a cluster chain, at most `limit`.
+    fn chain(&self, first: u64, limit: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut cluster = (first >= 2).then_some(first);
+        let mut steps = 0;
+        while let Some(c) = cluster {
+            if out.len() as u64 >= limit || steps > self.clusters {
+                break;
+            }
+            let mut buf = vec![0u8; self.cluster_size as usize];
+            self.file
+                .read_exact_at(&mut buf, self.data_offset + (c - 2) * self.cluster_size)?;
+            out.extend_from_slice(&buf);
+            cluster = self.next(c)?;
+            steps += 1;
+        }
+        out.truncate(limit.min(out.len() as u64) as usize);
+        Ok(out)
+    }
+
+    /// The entries of a directory (`cluster` 0: the root).
+    fn dir(&self, cluster: u64) -> std::io::Result<Vec<Entry>> {
+        let raw = if cluster == 0 && self.kind != "FAT32" {
+            let mut b = vec![0u8; (self.root_entries * 32) as usize];
+            self.file.read_exact_at(&mut b, self.root_offset)?;
+            b
+        } else {
+            let c = if cluster == 0 {
+                self.root_cluster
+            } else {
+                cluster
+            };
+            self.chain(c, 1 << 24)?
+        };
+        let mut out = Vec::new();
+        let mut long: Vec<(u8, Vec<u16>)> = Vec::new();
+        for e in raw.chunks(32) {
+            if e.len() < 32 || e[0] == 0 {
+                break;
+            }
+            if e[0] == 0xE5 {
+                long.clear();
+                continue;
+            }
+            if e[11] == 0x0F {
+                let mut part = Vec::new();
+                for (s, n) in [(1, 5), (14, 6), (28, 2)] {
+                    for i in 0..n {
+                        part.push(u16::from_le_bytes([e[s + 2 * i], e[s + 2 * i + 1]]));
+                    }
+                }
+                long.push((e[0] & 0x1F, part));
+                continue;
+            }
+            if e[11] & 0x08 != 0 {
+                long.clear();
+                continue;
+            }
+            let short = {
+                // Byte 12: Windows NT's flags for an all-lowercase base name (0x08) or
+                // extension (0x10), which mtools and Linux write instead of a long name.
+                let case = |s: String, lower: bool| if lower { s.to_lowercase() } else { s };
+                let base = case(
+                    String::from_utf8_lossy(&e[0..8]).trim_end().to_string(),
+                    e[12] & 0x08 != 0,
+                );
+                let ext = case(
+                    String::from_utf8_lossy(&e[8..11]).trim_end().to_string(),
+                    e[12] & 0x10 != 0,
+                );
+                if ext.is_empty() {
+                    base
+                } else {
+                    format!("{base}.{ext}")
+                }
+            };
+            let name = if long.is_empty() {
+                short
+            } else {
+                long.sort_by_key(|(n, _)| *n);
+                let units: Vec<u16> = long
+                    .iter()
+                    .flat_map(|(_, p)| p.iter().copied())
+                    .take_while(|&c| c != 0 && c != 0xFFFF)
+                    .collect();
+                String::from_utf16_lossy(&units)
+            };
+            long.clear();
+            if name == "." || name == ".." {
+                continue;
+            }
+            out.push(Entry {
+                name,
+                dir: e[11] & 0x10 != 0,
+                cluster: (le16(e, 20) << 16) | le16(e, 26),
+                size: le32(e, 28),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every file under the root, by path, with its size and first cluster.
+    fn files(&self) -> std::io::Result<std::collections::BTreeMap<String, (u64, u64)>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![(String::new(), 0u64, 0usize)];
+        while let Some((path, cluster, depth)) = todo.pop() {
+            if depth > 32 {
+                continue;
+            }
+            for e in self.dir(cluster)? {
+                let p = format!("{path}/{}", e.name);
+                if e.dir {
+                    todo.push((p, e.cluster, depth + 1));
+                } else {
+                    out.insert(p, (e.size, e.cluster));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A file's contents.
+    fn read(&self, size: u64, cluster: u64) -> std::io::Result<Vec<u8>> {
+        self.chain(cluster, size)
+    }
+}
+
+/// The differences between two FAT filesystems, file by file, located to the line.
+fn diff_fat(
+    a: &Fat<'_>,
+    b: &Fat<'_>,
+    path: &str,
+    out: &mut Vec<Difference>,
+) -> std::io::Result<()> {
+    let (fa, fb) = (a.files()?, b.files()?);
+    let before = out.len();
+    let names: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    for name in names {
+        let here = format!("{path} › {name}");
+        let (ea, eb) = (fa.get(name), fb.get(name));
+        let (Some(&(sa, ca)), Some(&(sb, cb))) = (ea, eb) else {
+            out.push(Difference {
+                path: here,
+                what: if ea.is_some() {
+                    "only in the first".into()
+                } else {
+                    "only in the second".into()
+                },
+                sizes: None,
+                offset: None,
+                cause: Cause::Other,
+                excerpts: None,
+            });
+            continue;
+        };
+        let (xa, xb) = (a.read(sa, ca)?, b.read(sb, cb)?);
+        if xa != xb {
+            out.push(content_difference(here, &xa, &xb));
+        }
+    }
+    if out.len() == before {
+        // The files are the same: what differs is the filesystem's own metadata.
+        let mut boot = (vec![0u8; 512], vec![0u8; 512]);
+        a.file.read_exact_at(&mut boot.0, a.start)?;
+        b.file.read_exact_at(&mut boot.1, b.start)?;
+        let what = if boot.0[39..43] != boot.1[39..43] || boot.0[67..71] != boot.1[67..71] {
+            "the volume serial number"
+        } else {
+            "the filesystem's metadata (directory entries: times, order)"
+        };
+        out.push(Difference {
+            path: path.to_string(),
+            what: what.into(),
+            sizes: None,
+            offset: None,
+            cause: if what.contains("serial") {
+                Cause::Random
+            } else {
+                Cause::Other
+            },
+            excerpts: None,
+        });
+    }
+    Ok(())
+}
+
+/// A content difference between two files' bytes, located to the line for text.
+pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let text = |x: &[u8]| !x.contains(&0) && std::str::from_utf8(x).is_ok();
+    let line = (text(a) && text(b)).then(|| a[..at].iter().filter(|&&c| c == b'\n').count() + 1);
+    let window = |x: &[u8]| {
+        let s = at.saturating_sub(40);
+        String::from_utf8_lossy(&x[s..(at + 40).min(x.len())]).into_owned()
+    };
+    let cause = if a.len() == b.len() && same_in_another_order(a, b) {
+        Cause::Ordering
+    } else {
+        classify(
+            &a[at.saturating_sub(48)..(at + 64).min(a.len())],
+            &b[at.saturating_sub(48)..(at + 64).min(b.len())],
+            at - at.saturating_sub(48),
+        )
+    };
+    Difference {
+        path: match line {
+            Some(l) => format!("{path}: line {l}"),
+            None => path,
+        },
+        what: "content".into(),
+        sizes: Some((a.len() as u64, b.len() as u64)),
+        offset: Some(at as u64),
+        cause,
+        excerpts: Some((window(a), window(b))),
+    }
+}
