@@ -54,7 +54,14 @@ pub struct Difference {
 /// order).
 pub fn diff_trees(a: &Path, b: &Path) -> std::io::Result<Vec<Difference>> {
     let mut out = Vec::new();
-    // Two files are named by the first's name (a disk image reads `disk.img › p1 …`).
+    walk(a, b, "", &mut out)?;
+    Ok(out)
+}
+
+/// [`diff_trees`] for two paths given by a user: two files are named by the first's name
+/// (two disk images read `sdcard.img › p1 …`), two trees from their roots.
+pub fn diff_paths(a: &Path, b: &Path) -> std::io::Result<Vec<Difference>> {
+    let mut out = Vec::new();
     let rel = match (std::fs::symlink_metadata(a), a.file_name()) {
         (Ok(m), Some(name)) if m.is_file() => format!("/{}", name.to_string_lossy()),
         _ => String::new(),

@@ -367,7 +367,7 @@ pub fn run_diff(ctx: &Context, json: bool, a: PathBuf, b: PathBuf) -> Result<Exi
     };
     let (ra, rb) = (resolve(&a)?, resolve(&b)?);
     let differences =
-        crate::check::explain::diff_trees(&ra, &rb).map_err(|source| CliError::Io {
+        crate::check::explain::diff_paths(&ra, &rb).map_err(|source| CliError::Io {
             action: "compare the two",
             source,
         })?;
