@@ -280,7 +280,9 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
         });
     }
     if args.record {
-        let mut records = records;
+        // Read again just before writing: another check may have recorded other targets
+        // while this one built.
+        let mut records = Records::load(&root).map_err(|e| CliError::Failed(e.to_string()))?;
         for key in &args.targets {
             let v = verdicts
                 .iter()
