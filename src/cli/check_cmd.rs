@@ -5,17 +5,16 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use super::drv_cmd::{ensure_pinned, instantiate_project, project_root};
-use super::realise_cmd::Progress;
+use super::realise_cmd::{BuildArgs, Progress};
 use super::{out_line, CliError, Context};
 use crate::check::record::{record_path, Records};
 use crate::check::{self, CheckOptions, DerivationVerdict, RecordStatus};
 use crate::fetch::Mirrors;
-use crate::graph::build::{BuildOptions, Platforms, SandboxExecutor};
+use crate::graph::build::SandboxExecutor;
 use crate::graph::{self, RealiseError};
 
 /// Which derivations a check builds again.
@@ -69,21 +68,9 @@ pub struct CheckArgs {
     /// Write a reproducibility report (Markdown) to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Builds to run at once while realising.
-    #[arg(long, short = 'j', default_value_t = 1)]
-    jobs: usize,
-    /// `NIX_BUILD_CORES` of each build [default: the number of CPUs].
-    #[arg(long)]
-    cores: Option<u32>,
-    /// Kill a build after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<u64>,
-    /// Kill a build that prints nothing for this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    max_silent_time: Option<u64>,
-    /// Print build output on stderr as it comes.
-    #[arg(long, short = 'L')]
-    print_build_logs: bool,
+    /// How builds run (`-j`: also how many derivations are checked at once).
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 /// The variations `--vary` names.
@@ -106,18 +93,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
         });
     }
     let store = ctx.open_store()?;
-    let executor = SandboxExecutor::new(
-        &store,
-        BuildOptions {
-            cores: args.cores.unwrap_or_else(|| crate::cpus() as u32),
-            timeout: args.timeout.map(Duration::from_secs),
-            max_silent_time: args.max_silent_time.map(Duration::from_secs),
-            max_processes: crate::sandbox::DEFAULT_MAX_PROCESSES,
-            keep_failed: false,
-            jobs: args.jobs,
-            platforms: Platforms::host(),
-        },
-    )?;
+    let executor = SandboxExecutor::new(&store, args.build.options(false))?;
     let root = project_root(ctx)?;
     let project = ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) = instantiate_project(ctx, &store, project, &args.targets)?;
@@ -163,14 +139,14 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
             });
         }
     }
-    let progress = Progress::new(ctx, false, args.print_build_logs);
+    let progress = Progress::new(ctx, false, args.build.print_build_logs);
     match graph::realise(
         &store,
         &lowered,
         &args.targets,
         &Mirrors::discover(),
         &executor,
-        args.jobs,
+        args.build.jobs,
         &progress,
     ) {
         Ok(_) => {}
@@ -210,7 +186,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     let results: std::sync::Mutex<Vec<Option<Result<DerivationVerdict, CliError>>>> =
         std::sync::Mutex::new((0..selected.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..args.jobs.clamp(1, selected.len().max(1)) {
+        for _ in 0..args.build.jobs.clamp(1, selected.len().max(1)) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(key) = selected.get(i) else {

@@ -22,9 +22,32 @@ pub struct RealiseArgs {
     /// Targets (files of `derivations/`, without `.toml`).
     #[arg(required = true)]
     targets: Vec<String>,
+    /// How builds run.
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Keep `/build` of failed builds for inspection.
+    #[arg(long, short = 'K')]
+    keep_failed: bool,
+    /// Do not create `result` links.
+    #[arg(long)]
+    no_link: bool,
+    /// Base name of the result links.
+    #[arg(long, short = 'o', default_value = "result")]
+    out_link: PathBuf,
+    /// Rebuild the targets (whose outputs must be valid) and compare; exit 104 on a difference.
+    #[arg(long)]
+    check: bool,
+    /// Emit the event stream as JSON lines on stdout instead of output paths.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The options of every command that builds (`realise`, `check`).
+#[derive(Debug, Args)]
+pub(super) struct BuildArgs {
     /// Builds to run at once.
     #[arg(long, short = 'j', default_value_t = 1)]
-    jobs: usize,
+    pub(super) jobs: usize,
     /// `NIX_BUILD_CORES` of each build [default: the number of CPUs].
     #[arg(long)]
     cores: Option<u32>,
@@ -39,29 +62,37 @@ pub struct RealiseArgs {
     #[arg(long, value_name = "N", default_value_t = crate::sandbox::DEFAULT_MAX_PROCESSES,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_processes: u64,
-    /// Keep `/build` of failed builds for inspection.
-    #[arg(long, short = 'K')]
-    keep_failed: bool,
-    /// Do not create `result` links.
-    #[arg(long)]
-    no_link: bool,
-    /// Base name of the result links.
-    #[arg(long, short = 'o', default_value = "result")]
-    out_link: PathBuf,
     /// Print build output on stderr as it comes.
     #[arg(long, short = 'L')]
-    print_build_logs: bool,
-    /// Rebuild the targets (whose outputs must be valid) and compare; exit 104 on a difference.
-    #[arg(long)]
-    check: bool,
-    /// Emit the event stream as JSON lines on stdout instead of output paths.
-    #[arg(long)]
-    json: bool,
+    pub(super) print_build_logs: bool,
     /// Systems besides this machine's own whose derivations are built here (their builders
     /// must run here, e.g. through binfmt_misc), separated by spaces or commas. Replaces the
     /// default, as Nix's `extra-platforms` does [default: `i686-linux` on `x86_64-linux`].
     #[arg(long, env = "KSBUILD_EXTRA_PLATFORMS", value_name = "SYSTEMS")]
     extra_platforms: Option<String>,
+}
+
+impl BuildArgs {
+    /// The platforms builds may be for.
+    pub(super) fn platforms(&self) -> Platforms {
+        match &self.extra_platforms {
+            Some(list) => Platforms::host().with_extra(list),
+            None => Platforms::host(),
+        }
+    }
+
+    /// The executor's options.
+    pub(super) fn options(&self, keep_failed: bool) -> BuildOptions {
+        BuildOptions {
+            cores: self.cores.unwrap_or_else(|| crate::cpus() as u32),
+            timeout: self.timeout.map(Duration::from_secs),
+            max_silent_time: self.max_silent_time.map(Duration::from_secs),
+            max_processes: self.max_processes,
+            keep_failed,
+            jobs: self.jobs,
+            platforms: self.platforms(),
+        }
+    }
 }
 
 /// What the terminal shows while a realisation runs.
@@ -269,23 +300,8 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
     // Created first: a `--check` rebuilds whatever the evaluation gives, so its zygote
     // can start up meanwhile; otherwise it starts once there is something to build.
-    let cores = args.cores.unwrap_or_else(|| crate::cpus() as u32);
-    let platforms = match &args.extra_platforms {
-        Some(list) => Platforms::host().with_extra(list),
-        None => Platforms::host(),
-    };
-    let executor = SandboxExecutor::new(
-        &store,
-        BuildOptions {
-            cores,
-            timeout: args.timeout.map(Duration::from_secs),
-            max_silent_time: args.max_silent_time.map(Duration::from_secs),
-            max_processes: args.max_processes,
-            keep_failed: args.keep_failed,
-            jobs: args.jobs,
-            platforms: platforms.clone(),
-        },
-    )?;
+    let platforms = args.build.platforms();
+    let executor = SandboxExecutor::new(&store, args.build.options(args.keep_failed))?;
     if args.check {
         graph::Executor::prepare(&executor, args.targets.len());
     }
@@ -304,7 +320,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             unsupported.len()
         )));
     }
-    let progress = Progress::new(ctx, args.json, args.print_build_logs);
+    let progress = Progress::new(ctx, args.json, args.build.print_build_logs);
     let mirrors = Mirrors::discover();
     let result = graph::realise(
         &store,
@@ -312,7 +328,7 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
         &args.targets,
         &mirrors,
         &executor,
-        args.jobs,
+        args.build.jobs,
         &progress,
     );
     match result {

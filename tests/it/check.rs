@@ -18,6 +18,16 @@ fn verdict(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
+/// A derivation file running `script` with the project's busybox.
+fn drv(name: &str, script: &str) -> (String, String) {
+    (
+        format!("derivations/{name}.toml"),
+        format!(
+            "builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", {script:?}]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n"
+        ),
+    )
+}
+
 /// A reproducible graph passes with two builds each (the realisation's own build counts
 /// as one), is recorded, and later compares with its record: as recorded; then a changed
 /// fragment makes the record stale (exit 1, with the re-record command — never a silent
@@ -125,14 +135,6 @@ fn differences_are_explained_by_file_offset_and_cause() {
     if skip_without_busybox() {
         return;
     }
-    let drv = |name: &str, script: &str| {
-        (
-            format!("derivations/{name}.toml"),
-            format!(
-                "builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", {script:?}]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n"
-            ),
-        )
-    };
     let files = [
         drv(
             "clock",
@@ -206,14 +208,6 @@ fn each_variation_catches_what_depends_on_it_and_spares_what_does_not() {
     if skip_without_busybox() {
         return;
     }
-    let drv = |name: &str, script: &str| {
-        (
-            format!("derivations/{name}.toml"),
-            format!(
-                "builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", {script:?}]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n"
-            ),
-        )
-    };
     let cases = [
         (
             "time",
