@@ -120,21 +120,17 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
         if exec(&ma) != exec(&mb) {
             out.push(simple("mode (executable bit)".into()));
         }
-        if let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? {
-            // A disk image is opened: partition › filesystem › file › line.
-            if ma.len() >= 1 << 16 && mb.len() >= 1 << 16 {
-                let label = shown.trim_start_matches('/');
-                if let Some(inner) = super::image::diff_images(a, b, label)? {
-                    if !inner.is_empty() {
-                        out.extend(
-                            inner
-                                .into_iter()
-                                .take(MAX_DIFFERENCES - out.len().min(MAX_DIFFERENCES)),
-                        );
-                        return Ok(());
-                    }
-                }
+        // A disk image is opened (partition › filesystem › file › line), reading only the
+        // extents that hold data; other files are compared byte by byte.
+        if ma.len() >= 1 << 16 && mb.len() >= 1 << 16 {
+            let label = shown.trim_start_matches('/');
+            if let Some(inner) = super::image::diff_images(a, b, label)? {
+                let room = MAX_DIFFERENCES.saturating_sub(out.len());
+                out.extend(inner.into_iter().take(room));
+                return Ok(());
             }
+        }
+        if let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? {
             out.push(d);
         }
         return Ok(());
