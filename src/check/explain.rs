@@ -131,6 +131,15 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
             }
         }
         if let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? {
+            // A compressed file or an archive (an initramfs) is opened, member by member.
+            if ma.len() <= 1 << 28 && mb.len() <= 1 << 28 {
+                let (ba, bb) = (std::fs::read(a)?, std::fs::read(b)?);
+                if let Some(inner) = super::image::diff_archives(shown, &ba, &bb) {
+                    let room = MAX_DIFFERENCES.saturating_sub(out.len());
+                    out.extend(inner.into_iter().take(room));
+                    return Ok(());
+                }
+            }
             out.push(d);
         }
         return Ok(());

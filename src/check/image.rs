@@ -639,3 +639,241 @@ pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
         excerpts: Some((window(a), window(b))),
     }
 }
+
+/// One member of a newc cpio archive: its header fields that matter, and its data.
+struct CpioMember {
+    mode: u64,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    data: Vec<u8>,
+}
+
+/// Parses a newc (`070701`) cpio archive into members by name; `None` if it is not one.
+fn parse_cpio(bytes: &[u8]) -> Option<std::collections::BTreeMap<String, CpioMember>> {
+    if bytes.len() < 110 || (&bytes[0..6] != b"070701" && &bytes[0..6] != b"070702") {
+        return None;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let mut at = 0usize;
+    let field = |h: &[u8], i: usize| -> Option<u64> {
+        u64::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).ok()?, 16).ok()
+    };
+    while at + 110 <= bytes.len() {
+        let h = &bytes[at..at + 110];
+        if &h[0..6] != b"070701" && &h[0..6] != b"070702" {
+            return None;
+        }
+        let (mode, uid, gid, mtime) = (field(h, 1)?, field(h, 2)?, field(h, 3)?, field(h, 5)?);
+        let size = field(h, 6)? as usize;
+        let name_size = field(h, 11)? as usize;
+        let name_at = at + 110;
+        let name = bytes.get(name_at..name_at + name_size.saturating_sub(1))?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let data_at = (name_at + name_size).div_ceil(4) * 4;
+        let data = bytes.get(data_at..data_at + size)?.to_vec();
+        at = (data_at + size).div_ceil(4) * 4;
+        if name == "TRAILER!!!" {
+            return Some(out);
+        }
+        out.insert(
+            name,
+            CpioMember {
+                mode,
+                uid,
+                gid,
+                mtime,
+                data,
+            },
+        );
+    }
+    Some(out)
+}
+
+/// Gunzips `bytes` (at most 1 GiB out); `None` if they are not gzip.
+fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
+        return None;
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(1 << 30)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
+/// The differences inside two compressed or archived files — gzip, and the newc cpio of an
+/// initramfs inside it — located to the member and line (`kubesolo-os.gz › cpio ›
+/// /etc/os-release: line 2`); `None` when they are neither.
+pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> {
+    let (ua, ub) = (gunzip(a), gunzip(b));
+    let (a, b, path) = match (&ua, &ub) {
+        (Some(x), Some(y)) => (x.as_slice(), y.as_slice(), format!("{path} › gunzip")),
+        _ => (a, b, path.to_string()),
+    };
+    let (Some(ca), Some(cb)) = (parse_cpio(a), parse_cpio(b)) else {
+        return ua.is_some().then(|| vec![content_difference(path, a, b)]);
+    };
+    let mut out = Vec::new();
+    let names: std::collections::BTreeSet<&String> = ca.keys().chain(cb.keys()).collect();
+    for name in names {
+        let here = format!("{path} › cpio › /{}", name.trim_start_matches("./"));
+        let (Some(ma), Some(mb)) = (ca.get(name), cb.get(name)) else {
+            out.push(Difference {
+                path: here,
+                what: if ca.contains_key(name) {
+                    "only in the first".into()
+                } else {
+                    "only in the second".into()
+                },
+                sizes: None,
+                offset: None,
+                cause: Cause::Other,
+                excerpts: None,
+            });
+            continue;
+        };
+        if ma.data != mb.data {
+            out.push(content_difference(here.clone(), &ma.data, &mb.data));
+        }
+        for (what, x, y, cause) in [
+            (
+                "mode",
+                format!("{:o}", ma.mode),
+                format!("{:o}", mb.mode),
+                Cause::Other,
+            ),
+            (
+                "owner",
+                ma.uid.to_string(),
+                mb.uid.to_string(),
+                Cause::HostOrUser,
+            ),
+            (
+                "group",
+                ma.gid.to_string(),
+                mb.gid.to_string(),
+                Cause::HostOrUser,
+            ),
+            (
+                "mtime",
+                ma.mtime.to_string(),
+                mb.mtime.to_string(),
+                Cause::Timestamp,
+            ),
+        ] {
+            if x != y {
+                out.push(Difference {
+                    path: here.clone(),
+                    what: format!("{what}: {x} vs {y}"),
+                    sizes: None,
+                    offset: None,
+                    cause,
+                    excerpts: None,
+                });
+            }
+        }
+        if out.len() >= super::explain::MAX_DIFFERENCES {
+            break;
+        }
+    }
+    if out.is_empty() {
+        // Same members, in another order (or other padding).
+        out.push(Difference {
+            path: format!("{path} › cpio"),
+            what: "the same members in another order".into(),
+            sizes: None,
+            offset: None,
+            cause: Cause::Ordering,
+            excerpts: None,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A newc cpio archive of `(name, mtime, data)`.
+    fn cpio(members: &[(&str, u64, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut add = |name: &str, mtime: u64, data: &[u8]| {
+            let fields = [
+                1,
+                0o100644,
+                0,
+                0,
+                1,
+                mtime,
+                data.len() as u64,
+                0,
+                0,
+                0,
+                0,
+                name.len() as u64 + 1,
+                0,
+            ];
+            out.extend_from_slice(b"070701");
+            for f in fields {
+                out.extend_from_slice(format!("{f:08X}").as_bytes());
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+            out.extend_from_slice(data);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+        };
+        for (n, t, d) in members {
+            add(n, *t, d);
+        }
+        add("TRAILER!!!", 0, b"");
+        out
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn an_initramfs_is_diffed_member_by_member_to_the_line() {
+        let a = gzip(&cpio(&[
+            ("etc/os-release", 1704067200, b"NAME=KubeSolo\nVERSION=1\n"),
+            ("init", 1704067200, b"#!/bin/sh\n"),
+        ]));
+        let b = gzip(&cpio(&[
+            ("etc/os-release", 1704067200, b"NAME=KubeSolo\nVERSION=2\n"),
+            ("init", 1764700000, b"#!/bin/sh\n"),
+        ]));
+        let d = diff_archives("/kubesolo-os.gz", &a, &b).unwrap();
+        let got: Vec<(&str, &str, Cause)> = d
+            .iter()
+            .map(|d| (d.path.as_str(), d.what.as_str(), d.cause))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/kubesolo-os.gz › gunzip › cpio › /etc/os-release: line 2",
+                    "content",
+                    Cause::Other
+                ),
+                (
+                    "/kubesolo-os.gz › gunzip › cpio › /init",
+                    "mtime: 1704067200 vs 1764700000",
+                    Cause::Timestamp
+                ),
+            ]
+        );
+        assert!(diff_archives("/x", b"plain", b"other").is_none());
+    }
+}
