@@ -881,8 +881,8 @@ fn images_initramfs_and_rootfs_reproduce_under_every_variation() {
     let targets = [
         "rootfs-x86_64",
         "rootfs-arm64",
-        "initramfs-x86_64",
-        "initramfs-arm64",
+        "initramfs-x86_64@small",
+        "initramfs-arm64@small",
         "initramfs-rpi@small",
         "disk-image@small",
         "disk-image-arm64@small",
