@@ -560,18 +560,7 @@ fn diff_fat(
         let here = format!("{path} › {name}");
         let (ea, eb) = (fa.get(name), fb.get(name));
         let (Some(&(sa, ca)), Some(&(sb, cb))) = (ea, eb) else {
-            out.push(Difference {
-                path: here,
-                what: if ea.is_some() {
-                    "only in the first".into()
-                } else {
-                    "only in the second".into()
-                },
-                sizes: None,
-                offset: None,
-                cause: Cause::Other,
-                excerpts: None,
-            });
+            out.push(only_in_one(here, ea.is_some()));
             continue;
         };
         let (xa, xb) = (a.read(sa, ca)?, b.read(sb, cb)?);
@@ -603,6 +592,22 @@ fn diff_fat(
         });
     }
     Ok(())
+}
+
+/// A member present in one of the two only.
+fn only_in_one(path: String, in_first: bool) -> Difference {
+    Difference {
+        path,
+        what: if in_first {
+            "only in the first".into()
+        } else {
+            "only in the second".into()
+        },
+        sizes: None,
+        offset: None,
+        cause: Cause::Other,
+        excerpts: None,
+    }
 }
 
 /// A content difference between two files' bytes, located to the line for text.
@@ -721,18 +726,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
     for name in names {
         let here = format!("{path} › cpio › /{}", name.trim_start_matches("./"));
         let (Some(ma), Some(mb)) = (ca.get(name), cb.get(name)) else {
-            out.push(Difference {
-                path: here,
-                what: if ca.contains_key(name) {
-                    "only in the first".into()
-                } else {
-                    "only in the second".into()
-                },
-                sizes: None,
-                offset: None,
-                cause: Cause::Other,
-                excerpts: None,
-            });
+            out.push(only_in_one(here, ca.contains_key(name)));
             continue;
         };
         if ma.data != mb.data {
