@@ -503,6 +503,13 @@ impl Store {
     /// it would be copied into itself.
     pub fn import_source(&self, source: &Path, name: &str) -> Result<StorePath> {
         let path = self.source_path(source, name)?;
+        self.copy_source(source, name, path)
+    }
+
+    /// Copies `source` into the store as `name`, given the path [`Store::source_path`]
+    /// computed for it (nothing is copied if it is valid): the second half of
+    /// [`Store::import_source`], for a caller that hashed the source already.
+    pub fn copy_source(&self, source: &Path, name: &str, path: StorePath) -> Result<StorePath> {
         if self.is_valid(&path)? {
             return Ok(path);
         }

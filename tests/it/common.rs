@@ -204,3 +204,16 @@ pub fn command_available(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
+
+/// Whether a failed `ksbuild` run failed only because the Debian archive cannot be
+/// reached, and the network is not required (outside CI): then the test skips, saying so.
+/// In CI (`KSBUILD_REQUIRE_NETWORK`) it never skips.
+pub fn skip_as_archive_unreachable(out: &Output) -> bool {
+    let unreachable = !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("cannot fetch")
+        && std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_none();
+    if unreachable {
+        eprintln!("SKIP: the Debian archive is unreachable here");
+    }
+    unreachable
+}

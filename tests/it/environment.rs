@@ -26,20 +26,29 @@ mkdir -p $out
 """]
 "#;
 
-#[test]
-fn builds_run_inside_the_locked_environment_and_cannot_change_it() {
+/// A project in `dir/proj` holding `files` of this repository.
+fn project_with(dir: &Path, files: &[&str]) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = scratch();
-    let proj = tmp.path().join("proj");
+    let proj = dir.join("proj");
     fs::create_dir_all(proj.join("derivations")).unwrap();
     fs::create_dir_all(proj.join("sandboxes")).unwrap();
-    for f in [
-        "derivations/_project.toml",
-        "derivations/busybox-static.toml",
-        "sandboxes/probe.toml",
-    ] {
+    for f in files {
         fs::copy(root.join(f), proj.join(f)).unwrap();
     }
+    proj
+}
+
+#[test]
+fn builds_run_inside_the_locked_environment_and_cannot_change_it() {
+    let tmp = scratch();
+    let proj = project_with(
+        tmp.path(),
+        &[
+            "derivations/_project.toml",
+            "derivations/busybox-static.toml",
+            "sandboxes/probe.toml",
+        ],
+    );
     fs::write(proj.join("derivations/probe-env.toml"), PROBE).unwrap();
     let store = tmp.path().join("s");
     let ks = || {
@@ -136,19 +145,16 @@ fn builds_run_inside_the_locked_environment_and_cannot_change_it() {
 /// busybox runs, not the packages' architecture. Offline: only lowering.
 #[test]
 fn an_environment_tree_is_for_the_system_its_builder_runs_on() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = scratch();
-    let proj = tmp.path().join("proj");
-    fs::create_dir_all(proj.join("derivations")).unwrap();
-    fs::create_dir_all(proj.join("sandboxes")).unwrap();
-    for f in [
-        "derivations/_project.toml",
-        "derivations/busybox-static.toml",
-        "sandboxes/userland-arm64.toml",
-        "sandboxes/userland-arm64.lock",
-    ] {
-        fs::copy(root.join(f), proj.join(f)).unwrap();
-    }
+    let proj = project_with(
+        tmp.path(),
+        &[
+            "derivations/_project.toml",
+            "derivations/busybox-static.toml",
+            "sandboxes/userland-arm64.toml",
+            "sandboxes/userland-arm64.lock",
+        ],
+    );
     fs::write(
         proj.join("derivations/uses-arm64.toml"),
         "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"ls ${pkgs} > $out\"]\n[inputs]\nbb = \"busybox-static\"\npkgs = { environment = \"userland-arm64\" }\n",
