@@ -1489,3 +1489,45 @@ fn the_log_of_a_silent_failure_says_the_build_failed() {
         "{err}"
     );
 }
+
+/// Two targets that lower to one derivation (as the same `.deb` in two environments does)
+/// are one piece of work: fetched once, the other key reported cached, both valid.
+#[test]
+fn keys_that_lower_to_one_derivation_are_fetched_once() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[]);
+    let payload = p.scratch.join("payload.txt");
+    fs::write(&payload, "payload\n").unwrap();
+    let hash = "sha256-".to_string() + &ksbuild::compat::Hash::sha256(b"payload\n").to_base64();
+    let fetch = |input: &str| {
+        format!(
+            "builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat ${{{input}}} > $out\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n{input} = {{ url = \"file://{}\", hash = \"{hash}\", name = \"payload\" }}\n",
+            payload.display()
+        )
+    };
+    fs::write(p.dir.join("derivations/one.toml"), fetch("x")).unwrap();
+    fs::write(p.dir.join("derivations/two.toml"), fetch("y")).unwrap();
+    let out = run_ok(
+        p.ks("s")
+            .args(["realise", "--json", "--no-link", "-j2", "one", "two"]),
+    );
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |kind: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .map(|e| e["target"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(events[0]["fetches"], 1, "{out}");
+    assert_eq!(of("fetch-started"), ["one.x"], "{out}");
+    assert_eq!(of("cached"), ["two.y"], "{out}");
+    let mut built = of("build-finished");
+    built.sort();
+    assert_eq!(built, ["one", "two"], "{out}");
+}
