@@ -86,28 +86,52 @@ pub struct DerivationVerdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Vary {
-    /// Wall-clock time: each varied build starts in a later second than the one before.
+    /// Time: each varied build starts in a later second of wall-clock time than the one
+    /// before, and its monotonic and boot clocks run [`CLOCKS_AHEAD`] ahead (a time
+    /// namespace: the wall clock cannot be shifted there).
     Time,
     /// The CPUs: one CPU (affinity) and `NIX_BUILD_CORES=1`.
     Cores,
     /// Host and domain name: `ksbuild-check` instead of `localhost` and `(none)`.
     Hostname,
+    /// The build user's ids inside the sandbox: [`VARIED_IDS`] (those of Nix's first build
+    /// user `nixbld1` outside a sandbox) instead of 1000:100.
+    Uid,
     /// The umask: 077 instead of 022.
     Umask,
     /// Address-space layout randomisation on (Nix turns it off).
     Aslr,
+    /// Directory order: inputs are copies made in a shuffled order, and `/build` lists
+    /// files in the order they were created (a `tmpfs`) rather than the store
+    /// filesystem's order.
+    Order,
+    /// The build directory's name: [`VARIED_BUILD_DIR`] instead of `/build`, unless the
+    /// derivation names `/build` itself (in its builder, arguments or environment).
+    BuildDir,
     /// The kernel release `uname -r` reports: a 2.6 one (`personality(UNAME26)`).
     Uname,
 }
 
+/// How far ahead [`Vary::Time`] sets the monotonic and boot clocks: ten days.
+pub const CLOCKS_AHEAD: u64 = 10 * 24 * 3600;
+
+/// The build user's uid and gid under [`Vary::Uid`].
+pub const VARIED_IDS: (u32, u32) = (30001, 30000);
+
+/// The build directory under [`Vary::BuildDir`].
+pub const VARIED_BUILD_DIR: &str = "/tmp/nix-build-check";
+
 impl Vary {
     /// Every variation, in the order `--vary all` applies them.
-    pub const ALL: [Vary; 6] = [
+    pub const ALL: [Vary; 9] = [
         Vary::Time,
         Vary::Cores,
         Vary::Hostname,
+        Vary::Uid,
         Vary::Umask,
         Vary::Aslr,
+        Vary::Order,
+        Vary::BuildDir,
         Vary::Uname,
     ];
 
@@ -118,32 +142,66 @@ impl Vary {
             Vary::Cores => "cores",
             Vary::Hostname => "hostname",
             Vary::Umask => "umask",
+            Vary::Uid => "uid",
             Vary::Aslr => "aslr",
+            Vary::Order => "order",
+            Vary::BuildDir => "build-dir",
             Vary::Uname => "uname",
         }
     }
 
-    /// Parses `--vary`: names separated by commas, or `all`.
-    pub fn parse_list(text: &str) -> Result<Vec<Vary>, String> {
-        if text.trim() == "all" {
-            return Ok(Vary::ALL.to_vec());
+    /// Whether the variation can apply to `drv`: a derivation that names `/build` in its
+    /// builder, arguments or environment depends on that name, so its build directory
+    /// is not renamed.
+    pub fn applies_to(self, drv: &crate::compat::derivation::Derivation) -> bool {
+        let names_build_dir = |s: &str| {
+            s.match_indices(crate::sandbox::plan::BUILD_DIR)
+                .any(|(i, m)| {
+                    !s[i + m.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                })
+        };
+        match self {
+            Vary::BuildDir => {
+                !(names_build_dir(&drv.builder)
+                    || drv.args.iter().any(|a| names_build_dir(a))
+                    || drv.env.values().any(|v| names_build_dir(v)))
+            }
+            _ => true,
         }
-        let mut out = Vec::new();
-        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let v = Vary::ALL
+    }
+
+    /// Parses `--vary`: names separated by commas, `all`, and `-NAME` to leave one out
+    /// (`all,-build-dir`), applied left to right.
+    pub fn parse_list(text: &str) -> Result<Vec<Vary>, String> {
+        let find = |name: &str| {
+            Vary::ALL
                 .iter()
                 .copied()
                 .find(|v| v.name() == name)
                 .ok_or_else(|| {
                     format!(
-                        "unknown variation `{name}`: choose from {} or `all`",
+                        "unknown variation `{name}`: choose from {} or `all` (`-NAME` leaves \
+                         one out)",
                         Vary::ALL.map(Vary::name).join(", ")
                     )
-                })?;
-            if !out.contains(&v) {
-                out.push(v);
+                })
+        };
+        let mut out: Vec<Vary> = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if item == "all" {
+                out = Vary::ALL.to_vec();
+            } else if let Some(name) = item.strip_prefix('-') {
+                let v = find(name)?;
+                out.retain(|x| *x != v);
+            } else {
+                let v = find(item)?;
+                if !out.contains(&v) {
+                    out.push(v);
+                }
             }
         }
+        out.sort();
         Ok(out)
     }
 }
@@ -153,11 +211,14 @@ pub fn variation_of(vary: &[Vary], cpus: usize) -> crate::sandbox::Variation {
     let mut v = crate::sandbox::Variation::default();
     for x in vary {
         match x {
-            Vary::Time => {}
+            Vary::Time => v.clocks_ahead = Some(CLOCKS_AHEAD),
             Vary::Cores => v.cpus = (cpus > 1).then_some(1),
             Vary::Hostname => v.hostname = Some("ksbuild-check".into()),
+            Vary::Uid => v.ids = Some(VARIED_IDS),
             Vary::Umask => v.umask = Some(0o077),
             Vary::Aslr => v.aslr = true,
+            Vary::Order => v.shuffled_order = true,
+            Vary::BuildDir => v.build_dir = Some(VARIED_BUILD_DIR.into()),
             Vary::Uname => v.old_kernel_release = true,
         }
     }
@@ -224,7 +285,13 @@ pub fn check_node(
             )
         })
         .collect();
-    let varied = variation_of(&options.vary, crate::cpus());
+    let applicable: Vec<Vary> = options
+        .vary
+        .iter()
+        .copied()
+        .filter(|v| v.applies_to(&node.drv))
+        .collect();
+    let varied = variation_of(&applicable, crate::cpus());
     let mut variations_applied = Vec::new();
     for round in 0..rebuilds {
         // The first build compared is made as Nix makes it; the others vary.
@@ -234,7 +301,7 @@ pub fn check_node(
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
         if vary {
-            variations_applied = options.vary.clone();
+            variations_applied = applicable.clone();
         }
         let variation = if vary {
             varied.clone()
@@ -380,4 +447,23 @@ pub fn report_markdown(verdicts: &[DerivationVerdict]) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vary_lists_name_add_and_leave_out() {
+        assert_eq!(Vary::parse_list("all").unwrap(), Vary::ALL.to_vec());
+        assert_eq!(
+            Vary::parse_list("uname, time,time").unwrap(),
+            [Vary::Time, Vary::Uname]
+        );
+        let most = Vary::parse_list("all,-build-dir,-order").unwrap();
+        assert_eq!(most.len(), Vary::ALL.len() - 2);
+        assert!(!most.contains(&Vary::BuildDir) && !most.contains(&Vary::Order));
+        let e = Vary::parse_list("all,-colour").unwrap_err();
+        assert!(e.contains("unknown variation `colour`"), "{e}");
+    }
 }

@@ -45,10 +45,16 @@ pub struct CheckArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     rounds: Option<u32>,
     /// What the builds the check makes vary (each must not change a reproducible output):
-    /// names separated by commas, or `all`. `time`: each build starts in a later second;
-    /// `cores`: one CPU (affinity) and `NIX_BUILD_CORES=1`; `hostname`: `ksbuild-check`
-    /// instead of `localhost` (and the domain name); `umask`: 077 instead of 022; `aslr`:
-    /// address-space randomisation on; `uname`: a 2.6 kernel release (`UNAME26`).
+    /// names separated by commas, `all`, and `-NAME` to leave one out (`all,-build-dir`).
+    /// `time`: each build starts in a later second,
+    /// its monotonic and boot clocks ten days ahead (a time namespace); `cores`: one CPU
+    /// (affinity) and `NIX_BUILD_CORES=1`; `hostname`: `ksbuild-check` instead of
+    /// `localhost` (and the domain name); `uid`: the build user is 30001:30000 instead of
+    /// 1000:100; `umask`: 077 instead of 022; `aslr`: address-space randomisation on;
+    /// `order`: inputs are copies (in memory) made in a shuffled order and `/build` lists
+    /// files in creation order, so unsorted directory listings differ; `build-dir`:
+    /// `/tmp/nix-build-check` instead of `/build`, unless the derivation names `/build`;
+    /// `uname`: a 2.6 kernel release (`UNAME26`).
     #[arg(long, value_name = "LIST", value_parser = parse_vary)]
     vary: Option<VaryList>,
     /// Which derivations are built again: the targets, or their whole closure.

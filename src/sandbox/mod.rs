@@ -148,6 +148,18 @@ pub struct Variation {
     pub cpus: Option<u32>,
     /// `uname -r` reports a 2.6 kernel (`personality(UNAME26)`).
     pub old_kernel_release: bool,
+    /// The build user's uid and gid inside the sandbox (instead of 1000 and 100).
+    pub ids: Option<(u32, u32)>,
+    /// The build directory inside the sandbox (instead of `/build`): `/NAME` or
+    /// `/tmp/NAME`, one plain name.
+    pub build_dir: Option<String>,
+    /// Directory order: each input directory is a copy on a `tmpfs` whose entries were
+    /// created in a shuffled order, and `/build` is a `tmpfs` too (its files listed in the
+    /// order they are created, unlike on the store's filesystem), holding a shuffled copy
+    /// of what the caller put in `build_dir`. Costs a copy of the inputs in memory.
+    pub shuffled_order: bool,
+    /// The monotonic and boot clocks this many seconds ahead (a time namespace).
+    pub clocks_ahead: Option<u64>,
 }
 
 /// One build to run in the sandbox.

@@ -32,16 +32,26 @@ const RESERVED: [&str; 5] = ["build", "dev", "etc", "proc", "tmp"];
 
 /// `/etc/passwd` of every build, byte for byte Nix 2.8's.
 pub fn etc_passwd() -> String {
+    etc_passwd_for(SANDBOX_UID, SANDBOX_GID, BUILD_DIR)
+}
+
+/// `/etc/passwd` of a build whose user is `uid`:`gid` in `build_dir` (a check's variation).
+fn etc_passwd_for(uid: u32, gid: u32, build_dir: &str) -> String {
     format!(
-        "root:x:0:0:Nix build user:{BUILD_DIR}:/noshell\n\
-         nixbld:x:{SANDBOX_UID}:{SANDBOX_GID}:Nix build user:{BUILD_DIR}:/noshell\n\
+        "root:x:0:0:Nix build user:{build_dir}:/noshell\n\
+         nixbld:x:{uid}:{gid}:Nix build user:{build_dir}:/noshell\n\
          nobody:x:65534:65534:Nobody:/:/noshell\n"
     )
 }
 
 /// `/etc/group` of every build, byte for byte Nix 2.8's.
 pub fn etc_group() -> String {
-    format!("root:x:0:\nnixbld:!:{SANDBOX_GID}:\nnogroup:x:65534:\n")
+    etc_group_for(SANDBOX_GID)
+}
+
+/// `/etc/group` of a build whose group is `gid` (a check's variation).
+fn etc_group_for(gid: u32) -> String {
+    format!("root:x:0:\nnixbld:!:{gid}:\nnogroup:x:65534:\n")
 }
 
 /// `/etc/hosts` of every build, byte for byte Nix 2.8's.
@@ -156,10 +166,12 @@ fn check_no_nul(s: &str, field: &'static str) -> Result<(), SandboxError> {
 /// `PATH`, `HOME`, `NIX_STORE` and `NIX_BUILD_CORES` first, then the derivation's
 /// variables (which may override those four), then `NIX_BUILD_TOP`, `TMPDIR`, `TEMPDIR`,
 /// `TMP`, `TEMP`, `PWD`, `NIX_LOG_FD` and `TERM`, which the derivation cannot override.
+/// `build_dir` is the build directory inside the sandbox ([`BUILD_DIR`] but in a check).
 pub fn builder_environment(
     store_dir: &str,
     cores: u32,
     derivation_env: &BTreeMap<String, String>,
+    build_dir: &str,
 ) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), "/path-not-set".to_string());
@@ -170,7 +182,7 @@ pub fn builder_environment(
         env.insert(k.clone(), v.clone());
     }
     for k in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
-        env.insert(k.to_string(), BUILD_DIR.to_string());
+        env.insert(k.to_string(), build_dir.to_string());
     }
     env.insert("NIX_LOG_FD".to_string(), "2".to_string());
     env.insert("TERM".to_string(), "xterm-256color".to_string());
@@ -231,6 +243,24 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
             return Err(invalid("inputs", format!("`{logical}` is given twice")));
         }
     }
+    if let Some(dir) = &spec.variation.build_dir {
+        let name = dir
+            .strip_prefix("/tmp/")
+            .or_else(|| dir.strip_prefix('/'))
+            .unwrap_or_default();
+        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+        let store_top = spec.store_dir.split('/').nth(1).unwrap_or_default();
+        if !plain || (RESERVED.contains(&name) && !dir.starts_with("/tmp/")) || name == store_top {
+            return Err(invalid(
+                "variation.build_dir",
+                format!(
+                    "`{dir}` must be `/NAME` or `/tmp/NAME`, one plain name that is not the \
+                     store's or one of the sandbox's own ({})",
+                    RESERVED.join(", ")
+                ),
+            ));
+        }
+    }
     if !spec.root_dir.is_absolute() || !spec.build_dir.is_absolute() {
         return Err(invalid(
             "root_dir",
@@ -257,6 +287,11 @@ pub(crate) fn plan(
 ) -> Result<Plan, SandboxError> {
     validate(spec)?;
     let root = spec.root_dir.as_path();
+    let variation = &spec.variation;
+    let (uid, gid) = variation.ids.unwrap_or((SANDBOX_UID, SANDBOX_GID));
+    let build_dir = variation.build_dir.as_deref().unwrap_or(BUILD_DIR);
+    let build_relative = PathBuf::from(build_dir.trim_start_matches('/'));
+    let build_at_top = !build_dir.starts_with("/tmp/");
     let mut host = Vec::new();
     let mut ns = Vec::new();
 
@@ -295,12 +330,13 @@ pub(crate) fn plan(
                 target: link,
                 path: on_disk,
             }),
-            InputKind::Directory | InputKind::File => {
+            kind @ (InputKind::Directory | InputKind::File) => {
                 host.push(Step::CreateMountPoint {
                     source: physical.clone(),
                     target: on_disk,
                 });
-                bound_inputs.push((physical.clone(), relative));
+                let copied = variation.shuffled_order && kind == InputKind::Directory;
+                bound_inputs.push((physical.clone(), relative, copied));
             }
         }
     }
@@ -321,7 +357,7 @@ pub(crate) fn plan(
     ns.push(Step::DetachTree {
         source: store_on_disk.clone(),
     });
-    for (physical, _) in &bound_inputs {
+    for (physical, _, _) in &bound_inputs {
         ns.push(Step::DetachTree {
             source: physical.clone(),
         });
@@ -334,19 +370,21 @@ pub(crate) fn plan(
             source: format!("/dev/{d}").into(),
         });
     }
+    // A time namespace is entered while this process's own filesystem ids (the owner of
+    // its `/proc/self/timens_offsets`) are in force, before they become the build user's.
+    if let Some(seconds) = variation.clocks_ahead {
+        ns.push(Step::EnterTimeNamespace { seconds });
+    }
     // 2. The new root: a tmpfs owned by the build user, 0750 as Nix's; from here on paths
     //    are relative to it, and files are created as the build user.
     ns.push(Step::MountTmpfs {
         target: root.to_path_buf(),
-        options: format!("mode=0750,uid={SANDBOX_UID},gid={SANDBOX_GID}"),
+        options: format!("mode=0750,uid={uid},gid={gid}"),
     });
     ns.push(Step::ChangeDirectory {
         path: root.to_path_buf(),
     });
-    ns.push(Step::SetFilesystemIds {
-        uid: SANDBOX_UID,
-        gid: SANDBOX_GID,
-    });
+    ns.push(Step::SetFilesystemIds { uid, gid });
     let mut prefix = PathBuf::new();
     for c in store_relative.components() {
         prefix.push(c);
@@ -355,21 +393,27 @@ pub(crate) fn plan(
             mode: 0o755,
         });
     }
-    ns.push(Step::CreateDirectory {
-        path: "build".into(),
+    let create_build_dir = Step::CreateDirectory {
+        path: build_relative.clone(),
         mode: 0o700,
-    });
+    };
+    if build_at_top {
+        ns.push(create_build_dir.clone());
+    }
     ns.push(Step::CreateDirectory {
         path: "tmp".into(),
         mode: 0o1777,
     });
+    if !build_at_top {
+        ns.push(create_build_dir);
+    }
     ns.push(Step::CreateDirectory {
         path: "etc".into(),
         mode: 0o755,
     });
     for (name, contents) in [
-        ("etc/passwd", etc_passwd()),
-        ("etc/group", etc_group()),
+        ("etc/passwd", etc_passwd_for(uid, gid, build_dir)),
+        ("etc/group", etc_group_for(gid)),
         ("etc/hosts", ETC_HOSTS.to_string()),
     ] {
         ns.push(Step::WriteFile {
@@ -432,11 +476,22 @@ pub(crate) fn plan(
         target: store_relative,
         flags: rw,
     });
-    for (physical, relative) in bound_inputs {
-        ns.push(Step::AttachTree {
-            source: physical,
-            target: relative.clone(),
-        });
+    for (physical, relative, copied) in bound_inputs {
+        if copied {
+            ns.push(Step::MountTmpfs {
+                target: relative.clone(),
+                options: format!("mode=0755,uid={uid},gid={gid}"),
+            });
+            ns.push(Step::CopyTree {
+                source: physical,
+                target: relative.clone(),
+            });
+        } else {
+            ns.push(Step::AttachTree {
+                source: physical,
+                target: relative.clone(),
+            });
+        }
         ns.push(Step::Remount {
             target: relative,
             flags: RemountFlags {
@@ -447,14 +502,25 @@ pub(crate) fn plan(
             },
         });
     }
-    ns.push(Step::AttachTree {
-        source: spec.build_dir.clone(),
-        target: "build".into(),
-    });
-    ns.push(Step::Remount {
-        target: "build".into(),
-        flags: rw,
-    });
+    if variation.shuffled_order {
+        ns.push(Step::MountTmpfs {
+            target: build_relative.clone(),
+            options: format!("mode=0700,uid={uid},gid={gid}"),
+        });
+        ns.push(Step::CopyTree {
+            source: spec.build_dir.clone(),
+            target: build_relative.clone(),
+        });
+    } else {
+        ns.push(Step::AttachTree {
+            source: spec.build_dir.clone(),
+            target: build_relative.clone(),
+        });
+        ns.push(Step::Remount {
+            target: build_relative,
+            flags: rw,
+        });
+    }
     for d in DEVICES {
         ns.push(Step::AttachTree {
             source: format!("/dev/{d}").into(),
@@ -505,8 +571,8 @@ pub(crate) fn plan(
     ns.push(Step::RedirectStdio);
     // 6. Privilege drop: group, then user; the credential change cleared the parent-death
     //    signal, so re-arm it; then the rest of Nix's process state, capabilities last.
-    ns.push(Step::SetGroupId { gid: SANDBOX_GID });
-    ns.push(Step::SetUserId { uid: SANDBOX_UID });
+    ns.push(Step::SetGroupId { gid });
+    ns.push(Step::SetUserId { uid });
     ns.push(Step::NewSessionKeyring);
     ns.push(Step::ParentDeathSignal);
     ns.push(Step::NoNewPrivileges);
@@ -528,19 +594,19 @@ pub(crate) fn plan(
         mask: spec.variation.umask.unwrap_or(0o022),
     });
     ns.push(Step::ChangeDirectory {
-        path: BUILD_DIR.into(),
+        path: build_dir.into(),
     });
     ns.push(Step::ResetSignals);
     ns.push(Step::DropCapabilities);
 
     let cores = spec.variation.cpus.unwrap_or(spec.cores);
-    let env = builder_environment(&spec.store_dir, cores, &spec.env)
+    let env = builder_environment(&spec.store_dir, cores, &spec.env, build_dir)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     Ok(Plan {
         host,
-        id_maps: ids.map_files(),
+        id_maps: ids.map_files(uid, gid),
         namespace: ns,
         exec: ExecSpec {
             path: spec.builder.clone(),
@@ -555,7 +621,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn spec() -> SandboxSpec {
+    pub(super) fn spec() -> SandboxSpec {
         SandboxSpec {
             builder: "/nix/store/aaaa-busybox/bin/busybox".into(),
             args: vec!["sh".into(), "-c".into(), "true".into()],
@@ -587,7 +653,7 @@ mod tests {
         }
     }
 
-    fn ids(root: bool) -> HostIds {
+    pub(super) fn ids(root: bool) -> HostIds {
         HostIds {
             build_uid: 4000,
             build_gid: 4000,
@@ -596,7 +662,7 @@ mod tests {
         }
     }
 
-    fn inspect(p: &Path) -> Result<InputKind, Errno> {
+    pub(super) fn inspect(p: &Path) -> Result<InputKind, Errno> {
         if p.ends_with("cccc-link") {
             Ok(InputKind::Symlink("aaaa-busybox".into()))
         } else if p.exists() || p.starts_with("/s") {
@@ -640,7 +706,7 @@ mod tests {
 
     #[test]
     fn environment_has_nix_precedence() {
-        let env = builder_environment("/nix/store", 2, &spec().env);
+        let env = builder_environment("/nix/store", 2, &spec().env, BUILD_DIR);
         let expected: BTreeMap<String, String> = [
             ("HOME", "/homeless-shelter"),
             ("NIX_BUILD_CORES", "2"),
@@ -825,6 +891,94 @@ mod tests {
                 errno: Errno::ENOENT,
             }) => assert_eq!(path, Path::new("/nonexistent/nix/store/aaaa-busybox")),
             other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod variation_tests {
+    use super::super::Variation;
+    use super::tests::{ids, inspect, spec};
+    use super::*;
+
+    #[test]
+    fn a_varied_plan_copies_directories_renames_and_remaps() {
+        let mut s = spec();
+        s.variation = Variation {
+            ids: Some((30001, 30000)),
+            build_dir: Some("/tmp/nix-build-check".into()),
+            shuffled_order: true,
+            clocks_ahead: Some(60),
+            ..Variation::default()
+        };
+        let p = plan(&s, &ids(false), &mut inspect, true).unwrap();
+        let ns = &p.namespace;
+        let input = Path::new("nix/store/aaaa-busybox");
+        // The directory input is a shuffled copy on a tmpfs, read-only, never bound.
+        let tmpfs = ns
+            .iter()
+            .position(|x| matches!(x, Step::MountTmpfs { target, .. } if target == input))
+            .expect("a tmpfs for the input");
+        assert!(matches!(&ns[tmpfs + 1], Step::CopyTree { target, .. } if target == input));
+        assert!(matches!(&ns[tmpfs + 2],
+            Step::Remount { target, flags } if target == input && flags.read_only));
+        assert!(!ns
+            .iter()
+            .any(|x| matches!(x, Step::AttachTree { target, .. } if target == input)));
+        // /build is renamed (after /tmp exists), on a tmpfs holding a copy of build_dir.
+        let build = Path::new("tmp/nix-build-check");
+        let tmp = ns
+            .iter()
+            .position(
+                |x| matches!(x, Step::CreateDirectory { path, .. } if path == Path::new("tmp")),
+            )
+            .unwrap();
+        let made = ns
+            .iter()
+            .position(|x| matches!(x, Step::CreateDirectory { path, .. } if path == build))
+            .unwrap();
+        assert!(tmp < made);
+        assert!(ns.contains(&Step::CopyTree {
+            source: "/s/build".into(),
+            target: build.into()
+        }));
+        assert!(ns.contains(&Step::ChangeDirectory {
+            path: "/tmp/nix-build-check".into()
+        }));
+        assert!(p
+            .exec
+            .env
+            .contains(&"TMPDIR=/tmp/nix-build-check".to_string()));
+        // The ids, everywhere they appear.
+        assert!(ns.contains(&Step::SetUserId { uid: 30001 }));
+        assert!(ns.contains(&Step::SetGroupId { gid: 30000 }));
+        assert_eq!(p.id_maps[1].1, "30001 4000 1\n");
+        assert!(ns
+            .iter()
+            .any(|x| matches!(x, Step::WriteFile { contents, .. }
+            if contents.contains("nixbld:x:30001:30000:Nix build user:/tmp/nix-build-check:"))));
+        // The time namespace is entered before the filesystem ids change.
+        let time = ns
+            .iter()
+            .position(|x| *x == Step::EnterTimeNamespace { seconds: 60 })
+            .unwrap();
+        let fsids = ns
+            .iter()
+            .position(|x| matches!(x, Step::SetFilesystemIds { .. }))
+            .unwrap();
+        assert!(time < fsids);
+    }
+
+    #[test]
+    fn a_build_dir_that_would_hide_the_sandbox_s_own_is_refused() {
+        for bad in ["/proc", "/nix", "/a/b", "/tmp/", "build", "/tmp/.."] {
+            let mut s = spec();
+            s.variation.build_dir = Some(bad.into());
+            let e = plan(&s, &ids(false), &mut inspect, true).unwrap_err();
+            assert!(
+                e.to_string().contains("must be `/NAME` or `/tmp/NAME`"),
+                "{bad}: {e}"
+            );
         }
     }
 }

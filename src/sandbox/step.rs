@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -162,6 +162,21 @@ pub enum Step {
         target: PathBuf,
         /// The restrictions to add.
         flags: RemountFlags,
+    },
+    /// Copy the tree detached from `source` into `target` (a fresh `tmpfs`), each
+    /// directory's entries created in a shuffled order (a check's variation: the build
+    /// sees its inputs and `/build` listed in another directory order).
+    CopyTree {
+        /// The host path the tree was taken from.
+        source: PathBuf,
+        /// The directory it is copied into (relative to the new root).
+        target: PathBuf,
+    },
+    /// `unshare(CLONE_NEWTIME)`, the monotonic and boot clocks set ahead, and `setns`
+    /// into it (a check's variation: the build's uptime is not the host's).
+    EnterTimeNamespace {
+        /// How far ahead, in seconds.
+        seconds: u64,
     },
     /// Mount a fresh `tmpfs` (`/dev/shm`).
     MountTmpfs {
@@ -335,6 +350,17 @@ impl fmt::Display for Step {
             Step::MountTmpfs { target, options } => {
                 write!(f, "mount tmpfs on `{}` ({options})", target.display())
             }
+            Step::CopyTree { source, target } => write!(
+                f,
+                "copy `{}` onto `{}` in shuffled order",
+                source.display(),
+                target.display()
+            ),
+            Step::EnterTimeNamespace { seconds } => write!(
+                f,
+                "enter a time namespace {seconds} s ahead (CLONE_NEWTIME; the kernel needs \
+                 CONFIG_TIME_NS)"
+            ),
             Step::MountDevpts { target, options } => {
                 write!(f, "mount devpts on `{}` ({options})", target.display())
             }
@@ -418,6 +444,12 @@ impl Step {
             Step::SetFilesystemIds { uid, gid } => sys::set_filesystem_ids(*uid, *gid),
             Step::Remount { target, flags } => sys::remount(target, *flags),
             Step::MountTmpfs { target, options } => sys::mount_tmpfs(target, options),
+            Step::CopyTree { source, target } => {
+                let tree = ctx.trees.remove(source).ok_or(Errno::EBADF)?;
+                let path = PathBuf::from(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+                sys::copy_tree_shuffled(&path, target)
+            }
+            Step::EnterTimeNamespace { seconds } => sys::enter_time_namespace(*seconds),
             Step::MountDevpts { target, options } => sys::mount_devpts(target, options),
             Step::MountProc { target } => sys::mount_proc(target),
             Step::PivotRoot { new_root } => sys::pivot_root_into(new_root),

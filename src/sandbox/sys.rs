@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -467,6 +467,31 @@ pub(crate) fn install_seccomp_filter(program: &[seccomp::Instruction]) -> Result
     Errno::result(r).map(|_| ())
 }
 
+/// [`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html) `CLONE_NEWTIME`,
+/// then the monotonic and boot clocks of the new time namespace set `seconds` ahead
+/// (`/proc/self/timens_offsets`, [`time_namespaces(7)`](https://man7.org/linux/man-pages/man7/time_namespaces.7.html)),
+/// then [`setns(2)`](https://man7.org/linux/man-pages/man2/setns.2.html) into it through
+/// `/proc/self/ns/time_for_children`: `unshare` moves only the children, and PID 1 becomes
+/// the builder itself. The offsets can be written only before a process enters. Needs
+/// `CAP_SYS_ADMIN` and `CAP_SYS_TIME` in the user namespace, and a kernel with
+/// `CONFIG_TIME_NS` (5.6 and later; `ENOENT` without).
+pub(crate) fn enter_time_namespace(seconds: u64) -> Result<(), Errno> {
+    use rustix::thread::{move_into_link_name_space, unshare, LinkNameSpaceType, UnshareFlags};
+    if !Path::new("/proc/self/ns/time").exists() {
+        return Err(Errno::ENOENT);
+    }
+    unshare(UnshareFlags::NEWTIME).map_err(rustix_errno)?;
+    let mut offsets = OpenOptions::new()
+        .write(true)
+        .open("/proc/self/timens_offsets")
+        .map_err(|e| io_errno(&e))?;
+    offsets
+        .write_all(format!("monotonic {seconds} 0\nboottime {seconds} 0\n").as_bytes())
+        .map_err(|e| io_errno(&e))?;
+    let ns = fs::File::open("/proc/self/ns/time_for_children").map_err(|e| io_errno(&e))?;
+    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Time)).map_err(rustix_errno)
+}
+
 /// [`personality(2)`](https://man7.org/linux/man-pages/man2/personality.2.html): the
 /// current persona plus `ADDR_NO_RANDOMIZE`.
 pub(crate) fn disable_address_randomisation() -> Result<(), Errno> {
@@ -665,6 +690,66 @@ pub(crate) fn mount_tmpfs(target: &Path, options: &str) -> Result<(), Errno> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options),
     )
+}
+
+/// Copies the tree of `source` (a directory, e.g. a detached bind mount, read through
+/// `/proc/self/fd/N`) into the existing, empty directory `target`, creating the entries
+/// of every directory in an order unrelated to their names or to the source's directory
+/// order ([`shuffled`]): on a `tmpfs`, which lists a directory in creation order, a
+/// builder that reads directories unsorted sees another order than on the store's
+/// filesystem. Modes and modification times are kept; the copies belong to the caller's
+/// filesystem ids. Regular files, directories and symlinks only (a store holds nothing
+/// else); `target` gets `source`'s mode last.
+pub(crate) fn copy_tree_shuffled(source: &Path, target: &Path) -> Result<(), Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+    let err = |e: std::io::Error| io_errno(&e);
+    let mut entries = fs::read_dir(source)
+        .map_err(err)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    entries.sort_by_key(|name| shuffled(name.as_bytes()));
+    for name in entries {
+        let (from, to) = (source.join(&name), target.join(&name));
+        let meta = fs::symlink_metadata(&from).map_err(err)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir(&to).map_err(err)?;
+            copy_tree_shuffled(&from, &to)?;
+        } else if kind.is_symlink() {
+            symlink(fs::read_link(&from).map_err(err)?, &to).map_err(err)?;
+        } else if kind.is_file() {
+            fs::copy(&from, &to).map_err(err)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(err)?;
+        } else {
+            return Err(Errno::EINVAL);
+        }
+        set_mtime_of(&to, &meta)?;
+    }
+    let meta = fs::metadata(source).map_err(err)?;
+    fs::set_permissions(target, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(err)?;
+    set_mtime_of(target, &meta)
+}
+
+/// The position of a name in [`copy_tree_shuffled`]'s order: FNV-1a of the name, mixed
+/// (a fixed permutation, the same for every build, unlike any listing order).
+fn shuffled(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ (h >> 29)
+}
+
+/// [`utimensat(2)`](https://man7.org/linux/man-pages/man2/utimensat.2.html) with
+/// `AT_SYMLINK_NOFOLLOW`: `path` gets `meta`'s modification time (and as access time).
+fn set_mtime_of(path: &Path, meta: &fs::Metadata) -> Result<(), Errno> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    utimensat(None, path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
 }
 
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) of a `devpts`,

@@ -12,7 +12,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::SandboxError;
-use super::plan::{SANDBOX_GID, SANDBOX_UID};
 
 /// The host uid (and gid) used for builds when ksbuild runs as root and the spec says
 /// [`BuildUser::Auto`]: the first id of Nix's `auto-allocate-uids` range (`start-id`),
@@ -86,17 +85,17 @@ impl HostIds {
     /// The files to write under `/proc/<pid>/`, in order: `setgroups` must say `deny`
     /// before an unprivileged process may write `gid_map`
     /// ([`user_namespaces(7)`](https://man7.org/linux/man-pages/man7/user_namespaces.7.html));
-    /// Nix denies it too.
-    pub(crate) fn map_files(&self) -> Vec<(String, String)> {
+    /// Nix denies it too. The build user is `uid`:`gid` inside (1000:100 but in a check).
+    pub(crate) fn map_files(&self, uid: u32, gid: u32) -> Vec<(String, String)> {
         vec![
             ("setgroups".to_string(), "deny".to_string()),
             (
                 "uid_map".to_string(),
-                format!("{SANDBOX_UID} {} 1\n", self.build_uid),
+                format!("{uid} {} 1\n", self.build_uid),
             ),
             (
                 "gid_map".to_string(),
-                format!("{SANDBOX_GID} {} 1\n", self.build_gid),
+                format!("{gid} {} 1\n", self.build_gid),
             ),
         ]
     }
@@ -104,6 +103,7 @@ impl HostIds {
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan::{SANDBOX_GID, SANDBOX_UID};
     use super::*;
 
     #[test]
@@ -115,7 +115,7 @@ mod tests {
             invoker_is_root: true,
         };
         assert_eq!(
-            ids.map_files(),
+            ids.map_files(SANDBOX_UID, SANDBOX_GID),
             [
                 ("setgroups".to_string(), "deny".to_string()),
                 ("uid_map".to_string(), "1000 872415232 1\n".to_string()),

@@ -218,12 +218,35 @@ fn each_variation_catches_what_depends_on_it_and_spares_what_does_not() {
             "echo \"cores=$NIX_BUILD_CORES nproc=$($builder nproc)\" > $out",
         ),
         ("hostname", "echo \"host=$($builder hostname)\" > $out"),
+        (
+            "uid",
+            "echo \"$($builder id -u):$($builder id -g) $($builder id -un)\" > $out",
+        ),
         ("umask", "echo \"umask=$(umask)\" > $out"),
         ("aslr", "$builder grep -F '[stack]' /proc/self/maps > $out"),
+        // Unsorted listings: of an input, and of files the build made in /build.
+        (
+            "order",
+            "$builder find $many > $out; for f in q w e r t y u i o p; do : > $f; done; \
+             $builder find . >> $out",
+        ),
+        ("build-dir", "echo \"built in $PWD\" > $out"),
         ("uname", "echo \"release=$($builder uname -r)\" > $out"),
     ];
     let mut files: Vec<(String, String)> = cases.iter().map(|(n, s)| drv(n, s)).collect();
+    files
+        .iter_mut()
+        .find(|(n, _)| n.contains("/order."))
+        .unwrap()
+        .1 += "many = { path = \"tools/many\" }\n";
     files.extend(GRAPH.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    for f in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"] {
+        files.push((format!("tools/many/{f}"), f.to_string()));
+    }
+    // The monotonic and boot clocks: uptime, far ahead of the host's under `--vary time`.
+    files.push(drv("clocks", "$builder cut -d. -f1 /proc/uptime > $out"));
+    // A derivation that names /build keeps it: `build-dir` does not apply to it.
+    files.push(drv("named", "cd /build && echo \"built in $PWD\" > $out"));
     let files: Vec<(&str, &str)> = files
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -248,19 +271,70 @@ fn each_variation_catches_what_depends_on_it_and_spares_what_does_not() {
         assert_eq!(d["variations"], serde_json::json!([name]), "{d}");
         assert_eq!(d["outputs"][0]["differences"][0]["path"], "/", "{d}");
     }
+    let host_uptime: u64 = fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let out = run(p
+        .ks("st")
+        .args(["check", "--json", "--vary", "time", "clocks"]));
+    let v = verdict(&out);
+    let kept = v["derivations"][0]["outputs"][0]["kept"].as_str().unwrap();
+    let varied: u64 = fs::read_to_string(kept).unwrap().trim().parse().unwrap();
+    assert!(
+        varied >= host_uptime + ksbuild::check::CLOCKS_AHEAD,
+        "uptime {varied} s in the varied build, {host_uptime} s on the host"
+    );
+    let out = run(p
+        .ks("st")
+        .args(["check", "--json", "--vary", "all", "named"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = verdict(&out);
+    assert!(
+        !v["derivations"][0]["variations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "build-dir"),
+        "{v}"
+    );
+    // `c` writes its working directory into `/env`: renaming the build directory shows it.
+    let out = run(p
+        .ks("st")
+        .args(["check", "--json", "--vary", "build-dir", "c"]));
+    assert_eq!(out.status.code(), Some(104));
+    let d = &verdict(&out)["derivations"][0]["outputs"][0]["differences"][0];
+    assert_eq!(
+        (&d["path"], &d["cause"]),
+        (&"/env".into(), &"build-path".into()),
+        "{d}"
+    );
     let out = run(p.ks("st").args([
-        "check", "--json", "--vary", "all", "--depth", "closure", "c",
+        "check",
+        "--json",
+        "--vary",
+        "all,-build-dir",
+        "--depth",
+        "closure",
+        "c",
     ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "--vary all changed a reproducible output: {stderr}"
+        "--vary all,-build-dir changed a reproducible output: {stderr}"
     );
     let v = verdict(&out);
     assert_eq!(v["derivations"].as_array().unwrap().len(), 3);
     assert_eq!(
         v["derivations"][0]["variations"],
-        serde_json::json!(["time", "cores", "hostname", "umask", "aslr", "uname"])
+        serde_json::json!(["time", "cores", "hostname", "uid", "umask", "aslr", "order", "uname"])
     );
     let out = run(p.ks("st").args(["check", "--vary", "colour", "c"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
