@@ -55,6 +55,10 @@ fat() {
 
 # ext4 IMAGE OFFSET_BYTES SIZE_BYTES LABEL UUID JOURNAL(yes|no) [SRC]: an ext4 filesystem at an
 # offset of IMAGE, owned by root, with every inode time (ctime too) at SOURCE_DATE_EPOCH.
+# SRC (directories and regular files) is written by debugfs in sorted order: `mkfs -d` takes
+# inodes in the order the build's filesystem lists SRC (hash order on ext4, creation order on
+# tmpfs), so the image depended on which filesystem /build was on (`ksbuild check --vary
+# order` found it).
 ext4() {
   img=$1 off=$2 size=$3 label=$4 uuid=$5 journal=$6 src=${7:-}
   features=has_journal,ext_attr,resize_inode,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,huge_file,dir_nlink,extra_isize,metadata_csum
@@ -75,18 +79,43 @@ CONF
   fi
   MKE2FS_CONFIG=/build/mke2fs.conf mkfs.ext4 -q -F -t ext4 -b 4096 -I 256 -m 0 -L "$label" -U "$uuid" \
     -E "offset=$off,hash_seed=$uuid,root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard" \
-    ${src:+-d "$src"} "$img" $((size / 1024))k
-  # mkfs copies each source inode's times: ctime, which no tool can set on the source, and
-  # atime, which reading the source (an earlier mkfs) moves. Pin all four times.
+    "$img" $((size / 1024))k
+  # Every inode's owner, mode and times are set here: debugfs takes them from the source
+  # (ctime cannot be set there, and reading the source moves atime).
   {
     echo /
     echo /lost+found
     if [ -n "$src" ]; then
       (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do echo "/${p#./}"; done
     fi
-  } | while read -r p; do
+  } > /build/ext4.paths
+  while read -r p; do
+    if [ "$p" != / ] && [ "$p" != /lost+found ]; then
+      if [ -d "$src$p" ]; then
+        echo "mkdir \"$p\""
+        echo "sif \"$p\" mode 040755"
+      elif [ -f "$src$p" ]; then
+        echo "write \"$src$p\" \"$p\""
+        if [ -x "$src$p" ]; then mode=0100755; else mode=0100644; fi
+        echo "sif \"$p\" mode $mode"
+      else
+        echo "ext4: $src$p is neither a directory nor a regular file" >&2
+        exit 1
+      fi
+      echo "sif \"$p\" uid 0"
+      echo "sif \"$p\" gid 0"
+    fi
     for t in atime mtime ctime crtime; do echo "sif \"$p\" $t @$SOURCE_DATE_EPOCH"; done
-  done > /build/debugfs.cmds
-  debugfs -w -f /build/debugfs.cmds "$img?offset=$off" > /dev/null 2>&1
+  done < /build/ext4.paths > /build/debugfs.cmds
+  debugfs -w -f /build/debugfs.cmds "$img?offset=$off" > /build/debugfs.log 2>&1
+  if grep -Ev '^(debugfs|Allocated inode: [0-9]+$)' /build/debugfs.log | grep -q .; then
+    cat /build/debugfs.log >&2
+    exit 1
+  fi
+  # The superblock counts the kilobytes written over the filesystem's life, which depends on
+  # how the build's filesystem reports the source's extents (ext4 and tmpfs differ): the
+  # count restarts here, so only this last session's fixed metadata writes are counted.
+  debugfs -w -R "ssv kbytes_written 0" "$img?offset=$off" > /build/debugfs.log 2>&1 \
+    || { cat /build/debugfs.log >&2; exit 1; }
   e2fsck -fn "$img?offset=$off" > /build/e2fsck.log 2>&1 || { cat /build/e2fsck.log >&2; exit 1; }
 }

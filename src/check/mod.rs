@@ -151,8 +151,8 @@ impl Vary {
     }
 
     /// Whether the variation can apply to `drv`: a derivation that names `/build` in its
-    /// builder, arguments or environment depends on that name, so its build directory
-    /// is not renamed.
+    /// builder, arguments or environment, or runs in a build environment (whose shim binds
+    /// `/build` by name), depends on that name, so its build directory is not renamed.
     pub fn applies_to(self, drv: &crate::compat::derivation::Derivation) -> bool {
         let names_build_dir = |s: &str| {
             s.match_indices(crate::sandbox::plan::BUILD_DIR)
@@ -161,9 +161,16 @@ impl Vary {
                         .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 })
         };
+        // A build environment's shim (`fragments/environment-enter.sh`) binds `/build` into
+        // the environment's tree by that name.
+        let in_environment = drv
+            .args
+            .iter()
+            .any(|a| a.ends_with(crate::model::ENTER_SCRIPT_NAME));
         match self {
             Vary::BuildDir => {
-                !(names_build_dir(&drv.builder)
+                !(in_environment
+                    || names_build_dir(&drv.builder)
                     || drv.args.iter().any(|a| names_build_dir(a))
                     || drv.env.values().any(|v| names_build_dir(v)))
             }

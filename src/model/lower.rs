@@ -89,6 +89,8 @@ pub const ENVIRONMENT_BUSYBOX: &str = "busybox-static";
 pub const UNPACK_SCRIPT: &str = include_str!("../../fragments/environment-unpack.sh");
 /// The script that runs a builder inside an environment's tree.
 pub const ENTER_SCRIPT: &str = include_str!("../../fragments/environment-enter.sh");
+/// The name of the store path of [`ENTER_SCRIPT`] (after its hash).
+pub const ENTER_SCRIPT_NAME: &str = "environment-enter.sh";
 
 /// What a derivation that names an environment needs.
 struct Entered {
@@ -694,7 +696,7 @@ impl Lowerer<'_, '_> {
             })?;
         let busybox_drv = busybox.drv_path.clone();
         let busybox_path = self.store_dir.display(&busybox_path);
-        let enter_script = self.text_file("environment-enter.sh", ENTER_SCRIPT);
+        let enter_script = self.text_file(ENTER_SCRIPT_NAME, ENTER_SCRIPT);
         // Each environment is lowered once; later users share its tree.
         if !self.out.nodes.contains_key(&tree_key) {
             let root = self.project.root.clone();

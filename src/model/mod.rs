@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use miette::SourceSpan;
 
-pub use lower::{lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned};
+pub use lower::{
+    lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned, ENTER_SCRIPT_NAME,
+};
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 
 /// A problem at a place in a TOML file.
