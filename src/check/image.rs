@@ -8,7 +8,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::explain::{classify, same_in_another_order, Cause, Difference};
+use super::explain::{classify, same_in_another_order, Cause, Difference, MAX_DIFFERENCES};
+use super::ext4::{Ext4, Kind, SUPERBLOCK_FIELDS};
 
 /// A partition: its number (from 1), where it is, and what names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,8 +188,19 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
             let path = format!("{label} › p{} {name}", pa.number);
             let fs_a = Fat::open(&fa, pa.start, pa.size);
             let fs_b = Fat::open(&fb, pb.start, pb.size);
-            match (fs_a, fs_b) {
-                (Some(x), Some(y)) => diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out)?,
+            let ext_a = Ext4::open(&fa, pa.start, pa.size);
+            let ext_b = Ext4::open(&fb, pb.start, pb.size);
+            match (fs_a, fs_b, ext_a, ext_b) {
+                (Some(x), Some(y), _, _) => {
+                    diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out)?
+                }
+                (_, _, Some(x), Some(y)) => diff_ext4(
+                    &x,
+                    &y,
+                    &format!("{path} ({})", x.kind),
+                    at - pa.start,
+                    &mut out,
+                )?,
                 _ => {
                     let kind = filesystem_kind(&fa, pa.start);
                     out.push(Difference {
@@ -242,6 +254,7 @@ fn partition_name(file: &File, p: &Partition) -> String {
     }
     Fat::open(file, p.start, p.size)
         .map(|f| f.label)
+        .or_else(|| Ext4::open(file, p.start, p.size).map(|f| f.label))
         .unwrap_or_default()
 }
 
@@ -594,6 +607,207 @@ fn diff_fat(
     Ok(())
 }
 
+/// The differences between two ext2/3/4 filesystems, inode by inode: files only in one,
+/// type, mode, owner, group, mtime, symlink target and content (to the line). When every
+/// file agrees, the superblock's differing fields are named, or else the structure that
+/// holds the first differing byte (`first`, from the filesystem's start).
+fn diff_ext4(
+    a: &Ext4<'_>,
+    b: &Ext4<'_>,
+    path: &str,
+    first: u64,
+    out: &mut Vec<Difference>,
+) -> std::io::Result<()> {
+    /// Files up to this size are read whole; larger ones in chunks of it.
+    const WHOLE: u64 = 1 << 26;
+    let (ta, tb) = (a.tree()?, b.tree()?);
+    let before = out.len();
+    let names: std::collections::BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+    for name in names {
+        if out.len() >= MAX_DIFFERENCES {
+            return Ok(());
+        }
+        let here = format!("{path} › {name}");
+        let (Some(ia), Some(ib)) = (ta.get(name), tb.get(name)) else {
+            out.push(only_in_one(here, ta.contains_key(name)));
+            continue;
+        };
+        if ia.kind() != ib.kind() {
+            out.push(metadata_difference(
+                &here,
+                "type",
+                ia.kind().name(),
+                ib.kind().name(),
+                Cause::Other,
+            ));
+            continue;
+        }
+        let mtime = |t: (u64, u64)| {
+            if ia.mtime.1 == ib.mtime.1 {
+                t.0.to_string()
+            } else {
+                format!("{}.{:09}", t.0, t.1)
+            }
+        };
+        for (what, x, y, cause) in [
+            (
+                "mode",
+                format!("{:o}", ia.mode & 0o7777),
+                format!("{:o}", ib.mode & 0o7777),
+                Cause::Other,
+            ),
+            (
+                "owner",
+                ia.uid.to_string(),
+                ib.uid.to_string(),
+                Cause::HostOrUser,
+            ),
+            (
+                "group",
+                ia.gid.to_string(),
+                ib.gid.to_string(),
+                Cause::HostOrUser,
+            ),
+            ("mtime", mtime(ia.mtime), mtime(ib.mtime), Cause::Timestamp),
+        ] {
+            if x != y {
+                out.push(metadata_difference(&here, what, &x, &y, cause));
+            }
+        }
+        match ia.kind() {
+            Kind::Symlink => {
+                let (sa, sb) = (a.symlink_target(ia)?, b.symlink_target(ib)?);
+                if sa != sb {
+                    let (sa, sb) = (
+                        String::from_utf8_lossy(&sa).into_owned(),
+                        String::from_utf8_lossy(&sb).into_owned(),
+                    );
+                    out.push(Difference {
+                        path: here,
+                        what: "symlink target".into(),
+                        sizes: None,
+                        offset: None,
+                        cause: classify(sa.as_bytes(), sb.as_bytes(), 0),
+                        excerpts: Some((sa, sb)),
+                    });
+                }
+            }
+            Kind::File if ia.size <= WHOLE && ib.size <= WHOLE => {
+                let (xa, xb) = (a.read(ia, WHOLE)?, b.read(ib, WHOLE)?);
+                if xa != xb {
+                    out.push(content_difference(here, &xa, &xb));
+                }
+            }
+            Kind::File => {
+                // Large files are compared a chunk at a time; the difference is located in
+                // the first chunk that differs (no line number: the chunk is not the file).
+                let mut offset = 0;
+                while offset < ia.size.max(ib.size) {
+                    let xa = a.read_range(ia, offset, WHOLE)?;
+                    let xb = b.read_range(ib, offset, WHOLE)?;
+                    if xa != xb {
+                        let mut d = content_difference(here.clone(), &xa, &xb);
+                        d.path = here;
+                        d.offset = d.offset.map(|o| o + offset);
+                        d.sizes = Some((ia.size, ib.size));
+                        out.push(d);
+                        break;
+                    }
+                    offset += WHOLE;
+                }
+            }
+            Kind::Directory | Kind::Special => {}
+        }
+    }
+    if out.len() > before {
+        return Ok(());
+    }
+    // Every file agrees: what differs is the filesystem's own metadata. The superblock's
+    // fields that carry a cause (UUID, hash seed, times) are named; failing those, the
+    // structure holding the first differing byte past the superblock.
+    let fields: Vec<&(usize, usize, &str, Cause)> = SUPERBLOCK_FIELDS
+        .iter()
+        .filter(|(at, n, _, _)| a.superblock[*at..at + n] != b.superblock[*at..at + n])
+        .collect();
+    let telling: Vec<_> = fields.iter().filter(|f| f.3 != Cause::Other).collect();
+    let excerpt = |at: usize, n: usize| {
+        let hex = |s: &[u8]| s.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        Some((
+            hex(&a.superblock[at..at + n]),
+            hex(&b.superblock[at..at + n]),
+        ))
+    };
+    for (at, n, name, cause) in telling {
+        out.push(Difference {
+            path: format!("{path} › superblock"),
+            what: format!("{name} differs"),
+            sizes: None,
+            offset: Some(1024 + *at as u64),
+            cause: *cause,
+            excerpts: excerpt(*at, *n),
+        });
+    }
+    // A random field (UUID, hash seed) changes every checksum after it: nothing more to
+    // locate. A time does not: the first difference past the superblock is located too.
+    if out[before..].iter().any(|d| d.cause == Cause::Random) {
+        return Ok(());
+    }
+    let beyond = if first < 2048 {
+        let end = a.block_size.max(2048);
+        first_difference(
+            a.file(),
+            b.file(),
+            a.start() + end,
+            a.size().saturating_sub(end),
+        )?
+        .map(|at| at - a.start())
+    } else {
+        Some(first)
+    };
+    match beyond {
+        Some(at) => {
+            let (what, cause) = a.locate(at, &ta)?;
+            out.push(Difference {
+                path: format!("{path} › metadata"),
+                what: format!(
+                    "{what} (byte {at} of the filesystem, block {})",
+                    at / a.block_size
+                ),
+                sizes: None,
+                offset: Some(at),
+                cause,
+                excerpts: None,
+            });
+        }
+        None if out.len() == before => {
+            for (at, n, name, cause) in fields {
+                out.push(Difference {
+                    path: format!("{path} › superblock"),
+                    what: format!("{name} differs"),
+                    sizes: None,
+                    offset: Some(1024 + *at as u64),
+                    cause: *cause,
+                    excerpts: excerpt(*at, *n),
+                });
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// `WHAT: X vs Y` of a member.
+fn metadata_difference(path: &str, what: &str, x: &str, y: &str, cause: Cause) -> Difference {
+    Difference {
+        path: path.to_string(),
+        what: format!("{what}: {x} vs {y}"),
+        sizes: None,
+        offset: None,
+        cause,
+        excerpts: None,
+    }
+}
+
 /// A member present in one of the two only.
 fn only_in_one(path: String, in_first: bool) -> Difference {
     Difference {
@@ -869,5 +1083,256 @@ mod tests {
             ]
         );
         assert!(diff_archives("/x", b"plain", b"other").is_none());
+    }
+}
+
+#[cfg(test)]
+mod ext4_tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("{cmd:?}: {e} (e2fsprogs is needed: apt-get install e2fsprogs)")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A source tree for `mke2fs -d`: `/etc/foo` (its third line `third`), a directory of
+    /// 400 entries (an htree after `e2fsck -D`), a sparse file of 12 runs (more extents
+    /// than an inode holds: a tree of depth 1), a fast and a slow symlink; every mtime
+    /// 2023-11-14.
+    fn tree(dir: &Path, third: &str) {
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::create_dir_all(dir.join("big")).unwrap();
+        std::fs::write(dir.join("etc/foo"), format!("one\ntwo\n{third}\nfour\n")).unwrap();
+        for i in 0..400 {
+            std::fs::write(dir.join(format!("big/entry-with-a-longish-name-{i}")), "x").unwrap();
+        }
+        let f = std::fs::File::create(dir.join("blob")).unwrap();
+        for i in 0..12u8 {
+            f.write_all_at(&[b'A' + i; 3000], u64::from(i) * 20000)
+                .unwrap();
+        }
+        drop(f);
+        std::os::unix::fs::symlink("../etc/foo", dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(format!("/{}", "x".repeat(100)), dir.join("longlink")).unwrap();
+        run(Command::new("touch")
+            .args(["-h", "-d", "@1700000000"])
+            .args(
+                walkdir::WalkDir::new(dir)
+                    .into_iter()
+                    .map(|e| e.unwrap().into_path()),
+            ));
+    }
+
+    /// An 8 MiB filesystem of `src` made by `mke2fs` (`extra`: its options), with fixed
+    /// UUID, hash seed and time, its directories indexed by `e2fsck -D`.
+    fn filesystem(src: &Path, out: &Path, uuid: &str, extra: &[&str]) {
+        run(Command::new("mke2fs")
+            .env("E2FSPROGS_FAKE_TIME", "1700000000")
+            .args([
+                "-q", "-F", "-b", "1024", "-g", "2048", "-N", "512", "-L", "KSODATA",
+            ])
+            .args(extra)
+            .arg("-U")
+            .arg(uuid)
+            .args([
+                "-E",
+                "hash_seed=0b1e2f3c-4d5e-6f70-8192-a3b4c5d6e7f8,root_owner=0:0",
+            ])
+            .arg("-d")
+            .arg(src)
+            .arg(out)
+            .arg("8M"));
+        let out = Command::new("e2fsck")
+            .env("E2FSCK_TIME", "1700000000")
+            .args(["-f", "-y", "-D"])
+            .arg(out)
+            .output()
+            .unwrap();
+        // 0: nothing changed, 1: directories optimised.
+        assert!(out.status.code().unwrap_or(8) <= 1, "{out:?}");
+    }
+
+    /// A 12 MiB GPT disk image: two empty 1 MiB partitions, then `fs` as p3 `KSODATA`.
+    fn disk(fs: &Path, out: &Path) {
+        let f = std::fs::File::create(out).unwrap();
+        f.set_len(12 << 20).unwrap();
+        let mut mbr = [0u8; 512];
+        mbr[446 + 4] = 0xEE;
+        mbr[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&(24575u32).to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        f.write_all_at(&mbr, 0).unwrap();
+        let mut header = [0u8; 92];
+        header[0..8].copy_from_slice(b"EFI PART");
+        header[56..72].copy_from_slice(&[7u8; 16]);
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&128u32.to_le_bytes());
+        header[84..88].copy_from_slice(&128u32.to_le_bytes());
+        f.write_all_at(&header, 512).unwrap();
+        let parts: [(&str, u64, u64); 3] = [
+            ("KSOBOOTA", 2048, 4095),
+            ("KSOBOOTB", 4096, 6143),
+            ("KSODATA", 6144, 6144 + 16384 - 1),
+        ];
+        for (i, (name, first, last)) in parts.iter().enumerate() {
+            let mut e = [0u8; 128];
+            e[0..16].copy_from_slice(&[0xaf; 16]);
+            e[16..32].copy_from_slice(&[i as u8 + 1; 16]);
+            e[32..40].copy_from_slice(&first.to_le_bytes());
+            e[40..48].copy_from_slice(&last.to_le_bytes());
+            for (j, c) in name.encode_utf16().enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
+            }
+            f.write_all_at(&e, 1024 + 128 * i as u64).unwrap();
+        }
+        f.write_all_at(&std::fs::read(fs).unwrap(), 6144 * 512)
+            .unwrap();
+    }
+
+    struct Made {
+        _tmp: tempfile::TempDir,
+        a: PathBuf,
+        b: PathBuf,
+    }
+
+    /// Two disk images whose ext4 partitions are made of trees `third_a` and `third_b`
+    /// (see [`tree`]), with UUIDs `uuid_a` and `uuid_b`; `then` changes b's filesystem.
+    fn pair(third: (&str, &str), uuid: (&str, &str), extra: &[&str], then: &dyn Fn(&Path)) -> Made {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut images = Vec::new();
+        for (side, third, uuid) in [("a", third.0, uuid.0), ("b", third.1, uuid.1)] {
+            let src = tmp.path().join(format!("{side}-src"));
+            // One source tree when the files agree: mke2fs copies its ctimes too.
+            if !src.exists() {
+                tree(&src, third);
+            }
+            let fs = tmp.path().join(format!("{side}.ext4"));
+            filesystem(&src, &fs, uuid, extra);
+            if side == "b" {
+                then(&fs);
+            }
+            let img = tmp.path().join(side).join("disk.img");
+            std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+            disk(&fs, &img);
+            images.push(img);
+        }
+        let b = images.pop().unwrap();
+        let a = images.pop().unwrap();
+        Made { _tmp: tmp, a, b }
+    }
+
+    const UUID: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn summary(d: &[Difference]) -> Vec<(String, String, Cause)> {
+        d.iter()
+            .map(|d| (d.path.clone(), d.what.clone(), d.cause))
+            .collect()
+    }
+
+    /// ext4 (extents, an extent tree of depth 1, htree directory, 64-bit descriptors, four
+    /// groups), ext4 with inline data, and ext2 (the old block map) are read file by file:
+    /// a differing line is named by partition, filesystem, path and line, and nothing else
+    /// differs (the reader read every other file the same in both).
+    #[test]
+    fn an_ext4_partition_is_diffed_file_by_file_to_the_line() {
+        for (kind, extra) in [
+            ("ext4", &["-t", "ext4"][..]),
+            ("ext4", &["-t", "ext4", "-O", "inline_data"][..]),
+            ("ext2", &["-t", "ext2"][..]),
+        ] {
+            let m = pair(("third", "THIRD"), (UUID, UUID), extra, &|_| {});
+            let d = diff_images(&m.a, &m.b, "disk.img").unwrap().unwrap();
+            assert_eq!(
+                summary(&d),
+                [(
+                    format!("disk.img › p3 KSODATA ({kind}) › /etc/foo: line 3"),
+                    "content".to_string(),
+                    Cause::Other
+                )],
+                "{extra:?}"
+            );
+            // What the reader read is what mke2fs was given.
+            let f = File::open(&m.a).unwrap();
+            let fs = Ext4::open(&f, 6144 * 512, 8 << 20).unwrap();
+            let t = fs.tree().unwrap();
+            assert_eq!(
+                t.keys().filter(|k| k.starts_with("/big/")).count(),
+                400,
+                "{extra:?}"
+            );
+            let blob = fs.read(&t["/blob"], 1 << 20).unwrap();
+            assert_eq!(blob.len(), 11 * 20000 + 3000);
+            for i in 0..12u8 {
+                let at = usize::from(i) * 20000;
+                assert!(blob[at..at + 3000].iter().all(|&c| c == b'A' + i));
+                assert!(blob[at + 3000..(at + 20000).min(blob.len())]
+                    .iter()
+                    .all(|&c| c == 0));
+            }
+            if extra.len() == 2 && kind == "ext4" {
+                assert!(
+                    fs.extents(&t["/blob"]).unwrap().len() > 4,
+                    "a tree of depth > 0"
+                );
+            }
+            assert_eq!(fs.symlink_target(&t["/link"]).unwrap(), b"../etc/foo");
+            assert_eq!(
+                fs.symlink_target(&t["/longlink"]).unwrap(),
+                format!("/{}", "x".repeat(100)).as_bytes()
+            );
+            assert_eq!(t["/etc/foo"].mtime.0, 1700000000);
+        }
+    }
+
+    /// Two filesystems of the same files that differ only in their UUID: the superblock's
+    /// `s_uuid` is named, classified random.
+    #[test]
+    fn an_ext4_uuid_difference_is_named_and_random() {
+        let m = pair(
+            ("third", "third"),
+            (UUID, "99999999-8888-7777-6666-555555555555"),
+            &["-t", "ext4"],
+            &|_| {},
+        );
+        let d = diff_images(&m.a, &m.b, "disk.img").unwrap().unwrap();
+        assert_eq!(
+            summary(&d),
+            [(
+                "disk.img › p3 KSODATA (ext4) › superblock".to_string(),
+                "s_uuid (the filesystem UUID) differs".to_string(),
+                Cause::Random
+            )]
+        );
+    }
+
+    /// Same files, same superblock, one inode's ctime changed (`debugfs`): the inode table
+    /// is named, with the inode, its path and the field, classified a timestamp.
+    #[test]
+    fn an_ext4_inode_time_difference_is_located_in_the_inode_table() {
+        let m = pair(("third", "third"), (UUID, UUID), &["-t", "ext4"], &|fs| {
+            run(Command::new("debugfs")
+                .env("E2FSPROGS_FAKE_TIME", "1700000000")
+                .args(["-w", "-R", "set_inode_field /etc/foo ctime 20200101"])
+                .arg(fs));
+        });
+        let d = diff_images(&m.a, &m.b, "disk.img").unwrap().unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "disk.img › p3 KSODATA (ext4) › metadata");
+        assert!(
+            d[0].what.starts_with("the inode table: inode ")
+                && d[0].what.contains("(/etc/foo), i_ctime"),
+            "{}",
+            d[0].what
+        );
+        assert_eq!(d[0].cause, Cause::Timestamp);
     }
 }

@@ -9,6 +9,7 @@
 //! output ever stands for two rounds.
 
 pub mod explain;
+pub mod ext4;
 pub mod image;
 pub mod record;
 
