@@ -26,6 +26,9 @@ pub enum Cause {
     Ordering,
     /// Random-looking bytes: a UUID, a random seed, a hash of something that varied.
     Random,
+    /// An ELF file's GNU build-id (`.note.gnu.build-id`): a hash of the linked file, which
+    /// differs whenever anything else in it does.
+    BuildId,
     /// None of these.
     Other,
 }
@@ -131,10 +134,13 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
             }
         }
         if let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? {
-            // A compressed file or an archive (an initramfs) is opened, member by member.
+            // A compressed file or an archive (an initramfs) is opened, member by member;
+            // an ELF file, section by section.
             if ma.len() <= 1 << 28 && mb.len() <= 1 << 28 {
                 let (ba, bb) = (std::fs::read(a)?, std::fs::read(b)?);
-                if let Some(inner) = super::image::diff_archives(shown, &ba, &bb) {
+                let inner = super::image::diff_archives(shown, &ba, &bb)
+                    .or_else(|| super::elf::diff_elf(shown, &ba, &bb));
+                if let Some(inner) = inner {
                     let room = MAX_DIFFERENCES.saturating_sub(out.len());
                     out.extend(inner.into_iter().take(room));
                     return Ok(());
@@ -375,6 +381,26 @@ mod tests {
                 "{a} / {b}"
             );
         }
+    }
+
+    /// An ELF file in an output is explained by its differing section, not an offset.
+    #[test]
+    fn a_differing_elf_file_is_named_by_section() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for (root, v) in [(&a, b"v1\0"), (&b, b"v2\0")] {
+            std::fs::create_dir_all(root.join("bin")).unwrap();
+            let elf = crate::check::elf::test_elf(
+                true,
+                false,
+                &[(".text", 1, &[0x90; 16]), (".rodata", 1, v)],
+            );
+            std::fs::write(root.join("bin/foo"), elf).unwrap();
+        }
+        let d = diff_trees(&a, &b).unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "/bin/foo › ELF section .rodata");
+        assert_eq!(d[0].offset, Some(1));
     }
 
     #[test]

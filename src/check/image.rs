@@ -578,7 +578,7 @@ fn diff_fat(
         };
         let (xa, xb) = (a.read(sa, ca)?, b.read(sb, cb)?);
         if xa != xb {
-            out.push(content_difference(here, &xa, &xb));
+            out.extend(file_differences(here, &xa, &xb));
         }
     }
     if out.len() == before {
@@ -695,7 +695,7 @@ fn diff_ext4(
             Kind::File if ia.size <= WHOLE && ib.size <= WHOLE => {
                 let (xa, xb) = (a.read(ia, WHOLE)?, b.read(ib, WHOLE)?);
                 if xa != xb {
-                    out.push(content_difference(here, &xa, &xb));
+                    out.extend(file_differences(here, &xa, &xb));
                 }
             }
             Kind::File => {
@@ -824,6 +824,12 @@ fn only_in_one(path: String, in_first: bool) -> Difference {
     }
 }
 
+/// The differences between two members' differing bytes: by ELF section for ELF files,
+/// else where the content parts (to the line for text).
+pub fn file_differences(path: String, a: &[u8], b: &[u8]) -> Vec<Difference> {
+    super::elf::diff_elf(&path, a, b).unwrap_or_else(|| vec![content_difference(path, a, b)])
+}
+
 /// A content difference between two files' bytes, located to the line for text.
 pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
     let at = a
@@ -944,7 +950,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
             continue;
         };
         if ma.data != mb.data {
-            out.push(content_difference(here.clone(), &ma.data, &mb.data));
+            out.extend(file_differences(here.clone(), &ma.data, &mb.data));
         }
         for (what, x, y, cause) in [
             (
