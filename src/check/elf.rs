@@ -134,6 +134,7 @@ pub fn diff_elf(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> {
                 offset: None,
                 cause: Cause::Other,
                 excerpts: None,
+                diffoscope: None,
             });
             continue;
         };
@@ -159,6 +160,7 @@ pub fn diff_elf(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> {
                 offset: None,
                 cause: Cause::BuildId,
                 excerpts: Some((hex(xa), hex(xb))),
+                diffoscope: None,
             });
             continue;
         }
@@ -175,6 +177,7 @@ pub fn diff_elf(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> {
                 offset: None,
                 cause: Cause::Other,
                 excerpts: None,
+                diffoscope: None,
             });
         }
     }

@@ -1,14 +1,16 @@
 //! Disk images opened, not hex-dumped: two images (GPT or MBR) are compared partition table
 //! → partition → filesystem → file → line, so a difference reads
-//! `sdcard.img › p1 KSOBOOTA (FAT) › /config.txt: line 3`. FAT12/16/32 is read here, in
-//! Rust, with no mount and no privilege; another filesystem is located to its first
-//! differing block. Holes of sparse images are skipped (`SEEK_DATA`). Reads the images.
+//! `sdcard.img › p1 KSOBOOTA (FAT) › /config.txt: line 3`. FAT12/16/32 is read here and
+//! ext2/3/4 in [`super::ext4`], in Rust, with no mount and no privilege; another
+//! filesystem is located to its first differing block. Holes of sparse images are skipped (`SEEK_DATA`). Reads the images.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::explain::{classify, same_in_another_order, Cause, Difference, MAX_DIFFERENCES};
+use super::explain::{
+    classify, same_in_another_order, Cause, Difference, Options, MAX_DIFFERENCES,
+};
 use super::ext4::{Ext4, Kind, SUPERBLOCK_FIELDS};
 
 /// A partition: its number (from 1), where it is, and what names it.
@@ -134,7 +136,12 @@ pub fn read_table(file: &File) -> Option<Table> {
 /// The differences between two disk images, located partition › filesystem › file ›
 /// line; `None` when either is not a partitioned image (the caller compares bytes).
 /// `label` names the image in the paths (`sdcard.img`).
-pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Vec<Difference>>> {
+pub fn diff_images(
+    a: &Path,
+    b: &Path,
+    label: &str,
+    options: &Options,
+) -> std::io::Result<Option<Vec<Difference>>> {
     let (fa, fb) = (File::open(a)?, File::open(b)?);
     let (Some(ta), Some(tb)) = (read_table(&fa), read_table(&fb)) else {
         return Ok(None);
@@ -147,6 +154,7 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
         offset: None,
         cause: Cause::Other,
         excerpts: None,
+        diffoscope: None,
     };
     let table_path = format!("{label} › partition table ({})", ta.scheme);
     if ta.scheme != tb.scheme {
@@ -192,7 +200,7 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
             let ext_b = Ext4::open(&fb, pb.start, pb.size);
             match (fs_a, fs_b, ext_a, ext_b) {
                 (Some(x), Some(y), _, _) => {
-                    diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out)?
+                    diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out, options)?
                 }
                 (_, _, Some(x), Some(y)) => diff_ext4(
                     &x,
@@ -200,6 +208,7 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
                     &format!("{path} ({})", x.kind),
                     at - pa.start,
                     &mut out,
+                    options,
                 )?,
                 _ => {
                     let kind = filesystem_kind(&fa, pa.start);
@@ -214,6 +223,7 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
                         offset: Some(at - pa.start),
                         cause: Cause::Other,
                         excerpts: None,
+                        diffoscope: None,
                     });
                 }
             }
@@ -241,6 +251,7 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
                 offset: Some(at),
                 cause: Cause::Other,
                 excerpts: None,
+                diffoscope: None,
             });
         }
     }
@@ -565,6 +576,7 @@ fn diff_fat(
     b: &Fat<'_>,
     path: &str,
     out: &mut Vec<Difference>,
+    options: &Options,
 ) -> std::io::Result<()> {
     let (fa, fb) = (a.files()?, b.files()?);
     let before = out.len();
@@ -578,7 +590,7 @@ fn diff_fat(
         };
         let (xa, xb) = (a.read(sa, ca)?, b.read(sb, cb)?);
         if xa != xb {
-            out.extend(file_differences(here, &xa, &xb));
+            out.extend(file_differences(here, &xa, &xb, options));
         }
     }
     if out.len() == before {
@@ -602,6 +614,7 @@ fn diff_fat(
                 Cause::Other
             },
             excerpts: None,
+            diffoscope: None,
         });
     }
     Ok(())
@@ -617,6 +630,7 @@ fn diff_ext4(
     path: &str,
     first: u64,
     out: &mut Vec<Difference>,
+    options: &Options,
 ) -> std::io::Result<()> {
     /// Files up to this size are read whole; larger ones in chunks of it.
     const WHOLE: u64 = 1 << 26;
@@ -689,13 +703,14 @@ fn diff_ext4(
                         offset: None,
                         cause: classify(sa.as_bytes(), sb.as_bytes(), 0),
                         excerpts: Some((sa, sb)),
+                        diffoscope: None,
                     });
                 }
             }
             Kind::File if ia.size <= WHOLE && ib.size <= WHOLE => {
                 let (xa, xb) = (a.read(ia, WHOLE)?, b.read(ib, WHOLE)?);
                 if xa != xb {
-                    out.extend(file_differences(here, &xa, &xb));
+                    out.extend(file_differences(here, &xa, &xb, options));
                 }
             }
             Kind::File => {
@@ -745,6 +760,7 @@ fn diff_ext4(
             offset: Some(1024 + *at as u64),
             cause: *cause,
             excerpts: excerpt(*at, *n),
+            diffoscope: None,
         });
     }
     // A random field (UUID, hash seed) changes every checksum after it: nothing more to
@@ -777,6 +793,7 @@ fn diff_ext4(
                 offset: Some(at),
                 cause,
                 excerpts: None,
+                diffoscope: None,
             });
         }
         None if out.len() == before => {
@@ -788,6 +805,7 @@ fn diff_ext4(
                     offset: Some(1024 + *at as u64),
                     cause: *cause,
                     excerpts: excerpt(*at, *n),
+                    diffoscope: None,
                 });
             }
         }
@@ -805,6 +823,7 @@ fn metadata_difference(path: &str, what: &str, x: &str, y: &str, cause: Cause) -
         offset: None,
         cause,
         excerpts: None,
+        diffoscope: None,
     }
 }
 
@@ -821,13 +840,21 @@ fn only_in_one(path: String, in_first: bool) -> Difference {
         offset: None,
         cause: Cause::Other,
         excerpts: None,
+        diffoscope: None,
     }
 }
 
 /// The differences between two members' differing bytes: by ELF section for ELF files,
-/// else where the content parts (to the line for text).
-pub fn file_differences(path: String, a: &[u8], b: &[u8]) -> Vec<Difference> {
-    super::elf::diff_elf(&path, a, b).unwrap_or_else(|| vec![content_difference(path, a, b)])
+/// else where the content parts (to the line for text); with `--diffoscope`, what
+/// diffoscope says of the two, on the first.
+pub fn file_differences(path: String, a: &[u8], b: &[u8], options: &Options) -> Vec<Difference> {
+    let name = path.rsplit(" › ").next().unwrap_or_default().to_string();
+    let mut out =
+        super::elf::diff_elf(&path, a, b).unwrap_or_else(|| vec![content_difference(path, a, b)]);
+    if let (Some(d), Some(first)) = (&options.diffoscope, out.first_mut()) {
+        first.diffoscope = Some(d.compare_bytes(&name, a, b));
+    }
+    out
 }
 
 /// A content difference between two files' bytes, located to the line for text.
@@ -862,6 +889,7 @@ pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
         offset: Some(at as u64),
         cause,
         excerpts: Some((window(a), window(b))),
+        diffoscope: None,
     }
 }
 
@@ -932,7 +960,7 @@ fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
 /// The differences inside two compressed or archived files — gzip, and the newc cpio of an
 /// initramfs inside it — located to the member and line (`kubesolo-os.gz › cpio ›
 /// /etc/os-release: line 2`); `None` when they are neither.
-pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> {
+pub fn diff_archives(path: &str, a: &[u8], b: &[u8], options: &Options) -> Option<Vec<Difference>> {
     let (ua, ub) = (gunzip(a), gunzip(b));
     let (a, b, path) = match (&ua, &ub) {
         (Some(x), Some(y)) => (x.as_slice(), y.as_slice(), format!("{path} › gunzip")),
@@ -950,7 +978,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
             continue;
         };
         if ma.data != mb.data {
-            out.extend(file_differences(here.clone(), &ma.data, &mb.data));
+            out.extend(file_differences(here.clone(), &ma.data, &mb.data, options));
         }
         for (what, x, y, cause) in [
             (
@@ -986,6 +1014,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
                     offset: None,
                     cause,
                     excerpts: None,
+                    diffoscope: None,
                 });
             }
         }
@@ -1002,6 +1031,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
             offset: None,
             cause: Cause::Ordering,
             excerpts: None,
+            diffoscope: None,
         });
     }
     Some(out)
@@ -1068,7 +1098,7 @@ mod tests {
             ("etc/os-release", 1704067200, b"NAME=KubeSolo\nVERSION=2\n"),
             ("init", 1764700000, b"#!/bin/sh\n"),
         ]));
-        let d = diff_archives("/kubesolo-os.gz", &a, &b).unwrap();
+        let d = diff_archives("/kubesolo-os.gz", &a, &b, &Options::default()).unwrap();
         let got: Vec<(&str, &str, Cause)> = d
             .iter()
             .map(|d| (d.path.as_str(), d.what.as_str(), d.cause))
@@ -1088,7 +1118,7 @@ mod tests {
                 ),
             ]
         );
-        assert!(diff_archives("/x", b"plain", b"other").is_none());
+        assert!(diff_archives("/x", b"plain", b"other", &Options::default()).is_none());
     }
 }
 
@@ -1204,10 +1234,10 @@ mod ext4_tests {
             .unwrap();
     }
 
-    struct Made {
+    pub(super) struct Made {
         _tmp: tempfile::TempDir,
-        a: PathBuf,
-        b: PathBuf,
+        pub(super) a: PathBuf,
+        pub(super) b: PathBuf,
     }
 
     /// Two disk images whose ext4 partitions are made of trees `third_a` and `third_b`
@@ -1238,6 +1268,11 @@ mod ext4_tests {
 
     const UUID: &str = "11111111-2222-3333-4444-555555555555";
 
+    /// Two images whose ext4 partitions differ in the third line of `/etc/foo`.
+    pub(super) fn pair_for_tests(third: (&str, &str)) -> Made {
+        pair(third, (UUID, UUID), &["-t", "ext4"], &|_| {})
+    }
+
     fn summary(d: &[Difference]) -> Vec<(String, String, Cause)> {
         d.iter()
             .map(|d| (d.path.clone(), d.what.clone(), d.cause))
@@ -1256,7 +1291,9 @@ mod ext4_tests {
             ("ext2", &["-t", "ext2"][..]),
         ] {
             let m = pair(("third", "THIRD"), (UUID, UUID), extra, &|_| {});
-            let d = diff_images(&m.a, &m.b, "disk.img").unwrap().unwrap();
+            let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 summary(&d),
                 [(
@@ -1309,7 +1346,9 @@ mod ext4_tests {
             &["-t", "ext4"],
             &|_| {},
         );
-        let d = diff_images(&m.a, &m.b, "disk.img").unwrap().unwrap();
+        let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             summary(&d),
             [(
@@ -1330,7 +1369,9 @@ mod ext4_tests {
                 .args(["-w", "-R", "set_inode_field /etc/foo ctime 20200101"])
                 .arg(fs));
         });
-        let d = diff_images(&m.a, &m.b, "disk.img").unwrap().unwrap();
+        let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].path, "disk.img › p3 KSODATA (ext4) › metadata");
         assert!(
@@ -1340,5 +1381,35 @@ mod ext4_tests {
             d[0].what
         );
         assert_eq!(d[0].cause, Cause::Timestamp);
+    }
+}
+
+#[cfg(test)]
+mod diffoscope_tests {
+    use super::*;
+
+    /// With `--diffoscope`, a differing file inside an image's ext4 partition is
+    /// extracted (both sides) and handed to diffoscope, whose report is attached.
+    #[test]
+    fn an_image_member_is_extracted_for_diffoscope() {
+        let Ok(d) = super::super::diffoscope::Diffoscope::find() else {
+            if std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_some() {
+                panic!("diffoscope is required: apt-get install diffoscope-minimal");
+            }
+            eprintln!("SKIP: diffoscope is not installed (apt-get install diffoscope-minimal)");
+            return;
+        };
+        let m = super::ext4_tests::pair_for_tests(("third", "THIRD"));
+        let options = Options {
+            diffoscope: Some(d),
+        };
+        let got = diff_images(&m.a, &m.b, "disk.img", &options)
+            .unwrap()
+            .unwrap();
+        let text = got[0].diffoscope.as_deref().unwrap_or_default();
+        assert!(
+            text.contains("a/foo") && text.contains("-third") && text.contains("+THIRD"),
+            "{text}"
+        );
     }
 }
