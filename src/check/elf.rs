@@ -325,6 +325,13 @@ mod tests {
                     "wide {wide} big {big}"
                 );
                 assert!(d[1].what.contains("build-id"));
+                assert_eq!(
+                    d[0].excerpts,
+                    Some((
+                        "built by ksbuild v1\\x00".into(),
+                        "built by ksbuild v2\\x00".into()
+                    ))
+                );
                 assert_eq!(d[1].excerpts, Some(("01010101".into(), "02020202".into())));
                 assert!(diff_elf("/x", b"not elf", &b).is_none());
             }

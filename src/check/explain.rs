@@ -378,7 +378,7 @@ pub fn classify(a: &[u8], b: &[u8], at: usize) -> Cause {
 }
 
 /// Bytes as one line of text: printable ASCII kept, the rest escaped.
-fn printable(bytes: &[u8]) -> String {
+pub fn printable(bytes: &[u8]) -> String {
     let mut s = String::new();
     for &c in bytes {
         match c {

@@ -866,9 +866,10 @@ pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
         .unwrap_or(a.len().min(b.len()));
     let text = |x: &[u8]| !x.contains(&0) && std::str::from_utf8(x).is_ok();
     let line = (text(a) && text(b)).then(|| a[..at].iter().filter(|&&c| c == b'\n').count() + 1);
+    // One line of text each, control bytes escaped (as for files of a tree).
     let window = |x: &[u8]| {
         let s = at.saturating_sub(40);
-        String::from_utf8_lossy(&x[s..(at + 40).min(x.len())]).into_owned()
+        super::explain::printable(&x[s..(at + 40).min(x.len())])
     };
     let cause = if a.len() == b.len() && same_in_another_order(a, b) {
         Cause::Ordering
