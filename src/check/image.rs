@@ -202,29 +202,32 @@ pub fn diff_images(
                 (Some(x), Some(y), _, _) => {
                     diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out, options)?
                 }
-                (_, _, Some(x), Some(y)) => diff_ext4(
-                    &x,
-                    &y,
-                    &format!("{path} ({})", x.kind),
-                    at - pa.start,
-                    &mut out,
-                    options,
-                )?,
+                (_, _, Some(x), Some(y)) => {
+                    let before = out.len();
+                    let read = diff_ext4(
+                        &x,
+                        &y,
+                        &format!("{path} ({})", x.kind),
+                        at - pa.start,
+                        &mut out,
+                        options,
+                    );
+                    match read {
+                        Ok(()) => {}
+                        // A filesystem this reader cannot follow (corrupt, or a feature it
+                        // lacks) is located to its first differing byte, saying why.
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            out.truncate(before);
+                            let mut d = unread(&path, x.kind, at - pa.start, pa.size, pb.size);
+                            d.what = format!("{} (the filesystem could not be read: {e})", d.what);
+                            out.push(d);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 _ => {
                     let kind = filesystem_kind(&fa, pa.start);
-                    out.push(Difference {
-                        path: format!("{path} ({kind})"),
-                        what: format!(
-                            "content from byte {} of the partition (block {} of 4096 bytes)",
-                            at - pa.start,
-                            (at - pa.start) / 4096
-                        ),
-                        sizes: Some((pa.size, pb.size)),
-                        offset: Some(at - pa.start),
-                        cause: Cause::Other,
-                        excerpts: None,
-                        diffoscope: None,
-                    });
+                    out.push(unread(&path, kind, at - pa.start, pa.size, pb.size));
                 }
             }
         }
@@ -256,6 +259,22 @@ pub fn diff_images(
         }
     }
     Ok(Some(out))
+}
+
+/// A difference in a partition whose filesystem is not read: its first differing byte.
+fn unread(path: &str, kind: &str, at: u64, size_a: u64, size_b: u64) -> Difference {
+    Difference {
+        path: format!("{path} ({kind})"),
+        what: format!(
+            "content from byte {at} of the partition (block {} of 4096 bytes)",
+            at / 4096
+        ),
+        sizes: Some((size_a, size_b)),
+        offset: Some(at),
+        cause: Cause::Other,
+        excerpts: None,
+        diffoscope: None,
+    }
 }
 
 /// "KSOBOOTA" for a partition: its GPT name, else its FAT label, else nothing.
@@ -1166,6 +1185,16 @@ mod ext4_tests {
                     .into_iter()
                     .map(|e| e.unwrap().into_path()),
             ));
+        // Everything read once, so that (`relatime`) the reads of `mke2fs -d` change no
+        // access time: two filesystems of this tree get the same times.
+        for e in walkdir::WalkDir::new(dir) {
+            let p = e.unwrap().into_path();
+            if p.is_symlink() {
+                std::fs::read_link(&p).unwrap();
+            } else if p.is_file() {
+                std::fs::read(&p).unwrap();
+            }
+        }
     }
 
     /// An 8 MiB filesystem of `src` made by `mke2fs` (`extra`: its options), with fixed
@@ -1246,9 +1275,14 @@ mod ext4_tests {
     fn pair(third: (&str, &str), uuid: (&str, &str), extra: &[&str], then: &dyn Fn(&Path)) -> Made {
         let tmp = tempfile::tempdir().unwrap();
         let mut images = Vec::new();
+        let same = third.0 == third.1;
         for (side, third, uuid) in [("a", third.0, uuid.0), ("b", third.1, uuid.1)] {
-            let src = tmp.path().join(format!("{side}-src"));
             // One source tree when the files agree: mke2fs copies its ctimes too.
+            let src = if same {
+                tmp.path().join("src")
+            } else {
+                tmp.path().join(format!("{side}-src"))
+            };
             if !src.exists() {
                 tree(&src, third);
             }
@@ -1357,6 +1391,31 @@ mod ext4_tests {
                 "s_uuid (the filesystem UUID) differs".to_string(),
                 Cause::Random
             )]
+        );
+    }
+
+    /// A filesystem the reader cannot follow (an extent tree's magic overwritten) is
+    /// located to its first differing byte, saying why, rather than failing the diff.
+    #[test]
+    fn an_unreadable_ext4_falls_back_to_the_first_differing_byte() {
+        let m = pair(("third", "third"), (UUID, UUID), &["-t", "ext4"], &|fs| {
+            run(Command::new("debugfs")
+                .env("E2FSPROGS_FAKE_TIME", "1700000000")
+                .args(["-w", "-R", "set_inode_field /blob block[0] 0"])
+                .arg(fs));
+        });
+        let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "disk.img › p3 KSODATA (ext4)");
+        assert!(
+            d[0].what.starts_with("content from byte ")
+                && d[0]
+                    .what
+                    .contains("could not be read: a corrupt extent tree"),
+            "{}",
+            d[0].what
         );
     }
 
