@@ -54,8 +54,9 @@
 //! * `graph/` — `mod.rs` ([`graph::realise`], events), `queue.rs`, `build.rs` (the sandbox
 //!   executor, platforms, rebuilds), `why.rs`.
 //! * `check/` — `mod.rs` (rounds, variations, verdicts, report), `explain.rs` (tree diffs
-//!   with causes), `image.rs` (GPT/MBR, FAT, gzip and cpio opened for diffs), `record.rs`
-//!   (`derivations/outputs.lock`).
+//!   with causes), `image.rs` (GPT/MBR, FAT, gzip and cpio opened for diffs), `ext4.rs`
+//!   (ext2/3/4 read in place), `elf.rs` (ELF sections), `diffoscope.rs` (`--diffoscope`,
+//!   bounded), `record.rs` (`derivations/outputs.lock`).
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 

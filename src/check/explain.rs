@@ -26,6 +26,9 @@ pub enum Cause {
     Ordering,
     /// Random-looking bytes: a UUID, a random seed, a hash of something that varied.
     Random,
+    /// An ELF file's GNU build-id (`.note.gnu.build-id`): a hash of the linked file, which
+    /// differs whenever anything else in it does.
+    BuildId,
     /// None of these.
     Other,
 }
@@ -48,25 +51,41 @@ pub struct Difference {
     /// The bytes around the first difference in each, as text (lossy, control characters
     /// escaped).
     pub excerpts: Option<(String, String)>,
+    /// What `diffoscope` says of the two files (`--diffoscope`; truncated), absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diffoscope: Option<String>,
+}
+
+/// How far a diff goes beyond what ksbuild reads itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Hand each differing file pair to `diffoscope` (`--diffoscope`).
+    pub diffoscope: Option<super::diffoscope::Diffoscope>,
 }
 
 /// The differences between the trees `a` and `b` (at most [`MAX_DIFFERENCES`], in path
 /// order).
 pub fn diff_trees(a: &Path, b: &Path) -> std::io::Result<Vec<Difference>> {
+    diff_trees_with(a, b, &Options::default())
+}
+
+/// [`diff_trees`], with `options`.
+pub fn diff_trees_with(a: &Path, b: &Path, options: &Options) -> std::io::Result<Vec<Difference>> {
     let mut out = Vec::new();
-    walk(a, b, "", &mut out)?;
+    walk(a, b, "", &mut out, options)?;
     Ok(out)
 }
 
 /// [`diff_trees`] for two paths given by a user: two files are named by the first's name
 /// (two disk images read `sdcard.img › p1 …`), two trees from their roots.
-pub fn diff_paths(a: &Path, b: &Path) -> std::io::Result<Vec<Difference>> {
+pub fn diff_paths(a: &Path, b: &Path, options: &Options) -> std::io::Result<Vec<Difference>> {
     let mut out = Vec::new();
     let rel = match (std::fs::symlink_metadata(a), a.file_name()) {
         (Ok(m), Some(name)) if m.is_file() => format!("/{}", name.to_string_lossy()),
         _ => String::new(),
     };
-    walk(a, b, &rel, &mut out)?;
+    walk(a, b, &rel, &mut out, options)?;
     Ok(out)
 }
 
@@ -86,7 +105,13 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
-fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Result<()> {
+fn walk(
+    a: &Path,
+    b: &Path,
+    rel: &str,
+    out: &mut Vec<Difference>,
+    options: &Options,
+) -> std::io::Result<()> {
     if out.len() >= MAX_DIFFERENCES {
         return Ok(());
     }
@@ -99,6 +124,7 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
         offset: None,
         cause: Cause::Other,
         excerpts: None,
+        diffoscope: None,
     };
     if kind(&ma) != kind(&mb) {
         out.push(simple(format!("type: {} vs {}", kind(&ma), kind(&mb))));
@@ -124,23 +150,20 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
         // extents that hold data; other files are compared byte by byte.
         if ma.len() >= 1 << 16 && mb.len() >= 1 << 16 {
             let label = shown.trim_start_matches('/');
-            if let Some(inner) = super::image::diff_images(a, b, label)? {
+            if let Some(inner) = super::image::diff_images(a, b, label, options)? {
                 let room = MAX_DIFFERENCES.saturating_sub(out.len());
                 out.extend(inner.into_iter().take(room));
                 return Ok(());
             }
         }
-        if let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? {
-            // A compressed file or an archive (an initramfs) is opened, member by member.
-            if ma.len() <= 1 << 28 && mb.len() <= 1 << 28 {
-                let (ba, bb) = (std::fs::read(a)?, std::fs::read(b)?);
-                if let Some(inner) = super::image::diff_archives(shown, &ba, &bb) {
-                    let room = MAX_DIFFERENCES.saturating_sub(out.len());
-                    out.extend(inner.into_iter().take(room));
-                    return Ok(());
-                }
+        let first = out.len();
+        file_pair(a, b, shown, &ma, &mb, out, options)?;
+        // diffoscope sees the pair as a whole (members of images were handed to it one
+        // by one).
+        if let Some(d) = &options.diffoscope {
+            if out.len() > first && out[first..].iter().all(|x| x.diffoscope.is_none()) {
+                out[first].diffoscope = Some(d.compare_files(a, b));
             }
-            out.push(d);
         }
         return Ok(());
     }
@@ -149,7 +172,7 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
     for name in names {
         let child = format!("{rel}/{}", name.to_string_lossy());
         match (ea.get(name), eb.get(name)) {
-            (Some(pa), Some(pb)) => walk(pa, pb, &child, out)?,
+            (Some(pa), Some(pb)) => walk(pa, pb, &child, out, options)?,
             (Some(_), None) => out.push(Difference {
                 path: child,
                 ..simple("only in the first".into())
@@ -164,6 +187,35 @@ fn walk(a: &Path, b: &Path, rel: &str, out: &mut Vec<Difference>) -> std::io::Re
             break;
         }
     }
+    Ok(())
+}
+
+/// The differences between two regular files: the first differing byte, or inside a
+/// compressed file or archive (an initramfs) member by member, or in an ELF file section
+/// by section.
+fn file_pair(
+    a: &Path,
+    b: &Path,
+    shown: &str,
+    ma: &std::fs::Metadata,
+    mb: &std::fs::Metadata,
+    out: &mut Vec<Difference>,
+    options: &Options,
+) -> std::io::Result<()> {
+    let Some(d) = diff_files(a, b, shown, ma.len(), mb.len())? else {
+        return Ok(());
+    };
+    if ma.len() <= 1 << 28 && mb.len() <= 1 << 28 {
+        let (ba, bb) = (std::fs::read(a)?, std::fs::read(b)?);
+        let inner = super::image::diff_archives(shown, &ba, &bb, options)
+            .or_else(|| super::elf::diff_elf(shown, &ba, &bb));
+        if let Some(inner) = inner {
+            let room = MAX_DIFFERENCES.saturating_sub(out.len());
+            out.extend(inner.into_iter().take(room));
+            return Ok(());
+        }
+    }
+    out.push(d);
     Ok(())
 }
 
@@ -246,6 +298,7 @@ fn located(
         offset: Some(at),
         cause,
         excerpts: Some((printable(&wa), printable(&wb))),
+        diffoscope: None,
     })
 }
 
@@ -325,7 +378,7 @@ pub fn classify(a: &[u8], b: &[u8], at: usize) -> Cause {
 }
 
 /// Bytes as one line of text: printable ASCII kept, the rest escaped.
-fn printable(bytes: &[u8]) -> String {
+pub fn printable(bytes: &[u8]) -> String {
     let mut s = String::new();
     for &c in bytes {
         match c {
@@ -347,6 +400,12 @@ impl std::fmt::Display for Difference {
         write!(f, ", likely {:?}", self.cause)?;
         if let Some((a, b)) = &self.excerpts {
             write!(f, "\n      first:  {a}\n      second: {b}")?;
+        }
+        if let Some(text) = &self.diffoscope {
+            write!(f, "\n      diffoscope:")?;
+            for line in text.lines() {
+                write!(f, "\n        {line}")?;
+            }
         }
         Ok(())
     }
@@ -375,6 +434,26 @@ mod tests {
                 "{a} / {b}"
             );
         }
+    }
+
+    /// An ELF file in an output is explained by its differing section, not an offset.
+    #[test]
+    fn a_differing_elf_file_is_named_by_section() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for (root, v) in [(&a, b"v1\0"), (&b, b"v2\0")] {
+            std::fs::create_dir_all(root.join("bin")).unwrap();
+            let elf = crate::check::elf::test_elf(
+                true,
+                false,
+                &[(".text", 1, &[0x90; 16]), (".rodata", 1, v)],
+            );
+            std::fs::write(root.join("bin/foo"), elf).unwrap();
+        }
+        let d = diff_trees(&a, &b).unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "/bin/foo › ELF section .rodata");
+        assert_eq!(d[0].offset, Some(1));
     }
 
     #[test]

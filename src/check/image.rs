@@ -1,14 +1,17 @@
 //! Disk images opened, not hex-dumped: two images (GPT or MBR) are compared partition table
 //! → partition → filesystem → file → line, so a difference reads
-//! `sdcard.img › p1 KSOBOOTA (FAT) › /config.txt: line 3`. FAT12/16/32 is read here, in
-//! Rust, with no mount and no privilege; another filesystem is located to its first
-//! differing block. Holes of sparse images are skipped (`SEEK_DATA`). Reads the images.
+//! `sdcard.img › p1 KSOBOOTA (FAT) › /config.txt: line 3`. FAT12/16/32 is read here and
+//! ext2/3/4 in [`super::ext4`], in Rust, with no mount and no privilege; another
+//! filesystem is located to its first differing block. Holes of sparse images are skipped (`SEEK_DATA`). Reads the images.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::explain::{classify, same_in_another_order, Cause, Difference};
+use super::explain::{
+    classify, same_in_another_order, Cause, Difference, Options, MAX_DIFFERENCES,
+};
+use super::ext4::{Ext4, Kind, SUPERBLOCK_FIELDS};
 
 /// A partition: its number (from 1), where it is, and what names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +136,12 @@ pub fn read_table(file: &File) -> Option<Table> {
 /// The differences between two disk images, located partition › filesystem › file ›
 /// line; `None` when either is not a partitioned image (the caller compares bytes).
 /// `label` names the image in the paths (`sdcard.img`).
-pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Vec<Difference>>> {
+pub fn diff_images(
+    a: &Path,
+    b: &Path,
+    label: &str,
+    options: &Options,
+) -> std::io::Result<Option<Vec<Difference>>> {
     let (fa, fb) = (File::open(a)?, File::open(b)?);
     let (Some(ta), Some(tb)) = (read_table(&fa), read_table(&fb)) else {
         return Ok(None);
@@ -146,6 +154,7 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
         offset: None,
         cause: Cause::Other,
         excerpts: None,
+        diffoscope: None,
     };
     let table_path = format!("{label} › partition table ({})", ta.scheme);
     if ta.scheme != tb.scheme {
@@ -187,22 +196,38 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
             let path = format!("{label} › p{} {name}", pa.number);
             let fs_a = Fat::open(&fa, pa.start, pa.size);
             let fs_b = Fat::open(&fb, pb.start, pb.size);
-            match (fs_a, fs_b) {
-                (Some(x), Some(y)) => diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out)?,
+            let ext_a = Ext4::open(&fa, pa.start, pa.size);
+            let ext_b = Ext4::open(&fb, pb.start, pb.size);
+            match (fs_a, fs_b, ext_a, ext_b) {
+                (Some(x), Some(y), _, _) => {
+                    diff_fat(&x, &y, &format!("{path} ({})", x.kind), &mut out, options)?
+                }
+                (_, _, Some(x), Some(y)) => {
+                    let before = out.len();
+                    let read = diff_ext4(
+                        &x,
+                        &y,
+                        &format!("{path} ({})", x.kind),
+                        at - pa.start,
+                        &mut out,
+                        options,
+                    );
+                    match read {
+                        Ok(()) => {}
+                        // A filesystem this reader cannot follow (corrupt, or a feature it
+                        // lacks) is located to its first differing byte, saying why.
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            out.truncate(before);
+                            let mut d = unread(&path, x.kind, at - pa.start, pa.size, pb.size);
+                            d.what = format!("{} (the filesystem could not be read: {e})", d.what);
+                            out.push(d);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 _ => {
                     let kind = filesystem_kind(&fa, pa.start);
-                    out.push(Difference {
-                        path: format!("{path} ({kind})"),
-                        what: format!(
-                            "content from byte {} of the partition (block {} of 4096 bytes)",
-                            at - pa.start,
-                            (at - pa.start) / 4096
-                        ),
-                        sizes: Some((pa.size, pb.size)),
-                        offset: Some(at - pa.start),
-                        cause: Cause::Other,
-                        excerpts: None,
-                    });
+                    out.push(unread(&path, kind, at - pa.start, pa.size, pb.size));
                 }
             }
         }
@@ -229,10 +254,27 @@ pub fn diff_images(a: &Path, b: &Path, label: &str) -> std::io::Result<Option<Ve
                 offset: Some(at),
                 cause: Cause::Other,
                 excerpts: None,
+                diffoscope: None,
             });
         }
     }
     Ok(Some(out))
+}
+
+/// A difference in a partition whose filesystem is not read: its first differing byte.
+fn unread(path: &str, kind: &str, at: u64, size_a: u64, size_b: u64) -> Difference {
+    Difference {
+        path: format!("{path} ({kind})"),
+        what: format!(
+            "content from byte {at} of the partition (block {} of 4096 bytes)",
+            at / 4096
+        ),
+        sizes: Some((size_a, size_b)),
+        offset: Some(at),
+        cause: Cause::Other,
+        excerpts: None,
+        diffoscope: None,
+    }
 }
 
 /// "KSOBOOTA" for a partition: its GPT name, else its FAT label, else nothing.
@@ -242,6 +284,7 @@ fn partition_name(file: &File, p: &Partition) -> String {
     }
     Fat::open(file, p.start, p.size)
         .map(|f| f.label)
+        .or_else(|| Ext4::open(file, p.start, p.size).map(|f| f.label))
         .unwrap_or_default()
 }
 
@@ -552,6 +595,7 @@ fn diff_fat(
     b: &Fat<'_>,
     path: &str,
     out: &mut Vec<Difference>,
+    options: &Options,
 ) -> std::io::Result<()> {
     let (fa, fb) = (a.files()?, b.files()?);
     let before = out.len();
@@ -565,7 +609,7 @@ fn diff_fat(
         };
         let (xa, xb) = (a.read(sa, ca)?, b.read(sb, cb)?);
         if xa != xb {
-            out.push(content_difference(here, &xa, &xb));
+            out.extend(file_differences(here, &xa, &xb, options));
         }
     }
     if out.len() == before {
@@ -589,9 +633,217 @@ fn diff_fat(
                 Cause::Other
             },
             excerpts: None,
+            diffoscope: None,
         });
     }
     Ok(())
+}
+
+/// The differences between two ext2/3/4 filesystems, inode by inode: files only in one,
+/// type, mode, owner, group, mtime, symlink target and content (to the line). When every
+/// file agrees, the superblock's differing fields are named, or else the structure that
+/// holds the first differing byte (`first`, from the filesystem's start).
+fn diff_ext4(
+    a: &Ext4<'_>,
+    b: &Ext4<'_>,
+    path: &str,
+    first: u64,
+    out: &mut Vec<Difference>,
+    options: &Options,
+) -> std::io::Result<()> {
+    /// Files up to this size are read whole; larger ones in chunks of it.
+    const WHOLE: u64 = 1 << 26;
+    let (ta, tb) = (a.tree()?, b.tree()?);
+    let before = out.len();
+    let names: std::collections::BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+    for name in names {
+        if out.len() >= MAX_DIFFERENCES {
+            return Ok(());
+        }
+        let here = format!("{path} › {name}");
+        let (Some(ia), Some(ib)) = (ta.get(name), tb.get(name)) else {
+            out.push(only_in_one(here, ta.contains_key(name)));
+            continue;
+        };
+        if ia.kind() != ib.kind() {
+            out.push(metadata_difference(
+                &here,
+                "type",
+                ia.kind().name(),
+                ib.kind().name(),
+                Cause::Other,
+            ));
+            continue;
+        }
+        let mtime = |t: (u64, u64)| {
+            if ia.mtime.1 == ib.mtime.1 {
+                t.0.to_string()
+            } else {
+                format!("{}.{:09}", t.0, t.1)
+            }
+        };
+        for (what, x, y, cause) in [
+            (
+                "mode",
+                format!("{:o}", ia.mode & 0o7777),
+                format!("{:o}", ib.mode & 0o7777),
+                Cause::Other,
+            ),
+            (
+                "owner",
+                ia.uid.to_string(),
+                ib.uid.to_string(),
+                Cause::HostOrUser,
+            ),
+            (
+                "group",
+                ia.gid.to_string(),
+                ib.gid.to_string(),
+                Cause::HostOrUser,
+            ),
+            ("mtime", mtime(ia.mtime), mtime(ib.mtime), Cause::Timestamp),
+        ] {
+            if x != y {
+                out.push(metadata_difference(&here, what, &x, &y, cause));
+            }
+        }
+        match ia.kind() {
+            Kind::Symlink => {
+                let (sa, sb) = (a.symlink_target(ia)?, b.symlink_target(ib)?);
+                if sa != sb {
+                    let (sa, sb) = (
+                        String::from_utf8_lossy(&sa).into_owned(),
+                        String::from_utf8_lossy(&sb).into_owned(),
+                    );
+                    out.push(Difference {
+                        path: here,
+                        what: "symlink target".into(),
+                        sizes: None,
+                        offset: None,
+                        cause: classify(sa.as_bytes(), sb.as_bytes(), 0),
+                        excerpts: Some((sa, sb)),
+                        diffoscope: None,
+                    });
+                }
+            }
+            Kind::File if ia.size <= WHOLE && ib.size <= WHOLE => {
+                let (xa, xb) = (a.read(ia, WHOLE)?, b.read(ib, WHOLE)?);
+                if xa != xb {
+                    out.extend(file_differences(here, &xa, &xb, options));
+                }
+            }
+            Kind::File => {
+                // Large files are compared a chunk at a time; the difference is located in
+                // the first chunk that differs (no line number: the chunk is not the file).
+                let mut offset = 0;
+                while offset < ia.size.max(ib.size) {
+                    let xa = a.read_range(ia, offset, WHOLE)?;
+                    let xb = b.read_range(ib, offset, WHOLE)?;
+                    if xa != xb {
+                        let mut d = content_difference(here.clone(), &xa, &xb);
+                        d.path = here;
+                        d.offset = d.offset.map(|o| o + offset);
+                        d.sizes = Some((ia.size, ib.size));
+                        out.push(d);
+                        break;
+                    }
+                    offset += WHOLE;
+                }
+            }
+            Kind::Directory | Kind::Special => {}
+        }
+    }
+    if out.len() > before {
+        return Ok(());
+    }
+    // Every file agrees: what differs is the filesystem's own metadata. The superblock's
+    // fields that carry a cause (UUID, hash seed, times) are named; failing those, the
+    // structure holding the first differing byte past the superblock.
+    let fields: Vec<&(usize, usize, &str, Cause)> = SUPERBLOCK_FIELDS
+        .iter()
+        .filter(|(at, n, _, _)| a.superblock[*at..at + n] != b.superblock[*at..at + n])
+        .collect();
+    let telling: Vec<_> = fields.iter().filter(|f| f.3 != Cause::Other).collect();
+    let excerpt = |at: usize, n: usize| {
+        let hex = |s: &[u8]| s.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        Some((
+            hex(&a.superblock[at..at + n]),
+            hex(&b.superblock[at..at + n]),
+        ))
+    };
+    for (at, n, name, cause) in telling {
+        out.push(Difference {
+            path: format!("{path} › superblock"),
+            what: format!("{name} differs"),
+            sizes: None,
+            offset: Some(1024 + *at as u64),
+            cause: *cause,
+            excerpts: excerpt(*at, *n),
+            diffoscope: None,
+        });
+    }
+    // A random field (UUID, hash seed) changes every checksum after it: nothing more to
+    // locate. A time does not: the first difference past the superblock is located too.
+    if out[before..].iter().any(|d| d.cause == Cause::Random) {
+        return Ok(());
+    }
+    let beyond = if first < 2048 {
+        let end = a.block_size.max(2048);
+        first_difference(
+            a.file(),
+            b.file(),
+            a.start() + end,
+            a.size().saturating_sub(end),
+        )?
+        .map(|at| at - a.start())
+    } else {
+        Some(first)
+    };
+    match beyond {
+        Some(at) => {
+            let (what, cause) = a.locate(at, &ta)?;
+            out.push(Difference {
+                path: format!("{path} › metadata"),
+                what: format!(
+                    "{what} (byte {at} of the filesystem, block {})",
+                    at / a.block_size
+                ),
+                sizes: None,
+                offset: Some(at),
+                cause,
+                excerpts: None,
+                diffoscope: None,
+            });
+        }
+        None if out.len() == before => {
+            for (at, n, name, cause) in fields {
+                out.push(Difference {
+                    path: format!("{path} › superblock"),
+                    what: format!("{name} differs"),
+                    sizes: None,
+                    offset: Some(1024 + *at as u64),
+                    cause: *cause,
+                    excerpts: excerpt(*at, *n),
+                    diffoscope: None,
+                });
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// `WHAT: X vs Y` of a member.
+fn metadata_difference(path: &str, what: &str, x: &str, y: &str, cause: Cause) -> Difference {
+    Difference {
+        path: path.to_string(),
+        what: format!("{what}: {x} vs {y}"),
+        sizes: None,
+        offset: None,
+        cause,
+        excerpts: None,
+        diffoscope: None,
+    }
 }
 
 /// A member present in one of the two only.
@@ -607,7 +859,21 @@ fn only_in_one(path: String, in_first: bool) -> Difference {
         offset: None,
         cause: Cause::Other,
         excerpts: None,
+        diffoscope: None,
     }
+}
+
+/// The differences between two members' differing bytes: by ELF section for ELF files,
+/// else where the content parts (to the line for text); with `--diffoscope`, what
+/// diffoscope says of the two, on the first.
+pub fn file_differences(path: String, a: &[u8], b: &[u8], options: &Options) -> Vec<Difference> {
+    let name = path.rsplit(" › ").next().unwrap_or_default().to_string();
+    let mut out =
+        super::elf::diff_elf(&path, a, b).unwrap_or_else(|| vec![content_difference(path, a, b)]);
+    if let (Some(d), Some(first)) = (&options.diffoscope, out.first_mut()) {
+        first.diffoscope = Some(d.compare_bytes(&name, a, b));
+    }
+    out
 }
 
 /// A content difference between two files' bytes, located to the line for text.
@@ -619,9 +885,10 @@ pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
         .unwrap_or(a.len().min(b.len()));
     let text = |x: &[u8]| !x.contains(&0) && std::str::from_utf8(x).is_ok();
     let line = (text(a) && text(b)).then(|| a[..at].iter().filter(|&&c| c == b'\n').count() + 1);
+    // One line of text each, control bytes escaped (as for files of a tree).
     let window = |x: &[u8]| {
         let s = at.saturating_sub(40);
-        String::from_utf8_lossy(&x[s..(at + 40).min(x.len())]).into_owned()
+        super::explain::printable(&x[s..(at + 40).min(x.len())])
     };
     let cause = if a.len() == b.len() && same_in_another_order(a, b) {
         Cause::Ordering
@@ -642,6 +909,7 @@ pub fn content_difference(path: String, a: &[u8], b: &[u8]) -> Difference {
         offset: Some(at as u64),
         cause,
         excerpts: Some((window(a), window(b))),
+        diffoscope: None,
     }
 }
 
@@ -712,7 +980,7 @@ fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
 /// The differences inside two compressed or archived files — gzip, and the newc cpio of an
 /// initramfs inside it — located to the member and line (`kubesolo-os.gz › cpio ›
 /// /etc/os-release: line 2`); `None` when they are neither.
-pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> {
+pub fn diff_archives(path: &str, a: &[u8], b: &[u8], options: &Options) -> Option<Vec<Difference>> {
     let (ua, ub) = (gunzip(a), gunzip(b));
     let (a, b, path) = match (&ua, &ub) {
         (Some(x), Some(y)) => (x.as_slice(), y.as_slice(), format!("{path} › gunzip")),
@@ -730,7 +998,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
             continue;
         };
         if ma.data != mb.data {
-            out.push(content_difference(here.clone(), &ma.data, &mb.data));
+            out.extend(file_differences(here.clone(), &ma.data, &mb.data, options));
         }
         for (what, x, y, cause) in [
             (
@@ -766,6 +1034,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
                     offset: None,
                     cause,
                     excerpts: None,
+                    diffoscope: None,
                 });
             }
         }
@@ -782,6 +1051,7 @@ pub fn diff_archives(path: &str, a: &[u8], b: &[u8]) -> Option<Vec<Difference>> 
             offset: None,
             cause: Cause::Ordering,
             excerpts: None,
+            diffoscope: None,
         });
     }
     Some(out)
@@ -848,7 +1118,7 @@ mod tests {
             ("etc/os-release", 1704067200, b"NAME=KubeSolo\nVERSION=2\n"),
             ("init", 1764700000, b"#!/bin/sh\n"),
         ]));
-        let d = diff_archives("/kubesolo-os.gz", &a, &b).unwrap();
+        let d = diff_archives("/kubesolo-os.gz", &a, &b, &Options::default()).unwrap();
         let got: Vec<(&str, &str, Cause)> = d
             .iter()
             .map(|d| (d.path.as_str(), d.what.as_str(), d.cause))
@@ -868,6 +1138,338 @@ mod tests {
                 ),
             ]
         );
-        assert!(diff_archives("/x", b"plain", b"other").is_none());
+        assert!(diff_archives("/x", b"plain", b"other", &Options::default()).is_none());
+    }
+}
+
+#[cfg(test)]
+mod ext4_tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("{cmd:?}: {e} (e2fsprogs is needed: apt-get install e2fsprogs)")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A source tree for `mke2fs -d`: `/etc/foo` (its third line `third`), a directory of
+    /// 400 entries (an htree after `e2fsck -D`), a sparse file of 12 runs (more extents
+    /// than an inode holds: a tree of depth 1), a fast and a slow symlink; every mtime
+    /// 2023-11-14.
+    fn tree(dir: &Path, third: &str) {
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::create_dir_all(dir.join("big")).unwrap();
+        std::fs::write(dir.join("etc/foo"), format!("one\ntwo\n{third}\nfour\n")).unwrap();
+        for i in 0..400 {
+            std::fs::write(dir.join(format!("big/entry-with-a-longish-name-{i}")), "x").unwrap();
+        }
+        let f = std::fs::File::create(dir.join("blob")).unwrap();
+        for i in 0..12u8 {
+            f.write_all_at(&[b'A' + i; 3000], u64::from(i) * 20000)
+                .unwrap();
+        }
+        drop(f);
+        std::os::unix::fs::symlink("../etc/foo", dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(format!("/{}", "x".repeat(100)), dir.join("longlink")).unwrap();
+        run(Command::new("touch")
+            .args(["-h", "-d", "@1700000000"])
+            .args(
+                walkdir::WalkDir::new(dir)
+                    .into_iter()
+                    .map(|e| e.unwrap().into_path()),
+            ));
+        // Everything read once, so that (`relatime`) the reads of `mke2fs -d` change no
+        // access time: two filesystems of this tree get the same times.
+        for e in walkdir::WalkDir::new(dir) {
+            let p = e.unwrap().into_path();
+            if p.is_symlink() {
+                std::fs::read_link(&p).unwrap();
+            } else if p.is_file() {
+                std::fs::read(&p).unwrap();
+            }
+        }
+    }
+
+    /// An 8 MiB filesystem of `src` made by `mke2fs` (`extra`: its options), with fixed
+    /// UUID, hash seed and time, its directories indexed by `e2fsck -D`.
+    fn filesystem(src: &Path, out: &Path, uuid: &str, extra: &[&str]) {
+        run(Command::new("mke2fs")
+            .env("E2FSPROGS_FAKE_TIME", "1700000000")
+            .args([
+                "-q", "-F", "-b", "1024", "-g", "2048", "-N", "512", "-L", "KSODATA",
+            ])
+            .args(extra)
+            .arg("-U")
+            .arg(uuid)
+            .args([
+                "-E",
+                "hash_seed=0b1e2f3c-4d5e-6f70-8192-a3b4c5d6e7f8,root_owner=0:0",
+            ])
+            .arg("-d")
+            .arg(src)
+            .arg(out)
+            .arg("8M"));
+        let out = Command::new("e2fsck")
+            .env("E2FSCK_TIME", "1700000000")
+            .args(["-f", "-y", "-D"])
+            .arg(out)
+            .output()
+            .unwrap();
+        // 0: nothing changed, 1: directories optimised.
+        assert!(out.status.code().unwrap_or(8) <= 1, "{out:?}");
+    }
+
+    /// A 12 MiB GPT disk image: two empty 1 MiB partitions, then `fs` as p3 `KSODATA`.
+    fn disk(fs: &Path, out: &Path) {
+        let f = std::fs::File::create(out).unwrap();
+        f.set_len(12 << 20).unwrap();
+        let mut mbr = [0u8; 512];
+        mbr[446 + 4] = 0xEE;
+        mbr[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&(24575u32).to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        f.write_all_at(&mbr, 0).unwrap();
+        let mut header = [0u8; 92];
+        header[0..8].copy_from_slice(b"EFI PART");
+        header[56..72].copy_from_slice(&[7u8; 16]);
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&128u32.to_le_bytes());
+        header[84..88].copy_from_slice(&128u32.to_le_bytes());
+        f.write_all_at(&header, 512).unwrap();
+        let parts: [(&str, u64, u64); 3] = [
+            ("KSOBOOTA", 2048, 4095),
+            ("KSOBOOTB", 4096, 6143),
+            ("KSODATA", 6144, 6144 + 16384 - 1),
+        ];
+        for (i, (name, first, last)) in parts.iter().enumerate() {
+            let mut e = [0u8; 128];
+            e[0..16].copy_from_slice(&[0xaf; 16]);
+            e[16..32].copy_from_slice(&[i as u8 + 1; 16]);
+            e[32..40].copy_from_slice(&first.to_le_bytes());
+            e[40..48].copy_from_slice(&last.to_le_bytes());
+            for (j, c) in name.encode_utf16().enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
+            }
+            f.write_all_at(&e, 1024 + 128 * i as u64).unwrap();
+        }
+        f.write_all_at(&std::fs::read(fs).unwrap(), 6144 * 512)
+            .unwrap();
+    }
+
+    pub(super) struct Made {
+        _tmp: tempfile::TempDir,
+        pub(super) a: PathBuf,
+        pub(super) b: PathBuf,
+    }
+
+    /// Two disk images whose ext4 partitions are made of trees `third_a` and `third_b`
+    /// (see [`tree`]), with UUIDs `uuid_a` and `uuid_b`; `then` changes b's filesystem.
+    fn pair(third: (&str, &str), uuid: (&str, &str), extra: &[&str], then: &dyn Fn(&Path)) -> Made {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut images = Vec::new();
+        let same = third.0 == third.1;
+        for (side, third, uuid) in [("a", third.0, uuid.0), ("b", third.1, uuid.1)] {
+            // One source tree when the files agree: mke2fs copies its ctimes too.
+            let src = if same {
+                tmp.path().join("src")
+            } else {
+                tmp.path().join(format!("{side}-src"))
+            };
+            if !src.exists() {
+                tree(&src, third);
+            }
+            let fs = tmp.path().join(format!("{side}.ext4"));
+            filesystem(&src, &fs, uuid, extra);
+            if side == "b" {
+                then(&fs);
+            }
+            let img = tmp.path().join(side).join("disk.img");
+            std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+            disk(&fs, &img);
+            images.push(img);
+        }
+        let b = images.pop().unwrap();
+        let a = images.pop().unwrap();
+        Made { _tmp: tmp, a, b }
+    }
+
+    const UUID: &str = "11111111-2222-3333-4444-555555555555";
+
+    /// Two images whose ext4 partitions differ in the third line of `/etc/foo`.
+    pub(super) fn pair_for_tests(third: (&str, &str)) -> Made {
+        pair(third, (UUID, UUID), &["-t", "ext4"], &|_| {})
+    }
+
+    fn summary(d: &[Difference]) -> Vec<(String, String, Cause)> {
+        d.iter()
+            .map(|d| (d.path.clone(), d.what.clone(), d.cause))
+            .collect()
+    }
+
+    /// ext4 (extents, an extent tree of depth 1, htree directory, 64-bit descriptors, four
+    /// groups), ext4 with inline data, and ext2 (the old block map) are read file by file:
+    /// a differing line is named by partition, filesystem, path and line, and nothing else
+    /// differs (the reader read every other file the same in both).
+    #[test]
+    fn an_ext4_partition_is_diffed_file_by_file_to_the_line() {
+        for (kind, extra) in [
+            ("ext4", &["-t", "ext4"][..]),
+            ("ext4", &["-t", "ext4", "-O", "inline_data"][..]),
+            ("ext2", &["-t", "ext2"][..]),
+        ] {
+            let m = pair(("third", "THIRD"), (UUID, UUID), extra, &|_| {});
+            let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                summary(&d),
+                [(
+                    format!("disk.img › p3 KSODATA ({kind}) › /etc/foo: line 3"),
+                    "content".to_string(),
+                    Cause::Other
+                )],
+                "{extra:?}"
+            );
+            // What the reader read is what mke2fs was given.
+            let f = File::open(&m.a).unwrap();
+            let fs = Ext4::open(&f, 6144 * 512, 8 << 20).unwrap();
+            let t = fs.tree().unwrap();
+            assert_eq!(
+                t.keys().filter(|k| k.starts_with("/big/")).count(),
+                400,
+                "{extra:?}"
+            );
+            let blob = fs.read(&t["/blob"], 1 << 20).unwrap();
+            assert_eq!(blob.len(), 11 * 20000 + 3000);
+            for i in 0..12u8 {
+                let at = usize::from(i) * 20000;
+                assert!(blob[at..at + 3000].iter().all(|&c| c == b'A' + i));
+                assert!(blob[at + 3000..(at + 20000).min(blob.len())]
+                    .iter()
+                    .all(|&c| c == 0));
+            }
+            if extra.len() == 2 && kind == "ext4" {
+                assert!(
+                    fs.extents(&t["/blob"]).unwrap().len() > 4,
+                    "a tree of depth > 0"
+                );
+            }
+            assert_eq!(fs.symlink_target(&t["/link"]).unwrap(), b"../etc/foo");
+            assert_eq!(
+                fs.symlink_target(&t["/longlink"]).unwrap(),
+                format!("/{}", "x".repeat(100)).as_bytes()
+            );
+            assert_eq!(t["/etc/foo"].mtime.0, 1700000000);
+        }
+    }
+
+    /// Two filesystems of the same files that differ only in their UUID: the superblock's
+    /// `s_uuid` is named, classified random.
+    #[test]
+    fn an_ext4_uuid_difference_is_named_and_random() {
+        let m = pair(
+            ("third", "third"),
+            (UUID, "99999999-8888-7777-6666-555555555555"),
+            &["-t", "ext4"],
+            &|_| {},
+        );
+        let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            summary(&d),
+            [(
+                "disk.img › p3 KSODATA (ext4) › superblock".to_string(),
+                "s_uuid (the filesystem UUID) differs".to_string(),
+                Cause::Random
+            )]
+        );
+    }
+
+    /// A filesystem the reader cannot follow (an extent tree's magic overwritten) is
+    /// located to its first differing byte, saying why, rather than failing the diff.
+    #[test]
+    fn an_unreadable_ext4_falls_back_to_the_first_differing_byte() {
+        let m = pair(("third", "third"), (UUID, UUID), &["-t", "ext4"], &|fs| {
+            run(Command::new("debugfs")
+                .env("E2FSPROGS_FAKE_TIME", "1700000000")
+                .args(["-w", "-R", "set_inode_field /blob block[0] 0"])
+                .arg(fs));
+        });
+        let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "disk.img › p3 KSODATA (ext4)");
+        assert!(
+            d[0].what.starts_with("content from byte ")
+                && d[0]
+                    .what
+                    .contains("could not be read: a corrupt extent tree"),
+            "{}",
+            d[0].what
+        );
+    }
+
+    /// Same files, same superblock, one inode's ctime changed (`debugfs`): the inode table
+    /// is named, with the inode, its path and the field, classified a timestamp.
+    #[test]
+    fn an_ext4_inode_time_difference_is_located_in_the_inode_table() {
+        let m = pair(("third", "third"), (UUID, UUID), &["-t", "ext4"], &|fs| {
+            run(Command::new("debugfs")
+                .env("E2FSPROGS_FAKE_TIME", "1700000000")
+                .args(["-w", "-R", "set_inode_field /etc/foo ctime 20200101"])
+                .arg(fs));
+        });
+        let d = diff_images(&m.a, &m.b, "disk.img", &Options::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "disk.img › p3 KSODATA (ext4) › metadata");
+        assert!(
+            d[0].what.starts_with("the inode table: inode ")
+                && d[0].what.contains("(/etc/foo), i_ctime"),
+            "{}",
+            d[0].what
+        );
+        assert_eq!(d[0].cause, Cause::Timestamp);
+    }
+}
+
+#[cfg(test)]
+mod diffoscope_tests {
+    use super::*;
+
+    /// With `--diffoscope`, a differing file inside an image's ext4 partition is
+    /// extracted (both sides) and handed to diffoscope, whose report is attached.
+    #[test]
+    fn an_image_member_is_extracted_for_diffoscope() {
+        let Ok(d) = super::super::diffoscope::Diffoscope::find() else {
+            if std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_some() {
+                panic!("diffoscope is required: apt-get install diffoscope-minimal");
+            }
+            eprintln!("SKIP: diffoscope is not installed (apt-get install diffoscope-minimal)");
+            return;
+        };
+        let m = super::ext4_tests::pair_for_tests(("third", "THIRD"));
+        let options = Options {
+            diffoscope: Some(d),
+        };
+        let got = diff_images(&m.a, &m.b, "disk.img", &options)
+            .unwrap()
+            .unwrap();
+        let text = got[0].diffoscope.as_deref().unwrap_or_default();
+        assert!(
+            text.contains("a/foo") && text.contains("-third") && text.contains("+THIRD"),
+            "{text}"
+        );
     }
 }

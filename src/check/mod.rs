@@ -8,7 +8,10 @@
 //! than substituted or copied); the check makes the others, each in a fresh sandbox. No
 //! output ever stands for two rounds.
 
+pub mod diffoscope;
+pub mod elf;
 pub mod explain;
+pub mod ext4;
 pub mod image;
 pub mod record;
 

@@ -74,6 +74,10 @@ pub struct CheckArgs {
     /// Write a reproducibility report (Markdown) to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Hand each differing file pair of a differing output (members of images and
+    /// archives extracted) to `diffoscope`, at most 60 s each, and show what it says.
+    #[arg(long)]
+    diffoscope: bool,
     /// How builds run (`-j`: also how many derivations are checked at once).
     #[command(flatten)]
     build: BuildArgs,
@@ -98,6 +102,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
             hint: Some("use `--rounds 2` (or more) with `--record`".into()),
         });
     }
+    let diff_options = diff_options(args.diffoscope)?;
     let store = ctx.open_store()?;
     let executor = SandboxExecutor::new(&store, args.build.options(false))?;
     let root = project_root(ctx)?;
@@ -202,11 +207,31 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                 let record = (args.against_record && args.targets.iter().any(|t| t == key))
                     .then(|| records.0.get(*key));
                 ctx.note(&format!("checking `{key}`…"));
-                let verdict =
+                let mut verdict =
                     check::check_node(&store, &executor, node, options.clone(), record, &progress)
                         .map_err(|f| {
                             CliError::Failed(format!("cannot check `{key}`: {}", f.message))
                         });
+                if let (Ok(v), Some(_)) = (&mut verdict, &diff_options.diffoscope) {
+                    // Explained again, each differing file pair handed to diffoscope.
+                    let paths = crate::graph::output_paths(node);
+                    for o in v.outputs.iter_mut() {
+                        let (Some(kept), Some(path)) = (&o.kept, paths.get(&o.name)) else {
+                            continue;
+                        };
+                        match crate::check::explain::diff_trees_with(
+                            &store.physical_path(path),
+                            std::path::Path::new(kept),
+                            &diff_options,
+                        ) {
+                            Ok(d) => o.differences = d,
+                            Err(e) => eprintln!(
+                                "warning: cannot compare the builds of `{}` with diffoscope: {e}",
+                                o.name
+                            ),
+                        }
+                    }
+                }
                 if let Ok(v) = &verdict {
                     tell(ctx, v, &root);
                 }
@@ -342,16 +367,39 @@ fn tell(ctx: &Context, v: &DerivationVerdict, root: &std::path::Path) {
 
 /// `ksbuild diff A B`: the differences between two outputs, as `check` explains them; exit
 /// 0 when they are the same, 1 when they differ.
-pub fn run_diff(ctx: &Context, json: bool, a: PathBuf, b: PathBuf) -> Result<ExitCode, CliError> {
+pub fn run_diff(
+    ctx: &Context,
+    json: bool,
+    diffoscope: bool,
+    a: PathBuf,
+    b: PathBuf,
+) -> Result<ExitCode, CliError> {
+    let options = diff_options(diffoscope)?;
     let resolve = |p: &PathBuf| -> Result<PathBuf, CliError> {
-        std::fs::canonicalize(p).map_err(|source| CliError::Usage {
-            message: format!("cannot read `{}`: {source}", p.display()),
-            hint: Some("give two store paths, `result` links, files or folders".into()),
+        std::fs::canonicalize(p).or_else(|source| {
+            // A logical store path (`/nix/store/…-x`) of a store kept elsewhere.
+            let logical = ctx.open_store().ok().and_then(|store| {
+                let path = store.parse_user_path(p).ok()?;
+                let rest = p.strip_prefix(store.print(&path)).ok()?;
+                let physical = store.physical_path(&path);
+                // (`join("")` would add a `/`, which a file does not take.)
+                Some(if rest.as_os_str().is_empty() {
+                    physical
+                } else {
+                    physical.join(rest)
+                })
+            });
+            logical
+                .and_then(|l| std::fs::canonicalize(l).ok())
+                .ok_or_else(|| CliError::Usage {
+                    message: format!("cannot read `{}`: {source}", p.display()),
+                    hint: Some("give two store paths, `result` links, files or folders".into()),
+                })
         })
     };
     let (ra, rb) = (resolve(&a)?, resolve(&b)?);
     let differences =
-        crate::check::explain::diff_paths(&ra, &rb).map_err(|source| CliError::Io {
+        crate::check::explain::diff_paths(&ra, &rb, &options).map_err(|source| CliError::Io {
             action: "compare the two",
             source,
         })?;
@@ -369,5 +417,22 @@ pub fn run_diff(ctx: &Context, json: bool, a: PathBuf, b: PathBuf) -> Result<Exi
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// The diff's options: with `--diffoscope`, diffoscope from `PATH` or a usage error
+/// naming the package that has it.
+fn diff_options(diffoscope: bool) -> Result<crate::check::explain::Options, CliError> {
+    Ok(crate::check::explain::Options {
+        diffoscope: if diffoscope {
+            Some(
+                crate::check::diffoscope::Diffoscope::find().map_err(|e| CliError::Usage {
+                    message: e.to_string(),
+                    hint: Some("install it: `apt-get install diffoscope-minimal`".into()),
+                })?,
+            )
+        } else {
+            None
+        },
     })
 }

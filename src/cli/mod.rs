@@ -68,6 +68,10 @@ enum Command {
         /// Print the differences as JSON.
         #[arg(long)]
         json: bool,
+        /// Hand each differing file pair (members of images and archives extracted) to
+        /// `diffoscope`, at most 60 s each, and show what it says (16 KiB at most).
+        #[arg(long)]
+        diffoscope: bool,
         /// The first.
         a: PathBuf,
         /// The second.
@@ -250,7 +254,12 @@ pub fn main() -> ExitCode {
         }
         Command::Realise(args) => realise_cmd::run(&ctx, args),
         Command::Check(args) => check_cmd::run(&ctx, args),
-        Command::Diff { json, a, b } => check_cmd::run_diff(&ctx, json, a, b),
+        Command::Diff {
+            json,
+            diffoscope,
+            a,
+            b,
+        } => check_cmd::run_diff(&ctx, json, diffoscope, a, b),
         Command::Lock { names } => drv_cmd::run_lock(&ctx, names),
         Command::Pin { key, file } => drv_cmd::run_pin(&ctx, key, file),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),

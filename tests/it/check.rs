@@ -473,3 +473,99 @@ fn an_image_diff_names_the_partition_the_file_and_the_line() {
         assert!(same.status.success() && same.stdout.is_empty());
     }
 }
+
+/// Whether diffoscope is installed; in CI (`KSBUILD_REQUIRE_NETWORK`, which installs the
+/// Debian packages the tests use) its absence is a failure.
+fn skip_without_diffoscope() -> bool {
+    if crate::common::command_available("diffoscope") {
+        return false;
+    }
+    if std::env::var_os("KSBUILD_REQUIRE_NETWORK").is_some() {
+        panic!("diffoscope is required (KSBUILD_REQUIRE_NETWORK is set): apt-get install diffoscope-minimal (.ci/install-nix installs it)");
+    }
+    eprintln!("SKIP: diffoscope is not installed (apt-get install diffoscope-minimal)");
+    true
+}
+
+/// `--diffoscope` without diffoscope is a usage error naming the package; with it, `ksbuild
+/// diff` of two differing store outputs and `ksbuild check` of a non-reproducible one
+/// carry what diffoscope says of the differing file (in the JSON and the text).
+#[test]
+fn diffoscope_output_is_attached_to_a_difference() {
+    if skip_without_busybox() {
+        return;
+    }
+    let files = [
+        drv("one", "echo 'greeting=hello one' > $out"),
+        drv("two", "echo 'greeting=hello two' > $out"),
+        drv(
+            "uuid",
+            "echo \"id=$(cat /proc/sys/kernel/random/uuid)\" > $out",
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let p = Project::new(&files);
+    let paths = run_ok(p.ks("st").args(["realise", "--no-link", "one", "two"]));
+    let paths: Vec<&str> = paths.lines().collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    let out = run(p.ks("st").env("PATH", "/nonexistent").args([
+        "diff",
+        "--diffoscope",
+        paths[0],
+        paths[1],
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing compared");
+    assert!(
+        stderr.contains("needs `diffoscope` on PATH")
+            && stderr.contains("apt-get install diffoscope-minimal"),
+        "{stderr}"
+    );
+    if skip_without_diffoscope() {
+        return;
+    }
+    let out = run(p
+        .ks("st")
+        .args(["diff", "--json", "--diffoscope", paths[0], paths[1]]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = d[0]["diffoscope"].as_str().unwrap_or_else(|| panic!("{d}"));
+    // diffoscope's unified diff of the two files: both lines, marked.
+    assert!(
+        text.contains("-greeting=hello one") && text.contains("+greeting=hello two"),
+        "{text}"
+    );
+    let plain = run(p
+        .ks("st")
+        .args(["diff", "--diffoscope", paths[0], paths[1]]));
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.contains("diffoscope:") && plain.contains("+greeting=hello two"),
+        "{plain}"
+    );
+    // Without the flag, no diffoscope key.
+    let out = run(p.ks("st").args(["diff", "--json", paths[0], paths[1]]));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(d[0].get("diffoscope").is_none(), "{d}");
+    let out = run(p.ks("st").args(["check", "--json", "--diffoscope", "uuid"]));
+    assert_eq!(out.status.code(), Some(104));
+    let v = verdict(&out);
+    let text = v["derivations"][0]["outputs"][0]["differences"][0]["diffoscope"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(text.contains("-id=") && text.contains("+id="), "{text}");
+}
