@@ -757,13 +757,17 @@ fn diff_ext4(
         return Ok(());
     }
     // Every file agrees: what differs is the filesystem's own metadata. The superblock's
-    // fields that carry a cause (UUID, hash seed, times) are named; failing those, the
-    // structure holding the first differing byte past the superblock.
+    // differing fields are named (UUID, hash seed, times, counters such as
+    // `s_kbytes_written`); then the structure holding the first differing byte past it.
     let fields: Vec<&(usize, usize, &str, Cause)> = SUPERBLOCK_FIELDS
         .iter()
         .filter(|(at, n, _, _)| a.superblock[*at..at + n] != b.superblock[*at..at + n])
         .collect();
-    let telling: Vec<_> = fields.iter().filter(|f| f.3 != Cause::Other).collect();
+    // Every differing field is named but the checksum, which follows from the others.
+    let telling: Vec<_> = fields
+        .iter()
+        .filter(|f| fields.len() == 1 || f.2 != "s_checksum")
+        .collect();
     let excerpt = |at: usize, n: usize| {
         let hex = |s: &[u8]| s.iter().map(|x| format!("{x:02x}")).collect::<String>();
         Some((
