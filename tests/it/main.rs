@@ -1,12 +1,14 @@
 //! The one integration test binary: end-to-end tests of the `ksbuild` command and
 //! cross-checks against real Nix 2.8. Shared helpers live in `common`.
 
+mod cache;
 mod cache_export;
 mod check;
 mod common;
 mod environment;
 mod faults;
 mod flake;
+mod http_server;
 mod images;
 mod init;
 mod instantiate;
