@@ -145,24 +145,6 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
             });
         }
     }
-    let progress = Progress::new(ctx, false, args.build.print_build_logs);
-    match graph::realise(
-        &store,
-        &lowered,
-        &args.targets,
-        &Mirrors::discover(),
-        &executor,
-        args.build.jobs,
-        &progress,
-    ) {
-        Ok(_) => {}
-        Err(RealiseError::Store(e)) => return Err(e.into()),
-        Err(e) => {
-            return Err(CliError::Failed(format!(
-                "cannot check what does not build: {e}"
-            )))
-        }
-    }
     let selected: Vec<&str> = match args.depth {
         Depth::Targets => args.targets.iter().map(String::as_str).collect(),
         Depth::Closure => {
@@ -181,6 +163,36 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                 .collect()
         }
     };
+    // Each derivation checked is rebuilt, so its inputs must be valid: they are realised
+    // too, even where a substituted output would otherwise make them unneeded.
+    let mut roots: std::collections::BTreeSet<String> =
+        selected.iter().map(|k| k.to_string()).collect();
+    for k in &selected {
+        roots.extend(lowered.nodes[*k].deps.iter().cloned());
+    }
+    let roots: Vec<String> = roots.into_iter().collect();
+    let progress = Progress::new(ctx, false, args.build.print_build_logs);
+    // Substituted inputs are fine; a substituted target is not `ultimate`, so it never
+    // counts as one of the rounds: each round is a build.
+    let substituters = args.build.substituters(store.store_dir())?;
+    match graph::realise(
+        &store,
+        &lowered,
+        &roots,
+        &Mirrors::discover(),
+        &substituters,
+        &executor,
+        args.build.jobs,
+        &progress,
+    ) {
+        Ok(_) => {}
+        Err(RealiseError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot check what does not build: {e}"
+            )))
+        }
+    }
     // The derivations are checked `-j` at a time (their inputs are all valid now), each
     // verdict told as it comes and kept in the order of `selected`.
     let options = CheckOptions {

@@ -121,7 +121,7 @@ a = "a"
     ),
 ];
 
-const GRAPH_NIX: &str = r#"
+pub(crate) const GRAPH_NIX: &str = r#"
 let bb = "${./tools/busybox}/bin/busybox"; sde = "1704067200"; in rec {
   a = derivation { name = "a"; system = "x86_64-linux"; builder = bb; SOURCE_DATE_EPOCH = sde;
     args = [ "sh" "-c" "$builder mkdir $out && echo a > $out/a && $builder ln -s $out/a $out/self && $builder chmod 744 $out/a" ]; };
