@@ -17,6 +17,7 @@
 //! process that finds the store idle sweeps away (see [`Store::open`]).
 
 mod cache;
+pub mod compression;
 mod dump;
 mod fsutil;
 mod gc;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cache::copy_to_binary_cache;
+pub use compression::Compression;
 pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
     RestoreMode,

@@ -7,6 +7,7 @@ mod common;
 mod environment;
 mod faults;
 mod flake;
+mod http_server;
 mod images;
 mod init;
 mod instantiate;
