@@ -533,10 +533,17 @@ fn substitute_all(
             }
             Err(e) => {
                 substituters.mark_failed(&found.info.store_path);
+                // The whole chain: "NAR error while processing …: unexpected end of file".
+                let mut error = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    error.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
                 reporter.event(&Event::SubstituteFailed {
                     path,
                     substituter: found.substituter.clone(),
-                    error: e.to_string(),
+                    error,
                 });
                 Err(())
             }

@@ -7,65 +7,32 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
-/// A compression this build cannot read.
+use crate::store::Compression;
+
+/// A NAR that cannot be decompressed.
 #[derive(Debug, thiserror::Error)]
 pub enum DecompressError {
     /// The data has no known magic number (Nix: "input compression not recognized").
     #[error("input compression not recognized (narinfo says `{label}`)")]
     NotRecognized { label: String },
-    /// A known format this build was made without.
-    #[error("`{format}` NARs cannot be read by this build of ksbuild")]
-    Unsupported { format: &'static str },
-    /// Reading the first bytes failed.
+    /// Reading the first bytes, or starting the decoder, failed.
     #[error("cannot read the NAR")]
     Io(#[source] io::Error),
 }
 
-/// The formats recognised by their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `FD 37 7A 58 5A 00`.
-    Xz,
-    /// `28 B5 2F FD`.
-    Zstd,
-    /// `BZh`.
-    Bzip2,
-    /// `1F 8B`.
-    Gzip,
-}
-
-impl Format {
-    /// The format whose magic number `head` starts with.
-    pub fn sniff(head: &[u8]) -> Option<Format> {
-        if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
-            Some(Format::Xz)
-        } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-            Some(Format::Zstd)
-        } else if head.starts_with(b"BZh") {
-            Some(Format::Bzip2)
-        } else if head.starts_with(&[0x1F, 0x8B]) {
-            Some(Format::Gzip)
-        } else {
-            None
-        }
-    }
-}
-
-/// A reader of the NAR inside `input`, compressed as `label` says (see the module docs).
+/// A reader of the NAR inside `input`, compressed as `label` says (see the module docs);
+/// the decoders are [`Compression`]'s.
 pub fn decoder<'a>(
     label: &str,
-    input: impl Read + Send + 'a,
-) -> Result<Box<dyn Read + Send + 'a>, DecompressError> {
+    input: impl Read + 'a,
+) -> Result<Box<dyn Read + 'a>, DecompressError> {
     if label.is_empty() || label == "none" {
         return Ok(Box::new(input));
     }
     let mut input = BufReader::with_capacity(256 * 1024, input);
     let head = input.fill_buf().map_err(DecompressError::Io)?;
-    match Format::sniff(head) {
-        Some(Format::Xz) => Ok(Box::new(xz2::read::XzDecoder::new_multi_decoder(input))),
-        Some(Format::Gzip) => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input))),
-        Some(Format::Zstd) => Err(DecompressError::Unsupported { format: "zstd" }),
-        Some(Format::Bzip2) => Err(DecompressError::Unsupported { format: "bzip2" }),
+    match Compression::detect(head) {
+        Some(found) => found.decoder(input).map_err(DecompressError::Io),
         None => Err(DecompressError::NotRecognized {
             label: label.to_string(),
         }),
@@ -100,6 +67,11 @@ mod tests {
         assert_eq!(read("xz", xz(&nar)).unwrap(), nar);
         // Nix reads whatever the data is, whatever the label.
         assert_eq!(read("bzip2", xz(&nar)).unwrap(), nar);
+        let mut zstd = Vec::new();
+        let mut e = Compression::Zstd.encoder(&mut zstd, 1).unwrap();
+        e.write_all(&nar).unwrap();
+        e.finish().unwrap();
+        assert_eq!(read("xz", zstd).unwrap(), nar);
         let e = read("xz", nar.clone()).unwrap_err();
         assert!(e.contains("not recognized"), "{e}");
     }

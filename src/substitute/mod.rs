@@ -44,6 +44,13 @@ pub enum SubstituteError {
     /// The NAR the narinfo points at is not there.
     #[error("its NAR `{url}` is missing from the cache")]
     NarMissing { url: String },
+    /// The NAR (after decompression) is malformed or cut short.
+    #[error("its NAR `{url}` is damaged")]
+    BadNar {
+        url: String,
+        #[source]
+        source: crate::compat::nar::NarError,
+    },
     /// The NAR is compressed in a way that cannot be read.
     #[error(transparent)]
     Decompress(#[from] decompress::DecompressError),
@@ -414,7 +421,14 @@ impl Substituters {
                 BufReader::with_capacity(256 * 1024, &mut nar),
                 &target,
                 RestoreMode::Canonical,
-            )?;
+            )
+            .map_err(|e| match e {
+                StoreError::Nar { source, .. } => SubstituteError::BadNar {
+                    url: format!("{}/{}", cache.url, info.url),
+                    source,
+                },
+                other => other.into(),
+            })?;
             nar.finish()
         };
         // What the decompressor left unread still counts for FileHash and FileSize.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::common::{nix, run, run_ok, skip_without_nix};
+use crate::http_server::Nginx;
 use crate::realise::{skip_without_busybox, Project, GRAPH, GRAPH_NIX};
 
 /// The events of a `--json` realisation.
@@ -128,6 +129,46 @@ fn a_cache_written_by_nix_substitutes_instead_of_building() {
     // A second realisation finds it all valid.
     let again = run_ok(&mut realise_with(&p, "ks", &cache_url, &pk, "c"));
     assert_eq!(kinds(&events(&again)), ["cached", "plan"], "{again}");
+
+    // The same closure, zstd-compressed by Nix, served by a real HTTP server.
+    let served = t.join("served");
+    run_ok(
+        nix("nix")
+            .env("XDG_CACHE_HOME", t.join("xdg"))
+            .args(["copy", "--from"])
+            .arg(&nix_root)
+            .arg("--to")
+            .arg(format!(
+                "file://{}?compression=zstd&secret-key={}",
+                served.display(),
+                t.join("sk").display()
+            ))
+            .arg(&c_path),
+    );
+    let Some(server) = Nginx::start_or_skip(&served) else {
+        return;
+    };
+    let out = run_ok(&mut realise_with(&p, "ks-http", &server.url(), &pk, "c"));
+    let ev = events(&out);
+    assert!(!kinds(&ev).contains(&"build-started"), "{out}");
+    let over_http = ev
+        .iter()
+        .filter(|e| e["event"] == "substitute-finished")
+        .count();
+    assert_eq!(over_http, closure.lines().count(), "{out}");
+    let log = server.access_log();
+    assert!(log.contains("GET /nix-cache-info"), "{log}");
+    assert!(log.contains(".nar.zst HTTP"), "{log}");
+    run_ok(
+        p.ks("ks-http")
+            .args(["store", "verify", "--check-contents"]),
+    );
+    for path in closure.lines() {
+        assert_eq!(
+            path_info(&p, "ks-http", path)["narHash"],
+            path_info(&p, "ks", path)["narHash"]
+        );
+    }
 }
 
 /// A project built once into `src` and exported, signed, to a `file://` cache.
@@ -266,7 +307,7 @@ fn bad_cache_entries_are_refused_and_built_instead() {
                 fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
             },
             true,
-            "NAR",
+            ".nar` is damaged: NAR is truncated",
         ),
         (
             "wrong-store-path",
