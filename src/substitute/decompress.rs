@@ -32,6 +32,10 @@ pub fn decoder<'a>(
     let mut input = BufReader::with_capacity(256 * 1024, input);
     let head = input.fill_buf().map_err(DecompressError::Io)?;
     match Compression::detect(head) {
+        // zstd reads straight from this buffer (its `Decoder::new` would add another).
+        Some(Compression::Zstd) => Ok(Box::new(
+            zstd::Decoder::with_buffer(input).map_err(DecompressError::Io)?,
+        )),
         Some(found) => found.decoder(input).map_err(DecompressError::Io),
         None => Err(DecompressError::NotRecognized {
             label: label.to_string(),
