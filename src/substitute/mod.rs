@@ -529,3 +529,121 @@ impl<R: Read> Read for Counted<'_, R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use std::path::Path;
+
+    use super::*;
+    use crate::compat::nar::Node;
+    use crate::compat::signing::SecretKey;
+    use crate::store::Silent;
+
+    /// Collects warnings.
+    #[derive(Default)]
+    struct Warnings(Mutex<Vec<String>>);
+    impl Observer for Warnings {
+        fn warning(&self, text: &str) {
+            self.0.lock().unwrap().push(text.to_string());
+        }
+    }
+
+    /// A `file://` cache at `dir` holding `path` as the NAR of `contents`, signed by `key`.
+    fn cache(dir: &Path, info_file: &str, path: &StorePath, contents: &[u8], key: &SecretKey) {
+        std::fs::create_dir_all(dir.join("nar")).unwrap();
+        std::fs::write(dir.join("nix-cache-info"), info_file).unwrap();
+        let nar = Node::Regular {
+            executable: false,
+            contents: contents.to_vec(),
+        }
+        .write_nar(Vec::new())
+        .unwrap();
+        let hash = Hash::sha256(&nar);
+        std::fs::write(dir.join(format!("nar/{}.nar", hash.to_nix32())), &nar).unwrap();
+        let mut info = NarInfo {
+            store_path: path.clone(),
+            url: format!("nar/{}.nar", hash.to_nix32()),
+            compression: "none".into(),
+            file_hash: Some(hash.clone()),
+            file_size: Some(nar.len() as u64),
+            nar_hash: hash,
+            nar_size: nar.len() as u64,
+            references: BTreeSet::new(),
+            deriver: None,
+            system: None,
+            signatures: Vec::new(),
+            ca: None,
+        };
+        let sd = StoreDir::default();
+        info.sign(&sd, key).unwrap();
+        std::fs::write(
+            dir.join(format!("{}.narinfo", path.hash_part())),
+            info.to_text(&sd),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn priority_orders_caches_and_broken_ones_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let key = SecretKey::from_seed("k-1", [7; 32]).unwrap();
+        let path = StorePath::from_base_name("00000000000000000000000000000000-x").unwrap();
+        cache(
+            &t.join("slow"),
+            "StoreDir: /nix/store\nPriority: 60\n",
+            &path,
+            b"slow",
+            &key,
+        );
+        cache(
+            &t.join("fast"),
+            "StoreDir: /nix/store\nPriority: 10\n",
+            &path,
+            b"fast",
+            &key,
+        );
+        cache(
+            &t.join("other"),
+            "StoreDir: /gnu/store\n",
+            &path,
+            b"other",
+            &key,
+        );
+        let url = |name: &str| format!("file://{}", t.join(name).display());
+        let settings = Settings::from_layers(&[config::Layer {
+            origin: "test".into(),
+            substituters: Some(vec![url("missing"), url("other"), url("slow"), url("fast")]),
+            trusted_public_keys: Some(vec![key.to_public().to_string()]),
+        }])
+        .unwrap();
+        let subs = Substituters::new(&settings, &StoreDir::default());
+        let warnings = Warnings::default();
+        let found = subs.lookup(&path, false, &warnings).unwrap();
+        assert_eq!(found.substituter, url("fast"));
+        let w = warnings.0.lock().unwrap().join("\n");
+        assert!(w.contains("does not appear to be a binary cache"), "{w}");
+        assert!(w.contains("holds paths of `/gnu/store`"), "{w}");
+        // `?priority=` in the URL overrides the cache's own.
+        let settings = Settings::from_layers(&[config::Layer {
+            origin: "test".into(),
+            substituters: Some(vec![format!("{}?priority=1", url("slow")), url("fast")]),
+            trusted_public_keys: Some(vec![key.to_public().to_string()]),
+        }])
+        .unwrap();
+        let subs = Substituters::new(&settings, &StoreDir::default());
+        let found = subs.lookup(&path, false, &Quiet).unwrap();
+        assert_eq!(found.substituter, url("slow"));
+        // Neither wants mass queries: a mass lookup asks neither.
+        let subs = Substituters::new(&settings, &StoreDir::default());
+        assert!(subs.lookup(&path, true, &Quiet).is_none());
+        // Substituted: valid, the cache's bytes, not ultimate.
+        let store = Store::open(&t.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap();
+        let valid = subs.substitute(&store, &found, &Quiet).unwrap();
+        assert!(!valid.ultimate);
+        assert_eq!(std::fs::read(store.physical_path(&path)).unwrap(), b"slow");
+        assert!(store.verify(true).unwrap().damaged.is_empty());
+    }
+}
