@@ -70,7 +70,7 @@ impl Project {
 
     /// [`Project::ks`] run by an ordinary user (uid 4242 under `setpriv` when the tests
     /// run as root), who is given the project and scratch directory first.
-    fn ks_ordinary(&self, store: &str) -> Command {
+    pub(crate) fn ks_ordinary(&self, store: &str) -> Command {
         give_to_ordinary_user(&self.scratch);
         let mut c = ksbuild_as_ordinary_user(&self.scratch.join(store));
         c.arg("--project").arg(&self.dir).current_dir(&self.scratch);

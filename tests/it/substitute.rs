@@ -450,3 +450,34 @@ fn check_builds_every_round_of_a_substituted_output() {
     let builds = &v["derivations"][0]["outputs"][0]["builds"];
     assert_eq!(builds.as_array().map(Vec::len), Some(2), "{text}");
 }
+
+/// An ordinary user (no `CAP_DAC_OVERRIDE`) substitutes into a store of their own: the
+/// sealed (0555) trees restored from NARs move into place and verify.
+#[test]
+fn an_ordinary_user_substitutes() {
+    if skip_without_busybox() {
+        return;
+    }
+    let x = export_graph();
+    let url = format!("file://{}", x.cache.display());
+    let out = run_ok(
+        x.p.ks_ordinary("mine")
+            .args(["realise", "--no-link", "--json", "--substituters", &url])
+            .args(["--trusted-public-keys", &x.pk, "c"])
+            .env("NIX_CONF_DIR", x.p.scratch.join("no-nix-conf"))
+            .env("XDG_CONFIG_HOME", x.p.scratch.join("no-config")),
+    );
+    let ev = events(&out);
+    assert!(!kinds(&ev).contains(&"build-started"), "{out}");
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e["event"] == "substitute-finished")
+            .count(),
+        2,
+        "{out}"
+    );
+    run_ok(
+        x.p.ks_ordinary("mine")
+            .args(["store", "verify", "--check-contents"]),
+    );
+}
