@@ -411,7 +411,7 @@ fn plan(
                         ));
                         None
                     }
-                    Err(Unavailable::Absent(_)) => None,
+                    Err(Unavailable::Absent(_) | Unavailable::Failed(_)) => None,
                 }
             })
         };

@@ -111,6 +111,9 @@ impl Found {
 pub enum Unavailable {
     /// No cache has the path itself (the usual case for what has never been built).
     Absent(StorePath),
+    /// The path (or one in its closure) failed to substitute earlier in this run (and
+    /// was reported then).
+    Failed(StorePath),
     /// A cache has the path, but a path it references is in none.
     MissingReference {
         path: StorePath,
@@ -336,6 +339,9 @@ impl Substituters {
         while let Some((path, referrer)) = todo.pop() {
             if plan.contains_key(&path) || store.is_valid(&path).unwrap_or(false) {
                 continue;
+            }
+            if self.lock_failed().contains(&path) {
+                return Err(Unavailable::Failed(path));
             }
             // A root's availability is a mass query; a reference of a path found is not.
             let found = self.lookup(&path, mass && referrer.is_none(), obs);
