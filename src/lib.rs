@@ -39,10 +39,13 @@
 //! * `compat/store_path.rs` — [`compat::StorePath`], `makeStorePath` and friends.
 //! * `compat/nar.rs` — streaming NAR writer and strict reader; `refscan.rs` — reference scanning.
 //! * `compat/derivation.rs` — ATerm, `hashDerivationModulo`, output and `.drv` paths.
-//! * `compat/narinfo.rs`, `signing.rs` — narinfo files, fingerprints, Ed25519 keys.
+//! * `compat/narinfo.rs`, `signing.rs` — narinfo files, fingerprints, Ed25519 keys;
+//!   `nar_listing.rs` — the `.ls` NAR listings of binary caches.
 //! * `store/mod.rs` — [`store::Store`]: add, register, query; `dump.rs` — trees ⇄ NARs;
 //!   `pipe.rs` — the hashing thread; `metadata.rs` — records; `lock.rs` — file locks;
-//!   `gc.rs` — roots, collection and the sweep of leftovers; `verify.rs`; `fsutil.rs`.
+//!   `gc.rs` — roots, collection and the sweep of leftovers; `verify.rs`; `fsutil.rs`;
+//!   `cache.rs` — publishing to binary caches (`file://`, HTTP PUT); `compression.rs` —
+//!   NAR compressions (xz, zstd, bzip2, gzip, none), encoders and decoders.
 //! * `sandbox/` — [`sandbox::run`]: `plan.rs` (spec → typed steps, pure), `step.rs`,
 //!   `sys.rs` (the one syscall layer), `init.rs` (the init process), `zygote.rs` (which
 //!   clones PID 1s ahead of the builds and reaps them), `pid1.rs`, `supervisor.rs` (log

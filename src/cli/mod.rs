@@ -2,6 +2,7 @@
 //! function over library operations. stdout carries data only (paths, hashes, JSON);
 //! messages go to stderr; errors are rendered by miette here and nowhere else.
 
+mod cache_cmd;
 mod check_cmd;
 mod drv_cmd;
 mod errors;
@@ -107,6 +108,9 @@ enum Command {
         #[arg(required = true)]
         targets: Vec<String>,
     },
+    /// Publish to Nix binary caches.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
     /// Work with the store: add, inspect, verify, collect garbage.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -255,6 +259,7 @@ pub fn main() -> ExitCode {
         Command::Pin { key, file } => drv_cmd::run_pin(&ctx, key, file),
         Command::Log { target } => realise_cmd::run_log(&ctx, target),
         Command::WhyRebuild { json, target } => realise_cmd::run_why(&ctx, target, json),
+        Command::Cache(cmd) => cache_cmd::run(&ctx, cmd),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),

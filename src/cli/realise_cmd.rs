@@ -420,6 +420,33 @@ impl Progress {
 
 /// `ksbuild realise`.
 pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
+    run_with(ctx, args, true)
+}
+
+/// Realises `targets` as `ksbuild realise --no-link TARGET…` does (substitution, downloads,
+/// builds, progress on stderr), but prints nothing on stdout: for commands that use the
+/// outputs (`cache push`). Returns realise's exit code.
+pub(super) fn realise_quietly(ctx: &Context, targets: &[String]) -> Result<ExitCode, CliError> {
+    use clap::Parser;
+    /// `RealiseArgs` parsed as the command line would give them, so every option keeps
+    /// its default.
+    #[derive(Parser)]
+    #[command(name = "realise")]
+    struct Line {
+        #[command(flatten)]
+        args: RealiseArgs,
+    }
+    let line = ["realise", "--no-link", "--"]
+        .into_iter()
+        .map(String::from)
+        .chain(targets.iter().cloned());
+    let args = Line::try_parse_from(line)
+        .map_err(|e| CliError::Failed(format!("cannot realise {targets:?}: {e}")))?
+        .args;
+    run_with(ctx, args, false)
+}
+
+fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
     // Created first: a `--check` rebuilds whatever the evaluation gives, so its zygote
     // can start up meanwhile; otherwise it starts once there is something to build.
@@ -589,7 +616,9 @@ pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
             }
         }
     }
-    out(paths.as_bytes())?;
+    if print_paths {
+        out(paths.as_bytes())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,22 +76,9 @@ pub enum StoreCommand {
         /// A store path or any file or directory.
         path: PathBuf,
     },
-    /// Copy paths and their closures into a binary cache directory (`nix copy --to file://…`);
-    /// prints the paths written.
-    Copy {
-        /// The cache: `file:///absolute/dir` or a directory.
-        #[arg(long)]
-        to: String,
-        /// Sign each narinfo with this Nix secret key file (`name:base64`).
-        #[arg(long, value_name = "FILE")]
-        secret_key_file: Option<PathBuf>,
-        /// Copy only the given paths, not their closures.
-        #[arg(long)]
-        no_recursive: bool,
-        /// Store paths.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
+    /// The same as `ksbuild cache push` (`nix copy --to`): publish targets or paths with
+    /// their closures to a binary cache; prints the paths uploaded.
+    Copy(super::cache_cmd::PushArgs),
     /// Read a NAR from stdin and recreate the tree at PATH (`nix-store --restore`).
     Restore {
         /// Where to create the tree; must not exist.
@@ -226,66 +213,7 @@ pub fn run(ctx: &Context, cmd: StoreCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        StoreCommand::Copy {
-            to,
-            secret_key_file,
-            no_recursive,
-            paths,
-        } => {
-            let dir = PathBuf::from(to.strip_prefix("file://").unwrap_or(&to));
-            if to.contains("://") && !to.starts_with("file://") {
-                return Err(CliError::Usage {
-                    message: format!(
-                        "cannot copy to `{to}`: only local binary caches are supported"
-                    ),
-                    hint: Some("use `--to file:///some/dir`".into()),
-                });
-            }
-            let key = match secret_key_file {
-                Some(f) => {
-                    let text = std::fs::read_to_string(&f).map_err(|e| CliError::Usage {
-                        message: format!("cannot read the secret key file `{}`: {e}", f.display()),
-                        hint: Some(
-                            "create one with `ksbuild key generate NAME SECRET PUBLIC`".into(),
-                        ),
-                    })?;
-                    Some(
-                        crate::compat::signing::SecretKey::parse(text.trim_end()).map_err(|e| {
-                            CliError::Usage {
-                                message: format!("`{}` is not a Nix secret key: {e}", f.display()),
-                                hint: Some(
-                                    "secret keys look like `name:<base64 of 64 bytes>`".into(),
-                                ),
-                            }
-                        })?,
-                    )
-                }
-                None => None,
-            };
-            let store = ctx.open_store()?;
-            let mut wanted = std::collections::BTreeSet::new();
-            for p in &paths {
-                let sp = store.parse_user_path(p)?;
-                store.path_info(&sp)?;
-                wanted.insert(sp);
-            }
-            let all = if no_recursive {
-                wanted
-            } else {
-                store.closure(wanted)?
-            };
-            let written = store::copy_to_binary_cache(&store, &all, &dir, key.as_ref())?;
-            for p in &written {
-                out_line(&store.print(p))?;
-            }
-            ctx.note(&format!(
-                "copied {} paths to `{}` ({} already there)",
-                written.len(),
-                dir.display(),
-                all.len() - written.len()
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
+        StoreCommand::Copy(args) => super::cache_cmd::push(ctx, args),
         StoreCommand::Restore { path } => {
             store::restore_nar(std::io::stdin().lock(), &path, RestoreMode::Plain)?;
             Ok(ExitCode::SUCCESS)

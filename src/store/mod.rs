@@ -32,7 +32,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use cache::copy_to_binary_cache;
+pub use cache::{
+    push_to_binary_cache, CacheTransport, CacheUrl, PushOptions, PushReport, Uploaded, UrlParams,
+};
 pub use compression::Compression;
 pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
@@ -95,6 +97,17 @@ pub enum StoreError {
     /// The operation was refused for safety.
     #[error("{0}")]
     Refused(String),
+    /// A binary cache URL ksbuild cannot use.
+    #[error("cannot use the binary cache `{url}`: {reason}")]
+    BadCacheUrl { url: String, reason: String },
+    /// An HTTP request to a binary cache failed (after retries, for transient failures).
+    #[error("{method} `{url}` failed: {}{}", status.map_or("no response".to_string(), |s| format!("HTTP {s}")), if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    Http {
+        method: &'static str,
+        url: String,
+        status: Option<u16>,
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -111,6 +124,21 @@ impl StoreError {
             StoreError::NoName(_) => Some("pass `--name NAME`".into()),
             StoreError::StorePath(StorePathError::BadName { .. }) => {
                 Some("pass `--name NAME` with letters, digits and `+-._?=` only".into())
+            }
+            StoreError::Http { method: "PUT", status: Some(405 | 501), .. } => Some(
+                "the server does not accept uploads: enable WebDAV PUT (nginx: `dav_methods PUT; create_full_put_path on;`), or push to a `file://` directory it serves".into(),
+            ),
+            StoreError::Http { status: Some(401 | 403 | 407), .. } => Some(
+                "the server refused access: check its permissions for this client (ksbuild sends no credentials)".into(),
+            ),
+            StoreError::Http { status: Some(409), .. } => Some(
+                "the server could not create the file's folder: enable `create_full_put_path on;` (nginx) or create `nar/` and `log/` on the server".into(),
+            ),
+            StoreError::Http { status: Some(413), .. } => Some(
+                "the NAR is larger than the server accepts: raise its limit (nginx: `client_max_body_size 0;`)".into(),
+            ),
+            StoreError::Http { status: None, .. } => {
+                Some("check that the server is running and the URL (host, port, scheme) is right".into())
             }
             StoreError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 Some("check the permissions of the store root (`--store`, `KSBUILD_STORE`)".into())

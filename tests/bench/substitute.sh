@@ -75,7 +75,7 @@ export XDG_CONFIG_HOME=$WORK/config NIX_CONF_DIR=$WORK/nix-conf
 TOP=$("$KS" --store "$WORK/src" realise --no-link -j2 top)
 "$KS" --store "$WORK/src" key generate bench-1 "$WORK/sk" "$WORK/pk" >/dev/null
 PK=$(cat "$WORK/pk")
-"$KS" --store "$WORK/src" store copy --to "file://$WORK/plain" --secret-key-file "$WORK/sk" "$TOP" >/dev/null
+"$KS" --store "$WORK/src" cache push --compression none --to "file://$WORK/plain" --secret-key-file "$WORK/sk" "$TOP" >/dev/null
 for c in xz zstd; do
   XDG_CACHE_HOME=$WORK/xdg nix copy --no-check-sigs --from "file://$WORK/plain" \
     --to "file://$WORK/www/$c?compression=$c&parallel-compression=true&secret-key=$WORK/sk" "$TOP"

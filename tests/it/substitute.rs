@@ -171,7 +171,8 @@ fn a_cache_written_by_nix_substitutes_instead_of_building() {
     }
 }
 
-/// A project built once into `src` and exported, signed, to a `file://` cache.
+/// A project built once into `src` and pushed, signed and uncompressed (so that the tests
+/// can damage NARs byte by byte), to a `file://` cache.
 struct Exported {
     p: Project,
     cache: PathBuf,
@@ -195,7 +196,7 @@ fn export_graph() -> Exported {
     let cache = t.join("cache");
     let written = run_ok(
         p.ks("src")
-            .args(["store", "copy", "--to"])
+            .args(["cache", "push", "--compression", "none", "--to"])
             .arg(format!("file://{}", cache.display()))
             .arg("--secret-key-file")
             .arg(t.join("sk"))
