@@ -486,3 +486,46 @@ fn an_ordinary_user_substitutes() {
             .args(["store", "verify", "--check-contents"]),
     );
 }
+
+/// ksbuild → ksbuild over HTTP: `cache push` (xz, by PUT) to a real nginx, then a fresh
+/// store substitutes the whole closure from it, builds nothing, and holds the same bytes.
+#[test]
+fn a_pushed_cache_substitutes_over_http() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(GRAPH);
+    let c = run_ok(p.ks("src").args(["realise", "--no-link", "c"]))
+        .trim()
+        .to_string();
+    let t = p.scratch.clone();
+    run_ok(
+        p.ks("src")
+            .args(["key", "generate", "http-1"])
+            .arg(t.join("sk"))
+            .arg(t.join("pk")),
+    );
+    let pk = fs::read_to_string(t.join("pk")).unwrap();
+    let served = t.join("served");
+    fs::create_dir_all(&served).unwrap();
+    let Some(server) = Nginx::start_or_skip(&served) else {
+        return;
+    };
+    run_ok(
+        p.ks("src")
+            .args(["cache", "push", "--to", &server.url(), "--secret-key-file"])
+            .arg(t.join("sk"))
+            .arg(&c),
+    );
+    let out = run_ok(&mut realise_with(&p, "dst", &server.url(), &pk, "c"));
+    let ev = events(&out);
+    assert!(!kinds(&ev).contains(&"build-started"), "{out}");
+    let log = server.access_log();
+    assert!(log.contains(".nar.xz HTTP"), "{log}");
+    for path in run_ok(p.ks("src").args(["store", "path-info", "-r", &c])).lines() {
+        let (ours, theirs) = (path_info(&p, "dst", path), path_info(&p, "src", path));
+        assert_eq!(ours["narHash"], theirs["narHash"], "{path}");
+        assert_eq!(ours["references"], theirs["references"], "{path}");
+    }
+    run_ok(p.ks("dst").args(["store", "verify", "--check-contents"]));
+}
