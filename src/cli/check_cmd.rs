@@ -100,6 +100,8 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     }
     let store = ctx.open_store()?;
     let executor = SandboxExecutor::new(&store, args.build.options(false))?;
+    // A wrong substituter or key is told before the project is evaluated.
+    let substituters = args.build.substituters(store.store_dir())?;
     let root = project_root(ctx)?;
     let project = ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) = instantiate_project(ctx, &store, project, &args.targets)?;
@@ -174,7 +176,6 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     let progress = Progress::new(ctx, false, args.build.print_build_logs);
     // Substituted inputs are fine; a substituted target is not `ultimate`, so it never
     // counts as one of the rounds: each round is a build.
-    let substituters = args.build.substituters(store.store_dir())?;
     match graph::realise(
         &store,
         &lowered,

@@ -455,6 +455,8 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     if args.check {
         graph::Executor::prepare(&executor, args.targets.len());
     }
+    // A wrong substituter or key is told before the project is evaluated.
+    let substituters = args.build.substituters(store.store_dir())?;
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =
         super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
@@ -472,7 +474,6 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     }
     let progress = Progress::new(ctx, args.json, args.build.print_build_logs);
     let mirrors = Mirrors::discover();
-    let substituters = args.build.substituters(store.store_dir())?;
     // `--check` rebuilds the targets: their inputs must be valid too, even where the
     // targets' outputs are substituted.
     let mut roots = args.targets.clone();

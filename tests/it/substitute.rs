@@ -529,3 +529,61 @@ fn a_pushed_cache_substitutes_over_http() {
     }
     run_ok(p.ks("dst").args(["store", "verify", "--check-contents"]));
 }
+
+/// Where the settings come from: `config.toml` over `nix.conf`, the command line over
+/// both, and `--no-substitute` over everything.
+#[test]
+fn settings_come_from_the_command_line_then_config_toml_then_nix_conf() {
+    if skip_without_busybox() {
+        return;
+    }
+    let x = export_graph();
+    let t = &x.p.scratch;
+    let good = format!("file://{}", x.cache.display());
+    let config = t.join("config");
+    let nix_conf = t.join("nix-conf");
+    fs::create_dir_all(config.join("ksbuild")).unwrap();
+    fs::create_dir_all(&nix_conf).unwrap();
+    let realise = |store: &str, extra: &[&str]| {
+        let mut c = x.p.ks(store);
+        c.args(["realise", "--no-link", "--json"])
+            .args(extra)
+            .arg("c")
+            .env("XDG_CONFIG_HOME", &config)
+            .env("NIX_CONF_DIR", &nix_conf);
+        let out = run(&mut c);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ev = events(&String::from_utf8_lossy(&out.stdout));
+        let substituted = ev.iter().any(|e| e["event"] == "substitute-finished");
+        (
+            substituted,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // nix.conf alone (with an extra- key) is read.
+    fs::write(
+        nix_conf.join("nix.conf"),
+        format!(
+            "substituters = {good}\nextra-trusted-public-keys = {}\n",
+            x.pk
+        ),
+    )
+    .unwrap();
+    assert!(realise("s1", &[]).0, "nix.conf's substituter was not used");
+    // config.toml's substituters replace nix.conf's (keys still from nix.conf).
+    fs::write(
+        config.join("ksbuild/config.toml"),
+        "substituters = [\"file:///nonexistent-cache\"]\n",
+    )
+    .unwrap();
+    let (substituted, stderr) = realise("s2", &[]);
+    assert!(!substituted, "nix.conf's substituter was used: {stderr}");
+    assert!(stderr.contains("file:///nonexistent-cache"), "{stderr}");
+    // The command line replaces both; `--no-substitute` turns them all off.
+    assert!(realise("s3", &["--substituters", &good]).0);
+    assert!(!realise("s4", &["--no-substitute"]).0);
+}
