@@ -15,12 +15,12 @@
 //! | [`store`] | layout, locks, add/register (canonicalise, NAR hash, reference scan), metadata, verify, GC roots, GC | filesystem |
 //! | [`sandbox`] | one hermetic build: namespaces, id maps, mounts, `pivot_root`, privilege drop, `exec`; log streaming and timeouts; a check's variations | syscalls (the only `unsafe`) |
 //! | [`fetch`] | fixed-output downloads, mirrors, `.deb`/tar unpacking, environment locks | network, store |
+//! | [`substitute`] | binary caches read as Nix reads them: configuration, trust, narinfo lookups, NAR download, check and registration | network, store |
 //! | [`graph`] | the DAG, the ready queue, `-j` slots, the sandbox executor, why-rebuild records | runs builds |
 //! | [`check`] | rounds of builds compared, variations, explained differences, recorded outputs | runs builds, reads outputs |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
 //!
-//! Layers still to come (see `../shared/DESIGN.md`): `cache` (binary caches) and `remote`
-//! (Nix's serve protocol).
+//! Layers still to come (see `../shared/DESIGN.md`): `remote` (Nix's serve protocol).
 //!
 //! # Two ideas to keep in mind
 //!
@@ -54,6 +54,10 @@
 //! * `model/` — `schema.rs` (the TOML), `mod.rs` (loading, spans), `lower.rs` (to
 //!   derivations; path inputs confined to the project), `pins.rs`, `sandbox.rs`
 //!   (environments), `excerpt.rs` (source windows for diagnostics).
+//! * `substitute/` — [`substitute::Substituters`] (`mod.rs`: lookups, closures, download
+//!   and registration), `config.rs` (command line > `config.toml` > `nix.conf`),
+//!   `trust.rs` (which narinfo is believed), `transport.rs` (`file://`, HTTP),
+//!   `decompress.rs`.
 //! * `graph/` — `mod.rs` ([`graph::realise`], events), `queue.rs`, `build.rs` (the sandbox
 //!   executor, platforms, rebuilds), `why.rs`.
 //! * `check/` — `mod.rs` (rounds, variations, verdicts, report), `explain.rs` (tree diffs
@@ -71,6 +75,7 @@ pub mod graph;
 pub mod model;
 pub mod sandbox;
 pub mod store;
+pub mod substitute;
 pub mod timing;
 
 /// The CPUs this process may use ([`std::thread::available_parallelism`], which reads

@@ -105,6 +105,8 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     let diff_options = diff_options(args.diffoscope)?;
     let store = ctx.open_store()?;
     let executor = SandboxExecutor::new(&store, args.build.options(false))?;
+    // A wrong substituter or key is told before the project is evaluated.
+    let substituters = args.build.substituters(store.store_dir())?;
     let root = project_root(ctx)?;
     let project = ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) = instantiate_project(ctx, &store, project, &args.targets)?;
@@ -150,24 +152,6 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
             });
         }
     }
-    let progress = Progress::new(ctx, false, args.build.print_build_logs);
-    match graph::realise(
-        &store,
-        &lowered,
-        &args.targets,
-        &Mirrors::discover(),
-        &executor,
-        args.build.jobs,
-        &progress,
-    ) {
-        Ok(_) => {}
-        Err(RealiseError::Store(e)) => return Err(e.into()),
-        Err(e) => {
-            return Err(CliError::Failed(format!(
-                "cannot check what does not build: {e}"
-            )))
-        }
-    }
     let selected: Vec<&str> = match args.depth {
         Depth::Targets => args.targets.iter().map(String::as_str).collect(),
         Depth::Closure => {
@@ -186,6 +170,35 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                 .collect()
         }
     };
+    // Each derivation checked is rebuilt, so its inputs must be valid: they are realised
+    // too, even where a substituted output would otherwise make them unneeded.
+    let mut roots: std::collections::BTreeSet<String> =
+        selected.iter().map(|k| k.to_string()).collect();
+    for k in &selected {
+        roots.extend(lowered.nodes[*k].deps.iter().cloned());
+    }
+    let roots: Vec<String> = roots.into_iter().collect();
+    let progress = Progress::new(ctx, false, args.build.print_build_logs);
+    // Substituted inputs are fine; a substituted target is not `ultimate`, so it never
+    // counts as one of the rounds: each round is a build.
+    match graph::realise(
+        &store,
+        &lowered,
+        &roots,
+        &Mirrors::discover(),
+        &substituters,
+        &executor,
+        args.build.jobs,
+        &progress,
+    ) {
+        Ok(_) => {}
+        Err(RealiseError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot check what does not build: {e}"
+            )))
+        }
+    }
     // The derivations are checked `-j` at a time (their inputs are all valid now), each
     // verdict told as it comes and kept in the order of `selected`.
     let options = CheckOptions {

@@ -15,6 +15,8 @@ use super::{out, out_line, CliError, Context};
 use crate::fetch::Mirrors;
 use crate::graph::build::{unsupported_systems, BuildOptions, Platforms, SandboxExecutor};
 use crate::graph::{self, output_paths, Event, RealiseError, Reporter};
+use crate::substitute::config::Layer;
+use crate::substitute::{Settings, Substituters};
 
 /// Options of `ksbuild realise`.
 #[derive(Debug, Args)]
@@ -70,6 +72,18 @@ pub(super) struct BuildArgs {
     /// default, as Nix's `extra-platforms` does [default: `i686-linux` on `x86_64-linux`].
     #[arg(long, env = "KSBUILD_EXTRA_PLATFORMS", value_name = "SYSTEMS")]
     extra_platforms: Option<String>,
+    /// Binary caches to substitute from before building, separated by spaces
+    /// (`file:///dir`, `http(s)://…`). Replaces `substituters` of
+    /// `~/.config/ksbuild/config.toml` and of `nix.conf` [default: none].
+    #[arg(long, value_name = "URLS")]
+    substituters: Option<String>,
+    /// Keys whose signatures make a cache's paths trusted (`name:base64…`, separated by
+    /// spaces). Replaces `trusted-public-keys` of `config.toml` and of `nix.conf`.
+    #[arg(long, value_name = "KEYS")]
+    trusted_public_keys: Option<String>,
+    /// Build everything here: ask no binary cache.
+    #[arg(long, conflicts_with = "substituters")]
+    no_substitute: bool,
 }
 
 impl BuildArgs {
@@ -79,6 +93,27 @@ impl BuildArgs {
             Some(list) => Platforms::host().with_extra(list),
             None => Platforms::host(),
         }
+    }
+
+    /// The substituters in force: the command line over `config.toml` over `nix.conf`.
+    pub(super) fn substituters(
+        &self,
+        store_dir: &crate::compat::StoreDir,
+    ) -> Result<Substituters, CliError> {
+        if self.no_substitute {
+            return Ok(Substituters::none(store_dir));
+        }
+        let split = |s: &String| s.split_whitespace().map(String::from).collect();
+        let cli = Layer {
+            origin: "the command line".into(),
+            substituters: self.substituters.as_ref().map(split),
+            trusted_public_keys: self.trusted_public_keys.as_ref().map(split),
+        };
+        let settings = Settings::discover(cli).map_err(|e| CliError::Usage {
+            message: e.to_string(),
+            hint: e.hint(),
+        })?;
+        Ok(Substituters::new(&settings, store_dir))
     }
 
     /// The executor's options.
@@ -114,6 +149,13 @@ struct ProgressState {
     fetches: BTreeSet<String>,
     last_line: String,
     status_shown: bool,
+    /// Bytes downloaded so far of the substitutions running.
+    progress: BTreeMap<String, u64>,
+}
+
+/// `bytes` in MB (10^6), with one decimal.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 impl Progress {
@@ -144,7 +186,15 @@ impl Progress {
             names.join(", "),
             oldest.as_secs_f64()
         );
-        if !s.last_line.is_empty() {
+        if !s.progress.is_empty() {
+            let bytes: u64 = s.progress.values().sum();
+            let rate = bytes as f64 / oldest.as_secs_f64().max(0.001);
+            line.push_str(&format!(
+                ": {} downloaded, {}/s",
+                megabytes(bytes),
+                megabytes(rate as u64)
+            ));
+        } else if !s.last_line.is_empty() {
             line.push_str(": ");
             line.push_str(&s.last_line);
         }
@@ -170,15 +220,74 @@ impl Reporter for Progress {
         let human = !self.json && !self.quiet;
         match event {
             Event::Plan {
+                substitutes,
+                substitute_download_bytes,
+                substitute_nar_bytes,
                 fetches,
                 builds,
                 cached,
             } => {
-                s.total = fetches + builds;
-                if human && s.total > 0 {
+                s.total = s.done + substitutes + fetches + builds;
+                if human && substitutes + fetches + builds > 0 {
+                    let subst = if *substitutes > 0 {
+                        format!(
+                            "{substitutes} to substitute ({} download, {} unpacked), ",
+                            megabytes(*substitute_download_bytes),
+                            megabytes(*substitute_nar_bytes)
+                        )
+                    } else {
+                        String::new()
+                    };
                     self.say(
                         &mut s,
-                        &format!("{fetches} to fetch, {builds} to build ({cached} valid already)"),
+                        &format!(
+                            "{subst}{fetches} to fetch, {builds} to build ({cached} valid already)"
+                        ),
+                    );
+                }
+            }
+            Event::SubstituteStarted {
+                path, substituter, ..
+            } => {
+                s.running.insert(path.clone(), Instant::now());
+                if human && !self.tty {
+                    self.say(&mut s, &format!("substituting `{path}` from {substituter}"));
+                }
+            }
+            Event::SubstituteFinished {
+                path,
+                seconds,
+                bytes,
+                ..
+            } => {
+                s.running.remove(path);
+                s.progress.remove(path);
+                s.done += 1;
+                if human {
+                    let rate = *bytes as f64 / seconds.max(0.001);
+                    self.say(
+                        &mut s,
+                        &format!(
+                            "substituted `{path}` ({} in {seconds:.1}s, {}/s)",
+                            megabytes(*bytes),
+                            megabytes(rate as u64)
+                        ),
+                    );
+                }
+            }
+            Event::SubstituteFailed {
+                path,
+                substituter,
+                error,
+            } => {
+                s.running.remove(path);
+                s.progress.remove(path);
+                if !self.quiet {
+                    self.say(
+                        &mut s,
+                        &format!(
+                            "warning: cannot substitute `{path}` from {substituter}: {error}; building what needs it instead"
+                        ),
                     );
                 }
             }
@@ -268,6 +377,20 @@ impl Reporter for Progress {
         self.status(&mut s);
     }
 
+    fn warning(&self, text: &str) {
+        if !self.quiet {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            self.say(&mut s, &format!("warning: {text}"));
+            self.status(&mut s);
+        }
+    }
+
+    fn substitute_progress(&self, path: &str, bytes: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.progress.insert(path.to_string(), bytes);
+        self.status(&mut s);
+    }
+
     fn log_line(&self, target: &str, line: &[u8]) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let text = String::from_utf8_lossy(line).trim_end().to_string();
@@ -332,6 +455,8 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     if args.check {
         graph::Executor::prepare(&executor, args.targets.len());
     }
+    // A wrong substituter or key is told before the project is evaluated.
+    let substituters = args.build.substituters(store.store_dir())?;
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =
         super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
@@ -349,11 +474,20 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     }
     let progress = Progress::new(ctx, args.json, args.build.print_build_logs);
     let mirrors = Mirrors::discover();
+    // `--check` rebuilds the targets: their inputs must be valid too, even where the
+    // targets' outputs are substituted.
+    let mut roots = args.targets.clone();
+    if args.check {
+        for t in &args.targets {
+            roots.extend(lowered.nodes[t].deps.iter().cloned());
+        }
+    }
     let result = graph::realise(
         &store,
         &lowered,
-        &args.targets,
+        &roots,
         &mirrors,
+        &substituters,
         &executor,
         args.build.jobs,
         &progress,
@@ -449,6 +583,9 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
             return Ok(ExitCode::from(104));
         }
         progress.event(&Event::Plan {
+            substitutes: 0,
+            substitute_download_bytes: 0,
+            substitute_nar_bytes: 0,
             fetches: 0,
             builds: 0,
             cached: args.targets.len(),

@@ -16,6 +16,7 @@ use crate::compat::StorePath;
 use crate::fetch::{self, FetchError, Mirrors};
 use crate::model::{Lowered, Node};
 use crate::store::{Store, StoreError};
+use crate::substitute::{self, Found, Substituters, Unavailable};
 use queue::ReadyQueue;
 
 /// Something that happened during a realisation. Serialised as one JSON object per event
@@ -23,11 +24,38 @@ use queue::ReadyQueue;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    /// The plan: how many downloads and builds will run, and how many targets are valid.
+    /// The plan: how many paths will be substituted (and their download and unpacked
+    /// sizes), how many downloads and builds will run, and how many targets are valid. A
+    /// substitution that fails is followed by a new plan, which builds instead.
     Plan {
+        substitutes: usize,
+        substitute_download_bytes: u64,
+        substitute_nar_bytes: u64,
         fetches: usize,
         builds: usize,
         cached: usize,
+    },
+    /// The download of a path from a binary cache started.
+    SubstituteStarted {
+        path: String,
+        substituter: String,
+        /// Bytes to download.
+        bytes: u64,
+    },
+    /// A path was downloaded from a binary cache, checked and registered.
+    SubstituteFinished {
+        path: String,
+        seconds: f64,
+        /// Bytes downloaded.
+        bytes: u64,
+        /// Size of its NAR (what was unpacked).
+        nar_bytes: u64,
+    },
+    /// A path could not be substituted; what needs it is built instead.
+    SubstituteFailed {
+        path: String,
+        substituter: String,
+        error: String,
     },
     /// A node's outputs were already valid.
     Cached { target: String },
@@ -68,6 +96,27 @@ pub trait Reporter: Sync {
     fn event(&self, event: &Event);
     /// A line of a running build's output.
     fn log_line(&self, _target: &str, _line: &[u8]) {}
+    /// Something the user should know that is not an event (a substituter skipped, a
+    /// narinfo refused).
+    fn warning(&self, _text: &str) {}
+    /// `bytes` of the download of `path` (printed) have arrived.
+    fn substitute_progress(&self, _path: &str, _bytes: u64) {}
+}
+
+/// The graph's reporter, as the substituters' observer.
+struct SubstituteObserver<'a> {
+    reporter: &'a dyn Reporter,
+    store: &'a Store,
+}
+
+impl substitute::Observer for SubstituteObserver<'_> {
+    fn warning(&self, text: &str) {
+        self.reporter.warning(text);
+    }
+    fn progress(&self, path: &StorePath, bytes: u64) {
+        self.reporter
+            .substitute_progress(&self.store.print(path), bytes);
+    }
 }
 
 /// A reporter that ignores everything.
@@ -144,6 +193,8 @@ pub struct Realisation {
     pub built: Vec<String>,
     /// Targets whose outputs were already valid.
     pub cached: Vec<String>,
+    /// Targets whose outputs were substituted from binary caches.
+    pub substituted: Vec<String>,
 }
 
 /// Whether every output of `node` is valid.
@@ -297,39 +348,120 @@ fn run_pool<E: Send>(
     }
 }
 
-/// Realises `roots`: nodes whose outputs are valid are skipped with their whole subtree;
-/// every needed download runs first (so a missing input fails before any long build),
-/// then builds run in dependency order with `jobs` workers.
-pub fn realise(
+/// What a realisation will do, as planned from the store and the substituters.
+struct Plan {
+    /// Keys whose outputs are valid.
+    cached: Vec<String>,
+    /// Keys whose outputs (with their closures) will be substituted.
+    substituted: Vec<String>,
+    /// The paths to download, with where from.
+    downloads: BTreeMap<StorePath, Found>,
+    /// Keys to fetch or build, with their dependencies.
+    needed: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Walks the graph from `roots`: a node whose outputs are valid is cached, one whose
+/// outputs' closures the substituters hold is substituted, and neither prunes its
+/// subtree; the rest is needed. The nodes of each level of the walk are looked up in
+/// parallel (lookups wait on the network); the targets' own outputs are asked of every
+/// cache, deeper nodes only of the caches that want mass queries.
+fn plan(
     store: &Store,
     lowered: &Lowered,
     roots: &[String],
-    mirrors: &Mirrors,
-    executor: &dyn Executor,
-    jobs: usize,
-    reporter: &dyn Reporter,
-) -> Result<Realisation, RealiseError> {
-    let mut needed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut result = Realisation::default();
-    let mut todo: Vec<&str> = roots.iter().map(String::as_str).collect();
+    substituters: &Substituters,
+    observer: &SubstituteObserver<'_>,
+) -> Result<Plan, StoreError> {
+    let mut plan = Plan {
+        cached: Vec::new(),
+        substituted: Vec::new(),
+        downloads: BTreeMap::new(),
+        needed: BTreeMap::new(),
+    };
     let mut seen = BTreeSet::new();
-    while let Some(key) = todo.pop() {
-        if !seen.insert(key.to_string()) {
-            continue;
+    let mut level: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let mut depth = 0;
+    while !level.is_empty() {
+        let mut candidates = Vec::new();
+        for key in level.drain(..) {
+            if !seen.insert(key) {
+                continue;
+            }
+            if outputs_valid(store, &lowered.nodes[key])? {
+                plan.cached.push(key.to_string());
+            } else {
+                candidates.push(key);
+            }
         }
-        let node = &lowered.nodes[key];
-        if outputs_valid(store, node)? {
-            result.cached.push(key.to_string());
-            reporter.event(&Event::Cached {
-                target: key.to_string(),
-            });
-            continue;
+        let mass = depth > 0;
+        let lookups: Vec<Option<BTreeMap<StorePath, Found>>> = if substituters.is_empty() {
+            candidates.iter().map(|_| None).collect()
+        } else {
+            lookup_parallel(&candidates, |key| {
+                let node = &lowered.nodes[*key];
+                let outputs: Option<Vec<StorePath>> =
+                    node.drv.outputs.values().map(|o| o.path.clone()).collect();
+                match substituters.plan_closure(store, &outputs?, mass, observer) {
+                    Ok(downloads) => Some(downloads),
+                    Err(Unavailable::MissingReference { path, reference }) => {
+                        observer.reporter.warning(&format!(
+                            "not substituting `{key}`: `{}` is in a binary cache, but `{}`, which it references, is in none; building it",
+                            store.print(&path),
+                            store.print(&reference)
+                        ));
+                        None
+                    }
+                    Err(Unavailable::Absent(_) | Unavailable::Failed(_)) => None,
+                }
+            })
+        };
+        for (key, found) in candidates.into_iter().zip(lookups) {
+            let node = &lowered.nodes[key];
+            match found {
+                Some(downloads) => {
+                    plan.substituted.push(key.to_string());
+                    plan.downloads.extend(downloads);
+                }
+                None => {
+                    plan.needed.insert(key.to_string(), node.deps.clone());
+                    level.extend(node.deps.iter().map(String::as_str));
+                }
+            }
         }
-        needed.insert(key.to_string(), node.deps.clone());
-        todo.extend(node.deps.iter().map(String::as_str));
+        depth += 1;
     }
-    // Keys that lower to one derivation (the same `.deb` in two environments) are one
-    // piece of work: the first key does it, and the others are reported cached after it.
+    Ok(plan)
+}
+
+/// `f` of each item on up to 8 threads (lookups wait on the network, not the CPU).
+fn lookup_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(8);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Keys that lower to one derivation (the same `.deb` in two environments) are one piece
+/// of work: the first key does it, and the others (returned, with their first key) are
+/// reported cached after it. Removes them from `needed`.
+fn merge_aliases(
+    lowered: &Lowered,
+    needed: &mut BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, String> {
     let mut first_of: BTreeMap<&StorePath, &str> = BTreeMap::new();
     let mut aliases: BTreeMap<String, String> = BTreeMap::new();
     for key in needed.keys() {
@@ -351,14 +483,151 @@ pub fn realise(
             }
         }
     }
+    aliases
+}
+
+/// Downloads `downloads` from the binary caches, references first, several at a time;
+/// returns the paths that failed (each reported, and not offered again).
+fn substitute_all(
+    store: &Store,
+    substituters: &Substituters,
+    downloads: &BTreeMap<StorePath, Found>,
+    jobs: usize,
+    observer: &SubstituteObserver<'_>,
+) -> Vec<StorePath> {
+    let by_key: BTreeMap<String, &Found> =
+        downloads.iter().map(|(p, f)| (p.to_string(), f)).collect();
+    let graph: BTreeMap<String, BTreeSet<String>> = downloads
+        .iter()
+        .map(|(p, f)| {
+            let deps = f
+                .info
+                .references
+                .iter()
+                .filter(|r| *r != p && downloads.contains_key(*r))
+                .map(|r| r.to_string())
+                .collect();
+            (p.to_string(), deps)
+        })
+        .collect();
+    let reporter = observer.reporter;
+    let substitute_one = |key: &str, slot: &Slot<'_>| -> Result<(), ()> {
+        let found = by_key[key];
+        let path = store.print(&found.info.store_path);
+        slot.acquire();
+        reporter.event(&Event::SubstituteStarted {
+            path: path.clone(),
+            substituter: found.substituter.clone(),
+            bytes: found.download_size(),
+        });
+        let start = Instant::now();
+        match substituters.substitute(store, found, observer) {
+            Ok(info) => {
+                reporter.event(&Event::SubstituteFinished {
+                    path,
+                    seconds: secs(start.elapsed()),
+                    bytes: found.download_size(),
+                    nar_bytes: info.nar_size,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                substituters.mark_failed(&found.info.store_path);
+                // The whole chain: "NAR error while processing …: unexpected end of file".
+                let mut error = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    error.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                reporter.event(&Event::SubstituteFailed {
+                    path,
+                    substituter: found.substituter.clone(),
+                    error,
+                });
+                Err(())
+            }
+        }
+    };
+    let outcome = run_pool(&graph, jobs.max(4), &substitute_one);
+    let mut failed: Vec<StorePath> = outcome
+        .failed
+        .iter()
+        .map(|(k, _)| by_key[k].info.store_path.clone())
+        .collect();
+    // What needs a failed path was not tried: it is not offered again either.
+    for (k, _) in &outcome.skipped {
+        substituters.mark_failed(&by_key[k].info.store_path);
+        failed.push(by_key[k].info.store_path.clone());
+    }
+    failed
+}
+
+/// Realises `roots`: nodes whose outputs are valid are skipped with their whole subtree,
+/// and so are nodes whose outputs the substituters hold (their closures are downloaded
+/// first; a failed download is reported and what needs it is built instead); every needed
+/// download then runs (so a missing input fails before any long build), then builds run
+/// in dependency order with `jobs` workers.
+#[allow(clippy::too_many_arguments)]
+pub fn realise(
+    store: &Store,
+    lowered: &Lowered,
+    roots: &[String],
+    mirrors: &Mirrors,
+    substituters: &Substituters,
+    executor: &dyn Executor,
+    jobs: usize,
+    reporter: &dyn Reporter,
+) -> Result<Realisation, RealiseError> {
+    let mut result = Realisation::default();
+    let observer = SubstituteObserver { reporter, store };
+    let mut reported = BTreeSet::new();
+    let mut substituted = BTreeSet::new();
+    let (needed, aliases, cached) = loop {
+        let mut p = plan(store, lowered, roots, substituters, &observer)?;
+        for key in &p.cached {
+            if !substituted.contains(key) && reported.insert(key.clone()) {
+                reporter.event(&Event::Cached {
+                    target: key.clone(),
+                });
+            }
+        }
+        let aliases = merge_aliases(lowered, &mut p.needed);
+        let fetches = p
+            .needed
+            .keys()
+            .filter(|k| lowered.nodes[*k].fetch.is_some())
+            .count();
+        reporter.event(&Event::Plan {
+            substitutes: p.downloads.len(),
+            substitute_download_bytes: p.downloads.values().map(Found::download_size).sum(),
+            substitute_nar_bytes: p.downloads.values().map(|f| f.info.nar_size).sum(),
+            fetches,
+            builds: p.needed.len() - fetches,
+            cached: p.cached.len(),
+        });
+        if p.downloads.is_empty() {
+            break (p.needed, aliases, p.cached);
+        }
+        let failed = substitute_all(store, substituters, &p.downloads, jobs, &observer);
+        for key in &p.substituted {
+            if outputs_valid(store, &lowered.nodes[key])? {
+                substituted.insert(key.clone());
+            }
+        }
+        if failed.is_empty() {
+            break (p.needed, aliases, p.cached);
+        }
+        // Plan again: what was substituted is valid now, and what failed is built.
+    };
+    result.substituted = substituted.iter().cloned().collect();
+    result.cached = cached
+        .into_iter()
+        .filter(|k| !substituted.contains(k))
+        .collect();
     let (fetches, builds): (BTreeMap<_, _>, BTreeMap<_, _>) = needed
         .into_iter()
         .partition(|(k, _)| lowered.nodes[k].fetch.is_some());
-    reporter.event(&Event::Plan {
-        fetches: fetches.len(),
-        builds: builds.len(),
-        cached: result.cached.len(),
-    });
     if !builds.is_empty() {
         executor.prepare(builds.len());
     }

@@ -19,4 +19,5 @@ mod nix_narinfo;
 mod nix_store;
 mod realise;
 mod sandbox;
+mod substitute;
 mod trees;

@@ -70,7 +70,7 @@ impl Project {
 
     /// [`Project::ks`] run by an ordinary user (uid 4242 under `setpriv` when the tests
     /// run as root), who is given the project and scratch directory first.
-    fn ks_ordinary(&self, store: &str) -> Command {
+    pub(crate) fn ks_ordinary(&self, store: &str) -> Command {
         give_to_ordinary_user(&self.scratch);
         let mut c = ksbuild_as_ordinary_user(&self.scratch.join(store));
         c.arg("--project").arg(&self.dir).current_dir(&self.scratch);
@@ -121,7 +121,7 @@ a = "a"
     ),
 ];
 
-const GRAPH_NIX: &str = r#"
+pub(crate) const GRAPH_NIX: &str = r#"
 let bb = "${./tools/busybox}/bin/busybox"; sde = "1704067200"; in rec {
   a = derivation { name = "a"; system = "x86_64-linux"; builder = bb; SOURCE_DATE_EPOCH = sde;
     args = [ "sh" "-c" "$builder mkdir $out && echo a > $out/a && $builder ln -s $out/a $out/self && $builder chmod 744 $out/a" ]; };
