@@ -81,8 +81,12 @@ pub struct DerivationVerdict {
     pub reproducible: bool,
     /// The outputs.
     pub outputs: Vec<OutputVerdict>,
-    /// The comparison with `outputs.lock`, when asked for.
+    /// The comparison with `outputs.lock`, or with a binary cache (`against`), when asked
+    /// for.
     pub record: Option<RecordStatus>,
+    /// The binary cache whose narinfos stood for the record (`check --against URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against: Option<String>,
 }
 
 /// A thing a check varies between builds; each must not change a reproducible output.
@@ -384,6 +388,7 @@ pub fn check_node(
         reproducible,
         outputs: outputs_verdicts,
         record: record_status,
+        against: None,
     })
 }
 

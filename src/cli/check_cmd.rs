@@ -64,6 +64,11 @@ pub struct CheckArgs {
     /// and time: with the store's own build when it made one, so a target is built once.
     #[arg(long)]
     against_record: bool,
+    /// Compare each target with what the binary cache at URL says of its outputs (the
+    /// `NarHash` of their narinfos, signed or not: Guix's `challenge`): a build here
+    /// against one made elsewhere. The store's own build counts, as with a record.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["against_record", "record"])]
+    against: Option<String>,
     /// Record the targets' outputs in `derivations/outputs.lock` if every output
     /// reproduced over at least two builds.
     #[arg(long)]
@@ -95,7 +100,11 @@ fn parse_vary(text: &str) -> Result<VaryList, String> {
 pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     let rounds = args
         .rounds
-        .unwrap_or(if args.against_record { 1 } else { 2 });
+        .unwrap_or(if args.against_record || args.against.is_some() {
+            1
+        } else {
+            2
+        });
     if args.record && rounds < 2 {
         return Err(CliError::Usage {
             message: "a record needs at least two builds that agree".into(),
@@ -148,6 +157,66 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                 hint: Some(format!(
                     "re-record with `ksbuild check --record {}` (two builds that agree)",
                     unusable.join(" ")
+                )),
+            });
+        }
+    }
+    // What the cache says of each target's outputs, before anything is built.
+    let mut claims: std::collections::BTreeMap<String, crate::check::record::Record> =
+        std::collections::BTreeMap::new();
+    if let Some(url) = &args.against {
+        let cache = args.build.cache_at(url, store.store_dir())?;
+        let mut absent = Vec::new();
+        for t in &args.targets {
+            let node = &lowered.nodes[t];
+            let mut record = crate::check::record::Record {
+                drv: store.print(&node.drv_path),
+                builds: 0,
+                outputs: std::collections::BTreeMap::new(),
+            };
+            for (name, path) in crate::graph::output_paths(node) {
+                match cache
+                    .claim(&path)
+                    .map_err(|e| CliError::Failed(e.to_string()))?
+                {
+                    Some((_, info, trusted)) => {
+                        if !trusted {
+                            ctx.note(&format!(
+                                "`{t}`: the narinfo of `{}` is not signed by a trusted key; \
+                                 its NarHash is compared all the same",
+                                store.print(&path)
+                            ));
+                        }
+                        record.outputs.insert(
+                            name,
+                            crate::check::record::RecordedOutput {
+                                path: store.print(&path),
+                                nar_hash: info.nar_hash.to_sri(),
+                                nar_size: info.nar_size,
+                            },
+                        );
+                    }
+                    None => {
+                        eprintln!(
+                            "error: `{url}` has no narinfo for `{}` (output `{name}` of `{t}`)",
+                            store.print(&path)
+                        );
+                        absent.push(t.as_str());
+                    }
+                }
+            }
+            claims.insert(t.clone(), record);
+        }
+        if !absent.is_empty() {
+            absent.dedup();
+            return Err(CliError::Usage {
+                message: format!(
+                    "{} target(s) are not in the binary cache; nothing was built",
+                    absent.len()
+                ),
+                hint: Some(format!(
+                    "publish a build there first: `ksbuild cache push --to {url} {}`",
+                    absent.join(" ")
                 )),
             });
         }
@@ -217,8 +286,12 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                     return;
                 };
                 let node = &lowered.nodes[*key];
-                let record = (args.against_record && args.targets.iter().any(|t| t == key))
-                    .then(|| records.0.get(*key));
+                let record = if args.against.is_some() {
+                    claims.get(*key).map(Some)
+                } else {
+                    (args.against_record && args.targets.iter().any(|t| t == key))
+                        .then(|| records.0.get(*key))
+                };
                 ctx.note(&format!("checking `{key}`…"));
                 let mut verdict =
                     check::check_node(&store, &executor, node, options.clone(), record, &progress)
@@ -243,6 +316,11 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                                 o.name
                             ),
                         }
+                    }
+                }
+                if let (Ok(v), Some(url)) = (&mut verdict, &args.against) {
+                    if v.record.is_some() {
+                        v.against = Some(url.clone());
                     }
                 }
                 if let Ok(v) = &verdict {
@@ -333,7 +411,13 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
 
 /// Tells one derivation's verdict on stderr.
 fn tell(ctx: &Context, v: &DerivationVerdict, root: &std::path::Path) {
+    let record = match (&v.record, &v.against) {
+        (Some(RecordStatus::Matches), Some(url)) => format!(", as `{url}` has it"),
+        (Some(RecordStatus::Differs), Some(url)) => format!(", NOT as `{url}` has it"),
+        _ => String::new(),
+    };
     let record = match &v.record {
+        _ if !record.is_empty() => record,
         None => String::new(),
         Some(RecordStatus::Matches) => ", as recorded".into(),
         Some(RecordStatus::Differs) => ", NOT as recorded".into(),

@@ -116,6 +116,26 @@ impl BuildArgs {
         Ok(Substituters::new(&settings, store_dir))
     }
 
+    /// The binary cache at `url` alone, with the trusted keys in force (for `check
+    /// --against`: what it claims is compared, whoever signed it).
+    pub(super) fn cache_at(
+        &self,
+        url: &str,
+        store_dir: &crate::compat::StoreDir,
+    ) -> Result<Substituters, CliError> {
+        let split = |s: &String| s.split_whitespace().map(String::from).collect();
+        let cli = Layer {
+            origin: "the command line".into(),
+            substituters: Some(vec![url.to_string()]),
+            trusted_public_keys: self.trusted_public_keys.as_ref().map(split),
+        };
+        let settings = Settings::discover(cli).map_err(|e| CliError::Usage {
+            message: e.to_string(),
+            hint: e.hint(),
+        })?;
+        Ok(Substituters::new(&settings, store_dir))
+    }
+
     /// The executor's options.
     pub(super) fn options(&self, keep_failed: bool) -> BuildOptions {
         BuildOptions {

@@ -268,6 +268,42 @@ impl Substituters {
         found
     }
 
+    /// What the first cache that has `path` claims of it, believed or not (a
+    /// reproducibility check compares the claim with a build of its own, as Guix's
+    /// `challenge` does), and whether a trusted key signed it; `Ok(None)` when no cache
+    /// has it. An unreachable cache or a corrupt narinfo is an error, not an absence.
+    pub fn claim(&self, path: &StorePath) -> Result<Option<(String, NarInfo, bool)>, String> {
+        let caches = self.caches(&Quiet);
+        if caches.len() < self.urls.len() {
+            return Err(format!(
+                "cannot open the binary cache(s) {}",
+                self.urls.join(", ")
+            ));
+        }
+        let file = format!("{}.narinfo", path.hash_part());
+        for cache in caches {
+            let Some(mut body) = cache.transport.get(&file).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let mut text = String::new();
+            body.read_to_string(&mut text)
+                .map_err(|e| format!("cannot read `{}/{file}`: {e}", cache.url))?;
+            let info = NarInfo::parse(&self.store_dir, &text)
+                .map_err(|e| format!("`{}/{file}` is corrupt: {e}", cache.url))?;
+            if info.store_path != *path {
+                return Err(format!(
+                    "`{}/{file}` is the narinfo of `{}`, not of `{}`",
+                    cache.url,
+                    self.store_dir.display(&info.store_path),
+                    self.store_dir.display(path)
+                ));
+            }
+            let trusted = trust::check(&info, path, &self.store_dir, &self.trusted).is_ok();
+            return Ok(Some((cache.url.clone(), info, trusted)));
+        }
+        Ok(None)
+    }
+
     /// The narinfo of `path` in `cache`, if it is there and believed.
     fn ask(&self, cache: &Cache, path: &StorePath, obs: &dyn Observer) -> Option<NarInfo> {
         let file = format!("{}.narinfo", path.hash_part());

@@ -569,3 +569,74 @@ fn diffoscope_output_is_attached_to_a_difference() {
         .unwrap_or_else(|| panic!("{v}"));
     assert!(text.contains("-id=") && text.contains("+id="), "{text}");
 }
+
+/// `--against URL` compares a build here with what a binary cache says of it (Guix's
+/// `challenge`): a reproducible target matches the cache a build elsewhere was pushed to,
+/// a non-reproducible one exits 104, and a target the cache lacks fails before building,
+/// naming the push command.
+#[test]
+fn against_a_binary_cache_compares_with_a_build_made_elsewhere() {
+    if skip_without_busybox() {
+        return;
+    }
+    let mut files = vec![
+        drv(
+            "uuid",
+            "echo \"id=$(cat /proc/sys/kernel/random/uuid)\" > $out",
+        ),
+        drv("unpublished", "echo never pushed > $out"),
+    ];
+    files.extend(GRAPH.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let p = Project::new(&files);
+    let cache = format!("file://{}", p.scratch.join("cache").display());
+    // Built and published from one store ...
+    let out = run(p.ks("elsewhere").args([
+        "cache",
+        "push",
+        "--compression",
+        "none",
+        "--to",
+        &cache,
+        "c",
+        "uuid",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... checked from another: one build here, compared with the cache's NarHash.
+    let out = run(p
+        .ks("here")
+        .args(["check", "--json", "--against", &cache, "c"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let d = &verdict(&out)["derivations"][0];
+    assert_eq!(d["record"]["status"], "matches", "{d}");
+    assert_eq!(d["against"], cache.trim_end_matches('/'), "{d}");
+    assert_eq!(d["builds"], 1, "{d}");
+    assert!(stderr.contains("not signed by a trusted key"), "{stderr}");
+    let out = run(p
+        .ks("here")
+        .args(["check", "--json", "--against", &cache, "uuid"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(104), "{stderr}");
+    let d = &verdict(&out)["derivations"][0];
+    assert_eq!(d["record"]["status"], "differs", "{d}");
+    assert!(stderr.contains("NOT as `file://"), "{stderr}");
+    // What the cache lacks is told before anything is built.
+    let out = run(p
+        .ks("here")
+        .args(["check", "--against", &cache, "unpublished"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has no narinfo for") && stderr.contains("ksbuild cache push --to"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building `unpublished`"), "{stderr}");
+}
