@@ -76,7 +76,13 @@ let
       let s = checkKeys "derivations/_project.toml" [ "system" "env" ] (readToml settingsFile);
       in {
         system = if s ? system then checkString "derivations/_project.toml" "system" s.system else null;
-        env = checkEnv "derivations/_project.toml" "env" (s.env or { });
+        env =
+          let
+            env = checkEnv "derivations/_project.toml" "env" (s.env or { });
+            bad = filter (k: elem k reservedEnv) (attrNames env);
+          in if bad == [ ] then env
+             else fail "derivations/_project.toml" "`env.${head bad}` is set by ksbuild itself"
+               "`${head bad}` is derived from each derivation's keys; remove it from `[env]`";
       }
     else { system = null; env = { }; };
 
@@ -310,10 +316,14 @@ let
            else fail w "`${dep}` has no output `${output}`" "its outputs are: ${concatStringsSep ", " drv.outputs}";
       values = mapAttrs inputValue (spec.inputs or { });
       subst = substitute where values outputs;
-      env = mapAttrs (k: v:
-        if elem k (reservedEnv ++ outputs)
-        then fail where "`env.${k}` is set by ksbuild itself" "`${k}` is derived from the derivation's keys; remove it from `env`"
-        else subst v) (checkEnv where "env" (spec.env or { }));
+      # Checked before any value is used: a reserved key would be overridden, never forced.
+      env =
+        let
+          declared = checkEnv where "env" (spec.env or { });
+          bad = filter (k: elem k (reservedEnv ++ outputs)) (attrNames declared);
+        in if bad == [ ] then mapAttrs (_: subst) declared
+           else fail where "`env.${head bad}` is set by ksbuild itself"
+             "`${head bad}` is derived from the derivation's keys; remove it from `env`";
       args = map subst (checkStrings where "args" (spec.args or [ ]));
       # Every declared input is an input of the derivation, used in a string or not: its
       # context goes on the builder, as ksbuild lists every input in the `.drv`.

@@ -502,3 +502,65 @@ fn random_toml_edits_change_both_drv_paths_alike() {
         before = after;
     }
 }
+
+/// A project of one derivation (`derivations/bad.toml` = `text`) with the flake, for
+/// errors both lowerings must give.
+fn tiny_project(dir: &Path, project_toml: &str, text: &str) -> PathBuf {
+    let proj = dir.join("tiny");
+    fs::create_dir_all(proj.join("derivations")).unwrap();
+    fs::create_dir_all(proj.join("fragments")).unwrap();
+    for item in ["flake.nix", "Cargo.toml", "fragments/lower.nix"] {
+        fs::copy(repo().join(item), proj.join(item)).unwrap();
+    }
+    fs::write(proj.join("derivations/_project.toml"), project_toml).unwrap();
+    fs::write(proj.join("derivations/bad.toml"), text).unwrap();
+    proj
+}
+
+#[test]
+fn env_keys_that_nix_derivation_interprets_are_refused_by_both_lowerings() {
+    if skip_without_nix() {
+        return;
+    }
+    // Nix's `derivation` reads these attributes itself (the arguments, a fixed output,
+    // structured attributes): as plain environment they would give another .drv in Nix.
+    for key in [
+        "args",
+        "outputHash",
+        "outputHashMode",
+        "__structuredAttrs",
+        "__ignoreNulls",
+    ] {
+        for (project_toml, text) in [
+            (
+                "system = \"x86_64-linux\"\n".to_string(),
+                format!("builder = \"/bin/sh\"\n[env]\n{key} = \"x\"\n"),
+            ),
+            (
+                format!("system = \"x86_64-linux\"\n[env]\n{key} = \"x\"\n"),
+                "builder = \"/bin/sh\"\n".to_string(),
+            ),
+        ] {
+            let tmp = scratch();
+            let proj = tiny_project(tmp.path(), &project_toml, &text);
+            let out = run(ksbuild(&tmp.path().join("store"))
+                .arg("--project")
+                .arg(&proj)
+                .args(["instantiate", "bad"]));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains(&format!("`env.{key}` is set by")),
+                "ksbuild, {key} in {project_toml:?} / {text:?}: {err}"
+            );
+            let out = run(nix_cmd(tmp.path()).args(["eval", "--raw"]).arg(format!(
+                "path:{}#packages.x86_64-linux.bad.drvPath",
+                proj.display()
+            )));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains(&format!("`env.{key}` is set by")),
+                "flake, {key} in {project_toml:?} / {text:?}: {err}"
+            );
+        }
+    }
+}
