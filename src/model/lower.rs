@@ -92,6 +92,25 @@ pub const ENTER_SCRIPT: &str = include_str!("../../fragments/environment-enter.s
 /// The name of the store path of [`ENTER_SCRIPT`] (after its hash).
 pub const ENTER_SCRIPT_NAME: &str = "environment-enter.sh";
 
+/// Environment keys a derivation may not set: those ksbuild derives from its keys, and those
+/// Nix's `derivation` interprets itself (the arguments, a fixed output, structured
+/// attributes), which as plain environment would give the flake's lowering
+/// (`fragments/lower.nix`) another `.drv`. Output names are reserved too.
+pub const RESERVED_ENV: [&str; 12] = [
+    "name",
+    "system",
+    "builder",
+    "outputs",
+    "args",
+    "__structuredAttrs",
+    "__ignoreNulls",
+    "__contentAddressed",
+    "__impure",
+    "outputHash",
+    "outputHashAlgo",
+    "outputHashMode",
+];
+
 /// What a derivation that names an environment needs.
 struct Entered {
     tree_key: String,
@@ -1076,12 +1095,22 @@ impl Lowerer<'_, '_> {
             .map(&subst)
             .collect::<Result<Vec<_>, _>>()?;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
-        if let Some((_, s)) = settings {
+        if let Some((project_file, s)) = settings {
             for (k, v) in &s.env {
+                if RESERVED_ENV.contains(&k.as_str()) {
+                    return Err(project_file.error(
+                        v.span(),
+                        format!("`env.{k}` is set by ksbuild itself"),
+                        "reserved",
+                        Some(format!(
+                            "`{k}` is derived from each derivation's keys; remove it from `[env]`"
+                        )),
+                    ));
+                }
                 env.insert(k.clone(), v.get_ref().clone());
             }
         }
-        let reserved: BTreeSet<&str> = ["name", "system", "builder", "outputs"]
+        let reserved: BTreeSet<&str> = RESERVED_ENV
             .into_iter()
             .chain(output_names.iter().map(String::as_str))
             .collect();
