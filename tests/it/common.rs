@@ -10,13 +10,90 @@ pub fn ksbuild_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ksbuild"))
 }
 
-/// A `ksbuild` command using the physical store root `store`.
+/// A `ksbuild` command using the physical store root `store`. On the shared kernel store it
+/// substitutes from the CI cache, when there is one ([`ci_cache`]).
 pub fn ksbuild(store: &Path) -> Command {
     let mut c = Command::new(ksbuild_bin());
     c.env("KSBUILD_STORE", store)
         .env("NO_COLOR", "1")
         .env_remove(ksbuild::timing::ENV);
+    if store == kernel_store() {
+        if let Some(cache) = ci_cache() {
+            c.env("XDG_CONFIG_HOME", &cache.config_home);
+        }
+    }
     c
+}
+
+/// The binary cache CI keeps on the machine between runs: the directory
+/// `KSBUILD_CI_CACHE` names (`.ci/run` sets it, outside the clone). The shared kernel store
+/// substitutes from it (its `~/.config/ksbuild/config.toml` names the cache and its key) and
+/// [`publish_to_ci_cache`] puts there what the tests built, so a later run on the machine
+/// downloads and unpacks nothing again. A check still builds: a substituted output is not
+/// `ultimate`, so it never counts as one of a check's builds.
+pub struct CiCache {
+    /// `file://…` of the cache.
+    pub url: String,
+    /// Where `ksbuild/config.toml` is (an `XDG_CONFIG_HOME`).
+    pub config_home: PathBuf,
+    /// The key the cache is signed with (made on the first run).
+    pub secret_key: PathBuf,
+}
+
+/// The CI cache, if `KSBUILD_CI_CACHE` is set; its key pair and configuration are made on
+/// first use.
+pub fn ci_cache() -> Option<&'static CiCache> {
+    static CACHE: std::sync::OnceLock<Option<CiCache>> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let dir = PathBuf::from(std::env::var_os("KSBUILD_CI_CACHE")?);
+            let config_home = dir.join("config");
+            std::fs::create_dir_all(config_home.join("ksbuild"))
+                .unwrap_or_else(|e| panic!("KSBUILD_CI_CACHE `{}`: {e}", dir.display()));
+            let (secret_key, public_key) = (dir.join("key.sec"), dir.join("key.pub"));
+            if !secret_key.exists() {
+                run_ok(
+                    Command::new(ksbuild_bin())
+                        .args(["key", "generate", "ksbuild-ci-1"])
+                        .arg(&secret_key)
+                        .arg(&public_key),
+                );
+            }
+            let url = format!("file://{}", dir.join("cache").display());
+            let key = std::fs::read_to_string(&public_key).expect("the CI cache's public key");
+            std::fs::write(
+                config_home.join("ksbuild/config.toml"),
+                format!(
+                    "substituters = [{url:?}]\ntrusted-public-keys = [{:?}]\n",
+                    key.trim()
+                ),
+            )
+            .expect("the CI cache's configuration");
+            Some(CiCache {
+                url,
+                config_home,
+                secret_key,
+            })
+        })
+        .as_ref()
+}
+
+/// Publishes `targets` of `proj`, built in the shared kernel store, with their closures to
+/// the CI cache (zstd: fast; paths already there are skipped). Nothing without a CI cache.
+pub fn publish_to_ci_cache(proj: &Path, targets: &[&str]) {
+    let Some(cache) = ci_cache() else {
+        return;
+    };
+    run_ok(
+        ksbuild(&kernel_store())
+            .arg("--project")
+            .arg(proj)
+            .args(["cache", "push", "--no-build", "--compression", "zstd"])
+            .arg("--secret-key-file")
+            .arg(&cache.secret_key)
+            .args(["--to", &cache.url])
+            .args(targets),
+    );
 }
 
 /// Runs a command, panicking with its stderr if it fails; returns stdout.

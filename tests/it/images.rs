@@ -112,6 +112,9 @@ fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) 
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "realise {target}: {err}");
+    if store == crate::common::kernel_store() {
+        crate::common::publish_to_ci_cache(proj, &[target]);
+    }
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     Some(store.join(path.trim_start_matches('/')))
 }
@@ -915,4 +918,163 @@ fn images_initramfs_and_rootfs_reproduce_under_every_variation() {
     }
     let md = fs::read_to_string(&report).unwrap();
     assert!(md.contains("**8 of 8 derivations reproducible.**"), "{md}");
+}
+
+/// ksbuild → ksbuild through a binary cache: the shared store's `rpi-image@small` and its
+/// closure, pushed (signed, zstd) to a cache, are substituted into a fresh store that builds
+/// nothing — the `--json` events have no `build-started` — to the same NAR hash.
+#[test]
+fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothing() {
+    let tmp = scratch();
+    let store = kernel_store();
+    let proj = project(tmp.path(), &store);
+    let Some(image) = realise(&store, &proj, "rpi-image@small", &[]) else {
+        return;
+    };
+    let (sk, pk) = (tmp.path().join("key.sec"), tmp.path().join("key.pub"));
+    run_ok(ksbuild(&store).args(["key", "generate", "ci-cache-1"]).arg(&sk).arg(&pk));
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    run_ok(
+        ksbuild(&store)
+            .arg("--project")
+            .arg(&proj)
+            .args(["cache", "push", "--no-build", "--compression", "zstd"])
+            .arg("--secret-key-file")
+            .arg(&sk)
+            .args(["--to", &cache, "rpi-image@small"]),
+    );
+    let fresh = tmp.path().join("fresh");
+    let out = run_ok(
+        ksbuild(&fresh)
+            .arg("--project")
+            .arg(&proj)
+            .args(["realise", "--json", "--no-link", "-j2", "--substituters", &cache])
+            .arg("--trusted-public-keys")
+            .arg(fs::read_to_string(&pk).unwrap().trim())
+            .arg("rpi-image@small"),
+    );
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !events.iter().any(|e| e["event"] == "build-started"),
+        "built instead of substituting: {out}"
+    );
+    let substituted = events
+        .iter()
+        .filter(|e| e["event"] == "substitute-finished")
+        .count();
+    assert!(substituted > 1, "{out}");
+    let info = |s: &Path, p: &Path| {
+        let logical = format!("/nix/store/{}", p.file_name().unwrap().to_string_lossy());
+        let json = run_ok(ksbuild(s).args(["store", "path-info", "--json", &logical]));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v[0]["narHash"].clone()
+    };
+    assert_eq!(info(&fresh, &image), info(&store, &image));
+    assert!(fresh
+        .join("nix/store")
+        .join(image.file_name().unwrap())
+        .join("sdcard.img")
+        .is_file());
+}
+
+/// Nix builds the real product from the flake: with only the fixed-output downloads and the
+/// three small kernels available to it (a cache `ksbuild cache push` signed), Nix 2.8 builds
+/// the environments, rootfs, initramfs and the three `@small` images itself, in its own
+/// sandbox, to ksbuild's output paths and NAR hashes.
+#[test]
+fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
+    let targets = ["rpi-image@small", "disk-image@small", "disk-image-arm64@small"];
+    let tmp = scratch();
+    let store = kernel_store();
+    let proj = project(tmp.path(), &store);
+    let mut images = Vec::new();
+    for t in targets {
+        let Some(out) = realise(&store, &proj, t, &[]) else {
+            return;
+        };
+        images.push(out);
+    }
+    if crate::common::skip_without_nix() {
+        return;
+    }
+    // What Nix may take: every fixed-output download of the closures, and the kernels.
+    let json = run_ok(
+        ksbuild(&store)
+            .arg("--project")
+            .arg(&proj)
+            .args(["show-derivation", "-r"])
+            .args(targets),
+    );
+    let drvs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let mut given = Vec::new();
+    for d in drvs.values() {
+        let name = d["env"]["name"].as_str().unwrap_or_default();
+        if d["builder"] == "builtin:fetchurl" || name.starts_with("kernel-") {
+            for o in d["outputs"].as_object().unwrap().values() {
+                given.push(o["path"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let (sk, pk) = (tmp.path().join("key.sec"), tmp.path().join("key.pub"));
+    run_ok(ksbuild(&store).args(["key", "generate", "ci-cache-1"]).arg(&sk).arg(&pk));
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    run_ok(
+        ksbuild(&store)
+            .args(["cache", "push", "--compression", "zstd"])
+            .arg("--secret-key-file")
+            .arg(&sk)
+            .args(["--to", &cache])
+            .args(&given),
+    );
+    let nix_root = tmp.path().join("nixroot");
+    let pk = fs::read_to_string(&pk).unwrap();
+    let mut build = crate::common::nix("nix");
+    build
+        .env("XDG_CACHE_HOME", tmp.path().join("xdg"))
+        .arg("--store")
+        .arg(&nix_root)
+        .args(["build", "--no-link", "--json"])
+        .args(["--option", "substituters", &cache])
+        .args(["--option", "trusted-public-keys", pk.trim()]);
+    for t in targets {
+        build.arg(format!("path:{}#packages.x86_64-linux.\"{t}\"", proj.display()));
+    }
+    let built: Vec<serde_json::Value> = serde_json::from_str(&run_ok(&mut build)).unwrap();
+    assert_eq!(built.len(), targets.len());
+    for (b, image) in built.iter().zip(&images) {
+        let path = b["outputs"]["out"].as_str().unwrap();
+        assert_eq!(path, format!("/nix/store/{}", image.file_name().unwrap().to_string_lossy()));
+    }
+    // Every path Nix has, compared with ksbuild's; those not given were built by Nix.
+    let nix_info: Vec<serde_json::Value> = serde_json::from_str(&run_ok(
+        crate::common::nix("nix")
+            .arg("--store")
+            .arg(&nix_root)
+            .args(["path-info", "--json", "--all"]),
+    ))
+    .unwrap();
+    let mut built_by_nix = Vec::new();
+    for info in &nix_info {
+        let path = info["path"].as_str().unwrap();
+        if path.ends_with(".drv") || given.iter().any(|g| g == path) {
+            continue;
+        }
+        let ours: serde_json::Value = serde_json::from_str(&run_ok(
+            ksbuild(&store).args(["store", "path-info", "--json", path]),
+        ))
+        .unwrap();
+        assert_eq!(info["narHash"], ours[0]["narHash"], "{path}");
+        built_by_nix.push(path.to_string());
+    }
+    eprintln!("built by Nix itself: {built_by_nix:#?}");
+    for name in ["rootfs-arm64", "initramfs-rpi-small", "rpi-image-small", "disk-image-small"] {
+        assert!(
+            built_by_nix.iter().any(|p| p.ends_with(name)),
+            "Nix did not build {name}: {built_by_nix:?}"
+        );
+    }
 }

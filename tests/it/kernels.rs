@@ -118,6 +118,7 @@ fn build_and_check_against_record(proj: &Path, target: &str) -> PathBuf {
         out.status.success(),
         "{target} does not build to its record: {err}"
     );
+    crate::common::publish_to_ci_cache(proj, &[target]);
     let verdict: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("check --json prints its verdict");
     let d = &verdict["derivations"][0];
