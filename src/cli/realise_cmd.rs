@@ -104,16 +104,7 @@ impl BuildArgs {
             return Ok(Substituters::none(store_dir));
         }
         let split = |s: &String| s.split_whitespace().map(String::from).collect();
-        let cli = Layer {
-            origin: "the command line".into(),
-            substituters: self.substituters.as_ref().map(split),
-            trusted_public_keys: self.trusted_public_keys.as_ref().map(split),
-        };
-        let settings = Settings::discover(cli).map_err(|e| CliError::Usage {
-            message: e.to_string(),
-            hint: e.hint(),
-        })?;
-        Ok(Substituters::new(&settings, store_dir))
+        self.discover(self.substituters.as_ref().map(split), store_dir)
     }
 
     /// The binary cache at `url` alone, with the trusted keys in force (for `check
@@ -123,10 +114,20 @@ impl BuildArgs {
         url: &str,
         store_dir: &crate::compat::StoreDir,
     ) -> Result<Substituters, CliError> {
+        self.discover(Some(vec![url.to_string()]), store_dir)
+    }
+
+    /// The settings with `substituters` (when given) and the trusted keys of the command
+    /// line over the configuration files.
+    fn discover(
+        &self,
+        substituters: Option<Vec<String>>,
+        store_dir: &crate::compat::StoreDir,
+    ) -> Result<Substituters, CliError> {
         let split = |s: &String| s.split_whitespace().map(String::from).collect();
         let cli = Layer {
             origin: "the command line".into(),
-            substituters: Some(vec![url.to_string()]),
+            substituters,
             trusted_public_keys: self.trusted_public_keys.as_ref().map(split),
         };
         let settings = Settings::discover(cli).map_err(|e| CliError::Usage {

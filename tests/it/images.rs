@@ -932,7 +932,12 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
         return;
     };
     let (sk, pk) = (tmp.path().join("key.sec"), tmp.path().join("key.pub"));
-    run_ok(ksbuild(&store).args(["key", "generate", "ci-cache-1"]).arg(&sk).arg(&pk));
+    run_ok(
+        ksbuild(&store)
+            .args(["key", "generate", "ci-cache-1"])
+            .arg(&sk)
+            .arg(&pk),
+    );
     let cache = format!("file://{}", tmp.path().join("cache").display());
     run_ok(
         ksbuild(&store)
@@ -948,7 +953,14 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
         ksbuild(&fresh)
             .arg("--project")
             .arg(&proj)
-            .args(["realise", "--json", "--no-link", "-j2", "--substituters", &cache])
+            .args([
+                "realise",
+                "--json",
+                "--no-link",
+                "-j2",
+                "--substituters",
+                &cache,
+            ])
             .arg("--trusted-public-keys")
             .arg(fs::read_to_string(&pk).unwrap().trim())
             .arg("rpi-image@small"),
@@ -987,7 +999,11 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
 /// sandbox, to ksbuild's output paths and NAR hashes.
 #[test]
 fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
-    let targets = ["rpi-image@small", "disk-image@small", "disk-image-arm64@small"];
+    let targets = [
+        "rpi-image@small",
+        "disk-image@small",
+        "disk-image-arm64@small",
+    ];
     let tmp = scratch();
     let store = kernel_store();
     let proj = project(tmp.path(), &store);
@@ -1020,7 +1036,12 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
         }
     }
     let (sk, pk) = (tmp.path().join("key.sec"), tmp.path().join("key.pub"));
-    run_ok(ksbuild(&store).args(["key", "generate", "ci-cache-1"]).arg(&sk).arg(&pk));
+    run_ok(
+        ksbuild(&store)
+            .args(["key", "generate", "ci-cache-1"])
+            .arg(&sk)
+            .arg(&pk),
+    );
     let cache = format!("file://{}", tmp.path().join("cache").display());
     run_ok(
         ksbuild(&store)
@@ -1041,13 +1062,22 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
         .args(["--option", "substituters", &cache])
         .args(["--option", "trusted-public-keys", pk.trim()]);
     for t in targets {
-        build.arg(format!("path:{}#packages.x86_64-linux.\"{t}\"", proj.display()));
+        build.arg(format!(
+            "path:{}#packages.x86_64-linux.\"{t}\"",
+            proj.display()
+        ));
     }
     let built: Vec<serde_json::Value> = serde_json::from_str(&run_ok(&mut build)).unwrap();
     assert_eq!(built.len(), targets.len());
     for (b, image) in built.iter().zip(&images) {
         let path = b["outputs"]["out"].as_str().unwrap();
-        assert_eq!(path, format!("/nix/store/{}", image.file_name().unwrap().to_string_lossy()));
+        assert_eq!(
+            path,
+            format!(
+                "/nix/store/{}",
+                image.file_name().unwrap().to_string_lossy()
+            )
+        );
     }
     // Every path Nix has, compared with ksbuild's; those not given were built by Nix.
     let nix_info: Vec<serde_json::Value> = serde_json::from_str(&run_ok(
@@ -1063,15 +1093,23 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
         if path.ends_with(".drv") || given.iter().any(|g| g == path) {
             continue;
         }
-        let ours: serde_json::Value = serde_json::from_str(&run_ok(
-            ksbuild(&store).args(["store", "path-info", "--json", path]),
-        ))
+        let ours: serde_json::Value = serde_json::from_str(&run_ok(ksbuild(&store).args([
+            "store",
+            "path-info",
+            "--json",
+            path,
+        ])))
         .unwrap();
         assert_eq!(info["narHash"], ours[0]["narHash"], "{path}");
         built_by_nix.push(path.to_string());
     }
     eprintln!("built by Nix itself: {built_by_nix:#?}");
-    for name in ["rootfs-arm64", "initramfs-rpi-small", "rpi-image-small", "disk-image-small"] {
+    for name in [
+        "rootfs-arm64",
+        "initramfs-rpi-small",
+        "rpi-image-small",
+        "disk-image-small",
+    ] {
         assert!(
             built_by_nix.iter().any(|p| p.ends_with(name)),
             "Nix did not build {name}: {built_by_nix:?}"

@@ -67,7 +67,10 @@ fn a_cache_written_by_nix_substitutes_instead_of_building() {
     .trim()
     .to_string();
     run_ok(
+        // With the test's store: without one, an ordinary user's Nix would set up /nix/var.
         nix("nix-store")
+            .arg("--store")
+            .arg(&nix_root)
             .args(["--generate-binary-cache-key", "nix-test-1"])
             .arg(t.join("sk"))
             .arg(t.join("pk")),
