@@ -978,7 +978,17 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
         .iter()
         .filter(|e| e["event"] == "substitute-finished")
         .count();
-    assert!(substituted > 1, "{out}");
+    assert!(substituted >= 1, "{out}");
+    let image_path = format!(
+        "/nix/store/{}",
+        image.file_name().unwrap().to_string_lossy()
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "substitute-finished" && e["path"] == image_path.as_str()),
+        "{out}"
+    );
     let info = |s: &Path, p: &Path| {
         let logical = format!("/nix/store/{}", p.file_name().unwrap().to_string_lossy());
         let json = run_ok(ksbuild(s).args(["store", "path-info", "--json", &logical]));
@@ -1053,26 +1063,35 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
     );
     let nix_root = tmp.path().join("nixroot");
     let pk = fs::read_to_string(&pk).unwrap();
-    let mut build = crate::common::nix("nix");
-    build
-        .env("XDG_CACHE_HOME", tmp.path().join("xdg"))
-        .arg("--store")
-        .arg(&nix_root)
-        .args(["build", "--no-link", "--json"])
-        .args(["--option", "substituters", &cache])
-        .args(["--option", "trusted-public-keys", pk.trim()]);
-    for t in targets {
-        build.arg(format!(
-            "path:{}#packages.x86_64-linux.\"{t}\"",
-            proj.display()
-        ));
-    }
-    let built: Vec<serde_json::Value> = serde_json::from_str(&run_ok(&mut build)).unwrap();
-    assert_eq!(built.len(), targets.len());
-    for (b, image) in built.iter().zip(&images) {
-        let path = b["outputs"]["out"].as_str().unwrap();
+    // The flake's .drv files, written into Nix's store by one evaluation ...
+    let names: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    let drvs: Vec<String> = serde_json::from_str(&run_ok(
+        crate::common::nix("nix")
+            .env("XDG_CACHE_HOME", tmp.path().join("xdg"))
+            .arg("--store")
+            .arg(&nix_root)
+            .args(["eval", "--json"])
+            .arg(format!("path:{}#packages.x86_64-linux", proj.display()))
+            .args([
+                "--apply",
+                &format!("ps: map (t: ps.${{t}}.drvPath) [ {} ]", names.join(" ")),
+            ]),
+    ))
+    .unwrap();
+    // ... realised by Nix in its sandbox, taking only what the cache holds.
+    let out = run_ok(
+        crate::common::nix("nix-store")
+            .arg("--store")
+            .arg(&nix_root)
+            .args(["--realise", "--option", "substituters", &cache])
+            .args(["--option", "trusted-public-keys", pk.trim()])
+            .args(&drvs),
+    );
+    let built: Vec<&str> = out.lines().collect();
+    assert_eq!(built.len(), targets.len(), "{out}");
+    for (path, image) in built.iter().zip(&images) {
         assert_eq!(
-            path,
+            *path,
             format!(
                 "/nix/store/{}",
                 image.file_name().unwrap().to_string_lossy()
