@@ -1063,6 +1063,7 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
     );
     let nix_root = tmp.path().join("nixroot");
     let pk = fs::read_to_string(&pk).unwrap();
+    fs::copy(repo().join("flake.nix"), proj.join("flake.nix")).unwrap();
     // The flake's .drv files, written into Nix's store by one evaluation ...
     let names: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
     let drvs: Vec<String> = serde_json::from_str(&run_ok(
@@ -1109,8 +1110,15 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
     let mut built_by_nix = Vec::new();
     for info in &nix_info {
         let path = info["path"].as_str().unwrap();
+        // The .drv files, what was given, and the flake's own source (Nix's alone).
         if path.ends_with(".drv") || given.iter().any(|g| g == path) {
             continue;
+        }
+        if path.ends_with("-source") && info["references"].as_array().is_some_and(Vec::is_empty) {
+            let ours = run(ksbuild(&store).args(["store", "path-info", "--json", path]));
+            if !ours.status.success() {
+                continue;
+            }
         }
         let ours: serde_json::Value = serde_json::from_str(&run_ok(ksbuild(&store).args([
             "store",
