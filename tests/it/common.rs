@@ -84,16 +84,48 @@ pub fn publish_to_ci_cache(proj: &Path, targets: &[&str]) {
     let Some(cache) = ci_cache() else {
         return;
     };
+    push_signed(
+        &kernel_store(),
+        proj,
+        &cache.url,
+        &cache.secret_key,
+        targets,
+    );
+}
+
+/// `ksbuild cache push --no-build --compression zstd` of `what` (targets of `proj`, or store
+/// paths) and their closures from `store` to `url`, signed with `secret_key`.
+pub fn push_signed<S: AsRef<std::ffi::OsStr>>(
+    store: &Path,
+    proj: &Path,
+    url: &str,
+    secret_key: &Path,
+    what: &[S],
+) {
     run_ok(
-        ksbuild(&kernel_store())
+        ksbuild(store)
             .arg("--project")
             .arg(proj)
             .args(["cache", "push", "--no-build", "--compression", "zstd"])
             .arg("--secret-key-file")
-            .arg(&cache.secret_key)
-            .args(["--to", &cache.url])
-            .args(targets),
+            .arg(secret_key)
+            .args(["--to", url])
+            .args(what),
     );
+}
+
+/// A fresh key pair `dir/key.sec`, `dir/key.pub` (`ksbuild key generate`); returns the
+/// secret key's path and the public key's text.
+pub fn key_pair(dir: &Path) -> (PathBuf, String) {
+    let (secret, public) = (dir.join("key.sec"), dir.join("key.pub"));
+    run_ok(
+        Command::new(ksbuild_bin())
+            .args(["key", "generate", "test-cache-1"])
+            .arg(&secret)
+            .arg(&public),
+    );
+    let text = std::fs::read_to_string(&public).expect("the public key");
+    (secret, text.trim().to_string())
 }
 
 /// Runs a command, panicking with its stderr if it fails; returns stdout.

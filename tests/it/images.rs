@@ -931,23 +931,9 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
     let Some(image) = realise(&store, &proj, "rpi-image@small", &[]) else {
         return;
     };
-    let (sk, pk) = (tmp.path().join("key.sec"), tmp.path().join("key.pub"));
-    run_ok(
-        ksbuild(&store)
-            .args(["key", "generate", "ci-cache-1"])
-            .arg(&sk)
-            .arg(&pk),
-    );
+    let (sk, pk) = crate::common::key_pair(tmp.path());
     let cache = format!("file://{}", tmp.path().join("cache").display());
-    run_ok(
-        ksbuild(&store)
-            .arg("--project")
-            .arg(&proj)
-            .args(["cache", "push", "--no-build", "--compression", "zstd"])
-            .arg("--secret-key-file")
-            .arg(&sk)
-            .args(["--to", &cache, "rpi-image@small"]),
-    );
+    crate::common::push_signed(&store, &proj, &cache, &sk, &["rpi-image@small"]);
     let fresh = tmp.path().join("fresh");
     let out = run_ok(
         ksbuild(&fresh)
@@ -962,7 +948,7 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
                 &cache,
             ])
             .arg("--trusted-public-keys")
-            .arg(fs::read_to_string(&pk).unwrap().trim())
+            .arg(&pk)
             .arg("rpi-image@small"),
     );
     let events: Vec<serde_json::Value> = out
@@ -1045,24 +1031,10 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
             }
         }
     }
-    let (sk, pk) = (tmp.path().join("key.sec"), tmp.path().join("key.pub"));
-    run_ok(
-        ksbuild(&store)
-            .args(["key", "generate", "ci-cache-1"])
-            .arg(&sk)
-            .arg(&pk),
-    );
+    let (sk, pk) = crate::common::key_pair(tmp.path());
     let cache = format!("file://{}", tmp.path().join("cache").display());
-    run_ok(
-        ksbuild(&store)
-            .args(["cache", "push", "--compression", "zstd"])
-            .arg("--secret-key-file")
-            .arg(&sk)
-            .args(["--to", &cache])
-            .args(&given),
-    );
+    crate::common::push_signed(&store, &proj, &cache, &sk, &given);
     let nix_root = tmp.path().join("nixroot");
-    let pk = fs::read_to_string(&pk).unwrap();
     fs::copy(repo().join("flake.nix"), proj.join("flake.nix")).unwrap();
     // The flake's .drv files, written into Nix's store by one evaluation ...
     let names: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
