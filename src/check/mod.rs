@@ -247,6 +247,8 @@ pub struct CheckOptions {
     /// What the builds the check makes vary from the first build compared (which is made
     /// as Nix makes it).
     pub vary: Vec<Vary>,
+    /// How far a difference is explained (`--diffoscope`).
+    pub diff: explain::Options,
 }
 
 /// Checks `node`, whose outputs are valid: makes the builds `options.rounds` asks for,
@@ -337,8 +339,9 @@ pub fn check_node(
                 rebuild
                     .keep(name, &kept)
                     .map_err(|e| fail(format!("cannot keep the differing build: {e}")))?;
-                v.differences = explain::diff_trees(&store.physical_path(path), &kept)
-                    .map_err(|e| fail(format!("cannot compare the builds of `{name}`: {e}")))?;
+                v.differences =
+                    explain::diff_trees_with(&store.physical_path(path), &kept, &options.diff)
+                        .map_err(|e| fail(format!("cannot compare the builds of `{name}`: {e}")))?;
                 v.kept = Some(kept.display().to_string());
             }
         }

@@ -273,6 +273,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     let options = CheckOptions {
         rounds,
         vary: args.vary.clone().map(|v| v.0).unwrap_or_default(),
+        diff: diff_options,
     };
     crate::graph::Executor::prepare(&executor, selected.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -298,26 +299,6 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
                         .map_err(|f| {
                             CliError::Failed(format!("cannot check `{key}`: {}", f.message))
                         });
-                if let (Ok(v), Some(_)) = (&mut verdict, &diff_options.diffoscope) {
-                    // Explained again, each differing file pair handed to diffoscope.
-                    let paths = crate::graph::output_paths(node);
-                    for o in v.outputs.iter_mut() {
-                        let (Some(kept), Some(path)) = (&o.kept, paths.get(&o.name)) else {
-                            continue;
-                        };
-                        match crate::check::explain::diff_trees_with(
-                            &store.physical_path(path),
-                            std::path::Path::new(kept),
-                            &diff_options,
-                        ) {
-                            Ok(d) => o.differences = d,
-                            Err(e) => eprintln!(
-                                "warning: cannot compare the builds of `{}` with diffoscope: {e}",
-                                o.name
-                            ),
-                        }
-                    }
-                }
                 if let (Ok(v), Some(url)) = (&mut verdict, &args.against) {
                     if v.record.is_some() {
                         v.against = Some(url.clone());

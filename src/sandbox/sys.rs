@@ -720,9 +720,8 @@ pub(crate) fn copy_tree_shuffled(source: &Path, target: &Path) -> Result<(), Err
         } else if kind.is_symlink() {
             symlink(fs::read_link(&from).map_err(err)?, &to).map_err(err)?;
         } else if kind.is_file() {
+            // `fs::copy` gives the copy the source's permission bits.
             fs::copy(&from, &to).map_err(err)?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(err)?;
         } else {
             return Err(Errno::EINVAL);
         }
