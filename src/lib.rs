@@ -73,6 +73,7 @@ pub mod compat;
 pub mod fetch;
 pub mod graph;
 pub mod model;
+pub mod remote;
 pub mod sandbox;
 pub mod store;
 pub mod substitute;

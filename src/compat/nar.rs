@@ -487,16 +487,7 @@ impl<R: Read> Reader<R> {
 /// the root node's closing token. Returns the number of bytes read.
 pub fn read_nar(input: impl Read, sink: &mut dyn NarSink) -> Result<u64, NarError> {
     let mut reader = Reader { input, offset: 0 };
-    let at = reader.offset;
-    let magic = reader.read_token("magic", 64)?;
-    if magic != MAGIC {
-        return Err(NarError::Unexpected {
-            offset: at,
-            expected: "`nix-archive-1`",
-            found: String::from_utf8_lossy(&magic).into_owned(),
-        });
-    }
-    reader.node(sink, &mut Vec::new())?;
+    reader.archive(sink)?;
     let mut byte = [0u8; 1];
     loop {
         match reader.input.read(&mut byte) {
@@ -509,6 +500,31 @@ pub fn read_nar(input: impl Read, sink: &mut dyn NarSink) -> Result<u64, NarErro
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(NarError::Io(e)),
         }
+    }
+}
+
+/// Reads one NAR from the start of `input` and stops at its end, leaving what follows
+/// unread: for a NAR inside a stream with no length in front of it (the serve protocol's
+/// `DumpStorePath` and export streams). Returns the number of bytes read.
+pub fn read_nar_prefix(input: &mut dyn Read, sink: &mut dyn NarSink) -> Result<u64, NarError> {
+    let mut reader = Reader { input, offset: 0 };
+    reader.archive(sink)?;
+    Ok(reader.offset)
+}
+
+impl<R: Read> Reader<R> {
+    /// The magic and the root node.
+    fn archive(&mut self, sink: &mut dyn NarSink) -> Result<(), NarError> {
+        let at = self.offset;
+        let magic = self.read_token("magic", 64)?;
+        if magic != MAGIC {
+            return Err(NarError::Unexpected {
+                offset: at,
+                expected: "`nix-archive-1`",
+                found: String::from_utf8_lossy(&magic).into_owned(),
+            });
+        }
+        self.node(sink, &mut Vec::new())
     }
 }
 

@@ -425,6 +425,24 @@ impl NarSink for RestoreSink {
 /// Returns the number of NAR bytes read. A NAR that is refused (malformed, truncated,
 /// followed by more data) leaves nothing at `target`.
 pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result<u64> {
+    restore_with(target, mode, |sink| {
+        crate::compat::nar::read_nar(input, sink)
+    })
+}
+
+/// [`restore_nar`] of a NAR at the start of a stream, leaving what follows it unread
+/// ([`crate::compat::nar::read_nar_prefix`]).
+pub fn restore_nar_prefix(input: &mut dyn Read, target: &Path, mode: RestoreMode) -> Result<u64> {
+    restore_with(target, mode, |sink| {
+        crate::compat::nar::read_nar_prefix(input, sink)
+    })
+}
+
+fn restore_with(
+    target: &Path,
+    mode: RestoreMode,
+    read: impl FnOnce(&mut dyn crate::compat::nar::NarSink) -> std::result::Result<u64, NarError>,
+) -> Result<u64> {
     if fs::symlink_metadata(target).is_ok() {
         return Err(StoreError::Refused(format!(
             "`{}` already exists; restore into a new path",
@@ -436,7 +454,7 @@ pub fn restore_nar(input: impl Read, target: &Path, mode: RestoreMode) -> Result
         mode,
         buf: Vec::new(),
     };
-    crate::compat::nar::read_nar(input, &mut sink).map_err(|e| {
+    read(&mut sink).map_err(|e| {
         // The partial tree is ours (`target` did not exist): remove it.
         let _ = fsutil::remove_tree(target);
         match e {

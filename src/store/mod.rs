@@ -38,7 +38,7 @@ pub use cache::{
 pub use compression::Compression;
 pub use dump::{
     dump_path, hash_file, nar_hash_path, nar_hash_path_with as dump_nar_hash, restore_nar,
-    RestoreMode,
+    restore_nar_prefix, RestoreMode,
 };
 pub use fsutil::{
     disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic, FilesystemSpace,
