@@ -5,3 +5,4 @@
 //! ([`server`]). See `../shared/reference/nix-serve-protocol.md`.
 
 pub mod wire;
+pub mod machines;
