@@ -102,7 +102,12 @@ fn expand(spec: &str, out: &mut Vec<String>, depth: usize) -> Result<(), Machine
 
 fn parse_line(line: &str, this_system: &str) -> Result<Machine, MachinesError> {
     let tokens: Vec<&str> = line.split_whitespace().collect();
-    let set = |i: usize| tokens.get(i).copied().filter(|t| !t.is_empty() && *t != "-");
+    let set = |i: usize| {
+        tokens
+            .get(i)
+            .copied()
+            .filter(|t| !t.is_empty() && *t != "-")
+    };
     let bad = |column: usize, what: &'static str, expected: &'static str| MachinesError::Field {
         line: line.to_string(),
         column: column + 1,
@@ -113,14 +118,17 @@ fn parse_line(line: &str, this_system: &str) -> Result<Machine, MachinesError> {
     let number = |i: usize, what: &'static str| -> Result<u32, MachinesError> {
         match set(i) {
             None => Ok(1),
-            Some(t) => t
-                .parse::<u32>()
-                .map_err(|_| bad(i, what, "a whole number")),
+            Some(t) => t.parse::<u32>().map_err(|_| bad(i, what, "a whole number")),
         }
     };
     let list = |i: usize| -> BTreeSet<String> {
         set(i)
-            .map(|t| t.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+            .map(|t| {
+                t.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let Some(uri) = set(0) else {
@@ -148,7 +156,11 @@ fn parse_line(line: &str, this_system: &str) -> Result<Machine, MachinesError> {
     Ok(Machine {
         uri,
         systems: match set(1) {
-            Some(t) => t.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+            Some(t) => t
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
             None => vec![this_system.to_string()],
         },
         ssh_key: set(2).map(String::from),
@@ -270,7 +282,10 @@ mod tests {
         assert_eq!(m[0].host_key.as_deref(), Some("c3NoLWVkMjU1MTkgQUFBQQ=="));
         assert_eq!(m[1].uri, "ssh://two");
         assert_eq!(m[1].systems, ["x86_64-linux"]);
-        assert_eq!((m[1].max_jobs, m[1].speed_factor, m[1].ssh_key.clone()), (1, 1, None));
+        assert_eq!(
+            (m[1].max_jobs, m[1].speed_factor, m[1].ssh_key.clone()),
+            (1, 1, None)
+        );
         assert_eq!(m[2].uri, "ssh://three");
         assert_eq!(m[3].uri, "ssh://b@four?remote-program=ksbuild");
         assert_eq!(m[3].systems, ["aarch64-linux"]);
@@ -286,7 +301,10 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let e = parse("host x86_64-linux - four", "x86_64-linux").unwrap_err();
-        assert!(e.to_string().contains("column 4 (max jobs) is `four`"), "{e}");
+        assert!(
+            e.to_string().contains("column 4 (max jobs) is `four`"),
+            "{e}"
+        );
         let e = parse("host - - 1 1 - - not*base64", "x86_64-linux").unwrap_err();
         assert!(e.to_string().contains("column 8 (SSH host key)"), "{e}");
     }
@@ -297,7 +315,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("machines");
         std::fs::write(&file, "inner1\ninner2 aarch64-linux\n").unwrap();
-        let spec = format!("outer; @{} ; @{}/missing", file.display(), dir.path().display());
+        let spec = format!(
+            "outer; @{} ; @{}/missing",
+            file.display(),
+            dir.path().display()
+        );
         let m = parse(&spec, "x86_64-linux").unwrap();
         let uris: Vec<&str> = m.iter().map(|m| m.uri.as_str()).collect();
         assert_eq!(uris, ["ssh://outer", "ssh://inner1", "ssh://inner2"]);
@@ -359,7 +381,14 @@ mod tests {
         );
         // ... and when it is disabled nothing fits: declined.
         assert_eq!(
-            choose(&machines, &[0, 0], &[true, false], "aarch64-linux", &none, false),
+            choose(
+                &machines,
+                &[0, 0],
+                &[true, false],
+                "aarch64-linux",
+                &none,
+                false
+            ),
             Choice::Decline
         );
     }
@@ -376,14 +405,26 @@ mod tests {
         let ms = [two_jobs, fast];
         let on = [true, true];
         // Both idle: 0/1 == 0/2, the faster wins.
-        assert_eq!(choose(&ms, &[0, 0], &on, x86, &none, true), Choice::Remote(1));
+        assert_eq!(
+            choose(&ms, &[0, 0], &on, x86, &none, true),
+            Choice::Remote(1)
+        );
         // The fast one full (1 of 1): the other.
-        assert_eq!(choose(&ms, &[0, 1], &on, x86, &none, true), Choice::Remote(0));
+        assert_eq!(
+            choose(&ms, &[0, 1], &on, x86, &none, true),
+            Choice::Remote(0)
+        );
         // 1/1 = 1 against the fast one's 0/2 = 0.
-        assert_eq!(choose(&ms, &[1, 0], &on, x86, &none, true), Choice::Remote(1));
+        assert_eq!(
+            choose(&ms, &[1, 0], &on, x86, &none, true),
+            Choice::Remote(1)
+        );
         // Both full.
         assert_eq!(choose(&ms, &[2, 1], &on, x86, &none, true), Choice::Decline);
-        assert_eq!(choose(&ms, &[2, 1], &on, x86, &none, false), Choice::Postpone);
+        assert_eq!(
+            choose(&ms, &[2, 1], &on, x86, &none, false),
+            Choice::Postpone
+        );
         // Integer division: loads 3 and 5 on speeds 2 and 3 are both 1: the faster.
         let a = machine(&[x86], 8, 2, &[], &[]);
         let b = machine(&[x86], 8, 3, &[], &[]);

@@ -4,5 +4,6 @@
 //! the outputs back, checked ([`client`]); and the server, `ksbuild --serve --write`
 //! ([`server`]). See `../shared/reference/nix-serve-protocol.md`.
 
-pub mod wire;
+pub mod client;
 pub mod machines;
+pub mod wire;
