@@ -409,6 +409,12 @@ impl Connection {
         }
     }
 
+    /// Whether its `ssh` still runs (an idle connection may have been closed by the far
+    /// side).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint

@@ -5,5 +5,6 @@
 //! ([`server`]). See `../shared/reference/nix-serve-protocol.md`.
 
 pub mod client;
+pub mod dispatch;
 pub mod machines;
 pub mod wire;
