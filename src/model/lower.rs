@@ -95,8 +95,9 @@ pub const ENTER_SCRIPT_NAME: &str = "environment-enter.sh";
 /// Environment keys a derivation may not set: those ksbuild derives from its keys, and those
 /// Nix's `derivation` interprets itself (the arguments, a fixed output, structured
 /// attributes), which as plain environment would give the flake's lowering
-/// (`fragments/lower.nix`) another `.drv`. Output names are reserved too.
-pub const RESERVED_ENV: [&str; 12] = [
+/// (`fragments/lower.nix`) another `.drv`; and `requiredSystemFeatures`, which has its own
+/// key (`required-system-features`). Output names are reserved too.
+pub const RESERVED_ENV: [&str; 13] = [
     "name",
     "system",
     "builder",
@@ -109,6 +110,7 @@ pub const RESERVED_ENV: [&str; 12] = [
     "outputHash",
     "outputHashAlgo",
     "outputHashMode",
+    "requiredSystemFeatures",
 ];
 
 /// What a derivation that names an environment needs.
@@ -876,6 +878,7 @@ impl Lowerer<'_, '_> {
                 || !spec.inputs.is_empty()
                 || !spec.env.is_empty()
                 || spec.outputs.is_some()
+                || spec.required_system_features.is_some()
             {
                 return Err(file.error(
                     fetch.span(),
@@ -1160,6 +1163,12 @@ impl Lowerer<'_, '_> {
         if spec.outputs.is_some() {
             env.insert("outputs".into(), output_names.join(" "));
         }
+        if let Some(features) = &spec.required_system_features {
+            env.insert(
+                "requiredSystemFeatures".into(),
+                required_system_features(features, file)?,
+            );
+        }
         let drv = Derivation {
             outputs: output_names
                 .iter()
@@ -1174,6 +1183,33 @@ impl Lowerer<'_, '_> {
         };
         self.finish(target.name.clone(), drv, None, deps, values, file)
     }
+}
+
+/// The value of `requiredSystemFeatures` for the features listed: as Nix's `derivation`
+/// writes a list attribute without `__structuredAttrs`, the items joined by single spaces
+/// (an empty list gives the empty string). Each item must be one word: Nix splits the value
+/// on whitespace when it reads it back.
+fn required_system_features(
+    features: &Spanned<Vec<Spanned<String>>>,
+    file: &SourceFile,
+) -> Result<String, ModelError> {
+    for feature in features.get_ref() {
+        let f = feature.get_ref();
+        if f.is_empty() || f.chars().any(char::is_whitespace) {
+            return Err(file.error(
+                feature.span(),
+                format!("`{f}` is not one system feature"),
+                "this feature",
+                Some("features are single words, such as `big-parallel` or `kvm`: list each as its own string".into()),
+            ));
+        }
+    }
+    Ok(features
+        .get_ref()
+        .iter()
+        .map(|f| f.get_ref().as_str())
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Errors of hash-modulo computation during lowering.
