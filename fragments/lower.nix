@@ -96,12 +96,13 @@ let
     let found = filter (p: p.url == url && p.mode == mode) pins;
     in if found == [ ] then null else (head found).hash;
 
-  derivationKeys = [ "name" "system" "builder" "args" "env" "outputs" "environment" "inputs" "fetch" "variants" ];
-  variantKeys = [ "name" "args" "env" "inputs" ];
+  derivationKeys = [ "name" "system" "builder" "args" "env" "outputs" "environment" "inputs" "fetch" "variants"
+    "required-system-features" ];
+  variantKeys = [ "name" "args" "env" "inputs" "required-system-features" ];
   fetchKeys = [ "url" "hash" "name" "recursive" "unpack" "executable" ];
 
   # Targets by name: each file, and `FILE@VARIANT` for each of its `[variants]` (ksbuild's
-  # `insert_target`): env and inputs merged, args replaced, the store name
+  # `insert_target`): env and inputs merged, args and required-system-features replaced, the store name
   # `NAME-of-file-VARIANT` unless the variant names one.
   parsed = map (f: f // { spec = checkKeys f.file derivationKeys (readToml f.path); }) files;
   targetList = concatMap (f:
@@ -120,7 +121,8 @@ let
               name = vs.name or "${baseName}-${v}";
               env = (base.env or { }) // (vs.env or { });
               inputs = (base.inputs or { }) // (vs.inputs or { });
-            } // (if vs ? args then { inherit (vs) args; } else { });
+            } // (if vs ? args then { inherit (vs) args; } else { })
+              // (if vs ? required-system-features then { inherit (vs) required-system-features; } else { });
           };
         }) (attrNames variants)) parsed;
   targets =
@@ -278,7 +280,17 @@ let
 
   # Keys of env that `derivation` itself interprets (ksbuild reserves the same).
   reservedEnv = [ "name" "system" "builder" "outputs" "args" "__structuredAttrs" "__ignoreNulls"
-    "__contentAddressed" "__impure" "outputHash" "outputHashAlgo" "outputHashMode" ];
+    "__contentAddressed" "__impure" "outputHash" "outputHashAlgo" "outputHashMode"
+    "requiredSystemFeatures" ];
+
+  # `required-system-features`: single words (Nix splits the attribute on spaces, tabs and
+  # newlines when it reads it back), passed to `derivation` as a list, which it writes as
+  # the words joined by single spaces (`lower::required_system_features`).
+  checkFeatures = where: features:
+    let bad = filter (f: match "[^ \t\n\r]+" f == null) (checkStrings where "required-system-features" features);
+    in if bad == [ ] then features
+       else fail where "`${head bad}` is not one system feature"
+         "features are single words, such as `big-parallel` or `kvm`: list each as its own string";
 
   lowerBuild = targetName: where: spec:
     let
@@ -291,6 +303,7 @@ let
         else fail where "`${targetName}` does not say its `system`"
           "add `system = \"x86_64-linux\"` here or to `derivations/_project.toml`";
       outputs = if spec ? outputs then checkStrings where "outputs" spec.outputs else [ "out" ];
+      features = if spec ? required-system-features then checkFeatures where spec.required-system-features else null;
       outputsOk = outputs != [ ]
         && foldl' (ok: o: ok && validOutput o) true outputs
         && length (attrNames (listToAttrs (map (o: { name = o; value = null; }) outputs))) == length outputs;
@@ -344,11 +357,13 @@ let
       else derivation (settings.env // env // {
         inherit name system;
         inherit (entered) builder args;
-      } // (if spec ? outputs then { inherit outputs; } else { }));
+      } // (if spec ? outputs then { inherit outputs; } else { })
+        // (if features != null then { requiredSystemFeatures = features; } else { }));
 
   lowerTarget = targetName: { file, spec }:
     if spec ? fetch then
       (if spec ? builder || spec.args or [ ] != [ ] || spec.inputs or { } != { } || spec.env or { } != { } || spec ? outputs
+         || spec ? required-system-features
        then fail file "`${targetName}` has both `[fetch]` and build keys"
          "a derivation file is either a download (`[fetch]`) or a build (`builder`, `args`, `inputs`…)"
        else fetchNode { key = targetName; where = file; defaultName = spec.name or targetName; spec = spec.fetch; })

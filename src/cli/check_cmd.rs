@@ -113,9 +113,20 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
     }
     let diff_options = diff_options(args.diffoscope)?;
     let store = ctx.open_store()?;
-    let executor = SandboxExecutor::new(&store, args.build.options(false))?;
-    // A wrong substituter or key is told before the project is evaluated.
-    let substituters = args.build.substituters(store.store_dir())?;
+    // A wrong substituter, key or setting is told before the project is evaluated.
+    let settings = args.build.settings()?;
+    let options = args.build.options(false, &settings);
+    if options.jobs == 0 {
+        return Err(CliError::Usage {
+            message: format!(
+                "`check` rebuilds here, and {}",
+                crate::graph::build::NO_LOCAL_BUILDS
+            ),
+            hint: Some("use `-j 1` or more".into()),
+        });
+    }
+    let executor = SandboxExecutor::new(&store, options)?;
+    let substituters = args.build.substituters(&settings, store.store_dir());
     let root = project_root(ctx)?;
     let project = ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) = instantiate_project(ctx, &store, project, &args.targets)?;

@@ -47,8 +47,10 @@ pub struct RealiseArgs {
 /// The options of every command that builds (`realise`, `check`).
 #[derive(Debug, Args)]
 pub(super) struct BuildArgs {
-    /// Builds to run at once.
-    #[arg(long, short = 'j', default_value_t = 1)]
+    /// Builds to run here at once; `auto`: one per CPU. 0 builds nothing here (remote
+    /// builders only, `--builders`); downloads still run.
+    #[arg(long, short = 'j', visible_alias = "max-jobs", value_name = "N",
+          default_value = "1", value_parser = parse_jobs)]
     pub(super) jobs: usize,
     /// `NIX_BUILD_CORES` of each build [default: the number of CPUs].
     #[arg(long)]
@@ -72,6 +74,17 @@ pub(super) struct BuildArgs {
     /// default, as Nix's `extra-platforms` does [default: `i686-linux` on `x86_64-linux`].
     #[arg(long, env = "KSBUILD_EXTRA_PLATFORMS", value_name = "SYSTEMS")]
     extra_platforms: Option<String>,
+    /// This machine's system features, which derivations' `required-system-features` must
+    /// be among, separated by spaces or commas. Replaces `system-features` of `config.toml`
+    /// and of `nix.conf` [default: Nix's: `benchmark big-parallel nixos-test`, and `kvm`
+    /// if /dev/kvm is usable].
+    #[arg(long, env = "KSBUILD_SYSTEM_FEATURES", value_name = "FEATURES")]
+    system_features: Option<String>,
+    /// Remote builders, in Nix's `builders` syntax (`ssh://user@host systems key maxJobs
+    /// speedFactor supportedFeatures mandatoryFeatures hostKey`, `;`- or newline-separated,
+    /// or `@FILE`). Replaces `builders` of `config.toml` and of `nix.conf`.
+    #[arg(long, value_name = "SPEC")]
+    builders: Option<String>,
     /// Binary caches to substitute from before building, separated by spaces
     /// (`file:///dir`, `http(s)://…`). Replaces `substituters` of
     /// `~/.config/ksbuild/config.toml` and of `nix.conf` [default: none].
@@ -86,25 +99,69 @@ pub(super) struct BuildArgs {
     no_substitute: bool,
 }
 
+/// `-j`/`--max-jobs`: a number, or `auto` (one per CPU), as Nix's `max-jobs`.
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text {
+        "auto" => Ok(crate::cpus()),
+        n => n
+            .parse()
+            .map_err(|_| format!("`{n}` is not a number of builds (or `auto`)")),
+    }
+}
+
 impl BuildArgs {
-    /// The platforms builds may be for.
-    pub(super) fn platforms(&self) -> Platforms {
+    /// The settings in force: the command line over `config.toml` over `nix.conf`.
+    pub(super) fn settings(&self) -> Result<Settings, CliError> {
+        Settings::discover(self.cli_layer()).map_err(|e| CliError::Usage {
+            message: e.to_string(),
+            hint: e.hint(),
+        })
+    }
+
+    /// The settings of the command line.
+    fn cli_layer(&self) -> Layer {
+        let split = |s: &String| s.split_whitespace().map(String::from).collect();
+        Layer {
+            origin: "the command line".into(),
+            substituters: self.substituters.as_ref().map(split),
+            trusted_public_keys: self.trusted_public_keys.as_ref().map(split),
+            system_features: self.system_features.as_ref().map(|list| {
+                crate::substitute::config::SystemFeatures {
+                    base: Some(
+                        list.split(|c: char| c.is_whitespace() || c == ',')
+                            .filter(|f| !f.is_empty())
+                            .map(String::from)
+                            .collect(),
+                    ),
+                    extra: Vec::new(),
+                }
+            }),
+            builders: self.builders.clone(),
+            builders_use_substitutes: None,
+        }
+    }
+
+    /// The platforms builds may be for, and this machine's system features.
+    pub(super) fn platforms(&self, settings: &Settings) -> Platforms {
+        let host = Platforms::host();
+        let features = settings.system_features(&host.features);
+        let host = host.with_features(features);
         match &self.extra_platforms {
-            Some(list) => Platforms::host().with_extra(list),
-            None => Platforms::host(),
+            Some(list) => host.with_extra(list),
+            None => host,
         }
     }
 
     /// The substituters in force: the command line over `config.toml` over `nix.conf`.
     pub(super) fn substituters(
         &self,
+        settings: &Settings,
         store_dir: &crate::compat::StoreDir,
-    ) -> Result<Substituters, CliError> {
+    ) -> Substituters {
         if self.no_substitute {
-            return Ok(Substituters::none(store_dir));
+            return Substituters::none(store_dir);
         }
-        let split = |s: &String| s.split_whitespace().map(String::from).collect();
-        self.discover(self.substituters.as_ref().map(split), store_dir)
+        Substituters::new(settings, store_dir)
     }
 
     /// The binary cache at `url` alone, with the trusted keys in force (for `check
@@ -114,21 +171,9 @@ impl BuildArgs {
         url: &str,
         store_dir: &crate::compat::StoreDir,
     ) -> Result<Substituters, CliError> {
-        self.discover(Some(vec![url.to_string()]), store_dir)
-    }
-
-    /// The settings with `substituters` (when given) and the trusted keys of the command
-    /// line over the configuration files.
-    fn discover(
-        &self,
-        substituters: Option<Vec<String>>,
-        store_dir: &crate::compat::StoreDir,
-    ) -> Result<Substituters, CliError> {
-        let split = |s: &String| s.split_whitespace().map(String::from).collect();
         let cli = Layer {
-            origin: "the command line".into(),
-            substituters,
-            trusted_public_keys: self.trusted_public_keys.as_ref().map(split),
+            substituters: Some(vec![url.to_string()]),
+            ..self.cli_layer()
         };
         let settings = Settings::discover(cli).map_err(|e| CliError::Usage {
             message: e.to_string(),
@@ -137,8 +182,24 @@ impl BuildArgs {
         Ok(Substituters::new(&settings, store_dir))
     }
 
+    /// Refuses `--max-jobs 0` without remote builders: nothing could build.
+    pub(super) fn check_jobs(&self, options: &BuildOptions) -> Result<(), CliError> {
+        if options.jobs == 0
+            && options
+                .builders
+                .as_deref()
+                .is_none_or(|b| b.trim().is_empty())
+        {
+            return Err(CliError::Usage {
+                message: format!("{}; give --builders", crate::graph::build::NO_LOCAL_BUILDS),
+                hint: Some(crate::graph::build::NO_LOCAL_BUILDS_HINT.into()),
+            });
+        }
+        Ok(())
+    }
+
     /// The executor's options.
-    pub(super) fn options(&self, keep_failed: bool) -> BuildOptions {
+    pub(super) fn options(&self, keep_failed: bool, settings: &Settings) -> BuildOptions {
         BuildOptions {
             cores: self.cores.unwrap_or_else(|| crate::cpus() as u32),
             timeout: self.timeout.map(Duration::from_secs),
@@ -146,7 +207,9 @@ impl BuildArgs {
             max_processes: self.max_processes,
             keep_failed,
             jobs: self.jobs,
-            platforms: self.platforms(),
+            platforms: self.platforms(settings),
+            builders: settings.builders.as_ref().map(|b| b.value.clone()),
+            builders_use_substitutes: settings.builders_use_substitutes(),
         }
     }
 }
@@ -471,13 +534,16 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     let store = ctx.open_store()?;
     // Created first: a `--check` rebuilds whatever the evaluation gives, so its zygote
     // can start up meanwhile; otherwise it starts once there is something to build.
-    let platforms = args.build.platforms();
-    let executor = SandboxExecutor::new(&store, args.build.options(args.keep_failed))?;
+    // A wrong substituter, key or setting is told before the project is evaluated.
+    let settings = args.build.settings()?;
+    let options = args.build.options(args.keep_failed, &settings);
+    args.build.check_jobs(&options)?;
+    let platforms = options.platforms.clone();
+    let executor = SandboxExecutor::new(&store, options)?;
     if args.check {
         graph::Executor::prepare(&executor, args.targets.len());
     }
-    // A wrong substituter or key is told before the project is evaluated.
-    let substituters = args.build.substituters(store.store_dir())?;
+    let substituters = args.build.substituters(&settings, store.store_dir());
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =
         super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
@@ -489,7 +555,7 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
             eprintln!("error: {e}\n  hint: {}", e.hint());
         }
         return Err(CliError::Failed(format!(
-            "{} derivation(s) are for a system this machine does not build for; nothing was fetched or built",
+            "{} derivation(s) are for a system or require system features this machine does not build for; nothing was fetched or built",
             unsupported.len()
         )));
     }

@@ -243,6 +243,32 @@ impl Derivation {
         Ok(Cow::Owned(name.to_string()))
     }
 
+    /// The system features a machine must offer to build this derivation: its
+    /// `requiredSystemFeatures`, split on spaces, tabs and newlines — or, for
+    /// `__structuredAttrs` derivations, the strings of that list inside `__json` (Nix's
+    /// `ParsedDerivation::getRequiredSystemFeatures`). Empty when it requires none.
+    pub fn required_system_features(&self) -> BTreeSet<String> {
+        if let Some(text) = self.env.get("requiredSystemFeatures") {
+            return text
+                .split([' ', '\t', '\n', '\r'])
+                .filter(|f| !f.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        let Some(json) = self.env.get("__json") else {
+            return BTreeSet::new();
+        };
+        let attrs: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+        attrs
+            .get("requiredSystemFeatures")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect()
+    }
+
     /// The fixed output's hash if this is a fixed-output derivation, `None` if it is
     /// input-addressed; an error if it has no outputs or mixes the two kinds (Nix's
     /// `Derivation::type`).
@@ -1499,6 +1525,39 @@ mod tests {
             FixedOutputLayout { .. } => ("FixedOutputLayout", None),
             FixedOutputPathMismatch { .. } => ("FixedOutputPathMismatch", None),
             MakePath { .. } => ("MakePath", None),
+        }
+    }
+
+    #[test]
+    fn required_system_features_are_read_as_nix_reads_them() {
+        let with = |key: &str, value: &str| Derivation {
+            outputs: BTreeMap::new(),
+            input_derivations: BTreeMap::new(),
+            input_sources: BTreeSet::new(),
+            system: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: Vec::new(),
+            env: BTreeMap::from([(key.to_string(), value.to_string())]),
+        };
+        let set = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        #[rustfmt::skip]
+        let table: &[(&str, &str, &[&str])] = &[
+            ("requiredSystemFeatures", "big-parallel", &["big-parallel"]),
+            ("requiredSystemFeatures", "kvm big-parallel", &["big-parallel", "kvm"]),
+            // Nix's `tokenizeString`: any run of spaces, tabs, newlines, returns.
+            ("requiredSystemFeatures", " kvm\t\n big-parallel\r ", &["big-parallel", "kvm"]),
+            ("requiredSystemFeatures", "kvm kvm", &["kvm"]),
+            ("requiredSystemFeatures", "", &[]),
+            ("other", "kvm", &[]),
+            ("__json", r#"{"requiredSystemFeatures": ["kvm", "nixos-test"]}"#, &["kvm", "nixos-test"]),
+            ("__json", r#"{"name": "x"}"#, &[]),
+        ];
+        for (key, value, expected) in table {
+            assert_eq!(
+                with(key, value).required_system_features(),
+                set(expected),
+                "{key} = {value:?}"
+            );
         }
     }
 

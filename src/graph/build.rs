@@ -1,7 +1,8 @@
 //! One build of one derivation in the sandbox: assembling the input closure, the build
 //! directories and the log, running the builder, and registering the outputs; and which
-//! systems this machine builds for ([`Platforms`]), checked before a realisation fetches
-//! anything and again before each builder runs. Does I/O.
+//! derivations this machine builds ([`Platforms`]: its systems and system features),
+//! checked before a realisation fetches anything and again before each builder runs.
+//! Does I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -33,27 +34,65 @@ pub struct BuildOptions {
     pub max_processes: u64,
     /// Keep `/build` of failed builds.
     pub keep_failed: bool,
-    /// How many builds run at once (`-j`).
+    /// How many builds run here at once (`-j`, `--max-jobs`). 0: none (Nix's
+    /// `max-jobs = 0`): derivations are built by remote builders only, downloads still run
+    /// here.
     pub jobs: usize,
-    /// The systems this machine builds for.
+    /// The systems and system features this machine builds for.
     pub platforms: Platforms,
+    /// The remote builders, as written in Nix's `builders` syntax (`--builders`, else
+    /// `builders` of `config.toml`, else of `nix.conf`), unparsed; `None` when none of them
+    /// sets it (Nix's default, `@/etc/nix/machines`, is in [`Settings::builders`]).
+    ///
+    /// [`Settings::builders`]: crate::substitute::Settings::builders
+    pub builders: Option<String>,
+    /// Whether remote builders fetch the inputs they lack from their own substituters
+    /// (Nix's `builders-use-substitutes`) rather than receive them from here.
+    pub builders_use_substitutes: bool,
 }
 
-/// The systems whose derivations this machine builds: Nix's `system` setting (the machine's
-/// own) and `extra-platforms` (others it can run programs of, e.g. 32-bit x86 on x86_64, or
-/// any system with `binfmt_misc` and QEMU). A derivation's `system` is where its builder
-/// runs; Nix refuses to build one for a system not listed here, and so does ksbuild.
+/// The derivations this machine builds: for Nix's `system` setting (the machine's own) and
+/// `extra-platforms` (others it can run programs of, e.g. 32-bit x86 on x86_64, or any
+/// system with `binfmt_misc` and QEMU), and requiring only features among its
+/// `system-features`. A derivation's `system` is where its builder runs; Nix refuses to
+/// build one for a system not listed here, or one requiring a feature the machine lacks
+/// (`requiredSystemFeatures`, e.g. `kvm`, `big-parallel`), and so does ksbuild.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platforms {
     /// This machine's system, e.g. `x86_64-linux`.
     pub system: String,
     /// The other systems it builds for.
     pub extra: BTreeSet<String>,
+    /// Its system features (Nix's `system-features`).
+    pub features: BTreeSet<String>,
+}
+
+/// Nix's default `system-features` (2.8, `Settings::getDefaultSystemFeatures`) but `kvm`:
+/// features Nixpkgs uses to route builds that need nothing special of a machine.
+pub const DEFAULT_SYSTEM_FEATURES: [&str; 3] = ["nixos-test", "benchmark", "big-parallel"];
+
+/// Nix's default `system-features` on this machine: [`DEFAULT_SYSTEM_FEATURES`], and `kvm`
+/// when this user may read and write `/dev/kvm` (as Nix decides, with
+/// [access(2)](https://man7.org/linux/man-pages/man2/access.2.html)). Reads the filesystem.
+pub fn default_system_features() -> BTreeSet<String> {
+    let mut features: BTreeSet<String> = DEFAULT_SYSTEM_FEATURES
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    let kvm = rustix::fs::access(
+        "/dev/kvm",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    );
+    if kvm.is_ok() {
+        features.insert("kvm".into());
+    }
+    features
 }
 
 impl Platforms {
     /// The system ksbuild was compiled for, as Nix names it (Nix's `SYSTEM`, also a
-    /// compile-time constant), with Nix's default `extra-platforms`.
+    /// compile-time constant), with Nix's default `extra-platforms` and `system-features`
+    /// ([`default_system_features`]: reads whether `/dev/kvm` is usable).
     pub fn host() -> Platforms {
         let cpu = match std::env::consts::ARCH {
             "x86" => "i686",
@@ -64,17 +103,33 @@ impl Platforms {
             other => other,
         };
         Platforms::with_default_extra(format!("{cpu}-{}", std::env::consts::OS))
+            .with_features(default_system_features())
     }
 
     /// `system` with Nix's default `extra-platforms`: `i686-linux` on `x86_64-linux` (whose
-    /// kernels run 32-bit programs), nothing elsewhere.
+    /// kernels run 32-bit programs), nothing elsewhere; and [`DEFAULT_SYSTEM_FEATURES`].
     pub fn with_default_extra(system: String) -> Platforms {
         let extra = if system == "x86_64-linux" {
             BTreeSet::from(["i686-linux".to_string()])
         } else {
             BTreeSet::new()
         };
-        Platforms { system, extra }
+        let features = DEFAULT_SYSTEM_FEATURES
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        Platforms {
+            system,
+            extra,
+            features,
+        }
+    }
+
+    /// Replaces the system features (as Nix's `system-features` setting replaces its
+    /// default).
+    pub fn with_features(mut self, features: impl IntoIterator<Item = String>) -> Platforms {
+        self.features = features.into_iter().collect();
+        self
     }
 
     /// Replaces the extra platforms (as Nix's `extra-platforms` setting replaces its
@@ -92,6 +147,31 @@ impl Platforms {
     /// extra platform, or `builtin` (downloads, which ksbuild itself performs).
     pub fn can_build(&self, system: &str) -> bool {
         system == "builtin" || system == self.system || self.extra.contains(system)
+    }
+
+    /// The features `drv` requires ([`Derivation::required_system_features`]) that this
+    /// machine does not offer.
+    pub fn missing_features(&self, drv: &Derivation) -> BTreeSet<String> {
+        drv.required_system_features()
+            .into_iter()
+            .filter(|f| !self.features.contains(f))
+            .collect()
+    }
+
+    /// Whether `drv` can be built here (Nix's `ParsedDerivation::canBuildLocally`, but
+    /// for `max-jobs`, which [`BuildOptions::jobs`] holds): its system is one this machine
+    /// builds for, and every feature it requires is one of this machine's.
+    pub fn can_build_locally(&self, drv: &Derivation) -> bool {
+        self.can_build(&drv.system) && self.missing_features(drv).is_empty()
+    }
+
+    /// `` `a`, `b` `` — or `none` — for messages.
+    fn feature_list(features: &BTreeSet<String>) -> String {
+        if features.is_empty() {
+            return "none".into();
+        }
+        let quoted: Vec<String> = features.iter().map(|f| format!("`{f}`")).collect();
+        quoted.join(", ")
     }
 }
 
@@ -138,21 +218,107 @@ impl UnsupportedSystem {
     }
 }
 
+/// A derivation that requires system features this machine does not offer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "`{target}` (`{drv}`) requires the system feature(s) {}, which this machine does not offer (its features: {})",
+    Platforms::feature_list(.missing),
+    Platforms::feature_list(.features)
+)]
+pub struct MissingFeatures {
+    /// The target (node key).
+    pub target: String,
+    /// Its `.drv` path, as printed.
+    pub drv: String,
+    /// The features it requires that this machine lacks.
+    pub missing: BTreeSet<String>,
+    /// This machine's features.
+    pub features: BTreeSet<String>,
+}
+
+impl MissingFeatures {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        let all: Vec<&str> = self
+            .features
+            .iter()
+            .chain(&self.missing)
+            .map(String::as_str)
+            .collect();
+        let all = all.join(" ");
+        format!(
+            "build `{}` on a machine that has them with `--builders` (a remote builder listing \
+             them among its supported features), or, if this machine has them, say so with \
+             `--system-features \"{all}\"` (or `KSBUILD_SYSTEM_FEATURES`, or `system-features` \
+             in ksbuild's `config.toml` or `nix.conf`)",
+            self.target
+        )
+    }
+}
+
+/// Why this machine cannot build a derivation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unbuildable {
+    /// It is for another system.
+    #[error(transparent)]
+    System(#[from] UnsupportedSystem),
+    /// It requires features this machine lacks.
+    #[error(transparent)]
+    Features(#[from] MissingFeatures),
+}
+
+impl Unbuildable {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Unbuildable::System(e) => e.hint(),
+            Unbuildable::Features(e) => e.hint(),
+        }
+    }
+
+    /// Why `node` cannot be built with `platforms`; `None` if it can (downloads always can:
+    /// ksbuild performs them itself).
+    pub fn of(store: &Store, node: &Node, platforms: &Platforms) -> Option<Unbuildable> {
+        if node.fetch.is_some() {
+            return None;
+        }
+        if !platforms.can_build(&node.drv.system) {
+            return Some(Unbuildable::System(UnsupportedSystem {
+                target: node.key.clone(),
+                drv: store.print(&node.drv_path),
+                system: node.drv.system.clone(),
+                platforms: platforms.clone(),
+            }));
+        }
+        let missing = platforms.missing_features(&node.drv);
+        if !missing.is_empty() {
+            return Some(Unbuildable::Features(MissingFeatures {
+                target: node.key.clone(),
+                drv: store.print(&node.drv_path),
+                missing,
+                features: platforms.features.clone(),
+            }));
+        }
+        None
+    }
+}
+
 /// The derivations a realisation of `roots` would build (those whose outputs are not valid,
-/// and what they need) that are for a system `platforms` does not include. Checked before
-/// anything is fetched or built, as Nix checks before it starts a build; a derivation whose
-/// outputs are valid needs no builder and passes, whatever its system.
+/// and what they need) that this machine cannot build: for a system `platforms` does not
+/// include, or requiring a system feature it lacks. Checked before anything is fetched or
+/// built, as Nix checks before it starts a build; a derivation whose outputs are valid
+/// needs no builder and passes, whatever its system and features.
 pub fn unsupported_systems(
     store: &Store,
     lowered: &crate::model::Lowered,
     roots: &[String],
     platforms: &Platforms,
-) -> Result<Vec<UnsupportedSystem>, store::StoreError> {
+) -> Result<Vec<Unbuildable>, store::StoreError> {
     // Usually every derivation can be built here: then the store need not be asked.
     if lowered
         .nodes
         .values()
-        .all(|n| n.fetch.is_some() || platforms.can_build(&n.drv.system))
+        .all(|n| n.fetch.is_some() || platforms.can_build_locally(&n.drv))
     {
         return Ok(Vec::new());
     }
@@ -166,19 +332,19 @@ pub fn unsupported_systems(
         if !seen.insert(key) || outputs_valid(store, node)? {
             continue;
         }
-        if node.fetch.is_none() && !platforms.can_build(&node.drv.system) {
-            unsupported.push(UnsupportedSystem {
-                target: key.to_string(),
-                drv: store.print(&node.drv_path),
-                system: node.drv.system.clone(),
-                platforms: platforms.clone(),
-            });
-        }
+        unsupported.extend(Unbuildable::of(store, node, platforms).map(|e| (key, e)));
         todo.extend(node.deps.iter().map(String::as_str));
     }
-    unsupported.sort_by(|a, b| a.target.cmp(&b.target));
+    unsupported.sort_by(|a, b| a.0.cmp(b.0));
+    let unsupported = unsupported.into_iter().map(|(_, e)| e).collect();
     Ok(unsupported)
 }
+
+/// Why nothing is built here with `--max-jobs 0`.
+pub const NO_LOCAL_BUILDS: &str = "--max-jobs 0 builds nothing locally";
+/// What to do about it.
+pub const NO_LOCAL_BUILDS_HINT: &str =
+    "give --builders (remote builders), or let builds run here with --max-jobs 1 or more";
 
 /// Builds derivations in ksbuild's namespace sandbox.
 pub struct SandboxExecutor<'a> {
@@ -511,20 +677,21 @@ impl SandboxExecutor<'_> {
 }
 
 impl SandboxExecutor<'_> {
-    /// Refuses a derivation for a system this machine does not build for, before its
-    /// builder is run (`realise` refuses earlier, before fetching; this covers every
-    /// build, `--check` included).
+    /// Refuses a derivation this machine does not build — for another system, requiring a
+    /// feature it lacks, or any at all with `--max-jobs 0` — before its builder is run
+    /// (`realise` refuses earlier, before fetching; this covers every build, `--check`
+    /// included).
     fn check_system(&self, node: &Node) -> Result<(), BuildFailure> {
-        if self.options.platforms.can_build(&node.drv.system) {
-            return Ok(());
+        if self.options.jobs == 0 {
+            return Err(failure(format!(
+                "`{}`: {NO_LOCAL_BUILDS}; hint: {NO_LOCAL_BUILDS_HINT}",
+                node.key
+            )));
         }
-        let e = UnsupportedSystem {
-            target: node.key.clone(),
-            drv: self.store.print(&node.drv_path),
-            system: node.drv.system.clone(),
-            platforms: self.options.platforms.clone(),
-        };
-        Err(failure(format!("{e}; hint: {}", e.hint())))
+        match Unbuildable::of(self.store, node, &self.options.platforms) {
+            None => Ok(()),
+            Some(e) => Err(failure(format!("{e}; hint: {}", e.hint()))),
+        }
     }
 }
 
@@ -836,6 +1003,106 @@ mod tests {
         assert_eq!(arm.to_string(), "`aarch64-linux` (no extra platforms)");
     }
 
+    /// A derivation for `system` whose `requiredSystemFeatures` is `features` (absent if
+    /// `None`).
+    fn requiring(system: &str, features: Option<&str>) -> Derivation {
+        let mut env = BTreeMap::new();
+        if let Some(f) = features {
+            env.insert("requiredSystemFeatures".to_string(), f.to_string());
+        }
+        Derivation {
+            outputs: BTreeMap::new(),
+            input_derivations: BTreeMap::new(),
+            input_sources: BTreeSet::new(),
+            system: system.into(),
+            builder: "/bin/sh".into(),
+            args: Vec::new(),
+            env,
+        }
+    }
+
+    #[test]
+    fn a_derivation_builds_here_if_its_system_fits_and_it_requires_only_features_offered() {
+        let default = Platforms::with_default_extra("x86_64-linux".into());
+        let kvm = default
+            .clone()
+            .with_features(["kvm".to_string(), "big-parallel".to_string()]);
+        let none = default.clone().with_features([]);
+        #[rustfmt::skip]
+        let table: &[(&Platforms, &str, Option<&str>, bool, &[&str])] = &[
+            // Nix's defaults: `benchmark big-parallel nixos-test` (kvm only where /dev/kvm is usable).
+            (&default, "x86_64-linux", None, true, &[]),
+            (&default, "x86_64-linux", Some(""), true, &[]),
+            (&default, "x86_64-linux", Some("big-parallel"), true, &[]),
+            (&default, "x86_64-linux", Some("benchmark nixos-test big-parallel"), true, &[]),
+            (&default, "x86_64-linux", Some("kvm"), false, &["kvm"]),
+            (&default, "x86_64-linux", Some("big-parallel kvm gpu"), false, &["gpu", "kvm"]),
+            (&default, "i686-linux", Some("big-parallel"), true, &[]),
+            // Every required feature must be offered; offering more is fine.
+            (&kvm, "x86_64-linux", Some("kvm"), true, &[]),
+            (&kvm, "x86_64-linux", Some("kvm big-parallel"), true, &[]),
+            (&kvm, "x86_64-linux", Some("nixos-test"), false, &["nixos-test"]),
+            (&none, "x86_64-linux", None, true, &[]),
+            (&none, "x86_64-linux", Some("big-parallel"), false, &["big-parallel"]),
+            // The system is checked too; the features alone do not make it buildable.
+            (&kvm, "aarch64-linux", Some("kvm"), false, &[]),
+            (&kvm, "aarch64-linux", None, false, &[]),
+            // Features are compared exactly.
+            (&kvm, "x86_64-linux", Some("KVM"), false, &["KVM"]),
+        ];
+        for (platforms, system, features, buildable, missing) in table {
+            let drv = requiring(system, *features);
+            assert_eq!(
+                platforms.can_build_locally(&drv),
+                *buildable,
+                "{platforms} with features {:?} building `{system}` requiring {features:?}",
+                platforms.features
+            );
+            let missing: BTreeSet<String> = missing.iter().map(|s| s.to_string()).collect();
+            assert_eq!(platforms.missing_features(&drv), missing, "{features:?}");
+        }
+    }
+
+    #[test]
+    fn nix_default_system_features_and_kvm() {
+        let defaults = default_system_features();
+        for f in DEFAULT_SYSTEM_FEATURES {
+            assert!(defaults.contains(f), "{defaults:?}");
+        }
+        let kvm_usable = rustix::fs::access(
+            "/dev/kvm",
+            rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+        )
+        .is_ok();
+        assert_eq!(defaults.contains("kvm"), kvm_usable, "{defaults:?}");
+        assert_eq!(defaults.len(), 3 + kvm_usable as usize);
+        assert_eq!(Platforms::host().features, defaults);
+    }
+
+    #[test]
+    fn the_refusal_of_missing_features_names_them_and_the_settings() {
+        let e = MissingFeatures {
+            target: "kernel".into(),
+            drv: "/nix/store/00000000000000000000000000000000-kernel.drv".into(),
+            missing: ["kvm".to_string()].into(),
+            features: ["big-parallel".to_string(), "benchmark".to_string()].into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "`kernel` (`/nix/store/00000000000000000000000000000000-kernel.drv`) requires the \
+             system feature(s) `kvm`, which this machine does not offer (its features: \
+             `benchmark`, `big-parallel`)"
+        );
+        let hint = e.hint();
+        assert!(
+            hint.contains("`--builders`")
+                && hint.contains("`--system-features \"benchmark big-parallel kvm\"`")
+                && hint.contains("KSBUILD_SYSTEM_FEATURES")
+                && hint.contains("nix.conf"),
+            "{hint}"
+        );
+    }
+
     #[test]
     fn the_host_is_named_as_nix_names_it() {
         let host = Platforms::host();
@@ -889,6 +1156,8 @@ mod tests {
             keep_failed: false,
             jobs: 1,
             platforms: Platforms::host(),
+            builders: None,
+            builders_use_substitutes: false,
         };
         let executor = SandboxExecutor::new(&s, options).unwrap();
         let spare = s.builds_dir().join("spare");

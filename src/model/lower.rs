@@ -95,8 +95,9 @@ pub const ENTER_SCRIPT_NAME: &str = "environment-enter.sh";
 /// Environment keys a derivation may not set: those ksbuild derives from its keys, and those
 /// Nix's `derivation` interprets itself (the arguments, a fixed output, structured
 /// attributes), which as plain environment would give the flake's lowering
-/// (`fragments/lower.nix`) another `.drv`. Output names are reserved too.
-pub const RESERVED_ENV: [&str; 12] = [
+/// (`fragments/lower.nix`) another `.drv`; and `requiredSystemFeatures`, which has its own
+/// key (`required-system-features`). Output names are reserved too.
+pub const RESERVED_ENV: [&str; 13] = [
     "name",
     "system",
     "builder",
@@ -109,6 +110,7 @@ pub const RESERVED_ENV: [&str; 12] = [
     "outputHash",
     "outputHashAlgo",
     "outputHashMode",
+    "requiredSystemFeatures",
 ];
 
 /// What a derivation that names an environment needs.
@@ -876,6 +878,7 @@ impl Lowerer<'_, '_> {
                 || !spec.inputs.is_empty()
                 || !spec.env.is_empty()
                 || spec.outputs.is_some()
+                || spec.required_system_features.is_some()
             {
                 return Err(file.error(
                     fetch.span(),
@@ -1160,6 +1163,12 @@ impl Lowerer<'_, '_> {
         if spec.outputs.is_some() {
             env.insert("outputs".into(), output_names.join(" "));
         }
+        if let Some(features) = &spec.required_system_features {
+            env.insert(
+                "requiredSystemFeatures".into(),
+                required_system_features(features, file)?,
+            );
+        }
         let drv = Derivation {
             outputs: output_names
                 .iter()
@@ -1174,6 +1183,33 @@ impl Lowerer<'_, '_> {
         };
         self.finish(target.name.clone(), drv, None, deps, values, file)
     }
+}
+
+/// The value of `requiredSystemFeatures` for the features listed: as Nix's `derivation`
+/// writes a list attribute without `__structuredAttrs`, the items joined by single spaces
+/// (an empty list gives the empty string). Each item must be one word: Nix splits the value
+/// on whitespace when it reads it back.
+fn required_system_features(
+    features: &Spanned<Vec<Spanned<String>>>,
+    file: &SourceFile,
+) -> Result<String, ModelError> {
+    for feature in features.get_ref() {
+        let f = feature.get_ref();
+        if f.is_empty() || f.chars().any(char::is_whitespace) {
+            return Err(file.error(
+                feature.span(),
+                format!("`{f}` is not one system feature"),
+                "this feature",
+                Some("features are single words, such as `big-parallel` or `kvm`: list each as its own string".into()),
+            ));
+        }
+    }
+    Ok(features
+        .get_ref()
+        .iter()
+        .map(|f| f.get_ref().as_str())
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Errors of hash-modulo computation during lowering.
@@ -1243,4 +1279,101 @@ fn substitute(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lowers target `a` of a project of `_project.toml` (x86_64-linux) and `a.toml` =
+    /// `text` (plus `more` files); the error's text if it fails.
+    fn lower_a(text: &str, more: &[(&str, &str)]) -> Result<Lowered, String> {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("derivations");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("_project.toml"), "system = \"x86_64-linux\"\n").unwrap();
+        std::fs::write(dir.join("a.toml"), text).unwrap();
+        for (name, text) in more {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let project = Project::load(tmp.path()).map_err(|e| format!("{e:?}"))?;
+        let roots: Vec<String> = project.targets.keys().cloned().collect();
+        let mut import = |_: &Path, _: &str| -> Result<StorePath, String> { unreachable!() };
+        lower(&project, &StoreDir::default(), &roots, &mut import).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn required_system_features_are_a_space_joined_env_entry_as_nix_writes_a_list() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("", None),
+            ("required-system-features = []\n", Some("")),
+            (
+                "required-system-features = [\"big-parallel\"]\n",
+                Some("big-parallel"),
+            ),
+            // In the order written, repeats kept: the words of Nix's list, as they are.
+            (
+                "required-system-features = [\"kvm\", \"big-parallel\", \"kvm\"]\n",
+                Some("kvm big-parallel kvm"),
+            ),
+        ];
+        for (line, expected) in cases {
+            let lowered = lower_a(&format!("builder = \"/bin/sh\"\n{line}"), &[]).unwrap();
+            let drv = &lowered.nodes["a"].drv;
+            assert_eq!(
+                drv.env.get("requiredSystemFeatures").map(String::as_str),
+                *expected,
+                "{line}"
+            );
+        }
+        // A variant replaces the base's features; the base keeps its own.
+        let lowered = lower_a(
+            "builder = \"/bin/sh\"\nrequired-system-features = [\"big-parallel\"]\n\
+             [variants.small]\nrequired-system-features = []\n[variants.same]\nargs = []\n",
+            &[],
+        )
+        .unwrap();
+        let features = |key: &str| {
+            lowered.nodes[key]
+                .drv
+                .required_system_features()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(features("a"), ["big-parallel"]);
+        assert_eq!(features("a@small"), Vec::<String>::new());
+        assert_eq!(features("a@same"), ["big-parallel"]);
+        // The feature is part of the derivation: another `.drv` path.
+        let plain = lower_a("builder = \"/bin/sh\"\n", &[]).unwrap();
+        assert_ne!(plain.nodes["a"].drv_path, lowered.nodes["a"].drv_path);
+    }
+
+    #[test]
+    fn bad_required_system_features_are_refused_pointing_at_them() {
+        for (text, expected) in [
+            (
+                "builder = \"/bin/sh\"\nrequired-system-features = [\"big parallel\"]\n",
+                "`big parallel` is not one system feature",
+            ),
+            (
+                "builder = \"/bin/sh\"\nrequired-system-features = [\"\"]\n",
+                "`` is not one system feature",
+            ),
+            (
+                "builder = \"/bin/sh\"\nrequired-system-features = \"kvm\"\n",
+                "expected a sequence",
+            ),
+            (
+                "builder = \"/bin/sh\"\n[env]\nrequiredSystemFeatures = \"kvm\"\n",
+                "`env.requiredSystemFeatures` is set by ksbuild itself",
+            ),
+            (
+                "required-system-features = [\"kvm\"]\n[fetch]\nurl = \"https://example.org/x\"\nhash = \"sha256-MeBmE3qWJnbon2nRtlOC3pWn732RS4y5VvQepy4PUWs=\"\n",
+                "has both `[fetch]` and build keys",
+            ),
+        ] {
+            let e = lower_a(text, &[]).unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+    }
 }

@@ -331,6 +331,9 @@ fn insert_target(
         derived
             .inputs
             .extend(v.inputs.iter().map(|(k, x)| (k.clone(), x.clone())));
+        if let Some(features) = &v.required_system_features {
+            derived.required_system_features = Some(features.clone());
+        }
         let key = format!("{name}@{variant}");
         targets.insert(
             key.clone(),

@@ -42,6 +42,11 @@ pub struct DerivationFile {
     /// Named inputs.
     #[serde(default)]
     pub inputs: BTreeMap<String, Spanned<InputSpec>>,
+    /// What a machine must offer to build this derivation (`["big-parallel"]`, `["kvm"]`):
+    /// Nix's `requiredSystemFeatures`, written into the `.drv` as Nix's `derivation`
+    /// writes a list (the words joined by single spaces).
+    #[serde(rename = "required-system-features")]
+    pub required_system_features: Option<Spanned<Vec<Spanned<String>>>>,
     /// A download instead of a build.
     pub fetch: Option<Spanned<FetchSpec>>,
     /// Variants: targets `NAME@VARIANT` that override some keys of this one.
@@ -64,6 +69,9 @@ pub struct VariantSpec {
     /// Added to (and replacing entries of) the base `[inputs]`.
     #[serde(default)]
     pub inputs: BTreeMap<String, Spanned<InputSpec>>,
+    /// Replaces the base `required-system-features`.
+    #[serde(rename = "required-system-features")]
+    pub required_system_features: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A fixed-output download.

@@ -659,6 +659,7 @@ mod tests {
             origin: "test".into(),
             substituters: Some(vec![url("missing"), url("other"), url("slow"), url("fast")]),
             trusted_public_keys: Some(vec![key.to_public().to_string()]),
+            ..Default::default()
         }])
         .unwrap();
         let subs = Substituters::new(&settings, &StoreDir::default());
@@ -673,6 +674,7 @@ mod tests {
             origin: "test".into(),
             substituters: Some(vec![format!("{}?priority=1", url("slow")), url("fast")]),
             trusted_public_keys: Some(vec![key.to_public().to_string()]),
+            ..Default::default()
         }])
         .unwrap();
         let subs = Substituters::new(&settings, &StoreDir::default());

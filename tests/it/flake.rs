@@ -134,6 +134,23 @@ fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
     }
 }
 
+/// Adds a derivation with `required-system-features` (which the repository's kernels do not
+/// use yet) and variants that replace or keep them.
+fn add_feature_derivation(proj: &Path) {
+    fs::write(
+        proj.join("derivations/features.toml"),
+        concat!(
+            "builder = \"${busybox}/bin/busybox\"\n",
+            "args = [\"sh\", \"-c\", \"echo $requiredSystemFeatures > $out\"]\n",
+            "required-system-features = [\"big-parallel\", \"kvm\"]\n",
+            "[inputs]\nbusybox = \"busybox-static\"\n",
+            "[variants.none]\nrequired-system-features = []\n",
+            "[variants.same]\nargs = [\"sh\", \"-c\", \"echo same > $out\"]\n",
+        ),
+    )
+    .unwrap();
+}
+
 /// `nix` offline, with a store and a cache directory of the test's own.
 fn nix_cmd(dir: &Path) -> Command {
     let mut c = nix("nix");
@@ -243,9 +260,31 @@ fn every_target_and_variant_has_the_drv_path_ksbuild_instantiates() {
     let store = tmp.path().join("store");
     let proj = copy_project(tmp.path());
     pin_standins(&store, &proj, tmp.path());
+    add_feature_derivation(&proj);
     let paths = assert_same_drv_paths(tmp.path(), &store, &proj);
     // The whole graph, not a toy: images, kernels, environments and their .debs.
     assert!(paths.contains_key("rpi-image@small"), "{paths:?}");
+    // The keys the repository's own derivations may not use: in the `.drv` Nix wrote, as
+    // Nix writes a list.
+    for (target, expected) in [
+        ("features", Some("big-parallel kvm")),
+        ("features@none", Some("")),
+        ("features@same", Some("big-parallel kvm")),
+    ] {
+        let drv = &paths[target];
+        let json = run_ok(
+            nix("nix")
+                .args(["show-derivation", "--store"])
+                .arg(tmp.path().join("nixroot"))
+                .arg(drv),
+        );
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            json[drv]["env"]["requiredSystemFeatures"].as_str(),
+            expected,
+            "{target}: {json}"
+        );
+    }
     // The .drv Nix wrote is the one ksbuild wrote, byte for byte.
     let drv = &paths["rpi-image@small"];
     let ours = fs::read(store.join(drv.trim_start_matches('/'))).unwrap();
@@ -392,7 +431,7 @@ fn random_edit(rng: &mut Rng, proj: &Path, round: usize) -> String {
             .cloned()
             .unwrap_or_default()
     };
-    let changed = match rng.below(5) {
+    let changed = match rng.below(6) {
         // An environment value.
         0 => {
             let mut env = sub(&mut table, "env");
@@ -459,6 +498,21 @@ fn random_edit(rng: &mut Rng, proj: &Path, round: usize) -> String {
             variants.insert(format!("prop{round}"), v.into());
             table.insert("variants".into(), variants.into());
             format!("{name}@prop{round}")
+        }
+        // Required system features: a few of Nix's, and one of this round (so that the
+        // list always changes).
+        4 => {
+            let mut features: Vec<toml::Value> = ["big-parallel", "kvm", "nixos-test", "benchmark"]
+                .into_iter()
+                .filter(|_| rng.below(2) == 0)
+                .map(toml::Value::from)
+                .collect();
+            features.insert(
+                rng.below(features.len() + 1),
+                format!("feature-{round}").into(),
+            );
+            table.insert("required-system-features".into(), features.into());
+            name.clone()
         }
         // A second output, and a new target that takes it.
         _ => {

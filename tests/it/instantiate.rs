@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::common::{ksbuild, nix, run, run_ok, scratch, skip_without_nix};
 
 /// Writes a small project: sources, fetches (flat, recursive, inline, unpacked), multiple
-/// outputs and a dependency on a non-default output.
+/// outputs (with required system features) and a dependency on a non-default output.
 fn write_project(dir: &Path) {
     fs::create_dir_all(dir.join("derivations/sub")).unwrap();
     fs::create_dir_all(dir.join("fragments/conf")).unwrap();
@@ -35,7 +35,7 @@ fn write_project(dir: &Path) {
         ),
         (
             "sub/multi.toml",
-            "builder = \"/bin/sh\"\noutputs = [\"out\", \"dev\"]\nargs = [\"-c\", \"echo out > $out; echo dev > $dev; cat ${conf}/a.fragment\"]\n[inputs]\nconf = { path = \"fragments/conf\" }\n",
+            "builder = \"/bin/sh\"\noutputs = [\"out\", \"dev\"]\nrequired-system-features = [\"big-parallel\", \"kvm\"]\nargs = [\"-c\", \"echo out > $out; echo dev > $dev; cat ${conf}/a.fragment\"]\n[inputs]\nconf = { path = \"fragments/conf\" }\n",
         ),
         (
             "dependent.toml",
@@ -61,7 +61,7 @@ fn write_project(dir: &Path) {
         r#"rec {
   simple = derivation { name = "simple"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo hi > $out"]; FOO = "bar"; QUOTE = "has \"quotes\" and \\ backslash\nand newline\ttab é"; SOURCE_DATE_EPOCH = "1700000000"; };
   src = derivation { name = "hello-src"; system = "builtin"; builder = "builtin:fetchurl"; url = "mirror://debian/pool/main/h/hello/hello_2.10.orig.tar.gz"; outputHash = "sha256-MeBmE3qWJnbon2nRtlOC3pWn732RS4y5VvQepy4PUWs="; outputHashAlgo = "sha256"; outputHashMode = "flat"; };
-  multi = derivation { name = "multi"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev"]; args = ["-c" "echo out > $out; echo dev > $dev; cat ${./fragments/conf}/a.fragment"]; SOURCE_DATE_EPOCH = "1700000000"; };
+  multi = derivation { name = "multi"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev"]; requiredSystemFeatures = ["big-parallel" "kvm"]; args = ["-c" "echo out > $out; echo dev > $dev; cat ${./fragments/conf}/a.fragment"]; SOURCE_DATE_EPOCH = "1700000000"; };
   deb = derivation { name = "busybox-static_1.35.0-4_amd64"; system = "builtin"; builder = "builtin:fetchurl"; url = "https://example.org/pool/b/busybox-static_1.35.0-4_amd64.deb"; outputHash = "0h2cvvd5bkprq91zyak0149xwqr6p5hc0vw1xrshlzfg6z8dlk29"; outputHashAlgo = "sha256"; outputHashMode = "recursive"; ksbuildUnpack = "deb"; };
   dependent = derivation { name = "dependent"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "cat ${simple} ${src} ${multi.dev} > $out; sh $script x; literal \${HOME}"]; script = ./fragments/script.sh; DEB = "${deb}"; SOURCE_DATE_EPOCH = "1700000000"; };
 }
