@@ -15,6 +15,7 @@ use super::{out, out_line, CliError, Context};
 use crate::fetch::Mirrors;
 use crate::graph::build::{unsupported_systems, BuildOptions, Platforms, SandboxExecutor};
 use crate::graph::{self, output_paths, Event, RealiseError, Reporter};
+use crate::remote::dispatch::Dispatcher;
 use crate::substitute::config::Layer;
 use crate::substitute::{Settings, Substituters};
 
@@ -182,14 +183,28 @@ impl BuildArgs {
         Ok(Substituters::new(&settings, store_dir))
     }
 
+    /// The remote builders in force (`builders`: the command line, `config.toml`,
+    /// `nix.conf`, else Nix's default machines file if it exists).
+    pub(super) fn machines(
+        &self,
+        settings: &Settings,
+        platforms: &Platforms,
+    ) -> Result<Vec<crate::remote::machines::Machine>, CliError> {
+        crate::remote::machines::parse(settings.builders_spec(), &platforms.system).map_err(|e| {
+            CliError::Usage {
+                message: format!("builders: {e}"),
+                hint: Some(e.hint().into()),
+            }
+        })
+    }
+
     /// Refuses `--max-jobs 0` without remote builders: nothing could build.
-    pub(super) fn check_jobs(&self, options: &BuildOptions) -> Result<(), CliError> {
-        if options.jobs == 0
-            && options
-                .builders
-                .as_deref()
-                .is_none_or(|b| b.trim().is_empty())
-        {
+    pub(super) fn check_jobs(
+        &self,
+        options: &BuildOptions,
+        machines: &[crate::remote::machines::Machine],
+    ) -> Result<(), CliError> {
+        if options.jobs == 0 && machines.is_empty() {
             return Err(CliError::Usage {
                 message: format!("{}; give --builders", crate::graph::build::NO_LOCAL_BUILDS),
                 hint: Some(crate::graph::build::NO_LOCAL_BUILDS_HINT.into()),
@@ -406,10 +421,17 @@ impl Reporter for Progress {
                     self.say(&mut s, &format!("fetching `{target}` from {url}"));
                 }
             }
-            Event::BuildStarted { target, .. } => {
+            Event::BuildStarted {
+                target, machine, ..
+            } => {
                 s.running.insert(target.clone(), Instant::now());
-                if human && !self.tty {
-                    self.say(&mut s, &format!("building `{target}`"));
+                match machine {
+                    // Where a build goes is worth a line even on a terminal.
+                    Some(m) if human => {
+                        self.say(&mut s, &format!("building `{target}` on `{}`", redact(m)))
+                    }
+                    _ if human && !self.tty => self.say(&mut s, &format!("building `{target}`")),
+                    _ => {}
                 }
             }
             Event::FetchFinished {
@@ -537,19 +559,46 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     // A wrong substituter, key or setting is told before the project is evaluated.
     let settings = args.build.settings()?;
     let options = args.build.options(args.keep_failed, &settings);
-    args.build.check_jobs(&options)?;
     let platforms = options.platforms.clone();
+    // `--check` rebuilds here: a rebuild elsewhere would compare another machine's build.
+    let machines = if args.check {
+        Vec::new()
+    } else {
+        args.build.machines(&settings, &platforms)?
+    };
+    args.build.check_jobs(&options, &machines)?;
+    let jobs = options.jobs;
     let executor = SandboxExecutor::new(&store, options)?;
     if args.check {
         graph::Executor::prepare(&executor, args.targets.len());
     }
+    let dispatcher;
+    let builder: &dyn graph::Executor = if machines.is_empty() {
+        &executor
+    } else {
+        dispatcher = Dispatcher::new(
+            SandboxExecutor::new(&store, executor.options.clone())?,
+            machines.clone(),
+            jobs,
+        )
+        .map_err(|e| CliError::Usage {
+            message: e.to_string(),
+            hint: Some("see `--builders` in `ksbuild realise --help`".into()),
+        })?;
+        &dispatcher
+    };
     let substituters = args.build.substituters(&settings, store.store_dir());
     let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
     let (_project, lowered) =
         super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
     // A derivation this machine cannot build stops the realisation before anything is
     // fetched or built.
-    let unsupported = unsupported_systems(&store, &lowered, &args.targets, &platforms)?;
+    let mut unsupported = unsupported_systems(&store, &lowered, &args.targets, &platforms)?;
+    // What a remote builder fits is built there.
+    unsupported.retain(|e| {
+        let drv = &lowered.nodes[e.target()].drv;
+        !crate::remote::machines::any_fits(&machines, &drv.system, &drv.required_system_features())
+    });
     if !unsupported.is_empty() {
         for e in &unsupported {
             eprintln!("error: {e}\n  hint: {}", e.hint());
@@ -575,7 +624,7 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
         &roots,
         &mirrors,
         &substituters,
-        &executor,
+        builder,
         args.build.jobs,
         &progress,
     );
@@ -808,4 +857,10 @@ pub fn run_why(ctx: &Context, target: String, json: bool) -> Result<ExitCode, Cl
         out_line(&line)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A builder's URI for messages: without its query (`remote-program`, `ssh-key`, … are
+/// noise there).
+fn redact(uri: &str) -> &str {
+    uri.split('?').next().unwrap_or(uri)
 }

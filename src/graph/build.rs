@@ -268,6 +268,14 @@ pub enum Unbuildable {
 }
 
 impl Unbuildable {
+    /// The target it is about.
+    pub fn target(&self) -> &str {
+        match self {
+            Unbuildable::System(e) => &e.target,
+            Unbuildable::Features(e) => &e.target,
+        }
+    }
+
     /// What to do about it.
     pub fn hint(&self) -> String {
         match self {

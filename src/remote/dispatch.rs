@@ -97,7 +97,7 @@ impl<'a> Dispatcher<'a> {
 
     /// Whether this machine builds `node` itself when no remote one takes it.
     fn can_build_locally(&self, node: &Node) -> bool {
-        self.local_jobs > 0 && self.local.options.platforms.can_build(&node.drv.system)
+        self.local_jobs > 0 && self.local.options.platforms.can_build_locally(&node.drv)
     }
 
     /// Chooses a machine (counting the build in its load), or declines; waits while it
@@ -432,15 +432,6 @@ impl<'a> Dispatcher<'a> {
     }
 }
 
-/// The features a derivation requires (`requiredSystemFeatures`, space-separated).
-pub fn required_features(node: &Node) -> BTreeSet<String> {
-    node.drv
-        .env
-        .get("requiredSystemFeatures")
-        .map(|v| v.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
-}
-
 fn failure(message: String) -> BuildFailure {
     BuildFailure {
         message,
@@ -475,7 +466,7 @@ impl Executor for Dispatcher<'_> {
         reporter: &dyn Reporter,
         slot: &Slot<'_>,
     ) -> Result<BuildOutcome, BuildFailure> {
-        let required = required_features(node);
+        let required = node.drv.required_system_features();
         let can_local = self.can_build_locally(node);
         // Each machine gets at most two tries per derivation.
         let mut tries = 2 * self.machines.len() + 1;
