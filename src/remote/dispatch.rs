@@ -201,11 +201,13 @@ impl<'a> Dispatcher<'a> {
             Ok(c) => c,
             Err(f) => return (Err(Attempt::Failed(f)), None),
         };
+        // Started when chosen (before `ssh` connects), so that the events order the
+        // builds on each machine as its load counts them.
+        slot.start_remote(uri);
         let mut conn = match self.connect(i) {
             Ok(c) => c,
             Err(e) => return (Err(Attempt::MachineFailed(e.to_string())), None),
         };
-        slot.start_remote(uri);
         let sent = {
             let _upload = self.uploads[i].lock().unwrap_or_else(|p| p.into_inner());
             conn.copy_closure(store, &closure)
