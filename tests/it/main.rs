@@ -19,5 +19,6 @@ mod nix_narinfo;
 mod nix_store;
 mod realise;
 mod sandbox;
+mod ssh_server;
 mod substitute;
 mod trees;
