@@ -4,4 +4,5 @@
 //! the outputs back, checked ([`client`]); and the server, `ksbuild --serve --write`
 //! ([`server`]). See `../shared/reference/nix-serve-protocol.md`.
 
+pub mod server;
 pub mod wire;
