@@ -9,6 +9,7 @@ mod errors;
 mod hash_cmd;
 mod key_cmd;
 mod realise_cmd;
+mod serve_cmd;
 mod store_cmd;
 
 use std::io::Write;
@@ -27,7 +28,9 @@ use crate::store::{Observer, Store};
 #[derive(Debug, Parser)]
 #[command(name = "ksbuild", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Physical store root [default: `store/` of the ksbuild project around the current directory].
+    /// Physical store root [default: `store/` of the ksbuild project around the current
+    /// directory; with `--serve` outside a project, `$XDG_DATA_HOME/ksbuild/store`, i.e.
+    /// `~/.local/share/ksbuild/store`].
     #[arg(long, global = true, env = "KSBUILD_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
     /// Logical store directory hashed into every path.
@@ -45,8 +48,16 @@ pub struct Cli {
     /// Print nothing but data and errors.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Speak Nix's serve protocol on stdin and stdout (what `nix-store --serve` speaks):
+    /// makes this machine a remote builder for Nix (`builders = ssh://HOST?remote-program=ksbuild`)
+    /// and ksbuild. Takes no command.
+    #[arg(long)]
+    serve: bool,
+    /// With `--serve`: allow the client to add paths and build.
+    #[arg(long, requires = "serve")]
+    write: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,8 +215,9 @@ impl<F: FnMut()> Drop for Defer<F> {
 
 /// The default store root: `store/` of the ksbuild project that contains the current
 /// directory (a directory with `derivations/` and `store/`), else of the project this
-/// binary was built from.
-fn default_store_root() -> PathBuf {
+/// binary was built from — or, for `--serve` (run by `ssh` in a home directory, far from any
+/// project), the user's data directory ([`user_store_root`]).
+fn default_store_root(serve: bool) -> PathBuf {
     if let Ok(cwd) = std::env::current_dir() {
         for dir in cwd.ancestors() {
             if dir.join("derivations").is_dir() && dir.join("store").is_dir() {
@@ -213,7 +225,25 @@ fn default_store_root() -> PathBuf {
             }
         }
     }
+    if serve {
+        if let Some(root) = user_store_root() {
+            return root;
+        }
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("store")
+}
+
+/// `$XDG_DATA_HOME/ksbuild/store`, or `~/.local/share/ksbuild/store` (the XDG default),
+/// if either variable is set to an absolute path.
+fn user_store_root() -> Option<PathBuf> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let data =
+        absolute("XDG_DATA_HOME").or_else(|| Some(absolute("HOME")?.join(".local/share")))?;
+    Some(data.join("ksbuild/store"))
 }
 
 /// Writes data to stdout; a closed pipe ends the program quietly, as `head` expects.
@@ -247,11 +277,31 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Context {
         project: cli.project.clone(),
-        store_root: cli.store.clone().unwrap_or_else(default_store_root),
+        store_root: cli
+            .store
+            .clone()
+            .unwrap_or_else(|| default_store_root(cli.serve)),
         store_dir: cli.store_dir.clone(),
         quiet: cli.quiet,
     };
-    let result = match cli.command {
+    use clap::CommandFactory;
+    let command = match (cli.serve, cli.command) {
+        (true, None) => return serve_cmd::run(&ctx, cli.write),
+        (false, Some(command)) => command,
+        (true, Some(_)) => Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`--serve` takes no command: it speaks Nix's serve protocol on stdin and stdout",
+            )
+            .exit(),
+        (false, None) => Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is required (only `--serve` runs without one); see `ksbuild --help`",
+            )
+            .exit(),
+    };
+    let result = match command {
         Command::Instantiate { targets } => drv_cmd::run_instantiate(&ctx, targets),
         Command::ShowDerivation { recursive, targets } => {
             drv_cmd::run_show(&ctx, targets, recursive)
