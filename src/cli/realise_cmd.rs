@@ -223,8 +223,6 @@ impl BuildArgs {
             keep_failed,
             jobs: self.jobs,
             platforms: self.platforms(settings),
-            builders: settings.builders.as_ref().map(|b| b.value.clone()),
-            builders_use_substitutes: settings.builders_use_substitutes(),
         }
     }
 }

@@ -40,15 +40,6 @@ pub struct BuildOptions {
     pub jobs: usize,
     /// The systems and system features this machine builds for.
     pub platforms: Platforms,
-    /// The remote builders, as written in Nix's `builders` syntax (`--builders`, else
-    /// `builders` of `config.toml`, else of `nix.conf`), unparsed; `None` when none of them
-    /// sets it (Nix's default, `@/etc/nix/machines`, is in [`Settings::builders`]).
-    ///
-    /// [`Settings::builders`]: crate::substitute::Settings::builders
-    pub builders: Option<String>,
-    /// Whether remote builders fetch the inputs they lack from their own substituters
-    /// (Nix's `builders-use-substitutes`) rather than receive them from here.
-    pub builders_use_substitutes: bool,
 }
 
 /// The derivations this machine builds: for Nix's `system` setting (the machine's own) and
@@ -1164,8 +1155,6 @@ mod tests {
             keep_failed: false,
             jobs: 1,
             platforms: Platforms::host(),
-            builders: None,
-            builders_use_substitutes: false,
         };
         let executor = SandboxExecutor::new(&s, options).unwrap();
         let spare = s.builds_dir().join("spare");
