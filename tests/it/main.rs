@@ -20,4 +20,5 @@ mod nix_store;
 mod realise;
 mod sandbox;
 mod substitute;
+mod system_features;
 mod trees;
