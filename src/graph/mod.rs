@@ -67,8 +67,13 @@ pub enum Event {
         seconds: f64,
         path: String,
     },
-    /// A build started.
-    BuildStarted { target: String, drv: String },
+    /// A build started: here, or on the remote builder `machine` (its store URI).
+    BuildStarted {
+        target: String,
+        drv: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        machine: Option<String>,
+    },
     /// Another process is building the node (it holds the lock of an output): this one
     /// waits for it, and then reports the node [`Event::Cached`] (or builds it, if the
     /// other process failed).
@@ -165,6 +170,11 @@ pub trait Executor: Sync {
     /// there is something to build (`builds` derivations): a chance to start what builds
     /// will need.
     fn prepare(&self, _builds: usize) {}
+
+    /// How many builds it runs at once beyond the `-j` slots (on remote builders).
+    fn capacity(&self) -> usize {
+        0
+    }
 }
 
 /// Why a realisation failed.
@@ -228,19 +238,34 @@ struct PoolOutcome<E> {
 /// once (and in any case when the key's work returns).
 pub struct Slot<'a> {
     acquire: &'a dyn Fn(),
+    try_acquire: &'a dyn Fn() -> bool,
     release: &'a dyn Fn(),
+    start: &'a dyn Fn(Option<&str>),
 }
 
 impl Slot<'_> {
     /// A slot that is always free: for work outside a pool.
     pub const FREE: Slot<'static> = Slot {
         acquire: &|| {},
+        try_acquire: &|| true,
         release: &|| {},
+        start: &|_| {},
     };
 
     /// Waits for a free slot and takes it; nothing if this key holds one already.
     pub fn acquire(&self) {
         (self.acquire)()
+    }
+
+    /// Takes a free slot if there is one (or this key holds one already); never waits.
+    pub fn try_acquire(&self) -> bool {
+        (self.try_acquire)()
+    }
+
+    /// Marks the work started without a slot of this pool: a build that runs on a remote
+    /// builder (`machine`, its URI) instead of here.
+    pub fn start_remote(&self, machine: &str) {
+        (self.start)(Some(machine))
     }
 
     /// Gives the slot back, if this key holds it.
@@ -252,12 +277,14 @@ impl Slot<'_> {
 /// The work of a pool on one key.
 type PoolWork<'a, E> = dyn Fn(&str, &Slot<'_>) -> Result<(), E> + Sync + 'a;
 
-/// Runs `work` over a DAG on twice as many workers as slots: at most `jobs` keys hold a
-/// slot at once (see [`Slot`]), so a key's work before it takes its slot and after it
-/// gives it back overlaps the keys holding slots.
+/// Runs `work` over a DAG on twice as many workers as slots, plus `extra` workers for
+/// work that needs no slot (builds on remote builders): at most `jobs` keys hold a slot at
+/// once (see [`Slot`]), so a key's work before it takes its slot and after it gives it back
+/// overlaps the keys holding slots.
 fn run_pool<E: Send>(
     graph: &BTreeMap<String, BTreeSet<String>>,
     jobs: usize,
+    extra: usize,
     work: &PoolWork<'_, E>,
 ) -> PoolOutcome<E> {
     struct State<E> {
@@ -270,7 +297,7 @@ fn run_pool<E: Send>(
         skipped: Vec<(String, String)>,
     }
     let jobs = jobs.max(1);
-    let workers = (2 * jobs).min(graph.len());
+    let workers = (2 * jobs + extra).min(graph.len());
     let state = Mutex::new(State {
         queue: ReadyQueue::new(graph),
         running: 0,
@@ -312,6 +339,18 @@ fn run_pool<E: Send>(
                     s.slots += 1;
                     held.store(true, std::sync::atomic::Ordering::SeqCst);
                 };
+                let try_acquire = || {
+                    if held.load(std::sync::atomic::Ordering::SeqCst) {
+                        return true;
+                    }
+                    let mut s = lock();
+                    if s.slots >= jobs {
+                        return false;
+                    }
+                    s.slots += 1;
+                    held.store(true, std::sync::atomic::Ordering::SeqCst);
+                    true
+                };
                 let release = || {
                     if held.swap(false, std::sync::atomic::Ordering::SeqCst) {
                         lock().slots -= 1;
@@ -322,7 +361,9 @@ fn run_pool<E: Send>(
                     &key,
                     &Slot {
                         acquire: &acquire,
+                        try_acquire: &try_acquire,
                         release: &release,
+                        start: &|_| {},
                     },
                 );
                 release();
@@ -549,7 +590,7 @@ fn substitute_all(
             }
         }
     };
-    let outcome = run_pool(&graph, jobs.max(4), &substitute_one);
+    let outcome = run_pool(&graph, jobs.max(4), 0, &substitute_one);
     let mut failed: Vec<StorePath> = outcome
         .failed
         .iter()
@@ -669,7 +710,7 @@ pub fn realise(
         .keys()
         .map(|k| (k.clone(), BTreeSet::new()))
         .collect();
-    let outcome = run_pool(&fetch_graph, jobs.max(4), &fetch_one);
+    let outcome = run_pool(&fetch_graph, jobs.max(4), 0, &fetch_one);
     if !outcome.failed.is_empty() {
         return Err(RealiseError::Fetch(outcome.failed));
     }
@@ -691,26 +732,40 @@ pub fn realise(
         let node = &lowered.nodes[key];
         // A build starts when it has its slot (or ends without having needed one).
         let start = std::sync::OnceLock::new();
-        let started = || {
+        let started_on = |machine: Option<&str>| {
             *start.get_or_init(|| {
                 reporter.event(&Event::BuildStarted {
                     target: key.to_string(),
                     drv: store.print(&node.drv_path),
+                    machine: machine.map(String::from),
                 });
                 Instant::now()
             })
         };
+        let started = || started_on(None);
         let acquire = || {
             slot.acquire();
             started();
         };
+        let try_acquire = || {
+            let taken = slot.try_acquire();
+            if taken {
+                started();
+            }
+            taken
+        };
         let release = || slot.release();
+        let start_remote = |machine: Option<&str>| {
+            started_on(machine);
+        };
         let result = executor.build(
             node,
             reporter,
             &Slot {
                 acquire: &acquire,
+                try_acquire: &try_acquire,
                 release: &release,
+                start: &start_remote,
             },
         );
         match result {
@@ -749,7 +804,7 @@ pub fn realise(
             }
         }
     };
-    let PoolOutcome { failed, skipped } = run_pool(&builds, jobs, &build_one);
+    let PoolOutcome { failed, skipped } = run_pool(&builds, jobs, executor.capacity(), &build_one);
     for (k, because) in &skipped {
         reporter.event(&Event::Skipped {
             target: k.clone(),
@@ -817,7 +872,7 @@ mod tests {
             finished.lock().unwrap().insert(key.to_string());
             Ok(())
         };
-        let outcome = run_pool(&graph, 1, &work);
+        let outcome = run_pool(&graph, 1, 0, &work);
         assert!(outcome.failed.is_empty() && outcome.skipped.is_empty());
         assert_eq!(finished.lock().unwrap().len(), 7);
         assert_eq!(

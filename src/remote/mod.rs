@@ -4,4 +4,7 @@
 //! the outputs back, checked ([`client`]); and the server, `ksbuild --serve --write`
 //! ([`server`]). See `../shared/reference/nix-serve-protocol.md`.
 
+pub mod client;
+pub mod dispatch;
+pub mod machines;
 pub mod wire;

@@ -113,6 +113,7 @@ pub use error::SandboxError;
 pub use init::{init_main, INIT_ARG};
 pub use step::{RemountFlags, Step};
 pub use supervisor::{is_left_mount_point, Sandbox};
+pub use sys::terminate_with_parent;
 pub use user_ns::{BuildUser, DEFAULT_ROOT_BUILD_ID};
 pub use zygote::{zygote_main, ZYGOTE_ARG};
 

@@ -960,3 +960,17 @@ pub(crate) fn set_children_reaped_by_kernel(reaped: bool) -> Result<(), Errno> {
 pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
     rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::Kill).map_err(rustix_errno)
 }
+
+/// Makes the child `command` will start receive `SIGTERM` when the thread that starts it
+/// ends (`PR_SET_PDEATHSIG`, armed between `fork` and `exec`): a helper process (an `ssh`
+/// to a remote builder) that must not outlive ksbuild, killed or not.
+pub fn terminate_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before `exec`; it only makes one
+    // async-signal-safe system call (`prctl`) and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+}

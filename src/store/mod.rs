@@ -24,7 +24,7 @@ mod gc;
 mod import_cache;
 mod lock;
 mod metadata;
-mod pipe;
+pub mod pipe;
 mod verify;
 
 use std::collections::BTreeSet;
