@@ -67,7 +67,10 @@ fn started_on(events: &[serde_json::Value]) -> BTreeMap<String, Option<String>> 
 
 /// Path → NAR hash of the closure of `path` in the ksbuild store `store` of `p`.
 fn closure_hashes(p: &Project, store: &str, path: &str) -> BTreeMap<String, String> {
-    let json = run_ok(p.ks(store).args(["store", "path-info", "--json", "--recursive", path]));
+    let json = run_ok(
+        p.ks(store)
+            .args(["store", "path-info", "--json", "--recursive", path]),
+    );
     let v: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
     v.iter()
         .map(|i| {
@@ -104,7 +107,16 @@ fn a_graph_builds_on_a_nix_builder_over_ssh_and_nothing_here() {
     let (line, nix_store) = nix_builder(&sshd, &p.scratch, 2);
     let out = run(p
         .ks("remote")
-        .args(["realise", "--json", "--no-link", "--max-jobs", "0", "--builders", &line, "c"])
+        .args([
+            "realise",
+            "--json",
+            "--no-link",
+            "--max-jobs",
+            "0",
+            "--builders",
+            &line,
+            "c",
+        ])
         .env("NIX_SSHOPTS", sshd.nix_sshopts()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -134,7 +146,9 @@ fn a_graph_builds_on_a_nix_builder_over_ssh_and_nothing_here() {
             .args(["--query", "--hash", &c]),
     );
     assert_eq!(
-        ksbuild::compat::Hash::parse(nix_hash.trim()).unwrap().to_sri(),
+        ksbuild::compat::Hash::parse(nix_hash.trim())
+            .unwrap()
+            .to_sri(),
         remote_hashes[&c]
     );
     run_ok(p.ks("remote").args(["store", "verify", "--check-contents"]));
@@ -159,7 +173,16 @@ fn a_builder_that_dies_mid_build_is_skipped_and_the_build_finishes_here() {
     let (line, _) = nix_builder(&sshd, &p.scratch, 1);
     let mut child = p
         .ks("store")
-        .args(["realise", "--json", "--no-link", "-j", "1", "--builders", &line, "slow"])
+        .args([
+            "realise",
+            "--json",
+            "--no-link",
+            "-j",
+            "1",
+            "--builders",
+            &line,
+            "slow",
+        ])
         .env("NIX_SSHOPTS", sshd.nix_sshopts())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -170,7 +193,10 @@ fn a_builder_that_dies_mid_build_is_skipped_and_the_build_finishes_here() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut l = String::new();
-        assert!(stdout.read_line(&mut l).unwrap() > 0, "realise ended: {seen}");
+        assert!(
+            stdout.read_line(&mut l).unwrap() > 0,
+            "realise ended: {seen}"
+        );
         seen.push_str(&l);
         if l.contains("\"build-started\"") {
             assert!(l.contains("\"machine\""), "started here, not remotely: {l}");
@@ -188,7 +214,8 @@ fn a_builder_that_dies_mid_build_is_skipped_and_the_build_finishes_here() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{stderr}\n{seen}{rest}");
     assert!(
-        stderr.contains("cannot build `slow` on `ssh://") && stderr.contains("building `slow` elsewhere"),
+        stderr.contains("cannot build `slow` on `ssh://")
+            && stderr.contains("building `slow` elsewhere"),
         "{stderr}"
     );
     let path = evs_output(&format!("{seen}{rest}"), "slow");
@@ -223,9 +250,21 @@ fn an_output_that_does_not_match_the_builder_s_claim_is_rejected_and_rebuilt() {
     let (line, nix_store) = nix_builder(&sshd, &p.scratch, 1);
     let first = run(p
         .ks("first")
-        .args(["realise", "--no-link", "--max-jobs", "0", "--builders", &line, "a"])
+        .args([
+            "realise",
+            "--no-link",
+            "--max-jobs",
+            "0",
+            "--builders",
+            &line,
+            "a",
+        ])
         .env("NIX_SSHOPTS", sshd.nix_sshopts()));
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let a = printed_path(&String::from_utf8_lossy(&first.stdout));
     let honest = closure_hashes(&p, "first", &a)[&a].clone();
     // Damage the builder's copy (an ordinary user's Nix store is the user's files).
@@ -239,7 +278,16 @@ fn an_output_that_does_not_match_the_builder_s_claim_is_rejected_and_rebuilt() {
     std::fs::write(&file, "b\n").unwrap();
     let out = run(p
         .ks("second")
-        .args(["realise", "--json", "--no-link", "-j", "1", "--builders", &line, "a"])
+        .args([
+            "realise",
+            "--json",
+            "--no-link",
+            "-j",
+            "1",
+            "--builders",
+            &line,
+            "a",
+        ])
         .env("NIX_SSHOPTS", sshd.nix_sshopts()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -269,15 +317,29 @@ fn sigterm_stops_the_remote_build() {
     let (line, _) = nix_builder(&sshd, &p.scratch, 1);
     let mut child = p
         .ks("store")
-        .args(["realise", "--no-link", "-L", "--max-jobs", "0", "--builders", &line, "long"])
+        .args([
+            "realise",
+            "--no-link",
+            "-L",
+            "--max-jobs",
+            "0",
+            "--builders",
+            &line,
+            "long",
+        ])
         .env("NIX_SSHOPTS", sshd.nix_sshopts())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let builds = || {
-        let out = Command::new("pgrep").args(["-f", &format!("# {marker}")]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("# {marker}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .count()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while builds() == 0 {

@@ -171,7 +171,7 @@ fn max_jobs_zero_builds_nothing_here() {
         );
         assert!(!valid(&p, "plain"), "{flag} 0 built: {err}");
     }
-    // With remote builders (not dispatched to yet), no build runs here either.
+    // With remote builders (here one that cannot be reached), no build runs here either.
     let out = run(ks(&p).args([
         "realise",
         "--no-link",
@@ -182,10 +182,7 @@ fn max_jobs_zero_builds_nothing_here() {
         "plain",
     ]));
     let err = stderr(&out);
-    assert!(
-        !out.status.success() && err.contains("--max-jobs 0 builds nothing locally"),
-        "{err}"
-    );
+    assert!(!out.status.success(), "{err}");
     assert!(!valid(&p, "plain"), "{err}");
     // `check` rebuilds here: it refuses at once.
     let out = run(ks(&p).args(["check", "-j", "0", "plain"]));
