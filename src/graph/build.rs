@@ -1020,6 +1020,10 @@ mod tests {
         }
     }
 
+    /// Platforms, a derivation's system and `requiredSystemFeatures`, whether it builds
+    /// here, the features missing.
+    type Case<'a> = (&'a Platforms, &'a str, Option<&'a str>, bool, &'a [&'a str]);
+
     #[test]
     fn a_derivation_builds_here_if_its_system_fits_and_it_requires_only_features_offered() {
         let default = Platforms::with_default_extra("x86_64-linux".into());
@@ -1028,7 +1032,7 @@ mod tests {
             .with_features(["kvm".to_string(), "big-parallel".to_string()]);
         let none = default.clone().with_features([]);
         #[rustfmt::skip]
-        let table: &[(&Platforms, &str, Option<&str>, bool, &[&str])] = &[
+        let table: &[Case] = &[
             // Nix's defaults: `benchmark big-parallel nixos-test` (kvm only where /dev/kvm is usable).
             (&default, "x86_64-linux", None, true, &[]),
             (&default, "x86_64-linux", Some(""), true, &[]),

@@ -22,4 +22,5 @@ mod remote_build;
 mod sandbox;
 mod ssh_server;
 mod substitute;
+mod system_features;
 mod trees;
