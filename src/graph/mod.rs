@@ -67,12 +67,15 @@ pub enum Event {
         seconds: f64,
         path: String,
     },
-    /// A build started: here, or on the remote builder `machine` (its store URI).
+    /// A build started: here, or on the remote builder `machine` (its store URI), chosen
+    /// when the builders ran `loads` builds (by URI; this one not counted).
     BuildStarted {
         target: String,
         drv: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         machine: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        loads: Option<BTreeMap<String, u32>>,
     },
     /// Another process is building the node (it holds the lock of an output): this one
     /// waits for it, and then reports the node [`Event::Cached`] (or builds it, if the
@@ -240,7 +243,7 @@ pub struct Slot<'a> {
     acquire: &'a dyn Fn(),
     try_acquire: &'a dyn Fn() -> bool,
     release: &'a dyn Fn(),
-    start: &'a dyn Fn(Option<&str>),
+    start: &'a dyn Fn(Option<(&str, &BTreeMap<String, u32>)>),
 }
 
 impl Slot<'_> {
@@ -263,9 +266,9 @@ impl Slot<'_> {
     }
 
     /// Marks the work started without a slot of this pool: a build that runs on a remote
-    /// builder (`machine`, its URI) instead of here.
-    pub fn start_remote(&self, machine: &str) {
-        (self.start)(Some(machine))
+    /// builder (`machine`, its URI) instead of here, chosen when the builders ran `loads`.
+    pub fn start_remote(&self, machine: &str, loads: &BTreeMap<String, u32>) {
+        (self.start)(Some((machine, loads)))
     }
 
     /// Gives the slot back, if this key holds it.
@@ -732,12 +735,13 @@ pub fn realise(
         let node = &lowered.nodes[key];
         // A build starts when it has its slot (or ends without having needed one).
         let start = std::sync::OnceLock::new();
-        let started_on = |machine: Option<&str>| {
+        let started_on = |machine: Option<(&str, &BTreeMap<String, u32>)>| {
             *start.get_or_init(|| {
                 reporter.event(&Event::BuildStarted {
                     target: key.to_string(),
                     drv: store.print(&node.drv_path),
-                    machine: machine.map(String::from),
+                    machine: machine.map(|(m, _)| m.to_string()),
+                    loads: machine.map(|(_, l)| l.clone()),
                 });
                 Instant::now()
             })
@@ -755,7 +759,7 @@ pub fn realise(
             taken
         };
         let release = || slot.release();
-        let start_remote = |machine: Option<&str>| {
+        let start_remote = |machine: Option<(&str, &BTreeMap<String, u32>)>| {
             started_on(machine);
         };
         let result = executor.build(

@@ -100,9 +100,14 @@ impl<'a> Dispatcher<'a> {
         self.local_jobs > 0 && self.local.options.platforms.can_build_locally(&node.drv)
     }
 
-    /// Chooses a machine (counting the build in its load), or declines; waits while it
-    /// must (`Postpone`).
-    fn choose(&self, node: &Node, required: &BTreeSet<String>, can_local: bool) -> Choice {
+    /// Chooses a machine (counting the build in its load; with the loads it was chosen
+    /// by), or declines; waits while it must (`Postpone`).
+    fn choose(
+        &self,
+        node: &Node,
+        required: &BTreeSet<String>,
+        can_local: bool,
+    ) -> (Choice, BTreeMap<String, u32>) {
         let mut st = self.lock();
         loop {
             let now = Instant::now();
@@ -121,10 +126,16 @@ impl<'a> Dispatcher<'a> {
             );
             match choice {
                 Choice::Remote(i) => {
+                    let loads = self
+                        .machines
+                        .iter()
+                        .zip(&st.loads)
+                        .map(|(m, l)| (m.uri.clone(), *l))
+                        .collect();
                     st.loads[i] += 1;
-                    return choice;
+                    return (choice, loads);
                 }
-                Choice::Decline => return choice,
+                Choice::Decline => return (choice, BTreeMap::new()),
                 Choice::Postpone => {
                     st = self
                         .changed
@@ -175,6 +186,7 @@ impl<'a> Dispatcher<'a> {
     fn build_on(
         &self,
         i: usize,
+        loads: &BTreeMap<String, u32>,
         node: &Node,
         reporter: &dyn Reporter,
         slot: &Slot<'_>,
@@ -203,7 +215,7 @@ impl<'a> Dispatcher<'a> {
         };
         // Started when chosen (before `ssh` connects), so that the events order the
         // builds on each machine as its load counts them.
-        slot.start_remote(uri);
+        slot.start_remote(uri, loads);
         let mut conn = match self.connect(i) {
             Ok(c) => c,
             Err(e) => return (Err(Attempt::MachineFailed(e.to_string())), None),
@@ -473,9 +485,10 @@ impl Executor for Dispatcher<'_> {
         // Each machine gets at most two tries per derivation.
         let mut tries = 2 * self.machines.len() + 1;
         loop {
-            match self.choose(node, &required, can_local) {
+            let (choice, loads) = self.choose(node, &required, can_local);
+            match choice {
                 Choice::Remote(i) => {
-                    let (result, conn) = self.build_on(i, node, reporter, slot);
+                    let (result, conn) = self.build_on(i, &loads, node, reporter, slot);
                     self.done_with(i, conn);
                     match result {
                         Ok(outcome) => return Ok(outcome),

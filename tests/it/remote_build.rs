@@ -368,3 +368,104 @@ fn sigterm_stops_the_remote_build() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A `builders` line for a ksbuild builder on `sshd`, serving the store at `store`.
+fn ksbuild_builder(sshd: &Sshd, store: &Path, rest: &str) -> (String, String) {
+    let uri = format!(
+        "{}?remote-program={}&remote-store={}",
+        sshd.uri(),
+        ksbuild_bin().display(),
+        store.display()
+    );
+    (format!("{uri} {rest}"), uri)
+}
+
+/// Two ksbuild builders — `a` with two slots, `b` with one and speed factor 2 — build a
+/// graph of 50 derivations (49 independent ones and one that needs them all, whose inputs
+/// built on the other machine are sent to it), with nothing built here. Each choice
+/// follows Nix's rules, checked from the loads each build was chosen with: never on a full
+/// machine, and on `a` only while `b` (as idle as `a` per unit of speed, and faster) is
+/// full. The result is what a local build gives.
+#[test]
+fn fifty_derivations_spread_over_two_ksbuild_builders_by_nix_s_rules() {
+    if skip_without_busybox() {
+        return;
+    }
+    let Some(sshd) = Sshd::start_or_skip() else {
+        return;
+    };
+    let mut files: Vec<(String, String)> = (0..49)
+        .map(|i| {
+            (
+                format!("derivations/d{i:02}.toml"),
+                format!("builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"sleep 0.2; echo {i} > $out\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n"),
+            )
+        })
+        .collect();
+    let inputs: String = (0..49)
+        .map(|i| format!("d{i:02} = \"d{i:02}\"\n"))
+        .collect();
+    let cats: String = (0..49).map(|i| format!(" ${{d{i:02}}}")).collect();
+    files.push((
+        "derivations/all.toml".into(),
+        format!("builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat{cats} > $out\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n{inputs}"),
+    ));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let p = Project::new(&refs);
+    let (a_line, a) = ksbuild_builder(&sshd, &p.scratch.join("builder-a"), "x86_64-linux - 2 1");
+    let (b_line, b) = ksbuild_builder(&sshd, &p.scratch.join("builder-b"), "x86_64-linux - 1 2");
+    let out = run(p
+        .ks("client")
+        .args(["realise", "--json", "--no-link", "--max-jobs", "0"])
+        .arg("--builders")
+        .arg(format!("{a_line}; {b_line}"))
+        .arg("all")
+        .env("NIX_SSHOPTS", sshd.nix_sshopts()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\nsshd: {}",
+        String::from_utf8_lossy(&out.stderr),
+        sshd.log()
+    );
+    let max_jobs = BTreeMap::from([(a.clone(), 2u64), (b.clone(), 1u64)]);
+    let mut on = BTreeMap::<String, usize>::new();
+    let starts: Vec<serde_json::Value> = events(&stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "build-started")
+        .collect();
+    assert_eq!(starts.len(), 50);
+    for e in &starts {
+        let machine = e["machine"]
+            .as_str()
+            .unwrap_or_else(|| panic!("built here: {e}"))
+            .to_string();
+        let load = |m: &str| e["loads"][m].as_u64().unwrap();
+        assert!(
+            load(&machine) < max_jobs[&machine],
+            "chosen while full: {e}"
+        );
+        if machine == a {
+            assert_eq!(load(&b), 1, "`a` chosen while the faster `b` was free: {e}");
+        }
+        *on.entry(machine).or_default() += 1;
+    }
+    assert!(
+        on.get(&a).is_some_and(|&n| n > 0) && on.get(&b).is_some_and(|&n| n > 0),
+        "{on:?}"
+    );
+    let path = evs_output(&stdout, "all");
+    let local = run_ok(
+        p.ks("local")
+            .args(["realise", "--no-link", "-j", "2", "all"]),
+    );
+    assert_eq!(printed_path(&local), path);
+    assert_eq!(
+        closure_hashes(&p, "client", &path),
+        closure_hashes(&p, "local", &path)
+    );
+    run_ok(p.ks("client").args(["store", "verify", "--check-contents"]));
+}
