@@ -26,7 +26,9 @@ pub enum CacheCommand {
 pub struct PushArgs {
     /// The cache: `file:///dir` (or a directory), or `http(s)://host/prefix`, written by
     /// HTTP PUT as Nix's `http-binary-cache` does. `?compression=` and
-    /// `?write-nar-listing=1` are read as in Nix.
+    /// `?write-nar-listing=1` are read as in Nix. Or another machine's store,
+    /// `ssh://[USER@]HOST[?remote-program=…&remote-store=…]`, written through Nix's serve
+    /// protocol (`nix-store --serve --write` or `ksbuild --serve --write` there).
     #[arg(long, value_name = "URL")]
     to: String,
     /// Sign each narinfo with this Nix secret key file (`name:base64`).
@@ -89,6 +91,13 @@ fn read_secret_key(file: &Path) -> Result<SecretKey, CliError> {
 
 /// `ksbuild cache push` / `ksbuild store copy`.
 pub fn push(ctx: &Context, args: PushArgs) -> Result<ExitCode, CliError> {
+    // `ssh://`: another machine's store, through the serve protocol (`nix copy --to ssh://`).
+    if args.to.starts_with("ssh://") {
+        let endpoint = ssh_endpoint(&args)?;
+        let store = ctx.open_store()?;
+        let paths = paths_to_push(ctx, &store, &args)?;
+        return push_ssh(ctx, &store, &endpoint, &paths, args.json);
+    }
     let (url, params) = CacheUrl::parse(&args.to)?;
     let key = args
         .secret_key_file
@@ -96,31 +105,7 @@ pub fn push(ctx: &Context, args: PushArgs) -> Result<ExitCode, CliError> {
         .map(read_secret_key)
         .transpose()?;
     let store = ctx.open_store()?;
-    // A store path (or a link into the store) is a path; anything else names a target.
-    let mut roots = BTreeSet::new();
-    let mut targets = Vec::new();
-    for item in &args.items {
-        match store.parse_user_path(Path::new(item)) {
-            Ok(path) => {
-                let info = store.path_info(&path)?;
-                if args.derivations {
-                    if let Some(drv) = info.deriver.filter(|d| store.is_valid(d).unwrap_or(false)) {
-                        roots.insert(drv);
-                    }
-                }
-                roots.insert(path);
-            }
-            Err(_) => targets.push(item.clone()),
-        }
-    }
-    if !targets.is_empty() {
-        roots.extend(target_roots(ctx, &store, &targets, &args)?);
-    }
-    let paths = if args.no_closure {
-        roots
-    } else {
-        store.closure(roots)?
-    };
+    let paths = paths_to_push(ctx, &store, &args)?;
     let compression = args
         .compression
         .or(params.compression)
@@ -163,6 +148,108 @@ pub fn push(ctx: &Context, args: PushArgs) -> Result<ExitCode, CliError> {
         file as f64 / 1048576.0,
         nar as f64 / 1e6 / seconds.max(1e-3),
         report.present.len(),
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The paths a push publishes: the store paths given (with `--derivations`, their `.drv`
+/// files), the targets' roots (realised first unless `--no-build`), and unless
+/// `--no-closure` everything they refer to.
+fn paths_to_push(
+    ctx: &Context,
+    store: &Store,
+    args: &PushArgs,
+) -> Result<BTreeSet<StorePath>, CliError> {
+    // A store path (or a link into the store) is a path; anything else names a target.
+    let mut roots = BTreeSet::new();
+    let mut targets = Vec::new();
+    for item in &args.items {
+        match store.parse_user_path(Path::new(item)) {
+            Ok(path) => {
+                let info = store.path_info(&path)?;
+                if args.derivations {
+                    if let Some(drv) = info.deriver.filter(|d| store.is_valid(d).unwrap_or(false)) {
+                        roots.insert(drv);
+                    }
+                }
+                roots.insert(path);
+            }
+            Err(_) => targets.push(item.clone()),
+        }
+    }
+    if !targets.is_empty() {
+        roots.extend(target_roots(ctx, store, &targets, args)?);
+    }
+    Ok(if args.no_closure {
+        roots
+    } else {
+        store.closure(roots)?
+    })
+}
+
+/// The store of `--to ssh://…`, refusing the options that only binary caches have.
+fn ssh_endpoint(args: &PushArgs) -> Result<crate::remote::client::Endpoint, CliError> {
+    let cache_only = [
+        ("--secret-key-file", args.secret_key_file.is_some()),
+        ("--compression", args.compression.is_some()),
+        ("--write-nar-listing", args.write_nar_listing),
+        ("--priority", args.priority.is_some()),
+    ];
+    if let Some((flag, _)) = cache_only.iter().find(|(_, set)| *set) {
+        return Err(CliError::Usage {
+            message: format!("{flag} is for binary caches; `{}` is a store reached over ssh", args.to),
+            hint: Some("leave it out: paths are copied to an ssh store as they are (`nix copy --to ssh://`)".into()),
+        });
+    }
+    let machine = crate::remote::machines::parse(&args.to, "")
+        .ok()
+        .and_then(|m| m.into_iter().next())
+        .ok_or_else(|| CliError::Usage {
+            message: format!("`{}` is not a store URI", args.to),
+            hint: Some("write `ssh://[USER@]HOST[?remote-program=…&remote-store=…]`".into()),
+        })?;
+    crate::remote::client::Endpoint::of(&machine).map_err(|e| CliError::Usage {
+        message: e.to_string(),
+        hint: Some("write `ssh://[USER@]HOST[?remote-program=…&remote-store=…]`".into()),
+    })
+}
+
+/// Copies `paths` (a closed set) to the store at `endpoint` over ssh: what it lacks,
+/// references first; prints the paths sent.
+fn push_ssh(
+    ctx: &Context,
+    store: &Store,
+    endpoint: &crate::remote::client::Endpoint,
+    paths: &BTreeSet<StorePath>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let t0 = Instant::now();
+    let mut conn = crate::remote::client::Connection::open(endpoint, store.store_dir())
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let sent = conn
+        .copy_closure(store, paths)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let printed: Vec<String> = sent.iter().map(|p| store.print(p)).collect();
+    if json {
+        out_json(&serde_json::json!({ "uploaded": printed, "present": paths.len() - sent.len() }))?;
+    } else {
+        for p in &printed {
+            out_line(p)?;
+        }
+    }
+    let nar: u64 = sent
+        .iter()
+        .filter_map(|p| store.path_info(p).ok())
+        .map(|i| i.nar_size)
+        .sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    ctx.note(&format!(
+        "copied {} paths to `{}` ({:.1} MiB of NAR, {seconds:.1}s, {:.1} MB/s); {} already there",
+        sent.len(),
+        endpoint.uri,
+        nar as f64 / 1048576.0,
+        nar as f64 / 1e6 / seconds.max(1e-3),
+        paths.len() - sent.len()
     ));
     Ok(ExitCode::SUCCESS)
 }

@@ -469,3 +469,53 @@ fn fifty_derivations_spread_over_two_ksbuild_builders_by_nix_s_rules() {
     );
     run_ok(p.ks("client").args(["store", "verify", "--check-contents"]));
 }
+
+/// `store copy --to ssh://…` (`nix copy --to ssh://`) sends a closure to Nix's store over
+/// ssh, references first, only what it lacks; Nix's records then match ksbuild's.
+#[test]
+fn store_copy_sends_a_closure_to_a_nix_store_over_ssh() {
+    if skip_without_busybox() || skip_without_nix() {
+        return;
+    }
+    let Some(sshd) = Sshd::start_or_skip() else {
+        return;
+    };
+    let p = Project::new(GRAPH);
+    let c = printed_path(&run_ok(p.ks("here").args(["realise", "--no-link", "c"])));
+    let (line, nix_store) = nix_builder(&sshd, &p.scratch, 1);
+    let uri = line.split_whitespace().next().unwrap();
+    let copy = |only: &str| {
+        run_ok(
+            p.ks("here")
+                .args(["store", "copy", "--to", uri, only])
+                .env("NIX_SSHOPTS", sshd.nix_sshopts()),
+        )
+    };
+    let hashes = closure_hashes(&p, "here", &c);
+    let a = hashes.keys().find(|k| k.ends_with("-a")).unwrap().clone();
+    assert_eq!(copy(&a).lines().collect::<Vec<_>>(), [a.as_str()]);
+    // The rest of the closure: `a` is there already.
+    let sent = copy(&c);
+    assert_eq!(sent.lines().count(), hashes.len() - 1, "{sent}");
+    for (path, hash) in &hashes {
+        let nix_hash = run_ok(
+            nix("nix-store")
+                .arg("--store")
+                .arg(&nix_store)
+                .args(["--query", "--hash", path]),
+        );
+        assert_eq!(
+            &ksbuild::compat::Hash::parse(nix_hash.trim())
+                .unwrap()
+                .to_sri(),
+            hash
+        );
+    }
+    run_ok(
+        nix("nix-store")
+            .arg("--store")
+            .arg(&nix_store)
+            .args(["--verify", "--check-contents"]),
+    );
+    assert_eq!(copy(&c), "");
+}
