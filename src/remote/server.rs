@@ -12,9 +12,10 @@
 //! * `QueryValidPaths` never substitutes (ksbuild's server has no substituters); its `lock`
 //!   holds the store's GC lock shared until the session ends, where Nix adds temporary
 //!   roots: `ksbuild store gc` waits for the session instead of deleting what it uses.
-//! * `AddToStoreNar` also checks a claimed content address against the contents, and every
-//!   path added is registered as not `ultimate` (it was not built here, so it is never
-//!   a build round of `ksbuild check`).
+//! * Every path added (`AddToStoreNar`, `ImportPaths`) is registered as not `ultimate`: it
+//!   was not built here, so it is never a build round of `ksbuild check`. (Its NAR hash,
+//!   size and content address are checked, and its references must be valid, as Nix checks
+//!   them.)
 //! * The build settings' `maxLogSize`, `buildRepeat` and `enforceDeterminism` are read and
 //!   ignored; `ksbuild check` is the tool for repeated builds.
 
@@ -749,7 +750,7 @@ enum ModuloError {
 }
 
 /// Checks that the tree at `target` (whose NAR hashes to `nar_hash`) has the content
-/// address `ca`, as Nix checks an added path's.
+/// address `ca`, as Nix 2.8's `LocalStore::addToStore` checks an added path's.
 fn check_content_address(
     ca: &ContentAddress,
     target: &std::path::Path,

@@ -18,6 +18,7 @@ mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
 mod realise;
+mod remote;
 mod remote_build;
 mod sandbox;
 mod ssh_server;

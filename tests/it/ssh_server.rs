@@ -381,6 +381,7 @@ fn sshd_runs_commands_with_the_test_key_and_can_be_killed() {
         .ssh()
         .arg("echo started; sleep 60")
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut first = [0u8; 8];
