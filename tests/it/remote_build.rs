@@ -519,3 +519,46 @@ fn store_copy_sends_a_closure_to_a_nix_store_over_ssh() {
     );
     assert_eq!(copy(&c), "");
 }
+
+/// A builder that cannot be reached (nothing listens on its port) is tried once, skipped
+/// for a while with a warning that names it, and every build goes to the builder that
+/// answers.
+#[test]
+fn an_unreachable_builder_is_skipped_and_the_builds_go_elsewhere() {
+    if skip_without_busybox() {
+        return;
+    }
+    let Some(sshd) = Sshd::start_or_skip() else {
+        return;
+    };
+    let p = Project::new(GRAPH);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    // Faster, so chosen first while it is not known to be down.
+    let down = format!("ssh://{}@127.0.0.1:{port} x86_64-linux - 4 8", sshd.user());
+    let (up_line, _) = ksbuild_builder(&sshd, &p.scratch.join("builder"), "x86_64-linux - 1 1");
+    let out = run(p
+        .ks("client")
+        .args(["realise", "--json", "--no-link", "--max-jobs", "0"])
+        .arg("--builders")
+        .arg(format!("{down}\n{up_line}"))
+        .arg("c")
+        .env("NIX_SSHOPTS", sshd.nix_sshopts()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings = stderr
+        .matches(&format!("on `ssh://{}@127.0.0.1:{port}`", sshd.user()))
+        .count();
+    assert_eq!(warnings, 1, "tried once, then skipped:\n{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    // The first build started on the one that was down; all of them finished on the other.
+    assert!(
+        events(&String::from_utf8_lossy(&out.stdout))
+            .iter()
+            .filter(|e| e["event"] == "build-finished")
+            .count()
+            == 3
+    );
+    assert!(!up.is_empty());
+}
