@@ -18,9 +18,9 @@
 //! | [`substitute`] | binary caches read as Nix reads them: configuration, trust, narinfo lookups, NAR download, check and registration | network, store |
 //! | [`graph`] | the DAG, the ready queue, `-j` slots, the sandbox executor, why-rebuild records | runs builds |
 //! | [`check`] | rounds of builds compared, variations, explained differences, recorded outputs | runs builds, reads outputs |
+//! | [`remote`] | Nix's serve protocol: remote builders (the client, the machine choice, the dispatching executor) and the server `ksbuild --serve` | ssh, store, runs builds |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
 //!
-//! Layers still to come (see `../shared/DESIGN.md`): `remote` (Nix's serve protocol).
 //!
 //! # Two ideas to keep in mind
 //!
@@ -64,6 +64,11 @@
 //!   with causes), `image.rs` (GPT/MBR, FAT, gzip and cpio opened for diffs), `ext4.rs`
 //!   (ext2/3/4 read in place), `elf.rs` (ELF sections), `diffoscope.rs` (`--diffoscope`,
 //!   bounded), `record.rs` (`derivations/outputs.lock`).
+//! * `remote/` — `wire.rs` (the serve protocol's framing, basic derivations, build
+//!   results), `machines.rs` (Nix's `builders` syntax and machine choice), `client.rs`
+//!   (a connection over the system's `ssh`: closures up, builds, outputs down, checked),
+//!   `dispatch.rs` (the executor sending builds to machines or the local sandbox),
+//!   `server.rs` (`ksbuild --serve --write`).
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 

@@ -559,7 +559,7 @@ impl Connection {
                 wire::write_u64(to, wire::Command::ImportPaths as u64).map_err(io)?;
                 wire::write_u64(to, 1).map_err(io)?;
                 store::dump_path(&physical, &mut *to)?;
-                wire::write_u64(to, 0x4558_494e).map_err(io)?;
+                wire::write_u64(to, super::server::EXPORT_MAGIC).map_err(io)?;
                 wire::write_bytes(to, print(path).as_bytes()).map_err(io)?;
                 wire::write_paths(to, &info.references, &sd).map_err(io)?;
                 let deriver = info.deriver.as_ref().map(print).unwrap_or_default();

@@ -2,6 +2,22 @@
 //! strings, string sets, basic derivations, build settings and build results, read and
 //! written exactly as Nix 2.8 does (see `../shared/reference/nix-serve-protocol.md`).
 //! Pure: reads any `io::Read`, writes any `io::Write`.
+//!
+//! Where that reference is wrong or silent (read in Nix 2.8.0's source, the first checked
+//! against `nix-store --serve`):
+//! * `builtOutputs` keys hash the basic derivation as received (no input derivations, the
+//!   input closure as input sources) modulo its outputs; `AlreadyValid` results carry them
+//!   too.
+//! * Uploads are checked: `AddToStoreNar` and `ImportPaths` refuse a NAR whose hash, size or
+//!   content address is not the one claimed ("hash mismatch importing path"), and the
+//!   references must already be valid; only signatures go unchecked.
+//! * `BuildPaths` fails with the worker's exit status: 100 build failed, 101 timed out,
+//!   102 hash mismatch, 104 check mismatch, 1 otherwise.
+//! * The server answers straight after the client's magic, then reads the client's version
+//!   without checking it.
+//! * `ExportPaths` sends references first. `QueryClosure` with `includeOutputs` adds the
+//!   valid outputs of every `.drv` in the closure. An invalid path given to it or to
+//!   `DumpStorePath` ends the session.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
