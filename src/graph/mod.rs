@@ -243,8 +243,11 @@ pub struct Slot<'a> {
     acquire: &'a dyn Fn(),
     try_acquire: &'a dyn Fn() -> bool,
     release: &'a dyn Fn(),
-    start: &'a dyn Fn(Option<(&str, &BTreeMap<String, u32>)>),
+    start: &'a dyn Fn(Option<RemoteStart<'_>>),
 }
+
+/// A remote build's machine (its URI) and the builders' loads it was chosen by.
+type RemoteStart<'a> = (&'a str, &'a BTreeMap<String, u32>);
 
 impl Slot<'_> {
     /// A slot that is always free: for work outside a pool.
@@ -735,7 +738,7 @@ pub fn realise(
         let node = &lowered.nodes[key];
         // A build starts when it has its slot (or ends without having needed one).
         let start = std::sync::OnceLock::new();
-        let started_on = |machine: Option<(&str, &BTreeMap<String, u32>)>| {
+        let started_on = |machine: Option<RemoteStart<'_>>| {
             *start.get_or_init(|| {
                 reporter.event(&Event::BuildStarted {
                     target: key.to_string(),
@@ -759,7 +762,7 @@ pub fn realise(
             taken
         };
         let release = || slot.release();
-        let start_remote = |machine: Option<(&str, &BTreeMap<String, u32>)>| {
+        let start_remote = |machine: Option<RemoteStart<'_>>| {
             started_on(machine);
         };
         let result = executor.build(

@@ -419,11 +419,20 @@ impl Settings {
     }
 }
 
-/// The text of `file`, or `None` if it does not exist.
+/// The text of `file`, or `None` if it does not exist or this user may not read it.
 fn read_if_present(file: &Path) -> Result<Option<String>, ConfigError> {
     match std::fs::read_to_string(file) {
         Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // A home directory this user may not enter (a build user's `HOME=/root`, say) holds
+        // no configuration for it: Nix skips what it cannot read, and so does this.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Ok(None)
+        }
         Err(source) => Err(ConfigError::Read {
             path: file.to_path_buf(),
             source,
