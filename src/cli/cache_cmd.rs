@@ -78,7 +78,7 @@ pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<ExitCode, CliError> {
 }
 
 /// Reads a Nix secret key file.
-fn read_secret_key(file: &Path) -> Result<SecretKey, CliError> {
+pub(super) fn read_secret_key(file: &Path) -> Result<SecretKey, CliError> {
     let text = std::fs::read_to_string(file).map_err(|e| CliError::Usage {
         message: format!("cannot read the secret key file `{}`: {e}", file.display()),
         hint: Some("create one with `ksbuild key generate NAME SECRET PUBLIC`".into()),

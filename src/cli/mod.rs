@@ -7,6 +7,7 @@ mod check_cmd;
 mod drv_cmd;
 mod errors;
 mod hash_cmd;
+mod bundle_cmd;
 mod key_cmd;
 mod realise_cmd;
 mod serve_cmd;
@@ -135,6 +136,9 @@ enum Command {
     /// Generate signing keys for binary caches.
     #[command(subcommand)]
     Key(key_cmd::KeyCommand),
+    /// Sign and check KubeSolo OS update bundles (`update-bundle*` outputs).
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCommand),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -322,6 +326,7 @@ pub fn main() -> ExitCode {
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),
+        Command::Bundle(cmd) => bundle_cmd::run(&ctx, cmd),
     };
     match result {
         Ok(code) => code,
