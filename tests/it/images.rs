@@ -634,6 +634,17 @@ fn rpi_image_has_the_tryboot_layout_and_its_kernel_boots_on_raspi3b() {
                 && config.contains("initramfs kubesolo-os.gz followkernel"),
             "{config}"
         );
+        // The Pi 4's kernel is named in its section; this variant's mainline kernel has no
+        // Pi 5 tree, and config.txt says so instead of naming a kernel that is not there.
+        assert!(
+            config.contains("[pi4]\nkernel=kernel8.img\n")
+                && config.contains("# [pi5]: not in this variant")
+                && !config.contains("kernel_2712")
+                && config.trim_end().ends_with("upstream_kernel=1")
+                && config.matches("[all]").count() == 2,
+            "{config}"
+        );
+        assert!(!listing.contains("::/kernel_2712.img"), "{listing}");
         let cmdline = read(part, "cmdline.txt");
         assert!(
             cmdline.contains(&format!("kubesolo.slot={slot} "))
