@@ -20,7 +20,7 @@ fn repo() -> &'static Path {
 
 /// The stand-in for the KubeSolo binary: exercises iptables-nft and nft on the booted
 /// system, prints a line, and powers off.
-const STANDIN: &str = "#!/bin/sh\n\
+pub(crate) const STANDIN: &str = "#!/bin/sh\n\
 iptables -t nat -A POSTROUTING -s 10.42.0.0/16 -j MASQUERADE && ipt=ok || ipt=failed\n\
 nft add table ip kubesolo-masq && nft list tables | grep -q kubesolo-masq && nft=ok || nft=failed\n\
 echo \"KUBESOLO-STANDIN running: iptables=$ipt nft=$nft data=$(mount | grep -c ' /var/lib/kubesolo ')\"\n\
@@ -29,14 +29,14 @@ poweroff -f\n";
 
 /// A copy of the project with the stand-in KubeSolo pinned (the repository's own pins, if
 /// any, are replaced in the copy only).
-fn project(dir: &Path, store: &Path) -> PathBuf {
+pub(crate) fn project(dir: &Path, store: &Path) -> PathBuf {
     let proj = copy_project(dir);
     pin_standins(store, &proj, dir);
     proj
 }
 
 /// A copy of the project's derivations, fragments and environments in `dir/project`.
-fn copy_project(dir: &Path) -> PathBuf {
+pub(crate) fn copy_project(dir: &Path) -> PathBuf {
     let proj = dir.join("project");
     fs::create_dir_all(&proj).unwrap();
     for d in ["derivations", "fragments", "sandboxes"] {
@@ -46,7 +46,7 @@ fn copy_project(dir: &Path) -> PathBuf {
 }
 
 /// Pins `kubesolo` (the one file of a release tarball, written into `dir`) as `target`.
-fn pin_kubesolo(store: &Path, proj: &Path, dir: &Path, target: &str, kubesolo: &[u8]) {
+pub(crate) fn pin_kubesolo(store: &Path, proj: &Path, dir: &Path, target: &str, kubesolo: &[u8]) {
     fs::create_dir_all(dir).unwrap();
     let file = dir.join("kubesolo");
     fs::write(&file, kubesolo).unwrap();
@@ -70,7 +70,7 @@ fn pin_kubesolo(store: &Path, proj: &Path, dir: &Path, target: &str, kubesolo: &
 }
 
 /// Pins the stand-in KubeSolo tarballs (written into `dir/standin`) in `store`.
-fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
+pub(crate) fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
     let stage = dir.join("standin");
     fs::create_dir_all(&stage).unwrap();
     let script = stage.join("kubesolo");
@@ -98,7 +98,12 @@ fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
 
 /// Realises `target`; returns the output's physical directory. `None` when the Debian
 /// archive is unreachable and the network is not required (outside CI).
-fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) -> Option<PathBuf> {
+pub(crate) fn realise(
+    store: &Path,
+    proj: &Path,
+    target: &str,
+    shell_env: &[(&str, &str)],
+) -> Option<PathBuf> {
     let mut cmd = ksbuild(store);
     cmd.arg("--project")
         .arg(proj)
@@ -120,7 +125,7 @@ fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) 
 }
 
 /// Whether QEMU is installed; in CI (`KSBUILD_REQUIRE_QEMU`) its absence is a failure.
-fn qemu(program: &str) -> bool {
+pub(crate) fn qemu(program: &str) -> bool {
     let found = Command::new(program)
         .arg("--version")
         .output()
@@ -138,7 +143,7 @@ fn qemu(program: &str) -> bool {
 
 /// Boots QEMU with `args` until the guest powers off, halts, panics or fails a stage (or
 /// `limit` passes); kills it by its own PID and returns the serial console's text.
-fn boot(program: &str, args: &[String], limit: Duration) -> String {
+pub(crate) fn boot(program: &str, args: &[String], limit: Duration) -> String {
     let dir = scratch();
     let log = dir.path().join("console.log");
     let mut child = Command::new(program)
@@ -177,7 +182,7 @@ fn boot(program: &str, args: &[String], limit: Duration) -> String {
     text
 }
 
-fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
+pub(crate) fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
     let ok = format!("KUBESOLO-OS BOOT OK arch={arch} ");
     let line = log
         .lines()
@@ -192,7 +197,7 @@ fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
 }
 
 /// Partition offsets from the image's `partitions.txt`: (number, label, offset).
-fn partitions(out: &Path) -> Vec<(u32, String, u64)> {
+pub(crate) fn partitions(out: &Path) -> Vec<(u32, String, u64)> {
     fs::read_to_string(out.join("partitions.txt"))
         .unwrap()
         .lines()
@@ -206,7 +211,7 @@ fn partitions(out: &Path) -> Vec<(u32, String, u64)> {
 }
 
 /// A GRUB environment block (1024 bytes, `#`-padded), as `grub-editenv` writes it.
-fn grubenv(vars: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn grubenv(vars: &[(&str, &str)]) -> Vec<u8> {
     let mut s = String::from("# GRUB Environment Block\n");
     for (k, v) in vars {
         s.push_str(&format!("{k}={v}\n"));
@@ -216,7 +221,7 @@ fn grubenv(vars: &[(&str, &str)]) -> Vec<u8> {
     b
 }
 
-fn mtools(program: &str, image: &Path, offset: u64) -> Command {
+pub(crate) fn mtools(program: &str, image: &Path, offset: u64) -> Command {
     let mut c = Command::new(program);
     c.env("MTOOLS_SKIP_CHECK", "1")
         .arg("-i")
@@ -224,7 +229,7 @@ fn mtools(program: &str, image: &Path, offset: u64) -> Command {
     c
 }
 
-fn set_grubenv(image: &Path, esp: u64, vars: &[(&str, &str)]) {
+pub(crate) fn set_grubenv(image: &Path, esp: u64, vars: &[(&str, &str)]) {
     let dir = scratch();
     let env = dir.path().join("grubenv");
     fs::write(&env, grubenv(vars)).unwrap();
@@ -236,12 +241,12 @@ fn set_grubenv(image: &Path, esp: u64, vars: &[(&str, &str)]) {
     );
 }
 
-fn get_grubenv(image: &Path, esp: u64) -> String {
+pub(crate) fn get_grubenv(image: &Path, esp: u64) -> String {
     run_ok(mtools("mtype", image, esp).arg("::/EFI/BOOT/grubenv"))
 }
 
 /// A writable sparse copy of an image.
-fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
+pub(crate) fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
     let copy = dir.join(image.file_name().unwrap());
     run_ok(
         Command::new("cp")
@@ -254,7 +259,7 @@ fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
 }
 
 /// QEMU's arguments for a UEFI boot of `image` on virtio: `machine` words and firmware.
-fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
+pub(crate) fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
     let common = [
         "-smp",
         "2",
@@ -274,7 +279,7 @@ fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
         .collect()
 }
 
-fn x86_args(image: &Path) -> Vec<String> {
+pub(crate) fn x86_args(image: &Path) -> Vec<String> {
     uefi_args(
         &["-accel", "tcg", "-M", "q35"],
         "/usr/share/ovmf/OVMF.fd",
@@ -282,7 +287,7 @@ fn x86_args(image: &Path) -> Vec<String> {
     )
 }
 
-fn arm64_args(image: &Path) -> Vec<String> {
+pub(crate) fn arm64_args(image: &Path) -> Vec<String> {
     uefi_args(
         &["-M", "virt", "-cpu", "cortex-a72"],
         "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
@@ -290,7 +295,7 @@ fn arm64_args(image: &Path) -> Vec<String> {
     )
 }
 
-const LIMIT: Duration = Duration::from_secs(240);
+pub(crate) const LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
 fn rootfs_elfs_resolve_every_needed_library_inside_the_rootfs() {
