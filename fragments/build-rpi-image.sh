@@ -12,8 +12,8 @@
 # 2/3 Boot A/B (FAT32, KSOBOOTA/KSOBOOTB, each bootable on its own), 4 Data (ext4,
 # KSOLODATA, the rest). The firmware's tryboot switches A/B through autoboot.txt.
 . "$imagelib"
+. "$rpiboot"
 img=$out/sdcard.img
-fw=/usr/lib/raspi-firmware
 mkdir -p "$out"
 ctl_start=$MIB
 a_start=$((ctl_start + CONTROL_MIB * MIB))
@@ -21,56 +21,6 @@ b_start=$((a_start + BOOT_MIB * MIB))
 data_start=$((b_start + BOOT_MIB * MIB))
 data_size=$((DISK_MIB * MIB - data_start))
 [ "$data_size" -gt 0 ] || { echo "the disk ($DISK_MIB MiB) is too small for its partitions" >&2; exit 1; }
-
-# Copies each device tree named in $2 from kernel $1's dtbs/ into $3, and its overlays.
-install_dtbs() {
-  for d in $2; do
-    found=$(find "$1/dtbs" -name "$d" | head -n 1)
-    [ -n "$found" ] || { echo "device tree $d is not in the kernel's dtbs ($1/dtbs)" >&2; exit 1; }
-    cp "$found" "$3/$d"
-  done
-  if [ -d "$1/dtbs/overlays" ]; then
-    mkdir -p "$3/overlays"
-    cp -R "$1/dtbs/overlays/." "$3/overlays/"
-  fi
-}
-
-# One boot partition's files: firmware, kernel, DTBs and overlays, config, initramfs.
-boot_files() {
-  dir=$1 slot=$2
-  mkdir -p "$dir"
-  for f in $FIRMWARE; do
-    [ -f "$fw/$f" ] || { echo "firmware file $f is not in the locked raspi-firmware package ($fw)" >&2; exit 1; }
-    cp "$fw/$f" "$dir/$f"
-  done
-  cp "$kernel/Image" "$dir/kernel8.img"
-  install_dtbs "$kernel" "$DTBS" "$dir"
-  if [ -n "$DTBS5" ]; then
-    cp "$kernel5/Image" "$dir/kernel_2712.img"
-    install_dtbs "$kernel5" "$DTBS5" "$dir"
-  fi
-  cp "$initramfs/kubesolo-os.gz" "$dir/kubesolo-os.gz"
-  # Each model's kernel named explicitly ([pi4] covers 4B, 400 and CM4; [pi5] the Pi 5 and
-  # 500); the sections end with [all]. Without a Pi 5 kernel, a Pi 5 finds nothing to boot.
-  {
-    echo "# KubeSolo OS boot partition ($slot)"
-    echo "[all]"
-    echo "arm_64bit=1"
-    echo "enable_uart=1"
-    echo "initramfs kubesolo-os.gz followkernel"
-    echo "[pi4]"
-    echo "kernel=kernel8.img"
-    if [ -n "$DTBS5" ]; then
-      echo "[pi5]"
-      echo "kernel=kernel_2712.img"
-    else
-      echo "# [pi5]: not in this variant (its kernel has no bcm2712 device tree)"
-    fi
-    echo "[all]"
-    printf '%s\n' "$CONFIG_EXTRA" | sed '/^$/d'
-  } > "$dir/config.txt"
-  echo "console=serial0,115200 console=tty1 panic=-1 rootwait kubesolo.slot=$slot kubesolo.data=LABEL=KSOLODATA" > "$dir/cmdline.txt"
-}
 
 boot_files /build/boot-a A
 boot_files /build/boot-b B
