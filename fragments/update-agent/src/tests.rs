@@ -1,0 +1,1 @@
+//! Command-level tests (see tests.rs).
