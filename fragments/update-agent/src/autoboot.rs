@@ -15,9 +15,16 @@ impl AutoBoot {
     /// Parses the file's text (any line ending; `\r` is dropped).
     pub fn parse(text: &str) -> Result<AutoBoot, String> {
         if text.len() > MAX_SIZE {
-            return Err(format!("is {} bytes; the firmware reads only the first {}", text.len(), MAX_SIZE));
+            return Err(format!(
+                "is {} bytes; the firmware reads only the first {}",
+                text.len(),
+                MAX_SIZE
+            ));
         }
-        let lines = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+        let lines = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect();
         Ok(AutoBoot { lines })
     }
 
@@ -26,7 +33,11 @@ impl AutoBoot {
         let mut text = self.lines.join("\n");
         text.push('\n');
         if text.len() > MAX_SIZE {
-            return Err(format!("would be {} bytes; the firmware reads only {}", text.len(), MAX_SIZE));
+            return Err(format!(
+                "would be {} bytes; the firmware reads only {}",
+                text.len(),
+                MAX_SIZE
+            ));
         }
         Ok(text)
     }
@@ -65,7 +76,8 @@ impl AutoBoot {
 
     /// `boot_partition` of `section` as a number.
     pub fn boot_partition(&self, section: &str) -> Option<u32> {
-        self.get(section, "boot_partition").and_then(|v| v.parse().ok())
+        self.get(section, "boot_partition")
+            .and_then(|v| v.parse().ok())
     }
 
     /// Sets `key=value` in `section`: every existing line for it is rewritten; otherwise a line
@@ -116,7 +128,10 @@ mod tests {
         assert_eq!(a.get("all", "tryboot_a_b").as_deref(), Some("1"));
         a.set("all", "boot_partition", "3");
         a.set("tryboot", "boot_partition", "2");
-        assert_eq!(a.to_text().unwrap(), "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n");
+        assert_eq!(
+            a.to_text().unwrap(),
+            "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n"
+        );
     }
 
     #[test]
@@ -125,7 +140,10 @@ mod tests {
         assert_eq!(a.boot_partition("all"), None);
         a.set("all", "boot_partition", "2");
         a.set("tryboot", "boot_partition", "3");
-        assert_eq!(a.to_text().unwrap(), "tryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n");
+        assert_eq!(
+            a.to_text().unwrap(),
+            "tryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+        );
     }
 
     #[test]

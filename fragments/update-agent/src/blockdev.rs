@@ -53,8 +53,16 @@ pub fn partitions(paths: &Paths) -> Vec<Partition> {
             },
             Err(_) => continue,
         };
-        let dev = fs::read_to_string(sys.join("dev")).unwrap_or_default().trim().to_string();
-        out.push(Partition { name: entry.file_name().to_string_lossy().into_owned(), disk, number, dev });
+        let dev = fs::read_to_string(sys.join("dev"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        out.push(Partition {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            disk,
+            number,
+            dev,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
@@ -116,7 +124,10 @@ pub fn disk_of_mount(paths: &Paths, mount_point: &str) -> Option<String> {
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
     let want = format!("{}:{}", major, minor);
-    partitions(paths).into_iter().find(|p| p.dev == want).map(|p| p.disk)
+    partitions(paths)
+        .into_iter()
+        .find(|p| p.dev == want)
+        .map(|p| p.disk)
 }
 
 #[cfg(test)]

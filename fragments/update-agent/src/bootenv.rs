@@ -92,21 +92,31 @@ pub trait BootEnv {
 /// `/proc/device-tree/chosen/bootloader`, GRUB otherwise.
 pub fn detect(paths: &Paths) -> Box<dyn BootEnv> {
     if paths.path("/proc/device-tree/chosen/bootloader").is_dir() {
-        Box::new(RaspberryPi { paths: paths.clone() })
+        Box::new(RaspberryPi {
+            paths: paths.clone(),
+        })
     } else {
-        Box::new(Grub { paths: paths.clone() })
+        Box::new(Grub {
+            paths: paths.clone(),
+        })
     }
 }
 
 /// `kubesolo.slot=` of the kernel command line.
 pub fn cmdline_slot(paths: &Paths) -> Result<Slot, String> {
     let path = paths.path("/proc/cmdline");
-    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
+    let text = fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
     let word = text
         .split_whitespace()
         .find_map(|w| w.strip_prefix("kubesolo.slot="))
         .ok_or_else(|| format!("the kernel command line (`{}`) has no `kubesolo.slot=`: not booted from an A/B slot", path.display()))?;
-    Slot::parse(word).ok_or_else(|| format!("the kernel command line says `kubesolo.slot={}`, not A or B", word))
+    Slot::parse(word).ok_or_else(|| {
+        format!(
+            "the kernel command line says `kubesolo.slot={}`, not A or B",
+            word
+        )
+    })
 }
 
 /// GRUB: `EFI/BOOT/grubenv` on the ESP (label `KSOLOEFI`).
@@ -115,14 +125,25 @@ pub struct Grub {
 }
 
 const GRUBENV: &str = "EFI/BOOT/grubenv";
-const ESP: Target = Target { name: "esp", locator: Locator::Label("KSOLOEFI"), fstype: "vfat" };
+const ESP: Target = Target {
+    name: "esp",
+    locator: Locator::Label("KSOLOEFI"),
+    fstype: "vfat",
+};
 
 impl Grub {
     fn read(&self) -> Result<EnvBlock, String> {
         let esp = slot::mount(&self.paths, &ESP)?;
         let path = esp.dir().join(GRUBENV);
-        let bytes = fs::read(&path).map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
-        let block = EnvBlock::from_bytes(&bytes).map_err(|e| format!("`{}` {}: recreate it with `grub-editenv FILE create`", path.display(), e))?;
+        let bytes =
+            fs::read(&path).map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
+        let block = EnvBlock::from_bytes(&bytes).map_err(|e| {
+            format!(
+                "`{}` {}: recreate it with `grub-editenv FILE create`",
+                path.display(),
+                e
+            )
+        })?;
         esp.finish()?;
         Ok(block)
     }
@@ -138,9 +159,18 @@ impl Grub {
             .open(&path)
             .map_err(|e| format!("cannot open `{}` for writing: {}", path.display(), e))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
-        let mut block = EnvBlock::from_bytes(&bytes).map_err(|e| format!("`{}` {}: recreate it with `grub-editenv FILE create`", path.display(), e))?;
-        block.set_all(pairs).map_err(|e| format!("`{}` {}", path.display(), e))?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
+        let mut block = EnvBlock::from_bytes(&bytes).map_err(|e| {
+            format!(
+                "`{}` {}: recreate it with `grub-editenv FILE create`",
+                path.display(),
+                e
+            )
+        })?;
+        block
+            .set_all(pairs)
+            .map_err(|e| format!("`{}` {}", path.display(), e))?;
         if block.as_bytes() != &bytes[..] {
             file.seek(SeekFrom::Start(0))
                 .and_then(|_| file.write_all(block.as_bytes()))
@@ -149,7 +179,12 @@ impl Grub {
         }
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len != BLOCK_SIZE as u64 {
-            return Err(format!("`{}` is {} bytes after writing, not {}", path.display(), len, BLOCK_SIZE));
+            return Err(format!(
+                "`{}` is {} bytes after writing, not {}",
+                path.display(),
+                len,
+                BLOCK_SIZE
+            ));
         }
         drop(file);
         esp.finish()
@@ -184,7 +219,11 @@ impl BootEnv for Grub {
     }
 
     fn mark_try(&self, new: Slot) -> Result<(), String> {
-        self.edit(&[("active_slot", new.name()), ("boot_counter", "3"), ("boot_success", "0")])
+        self.edit(&[
+            ("active_slot", new.name()),
+            ("boot_counter", "3"),
+            ("boot_success", "0"),
+        ])
     }
 
     fn commit(&self, booted: Slot) -> Result<(), String> {
@@ -200,13 +239,25 @@ impl BootEnv for Grub {
     }
 
     fn rollback(&self, to: Slot) -> Result<(), String> {
-        self.edit(&[("active_slot", to.name()), ("boot_counter", "3"), ("boot_success", "1")])
+        self.edit(&[
+            ("active_slot", to.name()),
+            ("boot_counter", "3"),
+            ("boot_success", "1"),
+        ])
     }
 
     fn slot_target(&self, slot: Slot) -> Target {
         match slot {
-            Slot::A => Target { name: "A", locator: Locator::Label("KSOLOA"), fstype: "ext4" },
-            Slot::B => Target { name: "B", locator: Locator::Label("KSOLOB"), fstype: "ext4" },
+            Slot::A => Target {
+                name: "A",
+                locator: Locator::Label("KSOLOA"),
+                fstype: "ext4",
+            },
+            Slot::B => Target {
+                name: "B",
+                locator: Locator::Label("KSOLOB"),
+                fstype: "ext4",
+            },
         }
     }
 
@@ -228,30 +279,42 @@ pub struct RaspberryPi {
     paths: Paths,
 }
 
-const CONTROL: Target = Target { name: "control", locator: Locator::Number(1), fstype: "vfat" };
+const CONTROL: Target = Target {
+    name: "control",
+    locator: Locator::Number(1),
+    fstype: "vfat",
+};
 const AUTOBOOT: &str = "autoboot.txt";
 
 impl RaspberryPi {
     /// A `/proc/device-tree/chosen/bootloader/` cell (a big-endian u32); `None` if absent.
     fn cell(&self, name: &str) -> Result<Option<u32>, String> {
-        let path = self.paths.path(&format!("/proc/device-tree/chosen/bootloader/{}", name));
+        let path = self
+            .paths
+            .path(&format!("/proc/device-tree/chosen/bootloader/{}", name));
         match fs::read(&path) {
             Ok(b) if b.len() == 4 => Ok(Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
-            Ok(b) => Err(format!("`{}` is {} bytes, not a 4-byte device-tree cell", path.display(), b.len())),
+            Ok(b) => Err(format!(
+                "`{}` is {} bytes, not a 4-byte device-tree cell",
+                path.display(),
+                b.len()
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("cannot read `{}`: {}", path.display(), e)),
         }
     }
 
     fn booted_partition(&self) -> Result<u32, String> {
-        self.cell("partition")?
-            .ok_or_else(|| "the firmware left no /proc/device-tree/chosen/bootloader/partition".to_string())
+        self.cell("partition")?.ok_or_else(|| {
+            "the firmware left no /proc/device-tree/chosen/bootloader/partition".to_string()
+        })
     }
 
     fn read(&self) -> Result<AutoBoot, String> {
         let control = slot::mount(&self.paths, &CONTROL)?;
         let path = control.dir().join(AUTOBOOT);
-        let text = fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
         let autoboot = AutoBoot::parse(&text).map_err(|e| format!("`{}` {}", path.display(), e))?;
         control.finish()?;
         Ok(autoboot)
@@ -260,10 +323,14 @@ impl RaspberryPi {
     fn edit(&self, change: &dyn Fn(&mut AutoBoot)) -> Result<(), String> {
         let control = slot::mount(&self.paths, &CONTROL)?;
         let path = control.dir().join(AUTOBOOT);
-        let text = fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
-        let mut autoboot = AutoBoot::parse(&text).map_err(|e| format!("`{}` {}", path.display(), e))?;
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {}", path.display(), e))?;
+        let mut autoboot =
+            AutoBoot::parse(&text).map_err(|e| format!("`{}` {}", path.display(), e))?;
         change(&mut autoboot);
-        let new = autoboot.to_text().map_err(|e| format!("`{}` {}", path.display(), e))?;
+        let new = autoboot
+            .to_text()
+            .map_err(|e| format!("`{}` {}", path.display(), e))?;
         if new != text {
             slot::replace_file(&path, new.as_bytes())?;
         }
@@ -273,7 +340,8 @@ impl RaspberryPi {
 
 fn partition_slot(n: Option<u32>, what: &str) -> Result<Slot, String> {
     match n {
-        Some(n) => Slot::from_partition(n).ok_or_else(|| format!("{} is partition {}, not a slot (2 = A, 3 = B)", what, n)),
+        Some(n) => Slot::from_partition(n)
+            .ok_or_else(|| format!("{} is partition {}, not a slot (2 = A, 3 = B)", what, n)),
         None => Err(format!("{} is not set", what)),
     }
 }
@@ -293,7 +361,10 @@ impl BootEnv for RaspberryPi {
     }
 
     fn active(&self) -> Result<Slot, String> {
-        partition_slot(self.read()?.boot_partition("all"), "autoboot.txt's [all] boot_partition")
+        partition_slot(
+            self.read()?.boot_partition("all"),
+            "autoboot.txt's [all] boot_partition",
+        )
     }
 
     fn tentative(&self, booted: Slot) -> Result<bool, String> {
@@ -328,14 +399,26 @@ impl BootEnv for RaspberryPi {
     fn rollback(&self, to: Slot) -> Result<(), String> {
         self.edit(&|a: &mut AutoBoot| {
             a.set("all", "boot_partition", &to.partition().to_string());
-            a.set("tryboot", "boot_partition", &to.other().partition().to_string());
+            a.set(
+                "tryboot",
+                "boot_partition",
+                &to.other().partition().to_string(),
+            );
         })
     }
 
     fn slot_target(&self, slot: Slot) -> Target {
         match slot {
-            Slot::A => Target { name: "A", locator: Locator::Number(2), fstype: "vfat" },
-            Slot::B => Target { name: "B", locator: Locator::Number(3), fstype: "vfat" },
+            Slot::A => Target {
+                name: "A",
+                locator: Locator::Number(2),
+                fstype: "vfat",
+            },
+            Slot::B => Target {
+                name: "B",
+                locator: Locator::Number(3),
+                fstype: "vfat",
+            },
         }
     }
 
@@ -350,8 +433,14 @@ impl BootEnv for RaspberryPi {
             None => Json::Null,
         };
         Ok(vec![
-            ("boot_partition".to_string(), num(autoboot.boot_partition("all"))),
-            ("tryboot_partition".to_string(), num(autoboot.boot_partition("tryboot"))),
+            (
+                "boot_partition".to_string(),
+                num(autoboot.boot_partition("all")),
+            ),
+            (
+                "tryboot_partition".to_string(),
+                num(autoboot.boot_partition("tryboot")),
+            ),
             ("booted_partition".to_string(), num(self.cell("partition")?)),
             ("tryboot".to_string(), num(self.cell("tryboot")?)),
         ])

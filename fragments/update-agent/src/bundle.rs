@@ -46,12 +46,21 @@ fn tar_err(e: TarError) -> String {
     format!("the bundle is not a valid archive: {}", e)
 }
 
-fn read_member<R: Read>(tar: &mut TarReader<R>, header: &Header, max: u64) -> Result<Vec<u8>, String> {
+fn read_member<R: Read>(
+    tar: &mut TarReader<R>,
+    header: &Header,
+    max: u64,
+) -> Result<Vec<u8>, String> {
     if header.size > max {
-        return Err(format!("`{}` is {} bytes, more than the {} allowed", header.name, header.size, max));
+        return Err(format!(
+            "`{}` is {} bytes, more than the {} allowed",
+            header.name, header.size, max
+        ));
     }
     let mut bytes = Vec::with_capacity(header.size as usize);
-    tar.member().read_to_end(&mut bytes).map_err(|e| format!("reading `{}`: {}", header.name, e))?;
+    tar.member()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading `{}`: {}", header.name, e))?;
     Ok(bytes)
 }
 
@@ -59,19 +68,31 @@ fn regular(header: &Header) -> Result<(), String> {
     if header.typeflag == b'0' || header.typeflag == 0 {
         Ok(())
     } else {
-        Err(format!("member `{}` is not a regular file (tar type {:?}); bundles hold regular files only", header.name, header.typeflag as char))
+        Err(format!(
+            "member `{}` is not a regular file (tar type {:?}); bundles hold regular files only",
+            header.name, header.typeflag as char
+        ))
     }
 }
 
 /// Reads `manifest` and `manifest.sig`, the first two members.
 fn read_head<R: Read>(tar: &mut TarReader<R>) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let header = tar.next_header().map_err(tar_err)?.ok_or("the bundle is empty")?;
+    let header = tar
+        .next_header()
+        .map_err(tar_err)?
+        .ok_or("the bundle is empty")?;
     if header.name != "manifest" {
-        return Err(format!("the bundle's first member is `{}`, not `manifest`", header.name));
+        return Err(format!(
+            "the bundle's first member is `{}`, not `manifest`",
+            header.name
+        ));
     }
     regular(&header)?;
     let manifest = read_member(tar, &header, MAX_MANIFEST)?;
-    let header = tar.next_header().map_err(tar_err)?.ok_or("the bundle has no manifest.sig (it ends after the manifest)")?;
+    let header = tar
+        .next_header()
+        .map_err(tar_err)?
+        .ok_or("the bundle has no manifest.sig (it ends after the manifest)")?;
     if header.name != "manifest.sig" {
         return Err(format!(
             "the bundle is unsigned (its second member is `{}`, not `manifest.sig`): sign it with `ksbuild bundle sign --key SECRET IN OUT`",
@@ -86,13 +107,22 @@ fn read_head<R: Read>(tar: &mut TarReader<R>) -> Result<(Vec<u8>, Vec<u8>), Stri
 /// Checks the manifest against this system.
 fn check_fit(manifest: &Manifest, expect: &Expect) -> Result<(), String> {
     if manifest.arch != expect.arch {
-        return Err(format!("the bundle is for arch `{}`, this system is `{}`", manifest.arch, expect.arch));
+        return Err(format!(
+            "the bundle is for arch `{}`, this system is `{}`",
+            manifest.arch, expect.arch
+        ));
     }
     if manifest.track != expect.track {
-        return Err(format!("the bundle is for the `{}` track, this system is the `{}` track", manifest.track, expect.track));
+        return Err(format!(
+            "the bundle is for the `{}` track, this system is the `{}` track",
+            manifest.track, expect.track
+        ));
     }
     if manifest.boot != expect.boot {
-        return Err(format!("the bundle is for `{}` boot, this system boots with `{}`", manifest.boot, expect.boot));
+        return Err(format!(
+            "the bundle is for `{}` boot, this system boots with `{}`",
+            manifest.boot, expect.boot
+        ));
     }
     if manifest.min_version != "0" {
         match &expect.running_version {
@@ -115,24 +145,46 @@ fn check_fit(manifest: &Manifest, expect: &Expect) -> Result<(), String> {
 }
 
 /// The next member must be `files/<name>` of the manifest's next file, of its size.
-fn expect_file<R: Read>(tar: &mut TarReader<R>, manifest: &Manifest, index: usize) -> Result<Header, String> {
+fn expect_file<R: Read>(
+    tar: &mut TarReader<R>,
+    manifest: &Manifest,
+    index: usize,
+) -> Result<Header, String> {
     let file = &manifest.files[index];
     let want = format!("files/{}", file.name);
     let header = match tar.next_header().map_err(tar_err)? {
         Some(h) => h,
-        None => return Err(format!("the bundle is missing `{}` (the archive ends before it)", want)),
+        None => {
+            return Err(format!(
+                "the bundle is missing `{}` (the archive ends before it)",
+                want
+            ))
+        }
     };
     if header.name != want {
-        let listed = header.name.strip_prefix("files/").map(|n| manifest.files.iter().any(|f| f.name == n)).unwrap_or(false);
+        let listed = header
+            .name
+            .strip_prefix("files/")
+            .map(|n| manifest.files.iter().any(|f| f.name == n))
+            .unwrap_or(false);
         return Err(if listed {
-            format!("the bundle has `{}` where the manifest lists `{}` next (out of order or missing)", header.name, want)
+            format!(
+                "the bundle has `{}` where the manifest lists `{}` next (out of order or missing)",
+                header.name, want
+            )
         } else {
-            format!("the bundle has a member `{}` the manifest does not list (expected `{}`)", header.name, want)
+            format!(
+                "the bundle has a member `{}` the manifest does not list (expected `{}`)",
+                header.name, want
+            )
         });
     }
     regular(&header)?;
     if header.size != file.size {
-        return Err(format!("`{}` is {} bytes, the manifest says {}", want, header.size, file.size));
+        return Err(format!(
+            "`{}` is {} bytes, the manifest says {}",
+            want, header.size, file.size
+        ));
     }
     Ok(header)
 }
@@ -140,12 +192,19 @@ fn expect_file<R: Read>(tar: &mut TarReader<R>, manifest: &Manifest, index: usiz
 fn expect_end<R: Read>(tar: &mut TarReader<R>) -> Result<(), String> {
     match tar.next_header().map_err(tar_err)? {
         None => Ok(()),
-        Some(h) => Err(format!("the bundle has a member `{}` the manifest does not list", h.name)),
+        Some(h) => Err(format!(
+            "the bundle has a member `{}` the manifest does not list",
+            h.name
+        )),
     }
 }
 
 /// Pass 1: verifies the whole bundle without writing anything.
-pub fn verify(reader: impl Read, trusted: &[PublicKey], expect: &Expect) -> Result<Verified, String> {
+pub fn verify(
+    reader: impl Read,
+    trusted: &[PublicKey],
+    expect: &Expect,
+) -> Result<Verified, String> {
     let mut tar = TarReader::new(reader);
     let (manifest_bytes, sig_bytes) = read_head(&mut tar)?;
     let signer = keys::verify_manifest(&manifest_bytes, &sig_bytes, trusted)?;
@@ -153,16 +212,28 @@ pub fn verify(reader: impl Read, trusted: &[PublicKey], expect: &Expect) -> Resu
     check_fit(&manifest, expect)?;
     for (i, file) in manifest.files.iter().enumerate() {
         let header = expect_file(&mut tar, &manifest, i)?;
-        let (size, digest) = slot::copy_hashing(&mut tar.member(), &mut io::sink()).map_err(|e| format!("reading `{}`: {}", header.name, e))?;
+        let (size, digest) = slot::copy_hashing(&mut tar.member(), &mut io::sink())
+            .map_err(|e| format!("reading `{}`: {}", header.name, e))?;
         if size != file.size {
-            return Err(format!("`{}` is truncated ({} of {} bytes)", header.name, size, file.size));
+            return Err(format!(
+                "`{}` is truncated ({} of {} bytes)",
+                header.name, size, file.size
+            ));
         }
         if digest != file.sha256 {
-            return Err(format!("`{}` has sha256 {}, the manifest says {}: the bundle is corrupt", header.name, digest, file.sha256));
+            return Err(format!(
+                "`{}` has sha256 {}, the manifest says {}: the bundle is corrupt",
+                header.name, digest, file.sha256
+            ));
         }
     }
     expect_end(&mut tar)?;
-    Ok(Verified { manifest, manifest_bytes, sig_bytes, signer })
+    Ok(Verified {
+        manifest,
+        manifest_bytes,
+        sig_bytes,
+        signer,
+    })
 }
 
 /// Pass 2: writes the verified bundle's files into the slot mounted at `dir` (old files
@@ -212,8 +283,14 @@ pub mod testbundle {
                 boot: "grub".to_string(),
                 min_version: "0".to_string(),
                 files: vec![
-                    ("vmlinuz".to_string(), format!("kernel {}", version).into_bytes()),
-                    ("kubesolo-os.gz".to_string(), vec![version.len() as u8; 3000]),
+                    (
+                        "vmlinuz".to_string(),
+                        format!("kernel {}", version).into_bytes(),
+                    ),
+                    (
+                        "kubesolo-os.gz".to_string(),
+                        vec![version.len() as u8; 3000],
+                    ),
                 ],
             }
         }
@@ -227,10 +304,17 @@ pub mod testbundle {
                 boot: "rpi".to_string(),
                 min_version: "0".to_string(),
                 files: vec![
-                    ("kernel8.img".to_string(), format!("kernel {}", version).into_bytes()),
+                    (
+                        "kernel8.img".to_string(),
+                        format!("kernel {}", version).into_bytes(),
+                    ),
                     ("kubesolo-os.gz".to_string(), vec![7; 2000]),
                     ("config.txt".to_string(), b"arm_64bit=1\n".to_vec()),
-                    ("cmdline.txt".to_string(), b"console=serial0,115200 kubesolo.slot=A kubesolo.data=LABEL=KSOLODATA\n".to_vec()),
+                    (
+                        "cmdline.txt".to_string(),
+                        b"console=serial0,115200 kubesolo.slot=A kubesolo.data=LABEL=KSOLODATA\n"
+                            .to_vec(),
+                    ),
                     ("overlays/foo.dtbo".to_string(), b"dtbo".to_vec()),
                 ],
             }
@@ -243,7 +327,12 @@ pub mod testbundle {
                 self.version, self.arch, self.track, self.boot, self.min_version
             );
             for (name, data) in &self.files {
-                m.push_str(&format!("file={} {} {}\n", hex(&Sha256::digest(data)), data.len(), name));
+                m.push_str(&format!(
+                    "file={} {} {}\n",
+                    hex(&Sha256::digest(data)),
+                    data.len(),
+                    name
+                ));
             }
             m
         }
@@ -252,7 +341,10 @@ pub mod testbundle {
         pub fn signed(&self, key: &TestKey) -> Vec<u8> {
             let manifest = self.manifest();
             let sig = key.sign_line(manifest.as_bytes());
-            let mut members: Vec<(String, Vec<u8>)> = vec![("manifest".to_string(), manifest.into_bytes()), ("manifest.sig".to_string(), sig.into_bytes())];
+            let mut members: Vec<(String, Vec<u8>)> = vec![
+                ("manifest".to_string(), manifest.into_bytes()),
+                ("manifest.sig".to_string(), sig.into_bytes()),
+            ];
             for (name, data) in &self.files {
                 members.push((format!("files/{}", name), data.clone()));
             }
@@ -262,7 +354,10 @@ pub mod testbundle {
 
     /// An archive of owned members.
     pub fn archive(members: &[(String, Vec<u8>)]) -> Vec<u8> {
-        let refs: Vec<(&str, &[u8])> = members.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let refs: Vec<(&str, &[u8])> = members
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
         write::archive(&refs)
     }
 }
@@ -276,7 +371,12 @@ mod tests {
 
     fn expect() -> Expect {
         let s = Spec::grub("2");
-        Expect { arch: s.arch, track: s.track, boot: s.boot, running_version: Some("1".to_string()) }
+        Expect {
+            arch: s.arch,
+            track: s.track,
+            boot: s.boot,
+            running_version: Some("1".to_string()),
+        }
     }
 
     fn trusted(key: &TestKey) -> Vec<PublicKey> {
@@ -294,10 +394,16 @@ mod tests {
         std::fs::write(tmp.path().join("old-file"), b"old").unwrap();
         std::fs::create_dir(tmp.path().join("lost+found")).unwrap();
         write_slot(&bundle[..], &v, tmp.path()).unwrap();
-        assert_eq!(std::fs::read(tmp.path().join("vmlinuz")).unwrap(), b"kernel 2");
+        assert_eq!(
+            std::fs::read(tmp.path().join("vmlinuz")).unwrap(),
+            b"kernel 2"
+        );
         assert!(!tmp.path().join("old-file").exists());
         assert!(tmp.path().join("lost+found").is_dir());
-        let mut names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["kubesolo-os.gz", "lost+found", "vmlinuz"]);
     }
@@ -310,7 +416,9 @@ mod tests {
         let other = Spec::grub("3").signed(&key);
         let tmp = crate::testutil::TempDir::new("bundle-changed");
         std::fs::write(tmp.path().join("vmlinuz"), b"old").unwrap();
-        assert!(write_slot(&other[..], &v, tmp.path()).unwrap_err().contains("changed between"));
+        assert!(write_slot(&other[..], &v, tmp.path())
+            .unwrap_err()
+            .contains("changed between"));
         assert_eq!(std::fs::read(tmp.path().join("vmlinuz")).unwrap(), b"old");
     }
 
@@ -323,7 +431,9 @@ mod tests {
             members.push((format!("files/{}", n), d.clone()));
         }
         let unsigned = archive(&members);
-        assert!(verify(&unsigned[..], &trusted(&key), &expect()).unwrap_err().contains("unsigned"));
+        assert!(verify(&unsigned[..], &trusted(&key), &expect())
+            .unwrap_err()
+            .contains("unsigned"));
         // Files swapped.
         let manifest = spec.manifest();
         let sig = key.sign_line(manifest.as_bytes());
@@ -333,15 +443,22 @@ mod tests {
             ("files/kubesolo-os.gz".to_string(), spec.files[1].1.clone()),
             ("files/vmlinuz".to_string(), spec.files[0].1.clone()),
         ]);
-        assert!(verify(&swapped[..], &trusted(&key), &expect()).unwrap_err().contains("out of order"));
+        assert!(verify(&swapped[..], &trusted(&key), &expect())
+            .unwrap_err()
+            .contains("out of order"));
         // A symlink where a file should be.
         let manifest = spec.manifest();
         let sig = key.sign_line(manifest.as_bytes());
-        let mut link = archive(&[("manifest".to_string(), manifest.into_bytes()), ("manifest.sig".to_string(), sig.into_bytes())]);
+        let mut link = archive(&[
+            ("manifest".to_string(), manifest.into_bytes()),
+            ("manifest.sig".to_string(), sig.into_bytes()),
+        ]);
         link.truncate(link.len() - 1024);
         link.extend_from_slice(&write::header("files/vmlinuz", 0, b'2'));
         link.resize(link.len() + 1024, 0);
-        assert!(verify(&link[..], &trusted(&key), &expect()).unwrap_err().contains("not a regular file"));
+        assert!(verify(&link[..], &trusted(&key), &expect())
+            .unwrap_err()
+            .contains("not a regular file"));
     }
 
     #[test]
@@ -352,9 +469,13 @@ mod tests {
         let bundle = spec.signed(&key);
         let mut e = expect();
         e.running_version = Some("2.0".to_string());
-        assert!(verify(&bundle[..], &trusted(&key), &e).unwrap_err().contains("at least 2.1"));
+        assert!(verify(&bundle[..], &trusted(&key), &e)
+            .unwrap_err()
+            .contains("at least 2.1"));
         e.running_version = None;
-        assert!(verify(&bundle[..], &trusted(&key), &e).unwrap_err().contains("unknown"));
+        assert!(verify(&bundle[..], &trusted(&key), &e)
+            .unwrap_err()
+            .contains("unknown"));
         e.running_version = Some("2.10".to_string());
         verify(&bundle[..], &trusted(&key), &e).unwrap();
     }

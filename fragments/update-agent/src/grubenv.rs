@@ -36,11 +36,22 @@ pub enum GrubEnvError {
 impl std::fmt::Display for GrubEnvError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GrubEnvError::Size(n) => write!(f, "is {} bytes, not the {} of a GRUB environment block", n, BLOCK_SIZE),
+            GrubEnvError::Size(n) => write!(
+                f,
+                "is {} bytes, not the {} of a GRUB environment block",
+                n, BLOCK_SIZE
+            ),
             GrubEnvError::Signature => write!(f, "does not start with `# GRUB Environment Block`"),
-            GrubEnvError::Broken => write!(f, "is damaged (its padding does not follow a complete line)"),
+            GrubEnvError::Broken => write!(
+                f,
+                "is damaged (its padding does not follow a complete line)"
+            ),
             GrubEnvError::TooSmall { name } => {
-                write!(f, "has no room for `{}` (environment block too small)", name)
+                write!(
+                    f,
+                    "has no room for `{}` (environment block too small)",
+                    name
+                )
             }
             GrubEnvError::BadName(name) => write!(f, "cannot hold a variable named {:?}", name),
         }
@@ -56,7 +67,9 @@ impl EnvBlock {
         if !bytes.starts_with(SIGNATURE) {
             return Err(GrubEnvError::Signature);
         }
-        Ok(EnvBlock { buf: bytes.to_vec() })
+        Ok(EnvBlock {
+            buf: bytes.to_vec(),
+        })
     }
 
     /// The bytes to write back (always [`BLOCK_SIZE`]).
@@ -116,7 +129,10 @@ impl EnvBlock {
 
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<String> {
-        self.variables().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.variables()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     /// Sets `name=value` (`grub_envblk_set`): an existing value is replaced where it is, the
@@ -158,7 +174,9 @@ impl EnvBlock {
                 // The old value and its newline are `len + 1` bytes; the new ones `vl`.
                 let old = len + 1;
                 if vl > old && pend - space < vl - old {
-                    return Err(GrubEnvError::TooSmall { name: String::from_utf8_lossy(name).into_owned() });
+                    return Err(GrubEnvError::TooSmall {
+                        name: String::from_utf8_lossy(name).into_owned(),
+                    });
                 }
                 if vl < old {
                     self.buf.copy_within(p + old..pend, p + vl);
@@ -175,7 +193,9 @@ impl EnvBlock {
         }
         if !found {
             if pend - space < nl + 1 + vl {
-                return Err(GrubEnvError::TooSmall { name: String::from_utf8_lossy(name).into_owned() });
+                return Err(GrubEnvError::TooSmall {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                });
             }
             self.buf[space..space + nl].copy_from_slice(name);
             p = space + nl;
@@ -220,7 +240,10 @@ fn next_line(buf: &[u8], mut p: usize) -> usize {
 }
 
 fn escaped_len(value: &[u8]) -> usize {
-    value.iter().map(|&c| if c == b'\\' || c == b'\n' { 2 } else { 1 }).sum()
+    value
+        .iter()
+        .map(|&c| if c == b'\\' || c == b'\n' { 2 } else { 1 })
+        .sum()
 }
 
 #[cfg(test)]
@@ -256,9 +279,17 @@ mod tests {
     #[test]
     fn edits_are_byte_identical_to_grub_editenv() {
         let mut block = EnvBlock::from_bytes(IMAGE).unwrap();
-        block.set_all(&[("active_slot", "B"), ("boot_counter", "3"), ("boot_success", "0")]).unwrap();
+        block
+            .set_all(&[
+                ("active_slot", "B"),
+                ("boot_counter", "3"),
+                ("boot_success", "0"),
+            ])
+            .unwrap();
         assert_eq!(block.as_bytes(), APPLY_B);
-        block.set_all(&[("boot_success", "1"), ("boot_counter", "3")]).unwrap();
+        block
+            .set_all(&[("boot_success", "1"), ("boot_counter", "3")])
+            .unwrap();
         assert_eq!(block.as_bytes(), COMMIT_B);
         assert_eq!(block.as_bytes().len(), BLOCK_SIZE);
     }
@@ -280,12 +311,19 @@ mod tests {
         let mut block = EnvBlock::from_bytes(IMAGE).unwrap();
         block.set("filler", &"x".repeat(878)).unwrap();
         let before = block.clone();
-        assert_eq!(block.set("extra", "1"), Err(GrubEnvError::TooSmall { name: "extra".to_string() }));
+        assert_eq!(
+            block.set("extra", "1"),
+            Err(GrubEnvError::TooSmall {
+                name: "extra".to_string()
+            })
+        );
         assert_eq!(block, before);
         assert!(block.set("boot_success", "10").is_err());
         assert_eq!(block, before);
         // All or nothing: the first change fits, the second does not.
-        assert!(block.set_all(&[("boot_success", "0"), ("extra", "1")]).is_err());
+        assert!(block
+            .set_all(&[("boot_success", "0"), ("extra", "1")])
+            .is_err());
         assert_eq!(block, before);
         block.set("boot_success", "0").unwrap();
         assert_eq!(block.as_bytes(), FULL);
@@ -293,12 +331,18 @@ mod tests {
 
     #[test]
     fn wrong_size_or_signature_is_refused() {
-        assert_eq!(EnvBlock::from_bytes(&IMAGE[..1000]), Err(GrubEnvError::Size(1000)));
+        assert_eq!(
+            EnvBlock::from_bytes(&IMAGE[..1000]),
+            Err(GrubEnvError::Size(1000))
+        );
         let mut other = IMAGE.to_vec();
         other[2] = b'X';
         assert_eq!(EnvBlock::from_bytes(&other), Err(GrubEnvError::Signature));
         let mut block = EnvBlock::from_bytes(IMAGE).unwrap();
-        assert!(matches!(block.set("a=b", "1"), Err(GrubEnvError::BadName(_))));
+        assert!(matches!(
+            block.set("a=b", "1"),
+            Err(GrubEnvError::BadName(_))
+        ));
         assert!(matches!(block.set("", "1"), Err(GrubEnvError::BadName(_))));
         // A block whose last line is cut by the padding is "broken" to GRUB too.
         let mut broken = IMAGE.to_vec();

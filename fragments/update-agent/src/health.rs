@@ -49,18 +49,24 @@ pub fn check_once(paths: &Paths, config: &Config) -> Result<(), String> {
     }
     if let Some(port) = config.health_port {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("127.0.0.1:{} does not accept: {}", port, e))?;
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("127.0.0.1:{} does not accept: {}", port, e))?;
     }
     if let Some(socket) = &config.health_socket {
         let path = paths.path(socket);
-        UnixStream::connect(&path).map_err(|e| format!("the socket `{}` does not accept: {}", socket, e))?;
+        UnixStream::connect(&path)
+            .map_err(|e| format!("the socket `{}` does not accept: {}", socket, e))?;
     }
     Ok(())
 }
 
 /// Checks until all pass or `health-timeout` seconds have gone (at least one round); every
 /// failed round's reason goes to `progress` when it changes.
-pub fn wait_healthy(paths: &Paths, config: &Config, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+pub fn wait_healthy(
+    paths: &Paths,
+    config: &Config,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(config.health_timeout);
     let mut last = String::new();
     loop {
@@ -89,17 +95,29 @@ mod tests {
         let dir = root.join(format!("proc/{}", pid));
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("comm"), format!("{}\n", comm)).unwrap();
-        fs::write(dir.join("stat"), format!("{} ({}) {} 1 1", pid, comm, state)).unwrap();
+        fs::write(
+            dir.join("stat"),
+            format!("{} ({}) {} 1 1", pid, comm, state),
+        )
+        .unwrap();
     }
 
     #[test]
     fn process_and_port_checks() {
         let tmp = crate::testutil::TempDir::new("health");
         let paths = Paths::under(tmp.path());
-        let mut config = Config { health_timeout: 0, ..Config::default() };
-        assert!(check_once(&paths, &config).unwrap_err().contains("no process `kubesolo`"));
+        let mut config = Config {
+            health_timeout: 0,
+            ..Config::default()
+        };
+        assert!(check_once(&paths, &config)
+            .unwrap_err()
+            .contains("no process `kubesolo`"));
         fake_proc(tmp.path(), 7, "kubesolo", 'Z');
-        assert!(check_once(&paths, &config).is_err(), "a zombie is not alive");
+        assert!(
+            check_once(&paths, &config).is_err(),
+            "a zombie is not alive"
+        );
         fake_proc(tmp.path(), 8, "kubesolo", 'S');
         check_once(&paths, &config).unwrap();
         // Names longer than 15 bytes match the kernel's cut comm.
@@ -114,13 +132,20 @@ mod tests {
         check_once(&paths, &config).unwrap();
         drop(listener);
         let err = check_once(&paths, &config).unwrap_err();
-        assert!(err.contains(&format!("127.0.0.1:{} does not accept", port)), "{}", err);
+        assert!(
+            err.contains(&format!("127.0.0.1:{} does not accept", port)),
+            "{}",
+            err
+        );
 
         config.health_port = None;
         config.health_socket = Some("/run/api.sock".to_string());
-        assert!(check_once(&paths, &config).unwrap_err().contains("/run/api.sock"));
+        assert!(check_once(&paths, &config)
+            .unwrap_err()
+            .contains("/run/api.sock"));
         fs::create_dir_all(tmp.path().join("run")).unwrap();
-        let _sock = std::os::unix::net::UnixListener::bind(tmp.path().join("run/api.sock")).unwrap();
+        let _sock =
+            std::os::unix::net::UnixListener::bind(tmp.path().join("run/api.sock")).unwrap();
         check_once(&paths, &config).unwrap();
     }
 
@@ -128,7 +153,10 @@ mod tests {
     fn waiting_gives_up_after_the_timeout() {
         let tmp = crate::testutil::TempDir::new("health-wait");
         let paths = Paths::under(tmp.path());
-        let config = Config { health_timeout: 1, ..Config::default() };
+        let config = Config {
+            health_timeout: 1,
+            ..Config::default()
+        };
         let start = Instant::now();
         let mut said = Vec::new();
         let err = wait_healthy(&paths, &config, &mut |m| said.push(m.to_string())).unwrap_err();

@@ -24,7 +24,9 @@ pub fn parse_url(url: &str) -> Result<Url, String> {
     if url.starts_with("https://") {
         return Err(format!("`{}`: https is not supported (the agent has no TLS); serve the signed bundle over http:// or copy it to the machine — the signature protects it either way", url));
     }
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("`{}` is not an http:// URL", url))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{}` is not an http:// URL", url))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -34,7 +36,9 @@ pub fn parse_url(url: &str) -> Result<Url, String> {
         return Err(format!("`{}`: user names in URLs are not supported", url));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(|| format!("`{}`: unclosed `[`", url))?;
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{}`: unclosed `[`", url))?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
@@ -48,20 +52,29 @@ pub fn parse_url(url: &str) -> Result<Url, String> {
         }
     };
     let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("`{}`: bad port `{}`", url, p))?,
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("`{}`: bad port `{}`", url, p))?,
         None => 80,
     };
     if host.is_empty() {
         return Err(format!("`{}` has no host", url));
     }
-    Ok(Url { host, port, path: path.to_string() })
+    Ok(Url {
+        host,
+        port,
+        path: path.to_string(),
+    })
 }
 
 fn read_line(reader: &mut dyn BufRead) -> io::Result<String> {
     let mut line = Vec::new();
     reader.take(16 * 1024).read_until(b'\n', &mut line)?;
     if !line.ends_with(b"\n") {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "the server's response ended early or has an over-long line"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the server's response ended early or has an over-long line",
+        ));
     }
     let text = String::from_utf8_lossy(&line);
     Ok(text.trim_end_matches(&['\r', '\n'][..]).to_string())
@@ -76,7 +89,16 @@ pub fn download(url: &str, dest: &Path, progress: &mut dyn FnMut(&str)) -> Resul
             Fetched::Redirect(to) => {
                 let next = if to.starts_with('/') {
                     let u = parse_url(&current)?;
-                    format!("http://{}:{}{}", if u.host.contains(':') { format!("[{}]", u.host) } else { u.host.clone() }, u.port, to)
+                    format!(
+                        "http://{}:{}{}",
+                        if u.host.contains(':') {
+                            format!("[{}]", u.host)
+                        } else {
+                            u.host.clone()
+                        },
+                        u.port,
+                        to
+                    )
                 } else {
                     to
                 };
@@ -110,12 +132,25 @@ fn get(url: &str, dest: &Path) -> Result<Fetched, String> {
             Err(e) => last_err = format!("{}: {}", addr, e),
         }
     }
-    let stream = stream.ok_or_else(|| format!("cannot connect to {}:{}: {}", u.host, u.port, last_err))?;
+    let stream =
+        stream.ok_or_else(|| format!("cannot connect to {}:{}: {}", u.host, u.port, last_err))?;
     let fail = |e: io::Error| format!("`{}`: {}", url, e);
-    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(fail)?;
-    stream.set_write_timeout(Some(Duration::from_secs(60))).map_err(fail)?;
-    let host = if u.host.contains(':') { format!("[{}]", u.host) } else { u.host.clone() };
-    let host = if u.port == 80 { host } else { format!("{}:{}", host, u.port) };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(fail)?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .map_err(fail)?;
+    let host = if u.host.contains(':') {
+        format!("[{}]", u.host)
+    } else {
+        u.host.clone()
+    };
+    let host = if u.port == 80 {
+        host
+    } else {
+        format!("{}:{}", host, u.port)
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kubesolo-update/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         u.path,
@@ -128,7 +163,10 @@ fn get(url: &str, dest: &Path) -> Result<Fetched, String> {
     let mut parts = status_line.splitn(3, ' ');
     let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("`{}`: not an HTTP/1 response: `{}`", url, status_line));
+        return Err(format!(
+            "`{}`: not an HTTP/1 response: `{}`",
+            url, status_line
+        ));
     }
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -141,7 +179,13 @@ fn get(url: &str, dest: &Path) -> Result<Fetched, String> {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
             match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = Some(value.parse().map_err(|_| format!("`{}`: bad Content-Length `{}`", url, value))?),
+                "content-length" => {
+                    length = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("`{}`: bad Content-Length `{}`", url, value))?,
+                    )
+                }
                 "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
                 "location" => location = Some(value.to_string()),
                 _ => {}
@@ -151,19 +195,23 @@ fn get(url: &str, dest: &Path) -> Result<Fetched, String> {
     match code {
         "200" => {}
         "301" | "302" | "303" | "307" | "308" => {
-            return location.map(Fetched::Redirect).ok_or_else(|| format!("`{}`: redirect without Location", url));
+            return location
+                .map(Fetched::Redirect)
+                .ok_or_else(|| format!("`{}`: redirect without Location", url));
         }
         _ => return Err(format!("`{}`: the server answered `{}`", url, status_line)),
     }
     let part = dest.with_extension("part");
-    let mut file = fs::File::create(&part).map_err(|e| format!("cannot create `{}`: {}", part.display(), e))?;
+    let mut file = fs::File::create(&part)
+        .map_err(|e| format!("cannot create `{}`: {}", part.display(), e))?;
     let write_err = |e: io::Error| format!("downloading `{}` to `{}`: {}", url, part.display(), e);
     let total = if chunked {
         let mut total = 0u64;
         loop {
             let line = read_line(&mut reader).map_err(fail)?;
             let size_text = line.split(';').next().unwrap_or("").trim();
-            let size = u64::from_str_radix(size_text, 16).map_err(|_| format!("`{}`: bad chunk size `{}`", url, line))?;
+            let size = u64::from_str_radix(size_text, 16)
+                .map_err(|_| format!("`{}`: bad chunk size `{}`", url, line))?;
             if size == 0 {
                 while !read_line(&mut reader).map_err(fail)?.is_empty() {}
                 break;
@@ -181,7 +229,10 @@ fn get(url: &str, dest: &Path) -> Result<Fetched, String> {
     } else if let Some(len) = length {
         let n = io::copy(&mut (&mut reader).take(len), &mut file).map_err(write_err)?;
         if n != len {
-            return Err(format!("`{}`: the connection closed after {} of {} bytes", url, n, len));
+            return Err(format!(
+                "`{}`: the connection closed after {} of {} bytes",
+                url, n, len
+            ));
         }
         n
     } else {
@@ -189,7 +240,14 @@ fn get(url: &str, dest: &Path) -> Result<Fetched, String> {
     };
     file.sync_all().map_err(write_err)?;
     drop(file);
-    fs::rename(&part, dest).map_err(|e| format!("cannot rename `{}` to `{}`: {}", part.display(), dest.display(), e))?;
+    fs::rename(&part, dest).map_err(|e| {
+        format!(
+            "cannot rename `{}` to `{}`: {}",
+            part.display(),
+            dest.display(),
+            e
+        )
+    })?;
     Ok(Fetched::Done(total))
 }
 
@@ -199,9 +257,30 @@ mod tests {
 
     #[test]
     fn urls_parse() {
-        assert_eq!(parse_url("http://h/x?y").unwrap(), Url { host: "h".into(), port: 80, path: "/x?y".into() });
-        assert_eq!(parse_url("http://h:8080").unwrap(), Url { host: "h".into(), port: 8080, path: "/".into() });
-        assert_eq!(parse_url("http://[::1]:81/b").unwrap(), Url { host: "::1".into(), port: 81, path: "/b".into() });
+        assert_eq!(
+            parse_url("http://h/x?y").unwrap(),
+            Url {
+                host: "h".into(),
+                port: 80,
+                path: "/x?y".into()
+            }
+        );
+        assert_eq!(
+            parse_url("http://h:8080").unwrap(),
+            Url {
+                host: "h".into(),
+                port: 8080,
+                path: "/".into()
+            }
+        );
+        assert_eq!(
+            parse_url("http://[::1]:81/b").unwrap(),
+            Url {
+                host: "::1".into(),
+                port: 81,
+                path: "/b".into()
+            }
+        );
         assert!(parse_url("https://h/").unwrap_err().contains("no TLS"));
         assert!(parse_url("ftp://h/").is_err());
         assert!(parse_url("http://h:x/").is_err());

@@ -94,9 +94,19 @@ mod tests {
     fn writes_escaped_compact_json() {
         let v = Json::Object(vec![
             ("a".to_string(), Json::Int(-3)),
-            ("b".to_string(), Json::Array(vec![Json::Null, Json::Bool(true), Json::str("x\"y\\z\n\u{1}é")])),
+            (
+                "b".to_string(),
+                Json::Array(vec![
+                    Json::Null,
+                    Json::Bool(true),
+                    Json::str("x\"y\\z\n\u{1}é"),
+                ]),
+            ),
             ("c".to_string(), Json::Object(vec![])),
         ]);
-        assert_eq!(v.to_text(), r#"{"a":-3,"b":[null,true,"x\"y\\z\n\u0001é"],"c":{}}"#);
+        assert_eq!(
+            v.to_text(),
+            r#"{"a":-3,"b":[null,true,"x\"y\\z\n\u0001é"],"c":{}}"#
+        );
     }
 }

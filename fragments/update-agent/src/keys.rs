@@ -26,14 +26,27 @@ fn parse_named(text: &str, len: usize, what: &str) -> Result<(String, Vec<u8>), 
     }
     let bytes = base64::decode(data).map_err(|e| format!("{} `{}`: {}", what, short(text), e))?;
     if bytes.len() != len {
-        return Err(format!("{} `{}` holds {} bytes, not {}", what, short(text), bytes.len(), len));
+        return Err(format!(
+            "{} `{}` holds {} bytes, not {}",
+            what,
+            short(text),
+            bytes.len(),
+            len
+        ));
     }
     Ok((name.to_string(), bytes))
 }
 
 fn short(text: &str) -> String {
     if text.len() > 60 {
-        format!("{}…", &text[..text.char_indices().nth(60).map(|(i, _)| i).unwrap_or(text.len())])
+        format!(
+            "{}…",
+            &text[..text
+                .char_indices()
+                .nth(60)
+                .map(|(i, _)| i)
+                .unwrap_or(text.len())]
+        )
     } else {
         text.to_string()
     }
@@ -50,7 +63,11 @@ pub fn parse_public_keys(text: &str, origin: &str) -> (Vec<PublicKey>, Vec<Strin
             continue;
         }
         match parse_named(line, 32, "public key") {
-            Ok((name, key)) => keys.push(PublicKey { name, key, origin: format!("{}:{}", origin, n + 1) }),
+            Ok((name, key)) => keys.push(PublicKey {
+                name,
+                key,
+                origin: format!("{}:{}", origin, n + 1),
+            }),
             Err(e) => bad.push(format!("{}:{}: {} (skipped)", origin, n + 1, e)),
         }
     }
@@ -59,7 +76,11 @@ pub fn parse_public_keys(text: &str, origin: &str) -> (Vec<PublicKey>, Vec<Strin
 
 /// Checks `manifest.sig` (one or more `name:base64` lines) over `manifest` against `trusted`.
 /// Returns the name of the key that verified, or why none did (naming the keys involved).
-pub fn verify_manifest(manifest: &[u8], sig_file: &[u8], trusted: &[PublicKey]) -> Result<String, String> {
+pub fn verify_manifest(
+    manifest: &[u8],
+    sig_file: &[u8],
+    trusted: &[PublicKey],
+) -> Result<String, String> {
     let text = std::str::from_utf8(sig_file).map_err(|_| "manifest.sig is not text".to_string())?;
     if trusted.is_empty() {
         return Err("no trusted public keys: put one in /usr/share/kubesolo-update/keys/ or `public-key = name:base64` in /etc/kubesolo/update.conf".to_string());
@@ -90,7 +111,10 @@ pub fn verify_manifest(manifest: &[u8], sig_file: &[u8], trusted: &[PublicKey]) 
             continue;
         }
         for key in &candidates {
-            if UnparsedPublicKey::new(&ED25519, &key.key).verify(manifest, &sig).is_ok() {
+            if UnparsedPublicKey::new(&ED25519, &key.key)
+                .verify(manifest, &sig)
+                .is_ok()
+            {
                 return Ok(name);
             }
         }
@@ -122,17 +146,28 @@ pub mod testkey {
         /// The key named `name` from a seed of `seed` repeated.
         pub fn new(name: &str, seed: u8) -> TestKey {
             let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("a 32-byte seed");
-            TestKey { name: name.to_string(), pair }
+            TestKey {
+                name: name.to_string(),
+                pair,
+            }
         }
 
         /// `name:base64(public key)`, as in a `.pub` file.
         pub fn public_line(&self) -> String {
-            format!("{}:{}", self.name, base64::encode(self.pair.public_key().as_ref()))
+            format!(
+                "{}:{}",
+                self.name,
+                base64::encode(self.pair.public_key().as_ref())
+            )
         }
 
         /// `name:base64(signature)`, as `ksbuild bundle sign` writes manifest.sig.
         pub fn sign_line(&self, data: &[u8]) -> String {
-            format!("{}:{}\n", self.name, base64::encode(self.pair.sign(data).as_ref()))
+            format!(
+                "{}:{}\n",
+                self.name,
+                base64::encode(self.pair.sign(data).as_ref())
+            )
         }
     }
 }
@@ -147,22 +182,47 @@ mod tests {
         let good = TestKey::new("kubesolo-1", 1);
         let other = TestKey::new("kubesolo-1", 2);
         let stranger = TestKey::new("stranger", 3);
-        let (trusted, bad) = parse_public_keys(&format!("# comment\n\n{}\nnot a key\n", good.public_line()), "test.pub");
+        let (trusted, bad) = parse_public_keys(
+            &format!("# comment\n\n{}\nnot a key\n", good.public_line()),
+            "test.pub",
+        );
         assert_eq!(trusted.len(), 1);
         assert_eq!(bad.len(), 1, "{:?}", bad);
         let manifest = b"format=kubesolo-update-1\n";
-        assert_eq!(verify_manifest(manifest, good.sign_line(manifest).as_bytes(), &trusted), Ok("kubesolo-1".to_string()));
-        let err = verify_manifest(b"format=kubesolo-update-2\n", good.sign_line(manifest).as_bytes(), &trusted).unwrap_err();
+        assert_eq!(
+            verify_manifest(manifest, good.sign_line(manifest).as_bytes(), &trusted),
+            Ok("kubesolo-1".to_string())
+        );
+        let err = verify_manifest(
+            b"format=kubesolo-update-2\n",
+            good.sign_line(manifest).as_bytes(),
+            &trusted,
+        )
+        .unwrap_err();
         assert!(err.contains("does not verify"), "{}", err);
-        let err = verify_manifest(manifest, other.sign_line(manifest).as_bytes(), &trusted).unwrap_err();
+        let err =
+            verify_manifest(manifest, other.sign_line(manifest).as_bytes(), &trusted).unwrap_err();
         assert!(err.contains("does not verify"), "{}", err);
-        let err = verify_manifest(manifest, stranger.sign_line(manifest).as_bytes(), &trusted).unwrap_err();
+        let err = verify_manifest(manifest, stranger.sign_line(manifest).as_bytes(), &trusted)
+            .unwrap_err();
         assert!(err.contains("not trusted"), "{}", err);
         // Several signatures: one trusted one suffices.
-        let both = format!("{}{}", stranger.sign_line(manifest), good.sign_line(manifest));
+        let both = format!(
+            "{}{}",
+            stranger.sign_line(manifest),
+            good.sign_line(manifest)
+        );
         assert!(verify_manifest(manifest, both.as_bytes(), &trusted).is_ok());
-        assert!(verify_manifest(manifest, b"kubesolo-1:AAAA\n", &trusted).unwrap_err().contains("not 64"));
-        assert!(verify_manifest(manifest, b"", &trusted).unwrap_err().contains("empty"));
-        assert!(verify_manifest(manifest, good.sign_line(manifest).as_bytes(), &[]).unwrap_err().contains("no trusted"));
+        assert!(verify_manifest(manifest, b"kubesolo-1:AAAA\n", &trusted)
+            .unwrap_err()
+            .contains("not 64"));
+        assert!(verify_manifest(manifest, b"", &trusted)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(
+            verify_manifest(manifest, good.sign_line(manifest).as_bytes(), &[])
+                .unwrap_err()
+                .contains("no trusted")
+        );
     }
 }

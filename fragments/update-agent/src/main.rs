@@ -54,7 +54,8 @@ against DIR instead of / (no mounts, no reboots).
 
 fn command_help(command: &str) -> Option<&'static str> {
     Some(match command {
-        "status" => "\
+        "status" => {
+            "\
 usage: kubesolo-update status [--json]
 
 Shows the boot environment (grub or rpi), the booted and the next-boot slot, each slot's
@@ -62,8 +63,10 @@ version where known, a pending (applied, not committed) update, GRUB's active_sl
 boot_counter and boot_success or the Pi's autoboot.txt partitions and tryboot flag, and the
 last result (e.g. `committed B 2`, `failed B 2: rolled back by the boot loader after 3 boots`).
 --json prints one JSON object on stdout instead.
-",
-        "apply" => "\
+"
+        }
+        "apply" => {
+            "\
 usage: kubesolo-update apply [--reboot] BUNDLE|URL
 
 Pass 1 reads the whole bundle (an uncompressed ustar: manifest, manifest.sig, files/...) and
@@ -79,8 +82,10 @@ URL: http:// only (no TLS in the agent; the signature protects the bundle). The 
 saved first under the state directory on the data partition
 (/mnt/data/var/lib/kubesolo-update/download/), applied from there and removed.
 --reboot reboots afterwards (as `kubesolo-update reboot`).
-",
-        "healthcheck" => "\
+"
+        }
+        "healthcheck" => {
+            "\
 usage: kubesolo-update healthcheck
 
 Run by the init after KubeSolo starts. Checks, for up to health-timeout seconds (default
@@ -90,20 +95,25 @@ that 127.0.0.1:health-port and the unix socket health-socket accept connections 
 boot_success=1; Pi: autoboot.txt swapped, only when booted by tryboot from the new slot);
 unhealthy records the failure and reboots so the boot loader falls back. After a fallback
 it records the failed update (`last-result=failed ...`) and clears the pending update.
-",
-        "rollback" => "\
+"
+        }
+        "rollback" => {
+            "\
 usage: kubesolo-update rollback
 
 Makes the other slot the next boot, committed (GRUB active_slot=<other> boot_success=1;
 Pi: autoboot.txt boot_partition=<other>). When an update was applied to the other slot but
 has not booted, it is cancelled instead and the running slot stays the next boot.
-",
-        "reboot" => "\
+"
+        }
+        "reboot" => {
+            "\
 usage: kubesolo-update reboot
 
 Reboots now (sync, then reboot(2)). When an update is pending in the other slot on the Pi,
 with LINUX_REBOOT_CMD_RESTART2 and \"0 tryboot\" so the firmware tries it once.
-",
+"
+        }
         _ => return None,
     })
 }
@@ -150,8 +160,16 @@ fn main() {
         std::process::exit(0)
     }
     let agent = Agent::new(Paths::from_env(), true);
-    let flags: Vec<&str> = rest.iter().filter(|a| a.starts_with("--")).map(|a| a.as_str()).collect();
-    let operands: Vec<&str> = rest.iter().filter(|a| !a.starts_with("--")).map(|a| a.as_str()).collect();
+    let flags: Vec<&str> = rest
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.as_str())
+        .collect();
+    let operands: Vec<&str> = rest
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| a.as_str())
+        .collect();
     let allowed: &[&str] = match command {
         "status" => &["--json"],
         "apply" => &["--reboot"],
@@ -162,7 +180,16 @@ fn main() {
     }
     let want_operands = if command == "apply" { 1 } else { 0 };
     if operands.len() != want_operands {
-        usage_error(&format!("`{}` takes {} (got {})", command, if want_operands == 1 { "one BUNDLE or URL" } else { "no operands" }, operands.len()));
+        usage_error(&format!(
+            "`{}` takes {} (got {})",
+            command,
+            if want_operands == 1 {
+                "one BUNDLE or URL"
+            } else {
+                "no operands"
+            },
+            operands.len()
+        ));
     }
     let outcome = match command {
         "status" => agent.status(flags.contains(&"--json")),

@@ -37,7 +37,8 @@ const KEYS: [&str; 5] = ["version", "arch", "track", "boot", "min-version"];
 impl Manifest {
     /// Parses the exact bytes of `manifest`; every error names the line and what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "the manifest is not UTF-8 text".to_string())?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| "the manifest is not UTF-8 text".to_string())?;
         if !text.ends_with('\n') {
             return Err("the manifest does not end with a newline (truncated?)".to_string());
         }
@@ -51,41 +52,91 @@ impl Manifest {
                     line, FORMAT
                 ))
             }
-            _ => return Err(format!("the manifest's first line is not `format={}`", FORMAT)),
+            _ => {
+                return Err(format!(
+                    "the manifest's first line is not `format={}`",
+                    FORMAT
+                ))
+            }
         }
         for key in KEYS {
-            let (n, line) = lines.next().ok_or_else(|| format!("the manifest has no `{}=` line", key))?;
+            let (n, line) = lines
+                .next()
+                .ok_or_else(|| format!("the manifest has no `{}=` line", key))?;
             let value = match line.split_once('=') {
                 Some((k, v)) if k == key => v,
-                _ => return Err(format!("manifest line {}: expected `{}=…`, found `{}`", n + 1, key, line)),
+                _ => {
+                    return Err(format!(
+                        "manifest line {}: expected `{}=…`, found `{}`",
+                        n + 1,
+                        key,
+                        line
+                    ))
+                }
             };
             if value.is_empty() || value.trim() != value {
-                return Err(format!("manifest line {}: `{}` has an empty or padded value", n + 1, key));
+                return Err(format!(
+                    "manifest line {}: `{}` has an empty or padded value",
+                    n + 1,
+                    key
+                ));
             }
             header.push(value.to_string());
         }
         let mut files: Vec<ManifestFile> = Vec::new();
         for (n, line) in lines {
-            let rest = line
-                .strip_prefix("file=")
-                .ok_or_else(|| format!("manifest line {}: expected `file=SHA256 SIZE NAME`, found `{}`", n + 1, line))?;
+            let rest = line.strip_prefix("file=").ok_or_else(|| {
+                format!(
+                    "manifest line {}: expected `file=SHA256 SIZE NAME`, found `{}`",
+                    n + 1,
+                    line
+                )
+            })?;
             let mut parts = rest.splitn(3, ' ');
             let (sha256, size, name) = match (parts.next(), parts.next(), parts.next()) {
                 (Some(h), Some(s), Some(name)) => (h, s, name),
-                _ => return Err(format!("manifest line {}: expected `file=SHA256 SIZE NAME`", n + 1)),
+                _ => {
+                    return Err(format!(
+                        "manifest line {}: expected `file=SHA256 SIZE NAME`",
+                        n + 1
+                    ))
+                }
             };
-            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return Err(format!("manifest line {}: `{}` is not a lower-case hex SHA-256", n + 1, sha256));
+            if sha256.len() != 64
+                || !sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(format!(
+                    "manifest line {}: `{}` is not a lower-case hex SHA-256",
+                    n + 1,
+                    sha256
+                ));
             }
             if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("manifest line {}: size `{}` is not a number", n + 1, size));
+                return Err(format!(
+                    "manifest line {}: size `{}` is not a number",
+                    n + 1,
+                    size
+                ));
             }
-            let size: u64 = size.parse().map_err(|_| format!("manifest line {}: size `{}` is too large", n + 1, size))?;
-            check_name(name).map_err(|why| format!("manifest line {}: file name `{}` {}", n + 1, name, why))?;
+            let size: u64 = size
+                .parse()
+                .map_err(|_| format!("manifest line {}: size `{}` is too large", n + 1, size))?;
+            check_name(name)
+                .map_err(|why| format!("manifest line {}: file name `{}` {}", n + 1, name, why))?;
             if files.iter().any(|f| f.name == name) {
-                return Err(format!("manifest line {}: file `{}` is listed twice", n + 1, name));
+                return Err(format!(
+                    "manifest line {}: file `{}` is listed twice",
+                    n + 1,
+                    name
+                ));
             }
-            files.push(ManifestFile { sha256: sha256.to_string(), size, name: name.to_string() });
+            files.push(ManifestFile {
+                sha256: sha256.to_string(),
+                size,
+                name: name.to_string(),
+            });
         }
         if files.is_empty() {
             return Err("the manifest lists no files".to_string());
@@ -101,18 +152,27 @@ impl Manifest {
             files,
         };
         if manifest.boot != "grub" && manifest.boot != "rpi" {
-            return Err(format!("the manifest's boot is `{}`, not `grub` or `rpi`", manifest.boot));
+            return Err(format!(
+                "the manifest's boot is `{}`, not `grub` or `rpi`",
+                manifest.boot
+            ));
         }
         if manifest.boot == "grub" {
             if let Some(f) = manifest.files.iter().find(|f| f.name.contains('/')) {
-                return Err(format!("file `{}`: a GRUB slot holds plain file names only", f.name));
+                return Err(format!(
+                    "file `{}`: a GRUB slot holds plain file names only",
+                    f.name
+                ));
             }
         }
         // A file cannot also be the directory of another (`a` and `a/b`).
         for f in &manifest.files {
             let prefix = format!("{}/", f.name);
             if let Some(g) = manifest.files.iter().find(|g| g.name.starts_with(&prefix)) {
-                return Err(format!("file `{}` is also the directory of `{}`", f.name, g.name));
+                return Err(format!(
+                    "file `{}` is also the directory of `{}`",
+                    f.name, g.name
+                ));
             }
         }
         Ok(manifest)
@@ -169,16 +229,31 @@ mod tests {
         let h = "a".repeat(64);
         let cases: Vec<(String, &str)> = vec![
             (GOOD.trim_end().to_string(), "newline"),
-            (GOOD.replace("kubesolo-update-1", "kubesolo-update-2"), "update the agent"),
-            (GOOD.replace("arch=x86_64\ntrack=x86_64\n", "track=x86_64\narch=x86_64\n"), "expected `arch="),
-            (GOOD.replace("boot=grub", "boot=uefi"), "not `grub` or `rpi`"),
+            (
+                GOOD.replace("kubesolo-update-1", "kubesolo-update-2"),
+                "update the agent",
+            ),
+            (
+                GOOD.replace("arch=x86_64\ntrack=x86_64\n", "track=x86_64\narch=x86_64\n"),
+                "expected `arch=",
+            ),
+            (
+                GOOD.replace("boot=grub", "boot=uefi"),
+                "not `grub` or `rpi`",
+            ),
             (GOOD.replace(" vmlinuz", " ../vmlinuz"), "component"),
             (GOOD.replace(" vmlinuz", " /vmlinuz"), "absolute"),
-            (GOOD.replace(" vmlinuz", " boot/vmlinuz"), "plain file names"),
+            (
+                GOOD.replace(" vmlinuz", " boot/vmlinuz"),
+                "plain file names",
+            ),
             (GOOD.replace(" kubesolo-os.gz", " vmlinuz"), "twice"),
             (GOOD.replace(" 12 ", " 1x "), "not a number"),
             (GOOD.replace(&h, &h.to_uppercase()), "hex"),
-            (GOOD.replace("version=2026.12.1\n", ""), "expected `version="),
+            (
+                GOOD.replace("version=2026.12.1\n", ""),
+                "expected `version=",
+            ),
             (format!("{}extra=1\n", GOOD), "expected `file="),
             (GOOD.split("file=").next().unwrap().to_string(), "no files"),
         ];
@@ -190,12 +265,22 @@ mod tests {
 
     #[test]
     fn pi_paths_may_have_directories_but_not_escape() {
-        let pi = GOOD.replace("boot=grub", "boot=rpi").replace(" vmlinuz", " overlays/foo.dtbo");
+        let pi = GOOD
+            .replace("boot=grub", "boot=rpi")
+            .replace(" vmlinuz", " overlays/foo.dtbo");
         assert!(Manifest::parse(pi.as_bytes()).is_ok());
-        for bad in ["overlays//foo", "overlays/./foo", "a/../../etc", "over\\lays", "x\u{7f}"] {
+        for bad in [
+            "overlays//foo",
+            "overlays/./foo",
+            "a/../../etc",
+            "over\\lays",
+            "x\u{7f}",
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
         let clash = pi.replace(" kubesolo-os.gz", " overlays");
-        assert!(Manifest::parse(clash.as_bytes()).unwrap_err().contains("directory"));
+        assert!(Manifest::parse(clash.as_bytes())
+            .unwrap_err()
+            .contains("directory"));
     }
 }

@@ -31,7 +31,9 @@ impl Paths {
 
     /// Test mode under `root`.
     pub fn under(root: &Path) -> Paths {
-        Paths { root: Some(root.to_path_buf()) }
+        Paths {
+            root: Some(root.to_path_buf()),
+        }
     }
 
     /// From the environment: test mode when `KUBESOLO_UPDATE_ROOT` is set and not empty.

@@ -51,7 +51,8 @@ impl Mounted {
         if self.mounted {
             sys::sync_all();
             self.mounted = false;
-            sys::unmount(&self.dir).map_err(|e| format!("cannot unmount `{}`: {}", self.dir.display(), e))?;
+            sys::unmount(&self.dir)
+                .map_err(|e| format!("cannot unmount `{}`: {}", self.dir.display(), e))?;
         }
         Ok(())
     }
@@ -69,8 +70,12 @@ impl Drop for Mounted {
 /// The disk the boot partitions are on: the one holding `/mnt/data`, else the one with the
 /// `KSOLODATA` label.
 fn boot_disk(paths: &Paths) -> Option<String> {
-    blockdev::disk_of_mount(paths, "/mnt/data")
-        .or_else(|| blockdev::find_by_label(paths, "KSOLODATA", None).into_iter().next().map(|p| p.disk))
+    blockdev::disk_of_mount(paths, "/mnt/data").or_else(|| {
+        blockdev::find_by_label(paths, "KSOLODATA", None)
+            .into_iter()
+            .next()
+            .map(|p| p.disk)
+    })
 }
 
 /// Mounts `target` (test mode: uses `<root>/slots/<name>`, which must exist).
@@ -78,9 +83,16 @@ pub fn mount(paths: &Paths, target: &Target) -> Result<Mounted, String> {
     if paths.test_mode() {
         let dir = paths.path(&format!("/slots/{}", target.name));
         if !dir.is_dir() {
-            return Err(format!("test mode: `{}` (partition {}) does not exist", dir.display(), target.name));
+            return Err(format!(
+                "test mode: `{}` (partition {}) does not exist",
+                dir.display(),
+                target.name
+            ));
         }
-        return Ok(Mounted { dir, mounted: false });
+        return Ok(Mounted {
+            dir,
+            mounted: false,
+        });
     }
     let disk = boot_disk(paths);
     let partition = match &target.locator {
@@ -97,25 +109,40 @@ pub fn mount(paths: &Paths, target: &Target) -> Result<Mounted, String> {
         }
     };
     let dir = paths.path(&format!("/run/kubesolo-update/{}", target.name));
-    fs::create_dir_all(&dir).map_err(|e| format!("cannot create the mount point `{}`: {}", dir.display(), e))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create the mount point `{}`: {}", dir.display(), e))?;
     let node = partition.node(paths);
     sys::mount_fs(&node, &dir, target.fstype, sys::MS_NOATIME).map_err(|e| {
-        format!("cannot mount `{}` ({} partition {}) on `{}`: {}", node.display(), target.fstype, target.name, dir.display(), e)
+        format!(
+            "cannot mount `{}` ({} partition {}) on `{}`: {}",
+            node.display(),
+            target.fstype,
+            target.name,
+            dir.display(),
+            e
+        )
     })?;
     Ok(Mounted { dir, mounted: true })
 }
 
 /// Removes everything in a slot's root except `lost+found`.
 pub fn clear(dir: &Path) -> Result<(), String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list `{}`: {}", dir.display(), e))?;
+    let entries =
+        fs::read_dir(dir).map_err(|e| format!("cannot list `{}`: {}", dir.display(), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("cannot list `{}`: {}", dir.display(), e))?;
         if entry.file_name() == "lost+found" {
             continue;
         }
         let path = entry.path();
-        let kind = entry.file_type().map_err(|e| format!("cannot stat `{}`: {}", path.display(), e))?;
-        let result = if kind.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("cannot stat `{}`: {}", path.display(), e))?;
+        let result = if kind.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
         result.map_err(|e| format!("cannot remove the old `{}`: {}", path.display(), e))?;
     }
     sync_dir(dir)
@@ -130,24 +157,44 @@ pub fn sync_dir(dir: &Path) -> Result<(), String> {
 
 /// Writes `reader`'s bytes to `dir/name` through a temp name, checking the size and SHA-256
 /// while writing; fsyncs the file, renames it and fsyncs the directory. Constant memory.
-pub fn write_verified(dir: &Path, name: &str, reader: &mut dyn Read, size: u64, sha256: &str) -> Result<(), String> {
+pub fn write_verified(
+    dir: &Path,
+    name: &str,
+    reader: &mut dyn Read,
+    size: u64,
+    sha256: &str,
+) -> Result<(), String> {
     let final_path = dir.join(name);
     let parent = final_path.parent().unwrap_or(dir).to_path_buf();
-    fs::create_dir_all(&parent).map_err(|e| format!("cannot create `{}`: {}", parent.display(), e))?;
-    let base = final_path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+    fs::create_dir_all(&parent)
+        .map_err(|e| format!("cannot create `{}`: {}", parent.display(), e))?;
+    let base = final_path
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = parent.join(format!("{}{}", TEMP_PREFIX, base));
     let result = (|| {
-        let mut file = fs::File::create(&temp).map_err(|e| format!("cannot create `{}`: {}", temp.display(), e))?;
-        let (written, digest) = copy_hashing(reader, &mut file).map_err(|e| format!("writing `{}`: {}", final_path.display(), e))?;
+        let mut file = fs::File::create(&temp)
+            .map_err(|e| format!("cannot create `{}`: {}", temp.display(), e))?;
+        let (written, digest) = copy_hashing(reader, &mut file)
+            .map_err(|e| format!("writing `{}`: {}", final_path.display(), e))?;
         if written != size || digest != sha256 {
             return Err(format!(
                 "`{}` changed since it was verified ({} bytes, sha256 {}; the manifest says {} bytes, {})",
                 name, written, digest, size, sha256
             ));
         }
-        file.sync_all().map_err(|e| format!("cannot fsync `{}`: {}", temp.display(), e))?;
+        file.sync_all()
+            .map_err(|e| format!("cannot fsync `{}`: {}", temp.display(), e))?;
         drop(file);
-        fs::rename(&temp, &final_path).map_err(|e| format!("cannot rename `{}` to `{}`: {}", temp.display(), final_path.display(), e))?;
+        fs::rename(&temp, &final_path).map_err(|e| {
+            format!(
+                "cannot rename `{}` to `{}`: {}",
+                temp.display(),
+                final_path.display(),
+                e
+            )
+        })?;
         sync_dir(&parent)
     })();
     if result.is_err() {
@@ -182,15 +229,30 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Replaces `path` with `contents` atomically: temp file, fsync, rename, fsync the directory.
 pub fn replace_file(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let dir = path.parent().ok_or_else(|| format!("`{}` has no directory", path.display()))?;
-    let base = path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("`{}` has no directory", path.display()))?;
+    let base = path
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dir.join(format!("{}{}", TEMP_PREFIX, base));
     let result = (|| {
-        let mut file = fs::File::create(&temp).map_err(|e| format!("cannot create `{}`: {}", temp.display(), e))?;
-        file.write_all(contents).map_err(|e| format!("cannot write `{}`: {}", temp.display(), e))?;
-        file.sync_all().map_err(|e| format!("cannot fsync `{}`: {}", temp.display(), e))?;
+        let mut file = fs::File::create(&temp)
+            .map_err(|e| format!("cannot create `{}`: {}", temp.display(), e))?;
+        file.write_all(contents)
+            .map_err(|e| format!("cannot write `{}`: {}", temp.display(), e))?;
+        file.sync_all()
+            .map_err(|e| format!("cannot fsync `{}`: {}", temp.display(), e))?;
         drop(file);
-        fs::rename(&temp, path).map_err(|e| format!("cannot rename `{}` to `{}`: {}", temp.display(), path.display(), e))?;
+        fs::rename(&temp, path).map_err(|e| {
+            format!(
+                "cannot rename `{}` to `{}`: {}",
+                temp.display(),
+                path.display(),
+                e
+            )
+        })?;
         sync_dir(dir)
     })();
     if result.is_err() {
@@ -210,12 +272,21 @@ pub fn set_cmdline_slot(dir: &Path, slot: &str) -> Result<(), String> {
         Err(e) => return Err(format!("cannot read `{}`: {}", path.display(), e)),
     };
     let want = format!("kubesolo.slot={}", slot);
-    if !text.split_whitespace().any(|w| w.starts_with("kubesolo.slot=") && w != want) {
+    if !text
+        .split_whitespace()
+        .any(|w| w.starts_with("kubesolo.slot=") && w != want)
+    {
         return Ok(());
     }
     let words: Vec<String> = text
         .split_whitespace()
-        .map(|w| if w.starts_with("kubesolo.slot=") { format!("kubesolo.slot={}", slot) } else { w.to_string() })
+        .map(|w| {
+            if w.starts_with("kubesolo.slot=") {
+                format!("kubesolo.slot={}", slot)
+            } else {
+                w.to_string()
+            }
+        })
         .collect();
     let mut fixed = words.join(" ");
     fixed.push('\n');

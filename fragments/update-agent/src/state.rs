@@ -59,7 +59,13 @@ impl State {
     /// Writes the state atomically (temp file, fsync, rename, fsync the directory).
     pub fn save(&self, paths: &Paths) -> Result<(), String> {
         let dir = state_dir(paths);
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create the state directory `{}`: {}", dir.display(), e))?;
+        fs::create_dir_all(&dir).map_err(|e| {
+            format!(
+                "cannot create the state directory `{}`: {}",
+                dir.display(),
+                e
+            )
+        })?;
         let mut text = String::new();
         for (k, v) in &self.values {
             text.push_str(&format!("{}={}\n", k, v.replace('\n', " ")));
@@ -133,11 +139,25 @@ impl Config {
             let (key, value) = match line.split_once('=') {
                 Some((k, v)) => (k.trim(), v.trim()),
                 None => {
-                    warnings.push(format!("{}:{}: `{}` is not `key = value` (ignored)", CONFIG, n + 1, line));
+                    warnings.push(format!(
+                        "{}:{}: `{}` is not `key = value` (ignored)",
+                        CONFIG,
+                        n + 1,
+                        line
+                    ));
                     continue;
                 }
             };
-            let bad = |what: &str| format!("{}:{}: {} `{}` is not {} (ignored)", CONFIG, n + 1, key, value, what);
+            let bad = |what: &str| {
+                format!(
+                    "{}:{}: {} `{}` is not {} (ignored)",
+                    CONFIG,
+                    n + 1,
+                    key,
+                    value,
+                    what
+                )
+            };
             match key {
                 "server" => config.server = Some(value.to_string()),
                 "channel" => config.channel = Some(value.to_string()),
@@ -158,7 +178,12 @@ impl Config {
                         config.health_process = value.to_string();
                     }
                 }
-                _ => warnings.push(format!("{}:{}: unknown key `{}` (ignored)", CONFIG, n + 1, key)),
+                _ => warnings.push(format!(
+                    "{}:{}: unknown key `{}` (ignored)",
+                    CONFIG,
+                    n + 1,
+                    key
+                )),
             }
         }
         (config, warnings)
@@ -169,7 +194,10 @@ impl Config {
         match fs::read_to_string(paths.path(CONFIG)) {
             Ok(text) => Config::parse(&text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Config::default(), Vec::new()),
-            Err(e) => (Config::default(), vec![format!("cannot read {}: {} (using defaults)", CONFIG, e)]),
+            Err(e) => (
+                Config::default(),
+                vec![format!("cannot read {}: {} (using defaults)", CONFIG, e)],
+            ),
         }
     }
 }
@@ -184,12 +212,23 @@ pub fn trusted_keys(paths: &Paths, config: &Config) -> (Vec<PublicKey>, Vec<Stri
     let mut warnings = Vec::new();
     let dir = paths.path(KEY_DIR);
     if let Ok(entries) = fs::read_dir(&dir) {
-        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
         files.sort();
         for file in files {
             match fs::read_to_string(&file) {
                 Ok(text) => {
-                    let (k, w) = keys::parse_public_keys(&text, &format!("{}/{}", KEY_DIR, file.file_name().unwrap_or_default().to_string_lossy()));
+                    let (k, w) = keys::parse_public_keys(
+                        &text,
+                        &format!(
+                            "{}/{}",
+                            KEY_DIR,
+                            file.file_name().unwrap_or_default().to_string_lossy()
+                        ),
+                    );
                     all.extend(k);
                     warnings.extend(w);
                 }
@@ -208,13 +247,19 @@ pub fn trusted_keys(paths: &Paths, config: &Config) -> (Vec<PublicKey>, Vec<Stri
 /// `VERSION_ID` of /etc/os-release (quotes removed), if there is one.
 pub fn running_version(paths: &Paths) -> Option<String> {
     let text = fs::read_to_string(paths.path("/etc/os-release")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("VERSION_ID=")).map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string()).filter(|v| !v.is_empty())
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID="))
+        .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), to tell "applied, not rebooted yet"
 /// from "rebooted and fell back".
 pub fn boot_id(paths: &Paths) -> Option<String> {
-    fs::read_to_string(paths.path("/proc/sys/kernel/random/boot_id")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    fs::read_to_string(paths.path("/proc/sys/kernel/random/boot_id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// `uname -m` of this system (test mode: `<root>/proc/sys/kernel/arch` when present).
@@ -243,6 +288,9 @@ mod tests {
         assert_eq!(c.health_socket.as_deref(), Some("/run/k.sock"));
         assert_eq!(w.len(), 3, "{:?}", w);
         let (d, w) = Config::parse("");
-        assert_eq!((d.health_timeout, d.health_process.as_str(), w.len()), (120, "kubesolo", 0));
+        assert_eq!(
+            (d.health_timeout, d.health_process.as_str(), w.len()),
+            (120, "kubesolo", 0)
+        );
     }
 }

@@ -9,7 +9,13 @@ use std::path::Path;
 
 extern "C" {
     // https://man7.org/linux/man-pages/man2/mount.2.html
-    fn mount(source: *const c_char, target: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void) -> c_int;
+    fn mount(
+        source: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: c_ulong,
+        data: *const c_void,
+    ) -> c_int;
     // https://man7.org/linux/man-pages/man2/umount.2.html
     fn umount(target: *const c_char) -> c_int;
     // https://man7.org/linux/man-pages/man2/sync.2.html
@@ -23,12 +29,14 @@ extern "C" {
 pub const MS_NOATIME: c_ulong = 1024;
 
 fn cstring(text: &str) -> io::Result<CString> {
-    CString::new(text).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
+    CString::new(text)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
 }
 
 fn path_cstring(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
 }
 
 /// mount(2): mounts the file system of type `fstype` on `source` at `target`.
@@ -38,7 +46,15 @@ pub fn mount_fs(source: &Path, target: &Path, fstype: &str, flags: c_ulong) -> i
     let fstype = cstring(fstype)?;
     // SAFETY: all three are valid NUL-terminated strings that outlive the call; data is NULL,
     // which mount(2) accepts for ext4 and vfat.
-    let rc = unsafe { mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, std::ptr::null()) };
+    let rc = unsafe {
+        mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -92,11 +108,27 @@ pub fn reboot_now(arg: Option<&str>) -> io::Error {
             };
             // SAFETY: reboot(2) takes two magic numbers, the command and, for RESTART2, a
             // NUL-terminated string that outlives the call.
-            unsafe { syscall(SYS_REBOOT, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_RESTART2, arg.as_ptr()) }
+            unsafe {
+                syscall(
+                    SYS_REBOOT,
+                    LINUX_REBOOT_MAGIC1,
+                    LINUX_REBOOT_MAGIC2,
+                    LINUX_REBOOT_CMD_RESTART2,
+                    arg.as_ptr(),
+                )
+            }
         }
         None => {
             // SAFETY: as above; the fourth argument is ignored for RESTART.
-            unsafe { syscall(SYS_REBOOT, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_RESTART, std::ptr::null::<c_char>()) }
+            unsafe {
+                syscall(
+                    SYS_REBOOT,
+                    LINUX_REBOOT_MAGIC1,
+                    LINUX_REBOOT_MAGIC2,
+                    LINUX_REBOOT_CMD_RESTART,
+                    std::ptr::null::<c_char>(),
+                )
+            }
         }
     };
     if rc == 0 {

@@ -14,7 +14,12 @@ impl TempDir {
     /// Creates `kubesolo-update-test-<pid>-<n>-<name>`.
     pub fn new(name: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("kubesolo-update-test-{}-{}-{}", std::process::id(), n, name));
+        let path = std::env::temp_dir().join(format!(
+            "kubesolo-update-test-{}-{}-{}",
+            std::process::id(),
+            n,
+            name
+        ));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create a temp dir");
         TempDir { path }

@@ -41,8 +41,12 @@ impl std::fmt::Display for TarError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TarError::Io(e) => write!(f, "{}", e),
-            TarError::Truncated { offset } => write!(f, "the archive is truncated (it ends at byte {})", offset),
-            TarError::BadHeader { offset, why } => write!(f, "bad tar header at byte {}: {}", offset, why),
+            TarError::Truncated { offset } => {
+                write!(f, "the archive is truncated (it ends at byte {})", offset)
+            }
+            TarError::BadHeader { offset, why } => {
+                write!(f, "bad tar header at byte {}: {}", offset, why)
+            }
         }
     }
 }
@@ -50,14 +54,23 @@ impl std::fmt::Display for TarError {
 impl<R: Read> TarReader<R> {
     /// Reads the archive from `inner`.
     pub fn new(inner: R) -> TarReader<R> {
-        TarReader { inner, remaining: 0, padding: 0, offset: 0 }
+        TarReader {
+            inner,
+            remaining: 0,
+            padding: 0,
+            offset: 0,
+        }
     }
 
     fn read_full(&mut self, buf: &mut [u8]) -> Result<(), TarError> {
         let mut done = 0;
         while done < buf.len() {
             match self.inner.read(&mut buf[done..]) {
-                Ok(0) => return Err(TarError::Truncated { offset: self.offset }),
+                Ok(0) => {
+                    return Err(TarError::Truncated {
+                        offset: self.offset,
+                    })
+                }
                 Ok(n) => {
                     done += n;
                     self.offset += n as u64;
@@ -88,14 +101,24 @@ impl<R: Read> TarReader<R> {
             return Ok(None);
         }
         let bad = |why: String| TarError::BadHeader { offset: at, why };
-        let stored = parse_octal(&block[148..156]).map_err(|w| bad(format!("checksum field: {}", w)))?;
+        let stored =
+            parse_octal(&block[148..156]).map_err(|w| bad(format!("checksum field: {}", w)))?;
         let sum: u64 = block
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(b) })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    u64::from(b' ')
+                } else {
+                    u64::from(b)
+                }
+            })
             .sum();
         if stored != sum {
-            return Err(bad(format!("checksum {} does not match the header's {}", stored, sum)));
+            return Err(bad(format!(
+                "checksum {} does not match the header's {}",
+                stored, sum
+            )));
         }
         if &block[257..262] != b"ustar" {
             return Err(bad("not a ustar header".to_string()));
@@ -103,17 +126,24 @@ impl<R: Read> TarReader<R> {
         let size = parse_size(&block[124..136]).map_err(|w| bad(format!("size field: {}", w)))?;
         let name = field(&block[0..100]);
         let prefix = field(&block[345..500]);
-        let full = if prefix.is_empty() { name } else { format!("{}/{}", prefix, name) };
+        let full = if prefix.is_empty() {
+            name
+        } else {
+            format!("{}/{}", prefix, name)
+        };
         self.remaining = size;
         self.padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
-        Ok(Some(Header { name: full, size, typeflag: block[156] }))
+        Ok(Some(Header {
+            name: full,
+            size,
+            typeflag: block[156],
+        }))
     }
 
     /// The current member's bytes (reads end at its end).
     pub fn member(&mut self) -> Member<'_, R> {
         Member { tar: self }
     }
-
 }
 
 /// The bytes of one member; a read past its end returns 0, an early end of the archive is an
@@ -132,7 +162,10 @@ impl<'a, R: Read> Read for Member<'a, R> {
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("the archive is truncated (it ends at byte {})", self.tar.offset),
+                format!(
+                    "the archive is truncated (it ends at byte {})",
+                    self.tar.offset
+                ),
             ));
         }
         self.tar.remaining -= n as u64;
@@ -147,7 +180,11 @@ fn field(bytes: &[u8]) -> String {
 }
 
 fn parse_octal(bytes: &[u8]) -> Result<u64, String> {
-    let text: Vec<u8> = bytes.iter().copied().filter(|&b| b != 0 && b != b' ').collect();
+    let text: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|&b| b != 0 && b != b' ')
+        .collect();
     if text.is_empty() {
         return Ok(0);
     }
@@ -156,7 +193,10 @@ fn parse_octal(bytes: &[u8]) -> Result<u64, String> {
         if !(b'0'..=b'7').contains(&b) {
             return Err(format!("{:?} is not octal", String::from_utf8_lossy(bytes)));
         }
-        n = n.checked_mul(8).and_then(|n| n.checked_add(u64::from(b - b'0'))).ok_or("overflows")?;
+        n = n
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or("overflows")?;
     }
     Ok(n)
 }
@@ -166,7 +206,10 @@ fn parse_size(bytes: &[u8]) -> Result<u64, String> {
     if bytes[0] & 0x80 != 0 {
         let mut n: u64 = u64::from(bytes[0] & 0x7f);
         for &b in &bytes[1..] {
-            n = n.checked_mul(256).and_then(|n| n.checked_add(u64::from(b))).ok_or("overflows")?;
+            n = n
+                .checked_mul(256)
+                .and_then(|n| n.checked_add(u64::from(b)))
+                .ok_or("overflows")?;
         }
         return Ok(n);
     }
@@ -180,7 +223,9 @@ pub mod write {
     pub fn header(name: &str, size: u64, typeflag: u8) -> [u8; 512] {
         let mut h = [0u8; 512];
         let (prefix, name) = if name.len() > 100 {
-            let cut = name[..=155.min(name.len() - 1)].rfind('/').expect("splittable name");
+            let cut = name[..=155.min(name.len() - 1)]
+                .rfind('/')
+                .expect("splittable name");
             (&name[..cut], &name[cut + 1..])
         } else {
             ("", name)
@@ -221,7 +266,11 @@ mod tests {
     #[test]
     fn reads_members_in_order() {
         let long = format!("files/{}/x", "d".repeat(120));
-        let data = write::archive(&[("manifest", b"hello\n"), ("files/a", &[7u8; 1000]), (&long, b"")]);
+        let data = write::archive(&[
+            ("manifest", b"hello\n"),
+            ("files/a", &[7u8; 1000]),
+            (&long, b""),
+        ]);
         let mut tar = TarReader::new(&data[..]);
         let h = tar.next_header().unwrap().unwrap();
         assert_eq!((h.name.as_str(), h.size, h.typeflag), ("manifest", 6, b'0'));
@@ -250,6 +299,9 @@ mod tests {
         assert!(matches!(tar.next_header(), Err(TarError::Truncated { .. })));
         let mut bad = data.clone();
         bad[0] = b'g';
-        assert!(matches!(TarReader::new(&bad[..]).next_header(), Err(TarError::BadHeader { .. })));
+        assert!(matches!(
+            TarReader::new(&bad[..]).next_header(),
+            Err(TarError::BadHeader { .. })
+        ));
     }
 }
