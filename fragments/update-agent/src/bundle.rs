@@ -480,3 +480,98 @@ mod tests {
         verify(&bundle[..], &trusted(&key), &e).unwrap();
     }
 }
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+    use crate::keys::testkey::TestKey;
+    use crate::ustar::write;
+    use sha2::{Digest, Sha256};
+
+    /// A bundle whose one big file is generated while it is read (never held in memory).
+    struct LazyBundle {
+        head: Vec<u8>,
+        zeros: u64,
+        tail: Vec<u8>,
+        pos: u64,
+    }
+
+    impl Read for LazyBundle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let head = self.head.len() as u64;
+            let total = head + self.zeros + self.tail.len() as u64;
+            if self.pos >= total {
+                return Ok(0);
+            }
+            let n = if self.pos < head {
+                let n = buf.len().min((head - self.pos) as usize);
+                buf[..n].copy_from_slice(&self.head[self.pos as usize..self.pos as usize + n]);
+                n
+            } else if self.pos < head + self.zeros {
+                let n = buf.len().min((head + self.zeros - self.pos) as usize);
+                buf[..n].iter_mut().for_each(|b| *b = 0);
+                n
+            } else {
+                let at = (self.pos - head - self.zeros) as usize;
+                let n = buf.len().min(self.tail.len() - at);
+                buf[..n].copy_from_slice(&self.tail[at..at + n]);
+                n
+            };
+            self.pos += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn peak_rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn verifying_a_large_bundle_takes_constant_memory() {
+        const SIZE: u64 = 128 << 20;
+        let mut hasher = Sha256::new();
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..(SIZE >> 20) {
+            hasher.update(&block);
+        }
+        let digest = slot::hex(&hasher.finalize());
+        let key = TestKey::new("big", 4);
+        let arch = std::env::consts::ARCH;
+        let track = if arch == "aarch64" { "arm64" } else { arch };
+        let manifest = format!("format=kubesolo-update-1\nversion=9\narch={}\ntrack={}\nboot=grub\nmin-version=0\nfile={} {} kubesolo-os.gz\n", arch, track, digest, SIZE);
+        let mut head = testbundle::archive(&[
+            ("manifest".to_string(), manifest.clone().into_bytes()),
+            (
+                "manifest.sig".to_string(),
+                key.sign_line(manifest.as_bytes()).into_bytes(),
+            ),
+        ]);
+        head.truncate(head.len() - 1024);
+        head.extend_from_slice(&write::header("files/kubesolo-os.gz", SIZE, b'0'));
+        let expect = Expect {
+            arch: arch.to_string(),
+            track: track.to_string(),
+            boot: "grub".to_string(),
+            running_version: None,
+        };
+        let trusted = keys::parse_public_keys(&key.public_line(), "test").0;
+        let before = peak_rss_kib();
+        let bundle = LazyBundle {
+            head,
+            zeros: SIZE,
+            tail: vec![0; 1024],
+            pos: 0,
+        };
+        let v = verify(bundle, &trusted, &expect).unwrap();
+        assert_eq!(v.manifest.files[0].size, SIZE);
+        let grown = peak_rss_kib().saturating_sub(before);
+        assert!(
+            grown < 32 * 1024,
+            "peak RSS grew by {} KiB verifying a {} MiB bundle",
+            grown,
+            SIZE >> 20
+        );
+    }
+}
