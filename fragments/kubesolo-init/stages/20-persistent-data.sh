@@ -17,7 +17,7 @@ else
   fi
   mount -t ext4 -o noatime "$KS_DATA_DEV" /mnt/data || return 1
 fi
-for d in var/lib/kubesolo var/lib/containerd var/lib/kubelet etc/kubesolo var/log; do
+for d in var/lib/kubesolo var/lib/kubesolo-update var/lib/containerd var/lib/kubelet etc/kubesolo var/log; do
   mkdir -p "/mnt/data/$d" "/$d"
   mount --bind "/mnt/data/$d" "/$d"
 done

@@ -412,6 +412,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Writes the verdict of `healthcheck` to `/run/kubesolo-update/healthcheck.done` (for
+    /// what waits on it: it exists once the check, and any commit, is over).
+    pub fn mark_healthcheck_done(&self, outcome: &Outcome) {
+        let path = self.paths.path("/run/kubesolo-update/healthcheck.done");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let verdict = match outcome {
+            Ok(()) => "healthy\n".to_string(),
+            Err(e) => format!("unhealthy: {}\n", e),
+        };
+        let _ = std::fs::write(path, verdict);
+    }
+
     /// `healthcheck`.
     pub fn healthcheck(&self) -> Outcome {
         let env = bootenv::detect(&self.paths);

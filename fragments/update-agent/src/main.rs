@@ -95,6 +95,8 @@ that 127.0.0.1:health-port and the unix socket health-socket accept connections 
 boot_success=1; Pi: autoboot.txt swapped, only when booted by tryboot from the new slot);
 unhealthy records the failure and reboots so the boot loader falls back. After a fallback
 it records the failed update (`last-result=failed ...`) and clears the pending update.
+When it is done it writes its verdict to /run/kubesolo-update/healthcheck.done, for
+whatever waits on it.
 "
         }
         "rollback" => {
@@ -194,7 +196,11 @@ fn main() {
     let outcome = match command {
         "status" => agent.status(flags.contains(&"--json")),
         "apply" => agent.apply(operands[0], flags.contains(&"--reboot")),
-        "healthcheck" => agent.healthcheck(),
+        "healthcheck" => {
+            let outcome = agent.healthcheck();
+            agent.mark_healthcheck_done(&outcome);
+            outcome
+        }
         "rollback" => agent.rollback(),
         "reboot" => agent.reboot(),
         _ => usage_error(&format!("unknown command `{}`", command)),
