@@ -29,7 +29,7 @@ poweroff -f\n";
 
 /// A copy of the project with the stand-in KubeSolo pinned (the repository's own pins, if
 /// any, are replaced in the copy only).
-fn project(dir: &Path, store: &Path) -> PathBuf {
+pub(crate) fn project(dir: &Path, store: &Path) -> PathBuf {
     let proj = copy_project(dir);
     pin_standins(store, &proj, dir);
     proj
@@ -98,7 +98,7 @@ fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
 
 /// Realises `target`; returns the output's physical directory. `None` when the Debian
 /// archive is unreachable and the network is not required (outside CI).
-fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) -> Option<PathBuf> {
+pub(crate) fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) -> Option<PathBuf> {
     let mut cmd = ksbuild(store);
     cmd.arg("--project")
         .arg(proj)
@@ -120,7 +120,7 @@ fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) 
 }
 
 /// Whether QEMU is installed; in CI (`KSBUILD_REQUIRE_QEMU`) its absence is a failure.
-fn qemu(program: &str) -> bool {
+pub(crate) fn qemu(program: &str) -> bool {
     let found = Command::new(program)
         .arg("--version")
         .output()
@@ -138,7 +138,7 @@ fn qemu(program: &str) -> bool {
 
 /// Boots QEMU with `args` until the guest powers off, halts, panics or fails a stage (or
 /// `limit` passes); kills it by its own PID and returns the serial console's text.
-fn boot(program: &str, args: &[String], limit: Duration) -> String {
+pub(crate) fn boot(program: &str, args: &[String], limit: Duration) -> String {
     let dir = scratch();
     let log = dir.path().join("console.log");
     let mut child = Command::new(program)
@@ -177,7 +177,7 @@ fn boot(program: &str, args: &[String], limit: Duration) -> String {
     text
 }
 
-fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
+pub(crate) fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
     let ok = format!("KUBESOLO-OS BOOT OK arch={arch} ");
     let line = log
         .lines()
@@ -192,7 +192,7 @@ fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
 }
 
 /// Partition offsets from the image's `partitions.txt`: (number, label, offset).
-fn partitions(out: &Path) -> Vec<(u32, String, u64)> {
+pub(crate) fn partitions(out: &Path) -> Vec<(u32, String, u64)> {
     fs::read_to_string(out.join("partitions.txt"))
         .unwrap()
         .lines()
@@ -216,7 +216,7 @@ fn grubenv(vars: &[(&str, &str)]) -> Vec<u8> {
     b
 }
 
-fn mtools(program: &str, image: &Path, offset: u64) -> Command {
+pub(crate) fn mtools(program: &str, image: &Path, offset: u64) -> Command {
     let mut c = Command::new(program);
     c.env("MTOOLS_SKIP_CHECK", "1")
         .arg("-i")
@@ -241,7 +241,7 @@ fn get_grubenv(image: &Path, esp: u64) -> String {
 }
 
 /// A writable sparse copy of an image.
-fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
+pub(crate) fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
     let copy = dir.join(image.file_name().unwrap());
     run_ok(
         Command::new("cp")
@@ -254,7 +254,7 @@ fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
 }
 
 /// QEMU's arguments for a UEFI boot of `image` on virtio: `machine` words and firmware.
-fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
+pub(crate) fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
     let common = [
         "-smp",
         "2",
@@ -274,7 +274,7 @@ fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
         .collect()
 }
 
-fn x86_args(image: &Path) -> Vec<String> {
+pub(crate) fn x86_args(image: &Path) -> Vec<String> {
     uefi_args(
         &["-accel", "tcg", "-M", "q35"],
         "/usr/share/ovmf/OVMF.fd",
@@ -290,7 +290,7 @@ fn arm64_args(image: &Path) -> Vec<String> {
     )
 }
 
-const LIMIT: Duration = Duration::from_secs(240);
+pub(crate) const LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
 fn rootfs_elfs_resolve_every_needed_library_inside_the_rootfs() {

@@ -50,8 +50,10 @@ END {
 
 # --- reporting ------------------------------------------------------------------------------
 
-function problem(key, ln, why) { print "ignored " key " (line " ln "): " why }
-function problem_line(ln, why) { print "ignored line " ln ": " why }
+# Control characters (from escapes) are shown as `?` on the console.
+function problem(key, ln, why) { print clean("ignored " key " (line " ln "): " why) }
+function problem_line(ln, why) { print clean("ignored line " ln ": " why) }
+function clean(s) { gsub(/[\001-\037\177]/, "?", s); return s }
 
 # --- the scanner: S is the text, P the position (1-based) ------------------------------------
 
@@ -123,7 +125,7 @@ function basic_string(   c, out, hex, n) {
       else if (c == "f") out = out "\f"
       else if (c == "u") {
         hex = substr(S, P + 1, 4)
-        if (hex !~ /^00[0-7][0-9A-Fa-f]$/) { ERR = "only \\u escapes of ASCII (\\u0000 to \\u007F) are supported; write the character itself"; return 0 }
+        if (hex !~ /^00([2-6][0-9A-Fa-f]|7[0-9A-Ea-e])$/) { ERR = "only \\u escapes of printable ASCII (\\u0020 to \\u007E) are supported; write the character itself"; return 0 }
         n = index("0123456789abcdef", tolower(substr(hex, 3, 1))) - 1
         n = n * 16 + index("0123456789abcdef", tolower(substr(hex, 4, 1))) - 1
         out = out sprintf("%c", n)

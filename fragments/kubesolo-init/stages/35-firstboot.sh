@@ -72,16 +72,27 @@ fb_stage() {
     return 0
   fi
   fb_sum=$(sha256sum "$fb_work/config.toml" | cut -d' ' -f1)
-  # Parse and check; what may be applied lands in $fb_work/out, one file per setting.
-  (umask 077; awk -v out="$fb_work/out" -f "$fb_lib/firstboot.awk" "$fb_work/config.toml") \
-    > "$fb_work/messages" 2> "$fb_work/errors" \
-    || echo "ignored the rest: the parser failed: $(head -n 3 "$fb_work/errors" | tr '\n' ' ')" >> "$fb_work/messages"
+  # Parse and check; what may be applied lands in $fb_work/out, one file per setting. A file
+  # with control characters (other than tab, CR, LF) is not text: nothing of it applies.
+  fb_binary=$(tr -d '\t\r\n -~\200-\377' < "$fb_work/config.toml" | wc -c)
+  if [ "$fb_binary" -gt 0 ]; then
+    echo "ignored $fb_name: not a text file ($fb_binary control characters); nothing of it applies" > "$fb_work/messages"
+  else
+    (umask 077; awk -v out="$fb_work/out" -f "$fb_lib/firstboot.awk" "$fb_work/config.toml") \
+      > "$fb_work/messages" 2> "$fb_work/errors" \
+      || echo "ignored the rest: the parser failed: $(head -n 3 "$fb_work/errors" | tr -d '\000-\037')" >> "$fb_work/messages"
+  fi
+  # On the console: the first 20 problems; all of them in firstboot.log.
   fb_ignored=0
   while IFS= read -r m; do
     case "$m" in
-      ignored*) ks_log "$m"; fb_ignored=$((fb_ignored + 1)) ;;
+      ignored*)
+        fb_ignored=$((fb_ignored + 1))
+        [ "$fb_ignored" -gt 20 ] || ks_log "$m"
+        ;;
     esac
   done < "$fb_work/messages"
+  [ "$fb_ignored" -le 20 ] || ks_log "ignored $((fb_ignored - 20)) more: see /mnt/data/var/lib/kubesolo-os/firstboot.log"
   # Install what was checked.
   mkdir -p "$fb_etc" "$fb_state"
   fb_applied=
