@@ -74,7 +74,8 @@ fn mode(p: &Path) -> u32 {
         & 0o7777
 }
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJxcGk1mZ8JAl7fvtsD1H1SvUQDxvPz+2kuJ7Nr5tb3T root@admin";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJxcGk1mZ8JAl7fvtsD1H1SvUQDxvPz+2kuJ7Nr5tb3T root@admin";
 const PUBKEY: &str = "updates-1:JkHbPx7Na7q+RHZWu0BMZ5BiA2BMHtoR7ohq2BgBhR0=";
 
 /// A configuration that sets everything once, written as users write TOML (comments, CRLF
@@ -375,7 +376,11 @@ fn ext4_mode(image: &Path, offset: u64, path: &str) -> String {
     let at = stat
         .find("Mode:")
         .unwrap_or_else(|| panic!("{path}: {stat}"));
-    stat[at + 5..].split_whitespace().next().unwrap().to_string()
+    stat[at + 5..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// QEMU's arguments for `image` on x86_64 with a virtio NIC on user networking (10.0.2.0/24,
@@ -415,7 +420,10 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
     }
     let parts = images::partitions(&out);
     let (esp, data) = (parts[0].2, parts[3].2);
-    assert_eq!((parts[0].1.as_str(), parts[3].1.as_str()), ("KSOLOEFI", "KSOLODATA"));
+    assert_eq!(
+        (parts[0].1.as_str(), parts[3].1.as_str()),
+        ("KSOLOEFI", "KSOLODATA")
+    );
     let kubesolo_config = "# KubeSolo\napiserver-extra-sans:\n  - fb-node.example.org\n";
     let config = format!(
         "hostname = \"fb-node\"\n\
@@ -447,7 +455,11 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
         run_ok(Command::new("sha256sum").arg(&file))[..64].to_string()
     };
 
-    let log = images::boot("qemu-system-x86_64", &x86_args_with_nic(&copy), images::LIMIT);
+    let log = images::boot(
+        "qemu-system-x86_64",
+        &x86_args_with_nic(&copy),
+        images::LIMIT,
+    );
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
         &format!(
@@ -467,7 +479,10 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
         file("/etc/kubesolo/network.conf").as_deref(),
         Some("eth0 static 10.0.2.50/24 10.0.2.2\n")
     );
-    assert_eq!(file("/etc/kubesolo/config.yaml").as_deref(), Some(kubesolo_config));
+    assert_eq!(
+        file("/etc/kubesolo/config.yaml").as_deref(),
+        Some(kubesolo_config)
+    );
     assert_eq!(ext4_mode(&copy, data, "/etc/kubesolo/config.yaml"), "0600");
     assert_eq!(
         file("/etc/kubesolo/update.conf").as_deref(),
@@ -478,7 +493,11 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
 
     // The second boot reads nothing (even a changed file) and keeps the settings.
     put(&copy, "hostname = \"changed\"\n");
-    let log = images::boot("qemu-system-x86_64", &x86_args_with_nic(&copy), images::LIMIT);
+    let log = images::boot(
+        "qemu-system-x86_64",
+        &x86_args_with_nic(&copy),
+        images::LIMIT,
+    );
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
         &format!(
@@ -507,7 +526,11 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
          config = '''\n\
          never closed\n",
     );
-    let log = images::boot("qemu-system-x86_64", &x86_args_with_nic(&copy), images::LIMIT);
+    let log = images::boot(
+        "qemu-system-x86_64",
+        &x86_args_with_nic(&copy),
+        images::LIMIT,
+    );
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
         "kubesolo-os: [35-firstboot] ignored interface.eth0.address (line 3): \"10.0.2.500/24\" is not an IPv4 address with a prefix length (e.g. 192.168.1.10/24)",

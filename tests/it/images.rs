@@ -98,7 +98,12 @@ fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
 
 /// Realises `target`; returns the output's physical directory. `None` when the Debian
 /// archive is unreachable and the network is not required (outside CI).
-pub(crate) fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) -> Option<PathBuf> {
+pub(crate) fn realise(
+    store: &Path,
+    proj: &Path,
+    target: &str,
+    shell_env: &[(&str, &str)],
+) -> Option<PathBuf> {
     let mut cmd = ksbuild(store);
     cmd.arg("--project")
         .arg(proj)
