@@ -143,9 +143,7 @@ fn manifest_files(text: &str) -> Result<Vec<ManifestFile>, String> {
         .map(|rest| {
             let mut w = rest.splitn(3, ' ');
             let (Some(sha256), Some(size), Some(name)) = (w.next(), w.next(), w.next()) else {
-                return Err(format!(
-                    "manifest line `file={rest}` is not `file=SHA256 SIZE NAME`"
-                ));
+                return Err(format!("manifest line `file={rest}` is not `file=SHA256 SIZE NAME`"));
             };
             let size = size
                 .parse()
@@ -212,9 +210,7 @@ fn read_bundle(path: &Path) -> Result<Contents, CliError> {
     let text = String::from_utf8(manifest_bytes.clone())
         .map_err(|_| bad("its manifest is not UTF-8".into()))?;
     if !text.starts_with("format=kubesolo-update-1\n") {
-        return Err(bad(
-            "its manifest does not start with `format=kubesolo-update-1`".into(),
-        ));
+        return Err(bad("its manifest does not start with `format=kubesolo-update-1`".into()));
     }
     let manifest: BTreeMap<String, String> = text
         .lines()
@@ -228,10 +224,9 @@ fn read_bundle(path: &Path) -> Result<Contents, CliError> {
     if let Some((name, bytes, _, _)) = &member {
         if name == "manifest.sig" {
             let text = String::from_utf8_lossy(bytes);
-            signature = Some(
-                Signature::parse(text.trim())
-                    .map_err(|e| bad(format!("its `manifest.sig` is not a signature: {e}")))?,
-            );
+            signature = Some(Signature::parse(text.trim()).map_err(|e| {
+                bad(format!("its `manifest.sig` is not a signature: {e}"))
+            })?);
             member = next("a member")?;
         }
     }
@@ -356,11 +351,7 @@ mod tests {
         };
         add("manifest", manifest.as_bytes());
         for (name, data) in files {
-            let data = if corrupt {
-                b"tampered".as_slice()
-            } else {
-                data
-            };
+            let data = if corrupt { b"tampered".as_slice() } else { data };
             add(&format!("files/{name}"), data);
         }
         b.finish().unwrap();
@@ -393,12 +384,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                "manifest",
-                "manifest.sig",
-                "files/vmlinuz",
-                "files/kubesolo-os.gz"
-            ]
+            ["manifest", "manifest.sig", "files/vmlinuz", "files/kubesolo-os.gz"]
         );
         let bad_dir = tempfile::tempdir().unwrap();
         let tampered = bundle(bad_dir.path(), &[("vmlinuz", b"kernel")], true);

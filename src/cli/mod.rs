@@ -2,12 +2,12 @@
 //! function over library operations. stdout carries data only (paths, hashes, JSON);
 //! messages go to stderr; errors are rendered by miette here and nowhere else.
 
-mod bundle_cmd;
 mod cache_cmd;
 mod check_cmd;
 mod drv_cmd;
 mod errors;
 mod hash_cmd;
+mod bundle_cmd;
 mod key_cmd;
 mod realise_cmd;
 mod serve_cmd;
