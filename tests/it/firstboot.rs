@@ -383,6 +383,13 @@ fn ext4_mode(image: &Path, offset: u64, path: &str) -> String {
         .to_string()
 }
 
+/// The init's console lines of a boot, for the test's output.
+fn show(log: &str) {
+    for l in log.lines().filter(|l| l.contains("kubesolo-os: ")) {
+        eprintln!("{l}");
+    }
+}
+
 /// QEMU's arguments for `image` on x86_64 with a virtio NIC on user networking (10.0.2.0/24,
 /// gateway 10.0.2.2), without its option ROM, so that the firmware boots the disk.
 fn x86_args_with_nic(image: &Path) -> Vec<String> {
@@ -460,6 +467,7 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
         &x86_args_with_nic(&copy),
         images::LIMIT,
     );
+    show(&log);
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
         &format!(
@@ -498,6 +506,7 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
         &x86_args_with_nic(&copy),
         images::LIMIT,
     );
+    show(&log);
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
         &format!(
@@ -531,6 +540,7 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
         &x86_args_with_nic(&copy),
         images::LIMIT,
     );
+    show(&log);
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
         "kubesolo-os: [35-firstboot] ignored interface.eth0.address (line 3): \"10.0.2.500/24\" is not an IPv4 address with a prefix length (e.g. 192.168.1.10/24)",
