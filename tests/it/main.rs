@@ -7,6 +7,7 @@ mod check;
 mod common;
 mod environment;
 mod faults;
+mod firstboot;
 mod flake;
 mod http_server;
 mod images;
