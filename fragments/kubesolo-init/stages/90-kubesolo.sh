@@ -17,6 +17,7 @@ if [ -x /usr/bin/kubesolo-update ] && [ "$KS_NOPERSIST" != 1 ]; then
   /usr/bin/kubesolo-update healthcheck > /dev/console 2>&1 &
 fi
 wait "$ks_kubesolo"
-ks_log "KubeSolo exited with status $?; rebooting"
+ks_status=$?
+ks_log "KubeSolo exited with status $ks_status; rebooting"
 sync
-reboot -f
+${KS_REBOOT:-reboot -f}
