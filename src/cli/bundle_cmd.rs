@@ -159,6 +159,10 @@ fn manifest_files(text: &str) -> Result<Vec<ManifestFile>, String> {
         .collect()
 }
 
+/// One archive member read: its name, its bytes (the manifest and signature only), its size
+/// and the hash of its contents.
+type Member = (String, Vec<u8>, u64, Hasher);
+
 /// Reads `path`, checking its structure and every file's size and SHA-256 (streamed).
 fn read_bundle(path: &Path) -> Result<Contents, CliError> {
     let bad = |why: String| failed(path, &why);
@@ -170,7 +174,7 @@ fn read_bundle(path: &Path) -> Result<Contents, CliError> {
     let mut entries = archive
         .entries()
         .map_err(|e| bad(format!("not a tar archive: {e}")))?;
-    let mut next = |what: &str| -> Result<Option<(String, Vec<u8>, u64, Hasher)>, CliError> {
+    let mut next = |what: &str| -> Result<Option<Member>, CliError> {
         let Some(entry) = entries.next() else {
             return Ok(None);
         };

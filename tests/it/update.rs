@@ -139,7 +139,7 @@ fn args(track: &Track, image: &Path, bundle: Option<&Path>) -> Vec<String> {
     a
 }
 
-fn booted_line<'a>(log: &'a str) -> &'a str {
+fn booted_line(log: &str) -> &str {
     log.lines()
         .find(|l| l.contains("KUBESOLO-OS BOOT OK"))
         .unwrap_or_else(|| panic!("no success line:\n{log}"))
