@@ -29,7 +29,7 @@ poweroff -f\n";
 
 /// A copy of the project with the stand-in KubeSolo pinned (the repository's own pins, if
 /// any, are replaced in the copy only).
-fn project(dir: &Path, store: &Path) -> PathBuf {
+pub(crate) fn project(dir: &Path, store: &Path) -> PathBuf {
     let proj = copy_project(dir);
     pin_standins(store, &proj, dir);
     proj
@@ -98,7 +98,12 @@ fn pin_standins(store: &Path, proj: &Path, dir: &Path) {
 
 /// Realises `target`; returns the output's physical directory. `None` when the Debian
 /// archive is unreachable and the network is not required (outside CI).
-fn realise(store: &Path, proj: &Path, target: &str, shell_env: &[(&str, &str)]) -> Option<PathBuf> {
+pub(crate) fn realise(
+    store: &Path,
+    proj: &Path,
+    target: &str,
+    shell_env: &[(&str, &str)],
+) -> Option<PathBuf> {
     let mut cmd = ksbuild(store);
     cmd.arg("--project")
         .arg(proj)

@@ -25,3 +25,4 @@ mod ssh_server;
 mod substitute;
 mod system_features;
 mod trees;
+mod update_agent;
