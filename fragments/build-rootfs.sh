@@ -3,6 +3,8 @@
 #   applets   a busybox of the build machine, to list the applets (same Debian build)
 #   init      fragments/kubesolo-init
 #   kubesolo  the KubeSolo release (a tree holding `kubesolo`)
+#   agent     the update agent for the track (a tree holding `bin/kubesolo-update`, static)
+#   keys      fragments/update-keys: `*.pub`, the public keys the agent trusts
 #   TRIPLET   the multiarch triplet of the target (x86_64-linux-gnu, aarch64-linux-gnu)
 # Every ELF copied in brings its NEEDED libraries and dynamic loader; the build fails if
 # any ELF of the rootfs is for another machine than TRIPLET's, or does not resolve inside
@@ -123,6 +125,35 @@ if is_elf usr/local/bin/kubesolo; then
   check_machine usr/local/bin/kubesolo "the KubeSolo release pinned as \`$kubesolo_target\` is for another architecture: pin the $TRIPLET release with \`ksbuild pin $kubesolo_target FILE\`" || exit 1
   add_needs usr/local/bin/kubesolo
 fi
+
+# The update agent (static: the rootfs's loader is for iptables, not for it) and the public
+# keys it trusts, one `name:base64` key per line (Nix's format).
+cp "$agent/bin/kubesolo-update" usr/bin/kubesolo-update
+chmod 0755 usr/bin/kubesolo-update
+check_machine usr/bin/kubesolo-update "the update agent given as \`agent\` was built for another target" || exit 1
+if [ -n "$(interp usr/bin/kubesolo-update)" ] || [ -n "$(needed usr/bin/kubesolo-update)" ]; then
+  echo "rootfs check: usr/bin/kubesolo-update is not static (interpreter '$(interp usr/bin/kubesolo-update)', needs '$(needed usr/bin/kubesolo-update | tr '\n' ' ')'): build it with fragments/build-update-agent.sh" >&2
+  exit 1
+fi
+mkdir -p usr/share/kubesolo-update/keys
+for k in "$keys"/*.pub; do
+  [ -e "$k" ] || continue
+  n=0
+  while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    case "$line" in ''|'#'*) continue ;; esac
+    if echo "$line" | grep -Eq '^[^:[:space:]]+:[A-Za-z0-9+/]{86}==$'; then
+      echo "rootfs check: fragments/update-keys/${k##*/} holds a SECRET key (64 bytes): remove it, and put only its public key (\`name:base64 of 32 bytes\`) there" >&2
+      exit 1
+    fi
+    echo "$line" | grep -Eq '^[^:[:space:]]+:[A-Za-z0-9+/]{43}=$' || {
+      echo "rootfs check: fragments/update-keys/${k##*/} line $n is not an Ed25519 public key in Nix's format (\`name:base64 of 32 bytes\`)" >&2
+      exit 1
+    }
+  done < "$k"
+  cp "$k" usr/share/kubesolo-update/keys/
+  chmod 0644 "usr/share/kubesolo-update/keys/${k##*/}"
+done
 
 # The init and its stages; the configuration files.
 cp "$init/init" init

@@ -27,3 +27,4 @@ mod substitute;
 mod system_features;
 mod trees;
 mod update;
+mod update_agent;
