@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::common::*;
 use crate::images::{
@@ -400,4 +401,174 @@ fn refused_bundles_change_nothing() {
             "{why}: slot B was written"
         );
     }
+}
+
+/// The Raspberry Pi's boot environment, which QEMU cannot run (no VideoCore firmware, no
+/// tryboot): the agent built for the images runs on the host in its test mode against the
+/// partitions of a copy of `rpi-image@small` (slots and control partition copied out with
+/// mtools, device-tree stand-ins for the firmware's `partition` and `tryboot` cells). Apply
+/// writes Boot B with the signed bundle and points `[tryboot]` at it; a tryboot boot from B
+/// that is healthy commits by swapping the partitions; `rollback` points back at A. Each
+/// `autoboot.txt` is written back into the image copy and read again from it.
+#[test]
+fn the_pi_boot_environment_applies_commits_and_rolls_back_on_a_copy_of_rpi_image() {
+    let track = &RPI;
+    let tmp = scratch();
+    let store = kernel_store();
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    run_ok(
+        ksbuild(&store)
+            .args(["key", "generate", "test-update-1"])
+            .arg(keys.join("secret"))
+            .arg(keys.join("public")),
+    );
+    let public = fs::read_to_string(keys.join("public")).unwrap();
+    let v1 = project(
+        &tmp.path().join("v1"),
+        &store,
+        track,
+        STANDIN,
+        &public,
+        "2026.12.0",
+    );
+    let Some(out) = realise(&store, &v1, track.image, &[]) else {
+        return;
+    };
+    let Some(agent) = realise(&store, &v1, "update-agent", &[]) else {
+        return;
+    };
+    let agent = agent.join("bin/kubesolo-update");
+    let v2 = project(
+        &tmp.path().join("v2"),
+        &store,
+        track,
+        STANDIN,
+        &public,
+        "2026.12.1",
+    );
+    let Some(bundle) = signed_bundle(&store, &v2, track, &keys.join("secret"), tmp.path(), "rpi")
+    else {
+        return;
+    };
+    let image = writable_copy(&out.join(track.image_file), tmp.path());
+    let parts = partitions(&out);
+    let root = tmp.path().join("root");
+    for (name, part) in [("control", 0), ("A", 1), ("B", 2)] {
+        let dir = root.join("slots").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        run_ok(
+            crate::images::mtools("mcopy", &image, parts[part].2)
+                .args(["-s", "-n", "::*"])
+                .arg(&dir),
+        );
+    }
+    let write = |rel: &str, bytes: &[u8]| {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, bytes).unwrap();
+    };
+    // The machine booted partition 2 (Boot A) normally.
+    let firmware = |partition: u32, tryboot: u32, boot: &str, version: &str, cmdline_of: &str| {
+        write(
+            "proc/device-tree/chosen/bootloader/partition",
+            &partition.to_be_bytes(),
+        );
+        write(
+            "proc/device-tree/chosen/bootloader/tryboot",
+            &tryboot.to_be_bytes(),
+        );
+        write("proc/sys/kernel/random/boot_id", boot.as_bytes());
+        let cmdline = fs::read(root.join("slots").join(cmdline_of).join("cmdline.txt")).unwrap();
+        write("proc/cmdline", &cmdline);
+        write(
+            "etc/os-release",
+            format!("NAME=\"KubeSolo OS\"\nVERSION_ID={version}\n").as_bytes(),
+        );
+    };
+    write("proc/sys/kernel/arch", b"aarch64\n");
+    write("proc/4242/comm", b"kubesolo\n");
+    write("usr/share/kubesolo-update/keys/test.pub", public.as_bytes());
+    write("etc/kubesolo/update.conf", b"health-timeout = 5\n");
+    fs::create_dir_all(root.join("mnt/data")).unwrap();
+    firmware(2, 0, "boot-1", "2026.12.0", "A");
+    let agent_run = |args: &[&str]| {
+        let out = run(Command::new(&agent)
+            .args(args)
+            .env("KUBESOLO_UPDATE_ROOT", &root));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubesolo-update {args:?}:\n{text}");
+        text
+    };
+    // autoboot.txt back into the image, then read from the image.
+    let autoboot_in_image = || {
+        run_ok(
+            crate::images::mtools("mcopy", &image, parts[0].2)
+                .arg("-o")
+                .arg(root.join("slots/control/autoboot.txt"))
+                .arg("::/autoboot.txt"),
+        );
+        run_ok(crate::images::mtools("mtype", &image, parts[0].2).arg("::/autoboot.txt"))
+    };
+    let initial = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n";
+    assert_eq!(autoboot_in_image(), initial);
+
+    let text = agent_run(&["apply", bundle.to_str().unwrap()]);
+    assert!(text.contains("kubesolo-update: "), "{text}");
+    // Boot B now holds the bundle's files, its cmdline naming slot B.
+    let manifest = run_ok(
+        ksbuild(&store)
+            .args(["bundle", "verify", "--key", public.trim()])
+            .arg(&bundle),
+    );
+    for line in manifest.lines().filter_map(|l| l.strip_prefix("file=")) {
+        let name = line.splitn(3, ' ').nth(2).unwrap();
+        assert!(
+            root.join("slots/B").join(name).is_file(),
+            "slot B lacks {name}"
+        );
+    }
+    // The bundle's cmdline.txt names no slot (the init asks the firmware); never A's.
+    let cmdline_b = fs::read_to_string(root.join("slots/B/cmdline.txt")).unwrap();
+    assert!(
+        cmdline_b.contains("kubesolo.data=LABEL=KSOLODATA")
+            && !cmdline_b.contains("kubesolo.slot=A"),
+        "{cmdline_b}"
+    );
+    let after_apply = autoboot_in_image();
+    assert!(
+        after_apply.contains("[all]\ntryboot_a_b=1\nboot_partition=2\n")
+            && after_apply.contains("[tryboot]\nboot_partition=3\n"),
+        "{after_apply}"
+    );
+    agent_run(&["reboot"]);
+    assert_eq!(
+        fs::read_to_string(root.join("reboot-requested"))
+            .unwrap()
+            .trim(),
+        "0 tryboot"
+    );
+    // The firmware tried Boot B: healthy, so the agent commits by swapping the partitions.
+    firmware(3, 1, "boot-2", "2026.12.1", "B");
+    let text = agent_run(&["healthcheck"]);
+    assert!(text.contains("committed slot B"), "{text}");
+    let committed = autoboot_in_image();
+    assert!(
+        committed.contains("boot_partition=3\n[tryboot]\nboot_partition=2\n"),
+        "{committed}"
+    );
+    let status = agent_run(&["status", "--json"]);
+    assert!(status.contains("2026.12.1"), "{status}");
+    // A normal boot of B; rollback makes A the next boot.
+    firmware(3, 0, "boot-3", "2026.12.1", "B");
+    agent_run(&["rollback"]);
+    let rolled = autoboot_in_image();
+    assert!(
+        rolled.contains("[all]\ntryboot_a_b=1\nboot_partition=2\n"),
+        "{rolled}"
+    );
 }
