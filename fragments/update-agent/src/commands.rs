@@ -250,6 +250,7 @@ impl Agent {
 
     /// `apply [--reboot] BUNDLE|URL`.
     pub fn apply(&self, source: &str, reboot: bool) -> Outcome {
+        let _lock = self.exclusive()?;
         let env = bootenv::detect(&self.paths);
         let config = self.config();
         let (trusted, warnings) = state::trusted_keys(&self.paths, &config);
@@ -426,8 +427,39 @@ impl Agent {
         let _ = std::fs::write(path, verdict);
     }
 
+    /// Holds `/run/kubesolo-update/lock` for the rest of a command that reads and changes
+    /// the slots or the boot environment (`apply`, `healthcheck`, `rollback`): two agents
+    /// at once (the init's health check and an `apply` from KubeSolo, say) would mount the
+    /// same partitions at the same places and decide on what the other is changing. The
+    /// second waits, saying so.
+    fn exclusive(&self) -> Result<std::fs::File, String> {
+        let path = self.paths.path("/run/kubesolo-update/lock");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create `{}`: {}", dir.display(), e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open the lock `{}`: {}", path.display(), e))?;
+        let lock = |wait| {
+            crate::sys::lock_exclusive(&file, wait)
+                .map_err(|e| format!("cannot lock `{}`: {}", path.display(), e))
+        };
+        if !lock(false)? {
+            self.say(
+                "waiting for another kubesolo-update (the health check, or an apply) to finish",
+            );
+            lock(true)?;
+        }
+        Ok(file)
+    }
+
     /// `healthcheck`.
     pub fn healthcheck(&self) -> Outcome {
+        let _lock = self.exclusive()?;
         let env = bootenv::detect(&self.paths);
         let config = self.config();
         let mut state = State::load(&self.paths)?;
@@ -552,6 +584,7 @@ impl Agent {
 
     /// `rollback`.
     pub fn rollback(&self) -> Outcome {
+        let _lock = self.exclusive()?;
         let env = bootenv::detect(&self.paths);
         let mut state = State::load(&self.paths)?;
         let booted = env.booted()?;

@@ -1,4 +1,4 @@
-//! The system calls std does not offer: mount(2), umount(2), sync(2) and reboot(2). The
+//! The system calls std does not offer: mount(2), umount(2), sync(2), flock(2) and reboot(2). The
 //! crate's only unsafe code; glibc (linked statically in the images) provides the symbols.
 #![allow(unsafe_code)]
 
@@ -20,9 +20,33 @@ extern "C" {
     fn umount(target: *const c_char) -> c_int;
     // https://man7.org/linux/man-pages/man2/sync.2.html
     fn sync();
+    // https://man7.org/linux/man-pages/man2/flock.2.html
+    fn flock(fd: c_int, operation: c_int) -> c_int;
     // https://man7.org/linux/man-pages/man2/syscall.2.html (glibc's reboot() cannot pass
     // RESTART2's argument, so reboot(2) is called through syscall()).
     fn syscall(number: c_long, ...) -> c_long;
+}
+
+/// flock(2) of `file`: an exclusive lock, waiting for it (`LOCK_EX`), or `None` and no wait
+/// when `wait` is false and another process holds it (`LOCK_EX | LOCK_NB`). Released when
+/// the file is closed.
+pub fn lock_exclusive(file: &std::fs::File, wait: bool) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    const LOCK_EX: c_int = 2;
+    const LOCK_NB: c_int = 4;
+    let op = if wait { LOCK_EX } else { LOCK_EX | LOCK_NB };
+    loop {
+        // SAFETY: flock on a descriptor this File owns; no memory is passed.
+        if unsafe { flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(e),
+        }
+    }
 }
 
 /// `MS_NOATIME` from <linux/mount.h>.

@@ -126,3 +126,42 @@ fn exit_codes_help_and_prefix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy: no process `kubesolo`"));
     assert!(!r.join("reboot-requested").exists());
 }
+
+/// Two agents at once (the init's health check and an apply from KubeSolo) would mount the
+/// same partitions at the same places: the second waits for the first's lock, saying so.
+/// Here a `rollback` starts while another process (a `flock` holding the lock for 1.5 s)
+/// has it: it waits, then does its work.
+#[test]
+fn a_second_agent_waits_for_the_first() {
+    let root = grub_root("lock");
+    fs::create_dir_all(root.0.join("run/kubesolo-update")).unwrap();
+    let lock = root.0.join("run/kubesolo-update/lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "1.5"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    // Until flock holds it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    let out = run(&root.0, &["rollback"]);
+    let waited = start.elapsed();
+    holder.wait().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("waiting for another kubesolo-update"),
+        "{}",
+        text
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{:?}",
+        waited
+    );
+}
