@@ -61,6 +61,22 @@ pub struct Agent {
 /// What a command ended with, for the exit code.
 pub type Outcome = Result<(), String>;
 
+/// The agent's lock, held until dropped.
+enum Exclusive {
+    /// flock(2) on the lock file, released when it is closed.
+    Flock(#[allow(dead_code)] std::fs::File),
+    /// The pid file of a kernel without file locking, removed on drop.
+    PidFile(std::path::PathBuf),
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Exclusive::PidFile(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn now() -> String {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -431,8 +447,10 @@ impl Agent {
     /// the slots or the boot environment (`apply`, `healthcheck`, `rollback`): two agents
     /// at once (the init's health check and an `apply` from KubeSolo, say) would mount the
     /// same partitions at the same places and decide on what the other is changing. The
-    /// second waits, saying so.
-    fn exclusive(&self) -> Result<std::fs::File, String> {
+    /// second waits, saying so. flock(2) where the kernel has it; a kernel built without
+    /// file locking (`CONFIG_FILE_LOCKING`, off in tiny configurations) gets a lock file
+    /// created exclusively holding the owner's pid, taken over when that process is gone.
+    fn exclusive(&self) -> Result<Exclusive, String> {
         let path = self.paths.path("/run/kubesolo-update/lock");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -444,17 +462,62 @@ impl Agent {
             .write(true)
             .open(&path)
             .map_err(|e| format!("cannot open the lock `{}`: {}", path.display(), e))?;
-        let lock = |wait| {
-            crate::sys::lock_exclusive(&file, wait)
-                .map_err(|e| format!("cannot lock `{}`: {}", path.display(), e))
+        let mut said = false;
+        let mut waiting = || {
+            if !said {
+                said = true;
+                self.say(
+                    "waiting for another kubesolo-update (the health check, or an apply) to finish",
+                );
+            }
         };
-        if !lock(false)? {
-            self.say(
-                "waiting for another kubesolo-update (the health check, or an apply) to finish",
-            );
-            lock(true)?;
+        match crate::sys::lock_exclusive(&file, false) {
+            Ok(true) => return Ok(Exclusive::Flock(file)),
+            Ok(false) => {
+                waiting();
+                crate::sys::lock_exclusive(&file, true)
+                    .map_err(|e| format!("cannot lock `{}`: {}", path.display(), e))?;
+                return Ok(Exclusive::Flock(file));
+            }
+            Err(e) if e.raw_os_error() == Some(38) => {} // ENOSYS: no file locking
+            Err(e) => return Err(format!("cannot lock `{}`: {}", path.display(), e)),
         }
-        Ok(file)
+        let owned = path.with_file_name("lock.pid");
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&owned)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{}", std::process::id());
+                    return Ok(Exclusive::PidFile(owned));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&owned).unwrap_or_default();
+                    let alive = holder
+                        .trim()
+                        .parse::<u32>()
+                        .map(|pid| std::path::Path::new(&format!("/proc/{}", pid)).exists())
+                        // Being written: give its owner a moment.
+                        .unwrap_or(true);
+                    if alive {
+                        waiting();
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    } else {
+                        let _ = std::fs::remove_file(&owned);
+                    }
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot create the lock `{}`: {}",
+                        owned.display(),
+                        e
+                    ))
+                }
+            }
+        }
     }
 
     /// `healthcheck`.
