@@ -117,10 +117,16 @@ pub fn push_signed<S: AsRef<std::ffi::OsStr>>(
 /// A fresh key pair `dir/key.sec`, `dir/key.pub` (`ksbuild key generate`); returns the
 /// secret key's path and the public key's text.
 pub fn key_pair(dir: &Path) -> (PathBuf, String) {
+    key_pair_named(dir, "test-cache-1")
+}
+
+/// [`key_pair`] with the key name `name`, in `dir` (created).
+pub fn key_pair_named(dir: &Path, name: &str) -> (PathBuf, String) {
+    std::fs::create_dir_all(dir).expect("the key directory");
     let (secret, public) = (dir.join("key.sec"), dir.join("key.pub"));
     run_ok(
         Command::new(ksbuild_bin())
-            .args(["key", "generate", "test-cache-1"])
+            .args(["key", "generate", name])
             .arg(&secret)
             .arg(&public),
     );

@@ -99,7 +99,7 @@ fn project(
     );
     let keys = proj.join("fragments/update-keys");
     fs::create_dir_all(&keys).unwrap();
-    fs::write(keys.join("test-update-1.pub"), public).unwrap();
+    fs::write(keys.join("test-update-1.pub"), format!("{public}\n")).unwrap();
     let os_release = proj.join("fragments/kubesolo-init/etc/os-release");
     let text = fs::read_to_string(&os_release).unwrap();
     let text: String = text
@@ -160,20 +160,7 @@ fn booted_line(log: &str) -> &str {
 fn update_end_to_end(track: &Track) {
     let tmp = scratch();
     let store = kernel_store();
-    let (secret, public) = {
-        let dir = tmp.path().join("keys");
-        fs::create_dir_all(&dir).unwrap();
-        run_ok(
-            ksbuild(&store)
-                .args(["key", "generate", "test-update-1"])
-                .arg(dir.join("secret"))
-                .arg(dir.join("public")),
-        );
-        (
-            dir.join("secret"),
-            fs::read_to_string(dir.join("public")).unwrap(),
-        )
-    };
+    let (secret, public) = key_pair_named(&tmp.path().join("keys"), "test-update-1");
     let v1 = project(
         &tmp.path().join("v1"),
         &store,
@@ -287,16 +274,8 @@ fn refused_bundles_change_nothing() {
     let tmp = scratch();
     let store = kernel_store();
     let keys = tmp.path().join("keys");
-    fs::create_dir_all(&keys).unwrap();
-    for name in ["trusted", "other"] {
-        run_ok(
-            ksbuild(&store)
-                .args(["key", "generate", &format!("test-{name}")])
-                .arg(keys.join(format!("{name}.sec")))
-                .arg(keys.join(format!("{name}.pub"))),
-        );
-    }
-    let public = fs::read_to_string(keys.join("trusted.pub")).unwrap();
+    let (trusted, public) = key_pair_named(&keys.join("trusted"), "test-trusted");
+    let (other, _) = key_pair_named(&keys.join("other"), "test-other");
     let v1 = project(
         &tmp.path().join("v1"),
         &store,
@@ -316,14 +295,7 @@ fn refused_bundles_change_nothing() {
         &public,
         "2026.12.1",
     );
-    let Some(untrusted) = signed_bundle(
-        &store,
-        &v2,
-        track,
-        &keys.join("other.sec"),
-        tmp.path(),
-        "untrusted",
-    ) else {
+    let Some(untrusted) = signed_bundle(&store, &v2, track, &other, tmp.path(), "untrusted") else {
         return;
     };
     // Another architecture's bundle (the Pi's: its small kernel is built for the other tests).
@@ -335,24 +307,10 @@ fn refused_bundles_change_nothing() {
         &public,
         "2026.12.1",
     );
-    let Some(arm) = signed_bundle(
-        &store,
-        &v2arm,
-        &RPI,
-        &keys.join("trusted.sec"),
-        tmp.path(),
-        "arm",
-    ) else {
+    let Some(arm) = signed_bundle(&store, &v2arm, &RPI, &trusted, tmp.path(), "arm") else {
         return;
     };
-    let Some(good) = signed_bundle(
-        &store,
-        &v2,
-        track,
-        &keys.join("trusted.sec"),
-        tmp.path(),
-        "good",
-    ) else {
+    let Some(good) = signed_bundle(&store, &v2, track, &trusted, tmp.path(), "good") else {
         return;
     };
     let truncated = tmp.path().join("truncated.tar");
@@ -415,15 +373,7 @@ fn the_pi_boot_environment_applies_commits_and_rolls_back_on_a_copy_of_rpi_image
     let track = &RPI;
     let tmp = scratch();
     let store = kernel_store();
-    let keys = tmp.path().join("keys");
-    fs::create_dir_all(&keys).unwrap();
-    run_ok(
-        ksbuild(&store)
-            .args(["key", "generate", "test-update-1"])
-            .arg(keys.join("secret"))
-            .arg(keys.join("public")),
-    );
-    let public = fs::read_to_string(keys.join("public")).unwrap();
+    let (secret, public) = key_pair_named(&tmp.path().join("keys"), "test-update-1");
     let v1 = project(
         &tmp.path().join("v1"),
         &store,
@@ -447,8 +397,7 @@ fn the_pi_boot_environment_applies_commits_and_rolls_back_on_a_copy_of_rpi_image
         &public,
         "2026.12.1",
     );
-    let Some(bundle) = signed_bundle(&store, &v2, track, &keys.join("secret"), tmp.path(), "rpi")
-    else {
+    let Some(bundle) = signed_bundle(&store, &v2, track, &secret, tmp.path(), "rpi") else {
         return;
     };
     let image = writable_copy(&out.join(track.image_file), tmp.path());

@@ -359,14 +359,7 @@ impl Agent {
             ));
         }
         if state.get("pending-slot").is_some() {
-            for k in [
-                "pending-slot",
-                "pending-version",
-                "applied-at",
-                "applied-boot",
-            ] {
-                state.remove(k);
-            }
+            state.clear_pending();
         }
         state.remove(&format!("version-{}", target.name()));
         state.save(&self.paths)?;
@@ -545,14 +538,7 @@ impl Agent {
                 let result = format!("failed {} {}: {}", p.name(), pending_version, why);
                 self.say(&format!("update {}", result));
                 state.set("last-result", &result);
-                for k in [
-                    "pending-slot",
-                    "pending-version",
-                    "applied-at",
-                    "applied-boot",
-                ] {
-                    state.remove(k);
-                }
+                state.clear_pending();
                 state.save(&self.paths)?;
             } else if p != booted {
                 self.say(&format!(
@@ -587,14 +573,7 @@ impl Agent {
                         &format!("committed {} {}", booted.name(), running),
                     );
                     state.set(&format!("version-{}", booted.name()), &running);
-                    for k in [
-                        "pending-slot",
-                        "pending-version",
-                        "applied-at",
-                        "applied-boot",
-                    ] {
-                        state.remove(k);
-                    }
+                    state.clear_pending();
                     state.save(&self.paths)?;
                     self.say(&format!(
                         "committed slot {} (version {})",
@@ -607,14 +586,7 @@ impl Agent {
                         "last-result",
                         &format!("committed {} {}", booted.name(), running),
                     );
-                    for k in [
-                        "pending-slot",
-                        "pending-version",
-                        "applied-at",
-                        "applied-boot",
-                    ] {
-                        state.remove(k);
-                    }
+                    state.clear_pending();
                     state.save(&self.paths)?;
                 }
                 Ok(())
@@ -661,14 +633,7 @@ impl Agent {
                 .get("pending-version")
                 .unwrap_or("unknown")
                 .to_string();
-            for k in [
-                "pending-slot",
-                "pending-version",
-                "applied-at",
-                "applied-boot",
-            ] {
-                state.remove(k);
-            }
+            state.clear_pending();
             state.set(
                 "last-result",
                 &format!(
@@ -686,14 +651,7 @@ impl Agent {
             .get(&format!("version-{}", other.name()))
             .unwrap_or("unknown")
             .to_string();
-        for k in [
-            "pending-slot",
-            "pending-version",
-            "applied-at",
-            "applied-boot",
-        ] {
-            state.remove(k);
-        }
+        state.clear_pending();
         state.set(
             "last-result",
             &format!("rolled back to {} {}", other.name(), version),

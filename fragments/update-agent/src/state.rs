@@ -87,6 +87,18 @@ impl State {
     pub fn remove(&mut self, key: &str) {
         self.values.remove(key);
     }
+
+    /// Forgets the pending update (committed, failed, cancelled or replaced).
+    pub fn clear_pending(&mut self) {
+        for k in [
+            "pending-slot",
+            "pending-version",
+            "applied-at",
+            "applied-boot",
+        ] {
+            self.remove(k);
+        }
+    }
 }
 
 /// The agent's configuration.
