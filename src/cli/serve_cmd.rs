@@ -7,7 +7,7 @@ use std::io::{BufReader, Write};
 use std::process::ExitCode;
 
 use super::Context;
-use crate::graph::build::{BuildOptions, Platforms};
+use crate::graph::build::{with_sources, BuildOptions, Platforms};
 use crate::graph::{Event, Reporter};
 use crate::remote::server::{self, ServeOptions};
 
@@ -67,19 +67,4 @@ pub fn run(ctx: &Context, write: bool) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// `error` and its sources, `: `-separated.
-fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -436,8 +436,8 @@ pub fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
 }
 
 /// `error` and its sources, `: `-separated (a sandbox error's cause, such as `ENOSPC`, is
-/// its source).
-fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+/// its source); a source already in the text is not repeated.
+pub fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(c) = cause {
