@@ -204,6 +204,16 @@ fn update_end_to_end(track: &Track) {
     let log = boot(track.qemu, &args(track, &image, Some(&good)), LIMIT);
     assert!(booted_line(&log).contains("slot=A"), "{log}");
     assert!(log.contains("KUBESOLO-STANDIN applied"), "{log}");
+    // The cost of apply inside QEMU (TCG), for the record.
+    let cost = log
+        .lines()
+        .find(|l| l.starts_with("kubesolo-update: applied in "))
+        .unwrap_or_else(|| panic!("apply reported no cost:\n{log}"));
+    eprintln!(
+        "{} ({} bytes of bundle): {cost}",
+        track.bundle,
+        fs::metadata(&good).unwrap().len()
+    );
     let env = get_grubenv(&image, esp);
     assert!(
         env.contains("active_slot=B\n")

@@ -267,6 +267,7 @@ impl Agent {
     /// `apply [--reboot] BUNDLE|URL`.
     pub fn apply(&self, source: &str, reboot: bool) -> Outcome {
         let _lock = self.exclusive()?;
+        let started = std::time::Instant::now();
         let env = bootenv::detect(&self.paths);
         let config = self.config();
         let (trusted, warnings) = state::trusted_keys(&self.paths, &config);
@@ -307,6 +308,20 @@ impl Agent {
             let _ = fs::remove_file(&path);
         }
         result?;
+        // What it cost: the time from start to the flipped boot environment, and the peak
+        // memory (the bundle is streamed: it stays the same for any bundle size).
+        let peak = fs::read_to_string(self.paths.path("/proc/self/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        self.say(&format!(
+            "applied in {:.1} s (download, verify and write), peak memory {}",
+            started.elapsed().as_secs_f64(),
+            peak
+        ));
         if reboot {
             self.reboot()
         } else {
