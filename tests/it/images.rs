@@ -1007,8 +1007,9 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
 
 /// Nix builds the real product from the flake: with only the fixed-output downloads and the
 /// three small kernels available to it (a cache `ksbuild cache push` signed), Nix 2.8 builds
-/// the environments, rootfs, initramfs and the three `@small` images itself, in its own
-/// sandbox, to ksbuild's output paths and NAR hashes.
+/// the environments (the rust toolchain's included), both update agents, the rootfs,
+/// initramfs and the three `@small` images itself, in its own sandbox, to ksbuild's output
+/// paths and NAR hashes.
 #[test]
 fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
     let targets = [
