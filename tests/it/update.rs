@@ -79,6 +79,16 @@ const RPI: Track = Track {
     firmware: "",
 };
 
+/// The key pair `name` made from a fixed seed, its secret in `dir`: every update test signs
+/// with (and bakes into its images) the same key, so the images and bundles they build are
+/// the same derivations and are built once per store.
+fn test_key(dir: &Path, name: &str, seed: u8) -> (PathBuf, String) {
+    let key = ksbuild::compat::signing::SecretKey::from_seed(name, [seed; 32]).unwrap();
+    let secret = dir.join(format!("{name}.sec"));
+    fs::write(&secret, key.to_key_file()).unwrap();
+    (secret, key.to_public().to_key_file())
+}
+
 /// A copy of the project in `dir` with `kubesolo` as the track's KubeSolo, the public key
 /// `public` trusted by the images, and `version` in os-release.
 fn project(
@@ -160,7 +170,7 @@ fn booted_line(log: &str) -> &str {
 fn update_end_to_end(track: &Track) {
     let tmp = scratch();
     let store = kernel_store();
-    let (secret, public) = key_pair_named(&tmp.path().join("keys"), "test-update-1");
+    let (secret, public) = test_key(tmp.path(), "test-update-1", 1);
     let v1 = project(
         &tmp.path().join("v1"),
         &store,
@@ -283,9 +293,8 @@ fn refused_bundles_change_nothing() {
     let track = &X86_64;
     let tmp = scratch();
     let store = kernel_store();
-    let keys = tmp.path().join("keys");
-    let (trusted, public) = key_pair_named(&keys.join("trusted"), "test-trusted");
-    let (other, _) = key_pair_named(&keys.join("other"), "test-other");
+    let (trusted, public) = test_key(tmp.path(), "test-update-1", 1);
+    let (other, _) = test_key(tmp.path(), "test-other", 2);
     let v1 = project(
         &tmp.path().join("v1"),
         &store,
@@ -383,7 +392,7 @@ fn the_pi_boot_environment_applies_commits_and_rolls_back_on_a_copy_of_rpi_image
     let track = &RPI;
     let tmp = scratch();
     let store = kernel_store();
-    let (secret, public) = key_pair_named(&tmp.path().join("keys"), "test-update-1");
+    let (secret, public) = test_key(tmp.path(), "test-update-1", 1);
     let v1 = project(
         &tmp.path().join("v1"),
         &store,
