@@ -516,11 +516,17 @@ fn x86_64_image_boots_switches_to_slot_b_and_falls_back_after_three_failures() {
     }
     let esp = parts[0].2;
     let copy = writable_copy(&image, tmp.path());
+    // The update agent's health check must never pass here (it would confirm slot B): a
+    // first-boot configuration makes it wait for a port nothing opens.
+    let config = tmp.path().join("kubesolo-config.toml");
+    fs::write(&config, "[update]\nhealth_port = 1\n").unwrap();
+    run_ok(mtools("mcopy", &copy, esp).arg(&config).arg("::/kubesolo-config.toml"));
     let log = boot("qemu-system-x86_64", &x86_args(&copy), LIMIT);
     assert!(log.contains("GRUB: booting slot A"), "{log}");
     assert_booted(&log, "x86_64", "A", "/dev/vda4");
     // An update: slot B, three attempts, not yet confirmed. Nothing confirms it here (the
-    // stand-in powers off), so each boot counts down and the fourth falls back to A.
+    // stand-in powers off, the health check waits in vain), so each boot counts down and
+    // the fourth falls back to A.
     set_grubenv(
         &copy,
         esp,
