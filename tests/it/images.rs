@@ -520,7 +520,11 @@ fn x86_64_image_boots_switches_to_slot_b_and_falls_back_after_three_failures() {
     // first-boot configuration makes it wait for a port nothing opens.
     let config = tmp.path().join("kubesolo-config.toml");
     fs::write(&config, "[update]\nhealth_port = 1\n").unwrap();
-    run_ok(mtools("mcopy", &copy, esp).arg(&config).arg("::/kubesolo-config.toml"));
+    run_ok(
+        mtools("mcopy", &copy, esp)
+            .arg(&config)
+            .arg("::/kubesolo-config.toml"),
+    );
     let log = boot("qemu-system-x86_64", &x86_args(&copy), LIMIT);
     assert!(log.contains("GRUB: booting slot A"), "{log}");
     assert_booted(&log, "x86_64", "A", "/dev/vda4");

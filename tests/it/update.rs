@@ -167,7 +167,9 @@ fn booted_line(log: &str) -> &str {
         .unwrap_or_else(|| panic!("no success line:\n{log}"))
 }
 
-fn update_end_to_end(track: &Track) {
+/// `fallback`: also apply a broken release and see GRUB fall back (the boot loader's logic is
+/// the same script on every GRUB track; x86_64 runs it, arm64 skips its five boots).
+fn update_end_to_end(track: &Track, fallback: bool) {
     let tmp = scratch();
     let store = kernel_store();
     let (secret, public) = test_key(tmp.path(), "test-update-1", 1);
@@ -191,17 +193,6 @@ fn update_end_to_end(track: &Track) {
         "2026.12.1",
     );
     let Some(good) = signed_bundle(&store, &v2, track, &secret, tmp.path(), "good") else {
-        return;
-    };
-    let v3 = project(
-        &tmp.path().join("v3"),
-        &store,
-        track,
-        BROKEN,
-        &public,
-        "2026.12.2",
-    );
-    let Some(broken) = signed_bundle(&store, &v3, track, &secret, tmp.path(), "broken") else {
         return;
     };
     if !qemu(track.qemu) {
@@ -249,6 +240,20 @@ fn update_end_to_end(track: &Track) {
     let log = boot(track.qemu, &args(track, &image, None), LIMIT);
     assert!(booted_line(&log).contains("slot=B"), "{log}");
 
+    if !fallback {
+        return;
+    }
+    let v3 = project(
+        &tmp.path().join("v3"),
+        &store,
+        track,
+        BROKEN,
+        &public,
+        "2026.12.2",
+    );
+    let Some(broken) = signed_bundle(&store, &v3, track, &secret, tmp.path(), "broken") else {
+        return;
+    };
     // A broken release, applied from B into A: three boots on A, then GRUB falls back to B,
     // which reports the failed update.
     let log = boot(track.qemu, &args(track, &image, Some(&broken)), LIMIT);
@@ -276,13 +281,13 @@ fn update_end_to_end(track: &Track) {
 /// x86_64: update to B, commit, stay; a broken update falls back.
 #[test]
 fn x86_64_updates_to_slot_b_commits_and_falls_back_from_a_broken_update() {
-    update_end_to_end(&X86_64);
+    update_end_to_end(&X86_64, true);
 }
 
-/// Generic arm64 under AAVMF: the same.
+/// Generic arm64 under AAVMF: update to B, commit, stay (the fallback is x86_64's test).
 #[test]
-fn arm64_updates_to_slot_b_commits_and_falls_back_from_a_broken_update() {
-    update_end_to_end(&ARM64);
+fn arm64_updates_to_slot_b_and_commits() {
+    update_end_to_end(&ARM64, false);
 }
 
 /// Bundles the agent must refuse leave the machine as it was: a bundle signed by a key the
