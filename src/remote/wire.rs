@@ -293,16 +293,25 @@ pub fn read_basic_derivation(r: &mut dyn Read, store_dir: &StoreDir) -> Result<D
     drv.system = read_string(r)?;
     drv.builder = read_string(r)?;
     drv.args = read_strings(r)?;
+    drv.env = read_string_map(r, MAX_ITEMS, "environment variables")?;
+    Ok(drv)
+}
+
+/// Reads a map of strings to strings (a count, then key/value pairs), at most `limit`.
+fn read_string_map(r: &mut dyn Read, limit: u64, what: &str) -> Result<BTreeMap<String, String>> {
     let n = read_u64(r)?;
-    if n > MAX_ITEMS {
-        return Err(protocol(format!("an environment of {n} variables")));
+    if n > limit {
+        return Err(protocol(format!(
+            "{n} {what}, more than the limit of {limit}"
+        )));
     }
+    let mut map = BTreeMap::new();
     for _ in 0..n {
         let k = read_string(r)?;
         let v = read_string(r)?;
-        drv.env.insert(k, v);
+        map.insert(k, v);
     }
-    Ok(drv)
+    Ok(map)
 }
 
 /// The settings sent after `BuildPaths` and `BuildDerivation`.
@@ -448,15 +457,7 @@ impl BuildResult {
             result.stop_time = read_u64(r)?;
         }
         if m >= 6 {
-            let n = read_u64(r)?;
-            if n > 1024 {
-                return Err(protocol(format!("{n} built outputs")));
-            }
-            for _ in 0..n {
-                let k = read_string(r)?;
-                let v = read_string(r)?;
-                result.built_outputs.insert(k, v);
-            }
+            result.built_outputs = read_string_map(r, 1024, "built outputs")?;
         }
         Ok(result)
     }
