@@ -42,6 +42,16 @@ fn nix_builder(sshd: &Sshd, dir: &Path, max_jobs: u32) -> (String, PathBuf) {
     (line, store)
 }
 
+/// `ksbuild realise --no-link --builders BUILDERS ARGS…` in the store `store` of `p`, its
+/// `ssh` pointed at `sshd`.
+fn realise_on(p: &Project, store: &str, sshd: &Sshd, builders: &str, args: &[&str]) -> Command {
+    let mut c = p.ks(store);
+    c.args(["realise", "--no-link", "--builders", builders])
+        .args(args)
+        .env("NIX_SSHOPTS", sshd.nix_sshopts());
+    c
+}
+
 /// The JSON events of a `realise --json` run.
 fn events(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -105,19 +115,13 @@ fn a_graph_builds_on_a_nix_builder_over_ssh_and_nothing_here() {
     };
     let p = Project::new(GRAPH);
     let (line, nix_store) = nix_builder(&sshd, &p.scratch, 2);
-    let out = run(p
-        .ks("remote")
-        .args([
-            "realise",
-            "--json",
-            "--no-link",
-            "--max-jobs",
-            "0",
-            "--builders",
-            &line,
-            "c",
-        ])
-        .env("NIX_SSHOPTS", sshd.nix_sshopts()));
+    let out = run(&mut realise_on(
+        &p,
+        "remote",
+        &sshd,
+        &line,
+        &["--json", "--max-jobs", "0", "c"],
+    ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -171,19 +175,7 @@ fn a_builder_that_dies_mid_build_is_skipped_and_the_build_finishes_here() {
     };
     let p = Project::new(SLOW);
     let (line, _) = nix_builder(&sshd, &p.scratch, 1);
-    let mut child = p
-        .ks("store")
-        .args([
-            "realise",
-            "--json",
-            "--no-link",
-            "-j",
-            "1",
-            "--builders",
-            &line,
-            "slow",
-        ])
-        .env("NIX_SSHOPTS", sshd.nix_sshopts())
+    let mut child = realise_on(&p, "store", &sshd, &line, &["--json", "-j", "1", "slow"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -248,18 +240,13 @@ fn an_output_that_does_not_match_the_builder_s_claim_is_rejected_and_rebuilt() {
     };
     let p = Project::new(GRAPH);
     let (line, nix_store) = nix_builder(&sshd, &p.scratch, 1);
-    let first = run(p
-        .ks("first")
-        .args([
-            "realise",
-            "--no-link",
-            "--max-jobs",
-            "0",
-            "--builders",
-            &line,
-            "a",
-        ])
-        .env("NIX_SSHOPTS", sshd.nix_sshopts()));
+    let first = run(&mut realise_on(
+        &p,
+        "first",
+        &sshd,
+        &line,
+        &["--max-jobs", "0", "a"],
+    ));
     assert!(
         first.status.success(),
         "{}",
@@ -276,19 +263,13 @@ fn an_output_that_does_not_match_the_builder_s_claim_is_rejected_and_rebuilt() {
         std::fs::set_permissions(path, perm).unwrap();
     }
     std::fs::write(&file, "b\n").unwrap();
-    let out = run(p
-        .ks("second")
-        .args([
-            "realise",
-            "--json",
-            "--no-link",
-            "-j",
-            "1",
-            "--builders",
-            &line,
-            "a",
-        ])
-        .env("NIX_SSHOPTS", sshd.nix_sshopts()));
+    let out = run(&mut realise_on(
+        &p,
+        "second",
+        &sshd,
+        &line,
+        &["--json", "-j", "1", "a"],
+    ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -315,23 +296,17 @@ fn sigterm_stops_the_remote_build() {
         &format!("builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo {marker}; sleep 300; echo {marker} ended\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n"),
     )]);
     let (line, _) = nix_builder(&sshd, &p.scratch, 1);
-    let mut child = p
-        .ks("store")
-        .args([
-            "realise",
-            "--no-link",
-            "-L",
-            "--max-jobs",
-            "0",
-            "--builders",
-            &line,
-            "long",
-        ])
-        .env("NIX_SSHOPTS", sshd.nix_sshopts())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = realise_on(
+        &p,
+        "store",
+        &sshd,
+        &line,
+        &["-L", "--max-jobs", "0", "long"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let builds = || {
         let out = Command::new("pgrep")
             .args(["-f", &format!("{marker} ended")])
