@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -189,11 +191,56 @@ pub fn nix(program: &str) -> Command {
 }
 
 /// A fresh scratch directory, removed on drop.
-pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("ksbuild-it-")
-        .tempdir()
-        .expect("create scratch dir")
+///
+/// Store paths inside it are sealed (0555), which an ordinary user cannot remove: the
+/// directory is unsealed before it is removed, or every run as `ksbuild-ci` would leave
+/// gigabytes behind in `/tmp`.
+pub fn scratch() -> Scratch {
+    Scratch(Some(
+        tempfile::Builder::new()
+            .prefix("ksbuild-it-")
+            .tempdir()
+            .expect("create scratch dir"),
+    ))
+}
+
+/// A scratch directory that is unsealed before it is removed.
+pub struct Scratch(Option<tempfile::TempDir>);
+
+impl Scratch {
+    /// A fresh scratch directory.
+    pub fn new() -> Scratch {
+        scratch()
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().map(|d| d.path()).expect("scratch dir")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            unseal(d.path());
+        }
+    }
+}
+
+/// Makes every directory under `root` writable again, so a scratch directory holding store
+/// copies (0555) can be removed when the tests do not run as root.
+pub fn unseal(root: &Path) {
+    let Ok(meta) = fs::symlink_metadata(root) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o755));
+        if let Ok(entries) = fs::read_dir(root) {
+            for e in entries.flatten() {
+                unseal(&e.path());
+            }
+        }
+    }
 }
 
 /// The store shared by the tests that compile kernels and assemble images (under Cargo's

@@ -160,7 +160,7 @@ const VARIETY_ATTRS: &[&str] = &[
 /// A scratch directory with `.nix` files, the chroot store Nix instantiates them into, and
 /// the derivations read back from it.
 struct Instantiated {
-    _scratch: tempfile::TempDir,
+    _scratch: crate::common::Scratch,
     dir: PathBuf,
     root: PathBuf,
     store_dir: StoreDir,

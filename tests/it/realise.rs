@@ -31,7 +31,7 @@ pub(crate) fn skip_without_busybox() -> bool {
 
 /// A project whose builder is a copy of the host's static busybox, as a repository folder.
 pub(crate) struct Project {
-    _tmp: tempfile::TempDir,
+    _tmp: crate::common::Scratch,
     pub(crate) dir: PathBuf,
     pub(crate) scratch: PathBuf,
 }

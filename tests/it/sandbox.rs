@@ -37,7 +37,7 @@ fn store_base_name(name: &str) -> String {
 /// start their init process through a zygote, as `ksbuild realise` does.
 struct Fixture {
     sandbox: Sandbox,
-    dir: tempfile::TempDir,
+    dir: crate::common::Scratch,
     busybox_physical: PathBuf,
     busybox_logical: String,
     builds: AtomicUsize,

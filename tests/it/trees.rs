@@ -543,44 +543,7 @@ pub fn is_store_name(name: &OsStr) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(c))
 }
 
-/// Makes every directory under `root` writable again, so a scratch directory holding store
-/// copies (0555) can be removed when the tests do not run as root.
-pub fn unseal(root: &Path) {
-    let Ok(meta) = fs::symlink_metadata(root) else {
-        return;
-    };
-    if meta.is_dir() {
-        let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o755));
-        if let Ok(entries) = fs::read_dir(root) {
-            for e in entries.flatten() {
-                unseal(&e.path());
-            }
-        }
-    }
-}
-
-/// A scratch directory that is unsealed before it is removed.
-pub struct Scratch(Option<tempfile::TempDir>);
-
-impl Scratch {
-    /// A fresh scratch directory.
-    pub fn new() -> Scratch {
-        Scratch(Some(crate::common::scratch()))
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        self.0.as_ref().map(|d| d.path()).expect("scratch dir")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            unseal(d.path());
-        }
-    }
-}
+pub use crate::common::Scratch;
 
 #[test]
 fn generated_trees_are_deterministic_and_rich() {
