@@ -16,18 +16,20 @@ use crate::images::{
     boot, get_grubenv, partitions, pin_kubesolo, qemu, realise, uefi_args, writable_copy, LIMIT,
 };
 
-/// The stand-in KubeSolo of these tests. On a machine with a second disk (`/dev/vdb`, an
-/// update bundle) it has not applied yet, it applies it and reboots; otherwise it stays up
-/// until the update agent's health check has finished, prints `kubesolo-update status`
-/// and powers off.
+/// The stand-in KubeSolo of these tests. Each further disk (`/dev/vdb`, `/dev/vdc`, …: update
+/// bundles) it has not tried yet, it applies in turn, and reboots after the first that
+/// applies; otherwise it stays up until the update agent's health check has finished, prints
+/// `kubesolo-update status` and powers off.
 const STANDIN: &str = "#!/bin/sh\n\
 echo \"KUBESOLO-STANDIN running: version=$(. /etc/os-release; echo $VERSION_ID)\"\n\
-mark=/var/lib/kubesolo/standin-applied-$(head -c 4096 /dev/vdb 2>/dev/null | sha256sum | cut -c1-12)\n\
-if [ -b /dev/vdb ] && [ ! -e \"$mark\" ]; then\n\
+for disk in /dev/vdb /dev/vdc /dev/vdd; do\n\
+  [ -b $disk ] || break\n\
+  mark=/var/lib/kubesolo/standin-applied-$(head -c 4096 $disk | sha256sum | cut -c1-12)\n\
+  [ -e \"$mark\" ] && continue\n\
   : > \"$mark\"; sync\n\
-  if kubesolo-update apply /dev/vdb; then echo KUBESOLO-STANDIN applied; sync; reboot -f; fi\n\
-  echo KUBESOLO-STANDIN apply refused\n\
-fi\n\
+  if kubesolo-update apply $disk; then echo KUBESOLO-STANDIN applied; sync; reboot -f; fi\n\
+  echo \"KUBESOLO-STANDIN apply refused: $disk\"\n\
+done\n\
 i=0\n\
 while [ $i -lt 240 ] && [ ! -e /run/kubesolo-update/healthcheck.done ]; do sleep 0.5; i=$((i+1)); done\n\
 kubesolo-update status\n\
@@ -150,8 +152,13 @@ fn signed_bundle(
 
 /// QEMU's arguments: the image, and the bundle as a second (read-only) virtio disk.
 fn args(track: &Track, image: &Path, bundle: Option<&Path>) -> Vec<String> {
+    args_with(track, image, bundle.as_slice())
+}
+
+/// QEMU's arguments: the image, and each bundle as a further (read-only) virtio disk, in order.
+fn args_with(track: &Track, image: &Path, bundles: &[&Path]) -> Vec<String> {
     let mut a = uefi_args(track.machine, track.firmware, image);
-    if let Some(b) = bundle {
+    for b in bundles {
         a.push("-drive".into());
         a.push(format!(
             "file={},format=raw,if=virtio,readonly=on",
@@ -355,7 +362,8 @@ fn refused_bundles_change_nothing() {
         b
     };
     let b_before = slot_b_bytes(&image);
-    for (bundle, why) in [
+    // One boot tries all three, in order (`/dev/vdb`, `/dev/vdc`, `/dev/vdd`).
+    let refused = [
         (
             &untrusted,
             "is signed by key `test-other`, which is not trusted",
@@ -366,10 +374,13 @@ fn refused_bundles_change_nothing() {
         ),
         // Cut inside a file or before one.
         (&truncated, "truncated"),
-    ] {
-        let log = boot(track.qemu, &args(track, &image, Some(bundle)), LIMIT);
+    ];
+    let disks: Vec<&Path> = refused.iter().map(|(b, _)| b.as_path()).collect();
+    let log = boot(track.qemu, &args_with(track, &image, &disks), LIMIT);
+    assert!(!log.contains("KUBESOLO-STANDIN applied"), "{log}");
+    for ((_, why), disk) in refused.iter().zip(["/dev/vdb", "/dev/vdc", "/dev/vdd"]) {
         assert!(
-            log.contains("KUBESOLO-STANDIN apply refused"),
+            log.contains(&format!("KUBESOLO-STANDIN apply refused: {disk}")),
             "{why}:\n{log}"
         );
         assert!(
@@ -377,12 +388,11 @@ fn refused_bundles_change_nothing() {
                 .any(|l| l.starts_with("kubesolo-update: ") && l.contains(why)),
             "the refusal names why ({why}):\n{log}"
         );
-        assert_eq!(get_grubenv(&image, esp), before, "{why}: grubenv changed");
-        assert!(
-            slot_b_bytes(&image) == b_before,
-            "{why}: slot B was written"
-        );
     }
+    assert_eq!(get_grubenv(&image, esp), before, "grubenv changed");
+    assert!(slot_b_bytes(&image) == b_before, "slot B was written");
+    // And the system still comes up on slot A.
+    assert!(booted_line(&log).contains("slot=A"), "{log}");
 }
 
 /// The Raspberry Pi's boot environment, which QEMU cannot run (no VideoCore firmware, no
