@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::compat::StorePath;
 use crate::fetch::{self, FetchError, Mirrors};
 use crate::model::{Lowered, Node};
-use crate::store::{Store, StoreError};
+use crate::store::{history, Store, StoreError};
 use crate::substitute::{self, Found, Substituters, Unavailable};
 use queue::ReadyQueue;
 
@@ -788,13 +788,22 @@ pub fn realise(
             }
             Ok(BuildOutcome::Built) => {
                 let start = started();
+                let seconds = secs(start.elapsed());
+                let drv = store.print(&node.drv_path);
+                let lines = history::count_lines(&store.log_path(&node.drv_path));
+                if let Err(e) = history::record(store, key, &drv, seconds, lines) {
+                    reporter.warning(&format!(
+                        "cannot record the build of `{key}` in `{}`: {e}",
+                        history::path(store).display()
+                    ));
+                }
                 let outputs = output_paths(node)
                     .into_iter()
                     .map(|(n, p)| (n, store.print(&p)))
                     .collect();
                 reporter.event(&Event::BuildFinished {
                     target: key.to_string(),
-                    seconds: secs(start.elapsed()),
+                    seconds,
                     outputs,
                 });
                 Ok(())

@@ -21,6 +21,7 @@ pub mod compression;
 mod dump;
 mod fsutil;
 mod gc;
+pub mod history;
 mod import_cache;
 mod lock;
 mod metadata;

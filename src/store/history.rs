@@ -1,0 +1,277 @@
+//! Build history: how long each build took and how many log lines it printed, kept in the
+//! store's metadata (`nix/var/ksbuild/history`), for estimates (`realise`'s ETA and
+//! progress fraction), `ksbuild log --stats` and `ksbuild graph`.
+//!
+//! One line per finished build, appended with a single `write` to a file opened
+//! `O_APPEND`, so that processes sharing a store never interleave their records:
+//!
+//! ```text
+//! <unix seconds>\t<derivation name>\t<.drv path>\t<seconds, 3 decimals>\t<log lines>
+//! ```
+//!
+//! Reading keeps the last record per derivation name and per `.drv`. A line that does not
+//! parse (a record cut short by a crash, or written by a newer ksbuild) is skipped: history
+//! is an estimate, never an input of a build. The file is rewritten with the last record per
+//! `.drv` when it passes [`COMPACT_BYTES`].
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::Store;
+
+/// The history file's size past which it is compacted (about 10,000 records).
+pub const COMPACT_BYTES: u64 = 1 << 20;
+
+/// One finished build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// When it finished (Unix seconds).
+    pub finished: u64,
+    /// The target it built, with its variant (`kernel-rpi@small`): what an edit keeps, where
+    /// the `.drv` changes. (The derivation's own `name` is shared by all variants, whose
+    /// builds differ by an order of magnitude.)
+    pub name: String,
+    /// The `.drv` it built, as printed.
+    pub drv: String,
+    /// How long it took.
+    pub seconds: f64,
+    /// How many lines its log has.
+    pub lines: u64,
+}
+
+impl Record {
+    fn to_line(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{:.3}\t{}\n",
+            self.finished, self.name, self.drv, self.seconds, self.lines
+        )
+    }
+
+    fn parse(line: &str) -> Option<Record> {
+        let mut f = line.split('\t');
+        let r = Record {
+            finished: f.next()?.parse().ok()?,
+            name: f.next()?.to_string(),
+            drv: f.next()?.to_string(),
+            seconds: f.next()?.parse().ok()?,
+            lines: f.next()?.parse().ok()?,
+        };
+        (f.next().is_none() && r.seconds.is_finite() && r.seconds >= 0.0).then_some(r)
+    }
+}
+
+/// The history of a store, as read once.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    by_name: BTreeMap<String, Record>,
+    by_drv: BTreeMap<String, Record>,
+    /// Every record of each name, oldest first (for `log --stats`).
+    all: BTreeMap<String, Vec<Record>>,
+}
+
+impl History {
+    /// The last build of the derivation `name` (any `.drv` of that name).
+    pub fn last_of_name(&self, name: &str) -> Option<&Record> {
+        self.by_name.get(name)
+    }
+
+    /// The last build of exactly `drv`.
+    pub fn last_of_drv(&self, drv: &str) -> Option<&Record> {
+        self.by_drv.get(drv)
+    }
+
+    /// The best estimate for a build of `drv` named `name`: its own last build, else the last
+    /// build of the same name.
+    pub fn estimate(&self, name: &str, drv: &str) -> Option<&Record> {
+        self.last_of_drv(drv).or_else(|| self.last_of_name(name))
+    }
+
+    /// Every recorded build of `name`, oldest first.
+    pub fn builds_of(&self, name: &str) -> &[Record] {
+        self.all.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn add(&mut self, r: Record) {
+        self.by_name.insert(r.name.clone(), r.clone());
+        self.by_drv.insert(r.drv.clone(), r.clone());
+        self.all.entry(r.name.clone()).or_default().push(r);
+    }
+}
+
+/// The history file of `store`.
+pub fn path(store: &Store) -> PathBuf {
+    store.var_dir().join("history")
+}
+
+/// Reads the history of `store` (empty when there is none).
+pub fn load(store: &Store) -> History {
+    load_file(&path(store))
+}
+
+fn load_file(file: &Path) -> History {
+    let mut h = History::default();
+    let Ok(f) = fs::File::open(file) else {
+        return h;
+    };
+    for line in BufReader::new(f).lines().map_while(Result::ok) {
+        if let Some(r) = Record::parse(&line) {
+            h.add(r);
+        }
+    }
+    h
+}
+
+/// Appends a record of a finished build. Failing to write history never fails a build: the
+/// error is returned for the caller to warn about.
+pub fn record(
+    store: &Store,
+    name: &str,
+    drv: &str,
+    seconds: f64,
+    lines: u64,
+) -> std::io::Result<()> {
+    let finished = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let r = Record {
+        finished,
+        // Tabs and newlines cannot occur in derivation names or store paths; never let one
+        // break the format anyway.
+        name: name.replace(['\t', '\n'], " "),
+        drv: drv.replace(['\t', '\n'], " "),
+        seconds,
+        lines,
+    };
+    let file = path(store);
+    append(&file, &r)?;
+    if fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > COMPACT_BYTES {
+        compact(&file)?;
+    }
+    Ok(())
+}
+
+fn append(file: &Path, r: &Record) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(file)?;
+    // One write: appends of other processes land before or after it, never inside.
+    f.write_all(r.to_line().as_bytes())
+}
+
+/// Rewrites `file` with the last record of each `.drv`, oldest first, through a temporary
+/// file renamed over it. A record appended by another process between the read and the
+/// rename is lost; that costs an estimate, never a build.
+fn compact(file: &Path) -> std::io::Result<()> {
+    let h = load_file(file);
+    let mut records: Vec<&Record> = h.by_drv.values().collect();
+    records.sort_by(|a, b| (a.finished, &a.drv).cmp(&(b.finished, &b.drv)));
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    for r in records {
+        tmp.write_all(r.to_line().as_bytes())?;
+    }
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The number of lines of the log file `log` (0 when there is none).
+pub fn count_lines(log: &Path) -> u64 {
+    let Ok(f) = fs::File::open(log) else {
+        return 0;
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, f);
+    let mut n = 0u64;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok([]) => return n,
+            Ok(b) => b,
+            Err(_) => return n,
+        };
+        n += buf.iter().filter(|&&c| c == b'\n').count() as u64;
+        let len = buf.len();
+        reader.consume(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_record_per_name_and_drv_wins_and_bad_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("history");
+        let rec = |t, name: &str, drv: &str, s, l| Record {
+            finished: t,
+            name: name.into(),
+            drv: drv.into(),
+            seconds: s,
+            lines: l,
+        };
+        append(
+            &file,
+            &rec(1, "kernel", "/nix/store/a-kernel.drv", 600.0, 9000),
+        )
+        .unwrap();
+        append(
+            &file,
+            &rec(2, "kernel", "/nix/store/b-kernel.drv", 300.0, 4000),
+        )
+        .unwrap();
+        // A record cut short, and one with a field too many.
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(b"3\tkernel\t/nix/store/c-kernel.drv\t12")
+            .unwrap();
+        f.write_all(b"\n4\tx\t/nix/store/d-x.drv\t1.0\t2\textra\n")
+            .unwrap();
+        let h = load_file(&file);
+        assert_eq!(h.last_of_name("kernel").unwrap().seconds, 300.0);
+        assert_eq!(
+            h.estimate("kernel", "/nix/store/a-kernel.drv")
+                .unwrap()
+                .lines,
+            9000
+        );
+        assert_eq!(
+            h.estimate("kernel", "/nix/store/new-kernel.drv")
+                .unwrap()
+                .lines,
+            4000
+        );
+        assert!(h.last_of_name("x").is_none());
+        assert_eq!(h.builds_of("kernel").len(), 2);
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_record_of_each_drv() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("history");
+        for i in 0..50u64 {
+            let r = Record {
+                finished: i,
+                name: "n".into(),
+                drv: format!("/nix/store/{}-n.drv", i % 5),
+                seconds: i as f64,
+                lines: i,
+            };
+            append(&file, &r).unwrap();
+        }
+        compact(&file).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 5);
+        let h = load_file(&file);
+        assert_eq!(h.last_of_name("n").unwrap().seconds, 49.0);
+        assert_eq!(h.last_of_drv("/nix/store/0-n.drv").unwrap().seconds, 45.0);
+    }
+
+    #[test]
+    fn lines_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        assert_eq!(count_lines(&log), 0);
+        fs::write(&log, "a\nb\n\nc").unwrap();
+        assert_eq!(count_lines(&log), 3);
+    }
+}
