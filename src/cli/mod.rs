@@ -9,6 +9,7 @@ mod drv_cmd;
 mod errors;
 mod hash_cmd;
 mod key_cmd;
+mod progress;
 mod realise_cmd;
 mod serve_cmd;
 mod store_cmd;
@@ -114,6 +115,14 @@ enum Command {
     Log {
         /// The target.
         target: String,
+        /// Instead of the log, its build history in this store: when each build of the
+        /// target finished, how long it took and how many log lines it printed (the
+        /// estimates `realise` shows come from it). With `--json`, as JSON.
+        #[arg(long)]
+        stats: bool,
+        /// With `--stats`: JSON.
+        #[arg(long, requires = "stats")]
+        json: bool,
     },
     /// Print targets' derivations as JSON (`nix show-derivation`).
     ShowDerivation {
@@ -320,7 +329,12 @@ pub fn main() -> ExitCode {
         } => check_cmd::run_diff(&ctx, json, diffoscope, a, b),
         Command::Lock { names } => drv_cmd::run_lock(&ctx, names),
         Command::Pin { key, file } => drv_cmd::run_pin(&ctx, key, file),
-        Command::Log { target } => realise_cmd::run_log(&ctx, target),
+        Command::Log {
+            target,
+            stats: true,
+            json,
+        } => realise_cmd::run_log_stats(&ctx, target, json),
+        Command::Log { target, .. } => realise_cmd::run_log(&ctx, target),
         Command::WhyRebuild { json, target } => realise_cmd::run_why(&ctx, target, json),
         Command::Cache(cmd) => cache_cmd::run(&ctx, cmd),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),

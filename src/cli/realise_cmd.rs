@@ -1,16 +1,15 @@
 //! `ksbuild realise` (alias `build`) and `ksbuild log`: building targets, progress, result
 //! links, and build logs.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{IsTerminal, Write};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 
 use super::drv_cmd::instantiate;
+pub(super) use super::progress::Progress;
 use super::{out, out_line, CliError, Context};
 use crate::fetch::Mirrors;
 use crate::graph::build::{unsupported_systems, BuildOptions, Platforms, SandboxExecutor};
@@ -43,6 +42,11 @@ pub struct RealiseArgs {
     /// Emit the event stream as JSON lines on stdout instead of output paths.
     #[arg(long)]
     json: bool,
+    /// Print what would be substituted, fetched and built (with the expected time of each
+    /// build from the store's history), and do nothing. With `--json`, the `plan` event
+    /// the realisation would begin with.
+    #[arg(long, conflicts_with = "check")]
+    dry_run: bool,
 }
 
 /// The options of every command that builds (`realise`, `check`).
@@ -227,301 +231,6 @@ impl BuildArgs {
     }
 }
 
-/// What the terminal shows while a realisation runs.
-pub(super) struct Progress {
-    tty: bool,
-    quiet: bool,
-    json: bool,
-    print_logs: bool,
-    state: Mutex<ProgressState>,
-}
-
-#[derive(Default)]
-struct ProgressState {
-    total: usize,
-    done: usize,
-    running: BTreeMap<String, Instant>,
-    /// The downloads started: their failures are told once, after the downloads end,
-    /// with where each is declared and what to do.
-    fetches: BTreeSet<String>,
-    last_line: String,
-    status_shown: bool,
-    /// Bytes downloaded so far of the substitutions running.
-    progress: BTreeMap<String, u64>,
-}
-
-/// `bytes` in MB (10^6), with one decimal.
-fn megabytes(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-impl Progress {
-    fn say(&self, s: &mut ProgressState, line: &str) {
-        let mut err = std::io::stderr().lock();
-        if s.status_shown {
-            let _ = write!(err, "\r\x1b[K");
-            s.status_shown = false;
-        }
-        let _ = writeln!(err, "{line}");
-    }
-
-    fn status(&self, s: &mut ProgressState) {
-        if !self.tty || self.quiet || s.running.is_empty() {
-            return;
-        }
-        let oldest = s
-            .running
-            .values()
-            .min()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        let names: Vec<&str> = s.running.keys().map(String::as_str).collect();
-        let mut line = format!(
-            "[{}/{}] {} ({:.0}s)",
-            s.done,
-            s.total,
-            names.join(", "),
-            oldest.as_secs_f64()
-        );
-        if !s.progress.is_empty() {
-            let bytes: u64 = s.progress.values().sum();
-            let rate = bytes as f64 / oldest.as_secs_f64().max(0.001);
-            line.push_str(&format!(
-                ": {} downloaded, {}/s",
-                megabytes(bytes),
-                megabytes(rate as u64)
-            ));
-        } else if !s.last_line.is_empty() {
-            line.push_str(": ");
-            line.push_str(&s.last_line);
-        }
-        let width = 100;
-        if line.chars().count() > width {
-            line = line.chars().take(width - 1).collect::<String>() + "…";
-        }
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[K{line}");
-        let _ = err.flush();
-        s.status_shown = true;
-    }
-}
-
-impl Reporter for Progress {
-    fn event(&self, event: &Event) {
-        if self.json {
-            if let Ok(text) = serde_json::to_string(event) {
-                let _ = out_line(&text);
-            }
-        }
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let human = !self.json && !self.quiet;
-        match event {
-            Event::Plan {
-                substitutes,
-                substitute_download_bytes,
-                substitute_nar_bytes,
-                fetches,
-                builds,
-                cached,
-            } => {
-                s.total = s.done + substitutes + fetches + builds;
-                if human && substitutes + fetches + builds > 0 {
-                    let subst = if *substitutes > 0 {
-                        format!(
-                            "{substitutes} to substitute ({} download, {} unpacked), ",
-                            megabytes(*substitute_download_bytes),
-                            megabytes(*substitute_nar_bytes)
-                        )
-                    } else {
-                        String::new()
-                    };
-                    self.say(
-                        &mut s,
-                        &format!(
-                            "{subst}{fetches} to fetch, {builds} to build ({cached} valid already)"
-                        ),
-                    );
-                }
-            }
-            Event::SubstituteStarted {
-                path, substituter, ..
-            } => {
-                s.running.insert(path.clone(), Instant::now());
-                if human && !self.tty {
-                    self.say(&mut s, &format!("substituting `{path}` from {substituter}"));
-                }
-            }
-            Event::SubstituteFinished {
-                path,
-                seconds,
-                bytes,
-                ..
-            } => {
-                s.running.remove(path);
-                s.progress.remove(path);
-                s.done += 1;
-                if human {
-                    let rate = *bytes as f64 / seconds.max(0.001);
-                    self.say(
-                        &mut s,
-                        &format!(
-                            "substituted `{path}` ({} in {seconds:.1}s, {}/s)",
-                            megabytes(*bytes),
-                            megabytes(rate as u64)
-                        ),
-                    );
-                }
-            }
-            Event::SubstituteFailed {
-                path,
-                substituter,
-                error,
-            } => {
-                s.running.remove(path);
-                s.progress.remove(path);
-                if !self.quiet {
-                    self.say(
-                        &mut s,
-                        &format!(
-                            "warning: cannot substitute `{path}` from {substituter}: {error}; building what needs it instead"
-                        ),
-                    );
-                }
-            }
-            Event::Cached { target } => {
-                // A build this process waited for, done by another process.
-                if let Some(since) = s.running.remove(target) {
-                    s.done += 1;
-                    if human {
-                        let waited = since.elapsed().as_secs_f64();
-                        self.say(
-                            &mut s,
-                            &format!(
-                                "`{target}` was built by another process (waited {waited:.1}s)"
-                            ),
-                        );
-                    }
-                }
-            }
-            Event::BuildWaiting { target, .. } => {
-                s.running.insert(target.clone(), Instant::now());
-                if human {
-                    self.say(
-                        &mut s,
-                        &format!("waiting for `{target}`: another ksbuild process is building it"),
-                    );
-                }
-            }
-            Event::FetchStarted { target, url } => {
-                s.running.insert(target.clone(), Instant::now());
-                s.fetches.insert(target.clone());
-                if human && !self.tty {
-                    self.say(&mut s, &format!("fetching `{target}` from {url}"));
-                }
-            }
-            Event::BuildStarted {
-                target, machine, ..
-            } => {
-                s.running.insert(target.clone(), Instant::now());
-                match machine {
-                    // Where a build goes is worth a line even on a terminal.
-                    Some(m) if human => {
-                        self.say(&mut s, &format!("building `{target}` on `{}`", redact(m)))
-                    }
-                    _ if human && !self.tty => self.say(&mut s, &format!("building `{target}`")),
-                    _ => {}
-                }
-            }
-            Event::FetchFinished {
-                target, seconds, ..
-            }
-            | Event::BuildFinished {
-                target, seconds, ..
-            } => {
-                s.running.remove(target);
-                s.done += 1;
-                s.last_line.clear();
-                if human {
-                    let verb = if matches!(event, Event::FetchFinished { .. }) {
-                        "fetched"
-                    } else {
-                        "built"
-                    };
-                    self.say(&mut s, &format!("{verb} `{target}` in {seconds:.1}s"));
-                }
-            }
-            Event::Failed {
-                target,
-                seconds,
-                error,
-                log,
-            } => {
-                s.running.remove(target);
-                s.done += 1;
-                if !self.json && !s.fetches.contains(target) {
-                    let log = log
-                        .as_ref()
-                        .map(|l| format!("\n  full log: {l}"))
-                        .unwrap_or_default();
-                    self.say(
-                        &mut s,
-                        &format!("error: `{target}` failed after {seconds:.1}s: {error}{log}"),
-                    );
-                }
-            }
-            Event::Skipped { target, because } => {
-                if !self.json {
-                    self.say(
-                        &mut s,
-                        &format!("skipped `{target}`: it needs `{because}`, which failed"),
-                    );
-                }
-            }
-        }
-        self.status(&mut s);
-    }
-
-    fn warning(&self, text: &str) {
-        if !self.quiet {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            self.say(&mut s, &format!("warning: {text}"));
-            self.status(&mut s);
-        }
-    }
-
-    fn substitute_progress(&self, path: &str, bytes: u64) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.progress.insert(path.to_string(), bytes);
-        self.status(&mut s);
-    }
-
-    fn log_line(&self, target: &str, line: &[u8]) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let text = String::from_utf8_lossy(line).trim_end().to_string();
-        if self.print_logs && !self.json {
-            self.say(&mut s, &format!("{target}> {text}"));
-        } else {
-            s.last_line = text;
-        }
-        self.status(&mut s);
-    }
-}
-
-impl Progress {
-    /// The progress of a command of `ctx`: a status line on a terminal, plain lines
-    /// otherwise, JSON events on stdout with `json`, build logs as they come with
-    /// `print_logs`.
-    pub(super) fn new(ctx: &Context, json: bool, print_logs: bool) -> Progress {
-        Progress {
-            tty: std::io::stderr().is_terminal(),
-            quiet: ctx.quiet,
-            json,
-            print_logs,
-            state: Mutex::new(ProgressState::default()),
-        }
-    }
-}
-
 /// `ksbuild realise`.
 pub fn run(ctx: &Context, args: RealiseArgs) -> Result<ExitCode, CliError> {
     run_with(ctx, args, true)
@@ -606,6 +315,26 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
             unsupported.len()
         )));
     }
+    if args.dry_run {
+        let plan = graph::dry_run(
+            &store,
+            &lowered,
+            &args.targets,
+            &substituters,
+            &graph::NoReport,
+        )?;
+        if args.json {
+            out_line(&serde_json::to_string(&plan).map_err(|e| CliError::Failed(e.to_string()))?)?;
+        } else {
+            let mut text = String::new();
+            for line in super::progress::describe_plan(&plan, true) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            out(text.as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let progress = Progress::new(ctx, args.json, args.build.print_build_logs);
     let mirrors = Mirrors::discover();
     // `--check` rebuilds the targets: their inputs must be valid too, even where the
@@ -678,6 +407,7 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
                 }
             }
             let _ = skipped;
+            progress.summary();
             return Ok(ExitCode::from(100));
         }
         Err(RealiseError::Store(e)) => return Err(e.into()),
@@ -716,14 +446,6 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
             }
             return Ok(ExitCode::from(104));
         }
-        progress.event(&Event::Plan {
-            substitutes: 0,
-            substitute_download_bytes: 0,
-            substitute_nar_bytes: 0,
-            fetches: 0,
-            builds: 0,
-            cached: args.targets.len(),
-        });
         ctx.note(&format!(
             "checked {}: every output rebuilt bit for bit",
             args.targets.join(", ")
@@ -750,10 +472,61 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
                 paths.push('\n');
             }
         }
+        progress.event(&Event::Result {
+            target: t.clone(),
+            outputs: output_paths(node)
+                .into_iter()
+                .map(|(n, p)| (n, store.print(&p)))
+                .collect(),
+        });
     }
+    progress.summary();
     if print_paths {
         out(paths.as_bytes())?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ksbuild log --stats TARGET`: the target's builds in this store's history.
+pub fn run_log_stats(ctx: &Context, target: String, json: bool) -> Result<ExitCode, CliError> {
+    let store = ctx.open_store()?;
+    let (_, lowered) = instantiate(ctx, &store, std::slice::from_ref(&target))?;
+    let drv = store.print(&lowered.nodes[&target].drv_path);
+    let history = crate::store::history::load(&store);
+    let builds = history.builds_of(&target);
+    if json {
+        let v = serde_json::json!({
+            "target": target,
+            "drv": drv,
+            "estimate": history.estimate(&target, &drv).map(|r| serde_json::json!({
+                "seconds": r.seconds, "lines": r.lines, "drv": r.drv,
+            })),
+            "builds": builds.iter().map(|r| serde_json::json!({
+                "finished": r.finished, "drv": r.drv, "seconds": r.seconds, "lines": r.lines,
+            })).collect::<Vec<_>>(),
+        });
+        out_line(&v.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if builds.is_empty() {
+        ctx.note(&format!(
+            "no build of `{target}` is recorded in this store's history (`{}`)",
+            crate::store::history::path(&store).display()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = format!("builds of `{target}` (the current .drv is `{drv}`):\n");
+    for r in builds {
+        let current = if r.drv == drv { "  (current .drv)" } else { "" };
+        text.push_str(&format!(
+            "  {}  {:>9}  {:>7} log lines  {}{current}\n",
+            super::progress::utc(r.finished),
+            super::progress::human_secs(r.seconds),
+            r.lines,
+            r.drv
+        ));
+    }
+    out(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -859,6 +632,6 @@ pub fn run_why(ctx: &Context, target: String, json: bool) -> Result<ExitCode, Cl
 
 /// A builder's URI for messages: without its query (`remote-program`, `ssh-key`, … are
 /// noise there).
-fn redact(uri: &str) -> &str {
+pub(super) fn redact(uri: &str) -> &str {
     uri.split('?').next().unwrap_or(uri)
 }

@@ -32,8 +32,17 @@ pub enum Event {
         substitute_download_bytes: u64,
         substitute_nar_bytes: u64,
         fetches: usize,
+        /// The size of the downloads whose size is known (the locked `.deb`s).
+        fetch_bytes: u64,
         builds: usize,
         cached: usize,
+        /// The paths to substitute, as printed.
+        to_substitute: Vec<String>,
+        /// The downloads to fetch (their keys).
+        to_fetch: Vec<String>,
+        /// The builds to run, every one after what it needs, with the expected time of
+        /// each from the store's build history.
+        to_build: Vec<PlannedBuild>,
     },
     /// The download of a path from a binary cache started.
     SubstituteStarted {
@@ -66,6 +75,8 @@ pub enum Event {
         target: String,
         seconds: f64,
         path: String,
+        /// The size of what was stored (its NAR).
+        bytes: u64,
     },
     /// A build started: here, or on the remote builder `machine` (its store URI), chosen
     /// when the builders ran `loads` builds (by URI; this one not counted).
@@ -76,6 +87,13 @@ pub enum Event {
         machine: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         loads: Option<BTreeMap<String, u32>>,
+        /// Its expected duration in seconds, from the last build of the same `.drv` or
+        /// target (the store's build history).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eta: Option<f64>,
+        /// The number of log lines that build printed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expected_lines: Option<u64>,
     },
     /// Another process is building the node (it holds the lock of an output): this one
     /// waits for it, and then reports the node [`Event::Cached`] (or builds it, if the
@@ -96,6 +114,27 @@ pub enum Event {
     },
     /// A node was skipped because something it needs failed.
     Skipped { target: String, because: String },
+    /// A target of the command and its output paths, at the end of a realisation that
+    /// succeeded: also for targets that were valid already (emitted by the CLI).
+    Result {
+        target: String,
+        outputs: BTreeMap<String, String>,
+    },
+}
+
+/// A build of the plan.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlannedBuild {
+    pub target: String,
+    pub drv: String,
+    /// The expected duration in seconds, from the build history, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta: Option<f64>,
+    /// The number of log lines of that earlier build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_lines: Option<u64>,
+    /// The builds of the plan it waits for.
+    pub needs: Vec<String>,
 }
 
 /// Receives events and build output. Only the CLI implements it.
@@ -407,6 +446,82 @@ struct Plan {
     needed: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// The build history of a store, read when first needed (a realisation with nothing to
+/// build never reads it).
+struct LazyHistory<'a> {
+    store: &'a Store,
+    history: std::sync::OnceLock<history::History>,
+}
+
+impl<'a> LazyHistory<'a> {
+    fn new(store: &'a Store) -> Self {
+        LazyHistory {
+            store,
+            history: std::sync::OnceLock::new(),
+        }
+    }
+    fn get(&self) -> &history::History {
+        self.history.get_or_init(|| history::load(self.store))
+    }
+}
+
+/// The [`Event::Plan`] of `p` (its aliases merged).
+fn plan_event(store: &Store, lowered: &Lowered, p: &Plan, history: &LazyHistory<'_>) -> Event {
+    let is_fetch = |k: &str| lowered.nodes[k].fetch.is_some();
+    let to_fetch: Vec<String> = p.needed.keys().filter(|k| is_fetch(k)).cloned().collect();
+    let fetch_bytes = to_fetch
+        .iter()
+        .filter_map(|k| lowered.nodes[k].fetch.as_ref().and_then(|f| f.size))
+        .sum();
+    let to_build: Vec<PlannedBuild> = lowered
+        .order
+        .iter()
+        .filter(|k| p.needed.contains_key(*k) && !is_fetch(k))
+        .map(|k| {
+            let drv = store.print(&lowered.nodes[k].drv_path);
+            let last = history.get().estimate(k, &drv);
+            PlannedBuild {
+                target: k.clone(),
+                eta: last.map(|r| r.seconds),
+                expected_lines: last.map(|r| r.lines),
+                drv,
+                needs: p.needed[k]
+                    .iter()
+                    .filter(|d| p.needed.contains_key(*d) && !is_fetch(d))
+                    .cloned()
+                    .collect(),
+            }
+        })
+        .collect();
+    Event::Plan {
+        substitutes: p.downloads.len(),
+        substitute_download_bytes: p.downloads.values().map(Found::download_size).sum(),
+        substitute_nar_bytes: p.downloads.values().map(|f| f.info.nar_size).sum(),
+        fetches: to_fetch.len(),
+        fetch_bytes,
+        builds: to_build.len(),
+        cached: p.cached.len(),
+        to_substitute: p.downloads.keys().map(|d| store.print(d)).collect(),
+        to_fetch,
+        to_build,
+    }
+}
+
+/// What [`realise`] would do first, and nothing else: the [`Event::Plan`] of `roots`
+/// (substituters are asked what they hold; nothing is downloaded or built).
+pub fn dry_run(
+    store: &Store,
+    lowered: &Lowered,
+    roots: &[String],
+    substituters: &Substituters,
+    reporter: &dyn Reporter,
+) -> Result<Event, StoreError> {
+    let observer = SubstituteObserver { reporter, store };
+    let mut p = plan(store, lowered, roots, substituters, &observer)?;
+    merge_aliases(lowered, &mut p.needed);
+    Ok(plan_event(store, lowered, &p, &LazyHistory::new(store)))
+}
+
 /// Walks the graph from `roots`: a node whose outputs are valid is cached, one whose
 /// outputs' closures the substituters hold is substituted, and neither prunes its
 /// subtree; the rest is needed. The nodes of each level of the walk are looked up in
@@ -628,6 +743,7 @@ pub fn realise(
 ) -> Result<Realisation, RealiseError> {
     let mut result = Realisation::default();
     let observer = SubstituteObserver { reporter, store };
+    let history = LazyHistory::new(store);
     let mut reported = BTreeSet::new();
     let mut substituted = BTreeSet::new();
     let (needed, aliases, cached) = loop {
@@ -640,19 +756,7 @@ pub fn realise(
             }
         }
         let aliases = merge_aliases(lowered, &mut p.needed);
-        let fetches = p
-            .needed
-            .keys()
-            .filter(|k| lowered.nodes[*k].fetch.is_some())
-            .count();
-        reporter.event(&Event::Plan {
-            substitutes: p.downloads.len(),
-            substitute_download_bytes: p.downloads.values().map(Found::download_size).sum(),
-            substitute_nar_bytes: p.downloads.values().map(|f| f.info.nar_size).sum(),
-            fetches,
-            builds: p.needed.len() - fetches,
-            cached: p.cached.len(),
-        });
+        reporter.event(&plan_event(store, lowered, &p, &history));
         if p.downloads.is_empty() {
             break (p.needed, aliases, p.cached);
         }
@@ -698,6 +802,7 @@ pub fn realise(
                     target: key.to_string(),
                     seconds: secs(start.elapsed()),
                     path: store.print(&info.path),
+                    bytes: info.nar_size,
                 });
                 Ok(())
             }
@@ -740,9 +845,13 @@ pub fn realise(
         let start = std::sync::OnceLock::new();
         let started_on = |machine: Option<RemoteStart<'_>>| {
             *start.get_or_init(|| {
+                let drv = store.print(&node.drv_path);
+                let last = history.get().estimate(key, &drv);
                 reporter.event(&Event::BuildStarted {
                     target: key.to_string(),
-                    drv: store.print(&node.drv_path),
+                    eta: last.map(|r| r.seconds),
+                    expected_lines: last.map(|r| r.lines),
+                    drv,
                     machine: machine.map(|(m, _)| m.to_string()),
                     loads: machine.map(|(_, l)| l.clone()),
                 });

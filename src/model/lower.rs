@@ -50,6 +50,8 @@ pub struct Fetch {
     pub declared_at: String,
     /// Where its hash is written.
     pub hash_from: HashFrom,
+    /// Its size in bytes, where a lock says (the `.deb`s of environments).
+    pub size: Option<u64>,
 }
 
 /// One lowered derivation.
@@ -674,6 +676,7 @@ impl Lowerer<'_, '_> {
             executable: spec.executable,
             declared_at,
             hash_from,
+            size: None,
         };
         self.finish(
             key,
@@ -772,6 +775,9 @@ impl Lowerer<'_, '_> {
                     executable: false,
                 };
                 self.fetch_node(key.clone(), None, &spec, file, Some(env_name))?;
+                if let Some(f) = self.out.nodes.get_mut(&key).and_then(|n| n.fetch.as_mut()) {
+                    f.size = Some(deb.size);
+                }
                 let node = &self.out.nodes[&key];
                 let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
                     file.error(name.span(), "download without a path", "here", None)

@@ -623,12 +623,23 @@ fn json_events_result_links_and_gc_roots() {
             "build-started",
             "build-finished",
             "build-started",
-            "build-finished"
+            "build-finished",
+            "result",
+            "summary"
         ],
         "{out}"
     );
     assert_eq!(events[0]["builds"], 2);
+    let planned: Vec<&str> = events[0]["to_build"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, ["a", "b"], "in build order: {out}");
     assert!(events[2]["seconds"].is_number());
+    assert_eq!(events[5]["target"], "b");
+    assert_eq!(events[6]["built"], 2);
     let result = p.scratch.join("result");
     let result_dev = p.scratch.join("result-dev");
     assert_eq!(fs::read_to_string(&result_dev).unwrap(), "dev of b\n");
@@ -637,6 +648,19 @@ fn json_events_result_links_and_gc_roots() {
         .starts_with("/nix/store/"));
     let again = run_ok(p.ks("s").args(["realise", "--json", "b"]));
     assert!(again.contains("\"event\":\"cached\""), "{again}");
+    // An output that was valid already is reported too: a JSON consumer always finds it.
+    let result_event: serde_json::Value = again
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "result")
+        .unwrap_or_else(|| panic!("no result event: {again}"));
+    let linked = fs::read_link(&result).unwrap();
+    assert_eq!(
+        Path::new(result_event["outputs"]["out"].as_str().unwrap()).file_name(),
+        linked.file_name(),
+        "{again}"
+    );
+    assert!(result_event["outputs"]["dev"].is_string(), "{again}");
     // The links are GC roots: b (both outputs) and what it references survive.
     run_ok(p.ks("s").args(["store", "gc"]));
     assert_eq!(fs::read_to_string(&result_dev).unwrap(), "dev of b\n");

@@ -131,7 +131,11 @@ fn a_cache_written_by_nix_substitutes_instead_of_building() {
     }
     // A second realisation finds it all valid.
     let again = run_ok(&mut realise_with(&p, "ks", &cache_url, &pk, "c"));
-    assert_eq!(kinds(&events(&again)), ["cached", "plan"], "{again}");
+    assert_eq!(
+        kinds(&events(&again)),
+        ["cached", "plan", "result", "summary"],
+        "{again}"
+    );
 
     // The same closure, zstd-compressed by Nix, served by a real HTTP server.
     let served = t.join("served");
