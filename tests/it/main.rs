@@ -18,6 +18,7 @@ mod lock;
 mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
+mod progress;
 mod realise;
 mod remote;
 mod remote_build;
