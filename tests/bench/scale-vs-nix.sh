@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Benchmark of issue #17: ksbuild against Nix 2.8 on large graphs, in one run.
+#
+# The graph: N trivial derivations (default 10,000), node i depending on i-1 and i/2, so
+# closures grow to thousands of paths. The same graph is written as ksbuild TOML and as one
+# Nix expression; the top node's drvPath must be the same in both (checked first, so a
+# speed-up can never silently change a hash).
+#
+#   1. instantiate the top node, cold store            ksbuild instantiate vs nix-instantiate
+#   2. instantiate again, every .drv present           (the same)
+#   3. realise the first BUILT nodes (default 1,000), -j2   vs nix-build -j2, sandboxed
+#   4. no-op realise of those                           (the same)
+#   5. no-op realise of all N nodes (needs N built: only with FULL=1, which builds them all)
+#   6. a build whose input closure has CLOSURE paths (default 1,000) against the same build
+#      with a 1-path closure (ksbuild only; the ratio is the point)
+#
+# Usage: tests/bench/scale-vs-nix.sh [RUNS]   (default 3; medians)
+#   N=10000 BUILT=1000 CLOSURE=1000 FULL=0; KS=/path/to/ksbuild (default: the release build);
+#   BENCH_DIR=/dev/shm measures on tmpfs (the default, /var/tmp, is the disk).
+set -euo pipefail
+RUNS=${1:-3}
+N=${N:-10000}
+BUILT=${BUILT:-1000}
+CLOSURE=${CLOSURE:-1000}
+FULL=${FULL:-0}
+KS=${KS:-${CARGO_TARGET_DIR:-$PWD/target}/release/ksbuild}
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\nsandbox = true\nsandbox-fallback = false'
+command -v nix-instantiate >/dev/null || { echo "real Nix is needed: .ci/install-nix" >&2; exit 1; }
+
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/ksbuild-bench.XXXXXX")
+trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
+P=$WORK/proj
+mkdir -p "$P/derivations" "$P/tools/busybox/bin"
+cp "$BUSYBOX" "$P/tools/busybox/bin/busybox"
+printf 'system = "x86_64-linux"\n' > "$P/derivations/_project.toml"
+
+# The generator: TOML per node, and default.nix with the same derivations.
+awk -v n="$N" -v dir="$P/derivations" -v nixfile="$P/default.nix" 'BEGIN {
+  print "let bb = ./tools/busybox; in rec {" > nixfile
+  for (i = 0; i < n; i++) {
+    deps = ""; inputs = ""; nixrefs = ""
+    if (i > 0) { deps = deps " " (i - 1) }
+    if (i > 1 && int(i / 2) != i - 1) { deps = deps " " int(i / 2) }
+    k = split(deps, d, " ")
+    for (j = 1; j <= k; j++) {
+      inputs = inputs sprintf("d%d = \"n%d\"\n", d[j], d[j])
+      refs = refs ""
+    }
+    toml_refs = ""; nix_refs = ""
+    for (j = 1; j <= k; j++) { toml_refs = toml_refs " ${d" d[j] "}"; nix_refs = nix_refs " ${n" d[j] "}" }
+    f = dir "/n" i ".toml"
+    printf "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo %d%s > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n%s", i, toml_refs, inputs > f
+    close(f)
+    printf "  n%d = derivation { name = \"n%d\"; system = \"x86_64-linux\"; builder = \"${bb}/bin/busybox\"; args = [ \"sh\" \"-c\" \"echo %d%s > $out\" ]; };\n", i, i, i, nix_refs > nixfile
+  }
+  print "}" > nixfile
+}'
+# A build with a CLOSURE-path input closure: a chain of CLOSURE trivial derivations under
+# wide/, and two top nodes with the same script, one needing the chain's end, one nothing.
+mkdir -p "$P/derivations"
+awk -v n="$CLOSURE" -v dir="$P/derivations" 'BEGIN {
+  for (i = 0; i < n; i++) {
+    f = dir "/w" i ".toml"
+    if (i == 0) printf "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo w0 > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n" > f
+    else printf "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo w%d ${p} > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\np = \"w%d\"\n", i, i - 1 > f
+    close(f)
+  }
+}'
+export KSBUILD_PROJECT=$P
+top=n$((N - 1))
+NIXROOT=$WORK/nixroot
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Wall time of `eval "$1"` (median of $2 runs); $3, if given, runs before each, untimed.
+time_runs() {
+  for _ in $(seq "$2"); do
+    local t0 t1
+    [ -z "${3:-}" ] || eval "$3"
+    t0=$EPOCHREALTIME; eval "$1" > /dev/null 2>&1; t1=$EPOCHREALTIME
+    echo "$t1 - $t0" | bc -l
+  done | median
+}
+
+# 0. The same drvPath, or nothing is measured.
+ks_drv=$(KSBUILD_STORE=$WORK/check $KS instantiate "$top")
+nix_drv=$(nix-instantiate --store "$WORK/nixcheck" "$P/default.nix" -A "$top" 2>/dev/null)
+[ "$ks_drv" = "$nix_drv" ] || { echo "drvPaths differ: ksbuild $ks_drv, Nix $nix_drv" >&2; exit 1; }
+echo "drvPath of $top: $ks_drv (the same in ksbuild and Nix)"
+
+run=0
+cold_ks=$(time_runs "KSBUILD_STORE=$WORK/cold-\$run $KS instantiate $top" "$RUNS" 'run=$((run + 1))')
+cold_nix=$(time_runs "nix-instantiate --store $WORK/nixcold-\$run $P/default.nix -A $top" "$RUNS" 'run=$((run + 1))')
+export KSBUILD_STORE=$WORK/ks
+$KS instantiate "$top" > /dev/null
+nix-instantiate --store "$NIXROOT" "$P/default.nix" -A "$top" > /dev/null 2>&1
+warm_ks=$(time_runs "$KS instantiate $top" "$RUNS")
+warm_nix=$(time_runs "nix-instantiate --store $NIXROOT $P/default.nix -A $top" "$RUNS")
+
+# 3. and 4.: the first BUILT nodes.
+sub=$((BUILT - 1))
+t0=$EPOCHREALTIME; $KS realise --no-link -j2 "n$sub" > /dev/null 2>&1; t1=$EPOCHREALTIME
+built_ks=$(echo "$t1 - $t0" | bc -l)
+t0=$EPOCHREALTIME; nix-build --store "$NIXROOT" --no-out-link -j2 "$P/default.nix" -A "n$sub" > /dev/null 2>&1; t1=$EPOCHREALTIME
+built_nix=$(echo "$t1 - $t0" | bc -l)
+[ "$($KS realise --no-link "n$sub")" = "$(nix-build --store "$NIXROOT" --no-out-link "$P/default.nix" -A "n$sub" 2>/dev/null)" ] \
+  || { echo "output paths differ" >&2; exit 1; }
+noop_ks=$(time_runs "$KS realise --no-link -j2 n$sub" "$RUNS")
+noop_nix=$(time_runs "nix-build --store $NIXROOT --no-out-link -j2 $P/default.nix -A n$sub" "$RUNS")
+noop_all_ks=""; noop_all_nix=""
+if [ "$FULL" = 1 ]; then
+  $KS realise --no-link -j2 "$top" > /dev/null 2>&1
+  nix-build --store "$NIXROOT" --no-out-link -j2 "$P/default.nix" -A "$top" > /dev/null 2>&1
+  noop_all_ks=$(time_runs "$KS realise --no-link -j2 $top" "$RUNS")
+  noop_all_nix=$(time_runs "nix-build --store $NIXROOT --no-out-link -j2 $P/default.nix -A $top" "$RUNS")
+fi
+
+# 6. One build with a CLOSURE-path closure against one with a 1-path closure: the same
+# script, rebuilt with --check (whole process, alternating).
+last=w$((CLOSURE - 1))
+$KS realise --no-link -j2 "$last" w0 > /dev/null 2>&1
+for _ in $(seq "$RUNS"); do
+  time_runs "$KS realise --no-link --check $last" 1 >> "$WORK/wide"
+  time_runs "$KS realise --no-link --check w1" 1 >> "$WORK/narrow"
+done
+wide=$(median < "$WORK/wide")
+narrow=$(median < "$WORK/narrow")
+
+ms() { echo "$1 * 1000" | bc -l; }
+ratio() { echo "$1 / $2" | bc -l; }
+printf '\nstores on %s (%s); N=%d, BUILT=%d, CLOSURE=%d\n' "$(df --output=target "$WORK" | tail -1)" "$(df --output=fstype "$WORK" | tail -1)" "$N" "$BUILT" "$CLOSURE"
+printf '\n| %-44s | %12s | %12s | %7s | %s\n' "measurement" "ksbuild ms" "Nix 2.8 ms" "ratio" "target"
+row() { printf '| %-44s | %12.1f | %12.1f | %6.2fx | %s\n' "$1" "$(ms "$2")" "$(ms "$3")" "$(ratio "$2" "$3")" "$4"; }
+row "instantiate the top node, cold store" "$cold_ks" "$cold_nix" "<= 0.40x"
+row "instantiate again, every .drv present" "$warm_ks" "$warm_nix" "<= 0.50x"
+row "realise $BUILT nodes (-j2)" "$built_ks" "$built_nix" "<= 0.25x"
+row "no-op realise of those $BUILT" "$noop_ks" "$noop_nix" ""
+[ -z "$noop_all_ks" ] || row "no-op realise of all $N" "$noop_all_ks" "$noop_all_nix" "<= 0.25x and <= 150 ms"
+printf '\nper build of the %d: ksbuild %.1f ms, Nix %.1f ms\n' "$BUILT" "$(echo "$built_ks * 1000 / $BUILT" | bc -l)" "$(echo "$built_nix * 1000 / $BUILT" | bc -l)"
+printf 'a build with a %d-path closure vs a 1-path closure (realise --check, whole process): %.1f ms vs %.1f ms = %.2fx   (target <= 1.3x)\n' \
+  "$CLOSURE" "$(ms "$wide")" "$(ms "$narrow")" "$(ratio "$wide" "$narrow")"
