@@ -16,7 +16,7 @@
 //! | [`sandbox`] | one hermetic build: namespaces, id maps, mounts, `pivot_root`, privilege drop, `exec`; log streaming and timeouts; a check's variations | syscalls (the only `unsafe`) |
 //! | [`fetch`] | fixed-output downloads, mirrors, `.deb`/tar unpacking, environment locks | network, store |
 //! | [`substitute`] | binary caches read as Nix reads them: configuration, trust, narinfo lookups, NAR download, check and registration | network, store |
-//! | [`graph`] | the DAG, the ready queue, `-j` slots, the sandbox executor, why-rebuild records | runs builds |
+//! | [`graph`] | the DAG, the ready queue, `-j` slots, the sandbox executor, why-rebuild records, the graph as a picture | runs builds |
 //! | [`check`] | rounds of builds compared, variations, explained differences, recorded outputs | runs builds, reads outputs |
 //! | [`remote`] | Nix's serve protocol: remote builders (the client, the machine choice, the dispatching executor) and the server `ksbuild --serve` | ssh, store, runs builds |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
@@ -59,7 +59,8 @@
 //!   `trust.rs` (which narinfo is believed), `transport.rs` (`file://`, HTTP),
 //!   `decompress.rs`.
 //! * `graph/` — `mod.rs` ([`graph::realise`], events), `queue.rs`, `build.rs` (the sandbox
-//!   executor, platforms, rebuilds), `why.rs`.
+//!   executor, platforms, rebuilds), `why.rs` (what changed since a realisation),
+//!   `picture.rs` (`ksbuild graph`: states, environments grouped, DOT and JSON; pure).
 //! * `check/` — `mod.rs` (rounds, variations, verdicts, report), `explain.rs` (tree diffs
 //!   with causes), `image.rs` (GPT/MBR, FAT, gzip and cpio opened for diffs), `ext4.rs`
 //!   (ext2/3/4 read in place), `elf.rs` (ELF sections), `diffoscope.rs` (`--diffoscope`,

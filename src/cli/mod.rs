@@ -7,6 +7,7 @@ mod cache_cmd;
 mod check_cmd;
 mod drv_cmd;
 mod errors;
+mod graph_cmd;
 mod hash_cmd;
 mod key_cmd;
 mod progress;
@@ -99,6 +100,10 @@ enum Command {
         /// The target.
         target: String,
     },
+    /// Draw targets' derivation graph (DOT, SVG or JSON): each node coloured by state (valid,
+    /// to build, to fetch) with its last build time, each environment's downloads as one
+    /// node; `--changed-since RESULT` outlines what an edit makes rebuild.
+    Graph(graph_cmd::GraphArgs),
     /// Resolve build environments (`sandboxes/NAME.toml`) to exact `.deb`s; writes `NAME.lock`.
     Lock {
         /// Environments [default: all in `sandboxes/`].
@@ -336,6 +341,7 @@ pub fn main() -> ExitCode {
         } => realise_cmd::run_log_stats(&ctx, target, json),
         Command::Log { target, .. } => realise_cmd::run_log(&ctx, target),
         Command::WhyRebuild { json, target } => realise_cmd::run_why(&ctx, target, json),
+        Command::Graph(args) => graph_cmd::run(&ctx, args),
         Command::Cache(cmd) => cache_cmd::run(&ctx, cmd),
         Command::Store(cmd) => store_cmd::run(&ctx, cmd),
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),

@@ -3,6 +3,7 @@
 //! an [`Executor`]; the scheduling itself is the pure [`queue::ReadyQueue`].
 
 pub mod build;
+pub mod picture;
 pub mod queue;
 pub mod why;
 

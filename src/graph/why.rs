@@ -1,12 +1,16 @@
 //! Why a target would be rebuilt: each realisation records what went into every node of
 //! its graph (`<store>/nix/var/ksbuild/realisations/<target>.json`); `why-rebuild`
-//! compares the current lowering with that record. Reads and writes those records.
+//! compares the current lowering with that record. Reads and writes those records, and
+//! reads the `.drv` files an earlier output was built from (`graph --changed-since`), which
+//! are compared the same way.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compat::derivation::Derivation;
+use crate::compat::StorePath;
 use crate::model::{Lowered, Node};
 use crate::store::{Store, StoreError};
 
@@ -143,64 +147,10 @@ pub struct Verdict {
 pub fn explain(store: &Store, lowered: &Lowered, node: &Node, up_to_date: bool) -> Verdict {
     let now = Record::of(store, &producers(store, lowered), node);
     let before = load(store, &node.key);
-    let mut changes = Vec::new();
-    if let Some(b) = &before {
-        let names: std::collections::BTreeSet<&String> =
-            b.inputs.keys().chain(now.inputs.keys()).collect();
-        for name in names {
-            let (x, y) = (b.inputs.get(name), now.inputs.get(name));
-            if x != y {
-                changes.push(Change::Input {
-                    name: name.clone(),
-                    before: x.cloned(),
-                    now: y.cloned(),
-                    upstream: now.input_targets.get(name).cloned(),
-                });
-            }
-        }
-        if b.builder != now.builder && !changes.iter().any(|c| matches!(c, Change::Input { .. })) {
-            changes.push(Change::Builder {
-                before: b.builder.clone(),
-                now: now.builder.clone(),
-            });
-        }
-        let outputs: Vec<&String> = node.drv.outputs.keys().collect();
-        let keys: std::collections::BTreeSet<&String> =
-            b.env.keys().chain(now.env.keys()).collect();
-        let input_paths: Vec<&String> = b.inputs.values().chain(now.inputs.values()).collect();
-        for k in keys {
-            if outputs.contains(&k) || k == "builder" {
-                continue;
-            }
-            let (x, y) = (b.env.get(k), now.env.get(k));
-            // A variable that only changed because an input's path did is already explained.
-            let via_input = |v: Option<&String>| {
-                v.is_some_and(|v| input_paths.iter().any(|p| v.contains(p.as_str())))
-            };
-            if x != y && !(via_input(x) && via_input(y)) {
-                changes.push(Change::Env {
-                    name: k.clone(),
-                    before: x.cloned(),
-                    now: y.cloned(),
-                });
-            }
-        }
-        let strip = |args: &[String], inputs: &BTreeMap<String, String>| -> Vec<String> {
-            args.iter()
-                .map(|a| {
-                    inputs.iter().fold(a.clone(), |acc, (name, path)| {
-                        acc.replace(path.as_str(), &format!("${{{name}}}"))
-                    })
-                })
-                .collect()
-        };
-        if strip(&b.args, &b.inputs) != strip(&now.args, &now.inputs) {
-            changes.push(Change::Args {
-                before: b.args.clone(),
-                now: now.args.clone(),
-            });
-        }
-    }
+    let changes = before
+        .as_ref()
+        .map(|b| compare(node, b, &now))
+        .unwrap_or_default();
     Verdict {
         target: node.key.clone(),
         up_to_date,
@@ -208,5 +158,308 @@ pub fn explain(store: &Store, lowered: &Lowered, node: &Node, up_to_date: bool) 
         drv_before: before.map(|b| b.drv_path),
         drv_now: now.drv_path,
         changes,
+    }
+}
+
+/// What changed in `node` from `b` (what went into it before) to `now` (as lowered now):
+/// inputs whose store paths changed, the builder, the arguments (with input paths written
+/// `${name}`, so that a changed input is not told twice), environment variables (output
+/// paths and variables that changed only through an input's path left out).
+pub fn compare(node: &Node, b: &Record, now: &Record) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let names: std::collections::BTreeSet<&String> =
+        b.inputs.keys().chain(now.inputs.keys()).collect();
+    for name in names {
+        let (x, y) = (b.inputs.get(name), now.inputs.get(name));
+        if x != y {
+            changes.push(Change::Input {
+                name: name.clone(),
+                before: x.cloned(),
+                now: y.cloned(),
+                upstream: now.input_targets.get(name).cloned(),
+            });
+        }
+    }
+    if b.builder != now.builder && !changes.iter().any(|c| matches!(c, Change::Input { .. })) {
+        changes.push(Change::Builder {
+            before: b.builder.clone(),
+            now: now.builder.clone(),
+        });
+    }
+    let outputs: Vec<&String> = node.drv.outputs.keys().collect();
+    let keys: std::collections::BTreeSet<&String> = b.env.keys().chain(now.env.keys()).collect();
+    let input_paths: Vec<&String> = b.inputs.values().chain(now.inputs.values()).collect();
+    for k in keys {
+        if outputs.contains(&k) || k == "builder" {
+            continue;
+        }
+        let (x, y) = (b.env.get(k), now.env.get(k));
+        // A variable that only changed because an input's path did is already explained.
+        let via_input = |v: Option<&String>| {
+            v.is_some_and(|v| input_paths.iter().any(|p| v.contains(p.as_str())))
+        };
+        if x != y && !(via_input(x) && via_input(y)) {
+            changes.push(Change::Env {
+                name: k.clone(),
+                before: x.cloned(),
+                now: y.cloned(),
+            });
+        }
+    }
+    let strip = |args: &[String], inputs: &BTreeMap<String, String>| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                inputs.iter().fold(a.clone(), |acc, (name, path)| {
+                    acc.replace(path.as_str(), &format!("${{{name}}}"))
+                })
+            })
+            .collect()
+    };
+    if strip(&b.args, &b.inputs) != strip(&now.args, &now.inputs) {
+        changes.push(Change::Args {
+            before: b.args.clone(),
+            now: now.args.clone(),
+        });
+    }
+    changes
+}
+
+/// Why the derivations an earlier output was built from cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EarlierError {
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The path is not a valid store path.
+    #[error("`{path}` is not valid in the store")]
+    NotValid { path: String },
+    /// The path was added to the store, not built.
+    #[error("`{path}` records no derivation: it was added to the store, not built")]
+    NoDeriver { path: String },
+    /// A `.drv` of the closure is gone or cannot be parsed.
+    #[error("cannot read `{drv}`, a derivation `{path}` was built from: {reason}")]
+    Unreadable {
+        path: String,
+        drv: String,
+        reason: String,
+    },
+}
+
+impl EarlierError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            EarlierError::Store(e) => e.hint(),
+            EarlierError::NotValid { .. } | EarlierError::NoDeriver { .. } => Some(
+                "give a `result` link or an output path of an earlier `ksbuild realise`".into(),
+            ),
+            EarlierError::Unreadable { .. } => Some(
+                "`ksbuild store gc` keeps the derivations of live outputs: keep a `result` link (a GC root) of the realisation to compare with".into(),
+            ),
+        }
+    }
+}
+
+/// What an earlier realisation was built from: the `.drv` of one of its outputs and every
+/// derivation that one needs, as they are in the store.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    /// The output it was named by (printed).
+    pub output: String,
+    /// The `.drv` that built it.
+    pub root: StorePath,
+    /// That `.drv` and every one it needs.
+    pub derivations: BTreeMap<StorePath, Derivation>,
+}
+
+/// Reads the derivations the valid path `output` was built from (its deriver's closure).
+pub fn earlier(store: &Store, output: &StorePath) -> Result<Earlier, EarlierError> {
+    let printed = store.print(output);
+    let info = store
+        .query_path_info(output)?
+        .ok_or_else(|| EarlierError::NotValid {
+            path: printed.clone(),
+        })?;
+    let root = info.deriver.ok_or_else(|| EarlierError::NoDeriver {
+        path: printed.clone(),
+    })?;
+    let mut derivations = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(drv) = stack.pop() {
+        if derivations.contains_key(&drv) {
+            continue;
+        }
+        let unreadable = |reason: String| EarlierError::Unreadable {
+            path: printed.clone(),
+            drv: store.print(&drv),
+            reason,
+        };
+        if !store.is_valid(&drv)? {
+            return Err(unreadable("it is no longer in the store".into()));
+        }
+        let text =
+            std::fs::read(store.physical_path(&drv)).map_err(|e| unreadable(e.to_string()))?;
+        let parsed = Derivation::from_aterm(&text, store.store_dir())
+            .map_err(|e| unreadable(e.to_string()))?;
+        stack.extend(parsed.input_derivations.keys().cloned());
+        derivations.insert(drv, parsed);
+    }
+    Ok(Earlier {
+        output: printed,
+        root,
+        derivations,
+    })
+}
+
+/// A node whose `.drv` is none of those earlier outputs were built from: what an edit since
+/// makes rebuild.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Changed {
+    /// The `.drv` it was built from then, where one is found in the same place of the graph.
+    pub drv_before: Option<String>,
+    /// What changed since ([`compare`] with that `.drv`; empty without one).
+    pub changes: Vec<Change>,
+}
+
+/// The nodes of `lowered` whose `.drv` is none of `earlier`'s, by key, each with what
+/// changed since. A node's earlier counterpart is found from the top: a target (among
+/// `roots`) is matched with an earlier output's `.drv` by name, and each input `.drv` of a
+/// matched `.drv` with the dependency of the same name (the same `.drv`, or else the only
+/// input of that name); then a changed node is compared as `why-rebuild` compares it with
+/// its last realisation.
+pub fn changed_since(
+    store: &Store,
+    lowered: &Lowered,
+    roots: &[String],
+    earlier: &[Earlier],
+) -> BTreeMap<String, Changed> {
+    let old: BTreeMap<&StorePath, &Derivation> =
+        earlier.iter().flat_map(|e| &e.derivations).collect();
+    let mut counterpart: BTreeMap<&str, &StorePath> = BTreeMap::new();
+    for e in earlier {
+        let drv = |k: &&String| lowered.nodes.get(*k).map(|n| &n.drv_path);
+        let target = roots.iter().find(|k| drv(k) == Some(&e.root)).or_else(|| {
+            roots
+                .iter()
+                .find(|k| drv(k).map(|d| d.name()) == Some(e.root.name()))
+        });
+        if let Some(k) = target {
+            counterpart.entry(k.as_str()).or_insert(&e.root);
+        }
+    }
+    // Dependents before their dependencies: each node's counterpart is known before its
+    // dependencies are looked for among that counterpart's inputs.
+    for key in lowered.order.iter().rev() {
+        let (Some(node), Some(then)) = (lowered.nodes.get(key), counterpart.get(key.as_str()))
+        else {
+            continue;
+        };
+        let Some(then) = old.get(*then) else {
+            continue;
+        };
+        for dep in &node.deps {
+            let Some(dep_node) = lowered.nodes.get(dep) else {
+                continue;
+            };
+            if counterpart.contains_key(dep.as_str()) {
+                continue;
+            }
+            let inputs = &then.input_derivations;
+            let found = inputs
+                .get_key_value(&dep_node.drv_path)
+                .map(|(k, _)| k)
+                .or_else(|| {
+                    only(
+                        inputs
+                            .keys()
+                            .filter(|d| d.name() == dep_node.drv_path.name()),
+                    )
+                });
+            if let Some(found) = found {
+                counterpart.insert(dep.as_str(), found);
+            }
+        }
+    }
+    let producers = producers(store, lowered);
+    let name_of = |printed: &str| -> String {
+        let base = printed.rsplit('/').next().unwrap_or(printed);
+        base.split_once('-')
+            .map(|(_, n)| n)
+            .unwrap_or(base)
+            .to_string()
+    };
+    let mut changed = BTreeMap::new();
+    for (key, node) in &lowered.nodes {
+        if old.contains_key(&node.drv_path) {
+            continue;
+        }
+        let then = counterpart
+            .get(key.as_str())
+            .and_then(|d| old.get(*d).map(|drv| (*d, *drv)));
+        let Some((then_path, then)) = then else {
+            changed.insert(
+                key.clone(),
+                Changed {
+                    drv_before: None,
+                    changes: Vec::new(),
+                },
+            );
+            continue;
+        };
+        // What each input was then: the same output of the dependency's counterpart, or
+        // for a repository file, the input source of the same name.
+        let inputs = node
+            .inputs
+            .iter()
+            .filter_map(|(name, path)| {
+                let before = match producers.get(path) {
+                    Some(dep) => {
+                        let output = lowered.nodes[dep]
+                            .drv
+                            .outputs
+                            .iter()
+                            .find(|(_, o)| {
+                                o.path.as_ref().map(|p| store.print(p)).as_ref() == Some(path)
+                            })?
+                            .0;
+                        let dep_then = old.get(*counterpart.get(dep.as_str())?)?;
+                        store.print(dep_then.outputs.get(output)?.path.as_ref()?)
+                    }
+                    None => only(
+                        then.input_sources
+                            .iter()
+                            .map(|s| store.print(s))
+                            .filter(|s| name_of(s) == name_of(path)),
+                    )?,
+                };
+                Some((name.clone(), before))
+            })
+            .collect();
+        let before = Record {
+            drv_path: store.print(then_path),
+            inputs,
+            input_targets: BTreeMap::new(),
+            builder: then.builder.clone(),
+            args: then.args.clone(),
+            env: then.env.clone(),
+        };
+        let now = Record::of(store, &producers, node);
+        changed.insert(
+            key.clone(),
+            Changed {
+                drv_before: Some(before.drv_path.clone()),
+                changes: compare(node, &before, &now),
+            },
+        );
+    }
+    changed
+}
+
+/// The only item of `items`, if there is exactly one.
+fn only<T>(mut items: impl Iterator<Item = T>) -> Option<T> {
+    match (items.next(), items.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
     }
 }

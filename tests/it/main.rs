@@ -9,6 +9,7 @@ mod environment;
 mod faults;
 mod firstboot;
 mod flake;
+mod graph;
 mod http_server;
 mod images;
 mod init;
