@@ -118,7 +118,11 @@ fn on_terminal(p: &Project, args: &str) -> Vec<u8> {
         .env_remove("NO_COLOR")
         .env("TERM", "xterm")
         .current_dir(&p.scratch));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     out.stdout
 }
 
@@ -136,7 +140,10 @@ fn the_live_view_shows_counts_one_line_per_build_and_an_eta_from_the_last_build(
     let first = on_terminal(&p, "realise -j2 c");
     let (frames, end) = screens(&first);
     let shown: Vec<&Vec<String>> = frames.iter().filter(|f| !f.join("").is_empty()).collect();
-    assert!(shown.len() > 5, "the view was drawn as the builds ran: {frames:?}");
+    assert!(
+        shown.len() > 5,
+        "the view was drawn as the builds ran: {frames:?}"
+    );
     for f in &shown {
         // A header, then at most one line per running build (two at -j2), each cut to the
         // terminal's width.
@@ -147,7 +154,9 @@ fn the_live_view_shows_counts_one_line_per_build_and_an_eta_from_the_last_build(
         }
     }
     assert!(
-        shown.iter().any(|f| f[0].starts_with("[0/3] 2 running, 1 queued")),
+        shown
+            .iter()
+            .any(|f| f[0].starts_with("[0/3] 2 running, 1 queued")),
         "{shown:?}"
     );
     assert!(
@@ -162,11 +171,19 @@ fn the_live_view_shows_counts_one_line_per_build_and_an_eta_from_the_last_build(
         "no history yet, no ETA: {shown:?}"
     );
     // The permanent lines above the view: the plan, each build, the summary; then the path.
-    let text: Vec<&str> = end.iter().map(String::as_str).filter(|l| !l.is_empty()).collect();
+    let text: Vec<&str> = end
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert!(text[0].starts_with("plan: 3 to build;"), "{text:?}");
-    assert!(text.iter().any(|l| l.starts_with("built `a` in ")), "{text:?}");
     assert!(
-        text.iter().any(|l| l.starts_with("built 3 (") && l.ends_with(" wall")),
+        text.iter().any(|l| l.starts_with("built `a` in ")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|l| l.starts_with("built 3 (") && l.ends_with(" wall")),
         "the summary: {text:?}"
     );
     assert!(text.last().unwrap().starts_with("/nix/store/"), "{text:?}");
@@ -181,13 +198,15 @@ fn the_live_view_shows_counts_one_line_per_build_and_an_eta_from_the_last_build(
         "{end:?}"
     );
     assert!(
-        frames.iter().any(|f| !f.is_empty() && f[0].contains(", ETA ")),
+        frames
+            .iter()
+            .any(|f| !f.is_empty() && f[0].contains(", ETA ")),
         "an overall ETA: {frames:?}"
     );
     assert!(
-        frames.iter().any(|f| f.len() > 1
-            && f[1].contains(" / ~3s")
-            && f[1].contains('%')),
+        frames
+            .iter()
+            .any(|f| f.len() > 1 && f[1].contains(" / ~3s") && f[1].contains('%')),
         "each build's ETA and progress from its last build (about 3.2 s): {frames:?}"
     );
 }
@@ -205,7 +224,10 @@ fn a_ci_log_has_plain_lines_start_and_end_heartbeats_and_a_summary() {
         .args(["realise", "-j2", "c"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "{stderr:?}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
     for line in [
         "plan: 3 to build; 0 valid already",
         "building `a`",
@@ -214,7 +236,10 @@ fn a_ci_log_has_plain_lines_start_and_end_heartbeats_and_a_summary() {
         "still building `a`: ",
         "still building `b`: ",
     ] {
-        assert!(stderr.lines().any(|l| l.starts_with(line)), "`{line}` in:\n{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(line)),
+            "`{line}` in:\n{stderr}"
+        );
     }
     let beat = stderr
         .lines()
@@ -238,9 +263,16 @@ fn a_ci_log_has_plain_lines_start_and_end_heartbeats_and_a_summary() {
     let out = run(p.ks("st").args(["realise", "bad"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(100), "{stderr}");
-    assert!(stderr.contains("> about to fail"), "the log's last lines: {stderr}");
     assert!(
-        stderr.lines().last().unwrap().contains("1 failed (see above; `ksbuild log bad`)"),
+        stderr.contains("> about to fail"),
+        "the log's last lines: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("1 failed (see above; `ksbuild log bad`)"),
         "{stderr}"
     );
 }
@@ -262,7 +294,10 @@ fn dry_run_lists_what_the_realisation_then_does() {
     );
     // Nothing was done.
     let again = run_ok(p.ks("st").args(["realise", "--dry-run", "--json", "c"]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(again.trim()).unwrap(), dry);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(again.trim()).unwrap(),
+        dry
+    );
     let real = run_ok(p.ks("st").args(["realise", "--json", "c"]));
     let plan: serde_json::Value = real
         .lines()
