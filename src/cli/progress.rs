@@ -104,12 +104,10 @@ struct State {
     frame: String,
 }
 
-/// `bytes` in MB (10^6), with one decimal.
-pub(super) fn megabytes(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
+pub(super) use crate::graph::picture::{duration as human_secs, megabytes};
 
-/// A duration as people read it: `42s`, `6m36s`, `1h02m`.
+/// A duration in whole seconds, as the live view shows it (it changes once a second):
+/// `42s`, `6m36s`, `1h02m`.
 pub(super) fn human(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     if s < 60 {
@@ -932,15 +930,6 @@ impl Reporter for Progress {
                 }
             }
         }
-    }
-}
-
-/// Seconds as `3.2s` below a minute, else as [`human`].
-pub(super) fn human_secs(seconds: f64) -> String {
-    if seconds < 60.0 {
-        format!("{seconds:.1}s")
-    } else {
-        human(seconds)
     }
 }
 

@@ -546,7 +546,8 @@ pub fn quote(text: &str) -> String {
 }
 
 /// `bytes` in MB (10^6), with one decimal.
-fn megabytes(bytes: u64) -> String {
+/// `bytes` in MB (10^6), with one decimal.
+pub fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 

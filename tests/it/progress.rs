@@ -207,7 +207,7 @@ fn the_live_view_shows_counts_one_line_per_build_and_an_eta_from_the_last_build(
         frames
             .iter()
             .any(|f| f.len() > 1 && f[1].contains(" / ~3s") && f[1].contains('%')),
-        "each build's ETA and progress from its last build (about 3.2 s): {frames:?}"
+        "each build's ETA and progress from its last build (3.2 s or so): {frames:?}"
     );
 }
 
