@@ -16,21 +16,9 @@ cargo build --release --quiet
 KS=${KS:-${CARGO_TARGET_DIR:-$PWD/target}/release/ksbuild}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/ksbuild-check-bench.XXXXXX")
-trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
-P=$WORK/proj
-mkdir -p "$P/derivations" "$P/tools/busybox/bin"
-cp "$BUSYBOX" "$P/tools/busybox/bin/busybox"
-printf 'system = "x86_64-linux"\n' > "$P/derivations/_project.toml"
-for i in $(seq 1 200); do
-  cat > "$P/derivations/t$i.toml" <<TOML
-builder = "\${busybox}/bin/busybox"
-args = ["sh", "-c", "echo $i > \$out"]
-[inputs]
-busybox = { path = "tools/busybox" }
-TOML
-done
-export KSBUILD_PROJECT=$P
+. "$(dirname "$0")/lib.sh"
+bench_setup ksbuild-check-bench
+trivial_derivations 200
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Wall time of `eval "$1"` ($2 runs, median), each run in a fresh store of its own.

@@ -15,29 +15,17 @@ KS=${KS:-${CARGO_TARGET_DIR:-$PWD/target}/release/ksbuild}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 command -v script >/dev/null || { echo "util-linux's script (Debian bsdutils) is needed" >&2; exit 1; }
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/ksbuild-bench.XXXXXX")
-trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
-P=$WORK/proj
-mkdir -p "$P/derivations" "$P/tools/busybox/bin"
-cp "$BUSYBOX" "$P/tools/busybox/bin/busybox"
-printf 'system = "x86_64-linux"\n[env]\nROUND = "0"\n' > "$P/derivations/_project.toml"
-for i in $(seq 1 200); do
-  cat > "$P/derivations/t$i.toml" <<TOML
-builder = "\${busybox}/bin/busybox"
-args = ["sh", "-c", "echo $i > \$out"]
-[inputs]
-busybox = { path = "tools/busybox" }
-TOML
-done
+. "$(dirname "$0")/lib.sh"
+bench_setup ksbuild-bench
+printf '[env]\nROUND = "0"\n' >> "$P/derivations/_project.toml"
+trivial_derivations 200
 cat > "$P/derivations/chatty.toml" <<'TOML'
 builder = "${busybox}/bin/busybox"
 args = ["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo \"  CC      drivers/net/ethernet/intel/e1000/obj$i.o\"; $builder usleep 10000; i=$((i+1)); done; echo $ROUND > $out"]
 [inputs]
 busybox = { path = "tools/busybox" }
 TOML
-export KSBUILD_PROJECT=$P
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # `ksbuild ARGS` on an 100x30 pseudo-terminal; its output is dropped.
 on_pty() { script -qec "stty cols 100 rows 30; $*" /dev/null > /dev/null; }
 

@@ -20,12 +20,8 @@ export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\n
 command -v nix-build >/dev/null || { echo "real Nix is needed: .ci/install-nix" >&2; exit 1; }
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/ksbuild-bench.XXXXXX")
-trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
-P=$WORK/proj
-mkdir -p "$P/derivations" "$P/tools/busybox/bin"
-cp "$BUSYBOX" "$P/tools/busybox/bin/busybox"
-printf 'system = "x86_64-linux"\n' > "$P/derivations/_project.toml"
+. "$(dirname "$0")/lib.sh"
+bench_setup ksbuild-bench
 cat > "$P/derivations/trivial.toml" <<'TOML'
 builder = "${busybox}/bin/busybox"
 args = ["sh", "-c", "echo trivial > $out"]
@@ -35,29 +31,9 @@ TOML
 cat > "$P/default.nix" <<'NIX'
 { trivial = derivation { name = "trivial"; system = "x86_64-linux"; builder = "${./tools/busybox}/bin/busybox"; args = [ "sh" "-c" "echo trivial > $out" ]; }; }
 NIX
-for i in $(seq 1 200); do
-  cat > "$P/derivations/t$i.toml" <<TOML
-builder = "\${busybox}/bin/busybox"
-args = ["sh", "-c", "echo $i > \$out"]
-[inputs]
-busybox = { path = "tools/busybox" }
-TOML
-done
-export KSBUILD_STORE=$WORK/ks KSBUILD_PROJECT=$P
+trivial_derivations 200
+export KSBUILD_STORE=$WORK/ks
 NIXROOT=$WORK/nixroot
-
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# Wall time of `eval "$1"`, median of $2 runs; bash's $EPOCHREALTIME reads the clock
-# without starting a process, so nothing but the command is timed. $3, if given, runs
-# before each run, untimed.
-time_runs() {
-  for _ in $(seq "$2"); do
-    local t0 t1
-    [ -z "${3:-}" ] || eval "$3"
-    t0=$EPOCHREALTIME; eval "$1" > /dev/null 2>&1; t1=$EPOCHREALTIME
-    echo "$t1 - $t0" | bc -l
-  done | median
-}
 
 # On an unjournaled ext4 (as here), every inode freed in the last minute or so slows each
 # new allocation: the kernel checks and skips them. So nothing is removed until the end,
