@@ -329,7 +329,15 @@ impl Inner {
         }
         let fetching = s.running.values().filter(|r| r.kind == Kind::Fetch).count();
         if fetching > 0 {
-            header.push_str(&format!(" · downloads {}/{}", s.fetched, s.fetch_planned));
+            let since = s.fetch_started.map(|t| t.elapsed()).unwrap_or_default();
+            let rate = s.fetched_bytes as f64 / since.as_secs_f64().max(0.001);
+            header.push_str(&format!(
+                " · downloads {}/{}, {} at {}/s",
+                s.fetched,
+                s.fetch_planned,
+                megabytes(s.fetched_bytes),
+                megabytes(rate as u64)
+            ));
         }
         if !s.progress.is_empty() {
             let bytes: u64 = s.progress.values().sum();
