@@ -475,10 +475,12 @@ fn a_fork_bomb_is_held_at_the_default_process_limit_and_dies_with_its_build() {
     assert_eq!(left, Vec::<u32>::new(), "processes of the bomb outlived it");
     assert_eq!(namespaces.len(), 1, "{namespaces:?}");
     // The kernel holds the build at `limit` exactly, but a scan of `/proc` is no snapshot:
-    // while it runs, a reaped process's slot can go to a new one that it also counts.
-    // Unbounded, the bomb goes on to `kernel.pid_max` (or is stopped at twice the limit).
+    // while it runs, a reaped process's slot can go to a new one that it also counts, and
+    // the slower the scan (a loaded machine), the more. Unbounded, the bomb goes on to
+    // `kernel.pid_max` (or is stopped at twice the limit): 5% over still tells the two apart
+    // (1% failed once with two other builds and QEMU on the machine's 2 cores).
     assert!(
-        peak <= limit + limit / 100,
+        peak <= limit + limit / 20,
         "{peak} processes at once, above the default limit of {limit}"
     );
     assert!(
