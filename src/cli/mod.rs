@@ -12,6 +12,7 @@ mod key_cmd;
 mod realise_cmd;
 mod serve_cmd;
 mod store_cmd;
+mod vm_cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,10 @@ enum Command {
     /// Sign and check KubeSolo OS update bundles (`update-bundle*` outputs).
     #[command(subcommand)]
     Bundle(bundle_cmd::BundleCommand),
+    /// Boot a target's image under QEMU (realised first) on a writable copy, its serial
+    /// console on the terminal: `disk-image` (OVMF), `disk-image-arm64` (AAVMF),
+    /// `rpi-image@small` (raspi3b), `iso` (SeaBIOS or OVMF).
+    Vm(vm_cmd::VmArgs),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -327,6 +332,7 @@ pub fn main() -> ExitCode {
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),
         Command::Bundle(cmd) => bundle_cmd::run(&ctx, cmd),
+        Command::Vm(args) => vm_cmd::run(&ctx, args),
     };
     match result {
         Ok(code) => code,
