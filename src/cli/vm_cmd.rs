@@ -170,10 +170,10 @@ pub fn run(ctx: &Context, args: VmArgs) -> Result<ExitCode, CliError> {
     if args.fresh {
         state.clear()?;
     }
-    let where_ = if state.is_temporary() {
-        "a temporary copy".to_string()
-    } else {
-        format!("the copy in `{}`", state.path().display())
+    let on = |made: bool| match (state.is_temporary(), made) {
+        (true, _) => "a temporary copy".to_string(),
+        (false, true) => format!("a new copy in `{}`", state.path().display()),
+        (false, false) => format!("the copy kept in `{}`", state.path().display()),
     };
     // The Pi's kernel files, copied out of the SD card: kept until QEMU ends.
     let mut pi_boot = None;
@@ -184,10 +184,9 @@ pub fn run(ctx: &Context, args: VmArgs) -> Result<ExitCode, CliError> {
                 vm::set_grub_slot(&disk, slot)?;
             }
             let slot = vm::grub_slot(&disk)?;
-            let fresh = if made || state.is_temporary() { "" } else { "kept " };
             (
                 Guest::Uefi { arch, disk },
-                format!("slot {}, on {fresh}{where_}", slot.name()),
+                format!("slot {}, on {}", slot.name(), on(made)),
             )
         }
         Kind::RaspberryPi => {
@@ -201,10 +200,9 @@ pub fn run(ctx: &Context, args: VmArgs) -> Result<ExitCode, CliError> {
                 })?;
             let (kernel, slot) = vm::pi_kernel(&sdcard, args.slot, boot.path())?;
             pi_boot = Some(boot);
-            let fresh = if made || state.is_temporary() { "" } else { "kept " };
             (
                 Guest::RaspberryPi { sdcard, kernel },
-                format!("slot {}, on {fresh}{where_}", slot.name()),
+                format!("slot {}, on {}", slot.name(), on(made)),
             )
         }
         Kind::Iso => {

@@ -6,8 +6,8 @@
 //! Signals: [`Session::start`] blocks `SIGINT`, `SIGTERM` and `SIGHUP` in the calling
 //! thread (so in the threads it starts after) and takes them on a thread of its own
 //! (`sigwait`), so that ksbuild, interrupted, stops QEMU, restores the terminal and removes
-//! its temporary folder before it exits. QEMU gets an empty signal mask (`std::process`
-//! resets it in the child).
+//! its temporary folder before it exits. QEMU starts with an empty signal mask (set in the
+//! child by [`crate::sandbox::terminate_with_parent`]: `std::process` would leave it ours).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
