@@ -72,7 +72,11 @@ pub struct VmArgs {
 }
 
 /// The output directory of a realised target with its printed store path.
-fn output(ctx: &Context, store: &crate::store::Store, target: &str) -> Result<Vec<(String, PathBuf)>, CliError> {
+fn output(
+    ctx: &Context,
+    store: &crate::store::Store,
+    target: &str,
+) -> Result<Vec<(String, PathBuf)>, CliError> {
     let (_, lowered) = instantiate(ctx, store, &[target.to_string()])?;
     Ok(output_paths(&lowered.nodes[target])
         .values()
@@ -278,7 +282,10 @@ fn finish(ctx: &Context, args: &VmArgs, outcome: Outcome) -> Result<ExitCode, Cl
             );
             Ok(ExitCode::from(EXIT_UNMET))
         }
-        Outcome::Ended { status, unmet: None } if status.success() => {
+        Outcome::Ended {
+            status,
+            unmet: None,
+        } if status.success() => {
             ctx.note("\nksbuild vm: QEMU ended (the guest powered off or rebooted)");
             Ok(ExitCode::SUCCESS)
         }

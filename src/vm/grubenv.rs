@@ -115,9 +115,8 @@ mod tests {
     fn a_set_replaces_values_in_place_and_keeps_the_size() {
         let out = with(&initial(), &[("active_slot", "B"), ("boot_success", "1")]).unwrap();
         assert_eq!(out.len(), 1024);
-        let mut want =
-            format!("{HEADER}{WARNING}active_slot=B\nboot_counter=3\nboot_success=1\n")
-                .into_bytes();
+        let mut want = format!("{HEADER}{WARNING}active_slot=B\nboot_counter=3\nboot_success=1\n")
+            .into_bytes();
         want.resize(1024, b'#');
         assert_eq!(out, want);
         assert_eq!(get(&out, "active_slot").as_deref(), Some("B"));

@@ -199,7 +199,17 @@ impl Machine {
                 uefi,
                 data_disk,
             } => {
-                push(&["-M", "q35", "-smp", "2", "-m", "1024", "-net", "none", "-nographic"]);
+                push(&[
+                    "-M",
+                    "q35",
+                    "-smp",
+                    "2",
+                    "-m",
+                    "1024",
+                    "-net",
+                    "none",
+                    "-nographic",
+                ]);
                 if *uefi {
                     push(&["-bios", OVMF]);
                 }
@@ -238,9 +248,8 @@ impl Machine {
             .chain(self.args())
             .map(|w| {
                 if !w.is_empty()
-                    && w.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || b"-_./=,:@+%".contains(&b)
-                    })
+                    && w.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:@+%".contains(&b))
                 {
                     w
                 } else {
@@ -330,7 +339,9 @@ mod tests {
                 "-nographic"
             ]
         );
-        assert!(m.display().contains(" -append 'console=ttyAMA0,115200 panic=-1' "));
+        assert!(m
+            .display()
+            .contains(" -append 'console=ttyAMA0,115200 panic=-1' "));
     }
 
     #[test]

@@ -315,11 +315,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::pthread_sigmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&self.old_mask),
-            None,
-        );
+        let _ =
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
     }
 }
 

@@ -119,9 +119,7 @@ impl StateDir {
                     file,
                 })
             }
-            (Some(file), Some(held)) if file == copy && held == origin => {
-                return Ok((copy, false))
-            }
+            (Some(file), Some(held)) if file == copy && held == origin => return Ok((copy, false)),
             (Some(_), Some(held)) => {
                 return Err(VmError::HoldsAnother {
                     dir: self.path.clone(),
@@ -245,7 +243,10 @@ mod tests {
         let m = std::fs::metadata(&dst).unwrap();
         assert_eq!(m.mode() & 0o777, 0o644);
         assert!(m.blocks() * 512 < 1 << 20, "{} blocks", m.blocks());
-        assert!(copy_sparse(&src, &dst).is_err(), "an existing target is kept");
+        assert!(
+            copy_sparse(&src, &dst).is_err(),
+            "an existing target is kept"
+        );
     }
 
     #[test]
@@ -262,19 +263,28 @@ mod tests {
             StateDir::open(Some(&dir)),
             Err(VmError::Busy { .. })
         ));
-        let (copy, made) = state.image_copy(&a.join("disk.img"), "/nix/store/a/disk.img").unwrap();
+        let (copy, made) = state
+            .image_copy(&a.join("disk.img"), "/nix/store/a/disk.img")
+            .unwrap();
         assert!(made);
         std::fs::write(&copy, b"changed").unwrap();
-        let (copy, made) = state.image_copy(&a.join("disk.img"), "/nix/store/a/disk.img").unwrap();
+        let (copy, made) = state
+            .image_copy(&a.join("disk.img"), "/nix/store/a/disk.img")
+            .unwrap();
         assert!(!made);
         assert_eq!(std::fs::read(&copy).unwrap(), b"changed");
         let e = state
             .image_copy(&b.join("disk.img"), "/nix/store/b/disk.img")
             .unwrap_err();
-        assert!(matches!(&e, VmError::HoldsAnother { held, .. } if held == "/nix/store/a/disk.img"), "{e}");
+        assert!(
+            matches!(&e, VmError::HoldsAnother { held, .. } if held == "/nix/store/a/disk.img"),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&copy).unwrap(), b"changed");
         state.clear().unwrap();
-        let (copy, made) = state.image_copy(&b.join("disk.img"), "/nix/store/b/disk.img").unwrap();
+        let (copy, made) = state
+            .image_copy(&b.join("disk.img"), "/nix/store/b/disk.img")
+            .unwrap();
         assert!(made);
         assert_eq!(std::fs::read(&copy).unwrap(), [b'b'; 10]);
         drop(state);
