@@ -135,33 +135,28 @@ pub fn run(ctx: &Context, args: VmArgs) -> Result<ExitCode, CliError> {
             hint: Some("leave them out".into()),
         });
     }
-    // The ISO's data disk.
-    let data_source = if image.kind == Kind::Iso {
-        let data_source = if project_root(ctx)?
+    // The ISO's data disk: the `data-disk` target's, if the project has one.
+    let mut data_source: Option<(String, PathBuf)> = None;
+    if image.kind == Kind::Iso {
+        let declared = project_root(ctx)?
             .join(format!("derivations/{DATA_DISK_TARGET}.toml"))
-            .is_file()
-        {
+            .is_file();
+        if declared {
             let code = realise_quietly(ctx, &[DATA_DISK_TARGET.to_string()])?;
             if code != ExitCode::SUCCESS {
                 return Ok(code);
             }
-            output(ctx, &store, DATA_DISK_TARGET)?
+            data_source = output(ctx, &store, DATA_DISK_TARGET)?
                 .into_iter()
                 .map(|(printed, dir)| (format!("{printed}/data.img"), dir.join("data.img")))
-                .find(|(_, f)| f.is_file())
-        } else {
-            None
-        };
-        let data_source: Option<(String, PathBuf)> = data_source;
+                .find(|(_, f)| f.is_file());
+        }
         if data_source.is_none() {
             ctx.note(&format!(
                 "warning: no `{DATA_DISK_TARGET}` target with a `data.img`: the ISO boots without a persistent data disk"
             ));
         }
-        data_source
-    } else {
-        None
-    };
+    }
 
     // What the host must have, told before anything is copied.
     let missing = vm::missing(image.kind, args.uefi);
