@@ -19,6 +19,7 @@
 //! | [`graph`] | the DAG, the ready queue, `-j` slots, the sandbox executor, why-rebuild records, the graph as a picture | runs builds |
 //! | [`check`] | rounds of builds compared, variations, explained differences, recorded outputs | runs builds, reads outputs |
 //! | [`remote`] | Nix's serve protocol: remote builders (the client, the machine choice, the dispatching executor) and the server `ksbuild --serve` | ssh, store, runs builds |
+//! | [`vm`] | booting built images under QEMU: kinds, QEMU's command lines, writable copies, A/B slots, the console watched | runs QEMU, copies images |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
 //!
 //!
@@ -70,6 +71,10 @@
 //!   (a connection over the system's `ssh`: closures up, builds, outputs down, checked),
 //!   `dispatch.rs` (the executor sending builds to machines or the local sandbox),
 //!   `server.rs` (`ksbuild --serve --write`).
+//! * `vm/` — `mod.rs` ([`vm::recognise`], slots, the Pi's kernel copied out), `qemu.rs`
+//!   ([`vm::Machine`]: the QEMU command lines, also the tests'), `grubenv.rs`, `state.rs`
+//!   (the VM's folder, sparse copies), `run.rs` ([`vm::Session`]: console, `--expect`,
+//!   timeouts, signals).
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 
@@ -84,6 +89,7 @@ pub mod sandbox;
 pub mod store;
 pub mod substitute;
 pub mod timing;
+pub mod vm;
 
 /// The CPUs this process may use ([`std::thread::available_parallelism`], which reads
 /// cgroup files each time it is asked), read once.

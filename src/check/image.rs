@@ -587,6 +587,80 @@ impl<'f> Fat<'f> {
     fn read(&self, size: u64, cluster: u64) -> std::io::Result<Vec<u8>> {
         self.chain(cluster, size)
     }
+
+    /// The file or directory at `path` (`/EFI/BOOT/grubenv`), its names compared without
+    /// regard to case, as FAT compares them; `None` if there is none.
+    pub fn find(&self, path: &str) -> std::io::Result<Option<FatFile>> {
+        let mut found = FatFile {
+            size: 0,
+            cluster: 0,
+            dir: true,
+        };
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            if !found.dir {
+                return Ok(None);
+            }
+            let Some(e) = self
+                .dir(found.cluster)?
+                .into_iter()
+                .find(|e| e.name.eq_ignore_ascii_case(name))
+            else {
+                return Ok(None);
+            };
+            found = FatFile {
+                size: e.size,
+                cluster: e.cluster,
+                dir: e.dir,
+            };
+        }
+        Ok(Some(found))
+    }
+
+    /// The names in a directory found by [`Fat::find`].
+    pub fn list(&self, dir: &FatFile) -> std::io::Result<Vec<String>> {
+        Ok(self.dir(dir.cluster)?.into_iter().map(|e| e.name).collect())
+    }
+
+    /// The contents of a file found by [`Fat::find`].
+    pub fn read_file(&self, file: &FatFile) -> std::io::Result<Vec<u8>> {
+        self.read(file.size, file.cluster)
+    }
+
+    /// Where a file's bytes lie in the image: `(offset, length)` runs in file order, one
+    /// per cluster, together `file.size` bytes. Writing the same number of bytes there
+    /// changes the file in place, with no change to the FAT or the directory (as GRUB's
+    /// `save_env` writes `grubenv`).
+    pub fn extents(&self, file: &FatFile) -> std::io::Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut left = file.size;
+        let mut cluster = (file.cluster >= 2).then_some(file.cluster);
+        while let (Some(c), true) = (cluster, left > 0) {
+            if out.len() as u64 > self.clusters {
+                break;
+            }
+            let len = left.min(self.cluster_size);
+            out.push((self.data_offset + (c - 2) * self.cluster_size, len));
+            left -= len;
+            cluster = self.next(c)?;
+        }
+        if left > 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file's cluster chain is shorter than its size",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// A file or directory of a [`Fat`] filesystem, as [`Fat::find`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FatFile {
+    /// Its size in bytes (0 for a directory).
+    pub size: u64,
+    cluster: u64,
+    /// Whether it is a directory.
+    pub dir: bool,
 }
 
 /// The differences between two FAT filesystems, file by file, located to the line.

@@ -16,6 +16,9 @@ pub enum CliError {
     /// In the project's TOML files.
     #[error(transparent)]
     Model(Box<crate::model::ModelError>),
+    /// From booting a VM.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     /// A hash given on the command line.
     #[error(transparent)]
     Hash(#[from] HashError),
@@ -67,6 +70,7 @@ impl Diagnostic for CliError {
         let hint = match self {
             CliError::Model(e) => return e.help(),
             CliError::Store(e) => e.hint(),
+            CliError::Vm(e) => e.hint(),
             CliError::Hash(_) => {
                 Some("hashes look like `sha256-<base64>` or `sha256:<nix32 or hex>`".to_string())
             }

@@ -14,6 +14,7 @@ mod progress;
 mod realise_cmd;
 mod serve_cmd;
 mod store_cmd;
+mod vm_cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,10 @@ enum Command {
     /// Sign and check KubeSolo OS update bundles (`update-bundle*` outputs).
     #[command(subcommand)]
     Bundle(bundle_cmd::BundleCommand),
+    /// Boot a target's image under QEMU (realised first) on a writable copy, its serial
+    /// console on the terminal: `disk-image` (OVMF), `disk-image-arm64` (AAVMF),
+    /// `rpi-image@small` (raspi3b), `iso` (SeaBIOS or OVMF).
+    Vm(vm_cmd::VmArgs),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -347,6 +352,7 @@ pub fn main() -> ExitCode {
         Command::Hash(cmd) => hash_cmd::run(&ctx, cmd),
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),
         Command::Bundle(cmd) => bundle_cmd::run(&ctx, cmd),
+        Command::Vm(args) => vm_cmd::run(&ctx, args),
     };
     match result {
         Ok(code) => code,

@@ -963,14 +963,21 @@ pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// Makes the child `command` will start receive `SIGTERM` when the thread that starts it
 /// ends (`PR_SET_PDEATHSIG`, armed between `fork` and `exec`): a helper process (an `ssh`
-/// to a remote builder) that must not outlive ksbuild, killed or not.
+/// to a remote builder, QEMU) that must not outlive ksbuild, killed or not. The child also
+/// starts with no signal blocked
+/// ([`sigprocmask(2)`](https://man7.org/linux/man-pages/man2/sigprocmask.2.html)):
+/// `std::process` leaves it the parent thread's mask, and a caller taking signals with
+/// `sigwait` blocks them (`ksbuild vm`), which would make QEMU deaf to `SIGTERM`.
 pub fn terminate_with_parent(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before `exec`; it only makes one
-    // async-signal-safe system call (`prctl`) and touches no memory of the parent.
+    // SAFETY: the closure runs in the forked child before `exec`; it only makes two
+    // async-signal-safe system calls (`prctl`, `sigprocmask`) on its own stack and touches
+    // no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+                .map_err(std::io::Error::from)
         });
     }
 }

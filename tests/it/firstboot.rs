@@ -390,24 +390,16 @@ fn show(log: &str) {
     }
 }
 
-/// QEMU's arguments for `image` on x86_64 with a virtio NIC on user networking (10.0.2.0/24,
-/// gateway 10.0.2.2), without its option ROM, so that the firmware boots the disk.
-fn x86_args_with_nic(image: &Path) -> Vec<String> {
-    let mut args = images::x86_args(image);
-    let at = args
-        .windows(2)
-        .position(|w| w[0] == "-net" && w[1] == "none")
-        .expect("x86_args has -net none");
-    args.splice(
-        at..at + 2,
-        [
-            "-netdev".to_string(),
-            "user,id=n0".to_string(),
-            "-device".to_string(),
-            "virtio-net-pci,netdev=n0,romfile=".to_string(),
-        ],
-    );
-    args
+/// The machine (`ksbuild vm`'s) for `image` on x86_64 with a virtio NIC on user networking
+/// (10.0.2.0/24, gateway 10.0.2.2), without its option ROM, so that the firmware boots the
+/// disk.
+fn x86_with_nic(image: &Path) -> ksbuild::vm::Machine {
+    images::uefi(ksbuild::vm::Arch::X86_64, image).with_extra([
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        "virtio-net-pci,netdev=n0,romfile=",
+    ])
 }
 
 /// The small x86_64 image with `kubesolo-config.toml` on its EFI partition: the first boot
@@ -462,11 +454,7 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
         run_ok(Command::new("sha256sum").arg(&file))[..64].to_string()
     };
 
-    let log = images::boot(
-        "qemu-system-x86_64",
-        &x86_args_with_nic(&copy),
-        images::LIMIT,
-    );
+    let log = images::boot(&x86_with_nic(&copy), images::LIMIT);
     show(&log);
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
@@ -501,11 +489,7 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
 
     // The second boot reads nothing (even a changed file) and keeps the settings.
     put(&copy, "hostname = \"changed\"\n");
-    let log = images::boot(
-        "qemu-system-x86_64",
-        &x86_args_with_nic(&copy),
-        images::LIMIT,
-    );
+    let log = images::boot(&x86_with_nic(&copy), images::LIMIT);
     show(&log);
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [
@@ -535,11 +519,7 @@ fn the_x86_64_image_applies_its_first_boot_configuration_once() {
          config = '''\n\
          never closed\n",
     );
-    let log = images::boot(
-        "qemu-system-x86_64",
-        &x86_args_with_nic(&copy),
-        images::LIMIT,
-    );
+    let log = images::boot(&x86_with_nic(&copy), images::LIMIT);
     show(&log);
     images::assert_booted(&log, "x86_64", "A", "/dev/vda4");
     for want in [

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ksbuild::vm::{Arch, Guest, Machine};
+
 use crate::common::{kernel_store, ksbuild, run, run_ok, scratch, tiny_elf, EM_AARCH64, EM_X86_64};
 
 fn repo() -> &'static Path {
@@ -141,13 +143,16 @@ pub(crate) fn qemu(program: &str) -> bool {
     found
 }
 
-/// Boots QEMU with `args` until the guest powers off, halts, panics or fails a stage (or
-/// `limit` passes); kills it by its own PID and returns the serial console's text.
-pub(crate) fn boot(program: &str, args: &[String], limit: Duration) -> String {
+/// Boots `machine` (QEMU's line from `ksbuild::vm`, as `ksbuild vm` runs it) until the guest
+/// powers off, halts, panics or fails a stage (or `limit` passes); kills QEMU by its own PID
+/// and returns the serial console's text. For boots with a harness of their own (further
+/// disks between boots, logs read as they come); the others boot with [`vm_boot`].
+pub(crate) fn boot(machine: &Machine, limit: Duration) -> String {
+    let program = machine.program();
     let dir = scratch();
     let log = dir.path().join("console.log");
     let mut child = Command::new(program)
-        .args(args)
+        .args(machine.args())
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
@@ -180,6 +185,85 @@ pub(crate) fn boot(program: &str, args: &[String], limit: Duration) -> String {
     let _ = child.wait();
     eprintln!("boot took {:.1}s", start.elapsed().as_secs_f64());
     text
+}
+
+/// `ksbuild --project PROJ vm TARGET ARGS…` (stdin closed): its exit code, console
+/// (stdout) and messages (stderr).
+pub(crate) fn vm(
+    store: &Path,
+    proj: &Path,
+    target: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let start = Instant::now();
+    let out = run(ksbuild(store)
+        .arg("--project")
+        .arg(proj)
+        .args(["vm", target])
+        .args(args));
+    eprintln!(
+        "ksbuild vm {target} {args:?} took {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The texts every boot test waits for: the init's announcement, then the stand-in
+/// KubeSolo's line (`ksbuild vm` stops QEMU once that line is complete).
+pub(crate) const BOOTED: [&str; 4] = [
+    "--expect",
+    "KUBESOLO-OS BOOT OK",
+    "--expect",
+    "KUBESOLO-STANDIN running",
+];
+
+/// Boots `target` with `ksbuild vm --expect … --timeout 240 ARGS…`, which must exit 0;
+/// returns the console.
+pub(crate) fn vm_boot(store: &Path, proj: &Path, target: &str, args: &[&str]) -> String {
+    let limit = LIMIT.as_secs().to_string();
+    let all: Vec<&str> = BOOTED
+        .iter()
+        .copied()
+        .chain(["--timeout", &limit])
+        .chain(args.iter().copied())
+        .collect();
+    let (code, console, err) = vm(store, proj, target, &all);
+    assert_eq!(
+        code,
+        Some(0),
+        "ksbuild vm {target}:
+{err}
+console:
+{console}"
+    );
+    console
+}
+
+/// The output `out` is what the store recorded: its NAR hash computed again equals its
+/// registered one (a VM never writes the store path).
+pub(crate) fn assert_unchanged(store: &Path, out: &Path) {
+    let logical = format!("/nix/store/{}", out.file_name().unwrap().to_string_lossy());
+    let info: serde_json::Value = serde_json::from_str(&run_ok(ksbuild(store).args([
+        "store",
+        "path-info",
+        "--json",
+        &logical,
+    ])))
+    .unwrap();
+    let now = run_ok(
+        ksbuild(store)
+            .args(["hash", "path", "--type", "sha256"])
+            .arg(out),
+    );
+    assert_eq!(
+        info[0]["narHash"].as_str(),
+        Some(now.trim()),
+        "{logical} changed"
+    );
 }
 
 pub(crate) fn assert_booted(log: &str, arch: &str, slot: &str, data_dev: &str) {
@@ -235,41 +319,13 @@ pub(crate) fn writable_copy(image: &Path, dir: &Path) -> PathBuf {
     copy
 }
 
-/// QEMU's arguments for a UEFI boot of `image` on virtio: `machine` words and firmware.
-pub(crate) fn uefi_args(machine: &[&str], firmware: &str, image: &Path) -> Vec<String> {
-    let common = [
-        "-smp",
-        "2",
-        "-m",
-        "1024",
-        "-net",
-        "none",
-        "-nographic",
-        "-no-reboot",
-    ];
-    machine
-        .iter()
-        .chain(&common)
-        .map(|s| s.to_string())
-        .chain(["-bios".into(), firmware.into(), "-drive".into()])
-        .chain([format!("file={},format=raw,if=virtio", image.display())])
-        .collect()
-}
-
-pub(crate) fn x86_args(image: &Path) -> Vec<String> {
-    uefi_args(
-        &["-accel", "tcg", "-M", "q35"],
-        "/usr/share/ovmf/OVMF.fd",
-        image,
-    )
-}
-
-pub(crate) fn arm64_args(image: &Path) -> Vec<String> {
-    uefi_args(
-        &["-M", "virt", "-cpu", "cortex-a72"],
-        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-        image,
-    )
+/// The machine `ksbuild vm` boots a UEFI disk image of `arch` on: `image` (a writable copy)
+/// on virtio, OVMF or AAVMF.
+pub(crate) fn uefi(arch: Arch, image: &Path) -> Machine {
+    Machine::new(Guest::Uefi {
+        arch,
+        disk: image.to_path_buf(),
+    })
 }
 
 pub(crate) const LIMIT: Duration = Duration::from_secs(240);
@@ -446,14 +502,19 @@ fn a_kubesolo_the_system_cannot_run_fails_the_boot_instead_of_killing_init() {
         "kubesolo-x86_64",
         b"#!/no/such/sh\necho KUBESOLO-STANDIN running\n",
     );
-    let Some(out) = realise(&store, &proj, "disk-image@small", &[]) else {
+    let Some(_) = realise(&store, &proj, "disk-image@small", &[]) else {
         return;
     };
     if !qemu("qemu-system-x86_64") {
         return;
     }
-    let copy = writable_copy(&out.join("disk.img"), tmp.path());
-    let log = boot("qemu-system-x86_64", &x86_args(&copy), LIMIT);
+    let (code, log, err) = vm(
+        &store,
+        &proj,
+        "disk-image@small",
+        &["--expect", "kubesolo-os: FAILED", "--timeout", "240"],
+    );
+    assert_eq!(code, Some(0), "{err}\n{log}");
     assert!(
         log.contains(
             "KUBESOLO-OS BOOT FAILED: /usr/local/bin/kubesolo is a script for the interpreter \
@@ -475,9 +536,10 @@ fn a_kubesolo_the_system_cannot_run_fails_the_boot_instead_of_killing_init() {
     }
 }
 
-/// The x86_64 image's layout, and its boot on slot A under OVMF. Switching to slot B, GRUB's
-/// countdown and its fallback are exercised by `update::x86_64_…`, on an image that differs
-/// only by the key it trusts.
+/// The x86_64 image's layout, and its boot on slot A under OVMF through `ksbuild vm`, which
+/// leaves its store path as it was. Switching to slot B, GRUB's countdown and its fallback
+/// are exercised by `update::x86_64_…`, on an image that differs only by the key it trusts
+/// (`ksbuild vm --slot B`: `vm::`).
 #[test]
 fn x86_64_image_has_the_ab_layout_and_boots_slot_a() {
     let tmp = scratch();
@@ -494,14 +556,14 @@ fn x86_64_image_has_the_ab_layout_and_boots_slot_a() {
     if !qemu("qemu-system-x86_64") {
         return;
     }
-    let copy = writable_copy(&image, tmp.path());
-    let log = boot("qemu-system-x86_64", &x86_args(&copy), LIMIT);
+    let log = vm_boot(&store, &proj, "disk-image@small", &[]);
     assert!(log.contains("GRUB: booting slot A"), "{log}");
     assert_booted(&log, "x86_64", "A", "/dev/vda4");
+    assert_unchanged(&store, &out);
 }
 
-/// The generic arm64 image boots slot A under AAVMF (slot B and the commit:
-/// `update::arm64_…`).
+/// The generic arm64 image boots slot A under AAVMF through `ksbuild vm`, which leaves its
+/// store path as it was (slot B and the commit: `update::arm64_…`).
 #[test]
 fn arm64_image_boots_under_aavmf() {
     let tmp = scratch();
@@ -513,11 +575,14 @@ fn arm64_image_boots_under_aavmf() {
     if !qemu("qemu-system-aarch64") {
         return;
     }
-    let copy = writable_copy(&out.join("disk.img"), tmp.path());
-    let log = boot("qemu-system-aarch64", &arm64_args(&copy), LIMIT);
+    let log = vm_boot(&store, &proj, "disk-image-arm64@small", &[]);
     assert_booted(&log, "aarch64", "A", "/dev/vda4");
+    assert_unchanged(&store, &out);
 }
 
+/// The Pi image's layout (MBR, tryboot A/B, firmware and config per slot), and its Boot A
+/// kernel booted on QEMU's raspi3b through `ksbuild vm`, which leaves its store path as it
+/// was.
 #[test]
 fn rpi_image_has_the_tryboot_layout_and_its_kernel_boots_on_raspi3b() {
     let tmp = scratch();
@@ -598,38 +663,11 @@ fn rpi_image_has_the_tryboot_layout_and_its_kernel_boots_on_raspi3b() {
     if !qemu("qemu-system-aarch64") {
         return;
     }
-    // QEMU does not run the VideoCore firmware: boot Boot A's kernel, Pi 3 tree and initramfs
-    // directly, with the whole SD card attached.
-    let dir = scratch();
-    for f in ["kernel8.img", "bcm2837-rpi-3-b.dtb", "kubesolo-os.gz"] {
-        run_ok(
-            mtools("mcopy", &image, parts[1].2)
-                .arg("-n")
-                .arg(format!("::/{f}"))
-                .arg(dir.path().join(f)),
-        );
-    }
-    let arg = |f: &str| dir.path().join(f).display().to_string();
-    let args: Vec<String> = vec![
-        "-M".into(),
-        "raspi3b".into(),
-        "-m".into(),
-        "1G".into(),
-        "-kernel".into(),
-        arg("kernel8.img"),
-        "-dtb".into(),
-        arg("bcm2837-rpi-3-b.dtb"),
-        "-initrd".into(),
-        arg("kubesolo-os.gz"),
-        "-append".into(),
-        "console=ttyAMA0,115200 panic=-1 kubesolo.slot=A kubesolo.data=LABEL=KSOLODATA".into(),
-        "-drive".into(),
-        format!("file={},format=raw,if=sd,snapshot=on", image.display()),
-        "-nographic".into(),
-        "-no-reboot".into(),
-    ];
-    let log = boot("qemu-system-aarch64", &args, LIMIT);
+    // QEMU does not run the VideoCore firmware: `ksbuild vm` boots Boot A's kernel, Pi 3
+    // tree and initramfs directly, with the whole SD card attached.
+    let log = vm_boot(&store, &proj, "rpi-image@small", &[]);
     assert_booted(&log, "aarch64", "A", "/dev/mmcblk0p4");
+    assert_unchanged(&store, &out);
 }
 
 #[test]

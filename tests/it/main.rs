@@ -30,3 +30,4 @@ mod system_features;
 mod trees;
 mod update;
 mod update_agent;
+mod vm;

@@ -13,8 +13,9 @@ use std::process::Command;
 
 use crate::common::*;
 use crate::images::{
-    boot, get_grubenv, partitions, pin_kubesolo, qemu, realise, uefi_args, writable_copy, LIMIT,
+    boot, get_grubenv, partitions, pin_kubesolo, qemu, realise, uefi, writable_copy, LIMIT,
 };
+use ksbuild::vm::{Arch, Machine};
 
 /// The stand-in KubeSolo of these tests. Each further disk (`/dev/vdb`, `/dev/vdc`, …: update
 /// bundles) it has not tried yet, it applies in turn, and reboots after the first that
@@ -45,9 +46,7 @@ struct Track {
     image_file: &'static str,
     bundle: &'static str,
     kubesolo: &'static str,
-    qemu: &'static str,
-    machine: &'static [&'static str],
-    firmware: &'static str,
+    arch: Arch,
 }
 
 const X86_64: Track = Track {
@@ -55,9 +54,7 @@ const X86_64: Track = Track {
     image_file: "disk.img",
     bundle: "update-bundle@small",
     kubesolo: "kubesolo-x86_64",
-    qemu: "qemu-system-x86_64",
-    machine: &["-accel", "tcg", "-M", "q35"],
-    firmware: "/usr/share/ovmf/OVMF.fd",
+    arch: Arch::X86_64,
 };
 
 const ARM64: Track = Track {
@@ -65,9 +62,7 @@ const ARM64: Track = Track {
     image_file: "disk.img",
     bundle: "update-bundle-arm64@small",
     kubesolo: "kubesolo-arm64",
-    qemu: "qemu-system-aarch64",
-    machine: &["-M", "virt", "-cpu", "cortex-a72"],
-    firmware: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    arch: Arch::Aarch64,
 };
 
 /// The Raspberry Pi track: only its bundle is built here (QEMU cannot run the Pi firmware).
@@ -76,9 +71,7 @@ const RPI: Track = Track {
     image_file: "sdcard.img",
     bundle: "update-bundle-rpi@small",
     kubesolo: "kubesolo-arm64",
-    qemu: "qemu-system-aarch64",
-    machine: &[],
-    firmware: "",
+    arch: Arch::Aarch64,
 };
 
 /// The key pair `name` made from a fixed seed, its secret in `dir`: every update test signs
@@ -150,22 +143,21 @@ fn signed_bundle(
     Some(signed)
 }
 
-/// QEMU's arguments: the image, and the bundle as a second (read-only) virtio disk.
-fn args(track: &Track, image: &Path, bundle: Option<&Path>) -> Vec<String> {
+/// The machine (`ksbuild vm`'s): the image, and the bundle as a second (read-only) virtio
+/// disk.
+fn args(track: &Track, image: &Path, bundle: Option<&Path>) -> Machine {
     args_with(track, image, bundle.as_slice())
 }
 
-/// QEMU's arguments: the image, and each bundle as a further (read-only) virtio disk, in order.
-fn args_with(track: &Track, image: &Path, bundles: &[&Path]) -> Vec<String> {
-    let mut a = uefi_args(track.machine, track.firmware, image);
-    for b in bundles {
-        a.push("-drive".into());
-        a.push(format!(
-            "file={},format=raw,if=virtio,readonly=on",
-            b.display()
-        ));
-    }
-    a
+/// The machine (`ksbuild vm`'s): the image, and each bundle as a further (read-only) virtio
+/// disk, in order.
+fn args_with(track: &Track, image: &Path, bundles: &[&Path]) -> Machine {
+    uefi(track.arch, image).with_extra(bundles.iter().flat_map(|b| {
+        [
+            "-drive".to_string(),
+            format!("file={},format=raw,if=virtio,readonly=on", b.display()),
+        ]
+    }))
 }
 
 fn booted_line(log: &str) -> &str {
@@ -202,14 +194,14 @@ fn update_end_to_end(track: &Track, fallback: bool) {
     let Some(good) = signed_bundle(&store, &v2, track, &secret, tmp.path(), "good") else {
         return;
     };
-    if !qemu(track.qemu) {
+    if !qemu(track.arch.program()) {
         return;
     }
     let esp = partitions(&out)[0].2;
     let image = writable_copy(&out.join(track.image_file), tmp.path());
 
     // Slot A applies the bundle and reboots.
-    let log = boot(track.qemu, &args(track, &image, Some(&good)), LIMIT);
+    let log = boot(&args(track, &image, Some(&good)), LIMIT);
     assert!(booted_line(&log).contains("slot=A"), "{log}");
     assert!(log.contains("KUBESOLO-STANDIN applied"), "{log}");
     // The cost of apply inside QEMU (TCG), for the record.
@@ -231,7 +223,7 @@ fn update_end_to_end(track: &Track, fallback: bool) {
     );
     assert_eq!(get_grubenv(&image, esp).len(), 1024);
     // Slot B comes up with the new version, and the health check commits it.
-    let log = boot(track.qemu, &args(track, &image, Some(&good)), LIMIT);
+    let log = boot(&args(track, &image, Some(&good)), LIMIT);
     let line = booted_line(&log);
     assert!(
         line.contains("slot=B") && line.contains("version=2026.12.1"),
@@ -244,7 +236,7 @@ fn update_end_to_end(track: &Track, fallback: bool) {
         "{env}"
     );
     // And stays there.
-    let log = boot(track.qemu, &args(track, &image, None), LIMIT);
+    let log = boot(&args(track, &image, None), LIMIT);
     assert!(booted_line(&log).contains("slot=B"), "{log}");
 
     if !fallback {
@@ -263,17 +255,17 @@ fn update_end_to_end(track: &Track, fallback: bool) {
     };
     // A broken release, applied from B into A: three boots on A, then GRUB falls back to B,
     // which reports the failed update.
-    let log = boot(track.qemu, &args(track, &image, Some(&broken)), LIMIT);
+    let log = boot(&args(track, &image, Some(&broken)), LIMIT);
     assert!(log.contains("KUBESOLO-STANDIN applied"), "{log}");
     for left in ["2", "1", "0"] {
-        let log = boot(track.qemu, &args(track, &image, None), LIMIT);
+        let log = boot(&args(track, &image, None), LIMIT);
         assert!(
             log.contains("GRUB: booting slot A") && log.contains(&format!("boot_counter={left} ")),
             "{log}"
         );
         assert!(log.contains("KUBESOLO-STANDIN broken"), "{log}");
     }
-    let log = boot(track.qemu, &args(track, &image, None), LIMIT);
+    let log = boot(&args(track, &image, None), LIMIT);
     assert!(
         log.contains("GRUB: slot A failed three boots, falling back"),
         "{log}"
@@ -347,7 +339,7 @@ fn refused_bundles_change_nothing() {
     let truncated = tmp.path().join("truncated.tar");
     let bytes = fs::read(&good).unwrap();
     fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    if !qemu(track.qemu) {
+    if !qemu(track.arch.program()) {
         return;
     }
     let esp = partitions(&out)[0].2;
@@ -376,7 +368,7 @@ fn refused_bundles_change_nothing() {
         (&truncated, "truncated"),
     ];
     let disks: Vec<&Path> = refused.iter().map(|(b, _)| b.as_path()).collect();
-    let log = boot(track.qemu, &args_with(track, &image, &disks), LIMIT);
+    let log = boot(&args_with(track, &image, &disks), LIMIT);
     assert!(!log.contains("KUBESOLO-STANDIN applied"), "{log}");
     for ((_, why), disk) in refused.iter().zip(["/dev/vdb", "/dev/vdc", "/dev/vdd"]) {
         assert!(
