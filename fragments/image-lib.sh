@@ -37,12 +37,13 @@ stage_tree() {
   find "$2" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 }
 
-# fat IMAGE OFFSET_BYTES SIZE_BYTES LABEL VOLID SRC: a FAT32 filesystem at an offset of IMAGE,
-# filled from SRC in sorted order (mcopy -s would follow the host's readdir order).
+# fat IMAGE OFFSET_BYTES SIZE_BYTES LABEL VOLID SRC [BITS]: a FAT32 (or FAT BITS: 12, 16)
+# filesystem at an offset of IMAGE, filled from SRC in sorted order (mcopy -s would follow the
+# host's readdir order).
 fat() {
-  img=$1 off=$2 size=$3 label=$4 volid=$5 src=$6
+  img=$1 off=$2 size=$3 label=$4 volid=$5 src=$6 bits=${7:-32}
   fits "$label" "$src" "$size"
-  mkfs.fat -F 32 -S 512 -s 1 --invariant -i "$volid" -n "$label" --offset $((off / 512)) "$img" $((size / 1024)) > /dev/null 2>/build/mkfs.fat.log || { cat /build/mkfs.fat.log >&2; exit 1; }
+  mkfs.fat -F "$bits" -S 512 -s 1 --invariant -i "$volid" -n "$label" --offset $((off / 512)) "$img" $((size / 1024)) > /dev/null 2>/build/mkfs.fat.log || { cat /build/mkfs.fat.log >&2; exit 1; }
   (cd "$src" && find . -mindepth 1 | sort) | while read -r p; do
     p=${p#./}
     if [ -d "$src/$p" ]; then

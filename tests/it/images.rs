@@ -21,11 +21,13 @@ fn repo() -> &'static Path {
 }
 
 /// The stand-in for the KubeSolo binary: exercises iptables-nft and nft on the booted
-/// system, prints a line, and powers off.
+/// system, prints a line, and powers off — unless the console has a shell
+/// (`kubesolo.shell`): then it keeps running, as KubeSolo would, for the shell's user.
 pub(crate) const STANDIN: &str = "#!/bin/sh\n\
 iptables -t nat -A POSTROUTING -s 10.42.0.0/16 -j MASQUERADE && ipt=ok || ipt=failed\n\
 nft add table ip kubesolo-masq && nft list tables | grep -q kubesolo-masq && nft=ok || nft=failed\n\
 echo \"KUBESOLO-STANDIN running: iptables=$ipt nft=$nft data=$(mount | grep -c ' /var/lib/kubesolo ')\"\n\
+grep -qw kubesolo.shell /proc/cmdline && exec sleep 3600\n\
 sync\n\
 poweroff -f\n";
 
@@ -679,6 +681,8 @@ fn images_are_bit_identical_across_store_roots_umask_and_tz() {
         ("disk-image@small", "disk.img"),
         ("disk-image-arm64@small", "disk.img"),
         ("rpi-image@small", "sdcard.img"),
+        ("iso@small", "kubesolo.iso"),
+        ("data-disk", "data.img"),
     ];
     let mut first = Vec::new();
     for (t, f) in targets {
@@ -860,9 +864,9 @@ fn the_compressed_image_decompresses_to_the_image() {
     );
 }
 
-/// The rootfs, initramfs and the three `@small` images rebuild bit for bit under every
-/// variation `check` knows (time and clocks, CPUs, host name, build user ids, umask, ASLR,
-/// directory order, build directory name, kernel release), in fresh
+/// The rootfs, initramfs, the three `@small` images, the live ISO and its data disk rebuild
+/// bit for bit under every variation `check` knows (time and clocks, CPUs, host name, build
+/// user ids, umask, ASLR, directory order, build directory name, kernel release), in fresh
 /// sandboxes, against the builds the other image tests made (the kernels, compiled once
 /// and checked against their record by `kernels::`, are inputs here, not rebuilt).
 #[test]
@@ -879,6 +883,8 @@ fn images_initramfs_and_rootfs_reproduce_under_every_variation() {
         "disk-image@small",
         "disk-image-arm64@small",
         "rpi-image@small",
+        "iso@small",
+        "data-disk",
     ];
     // Beside the kernel store, where `.ci/run` finds it and prints it at its end.
     let report = store.with_file_name("reproducibility.md");
@@ -909,7 +915,10 @@ fn images_initramfs_and_rootfs_reproduce_under_every_variation() {
         );
     }
     let md = fs::read_to_string(&report).unwrap();
-    assert!(md.contains("**8 of 8 derivations reproducible.**"), "{md}");
+    assert!(
+        md.contains("**10 of 10 derivations reproducible.**"),
+        "{md}"
+    );
 }
 
 /// ksbuild → ksbuild through a binary cache: the shared store's `rpi-image@small` and its
@@ -984,14 +993,15 @@ fn a_fresh_store_substitutes_the_rpi_image_from_a_pushed_cache_and_builds_nothin
 /// Nix builds the real product from the flake: with only the fixed-output downloads and the
 /// three small kernels available to it (a cache `ksbuild cache push` signed), Nix 2.8 builds
 /// the environments (the rust toolchain's included), both update agents, the rootfs,
-/// initramfs and the three `@small` images itself, in its own sandbox, to ksbuild's output
-/// paths and NAR hashes.
+/// initramfs, the three `@small` images and the live ISO itself, in its own sandbox, to
+/// ksbuild's output paths and NAR hashes.
 #[test]
 fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
     let targets = [
         "rpi-image@small",
         "disk-image@small",
         "disk-image-arm64@small",
+        "iso@small",
     ];
     let tmp = scratch();
     let store = kernel_store();
@@ -1101,6 +1111,7 @@ fn nix_builds_the_small_images_from_the_flake_to_ksbuild_s_bytes() {
         "initramfs-rpi-small",
         "rpi-image-small",
         "disk-image-small",
+        "iso-small",
     ] {
         assert!(
             built_by_nix.iter().any(|p| p.ends_with(name)),

@@ -14,6 +14,7 @@ mod http_server;
 mod images;
 mod init;
 mod instantiate;
+mod iso;
 mod kernels;
 mod lock;
 mod nix_derivations;

@@ -13,7 +13,8 @@ ks_log "KUBESOLO-OS BOOT OK arch=$(uname -m) kernel=$(uname -r) slot=$KS_SLOT da
 [ "$KS_SHELL" = 1 ] && { setsid cttyhack sh -l < /dev/console > /dev/console 2>&1 & }
 /usr/local/bin/kubesolo &
 ks_kubesolo=$!
-if [ -x /usr/bin/kubesolo-update ] && [ "$KS_NOPERSIST" != 1 ]; then
+# A live system has no A/B slot to confirm.
+if [ -x /usr/bin/kubesolo-update ] && [ "$KS_NOPERSIST" != 1 ] && [ "${KS_LIVE:-0}" != 1 ]; then
   /usr/bin/kubesolo-update healthcheck > /dev/console 2>&1 &
 fi
 wait "$ks_kubesolo"
