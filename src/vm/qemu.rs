@@ -199,6 +199,8 @@ impl Machine {
                 uefi,
                 data_disk,
             } => {
+                // Not `-nographic`: with it SeaBIOS copies its VGA screen onto the serial
+                // port, and isolinux's menu (drawn on both) comes out garbled.
                 push(&[
                     "-M",
                     "q35",
@@ -208,7 +210,10 @@ impl Machine {
                     "1024",
                     "-net",
                     "none",
-                    "-nographic",
+                    "-display",
+                    "none",
+                    "-serial",
+                    "mon:stdio",
                 ]);
                 if *uefi {
                     push(&["-bios", OVMF]);

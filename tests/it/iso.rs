@@ -1,6 +1,7 @@
 //! The x86_64 live ISO (`iso@small`) and its data disk (`data-disk`): the hybrid layout (MBR,
 //! GPT, ISO 9660, El Torito), and four QEMU boots that cover every path and every entry —
-//! SeaBIOS from a CD (the default entry, after its 3 s countdown, onto the data disk), OVMF
+//! SeaBIOS from a CD (the default entry, after its 3 s countdown, onto the data disk; booted
+//! by `ksbuild vm iso@small --dir`, which copies `data-disk` there), OVMF
 //! from a CD (`kubesolo-nopersist`: the data disk attached but never mounted), OVMF from a
 //! disk (`kubesolo-shell`, no data disk: RAM only, and a command typed into the shell),
 //! SeaBIOS from a disk (`kubesolo-debug`). Entries are chosen as a user would, by their key in
@@ -15,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{kernel_store, ksbuild, run, run_ok, scratch};
-use crate::images::{project, qemu, realise, writable_copy, LIMIT};
+use crate::images::{assert_unchanged, project, qemu, realise, vm, writable_copy, LIMIT};
+use ksbuild::vm::{Guest, IsoMedia, Machine};
 
 /// The entries of both boot loaders' menus (the keys that boot them: k, d, s, n).
 const ENTRIES: [&str; 4] = [
@@ -35,60 +37,37 @@ enum Firmware {
     Ovmf,
 }
 
-/// The ISO and the data disk realised in the shared kernel store, or `None` (skipped).
-fn realise_iso(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+/// The ISO and the data disk realised in the shared kernel store from a copy of the project
+/// in `dir` (returned third), or `None` (skipped).
+fn realise_iso(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let store = kernel_store();
     let proj = project(dir, &store);
     let iso = realise(&store, &proj, "iso@small", &[])?;
     let data = realise(&store, &proj, "data-disk", &[])?;
-    Some((iso.join("kubesolo.iso"), data.join("data.img")))
+    Some((iso.join("kubesolo.iso"), data.join("data.img"), proj))
 }
 
-/// QEMU's arguments: q35 under TCG, the serial console on stdio (no VGA console mirrored
-/// onto it), the ISO as a CD (`-cdrom`, read-only: the store path itself) or as a virtio
-/// disk (`disk`: a writable copy, as a USB stick would be), and the data disk if any.
+/// QEMU's arguments, as `ksbuild vm` makes them (`ksbuild::vm::Machine`): q35 under TCG,
+/// the serial console on stdio, the ISO first in the boot order as a CD (read-only: the
+/// store path itself) or as a virtio disk (as a USB stick would be), and the data disk if any.
 fn machine(
     firmware: Firmware,
     cd: Option<&Path>,
     disk: Option<&Path>,
     data: Option<&Path>,
 ) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-M",
-        "q35",
-        "-smp",
-        "2",
-        "-m",
-        "1024",
-        "-net",
-        "none",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ]
-    .map(String::from)
-    .to_vec();
-    if let Firmware::Ovmf = firmware {
-        args.extend(["-bios".into(), "/usr/share/ovmf/OVMF.fd".into()]);
-    }
-    if let Some(cd) = cd {
-        args.extend(["-cdrom".into(), cd.display().to_string()]);
-        // SeaBIOS tries disks first, and a data disk's protective MBR is not bootable.
-        if let Firmware::SeaBios = firmware {
-            args.extend(["-boot".into(), "order=d".into()]);
-        }
-    }
-    for d in [disk, data].into_iter().flatten() {
-        args.extend([
-            "-drive".into(),
-            format!("file={},format=raw,if=virtio", d.display()),
-        ]);
-    }
-    args
+    let (iso, media) = match (cd, disk) {
+        (Some(cd), _) => (cd, IsoMedia::Cdrom),
+        (None, Some(disk)) => (disk, IsoMedia::Disk),
+        (None, None) => panic!("an ISO as a CD or as a disk"),
+    };
+    Machine::new(Guest::Iso {
+        iso: iso.to_path_buf(),
+        media,
+        uefi: matches!(firmware, Firmware::Ovmf),
+        data_disk: data.map(Path::to_path_buf),
+    })
+    .args()
 }
 
 /// Boots QEMU with `args`, typing on its serial console: for each `(wait, keys)` in turn,
@@ -186,7 +165,7 @@ fn assert_menu(log: &str) {
 #[test]
 fn iso_from_a_bios_cd_boots_its_default_entry_onto_the_data_disk() {
     let tmp = scratch();
-    let Some((iso, data)) = realise_iso(tmp.path()) else {
+    let Some((iso, data, proj)) = realise_iso(tmp.path()) else {
         return;
     };
     let mut head = vec![0u8; 0x8800 + 64];
@@ -209,9 +188,27 @@ fn iso_from_a_bios_cd_boots_its_default_entry_onto_the_data_disk() {
     if !qemu("qemu-system-x86_64") {
         return;
     }
-    let data_copy = writable_copy(&data, tmp.path());
-    let args = machine(Firmware::SeaBios, Some(&iso), None, Some(&data_copy));
-    let (log, _) = boot_typing(&args, &[], LIMIT);
+    // Through `ksbuild vm`, as a user boots it: the ISO as a CD under SeaBIOS, and the
+    // `data-disk` target's disk copied into `--dir` on first use. It runs until the stand-in
+    // powers off (no `--expect`: the host name must be synced to the disk).
+    let state = tmp.path().join("vm");
+    let limit = LIMIT.as_secs().to_string();
+    let (code, log, err) = vm(
+        &kernel_store(),
+        &proj,
+        "iso@small",
+        &["--dir", state.to_str().unwrap(), "--timeout", &limit],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "ksbuild vm iso@small:\n{err}\nconsole:\n{log}"
+    );
+    let data_copy = state.join("data.img");
+    assert!(data_copy.exists(), "{err}");
+    // Neither the ISO nor the data disk in the store was written.
+    assert_unchanged(&kernel_store(), iso.parent().unwrap());
+    assert_unchanged(&kernel_store(), data.parent().unwrap());
     let text = plain(&log);
     assert!(text.contains("ISOLINUX"), "{text}");
     assert!(text.contains(ISOLINUX_COUNTDOWN), "{text}");
@@ -259,7 +256,7 @@ fn iso_from_a_bios_cd_boots_its_default_entry_onto_the_data_disk() {
 #[test]
 fn iso_from_a_uefi_cd_boots_nopersist_without_mounting_the_data_disk() {
     let tmp = scratch();
-    let Some((iso, data)) = realise_iso(tmp.path()) else {
+    let Some((iso, data, _)) = realise_iso(tmp.path()) else {
         return;
     };
     if !qemu("qemu-system-x86_64") {
@@ -297,7 +294,7 @@ fn iso_from_a_uefi_cd_boots_nopersist_without_mounting_the_data_disk() {
 #[test]
 fn iso_as_a_uefi_disk_runs_in_ram_and_its_shell_entry_gives_a_shell() {
     let tmp = scratch();
-    let Some((iso, _)) = realise_iso(tmp.path()) else {
+    let Some((iso, _, _)) = realise_iso(tmp.path()) else {
         return;
     };
     if !qemu("qemu-system-x86_64") {
@@ -342,7 +339,7 @@ fn iso_as_a_uefi_disk_runs_in_ram_and_its_shell_entry_gives_a_shell() {
 #[test]
 fn iso_as_a_bios_disk_boots_the_debug_entry() {
     let tmp = scratch();
-    let Some((iso, _)) = realise_iso(tmp.path()) else {
+    let Some((iso, _, _)) = realise_iso(tmp.path()) else {
         return;
     };
     if !qemu("qemu-system-x86_64") {
