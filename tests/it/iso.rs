@@ -190,14 +190,23 @@ fn iso_from_a_bios_cd_boots_its_default_entry_onto_the_data_disk() {
     }
     // Through `ksbuild vm`, as a user boots it: the ISO as a CD under SeaBIOS, and the
     // `data-disk` target's disk copied into `--dir` on first use. It runs until the stand-in
-    // powers off (no `--expect`: the host name must be synced to the disk).
+    // has synced and powered off (the host name must be on the disk).
     let state = tmp.path().join("vm");
     let limit = LIMIT.as_secs().to_string();
     let (code, log, err) = vm(
         &kernel_store(),
         &proj,
         "iso@small",
-        &["--dir", state.to_str().unwrap(), "--timeout", &limit],
+        &[
+            "--dir",
+            state.to_str().unwrap(),
+            "--timeout",
+            &limit,
+            "--expect",
+            "KUBESOLO-OS BOOT OK",
+            "--expect",
+            "reboot: Power down",
+        ],
     );
     assert_eq!(
         code,
