@@ -187,6 +187,16 @@ pub struct SandboxSpec {
     /// others removed (anything else in it is refused). When ksbuild is root, outputs
     /// belong to the build user's host uid.
     pub root_dir: PathBuf,
+    /// An empty directory beside `root_dir` (in the same directory) for overlayfs's work:
+    /// with one, the store directory inside is an overlay of a `tmpfs` holding the inputs'
+    /// mount points over `root_dir`, so that a build's set-up costs no disk metadata per
+    /// input and leaves nothing in `root_dir` but the outputs. Without one, or where the
+    /// kernel refuses an unprivileged overlay (before Linux 5.11; then once per process,
+    /// the build is retried and later ones do the same), or with
+    /// `KSBUILD_SANDBOX_NO_OVERLAY=1`, the mount points are created in `root_dir` on disk.
+    /// It is given to the build user (mode 0700); overlayfs leaves a `work` directory of
+    /// mode 000 in it, which the next build reuses.
+    pub work_dir: Option<PathBuf>,
     /// A fresh directory that becomes `/build` (the caller keeps it on `--keep-failed`).
     /// It is given to the build user (mode 0700); files the caller puts in it beforehand
     /// must be readable by that user.
