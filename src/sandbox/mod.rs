@@ -23,7 +23,12 @@
 //! memory rather than on disk; and only the store directory inside it is on disk
 //! (`root_dir` itself, bound there before the tmpfs hides it), so that outputs land on the
 //! store's filesystem while the rest of the skeleton costs no disk metadata and vanishes
-//! with the namespace.
+//! with the namespace. Given a [`SandboxSpec::work_dir`], the store directory is moreover an
+//! overlayfs of a `tmpfs` holding the inputs' mount points over `root_dir`: the mount points
+//! are not on disk either, so a build's set-up costs the same whatever the size of its
+//! closure (a `mkdir` and `rmdir` on ext4 cost about 0.3 and 1 ms each, a `tmpfs` entry a few
+//! µs). Where the kernel refuses an unprivileged overlay (before 5.11), the mount points are
+//! created on disk, as with `KSBUILD_SANDBOX_NO_OVERLAY=1`.
 //!
 //! # How
 //!

@@ -945,6 +945,90 @@ mod tests {
     }
 
     #[test]
+    fn with_the_overlay_no_mount_point_is_on_disk_and_the_layers_bind_is_gone_first() {
+        let mut s = spec();
+        s.work_dir = Some("/s/root.work".into());
+        // Without permission to use it, or without a work directory, no overlay.
+        let without = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        assert!(!without
+            .namespace
+            .iter()
+            .any(|s| matches!(s, Step::MountOverlay { .. })));
+        assert_eq!(
+            plan(&spec(), &ids(true), &mut inspect, true, true).unwrap(),
+            plan(&spec(), &ids(true), &mut inspect, true, false).unwrap()
+        );
+        let p = plan(&s, &ids(true), &mut inspect, true, true).unwrap();
+        assert!(p.host.iter().all(Step::is_host_step));
+        // On the host: nothing is created in `root_dir`; the work directory is the build
+        // user's.
+        assert!(!p.host.iter().any(|s| matches!(
+            s,
+            Step::CreateMountPoint { .. } | Step::CreateSymlink { .. } | Step::CreateFile { .. }
+        )));
+        assert!(p.host.contains(&Step::SetOwner {
+            path: "/s/root.work".into(),
+            uid: Some(4000),
+            gid: Some(4000)
+        }));
+        let ns = &p.namespace;
+        assert!(ns.contains(&Step::DetachTree {
+            source: "/s".into()
+        }));
+        assert!(!ns.contains(&Step::DetachTree {
+            source: "/s/root".into()
+        }));
+        let fsids = position(ns, |s| matches!(s, Step::SetFilesystemIds { .. }));
+        let skeleton_dir = position(ns, |s| {
+            *s == Step::CreateDirectory {
+                path: "nix/store/aaaa-busybox".into(),
+                mode: 0o755,
+            }
+        });
+        let skeleton_link = position(ns, |s| {
+            *s == Step::CreateSymlink {
+                target: "aaaa-busybox".into(),
+                path: "nix/store/cccc-link".into(),
+            }
+        });
+        let overlay = position(ns, |s| {
+            *s == Step::MountOverlay {
+                target: "nix/store".into(),
+                lower: "nix/store".into(),
+                upper: Path::new(LAYERS).join("root"),
+                work: Path::new(LAYERS).join("root.work"),
+            }
+        });
+        let detach = position(ns, |s| {
+            *s == Step::DetachMount {
+                target: LAYERS.into(),
+            }
+        });
+        let removed = position(ns, |s| {
+            *s == Step::RemoveDirectory {
+                path: LAYERS.into(),
+            }
+        });
+        let bound = position(
+            ns,
+            |s| matches!(s, Step::AttachTree { target, .. } if target.ends_with("aaaa-busybox")),
+        );
+        let build = position(
+            ns,
+            |s| matches!(s, Step::CreateDirectory { path, .. } if path == Path::new("build")),
+        );
+        // The skeleton is complete before the overlay is mounted over it (a lower layer must
+        // not change under an overlay), by the build user; the temporary bind is gone before
+        // anything else of the root exists; the inputs are bound onto the merged store.
+        assert!(fsids < skeleton_dir && skeleton_dir < overlay && skeleton_link < overlay);
+        assert!(overlay < detach && detach + 1 == removed && removed < build);
+        assert!(overlay < bound);
+        // A work directory that is not beside `root_dir` is refused.
+        s.work_dir = Some("/elsewhere/work".into());
+        assert!(plan(&s, &ids(true), &mut inspect, true, true).is_err());
+    }
+
+    #[test]
     fn only_root_clears_groups_and_the_store_is_group_writable() {
         let p = plan(&spec(), &ids(true), &mut inspect, false, false).unwrap();
         assert_eq!(p.host[0], Step::ClearSupplementaryGroups);
