@@ -516,7 +516,7 @@ impl SandboxExecutor<'_> {
             None => Scratch {
                 root: scratch_dir("")?,
                 build: scratch_dir(".build")?,
-                work: scratch_dir(".work")?,
+                work: WorkDir(scratch_dir(".work")?),
             },
         };
         let root_dir = scratch.root.path().to_path_buf();
@@ -776,7 +776,25 @@ pub struct Scratch {
     pub build: tempfile::TempDir,
     /// overlayfs's work directory, beside the root (kept as it is between builds: the
     /// overlay empties it when it is mounted).
-    pub work: tempfile::TempDir,
+    pub work: WorkDir,
+}
+
+/// overlayfs's work directory of a [`Scratch`], removed on drop even though the overlay
+/// leaves a directory of mode 000 in it (which a `TempDir` cannot remove for an ordinary
+/// user).
+pub struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = store::remove_tree(self.0.path());
+    }
 }
 
 impl Scratch {
