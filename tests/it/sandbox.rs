@@ -1060,7 +1060,12 @@ fn outputs_stay_in(f: &Fixture, b: &Build, overlay: bool) {
     if overlay {
         assert!(!mount_point.exists());
         // Nor does the overlay leave its extended attributes on the outputs.
-        for path in [b.out(), b.out().join("bin"), b.out().join("bin/hello")] {
+        for path in [
+            b.spec.root_dir.clone(),
+            b.out(),
+            b.out().join("bin"),
+            b.out().join("bin/hello"),
+        ] {
             assert_eq!(
                 user_xattrs(&path),
                 Vec::<String>::new(),
