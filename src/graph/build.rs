@@ -516,6 +516,7 @@ impl SandboxExecutor<'_> {
             None => Scratch {
                 root: scratch_dir("")?,
                 build: scratch_dir(".build")?,
+                work: WorkDir(scratch_dir(".work")?),
             },
         };
         let root_dir = scratch.root.path().to_path_buf();
@@ -539,6 +540,7 @@ impl SandboxExecutor<'_> {
                 .map(|p| (store.physical_path(p), store.print(p)))
                 .collect(),
             root_dir: root_dir.clone(),
+            work_dir: Some(scratch.work.path().to_path_buf()),
             build_dir: build_dir.clone(),
             cores: self.options.cores,
             timeout: self.options.timeout,
@@ -571,6 +573,7 @@ impl SandboxExecutor<'_> {
                     .failed_builds_dir()
                     .join(scratch.build.path().file_name().unwrap_or_default());
                 let _ = store::remove_tree(scratch.root.path());
+                let _ = store::remove_tree(scratch.work.path());
                 if std::fs::rename(scratch.build.keep(), &kept).is_ok() {
                     f.message.push_str(&format!(" (kept `{}`)", kept.display()));
                 }
@@ -771,6 +774,27 @@ pub struct Scratch {
     pub root: tempfile::TempDir,
     /// `/build`.
     pub build: tempfile::TempDir,
+    /// overlayfs's work directory, beside the root (kept as it is between builds: the
+    /// overlay empties it when it is mounted).
+    pub work: WorkDir,
+}
+
+/// overlayfs's work directory of a [`Scratch`], removed on drop even though the overlay
+/// leaves a directory of mode 000 in it (which a `TempDir` cannot remove for an ordinary
+/// user).
+pub struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = store::remove_tree(self.0.path());
+    }
 }
 
 impl Scratch {
@@ -779,6 +803,7 @@ impl Scratch {
     fn discard(self) {
         let _ = store::remove_tree(self.root.path());
         let _ = store::remove_tree(self.build.path());
+        let _ = store::remove_tree(self.work.path());
     }
 
     /// Removes everything in both directories (outputs left over, what the builder left in

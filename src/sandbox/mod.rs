@@ -23,7 +23,12 @@
 //! memory rather than on disk; and only the store directory inside it is on disk
 //! (`root_dir` itself, bound there before the tmpfs hides it), so that outputs land on the
 //! store's filesystem while the rest of the skeleton costs no disk metadata and vanishes
-//! with the namespace.
+//! with the namespace. Given a [`SandboxSpec::work_dir`], the store directory is moreover an
+//! overlayfs of a `tmpfs` holding the inputs' mount points over `root_dir`: the mount points
+//! are not on disk either, so a build's set-up costs the same whatever the size of its
+//! closure (a `mkdir` and `rmdir` on ext4 cost about 0.3 and 1 ms each, a `tmpfs` entry a few
+//! µs). Where the kernel refuses an unprivileged overlay (before 5.11), the mount points are
+//! created on disk, as with `KSBUILD_SANDBOX_NO_OVERLAY=1`.
 //!
 //! # How
 //!
@@ -187,6 +192,16 @@ pub struct SandboxSpec {
     /// others removed (anything else in it is refused). When ksbuild is root, outputs
     /// belong to the build user's host uid.
     pub root_dir: PathBuf,
+    /// An empty directory beside `root_dir` (in the same directory) for overlayfs's work:
+    /// with one, the store directory inside is an overlay of a `tmpfs` holding the inputs'
+    /// mount points over `root_dir`, so that a build's set-up costs no disk metadata per
+    /// input and leaves nothing in `root_dir` but the outputs. Without one, or where the
+    /// kernel refuses an unprivileged overlay (before Linux 5.11; then once per process,
+    /// the build is retried and later ones do the same), or with
+    /// `KSBUILD_SANDBOX_NO_OVERLAY=1`, the mount points are created in `root_dir` on disk.
+    /// It is given to the build user (mode 0700); overlayfs leaves a `work` directory of
+    /// mode 000 in it, which the next build reuses.
+    pub work_dir: Option<PathBuf>,
     /// A fresh directory that becomes `/build` (the caller keeps it on `--keep-failed`).
     /// It is given to the build user (mode 0700); files the caller puts in it beforehand
     /// must be readable by that user.

@@ -11,12 +11,19 @@
 //! 2. **mounts**, while it still has `CAP_SYS_ADMIN` in the namespace and its host
 //!    filesystem ids: everything private; then every host path the build needs is taken as a
 //!    detached bind mount (`open_tree`): the store directory (`root_dir`), the inputs,
-//!    `build_dir`, the device nodes. Only then a `tmpfs` is mounted over `root_dir` — the new
+//!    `build_dir`, the device nodes (with the store directory's overlay, `root_dir`'s parent
+//!    instead of `root_dir`). Only then a `tmpfs` is mounted over `root_dir` — the new
 //!    root — and PID 1 `chdir`s into it and takes the build user's *filesystem* ids
 //!    (`setfsuid`), so that the skeleton it creates there (`nix/store`, `build`, `tmp`, `etc`
 //!    with `passwd`/`group`/`hosts`, `dev` with its mount points and symlinks, `proc`) belongs
 //!    to the build user as in Nix. (When ksbuild is root, PID 1's own uid is not mapped in its
-//!    namespace and could not create files on a tmpfs of that namespace.) The detached trees
+//!    namespace and could not create files on a tmpfs of that namespace.) With the overlay,
+//!    the inputs' mount points are created in the tmpfs's store directory (the skeleton, the
+//!    overlay's lower layer), the parent of `root_dir` is attached for a moment at
+//!    `.ksbuild-layers`, an overlayfs is mounted over the store directory (`userxattr`; upper
+//!    layer `root_dir`, work directory beside it — overlayfs wants them on one mount, and
+//!    works on them with the build user's filesystem ids, which PID 1 has by then), and the
+//!    temporary bind is detached and its mount point removed. The detached trees
 //!    are attached (`move_mount`) and remounted — inputs and devices read-only —, then
 //!    `/dev/shm`, `/dev/pts` and a fresh `/proc` for the new PID namespace are mounted;
 //! 3. **`pivot_root(".", ".")`** and detach the old root: from here no path leads to the

@@ -270,6 +270,48 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Where the bind of `root_dir`'s parent is attached for a moment while the overlay is
+/// mounted (a top-level name of the new root that ksbuild never creates otherwise).
+const LAYERS: &str = ".ksbuild-layers";
+
+/// The on-disk side of the store directory's overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OverlayLayers {
+    /// The common parent of `root_dir` and the work directory.
+    parent: PathBuf,
+    /// `root_dir`'s name in it (the upper layer).
+    upper_name: PathBuf,
+    /// The work directory's name in it.
+    work_name: PathBuf,
+    /// The work directory.
+    work_on_disk: PathBuf,
+}
+
+/// Checks that `work` is beside `root` (one mount holds both, as overlayfs requires).
+fn overlay_layers(root: &Path, work: &Path) -> Result<OverlayLayers, SandboxError> {
+    let (Some(parent), Some(upper_name), Some(work_name)) =
+        (root.parent(), root.file_name(), work.file_name())
+    else {
+        return Err(invalid("work_dir", "root_dir and work_dir need a parent"));
+    };
+    if work.parent() != Some(parent) || upper_name == work_name {
+        return Err(invalid(
+            "work_dir",
+            format!(
+                "`{}` must be beside `{}`, in the same directory",
+                work.display(),
+                root.display()
+            ),
+        ));
+    }
+    Ok(OverlayLayers {
+        parent: parent.to_path_buf(),
+        upper_name: upper_name.into(),
+        work_name: work_name.into(),
+        work_on_disk: work.to_path_buf(),
+    })
+}
+
 /// Plans a sandbox. `inspect` tells what each input's physical path is (the caller
 /// answers with `lstat`); `devpts` says whether to mount a private `/dev/pts` (Nix does
 /// when the host has `/dev/pts/ptmx`).
@@ -284,8 +326,13 @@ pub(crate) fn plan(
     ids: &HostIds,
     inspect: &mut dyn FnMut(&Path) -> Result<InputKind, Errno>,
     devpts: bool,
+    overlay: bool,
 ) -> Result<Plan, SandboxError> {
     validate(spec)?;
+    let overlay = match (&spec.work_dir, overlay) {
+        (Some(work), true) => Some(overlay_layers(&spec.root_dir, work)?),
+        _ => None,
+    };
     let root = spec.root_dir.as_path();
     let variation = &spec.variation;
     let (uid, gid) = variation.ids.unwrap_or((SANDBOX_UID, SANDBOX_GID));
@@ -315,30 +362,62 @@ pub(crate) fn plan(
         path: store_on_disk.clone(),
         mode: 0o1775,
     });
-    // Mount points of the inputs, in the store directory on disk.
+    // Mount points of the inputs: with an overlay, in its tmpfs skeleton (created inside
+    // the namespace, below); else in the store directory on disk.
     let mut bound_inputs = Vec::new();
+    let mut skeleton = Vec::new();
     for (physical, logical) in &spec.inputs {
         let relative = PathBuf::from(logical.trim_start_matches('/'));
         let on_disk = store_on_disk.join(relative.file_name().unwrap_or_default());
-        match inspect(physical).map_err(|errno| SandboxError::Step {
+        let kind = inspect(physical).map_err(|errno| SandboxError::Step {
             step: Step::InspectInput {
                 path: physical.clone(),
             },
             errno,
-        })? {
-            InputKind::Symlink(link) => host.push(Step::CreateSymlink {
-                target: link,
+        })?;
+        let mount_point = match (&kind, overlay.is_some()) {
+            (InputKind::Symlink(link), true) => Step::CreateSymlink {
+                target: link.clone(),
+                path: relative.clone(),
+            },
+            (InputKind::Symlink(link), false) => Step::CreateSymlink {
+                target: link.clone(),
                 path: on_disk,
-            }),
-            kind @ (InputKind::Directory | InputKind::File) => {
-                host.push(Step::CreateMountPoint {
-                    source: physical.clone(),
-                    target: on_disk,
-                });
-                let copied = variation.shuffled_order && kind == InputKind::Directory;
-                bound_inputs.push((physical.clone(), relative, copied));
-            }
+            },
+            (InputKind::Directory, true) => Step::CreateDirectory {
+                path: relative.clone(),
+                mode: 0o755,
+            },
+            (InputKind::File, true) => Step::CreateFile {
+                path: relative.clone(),
+            },
+            (_, false) => Step::CreateMountPoint {
+                source: physical.clone(),
+                target: on_disk,
+            },
+        };
+        if overlay.is_some() {
+            skeleton.push(mount_point);
+        } else {
+            host.push(mount_point);
         }
+        if !matches!(kind, InputKind::Symlink(_)) {
+            let copied = variation.shuffled_order && kind == InputKind::Directory;
+            bound_inputs.push((physical.clone(), relative, copied));
+        }
+    }
+    if let Some(layers) = &overlay {
+        // overlayfs's work directory belongs to the build user, whose filesystem ids PID 1
+        // has when it mounts the overlay (the overlay acts on its layers with them).
+        host.push(Step::SetOwner {
+            path: layers.work_on_disk.clone(),
+            uid: Some(ids.build_uid),
+            gid: Some(ids.build_gid),
+        });
+        host.push(Step::SetMode {
+            path: layers.work_on_disk.clone(),
+            mode: 0o700,
+        });
     }
     host.push(Step::SetOwner {
         path: spec.build_dir.clone(),
@@ -355,7 +434,10 @@ pub(crate) fn plan(
     //    this process's own (host) filesystem ids.
     ns.push(Step::MakeMountsPrivate);
     ns.push(Step::DetachTree {
-        source: store_on_disk.clone(),
+        source: match &overlay {
+            Some(layers) => layers.parent.clone(),
+            None => store_on_disk.clone(),
+        },
     });
     for (physical, _, _) in &bound_inputs {
         ns.push(Step::DetachTree {
@@ -391,6 +473,34 @@ pub(crate) fn plan(
         ns.push(Step::CreateDirectory {
             path: prefix.clone(),
             mode: 0o755,
+        });
+    }
+    if let Some(layers) = &overlay {
+        // The store directory: the skeleton of mount points in the tmpfs, under `root_dir`
+        // on disk. Its parent is bound for a moment at `LAYERS`, so that the upper and
+        // work directories are reached on one mount (as overlayfs requires) once the tmpfs
+        // hides `root_dir`; the overlay keeps its own private clones of its layers, so
+        // that bind is detached and its mount point removed before anything else exists.
+        ns.extend(skeleton);
+        ns.push(Step::CreateDirectory {
+            path: LAYERS.into(),
+            mode: 0o700,
+        });
+        ns.push(Step::AttachTree {
+            source: layers.parent.clone(),
+            target: LAYERS.into(),
+        });
+        ns.push(Step::MountOverlay {
+            target: store_relative.clone(),
+            lower: store_relative.clone(),
+            upper: Path::new(LAYERS).join(&layers.upper_name),
+            work: Path::new(LAYERS).join(&layers.work_name),
+        });
+        ns.push(Step::DetachMount {
+            target: LAYERS.into(),
+        });
+        ns.push(Step::RemoveDirectory {
+            path: LAYERS.into(),
         });
     }
     let create_build_dir = Step::CreateDirectory {
@@ -468,10 +578,12 @@ pub(crate) fn plan(
         nodev: true,
         ..RemountFlags::default()
     };
-    ns.push(Step::AttachTree {
-        source: store_on_disk,
-        target: store_relative.clone(),
-    });
+    if overlay.is_none() {
+        ns.push(Step::AttachTree {
+            source: store_on_disk,
+            target: store_relative.clone(),
+        });
+    }
     ns.push(Step::Remount {
         target: store_relative,
         flags: rw,
@@ -642,6 +754,7 @@ mod tests {
                 ),
             ],
             root_dir: "/s/root".into(),
+            work_dir: None,
             build_dir: "/s/build".into(),
             cores: 2,
             timeout: Some(Duration::from_secs(1)),
@@ -678,7 +791,7 @@ mod tests {
 
     #[test]
     fn the_prelude_is_in_every_plan_and_comes_first_where_it_matters() {
-        let p = plan(&spec(), &ids(false), &mut inspect, true).unwrap();
+        let p = plan(&spec(), &ids(false), &mut inspect, true, false).unwrap();
         for step in prelude() {
             assert!(p.namespace.contains(&step), "{step} is not in the plan");
         }
@@ -739,7 +852,7 @@ mod tests {
 
     #[test]
     fn argv_starts_with_the_builder_base_name() {
-        let p = plan(&spec(), &ids(true), &mut inspect, true).unwrap();
+        let p = plan(&spec(), &ids(true), &mut inspect, true, false).unwrap();
         assert_eq!(p.exec.argv, ["busybox", "sh", "-c", "true"]);
         assert_eq!(p.exec.path, "/nix/store/aaaa-busybox/bin/busybox");
         let mut sorted = p.exec.env.clone();
@@ -749,7 +862,7 @@ mod tests {
 
     #[test]
     fn steps_come_in_the_documented_order() {
-        let p = plan(&spec(), &ids(true), &mut inspect, true).unwrap();
+        let p = plan(&spec(), &ids(true), &mut inspect, true, false).unwrap();
         assert!(p.host.iter().all(Step::is_host_step));
         let ns = &p.namespace;
         let private = position(ns, |s| matches!(s, Step::MakeMountsPrivate));
@@ -832,8 +945,92 @@ mod tests {
     }
 
     #[test]
+    fn with_the_overlay_no_mount_point_is_on_disk_and_the_layers_bind_is_gone_first() {
+        let mut s = spec();
+        s.work_dir = Some("/s/root.work".into());
+        // Without permission to use it, or without a work directory, no overlay.
+        let without = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        assert!(!without
+            .namespace
+            .iter()
+            .any(|s| matches!(s, Step::MountOverlay { .. })));
+        assert_eq!(
+            plan(&spec(), &ids(true), &mut inspect, true, true).unwrap(),
+            plan(&spec(), &ids(true), &mut inspect, true, false).unwrap()
+        );
+        let p = plan(&s, &ids(true), &mut inspect, true, true).unwrap();
+        assert!(p.host.iter().all(Step::is_host_step));
+        // On the host: nothing is created in `root_dir`; the work directory is the build
+        // user's.
+        assert!(!p.host.iter().any(|s| matches!(
+            s,
+            Step::CreateMountPoint { .. } | Step::CreateSymlink { .. } | Step::CreateFile { .. }
+        )));
+        assert!(p.host.contains(&Step::SetOwner {
+            path: "/s/root.work".into(),
+            uid: Some(4000),
+            gid: Some(4000)
+        }));
+        let ns = &p.namespace;
+        assert!(ns.contains(&Step::DetachTree {
+            source: "/s".into()
+        }));
+        assert!(!ns.contains(&Step::DetachTree {
+            source: "/s/root".into()
+        }));
+        let fsids = position(ns, |s| matches!(s, Step::SetFilesystemIds { .. }));
+        let skeleton_dir = position(ns, |s| {
+            *s == Step::CreateDirectory {
+                path: "nix/store/aaaa-busybox".into(),
+                mode: 0o755,
+            }
+        });
+        let skeleton_link = position(ns, |s| {
+            *s == Step::CreateSymlink {
+                target: "aaaa-busybox".into(),
+                path: "nix/store/cccc-link".into(),
+            }
+        });
+        let overlay = position(ns, |s| {
+            *s == Step::MountOverlay {
+                target: "nix/store".into(),
+                lower: "nix/store".into(),
+                upper: Path::new(LAYERS).join("root"),
+                work: Path::new(LAYERS).join("root.work"),
+            }
+        });
+        let detach = position(ns, |s| {
+            *s == Step::DetachMount {
+                target: LAYERS.into(),
+            }
+        });
+        let removed = position(ns, |s| {
+            *s == Step::RemoveDirectory {
+                path: LAYERS.into(),
+            }
+        });
+        let bound = position(
+            ns,
+            |s| matches!(s, Step::AttachTree { target, .. } if target.ends_with("aaaa-busybox")),
+        );
+        let build = position(
+            ns,
+            |s| matches!(s, Step::CreateDirectory { path, .. } if path == Path::new("build")),
+        );
+        // The skeleton is complete before the overlay is mounted over it (a lower layer must
+        // not change under an overlay), by the build user; the temporary bind is gone before
+        // anything else of the root exists; the inputs are bound onto the merged store.
+        assert!(fsids < skeleton_dir && skeleton_dir < overlay && skeleton_link < overlay);
+        assert!(overlay < detach && detach + 1 == removed && removed < build);
+        assert!(overlay < bound);
+        // A work directory that is not beside `root_dir` is refused.
+        s.work_dir = Some("/elsewhere/work".into());
+        assert!(plan(&s, &ids(true), &mut inspect, true, true).is_err());
+    }
+
+    #[test]
     fn only_root_clears_groups_and_the_store_is_group_writable() {
-        let p = plan(&spec(), &ids(true), &mut inspect, false).unwrap();
+        let p = plan(&spec(), &ids(true), &mut inspect, false, false).unwrap();
         assert_eq!(p.host[0], Step::ClearSupplementaryGroups);
         assert!(p.host.contains(&Step::SetMode {
             path: "/s/root".into(),
@@ -848,7 +1045,7 @@ mod tests {
             .host
             .iter()
             .any(|s| matches!(s, Step::CreateSymlink { path, .. } if path.ends_with("ptmx"))));
-        let p = plan(&spec(), &ids(false), &mut inspect, true).unwrap();
+        let p = plan(&spec(), &ids(false), &mut inspect, true, false).unwrap();
         assert!(!p.host.contains(&Step::ClearSupplementaryGroups));
     }
 
@@ -874,7 +1071,7 @@ mod tests {
         for (edit, field) in cases {
             let mut s = spec();
             edit(&mut s);
-            match plan(&s, &ids(true), &mut inspect, true) {
+            match plan(&s, &ids(true), &mut inspect, true, false) {
                 Err(SandboxError::InvalidSpec { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected InvalidSpec({field}), got {other:?}"),
             }
@@ -885,7 +1082,7 @@ mod tests {
     fn a_missing_input_names_the_inspect_step() {
         let mut s = spec();
         s.inputs[0].0 = "/nonexistent/nix/store/aaaa-busybox".into();
-        match plan(&s, &ids(true), &mut inspect, true) {
+        match plan(&s, &ids(true), &mut inspect, true, false) {
             Err(SandboxError::Step {
                 step: Step::InspectInput { path },
                 errno: Errno::ENOENT,
@@ -911,7 +1108,7 @@ mod variation_tests {
             clocks_ahead: Some(60),
             ..Variation::default()
         };
-        let p = plan(&s, &ids(false), &mut inspect, true).unwrap();
+        let p = plan(&s, &ids(false), &mut inspect, true, false).unwrap();
         let ns = &p.namespace;
         let input = Path::new("nix/store/aaaa-busybox");
         // The directory input is a shuffled copy on a tmpfs, read-only, never bound.
@@ -974,7 +1171,7 @@ mod variation_tests {
         for bad in ["/proc", "/nix", "/a/b", "/tmp/", "build", "/tmp/.."] {
             let mut s = spec();
             s.variation.build_dir = Some(bad.into());
-            let e = plan(&s, &ids(false), &mut inspect, true).unwrap_err();
+            let e = plan(&s, &ids(false), &mut inspect, true, false).unwrap_err();
             assert!(
                 e.to_string().contains("must be `/NAME` or `/tmp/NAME`"),
                 "{bad}: {e}"

@@ -185,6 +185,30 @@ pub enum Step {
         /// Mount data, e.g. `mode=1777`.
         options: String,
     },
+    /// Mount an overlayfs (`userxattr`, `nosuid,nodev`) at `target`: the store directory,
+    /// made of a `tmpfs` skeleton holding the inputs' mount points (`lower`) and `root_dir`
+    /// on disk (`upper`), so that mount points cost no disk metadata and outputs land on
+    /// disk. Linux 5.11 or later for an unprivileged overlay.
+    MountOverlay {
+        /// The mount point (relative to the new root).
+        target: PathBuf,
+        /// The read-only layer: the skeleton.
+        lower: PathBuf,
+        /// The writable layer: `root_dir`, reached through a bind of its parent.
+        upper: PathBuf,
+        /// overlayfs's work directory, on the same mount as `upper`.
+        work: PathBuf,
+    },
+    /// `umount2(target, MNT_DETACH)`: a mount needed only while setting up.
+    DetachMount {
+        /// The mount point.
+        target: PathBuf,
+    },
+    /// `rmdir(2)`.
+    RemoveDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Mount a private `devpts` instance (`/dev/pts`).
     MountDevpts {
         /// The mount point.
@@ -361,6 +385,24 @@ impl fmt::Display for Step {
                 "enter a time namespace {seconds} s ahead (CLONE_NEWTIME; the kernel needs \
                  CONFIG_TIME_NS)"
             ),
+            Step::MountOverlay {
+                target,
+                lower,
+                upper,
+                work,
+            } => write!(
+                f,
+                "mount overlayfs on `{}` (lowerdir `{}`, upperdir `{}`, workdir `{}`, \
+                 userxattr; the kernel needs 5.11 or later)",
+                target.display(),
+                lower.display(),
+                upper.display(),
+                work.display()
+            ),
+            Step::DetachMount { target } => {
+                write!(f, "detach `{}` (umount2 MNT_DETACH)", target.display())
+            }
+            Step::RemoveDirectory { path } => write!(f, "remove directory `{}`", path.display()),
             Step::MountDevpts { target, options } => {
                 write!(f, "mount devpts on `{}` ({options})", target.display())
             }
@@ -450,6 +492,14 @@ impl Step {
                 sys::copy_tree_shuffled(&path, target)
             }
             Step::EnterTimeNamespace { seconds } => sys::enter_time_namespace(*seconds),
+            Step::MountOverlay {
+                target,
+                lower,
+                upper,
+                work,
+            } => sys::mount_overlay(target, lower, upper, work),
+            Step::DetachMount { target } => sys::detach_mount(target),
+            Step::RemoveDirectory { path } => sys::remove_directory(path),
             Step::MountDevpts { target, options } => sys::mount_devpts(target, options),
             Step::MountProc { target } => sys::mount_proc(target),
             Step::PivotRoot { new_root } => sys::pivot_root_into(new_root),

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -153,11 +154,39 @@ impl Sandbox {
         ready: &dyn Fn(),
         on_log_line: &mut dyn FnMut(&[u8]),
     ) -> Result<BuildOutcome, SandboxError> {
+        let overlay = spec.work_dir.is_some() && overlay_allowed();
+        match self.attempt(spec, overlay, Some(ready), on_log_line) {
+            // The kernel refused the overlay before the builder ran (nothing was written
+            // in `root_dir`): this build and every later one in this process create the
+            // mount points on disk instead.
+            Err(SandboxError::Step {
+                step: Step::MountOverlay { .. },
+                errno,
+            }) if overlay && OVERLAY_REFUSALS.contains(&errno) => {
+                OVERLAY_REFUSED.store(true, Ordering::Relaxed);
+                if timing::enabled() {
+                    eprintln!("sandbox: overlayfs refused ({errno}): mount points on disk");
+                }
+                self.attempt(spec, false, None, on_log_line)
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Sandbox::run_when`], with or without the store directory's
+    /// overlay; `ready` is called if given (a retry has its slot already).
+    fn attempt(
+        &self,
+        spec: &SandboxSpec,
+        overlay: bool,
+        ready: Option<&dyn Fn()>,
+        on_log_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<BuildOutcome, SandboxError> {
         let t0 = Instant::now();
         let ids = HostIds::resolve(spec.build_user)?;
-        check_directories(spec)?;
+        check_directories(spec, overlay)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
-        let mut plan = plan::plan(spec, &ids, &mut inspect_input, devpts)?;
+        let mut plan = plan::plan(spec, &ids, &mut inspect_input, devpts, overlay)?;
         timing::report("sandbox: plan", t0);
         let t0 = Instant::now();
 
@@ -189,7 +218,9 @@ impl Sandbox {
         }
         let request = serialise(&plan)?;
         timing::report("sandbox: log and pty", t0);
-        ready();
+        if let Some(ready) = ready {
+            ready();
+        }
         let origin = timing::epoch_micros();
         // Through a zygote if there is one, else by `exec`ing an init process. Either way
         // ksbuild's copy of the terminal's slave end is closed once the build has started,
@@ -490,11 +521,35 @@ pub fn is_left_mount_point(path: &Path) -> bool {
         }
 }
 
+/// Set once the kernel has refused the store directory's overlay in this process.
+static OVERLAY_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// What `mount` answers when the kernel or a filesystem cannot make the overlay: no
+/// unprivileged overlayfs (before 5.11: `EPERM`), no overlayfs at all (`ENODEV`), an upper
+/// filesystem without user xattrs or `d_type` (`EINVAL`, `EOPNOTSUPP`), a store's parent
+/// directory the build user cannot search (`EACCES`).
+const OVERLAY_REFUSALS: [Errno; 5] = [
+    Errno::EPERM,
+    Errno::ENODEV,
+    Errno::EINVAL,
+    Errno::EOPNOTSUPP,
+    Errno::EACCES,
+];
+
+/// Whether builds use the store directory's overlay: not after the kernel refused it,
+/// nor with `KSBUILD_SANDBOX_NO_OVERLAY=1` (which forces the mount points on disk).
+fn overlay_allowed() -> bool {
+    !OVERLAY_REFUSED.load(Ordering::Relaxed)
+        && std::env::var_os("KSBUILD_SANDBOX_NO_OVERLAY").is_none_or(|v| v != "1")
+}
+
 /// Checks the two directories of the spec. `root_dir` must be empty but for the mount
 /// points an earlier build in it left (empty files and directories named like store
 /// paths): those of this build's inputs are left for the plan to reuse, the others are
 /// removed, so that the builder sees its closure and nothing else in the store directory.
-fn check_directories(spec: &SandboxSpec) -> Result<(), SandboxError> {
+/// With the store directory's `overlay`, mount points are not on disk: all of them are
+/// removed (an earlier build without the overlay may have left them).
+fn check_directories(spec: &SandboxSpec, overlay: bool) -> Result<(), SandboxError> {
     let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
     let root = &spec.root_dir;
     let entries = fs::read_dir(root)
@@ -507,13 +562,22 @@ fn check_directories(spec: &SandboxSpec) -> Result<(), SandboxError> {
             return Err(not_empty());
         }
         let name = entry.file_name();
-        let needed = spec
-            .inputs
-            .iter()
-            .any(|(_, logical)| Path::new(logical).file_name() == Some(name.as_os_str()));
+        let needed = !overlay
+            && spec
+                .inputs
+                .iter()
+                .any(|(_, logical)| Path::new(logical).file_name() == Some(name.as_os_str()));
         if !needed {
             let removed = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
             removed.map_err(|_| not_empty())?;
+        }
+    }
+    if let Some(work) = &spec.work_dir {
+        if !fs::symlink_metadata(work).is_ok_and(|m| m.is_dir()) {
+            return Err(invalid(
+                "work_dir",
+                format!("`{}` is not a directory", work.display()),
+            ));
         }
     }
     match fs::symlink_metadata(&spec.build_dir) {

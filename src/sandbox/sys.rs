@@ -692,6 +692,51 @@ pub(crate) fn mount_tmpfs(target: &Path, options: &str) -> Result<(), Errno> {
     )
 }
 
+/// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) of an overlayfs,
+/// `nosuid,nodev`, with `userxattr` (its own xattrs in the `user.overlay.` namespace, as an
+/// unprivileged overlay must). Commas, colons and backslashes in the paths are escaped.
+pub(crate) fn mount_overlay(
+    target: &Path,
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+) -> Result<(), Errno> {
+    let escape = |p: &Path| -> Result<String, Errno> {
+        let s = p.to_str().ok_or(Errno::EINVAL)?;
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            if matches!(c, ',' | ':' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        Ok(out)
+    };
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        escape(lower)?,
+        escape(upper)?,
+        escape(work)?
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+}
+
+/// [`umount2(2)`](https://man7.org/linux/man-pages/man2/umount2.2.html) with `MNT_DETACH`.
+pub(crate) fn detach_mount(target: &Path) -> Result<(), Errno> {
+    nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+}
+
+/// [`rmdir(2)`](https://man7.org/linux/man-pages/man2/rmdir.2.html).
+pub(crate) fn remove_directory(path: &Path) -> Result<(), Errno> {
+    fs::remove_dir(path).map_err(|e| io_errno(&e))
+}
+
 /// Copies the tree of `source` (a directory, e.g. a detached bind mount, read through
 /// `/proc/self/fd/N`) into the existing, empty directory `target`, creating the entries
 /// of every directory in an order unrelated to their names or to the source's directory

@@ -1557,3 +1557,111 @@ fn keys_that_lower_to_one_derivation_are_fetched_once() {
     built.sort();
     assert_eq!(built, ["one", "two"], "{out}");
 }
+
+/// Issue 17: a build sees exactly its closure in the store, no more and no less, for a
+/// closure of hundreds of paths (a chain of 300 derivations, each mentioning the one
+/// before), both with the store directory's overlay and with the mount points on disk
+/// (`KSBUILD_SANDBOX_NO_OVERLAY=1`, as where the kernel refuses an unprivileged overlay);
+/// and a path of the store outside its closure, known by name, cannot be reached.
+#[test]
+fn a_build_sees_exactly_its_closure_in_the_store() {
+    if skip_without_busybox() {
+        return;
+    }
+    const CHAIN: usize = 300;
+    let mut files = vec![(
+        "derivations/outside.toml".to_string(),
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo outside > $out\"]\n\
+         [inputs]\nbb = { path = \"tools/busybox\" }\n"
+            .to_string(),
+    )];
+    for i in 0..CHAIN {
+        let (previous, input) = match i {
+            0 => ("${bb}".to_string(), String::new()),
+            _ => (
+                format!("${{c{}}}", i - 1),
+                format!("c{0} = \"c{0}\"\n", i - 1),
+            ),
+        };
+        files.push((
+            format!("derivations/c{i}.toml"),
+            format!(
+                "builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo c{i} {previous} > $out\"]\n\
+                 [inputs]\nbb = {{ path = \"tools/busybox\" }}\n{input}"
+            ),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Project::new(&refs);
+    let built = run_ok(
+        p.ks("st")
+            .args(["realise", "-j2", "outside", &format!("c{}", CHAIN - 1)]),
+    );
+    let outputs: Vec<&str> = built.lines().collect();
+    assert_eq!(outputs.len(), 2, "{built}");
+    let (outside, last) = (outputs[0], outputs[1]);
+    assert!(outside.ends_with("-outside") && last.ends_with(&format!("-c{}", CHAIN - 1)));
+    // The top build lists the store, and tries the path outside its closure by name (the
+    // name is a plain string in its environment: no reference, so no input).
+    fs::write(
+        p.dir.join("derivations/top.toml"),
+        format!(
+            "builder = \"${{bb}}/bin/busybox\"\n\
+             args = [\"sh\", \"-c\", \"$B ls -a /nix/store > listing; \
+             if $B test -e $OUTSIDE || $B ls $OUTSIDE; then echo reachable >> listing; fi; \
+             $B cp listing $out\"]\n\
+             [inputs]\nbb = {{ path = \"tools/busybox\" }}\nlast = \"c{}\"\n\
+             [env]\nOUTSIDE = \"{outside}\"\nB = \"${{bb}}/bin/busybox\"\nLAST = \"${{last}}\"\n",
+            CHAIN - 1
+        ),
+    )
+    .unwrap();
+    let built_top = run(p
+        .ks("st")
+        .env(ksbuild::timing::ENV, "1")
+        .args(["realise", "top"]));
+    assert!(built_top.status.success(), "{built_top:?}");
+    let top = String::from_utf8_lossy(&built_top.stdout).into_owned();
+    let overlay_used = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr).contains("mount overlayfs")
+    };
+    assert!(overlay_used(&built_top), "the overlay was used");
+    let listing = fs::read_to_string(
+        p.scratch
+            .join("st")
+            .join(top.trim().trim_start_matches('/')),
+    )
+    .unwrap();
+    let seen: BTreeSet<&str> = listing
+        .lines()
+        .filter(|l| *l != "." && *l != "..")
+        .collect();
+    let closure = run_ok(p.ks("st").args(["store", "path-info", "-r", last]));
+    let expected: BTreeSet<&str> = closure
+        .lines()
+        .map(|l| l.trim().trim_start_matches("/nix/store/"))
+        .collect();
+    assert_eq!(
+        expected.len(),
+        CHAIN + 1,
+        "the closure is the chain and busybox"
+    );
+    let extra: Vec<_> = seen.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&seen).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "the build saw in /nix/store, beside its closure: {extra:?}; and missed: {missing:?}"
+    );
+    // The same build with the mount points on disk sees the same: `--check` rebuilds it and
+    // compares the outputs byte for byte.
+    let checked = run(p
+        .ks("st")
+        .env("KSBUILD_SANDBOX_NO_OVERLAY", "1")
+        .env(ksbuild::timing::ENV, "1")
+        .args(["realise", "--check", "top"]));
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(!overlay_used(&checked), "the overlay was not used");
+}

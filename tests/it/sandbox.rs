@@ -63,6 +63,13 @@ impl Build {
         self.run_with_lines(&mut |_| {})
     }
 
+    /// The same build with the inputs' mount points on disk in the root directory (no
+    /// overlay at the store directory), as where the kernel refuses an unprivileged one.
+    fn without_overlay(mut self) -> Build {
+        self.spec.work_dir = None;
+        self
+    }
+
     fn run_with_lines(&self, on_line: &mut dyn FnMut(&[u8])) -> Result<BuildOutcome, SandboxError> {
         self.sandbox.run(&self.spec, on_line)
     }
@@ -123,7 +130,9 @@ impl Fixture {
             .path()
             .join(format!("store/nix/var/ksbuild/roots/{n}"));
         let build_dir = self.dir.path().join(format!("build-{n}"));
+        let work_dir = root_dir.with_extension("work");
         fs::create_dir_all(&root_dir).unwrap();
+        fs::create_dir_all(&work_dir).unwrap();
         fs::create_dir_all(&build_dir).unwrap();
         let out_logical = format!("/nix/store/{}", store_base_name(&format!("out-{n}")));
         let env = BTreeMap::from([
@@ -141,6 +150,7 @@ impl Fixture {
                 store_dir: "/nix/store".into(),
                 inputs: vec![(self.busybox_physical.clone(), self.busybox_logical.clone())],
                 root_dir,
+                work_dir: Some(work_dir),
                 build_dir,
                 cores: 2,
                 timeout: Some(Duration::from_secs(60)),
@@ -404,9 +414,23 @@ fn a_root_dir_is_reused_with_its_mount_points_and_nothing_else_shows() {
         return;
     }
     let f = Fixture::new();
-    let b = f.build("$B ls /nix/store > $out");
+    for overlay in [false, true] {
+        let b = f.build("$B ls /nix/store > $out");
+        let b = if overlay { b } else { b.without_overlay() };
+        reuses_a_root(&f, b, overlay);
+    }
+    // Anything else in the root is refused, as before.
+    let c = f.build("true");
+    fs::create_dir_all(c.spec.root_dir.join(store_base_name("x")).join("inner")).unwrap();
+    let e = c.run().expect_err("a root with a non-empty directory");
+    assert!(e.to_string().contains("is not empty"), "{e}");
+}
+
+/// Runs `b` (which lists the store) in a root holding what earlier builds left there.
+fn reuses_a_root(f: &Fixture, b: Build, overlay: bool) {
     // What earlier builds in this root left: busybox's mount point, needed again, and the
     // mount points of inputs this build does not have (an empty directory, an empty file).
+    // With the overlay (whose mount points are never on disk) all of them are removed.
     let root = &b.spec.root_dir;
     let busybox = f.busybox_logical.trim_start_matches("/nix/store/");
     let (gone_dir, gone_file) = (store_base_name("gone-dir"), store_base_name("gone-file"));
@@ -419,15 +443,11 @@ fn a_root_dir_is_reused_with_its_mount_points_and_nothing_else_shows() {
     expected.sort();
     assert_eq!(b.output_text().lines().collect::<Vec<_>>(), expected);
     assert!(!root.join(&gone_dir).exists() && !root.join(&gone_file).exists());
-    assert!(
+    assert_eq!(
         root.join(busybox).is_dir(),
-        "the mount point is left for the next build"
+        !overlay,
+        "the mount point is left for the next build (only without the overlay)"
     );
-    // Anything else in the root is refused, as before.
-    let c = f.build("true");
-    fs::create_dir_all(c.spec.root_dir.join(store_base_name("x")).join("inner")).unwrap();
-    let e = c.run().expect_err("a root with a non-empty directory");
-    assert!(e.to_string().contains("is not empty"), "{e}");
 }
 
 /// The mount namespaces this process holds descriptors of, but its own.
@@ -1013,8 +1033,16 @@ fn outputs_stay_in_the_root_for_the_caller() {
         return;
     }
     let f = Fixture::new();
-    let b = f.build("$B mkdir -p $out/bin; echo hi > $out/bin/hello; $B ln -s hello $out/bin/link");
-    assert_success(&b, &b.run().expect("sandbox runs"));
+    for overlay in [true, false] {
+        let b =
+            f.build("$B mkdir -p $out/bin; echo hi > $out/bin/hello; $B ln -s hello $out/bin/link");
+        let b = if overlay { b } else { b.without_overlay() };
+        outputs_stay_in(&f, &b, overlay);
+    }
+}
+
+fn outputs_stay_in(f: &Fixture, b: &Build, overlay: bool) {
+    assert_success(b, &b.run().expect("sandbox runs"));
     assert_eq!(
         fs::read_to_string(b.out().join("bin/hello")).unwrap(),
         "hi\n"
@@ -1023,12 +1051,31 @@ fn outputs_stay_in_the_root_for_the_caller() {
         fs::read_link(b.out().join("bin/link")).unwrap(),
         Path::new("hello")
     );
-    // The input's mount point is an empty directory on the host once the build is over.
+    // Without the overlay, the input's mount point is an empty directory on the host once
+    // the build is over; with it, the mount point was never on disk.
     let mount_point = b
         .spec
         .root_dir
         .join(f.busybox_logical.trim_start_matches("/nix/store/"));
-    assert_eq!(fs::read_dir(mount_point).unwrap().count(), 0);
+    if overlay {
+        assert!(!mount_point.exists());
+        // Nor does the overlay leave its extended attributes on the outputs.
+        for path in [
+            b.spec.root_dir.clone(),
+            b.out(),
+            b.out().join("bin"),
+            b.out().join("bin/hello"),
+        ] {
+            assert_eq!(
+                user_xattrs(&path),
+                Vec::<String>::new(),
+                "{}",
+                path.display()
+            );
+        }
+    } else {
+        assert_eq!(fs::read_dir(mount_point).unwrap().count(), 0);
+    }
     // Nothing else of the sandbox's root is left on disk: it was a tmpfs. The root
     // directory is the store directory: only the output and the mount point are there.
     let mut left: Vec<_> = fs::read_dir(&b.spec.root_dir)
@@ -1036,14 +1083,30 @@ fn outputs_stay_in_the_root_for_the_caller() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    let mut expected = vec![
-        f.busybox_logical
-            .trim_start_matches("/nix/store/")
-            .to_string(),
-        b.out_logical.trim_start_matches("/nix/store/").to_string(),
-    ];
+    let mut expected = vec![b.out_logical.trim_start_matches("/nix/store/").to_string()];
+    if !overlay {
+        expected.push(
+            f.busybox_logical
+                .trim_start_matches("/nix/store/")
+                .to_string(),
+        );
+    }
     expected.sort();
     assert_eq!(left, expected);
+    let mode = fs::metadata(&b.spec.root_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o1775, "the store directory's mode");
+}
+
+/// The names of the extended attributes of `path` (not following a symlink):
+/// [`llistxattr(2)`](https://man7.org/linux/man-pages/man2/listxattr.2.html).
+fn user_xattrs(path: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(path, &mut buf).expect("llistxattr");
+    buf[..n]
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect()
 }
 
 #[test]
