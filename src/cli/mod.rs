@@ -11,6 +11,7 @@ mod graph_cmd;
 mod hash_cmd;
 mod key_cmd;
 mod progress;
+mod provenance_cmd;
 mod realise_cmd;
 mod serve_cmd;
 mod store_cmd;
@@ -158,6 +159,9 @@ enum Command {
     /// console on the terminal: `disk-image` (OVMF), `disk-image-arm64` (AAVMF),
     /// `rpi-image@small` (raspi3b), `iso` (SeaBIOS or OVMF).
     Vm(vm_cmd::VmArgs),
+    /// SLSA v1 build provenance of a realised target (an in-toto statement in a DSSE
+    /// envelope signed with a Nix key); `provenance verify FILE --key PUB` checks one.
+    Provenance(provenance_cmd::ProvenanceArgs),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -353,6 +357,7 @@ pub fn main() -> ExitCode {
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),
         Command::Bundle(cmd) => bundle_cmd::run(&ctx, cmd),
         Command::Vm(args) => vm_cmd::run(&ctx, args),
+        Command::Provenance(args) => provenance_cmd::run(&ctx, args),
     };
     match result {
         Ok(code) => code,

@@ -21,6 +21,7 @@ mod nix_derivations;
 mod nix_narinfo;
 mod nix_store;
 mod progress;
+mod provenance;
 mod realise;
 mod remote;
 mod remote_build;
