@@ -4,3 +4,4 @@
 
 pub mod dsse;
 pub mod provenance;
+pub mod sbom;

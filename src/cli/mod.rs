@@ -13,6 +13,7 @@ mod key_cmd;
 mod progress;
 mod provenance_cmd;
 mod realise_cmd;
+mod sbom_cmd;
 mod serve_cmd;
 mod store_cmd;
 mod vm_cmd;
@@ -162,6 +163,10 @@ enum Command {
     /// SLSA v1 build provenance of a realised target (an in-toto statement in a DSSE
     /// envelope signed with a Nix key); `provenance verify FILE --key PUB` checks one.
     Provenance(provenance_cmd::ProvenanceArgs),
+    /// An SBOM of what ships in a realised target (SPDX 2.3 or CycloneDX 1.5 JSON): its
+    /// Debian packages (from the locks, those whose files are in the output), kernel,
+    /// firmware, downloads and ksbuild's own files, with how they contain each other.
+    Sbom(sbom_cmd::SbomArgs),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -358,6 +363,7 @@ pub fn main() -> ExitCode {
         Command::Bundle(cmd) => bundle_cmd::run(&ctx, cmd),
         Command::Vm(args) => vm_cmd::run(&ctx, args),
         Command::Provenance(args) => provenance_cmd::run(&ctx, args),
+        Command::Sbom(args) => sbom_cmd::run(&ctx, args),
     };
     match result {
         Ok(code) => code,

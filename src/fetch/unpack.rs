@@ -123,6 +123,38 @@ pub fn unpack_tar(input: impl Read, dest: &Path, hint: &str) -> Result<(), Unpac
 
 /// Unpacks the `data.tar.*` member of the Debian package at `deb` into `dest`.
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), UnpackError> {
+    let (data, name) = data_tar(deb)?;
+    unpack_tar(data, dest, &name)
+}
+
+/// The regular files of the Debian package at `deb` (its `data.tar`): each file's path
+/// (without the leading `./`) and its SHA-256, in archive order.
+pub fn deb_file_hashes(deb: &Path) -> Result<Vec<(String, crate::compat::Hash)>, UnpackError> {
+    let (data, name) = data_tar(deb)?;
+    let mut archive = tar::Archive::new(decompress(data, &name)?);
+    let mut out = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut h = crate::compat::hash::Hasher::new(crate::compat::HashAlgo::Sha256);
+        io::copy(&mut entry, &mut h)?;
+        out.push((path, h.finish()));
+    }
+    Ok(out)
+}
+
+/// The `data.tar.*` member of a Debian package (an `ar` archive), and its name.
+fn data_tar(deb: &Path) -> Result<(io::Take<BufReader<File>>, String), UnpackError> {
     let mut input = BufReader::new(File::open(deb)?);
     let mut magic = [0u8; 8];
     input
@@ -152,7 +184,7 @@ pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), UnpackError> {
             .parse()
             .map_err(|_| format("corrupt ar member size in the Debian package"))?;
         if name.starts_with("data.tar") {
-            return unpack_tar((&mut input).take(size), dest, &name);
+            return Ok((input.take(size), name));
         }
         io::copy(&mut (&mut input).take(size + size % 2), &mut io::sink())?;
     }
