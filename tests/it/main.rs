@@ -26,6 +26,7 @@ mod realise;
 mod remote;
 mod remote_build;
 mod sandbox;
+mod sbom;
 mod ssh_server;
 mod substitute;
 mod system_features;
