@@ -67,6 +67,9 @@ pub enum Relation {
     GeneratedFrom,
 }
 
+/// A relationship: from, how, to (ids).
+pub type Relationship = (String, Relation, String);
+
 /// A bill of materials.
 #[derive(Debug, Clone)]
 pub struct Bill {
@@ -83,7 +86,7 @@ pub struct Bill {
     /// Files.
     pub files: Vec<File>,
     /// Relationships by id.
-    pub relationships: Vec<(String, Relation, String)>,
+    pub relationships: Vec<Relationship>,
     /// ksbuild's version.
     pub tool_version: String,
 }
@@ -123,7 +126,7 @@ pub fn utc(seconds: u64) -> String {
     )
 }
 
-fn sorted(bill: &Bill) -> (Vec<Component>, Vec<File>, Vec<(String, Relation, String)>) {
+fn sorted(bill: &Bill) -> (Vec<Component>, Vec<File>, Vec<Relationship>) {
     let mut c = bill.components.clone();
     c.sort();
     c.dedup_by(|a, b| a.id == b.id);
