@@ -317,9 +317,55 @@ pub(super) fn hash_files(
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
+    hash_file_sparse(path, HashAlgo::Sha256)
+}
+
+/// The hash of a file's bytes; the holes of a sparse file (4 GiB images) are hashed as the
+/// zeros they read as, without reading them (`lseek(2)` `SEEK_DATA`/`SEEK_HOLE`).
+pub(super) fn hash_file_sparse(path: &Path, algo: HashAlgo) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
     let mut f = std::fs::File::open(path)?;
-    let mut h = Hasher::new(HashAlgo::Sha256);
-    std::io::copy(&mut f, &mut h)?;
+    let size = f.metadata()?.len();
+    let mut h = Hasher::new(algo);
+    let mut at = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    while at < size {
+        let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(at as i64)) {
+            Ok(p) => p.min(size),
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(_) => at,
+        };
+        let mut zeros = data - at;
+        while zeros > 0 {
+            let n = zeros.min(ZEROS.len() as u64) as usize;
+            h.update(&ZEROS[..n]);
+            zeros -= n as u64;
+        }
+        at = data;
+        if at >= size {
+            break;
+        }
+        let hole = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(at as i64)) {
+            Ok(p) => p.min(size),
+            Err(_) => size,
+        };
+        f.seek(SeekFrom::Start(at))?;
+        let mut left = hole - at;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was hashed",
+                ));
+            }
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        at = hole;
+    }
     Ok(h.finish().to_hex())
 }
 

@@ -24,7 +24,6 @@ use clap::{Args, ValueEnum};
 use super::provenance_cmd::{closure_keys, json_error, write_document};
 use super::{CliError, Context};
 use crate::attest::sbom::{self, Bill, Component, File, Kind, Relation};
-use crate::compat::hash::Hasher;
 use crate::compat::{FileIngestionMethod, HashAlgo, StorePath};
 use crate::model::sandbox::{lock_path, LockFile, LockedDeb};
 use crate::model::{HashFrom, Lowered, Node, ENVIRONMENT_BUSYBOX};
@@ -130,10 +129,7 @@ fn hash_file(path: &Path, algo: HashAlgo) -> Result<String, CliError> {
         action: "hash a file",
         source: std::io::Error::new(e.kind(), format!("`{}`: {e}", path.display())),
     };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut h = Hasher::new(algo);
-    std::io::copy(&mut f, &mut h).map_err(io)?;
-    Ok(h.finish().to_hex())
+    super::provenance_cmd::hash_file_sparse(path, algo).map_err(io)
 }
 
 /// SHA-256 of every non-empty regular file under `dir`.
