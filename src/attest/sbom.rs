@@ -91,6 +91,63 @@ pub struct Bill {
     pub tool_version: String,
 }
 
+/// Debian's licence short names (DEP-5) that have an SPDX identifier.
+const DEBIAN_LICENSES: [(&str, &str); 24] = [
+    ("gpl-1", "GPL-1.0-only"),
+    ("gpl-1+", "GPL-1.0-or-later"),
+    ("gpl-2", "GPL-2.0-only"),
+    ("gpl-2+", "GPL-2.0-or-later"),
+    ("gpl-3", "GPL-3.0-only"),
+    ("gpl-3+", "GPL-3.0-or-later"),
+    ("lgpl-2", "LGPL-2.0-only"),
+    ("lgpl-2+", "LGPL-2.0-or-later"),
+    ("lgpl-2.1", "LGPL-2.1-only"),
+    ("lgpl-2.1+", "LGPL-2.1-or-later"),
+    ("lgpl-3", "LGPL-3.0-only"),
+    ("lgpl-3+", "LGPL-3.0-or-later"),
+    ("bsd-2-clause", "BSD-2-Clause"),
+    ("bsd-3-clause", "BSD-3-Clause"),
+    ("bsd-4-clause", "BSD-4-Clause"),
+    ("expat", "MIT"),
+    ("mit", "MIT"),
+    ("isc", "ISC"),
+    ("zlib", "Zlib"),
+    ("apache-2.0", "Apache-2.0"),
+    ("mpl-2.0", "MPL-2.0"),
+    ("cc0-1.0", "CC0-1.0"),
+    ("gfdl-1.3+", "GFDL-1.3-or-later"),
+    ("unicode-dfs-2016", "Unicode-DFS-2016"),
+];
+
+/// The licences a Debian `copyright` file declares, as an SPDX expression (`A AND B`,
+/// sorted): only for machine-readable files (DEP-5, with a `Format:` header) whose every
+/// `Files:` paragraph names one licence that has an SPDX identifier; else `None` (the SBOM
+/// then says NOASSERTION rather than guess).
+pub fn debian_license(copyright: &str) -> Option<String> {
+    let mut paragraphs = copyright.split("\n\n").filter(|p| !p.trim().is_empty());
+    let header = paragraphs.next()?;
+    if !header.lines().any(|l| l.starts_with("Format:")) {
+        return None;
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for p in paragraphs {
+        if !p.lines().any(|l| l.starts_with("Files:")) {
+            continue;
+        }
+        let name = p
+            .lines()
+            .find_map(|l| l.strip_prefix("License:"))?
+            .trim()
+            .to_ascii_lowercase();
+        let id = DEBIAN_LICENSES.iter().find(|(d, _)| *d == name)?.1;
+        ids.insert(id);
+    }
+    if ids.is_empty() {
+        return None;
+    }
+    Some(ids.into_iter().collect::<Vec<_>>().join(" AND "))
+}
+
 /// Makes `text` an id: characters outside `[A-Za-z0-9.-]` become `-`.
 pub fn id(text: &str) -> String {
     text.chars()
@@ -332,6 +389,73 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_704_067_200), "2024-01-01T00:00:00Z");
         assert_eq!(utc(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+    }
+
+    #[test]
+    fn debian_licenses() {
+        let dep5 = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nCopyright: x\nLicense: GPL-2+\n\nFiles: lib/*\nLicense: LGPL-2.1+\n\nLicense: GPL-2+\n text\n";
+        assert_eq!(
+            debian_license(dep5).as_deref(),
+            Some("GPL-2.0-or-later AND LGPL-2.1-or-later")
+        );
+        // An unknown short name, an expression, or free text: no guess.
+        assert_eq!(
+            debian_license(&dep5.replace("LGPL-2.1+", "public-domain")),
+            None
+        );
+        assert_eq!(
+            debian_license(&dep5.replace("LGPL-2.1+", "GPL-2+ or BSD-3-clause")),
+            None
+        );
+        assert_eq!(
+            debian_license("This package was debianized by …\n\nGPL\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn changing_one_component_changes_exactly_its_entry() {
+        let c = |name: &str, version: &str| Component {
+            id: id(&format!("deb-{name}")),
+            kind: Kind::Debian,
+            name: name.into(),
+            version: Some(version.into()),
+            download: None,
+            sha256: Some("00".into()),
+            purl: Some(format!("pkg:deb/debian/{name}@{version}?arch=arm64")),
+            supplier: Some("Debian".into()),
+            license: None,
+            notes: vec![],
+        };
+        let bill = |libc: &str| Bill {
+            target: "t".into(),
+            root: "t".into(),
+            drv_hash: "h".into(),
+            created: 0,
+            components: vec![c("zlib1g", "1"), c("libc6", libc), c("t", "1")],
+            files: vec![],
+            relationships: vec![("t".into(), Relation::Contains, "deb-libc6".into())],
+            tool_version: "0".into(),
+        };
+        let (a, b) = (to_spdx(&bill("2.36")), to_spdx(&bill("2.37")));
+        let (pa, pb) = (
+            a["packages"].as_array().unwrap(),
+            b["packages"].as_array().unwrap(),
+        );
+        assert_eq!(pa.len(), pb.len());
+        let differing: Vec<&Value> = pa
+            .iter()
+            .zip(pb)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x)
+            .collect();
+        assert_eq!(differing.len(), 1);
+        assert_eq!(differing[0]["name"], "libc6");
+        let mut a2 = a.clone();
+        a2["packages"] = Value::Null;
+        let mut b2 = b.clone();
+        b2["packages"] = Value::Null;
+        assert_eq!(a2, b2, "nothing else changes");
     }
 
     #[test]

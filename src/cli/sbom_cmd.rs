@@ -321,20 +321,26 @@ fn gather(store: &Store, root: &Path, lowered: &Lowered, target: &str) -> Result
                         hint: Some(format!("fetch it: `ksbuild realise {target}`")),
                     });
                 }
-                let hashes =
-                    crate::fetch::deb_file_hashes(&store.physical_path(&path)).map_err(|e| {
-                        CliError::Failed(format!("cannot read `{}`: {e}", store.print(&path)))
-                    })?;
-                let mut took: Vec<String> = hashes
+                let copyright = format!("usr/share/doc/{}/copyright", deb.name);
+                let deb_files =
+                    crate::fetch::deb_files(&store.physical_path(&path), |p| p == copyright)
+                        .map_err(|e| {
+                            CliError::Failed(format!("cannot read `{}`: {e}", store.print(&path)))
+                        })?;
+                let mut took: Vec<String> = deb_files
                     .iter()
-                    .filter(|(_, h)| shipped.contains(&h.to_hex()))
-                    .map(|(p, _)| p.clone())
+                    .filter(|f| shipped.contains(&f.sha256.to_hex()))
+                    .map(|f| f.path.clone())
                     .collect();
                 if took.is_empty() {
                     continue;
                 }
                 took.sort();
                 let mut c = deb_component(deb, Kind::Debian);
+                c.license = deb_files
+                    .iter()
+                    .find_map(|f| f.contents.as_deref())
+                    .and_then(|t| sbom::debian_license(&String::from_utf8_lossy(t)));
                 c.notes.push(("filesShipped".into(), took.join(" ")));
                 relationships.push((id_of(key), Relation::Contains, c.id.clone()));
                 components.push(c);

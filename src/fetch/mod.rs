@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use mirrors::{apt_mirrors, Mirrors};
 pub use unpack::{
-    deb_file_hashes, strip_single_top_directory, unpack_deb, unpack_tar, UnpackError,
+    deb_files, strip_single_top_directory, unpack_deb, unpack_tar, DebFile, UnpackError,
 };
 
 use crate::compat::{FileIngestionMethod, Hash, HashAlgo};

@@ -127,9 +127,20 @@ pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), UnpackError> {
     unpack_tar(data, dest, &name)
 }
 
-/// The regular files of the Debian package at `deb` (its `data.tar`): each file's path
-/// (without the leading `./`) and its SHA-256, in archive order.
-pub fn deb_file_hashes(deb: &Path) -> Result<Vec<(String, crate::compat::Hash)>, UnpackError> {
+/// A regular file of a Debian package.
+#[derive(Debug, Clone)]
+pub struct DebFile {
+    /// Its path, without the leading `./`.
+    pub path: String,
+    /// SHA-256 of its bytes.
+    pub sha256: crate::compat::Hash,
+    /// Its bytes, for the files `keep` asked for.
+    pub contents: Option<Vec<u8>>,
+}
+
+/// The regular files of the Debian package at `deb` (its `data.tar`), in archive order,
+/// with the contents of those whose path `keep` accepts.
+pub fn deb_files(deb: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<DebFile>, UnpackError> {
     let (data, name) = data_tar(deb)?;
     let mut archive = tar::Archive::new(decompress(data, &name)?);
     let mut out = Vec::new();
@@ -147,8 +158,20 @@ pub fn deb_file_hashes(deb: &Path) -> Result<Vec<(String, crate::compat::Hash)>,
             .trim_start_matches("./")
             .to_string();
         let mut h = crate::compat::hash::Hasher::new(crate::compat::HashAlgo::Sha256);
-        io::copy(&mut entry, &mut h)?;
-        out.push((path, h.finish()));
+        let contents = if keep(&path) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            io::Write::write_all(&mut h, &bytes)?;
+            Some(bytes)
+        } else {
+            io::copy(&mut entry, &mut h)?;
+            None
+        };
+        out.push(DebFile {
+            path,
+            sha256: h.finish(),
+            contents,
+        });
     }
     Ok(out)
 }
