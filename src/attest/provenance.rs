@@ -16,8 +16,8 @@ pub const BUILD_TYPE: &str = "https://kubesolo.io/ksbuild/derivation/v1";
 /// The builder's id (the version goes into `builder.version`).
 pub const BUILDER_ID: &str = "https://kubesolo.io/ksbuild";
 
-/// A file of an output: its name (relative to the output; an output's own name when the
-/// output is a single file; `OUTPUT/…` for outputs other than `out`) and its SHA-256 (hex).
+/// A file of an output: its name (relative to the output, `OUTPUT/…` for outputs other than
+/// `out`; the store path's name when the output is a single file) and its SHA-256 (hex).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Subject {
     /// The name.

@@ -164,7 +164,7 @@ fn gather(store: &Store, root: &Path, lowered: &Lowered, target: &str) -> Result
             });
         }
         let prefix = (name != "out").then_some(name.as_str());
-        subjects.extend(hash_files(&store.physical_path(path), prefix, name)?);
+        subjects.extend(hash_files(&store.physical_path(path), prefix, path.name())?);
     }
     let mut dependencies = Vec::new();
     let mut locks: BTreeMap<String, Option<crate::model::sandbox::LockFile>> = BTreeMap::new();
@@ -431,7 +431,11 @@ fn verify(
                     continue;
                 }
                 let prefix = (name != "out").then_some(name.as_str());
-                files.extend(hash_files(&store.physical_path(&path), prefix, name)?);
+                files.extend(hash_files(
+                    &store.physical_path(&path),
+                    prefix,
+                    path.name(),
+                )?);
             }
             all_valid.then(|| (files, "the store".to_string()))
         }

@@ -191,6 +191,24 @@ fn provenance_is_signed_verified_and_refused_when_anything_changed() {
     let bad = verify(&file, &other, &[]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not verify"));
+    // A single-file output: its subject is named after its store path.
+    let dl = run_ok(
+        p.ks("s")
+            .args(["provenance", "dl", "--sign-key"])
+            .arg(&secret),
+    );
+    let s = statement(&dl);
+    assert_eq!(s["subject"].as_array().unwrap().len(), 1);
+    assert_eq!(s["subject"][0]["name"], "dl");
+    let dl_file = p.scratch.join("dl.intoto.json");
+    fs::write(&dl_file, &dl).unwrap();
+    let ok = verify(&dl_file, &public, &["--store-check"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
     let (_, stranger) = key_pair_named(&p.scratch.join("stranger"), "someone-else-1");
     let bad = verify(&file, &stranger, &[]);
     assert!(!bad.status.success());
