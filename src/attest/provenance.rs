@@ -12,9 +12,9 @@ pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 /// `predicateType` of SLSA provenance v1.
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 /// The build type: a derivation realised by ksbuild in its sandbox.
-pub const BUILD_TYPE: &str = "https://kubesolo.io/ksbuild/derivation/v1";
+pub const BUILD_TYPE: &str = "urn:ksbuild:build-type:derivation:v1";
 /// The builder's id (the version goes into `builder.version`).
-pub const BUILDER_ID: &str = "https://kubesolo.io/ksbuild";
+pub const BUILDER_ID: &str = "urn:ksbuild:builder:local-sandbox";
 
 /// A file of an output: its name (relative to the output, `OUTPUT/…` for outputs other than
 /// `out`; the store path's name when the output is a single file) and its SHA-256 (hex).

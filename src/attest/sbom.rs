@@ -281,7 +281,7 @@ pub fn to_spdx(bill: &Bill) -> Value {
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": bill.target,
-        "documentNamespace": format!("https://kubesolo.io/ksbuild/spdx/{}-{}", bill.drv_hash, id(&bill.target)),
+        "documentNamespace": format!("urn:ksbuild:spdx:{}-{}", bill.drv_hash, id(&bill.target)),
         "creationInfo": {
             "created": utc(bill.created),
             "creators": [format!("Tool: ksbuild-{}", bill.tool_version)],

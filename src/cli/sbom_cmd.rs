@@ -50,23 +50,15 @@ pub struct SbomArgs {
     output: Option<PathBuf>,
 }
 
-/// Canonical bases of the mirrors the locks name (the host's mirror configuration would
-/// make the document depend on the machine).
-const MIRRORS: [(&str, &str); 2] = [
-    ("debian", "https://deb.debian.org/debian"),
-    ("debian-security", "https://deb.debian.org/debian-security"),
-];
-
+/// Where a download comes from, for the document: its URL as declared, except `mirror://`
+/// URLs (the `.deb`s), which name no host — the archive a machine uses is its own
+/// configuration, and the document must not depend on the machine — so they have none
+/// (`NOASSERTION`); the package's purl and SHA-256 identify it.
 fn download_url(url: &str) -> Option<String> {
-    match url.strip_prefix("mirror://") {
-        None if url.starts_with("file://") => None,
-        None => Some(url.to_string()),
-        Some(rest) => {
-            let (name, path) = rest.split_once('/')?;
-            let base = MIRRORS.iter().find(|(n, _)| *n == name)?.1;
-            Some(format!("{base}/{path}"))
-        }
+    if url.starts_with("file://") || url.starts_with("mirror://") {
+        return None;
     }
+    Some(url.to_string())
 }
 
 pub fn run(ctx: &Context, args: SbomArgs) -> Result<ExitCode, CliError> {
