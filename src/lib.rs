@@ -20,6 +20,7 @@
 //! | [`check`] | rounds of builds compared, variations, explained differences, recorded outputs | runs builds, reads outputs |
 //! | [`remote`] | Nix's serve protocol: remote builders (the client, the machine choice, the dispatching executor) and the server `ksbuild --serve` | ssh, store, runs builds |
 //! | [`vm`] | booting built images under QEMU: kinds, QEMU's command lines, writable copies, A/B slots, the console watched | runs QEMU, copies images |
+//! | [`attest`] | SLSA provenance (in-toto statements), DSSE envelopes signed with Nix keys, SBOMs | none: facts in, documents out |
 //! | [`cli`] | clap commands, output, exit codes | terminal |
 //!
 //!
@@ -78,6 +79,7 @@
 //! * `cli/` — one file per command group.
 //! * `timing.rs` — phase timings behind `KSBUILD_TIMINGS`.
 
+pub mod attest;
 pub mod check;
 pub mod cli;
 pub mod compat;

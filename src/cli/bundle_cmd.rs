@@ -105,7 +105,7 @@ fn failed(bundle: &Path, why: &str) -> CliError {
     CliError::Failed(format!("bundle `{}` is refused: {why}", bundle.display()))
 }
 
-fn read_public_key(text: &str) -> Result<PublicKey, CliError> {
+pub(super) fn read_public_key(text: &str) -> Result<PublicKey, CliError> {
     let owned;
     let text = if Path::new(text).is_file() {
         owned = std::fs::read_to_string(text).map_err(|e| CliError::Usage {

@@ -11,7 +11,9 @@ mod graph_cmd;
 mod hash_cmd;
 mod key_cmd;
 mod progress;
+mod provenance_cmd;
 mod realise_cmd;
+mod sbom_cmd;
 mod serve_cmd;
 mod store_cmd;
 mod vm_cmd;
@@ -158,6 +160,13 @@ enum Command {
     /// console on the terminal: `disk-image` (OVMF), `disk-image-arm64` (AAVMF),
     /// `rpi-image@small` (raspi3b), `iso` (SeaBIOS or OVMF).
     Vm(vm_cmd::VmArgs),
+    /// SLSA v1 build provenance of a realised target (an in-toto statement in a DSSE
+    /// envelope signed with a Nix key); `provenance verify FILE --key PUB` checks one.
+    Provenance(provenance_cmd::ProvenanceArgs),
+    /// An SBOM of what ships in a realised target (SPDX 2.3 or CycloneDX 1.5 JSON): its
+    /// Debian packages (from the locks, those whose files are in the output), kernel,
+    /// firmware, downloads and ksbuild's own files, with how they contain each other.
+    Sbom(sbom_cmd::SbomArgs),
 }
 
 /// What the CLI shows while the library works: on stderr, unless `--quiet`.
@@ -353,6 +362,8 @@ pub fn main() -> ExitCode {
         Command::Key(cmd) => key_cmd::run(&ctx, cmd),
         Command::Bundle(cmd) => bundle_cmd::run(&ctx, cmd),
         Command::Vm(args) => vm_cmd::run(&ctx, args),
+        Command::Provenance(args) => provenance_cmd::run(&ctx, args),
+        Command::Sbom(args) => sbom_cmd::run(&ctx, args),
     };
     match result {
         Ok(code) => code,

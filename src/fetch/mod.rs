@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use mirrors::{apt_mirrors, Mirrors};
-pub use unpack::{strip_single_top_directory, unpack_deb, unpack_tar, UnpackError};
+pub use unpack::{
+    deb_files, strip_single_top_directory, unpack_deb, unpack_tar, DebFile, UnpackError,
+};
 
 use crate::compat::{FileIngestionMethod, Hash, HashAlgo};
 use crate::model::{HashFrom, Node, Unpack};

@@ -123,6 +123,61 @@ pub fn unpack_tar(input: impl Read, dest: &Path, hint: &str) -> Result<(), Unpac
 
 /// Unpacks the `data.tar.*` member of the Debian package at `deb` into `dest`.
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), UnpackError> {
+    let (data, name) = data_tar(deb)?;
+    unpack_tar(data, dest, &name)
+}
+
+/// A regular file of a Debian package.
+#[derive(Debug, Clone)]
+pub struct DebFile {
+    /// Its path, without the leading `./`.
+    pub path: String,
+    /// SHA-256 of its bytes.
+    pub sha256: crate::compat::Hash,
+    /// Its bytes, for the files `keep` asked for.
+    pub contents: Option<Vec<u8>>,
+}
+
+/// The regular files of the Debian package at `deb` (its `data.tar`), in archive order,
+/// with the contents of those whose path `keep` accepts.
+pub fn deb_files(deb: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<DebFile>, UnpackError> {
+    let (data, name) = data_tar(deb)?;
+    let mut archive = tar::Archive::new(decompress(data, &name)?);
+    let mut out = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut h = crate::compat::hash::Hasher::new(crate::compat::HashAlgo::Sha256);
+        let contents = if keep(&path) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            io::Write::write_all(&mut h, &bytes)?;
+            Some(bytes)
+        } else {
+            io::copy(&mut entry, &mut h)?;
+            None
+        };
+        out.push(DebFile {
+            path,
+            sha256: h.finish(),
+            contents,
+        });
+    }
+    Ok(out)
+}
+
+/// The `data.tar.*` member of a Debian package (an `ar` archive), and its name.
+fn data_tar(deb: &Path) -> Result<(io::Take<BufReader<File>>, String), UnpackError> {
     let mut input = BufReader::new(File::open(deb)?);
     let mut magic = [0u8; 8];
     input
@@ -152,7 +207,7 @@ pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), UnpackError> {
             .parse()
             .map_err(|_| format("corrupt ar member size in the Debian package"))?;
         if name.starts_with("data.tar") {
-            return unpack_tar((&mut input).take(size), dest, &name);
+            return Ok((input.take(size), name));
         }
         io::copy(&mut (&mut input).take(size + size % 2), &mut io::sink())?;
     }

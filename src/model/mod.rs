@@ -19,6 +19,7 @@ use miette::SourceSpan;
 
 pub use lower::{
     lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned, ENTER_SCRIPT_NAME,
+    ENVIRONMENT_BUSYBOX,
 };
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 
