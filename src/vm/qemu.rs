@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(
             m.args(),
             words(
-                "-accel tcg -M q35 -smp 2 -m 1024 -net none -nographic \
+                "-accel tcg -M q35 -smp 2 -m 1024 -net none -display none -serial mon:stdio \
                  -bios /usr/share/ovmf/OVMF.fd \
                  -drive file=/tmp/vm/disk.img,format=raw,if=virtio -no-reboot"
             )
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(
             cd.args(),
             words(
-                "-accel tcg -M q35 -smp 2 -m 1024 -net none -nographic \
+                "-accel tcg -M q35 -smp 2 -m 1024 -net none -display none -serial mon:stdio \
                  -drive if=none,id=iso,file=/n/kubesolo.iso,format=raw,readonly=on,media=cdrom \
                  -device ide-cd,drive=iso,bootindex=0 \
                  -drive file=/d/data.img,format=raw,if=virtio -no-reboot"
