@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(
             m.args(),
             words(
-                "-accel tcg -M q35 -smp 2 -m 1024 -net none -display none -serial mon:stdio \
+                "-accel tcg -M q35 -smp 2 -m 1024 -net none -nographic \
                  -bios /usr/share/ovmf/OVMF.fd \
                  -drive file=/tmp/vm/disk.img,format=raw,if=virtio -no-reboot"
             )
