@@ -694,7 +694,9 @@ pub(crate) fn mount_tmpfs(target: &Path, options: &str) -> Result<(), Errno> {
 
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html) of an overlayfs,
 /// `nosuid,nodev`, with `userxattr` (its own xattrs in the `user.overlay.` namespace, as an
-/// unprivileged overlay must). Commas, colons and backslashes in the paths are escaped.
+/// unprivileged overlay must) and `uuid=off` (otherwise a new overlay stores its UUID as
+/// `user.overlay.uuid` on the upper directory: the build's store directory, reused by the
+/// next build). Commas, colons and backslashes in the paths are escaped.
 pub(crate) fn mount_overlay(
     target: &Path,
     lower: &Path,
@@ -713,7 +715,7 @@ pub(crate) fn mount_overlay(
         Ok(out)
     };
     let options = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
+        "lowerdir={},upperdir={},workdir={},userxattr,uuid=off",
         escape(lower)?,
         escape(upper)?,
         escape(work)?
