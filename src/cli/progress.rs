@@ -121,23 +121,7 @@ pub(super) fn human(seconds: f64) -> String {
 
 /// Unix seconds as a UTC date and time (`2026-12-03 11:09:13Z`).
 pub(super) fn utc(unix: u64) -> String {
-    let (days, secs) = ((unix / 86400) as i64, unix % 86400);
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    crate::attest::sbom::utc(unix).replacen('T', " ", 1)
 }
 
 /// A build's log line made safe for one terminal row: escape sequences (colours of
