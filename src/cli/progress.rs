@@ -584,8 +584,13 @@ impl Progress {
                 logs.join(", ")
             ));
         }
-        if parts.is_empty() {
-            parts.push("nothing to do".into());
+        // Nothing was built, fetched, substituted or failed: a no-op says nothing, as its
+        // plan said nothing (the output paths on stdout are the answer).
+        if s.built.is_empty() && s.fetched == 0 && s.substituted == 0 && s.failed.is_empty() {
+            if !erase.is_empty() {
+                let _ = std::io::stderr().write_all(erase.as_bytes());
+            }
+            return;
         }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{erase}{}; {} wall", parts.join(", "), human(wall));
