@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use super::{CliError, Context};
 use crate::attest::dsse::{Envelope, IN_TOTO_PAYLOAD_TYPE};
 use crate::attest::provenance::{self, Dependency, Facts, Revision, Subject};
-use crate::compat::hash::Hasher;
 use crate::compat::{FileIngestionMethod, HashAlgo};
 use crate::model::HashFrom;
 use crate::model::Lowered;
@@ -290,7 +289,7 @@ pub(super) fn hash_files(
     if meta.is_file() {
         out.push(Subject {
             name: single.to_string(),
-            sha256: sha256_file(path).map_err(|e| io(e, path))?,
+            sha256: sha256_file(path)?,
         });
         return Ok(out);
     }
@@ -310,63 +309,14 @@ pub(super) fn hash_files(
                 Some(p) => format!("{p}/{rel}"),
                 None => rel,
             },
-            sha256: sha256_file(entry.path()).map_err(|e| io(e, entry.path()))?,
+            sha256: sha256_file(entry.path())?,
         });
     }
     Ok(out)
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    hash_file_sparse(path, HashAlgo::Sha256)
-}
-
-/// The hash of a file's bytes; the holes of a sparse file (4 GiB images) are hashed as the
-/// zeros they read as, without reading them (`lseek(2)` `SEEK_DATA`/`SEEK_HOLE`).
-pub(super) fn hash_file_sparse(path: &Path, algo: HashAlgo) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
-    let mut f = std::fs::File::open(path)?;
-    let size = f.metadata()?.len();
-    let mut h = Hasher::new(algo);
-    let mut at = 0u64;
-    let mut buf = vec![0u8; 1 << 16];
-    while at < size {
-        let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(at as i64)) {
-            Ok(p) => p.min(size),
-            Err(rustix::io::Errno::NXIO) => size,
-            Err(_) => at,
-        };
-        let mut zeros = data - at;
-        while zeros > 0 {
-            let n = zeros.min(ZEROS.len() as u64) as usize;
-            h.update(&ZEROS[..n]);
-            zeros -= n as u64;
-        }
-        at = data;
-        if at >= size {
-            break;
-        }
-        let hole = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(at as i64)) {
-            Ok(p) => p.min(size),
-            Err(_) => size,
-        };
-        f.seek(SeekFrom::Start(at))?;
-        let mut left = hole - at;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = f.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was hashed",
-                ));
-            }
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        at = hole;
-    }
-    Ok(h.finish().to_hex())
+fn sha256_file(path: &Path) -> Result<String, CliError> {
+    Ok(crate::store::hash_file(path, HashAlgo::Sha256)?.to_hex())
 }
 
 fn refused(file: &Path, why: &str) -> CliError {

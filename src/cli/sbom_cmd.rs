@@ -117,11 +117,7 @@ fn valid_out(store: &Store, node: &Node, target: &str) -> Result<StorePath, CliE
 }
 
 fn hash_file(path: &Path, algo: HashAlgo) -> Result<String, CliError> {
-    let io = |e: std::io::Error| CliError::Io {
-        action: "hash a file",
-        source: std::io::Error::new(e.kind(), format!("`{}`: {e}", path.display())),
-    };
-    super::provenance_cmd::hash_file_sparse(path, algo).map_err(io)
+    Ok(crate::store::hash_file(path, algo)?.to_hex())
 }
 
 /// SHA-256 of every non-empty regular file under `dir`.

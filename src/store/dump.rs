@@ -274,16 +274,46 @@ pub fn nar_hash_regular(contents: &[u8]) -> (Hash, u64) {
     (counting.hasher.finish(), counting.size)
 }
 
-/// Hash of the bytes of the regular file at `path` (`nix hash file`).
+/// Hash of the bytes of the regular file at `path` (`nix hash file`). The holes of a sparse
+/// file (the 4 GiB images) are hashed as the zeros they read as, without reading them.
 pub fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash> {
     let meta = fs::metadata(path).map_err(StoreError::io("read", path))?;
     if !meta.is_file() {
         return Err(StoreError::FlatNotRegular(path.to_path_buf()));
     }
-    let mut f = File::open(path).map_err(StoreError::io("open", path))?;
+    let f = File::open(path).map_err(StoreError::io("open", path))?;
     let mut h = Hasher::new(algo);
-    io::copy(&mut f, &mut h).map_err(StoreError::io("read", path))?;
+    hash_extents(&f, meta.len(), &mut h).map_err(StoreError::io("read", path))?;
     Ok(h.finish())
+}
+
+/// Feeds the `size` bytes of `f` to `h`: its data extents read, its holes as zeros.
+fn hash_extents(f: &File, size: u64, h: &mut Hasher) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; READ_BUF];
+    let mut at = 0u64;
+    while at < size {
+        let data = next_data(f, at, size);
+        while at < data {
+            let n = READ_BUF.min((data - at) as usize);
+            h.write_all(&ZEROS[..n])?;
+            at += n as u64;
+        }
+        let hole = next_hole(f, at, size);
+        while at < hole {
+            let want = READ_BUF.min((hole - at) as usize);
+            let n = f.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was hashed",
+                ));
+            }
+            h.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// What one copying traversal computed.
