@@ -167,6 +167,29 @@ impl substitute::Observer for SubstituteObserver<'_> {
     }
 }
 
+/// A reporter that counts the log lines passing through it to `inner`.
+struct CountLines<'a> {
+    inner: &'a dyn Reporter,
+    lines: std::sync::atomic::AtomicU64,
+}
+
+impl Reporter for CountLines<'_> {
+    fn event(&self, event: &Event) {
+        self.inner.event(event);
+    }
+    fn log_line(&self, target: &str, line: &[u8]) {
+        self.lines
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.log_line(target, line);
+    }
+    fn warning(&self, text: &str) {
+        self.inner.warning(text);
+    }
+    fn substitute_progress(&self, path: &str, bytes: u64) {
+        self.inner.substitute_progress(path, bytes);
+    }
+}
+
 /// A reporter that ignores everything.
 pub struct NoReport;
 impl Reporter for NoReport {
@@ -875,9 +898,14 @@ pub fn realise(
         let start_remote = |machine: Option<RemoteStart<'_>>| {
             started_on(machine);
         };
+        // The build's log lines are counted as they pass (for the history), not read again.
+        let counted = CountLines {
+            inner: reporter,
+            lines: std::sync::atomic::AtomicU64::new(0),
+        };
         let result = executor.build(
             node,
-            reporter,
+            &counted,
             &Slot {
                 acquire: &acquire,
                 try_acquire: &try_acquire,
@@ -900,7 +928,7 @@ pub fn realise(
                 let start = started();
                 let seconds = secs(start.elapsed());
                 let drv = store.print(&node.drv_path);
-                let lines = history::count_lines(&store.log_path(&node.drv_path));
+                let lines = counted.lines.load(std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = history::record(store, key, &drv, seconds, lines) {
                     reporter.warning(&format!(
                         "cannot record the build of `{key}` in `{}`: {e}",

@@ -176,25 +176,6 @@ fn compact(file: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The number of lines of the log file `log` (0 when there is none).
-pub fn count_lines(log: &Path) -> u64 {
-    let Ok(f) = fs::File::open(log) else {
-        return 0;
-    };
-    let mut reader = BufReader::with_capacity(1 << 16, f);
-    let mut n = 0u64;
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok([]) => return n,
-            Ok(b) => b,
-            Err(_) => return n,
-        };
-        n += buf.iter().filter(|&&c| c == b'\n').count() as u64;
-        let len = buf.len();
-        reader.consume(len);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,14 +245,5 @@ mod tests {
         let h = load_file(&file);
         assert_eq!(h.last_of_name("n").unwrap().seconds, 49.0);
         assert_eq!(h.last_of_drv("/nix/store/0-n.drv").unwrap().seconds, 45.0);
-    }
-
-    #[test]
-    fn lines_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        assert_eq!(count_lines(&log), 0);
-        fs::write(&log, "a\nb\n\nc").unwrap();
-        assert_eq!(count_lines(&log), 3);
     }
 }
