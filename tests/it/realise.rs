@@ -4,8 +4,9 @@
 //! the process limit (a fork bomb), downloads (hash mismatch, fetch-before-build), the
 //! event stream and result links.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -382,14 +383,14 @@ fn timeouts_kill_the_build() {
 
 /// The processes (zombies included) of each PID namespace in `namespaces`, and those whose
 /// environment holds `marker`.
-fn processes_of_build(namespaces: &BTreeSet<String>, marker: &str) -> Vec<u32> {
+fn processes_of_build(namespaces: &BTreeMap<String, fs::File>, marker: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let in_namespace = fs::read_link(entry.path().join("ns/pid"))
-            .is_ok_and(|ns| namespaces.contains(&*ns.to_string_lossy()));
+            .is_ok_and(|ns| namespaces.contains_key(&*ns.to_string_lossy()));
         let marked = fs::read(entry.path().join("environ"))
             .is_ok_and(|e| String::from_utf8_lossy(&e).contains(marker));
         if in_namespace || marked {
@@ -435,16 +436,19 @@ fn a_fork_bomb_is_held_at_the_default_process_limit_and_dies_with_its_build() {
         .stderr(fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
-    let mut namespaces = BTreeSet::new();
+    // Each namespace seen, held open: a namespace's number is free again once it is gone,
+    // and a build of a test beside this one would soon get it.
+    let mut namespaces = BTreeMap::new();
     let mut peak = 0;
     let mut slowest_spawn = Duration::ZERO;
     let status = loop {
         if let Some(status) = realise.try_wait().unwrap() {
             break status;
         }
-        for pid in processes_of_build(&BTreeSet::new(), &marker) {
-            if let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) {
-                namespaces.insert(ns.to_string_lossy().into_owned());
+        for pid in processes_of_build(&BTreeMap::new(), &marker) {
+            if let Ok(ns) = fs::File::open(format!("/proc/{pid}/ns/pid")) {
+                let name = format!("pid:[{}]", ns.metadata().unwrap().ino());
+                namespaces.entry(name).or_insert(ns);
             }
         }
         peak = peak.max(processes_of_build(&namespaces, &marker).len());
@@ -473,7 +477,7 @@ fn a_fork_bomb_is_held_at_the_default_process_limit_and_dies_with_its_build() {
     // Nothing of the build outlives `realise`.
     let left = processes_of_build(&namespaces, &marker);
     assert_eq!(left, Vec::<u32>::new(), "processes of the bomb outlived it");
-    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+    assert_eq!(namespaces.len(), 1, "{:?}", namespaces.keys());
     // The kernel holds the build at `limit` exactly, but a scan of `/proc` is no snapshot:
     // while it runs, a reaped process's slot can go to a new one that it also counts, and
     // the slower the scan (a loaded machine), the more. Unbounded, the bomb goes on to

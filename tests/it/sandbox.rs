@@ -141,6 +141,7 @@ impl Fixture {
             ("name".to_string(), format!("out-{n}")),
             ("system".to_string(), "x86_64-linux".to_string()),
             ("builder".to_string(), self.busybox()),
+            (BUILD_TAG.to_string(), build_dir.display().to_string()),
         ]);
         Build {
             spec: SandboxSpec {
@@ -375,6 +376,7 @@ fn the_builder_sees_what_nix_shows_it() {
         let expected_env = [
             format!("B={}", f.busybox()),
             "HOME=/homeless-shelter".to_string(),
+            format!("{BUILD_TAG}={}", b.tag()),
             "NIX_BUILD_CORES=2".to_string(),
             "NIX_BUILD_TOP=/build".to_string(),
             "NIX_LOG_FD=2".to_string(),
@@ -758,18 +760,40 @@ fn escape_attempts_fail_or_see_nothing() {
     );
 }
 
+/// The environment variable that tells a build's processes from any other's: its build
+/// directory, which no other build of any test shares.
+const BUILD_TAG: &str = "KSBUILD_TEST_BUILD";
+
+impl Build {
+    /// What [`BUILD_TAG`] holds in this build.
+    fn tag(&self) -> &str {
+        &self.spec.env[BUILD_TAG]
+    }
+}
+
 /// Host pids of the processes in the PID namespace `ns` (`pid:[…]`, as
-/// `readlink /proc/self/ns/pid` prints it).
-fn processes_in_pid_namespace(ns: &str) -> Vec<u32> {
+/// `readlink /proc/self/ns/pid` prints it) that may belong to the build tagged `tag`.
+///
+/// A namespace's number is free again once the namespace is gone, and the kernel hands out
+/// the lowest free one: a build of a test running beside this one soon gets the number of a
+/// build that has ended. Its processes carry another [`BUILD_TAG`]; a process whose
+/// environment cannot be read (a zombie has none) is counted, to be safe.
+fn processes_in_pid_namespace(ns: &str, tag: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(link) = fs::read_link(entry.path().join("ns/pid")) {
-            if link.to_string_lossy() == ns {
-                pids.push(pid);
-            }
+        let in_namespace = fs::read_link(entry.path().join("ns/pid"))
+            .is_ok_and(|link| link.to_string_lossy() == ns);
+        let someone_elses = fs::read(entry.path().join("environ")).is_ok_and(|env| {
+            !env.is_empty()
+                && !env
+                    .split(|&b| b == 0)
+                    .any(|var| var == format!("{BUILD_TAG}={tag}").as_bytes())
+        });
+        if in_namespace && !someone_elses {
+            pids.push(pid);
         }
     }
     pids
@@ -790,6 +814,7 @@ fn a_timeout_kills_every_process_of_the_build() {
     ));
     b.spec.timeout = Some(Duration::from_secs(2));
     let out = b.out();
+    let tag = b.tag().to_string();
     let mut seen_running = Vec::new();
     let mut ns = String::new();
     let outcome = b
@@ -799,7 +824,7 @@ fn a_timeout_kills_every_process_of_the_build() {
                     .unwrap()
                     .trim()
                     .to_string();
-                seen_running = processes_in_pid_namespace(&ns);
+                seen_running = processes_in_pid_namespace(&ns, &tag);
             }
         })
         .expect("sandbox runs");
@@ -814,7 +839,7 @@ fn a_timeout_kills_every_process_of_the_build() {
         seen_running.len() >= 3,
         "the scan should have found PID 1 and its sleeps in {ns}: {seen_running:?}"
     );
-    let left = processes_in_pid_namespace(&ns);
+    let left = processes_in_pid_namespace(&ns, &tag);
     assert!(
         left.is_empty(),
         "processes of the build outlived run(): {left:?}"
@@ -841,7 +866,10 @@ fn when_the_builder_exits_its_background_processes_die_with_it() {
     assert_success(&b, &outcome);
     assert!(started.elapsed() < Duration::from_secs(10), "{outcome:?}");
     let ns = fs::read_to_string(b.out().join("ns")).unwrap();
-    assert_eq!(processes_in_pid_namespace(ns.trim()), Vec::<u32>::new());
+    assert_eq!(
+        processes_in_pid_namespace(ns.trim(), b.tag()),
+        Vec::<u32>::new()
+    );
 }
 
 #[test]
@@ -865,7 +893,10 @@ fn max_silent_time_kills_a_silent_build_but_not_a_chatty_one() {
     assert!(outcome.duration < Duration::from_secs(10), "{outcome:?}");
     assert_eq!(lines, ["hello"]);
     let ns = fs::read_to_string(silent.out().join("ns")).unwrap();
-    assert_eq!(processes_in_pid_namespace(ns.trim()), Vec::<u32>::new());
+    assert_eq!(
+        processes_in_pid_namespace(ns.trim(), silent.tag()),
+        Vec::<u32>::new()
+    );
 
     let mut chatty =
         f.build("for i in 1 2 3 4 5 6; do echo tick $i; $B sleep 0.3; done; echo > $out");
@@ -913,7 +944,10 @@ fn a_fork_bomb_is_bounded_and_cleaned_up() {
         "the bomb ended on its own: {outcome:?}"
     );
     let ns = fs::read_to_string(b.out().join("ns")).unwrap();
-    assert_eq!(processes_in_pid_namespace(ns.trim()), Vec::<u32>::new());
+    assert_eq!(
+        processes_in_pid_namespace(ns.trim(), b.tag()),
+        Vec::<u32>::new()
+    );
     // The limit is per build: another build right after runs normally.
     let after = f.build("$B true > $out");
     assert_success(&after, &after.run().expect("sandbox runs"));
@@ -1230,7 +1264,8 @@ fn file_and_symlink_inputs_are_visible_read_only() {
 const HELPER_GATE: &str = "KSBUILD_TEST_RUN_HELPER";
 
 /// Not a test on its own: the process that [`killing_ksbuild_kills_the_build`] kills
-/// while its build runs. The build records its PID namespace in `$out/ns.ready`.
+/// while its build runs. The build records its PID namespace in `$out/ns.ready`, after
+/// its [`BUILD_TAG`] in `$out/tag`.
 #[test]
 #[ignore = "helper run by killing_ksbuild_kills_the_build"]
 fn helper_long_build() {
@@ -1240,7 +1275,7 @@ fn helper_long_build() {
     let f = Fixture::new();
     let mut b = f.build(&format!(
         "{RECORD_NS} $B sleep 1000 & $B setsid $B sleep 1000 </dev/null >/dev/null 2>&1 & $B sleep 0.2; \
-         $B cp $out/ns $out/ns.ready; wait"
+         echo \"${BUILD_TAG}\" > $out/tag; $B cp $out/ns $out/ns.ready; wait"
     ));
     b.spec.timeout = None;
     let _ = b.run();
@@ -1267,25 +1302,29 @@ fn killing_ksbuild_kills_the_build() {
         .unwrap();
     // Find the build's namespace file: the helper's fixture lives under our TMPDIR.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let ns = loop {
+    let (ns, tag) = loop {
         let found = walk(dir.path())
             .into_iter()
             .find(|p| p.file_name().is_some_and(|n| n == "ns.ready"));
         if let Some(p) = found {
-            break fs::read_to_string(p).unwrap().trim().to_string();
+            let read = |name| fs::read_to_string(p.with_file_name(name)).unwrap();
+            break (
+                read("ns.ready").trim().to_string(),
+                read("tag").trim().to_string(),
+            );
         }
         assert!(Instant::now() < deadline, "the helper build never started");
         std::thread::sleep(Duration::from_millis(20));
     };
     // Under load the background processes may still be starting: give them a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while processes_in_pid_namespace(&ns).len() < 3 && Instant::now() < deadline {
+    while processes_in_pid_namespace(&ns, &tag).len() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        processes_in_pid_namespace(&ns).len() >= 3,
+        processes_in_pid_namespace(&ns, &tag).len() >= 3,
         "the build should be running: {:?}",
-        processes_in_pid_namespace(&ns)
+        processes_in_pid_namespace(&ns, &tag)
     );
     child.kill().unwrap(); // SIGKILL: no destructor, no cleanup code of ksbuild runs
     child.wait().unwrap();
@@ -1293,7 +1332,7 @@ fn killing_ksbuild_kills_the_build() {
     // the whole namespace; this is asynchronous, so allow a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = processes_in_pid_namespace(&ns);
+        let left = processes_in_pid_namespace(&ns, &tag);
         if left.is_empty() {
             break;
         }
