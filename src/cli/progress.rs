@@ -525,7 +525,7 @@ impl Progress {
             let v = serde_json::json!({
                 "event": "summary",
                 "built": s.built.len(),
-                "build_seconds": s.built.iter().map(|b| b.1).sum::<f64>(),
+                "build_seconds": s.built.iter().fold(0.0, |sum, b| sum + b.1),
                 "fetched": s.fetched,
                 "fetched_bytes": s.fetched_bytes,
                 "substituted": s.substituted,

@@ -904,8 +904,51 @@ impl<'s> SandboxExecutor<'s> {
         let store = self.store;
         self.check_system(node)?;
         let closure = self.input_closure(&node.drv)?;
-        let (out_dir, scratch) =
-            self.run_sandboxed(node, &closure, reporter, &Slot::FREE, variation)?;
+        // Reported as any build (with the estimate from the history), so that a long
+        // rebuild is as visibly alive as the first build was.
+        let drv = store.print(&node.drv_path);
+        let last = crate::store::history::load(store)
+            .estimate(&node.key, &drv)
+            .cloned();
+        reporter.event(&Event::BuildStarted {
+            target: node.key.clone(),
+            drv: drv.clone(),
+            machine: None,
+            loads: None,
+            eta: last.as_ref().map(|r| r.seconds),
+            expected_lines: last.map(|r| r.lines),
+        });
+        let started = std::time::Instant::now();
+        let counted = super::CountLines {
+            inner: reporter,
+            lines: std::sync::atomic::AtomicU64::new(0),
+        };
+        let sandboxed = self.run_sandboxed(node, &closure, &counted, &Slot::FREE, variation);
+        let seconds = super::secs(started.elapsed());
+        let (out_dir, scratch) = match sandboxed {
+            Ok(done) => done,
+            Err(f) => {
+                reporter.event(&Event::Failed {
+                    target: node.key.clone(),
+                    seconds,
+                    error: f.message.clone(),
+                    log: f.log.as_ref().map(|l| l.display().to_string()),
+                });
+                return Err(f);
+            }
+        };
+        let lines = counted.lines.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = crate::store::history::record(store, &node.key, &drv, seconds, lines) {
+            reporter.warning(&format!("cannot record the rebuild of `{}`: {e}", node.key));
+        }
+        reporter.event(&Event::BuildFinished {
+            target: node.key.clone(),
+            seconds,
+            outputs: output_paths(node)
+                .into_iter()
+                .map(|(n, p)| (n, store.print(&p)))
+                .collect(),
+        });
         let mut rebuild = Rebuild {
             executor: self,
             scratch: Some(scratch),

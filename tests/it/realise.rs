@@ -289,7 +289,21 @@ fn check_finds_non_determinism_and_exits_104() {
         "{err}"
     );
     let stdout = String::from_utf8_lossy(&bad.stdout);
-    let verdict: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // One plan; the rebuild is reported as a build (so a long one shows its progress).
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["cached", "plan", "build-started", "build-finished", "check"],
+        "{stdout}"
+    );
+    let verdict = events.last().unwrap();
     assert_eq!(verdict["reproducible"], false);
     let kept = verdict["mismatches"][0]["kept"].as_str().unwrap();
     assert!(
