@@ -2,6 +2,7 @@
 //! `.drv` files in the store, and showing them as `nix show-derivation` does.
 
 use std::collections::BTreeMap;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -51,6 +52,91 @@ pub fn instantiate_project(
     project: Project,
     targets: &[String],
 ) -> Result<(Project, Lowered), CliError> {
+    let (lowered, _) = lower_project(ctx, store, &project, targets)?;
+    Ok((project, lowered))
+}
+
+/// Lowers `targets` through the evaluation cache ([`crate::model::eval_cache`]): read back
+/// when neither the project's definitions, nor its path inputs, nor ksbuild changed since
+/// the same targets were lowered; else `load` loads the project (and may pin downloads
+/// first), and the result is kept for the next time.
+pub fn lower_cached(
+    ctx: &Context,
+    store: &Store,
+    targets: &[String],
+    load: impl FnOnce() -> Result<Project, CliError>,
+) -> Result<Lowered, CliError> {
+    use crate::model::eval_cache;
+    let t0 = std::time::Instant::now();
+    let root = project_root(ctx)?;
+    let key = eval_cache::Key::new(
+        &store.var_dir().join("eval"),
+        &root,
+        store.store_dir(),
+        targets,
+    )
+    .ok();
+    if let Some(hit) = key
+        .as_ref()
+        .and_then(|k| eval_cache::load(k, store.store_dir()))
+    {
+        if sources_hold(store, &root, &hit) {
+            ctx.timing("read the evaluation cache", t0);
+            let t0 = std::time::Instant::now();
+            import_sources(store, &hit.sources)?;
+            ctx.timing("sources (cached)", t0);
+            write_drvs(ctx, store, &hit.lowered)?;
+            return Ok(hit.lowered);
+        }
+    }
+    ctx.timing("miss the evaluation cache", t0);
+    let project = load()?;
+    let (lowered, sources) = lower_project(ctx, store, &project, targets)?;
+    // Kept only if no file changed while it was lowered (a pin written by `load` counts).
+    if let Some(before) = key {
+        if let Ok(after) = before.again(&root) {
+            if before.same_files(&after) {
+                let _ = eval_cache::save(&after, store.store_dir(), &lowered, &sources);
+            }
+        }
+    }
+    Ok(lowered)
+}
+
+/// Whether the path inputs of a cached lowering still lead where they led and still hold
+/// what they held (hashed again where the stat cache of source hashes says they changed).
+fn sources_hold(store: &Store, root: &Path, hit: &crate::model::eval_cache::Hit) -> bool {
+    hit.lowered
+        .path_inputs
+        .iter()
+        .all(|(written, full)| crate::model::confine_to_project(root, written).as_ref() == Ok(full))
+        && hit.sources.iter().all(|s| {
+            store
+                .source_path(&s.full, &s.name)
+                .is_ok_and(|p| p == s.path)
+        })
+}
+
+/// Copies the sources a lowering imported into the store (those not there yet).
+fn import_sources(
+    store: &Store,
+    sources: &[crate::model::eval_cache::Source],
+) -> Result<(), CliError> {
+    // A source that changed since it was hashed is refused by `copy_source`.
+    for s in sources {
+        store.copy_source(&s.full, &s.name, s.path.clone())?;
+    }
+    Ok(())
+}
+
+/// Lowers `targets` of `project` and writes the sources and `.drv` files to the store;
+/// the lowered graph and the sources it imported.
+fn lower_project(
+    ctx: &Context,
+    store: &Store,
+    project: &Project,
+    targets: &[String],
+) -> Result<(Lowered, Vec<crate::model::eval_cache::Source>), CliError> {
     let t0 = std::time::Instant::now();
     // Each repository file is hashed once per evaluation, however many derivations use
     // it; it is copied into the store only once the whole evaluation has succeeded, so a
@@ -65,12 +151,19 @@ pub fn instantiate_project(
         imported.insert(key, p.clone());
         Ok(p)
     };
-    let lowered = lower(&project, store.store_dir(), targets, &mut import)?;
-    // A source that changed since it was hashed is refused by `copy_source`.
-    for ((path, name), expected) in imported {
-        store.copy_source(&path, &name, expected)?;
-    }
+    let lowered = lower(project, store.store_dir(), targets, &mut import)?;
+    let sources: Vec<_> = imported
+        .into_iter()
+        .map(|((full, name), path)| crate::model::eval_cache::Source { full, name, path })
+        .collect();
+    import_sources(store, &sources)?;
     ctx.timing("lower (with source imports)", t0);
+    write_drvs(ctx, store, &lowered)?;
+    Ok((lowered, sources))
+}
+
+/// Writes the texts and `.drv` files of `lowered` that are not in the store yet.
+fn write_drvs(ctx: &Context, store: &Store, lowered: &Lowered) -> Result<(), CliError> {
     let t0 = std::time::Instant::now();
     // Lowering computed every path: those already valid (usually all) cost one stat.
     for (path, contents) in &lowered.texts {
@@ -116,13 +209,21 @@ pub fn instantiate_project(
         .collect::<Result<(), _>>()?;
     }
     ctx.timing("write the .drv files", t0);
-    Ok((project, lowered))
+    Ok(())
 }
 
 /// `ksbuild instantiate TARGET…`: prints each target's `.drv` path.
 pub fn run_instantiate(ctx: &Context, targets: Vec<String>) -> Result<ExitCode, CliError> {
     let store = ctx.open_store()?;
-    let (_, lowered) = instantiate(ctx, &store, &targets)?;
+    let lowered = lower_cached(ctx, &store, &targets, || {
+        let t0 = std::time::Instant::now();
+        let project = Project::load_for(&project_root(ctx)?, &targets)?;
+        ctx.timing("load the project", t0);
+        Ok(project)
+    })?;
+    // Never freed: the process's exit is instant, while freeing the tens of thousands of
+    // strings and maps of a large graph one by one took 8% of an instantiation.
+    let lowered = ManuallyDrop::new(lowered);
     for t in &targets {
         out_line(&store.print(&lowered.nodes[t].drv_path))?;
     }

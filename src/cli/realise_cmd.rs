@@ -295,9 +295,11 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
         &dispatcher
     };
     let substituters = args.build.substituters(&settings, store.store_dir());
-    let project = super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)?;
-    let (_project, lowered) =
-        super::drv_cmd::instantiate_project(ctx, &store, project, &args.targets)?;
+    let lowered = super::drv_cmd::lower_cached(ctx, &store, &args.targets, || {
+        super::drv_cmd::ensure_pinned(ctx, &store, &args.targets)
+    })?;
+    // Never freed: the process's exit is instant, freeing a large graph is not.
+    let lowered = std::mem::ManuallyDrop::new(lowered);
     // A derivation this machine cannot build stops the realisation before anything is
     // fetched or built.
     let mut unsupported = unsupported_systems(&store, &lowered, &args.targets, &platforms)?;

@@ -83,6 +83,9 @@ pub struct Lowered {
     /// Text files ksbuild itself provides (environment scripts), to add to the store
     /// before the `.drv` files that use them.
     pub texts: BTreeMap<StorePath, String>,
+    /// Each path input as written (`tools/busybox`) and where it led (every symlink on
+    /// the way followed): what the evaluation cache checks again before it is used.
+    pub path_inputs: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// The target whose `out` is the static busybox that unpacks and enters environments.
@@ -201,6 +204,9 @@ struct Lowerer<'a, 'b> {
     import: &'a mut Import<'b>,
     out: Lowered,
     modulo: BTreeMap<StorePath, Hash>,
+    /// [`confine_to_project`] of each path input as written: a graph of thousands of
+    /// derivations names the same few tools again and again.
+    confined: std::collections::HashMap<String, Result<std::path::PathBuf, (String, String)>>,
 }
 
 /// Lowers `roots` and everything they depend on.
@@ -217,11 +223,17 @@ pub fn lower(
         import,
         out: Lowered::default(),
         modulo: BTreeMap::new(),
+        confined: Default::default(),
     };
     for name in order {
         let target = project.target(&name)?;
         l.target(target)?;
     }
+    l.out.path_inputs = l
+        .confined
+        .into_iter()
+        .filter_map(|(path, full)| Some((path, full.ok()?)))
+        .collect();
     Ok(l.out)
 }
 
@@ -1014,16 +1026,20 @@ impl Lowerer<'_, '_> {
                     deps.insert(dep.clone());
                 }
                 InputSpec::Path { path, name } => {
-                    let full = confine_to_project(&self.project.root, path).map_err(
-                        |(message, help)| {
+                    let root = &self.project.root;
+                    let full = self
+                        .confined
+                        .entry(path.clone())
+                        .or_insert_with(|| confine_to_project(root, path))
+                        .clone()
+                        .map_err(|(message, help)| {
                             file.error(
                                 span.clone(),
                                 format!("input `{input}`: {message}"),
                                 "this path",
                                 Some(help),
                             )
-                        },
-                    )?;
+                        })?;
                     // Named after the path as written (`tools/busybox`), not where a
                     // symlink on the way leads.
                     let store_name = match name {

@@ -5,6 +5,7 @@
 //! A target is named after its file (`derivations/kernels/kernel-arm64.toml` is
 //! `kernel-arm64`); files whose name starts with `_` are not targets.
 
+pub mod eval_cache;
 mod excerpt;
 mod lower;
 pub mod pins;
@@ -18,8 +19,8 @@ use std::sync::Arc;
 use miette::SourceSpan;
 
 pub use lower::{
-    lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned, ENTER_SCRIPT_NAME,
-    ENVIRONMENT_BUSYBOX,
+    confine_to_project, lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned,
+    ENTER_SCRIPT_NAME, ENVIRONMENT_BUSYBOX,
 };
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};
 

@@ -296,7 +296,7 @@ impl Store {
             .join(self.store_dir.as_str().trim_start_matches('/'))
     }
 
-    fn var_dir(&self) -> PathBuf {
+    pub(crate) fn var_dir(&self) -> PathBuf {
         self.root.join("nix/var/ksbuild")
     }
     fn db_dir(&self) -> PathBuf {

@@ -155,6 +155,134 @@ fn editing_a_fragment_changes_exactly_what_depends_on_it() {
     assert_eq!(changed, ["multi", "dependent"]);
 }
 
+/// The evaluation cache answers an instantiation that changes nothing; after any change
+/// to what lowering reads — a derivation file, a new file beside them, an environment, a
+/// path input's contents, where a symlink on a path input's way leads — or with a damaged
+/// entry, the answer is exactly what a store without a cache gives, and then cached again.
+#[test]
+fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
+    let tmp = scratch();
+    let proj = tmp.path().join("proj");
+    write_project(&proj);
+    let store = tmp.path().join("ks");
+    let targets = ["simple", "hello-src", "multi", "dependent"];
+    // The `.drv` paths, and whether the cache answered.
+    let cached = || -> (Vec<String>, bool) {
+        let out = run(ksbuild(&store)
+            .env(ksbuild::timing::ENV, "1")
+            .arg("--project")
+            .arg(&proj)
+            .arg("instantiate")
+            .args(targets));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let paths = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        (paths, stderr.contains("read the evaluation cache"))
+    };
+    let fresh = std::cell::Cell::new(0);
+    let uncached = || {
+        fresh.set(fresh.get() + 1);
+        crate::common::drv_paths(
+            &tmp.path().join(format!("fresh-{}", fresh.get())),
+            &proj,
+            &targets,
+        )
+    };
+    let (first, hit) = cached();
+    assert!(!hit, "an empty store has no cache");
+    assert_eq!(first, uncached());
+    assert_eq!(cached(), (first.clone(), true));
+
+    let conf = proj.join("fragments/conf");
+    let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "a derivation file",
+            Box::new(|| {
+                fs::write(
+                    proj.join("derivations/simple.toml"),
+                    "builder = \"/bin/sh\"\nargs = [\"-c\", \"echo changed > $out\"]\n",
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "a new derivation file",
+            Box::new(|| {
+                fs::write(
+                    proj.join("derivations/sub/extra.toml"),
+                    "builder = \"/bin/sh\"\n",
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "a new environment",
+            Box::new(|| {
+                fs::create_dir_all(proj.join("sandboxes")).unwrap();
+                fs::write(
+                    proj.join("sandboxes/empty.toml"),
+                    "suites = [\"bookworm\"]\n",
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "a path input's file",
+            Box::new(|| fs::write(conf.join("a.fragment"), "CONFIG_A=m\n").unwrap()),
+        ),
+        (
+            "a new file in a path input",
+            Box::new(|| fs::write(conf.join("b.fragment"), "CONFIG_B=y\n").unwrap()),
+        ),
+        (
+            "a path input becoming a symlink to a copy",
+            Box::new(|| {
+                fs::rename(&conf, proj.join("fragments/conf-1")).unwrap();
+                fs::create_dir(proj.join("fragments/conf-2")).unwrap();
+                fs::write(proj.join("fragments/conf-2/a.fragment"), "CONFIG_A=y\n").unwrap();
+                std::os::unix::fs::symlink("conf-2", &conf).unwrap();
+            }),
+        ),
+        // conf-1 holds what conf-2 held before the symlink: only where it leads changed.
+        (
+            "where the symlink leads",
+            Box::new(|| {
+                fs::write(proj.join("fragments/conf-2/a.fragment"), "CONFIG_A=n\n").unwrap();
+                let _ = cached();
+                fs::remove_file(&conf).unwrap();
+                std::os::unix::fs::symlink("conf-1", &conf).unwrap();
+            }),
+        ),
+        (
+            "a damaged entry",
+            Box::new(|| {
+                for e in fs::read_dir(store.join("nix/var/ksbuild/eval")).unwrap() {
+                    fs::write(e.unwrap().path(), "{ not json").unwrap();
+                }
+            }),
+        ),
+    ];
+    let mut previous = first;
+    for (what, change) in changes {
+        change();
+        let (got, hit) = cached();
+        assert!(!hit, "{what}: the cache answered");
+        assert_eq!(got, uncached(), "{what}");
+        if what != "a new derivation file"
+            && what != "a new environment"
+            && what != "a damaged entry"
+        {
+            assert_ne!(got, previous, "{what}: nothing changed");
+        }
+        assert_eq!(cached(), (got.clone(), true), "{what}: not cached again");
+        previous = got;
+    }
+}
+
 /// Runs `instantiate` on a project with one extra file and returns stderr.
 fn error_for(file: &str, text: &str, target: &str) -> String {
     let tmp = scratch();
