@@ -78,7 +78,7 @@ pub fn lower_cached(
     .ok();
     if let Some(hit) = key
         .as_ref()
-        .and_then(|k| eval_cache::load(k, store.store_dir()))
+        .and_then(|k| eval_cache::load(k, &root, store.store_dir()))
     {
         if sources_hold(store, &root, &hit) {
             ctx.timing("read the evaluation cache", t0);
@@ -89,15 +89,16 @@ pub fn lower_cached(
             return Ok(hit.lowered);
         }
     }
+    let before = key
+        .as_ref()
+        .and_then(|_| eval_cache::Snapshot::take(&root).ok());
     ctx.timing("miss the evaluation cache", t0);
     let project = load()?;
     let (lowered, sources) = lower_project(ctx, store, &project, targets)?;
     // Kept only if no file changed while it was lowered (a pin written by `load` counts).
-    if let Some(before) = key {
-        if let Ok(after) = before.again(&root) {
-            if before.same_files(&after) {
-                let _ = eval_cache::save(&after, store.store_dir(), &lowered, &sources);
-            }
+    if let (Some(key), Some(before)) = (key, before) {
+        if before.still_holds(&root) {
+            let _ = eval_cache::save(&key, &before, store.store_dir(), &lowered, &sources);
         }
     }
     Ok(lowered)

@@ -3,17 +3,23 @@
 //! derivations is parsed and lowered in half a second; read back, it takes a fraction.
 //!
 //! One entry per project, store directory and list of targets, in a file of the cache
-//! directory named after their hash. An entry holds the digest of everything lowering read
-//! but the path inputs: every file under `derivations/` and `sandboxes/` (names, kinds and
-//! contents) and the ksbuild executable itself (device, inode, size and modification time:
-//! another build of ksbuild may lower differently). It also holds each path input as
-//! written, where it led and the store path of its contents, which the caller checks again
-//! (a path input may be any file of the project).
+//! directory named after their hash. An entry records what lowering read but the path
+//! inputs: every file, folder and symlink under `derivations/` and `sandboxes/`, and the
+//! ksbuild executable itself (device, inode, size and modification time: another build of
+//! ksbuild may lower differently). It also holds each path input as written, where it led
+//! and the store path of its contents, which the caller checks again (a path input may be
+//! any file of the project).
 //!
-//! Always correct, never trusted: an entry is used only when its digest equals the one
-//! computed from the files as they are now, and written only when the digest computed
-//! before lowering equals the one computed after (so no file changed in between). Any
-//! entry that cannot be read or parsed is a miss.
+//! Files are recognised as git's index recognises them: by a stamp of their status (size,
+//! inode, modification and change times to the nanosecond) that any write changes, as it
+//! changes the change time, which no one can set. A stamp taken within two seconds of a
+//! change could miss a second write in the same clock tick on a coarse file system: such a
+//! "racy" file is recorded by the SHA-256 of its contents instead, and hashed again when
+//! the entry is read. So an entry answers only for files with the same contents.
+//!
+//! Never trusted: an entry is written only when the files' stamps after lowering equal
+//! those before it (so nothing changed in between), and any entry that cannot be read or
+//! parsed is a miss.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -30,16 +36,16 @@ use crate::compat::{FileIngestionMethod, StoreDir, StorePath};
 /// Bumped when the entry's format changes.
 const FORMAT: u32 = 1;
 
-/// Where an entry lives and the digest it must carry.
+/// Where an entry lives, and which ksbuild writes and reads it.
 #[derive(Debug, Clone)]
 pub struct Key {
     file: PathBuf,
-    digest: String,
+    exe: String,
 }
 
 impl Key {
     /// The key of lowering `targets` of the project at `root` for `store_dir`, with the
-    /// cache in `dir`; reads every file under `derivations/` and `sandboxes/`.
+    /// cache in `dir`.
     pub fn new(
         dir: &Path,
         root: &Path,
@@ -56,36 +62,48 @@ impl Key {
             name.update(b"\0");
         }
         let name = name.finish().to_hex();
+        let exe = std::fs::metadata("/proc/self/exe")?;
         Ok(Key {
             file: dir.join(&name[..32]),
-            digest: digest(&root)?,
+            exe: format!(
+                "{FORMAT}:{}:{}:{}:{}.{}",
+                exe.dev(),
+                exe.ino(),
+                exe.len(),
+                exe.mtime(),
+                exe.mtime_nsec()
+            ),
         })
-    }
-
-    /// The same key with the digest of the files as they are now.
-    pub fn again(&self, root: &Path) -> io::Result<Key> {
-        Ok(Key {
-            file: self.file.clone(),
-            digest: digest(&std::fs::canonicalize(root)?)?,
-        })
-    }
-
-    /// Whether both digests are the same.
-    pub fn same_files(&self, other: &Key) -> bool {
-        self.digest == other.digest
     }
 }
 
-/// The digest of the ksbuild executable and of the project's `derivations/` and
-/// `sandboxes/` (each entry's path, kind and contents, in name order).
-fn digest(root: &Path) -> io::Result<String> {
-    enum Kind {
-        Dir,
-        Link(PathBuf),
-        File(PathBuf),
-    }
-    let exe = std::fs::metadata("/proc/self/exe")?;
-    let mut entries: Vec<(String, Kind)> = Vec::new();
+/// One file, folder or symlink under `derivations/` or `sandboxes/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stamp {
+    /// Relative to the project root.
+    path: String,
+    /// `d`, `l` or `f`.
+    kind: char,
+    /// A symlink's target.
+    link: Option<PathBuf>,
+    /// A file's device, inode, size, modification and change times (s, ns).
+    stat: Option<[i64; 7]>,
+    /// A racy file's contents' SHA-256 (hex), instead of trusting its status.
+    sha256: Option<String>,
+}
+
+/// The project's definitions as they were when lowering started.
+pub struct Snapshot {
+    stamps: Vec<Stamp>,
+}
+
+/// How long after a change a file's status may still miss a second change.
+const RACY_SECONDS: i64 = 2;
+
+/// The stamps of every entry under `derivations/` and `sandboxes/` of `root`, in name order;
+/// no contents read.
+fn scan(root: &Path) -> io::Result<Vec<Stamp>> {
+    let mut stamps = Vec::new();
     for dir in ["derivations", "sandboxes"] {
         let top = root.join(dir);
         if !top.exists() {
@@ -96,55 +114,86 @@ fn digest(root: &Path) -> io::Result<String> {
                 e.into_io_error()
                     .unwrap_or_else(|| io::Error::other("walk failed"))
             })?;
-            let relative = entry
+            let path = entry
                 .path()
                 .strip_prefix(root)
                 .unwrap_or(entry.path())
                 .display()
                 .to_string();
-            let kind = if entry.file_type().is_symlink() {
-                Kind::Link(std::fs::read_link(entry.path())?)
-            } else if entry.file_type().is_dir() {
-                Kind::Dir
+            let file_type = entry.file_type();
+            let (kind, link, stat) = if file_type.is_symlink() {
+                ('l', Some(std::fs::read_link(entry.path())?), None)
+            } else if file_type.is_dir() {
+                ('d', None, None)
             } else {
-                Kind::File(entry.path().to_path_buf())
+                let m = entry.metadata().map_err(io::Error::other)?;
+                let stat = [
+                    m.dev() as i64,
+                    m.ino() as i64,
+                    m.len() as i64,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ];
+                ('f', None, Some(stat))
             };
-            entries.push((relative, kind));
+            stamps.push(Stamp {
+                path,
+                kind,
+                link,
+                stat,
+                sha256: None,
+            });
         }
     }
-    // Reading thousands of small files is most of the work: on every CPU.
-    let parts = crate::map_parallel(&entries, 64, |(relative, kind)| -> io::Result<Vec<u8>> {
-        let mut part = relative.as_bytes().to_vec();
-        match kind {
-            Kind::Dir => part.extend_from_slice(b"\0d\0"),
-            Kind::Link(target) => {
-                part.extend_from_slice(b"\0l\0");
-                part.extend_from_slice(target.as_os_str().as_encoded_bytes());
-            }
-            Kind::File(path) => {
-                part.extend_from_slice(b"\0f\0");
-                part.extend_from_slice(Hash::sha256(&std::fs::read(path)?).digest_bytes());
+    Ok(stamps)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn sha256_of(root: &Path, relative: &str) -> io::Result<String> {
+    Ok(Hash::sha256(&std::fs::read(root.join(relative))?).to_hex())
+}
+
+impl Snapshot {
+    /// The project's definitions now: stamps of all, contents of the racy ones.
+    pub fn take(root: &Path) -> io::Result<Snapshot> {
+        let taken = now();
+        let mut stamps = scan(root)?;
+        for s in &mut stamps {
+            if s.stat.is_some_and(|st| st[5] >= taken - RACY_SECONDS) {
+                s.sha256 = Some(sha256_of(root, &s.path)?);
+                s.stat = None;
             }
         }
-        part.push(0);
-        Ok(part)
-    });
-    let mut h = Hasher::new(HashAlgo::Sha256);
-    h.update(
-        format!(
-            "ksbuild eval cache {FORMAT}\0{}:{}:{}:{}.{}\0",
-            exe.dev(),
-            exe.ino(),
-            exe.len(),
-            exe.mtime(),
-            exe.mtime_nsec()
-        )
-        .as_bytes(),
-    );
-    for part in parts {
-        h.update(&part?);
+        Ok(Snapshot { stamps })
     }
-    Ok(h.finish().to_hex())
+
+    /// Whether nothing changed since the snapshot was taken.
+    pub fn still_holds(&self, root: &Path) -> bool {
+        scan(root).is_ok_and(|now| matches(&self.stamps, &now, root))
+    }
+}
+
+/// Whether the recorded stamps describe the current ones: the same entries, each trusted
+/// file with the same status, each racy one with the same contents.
+fn matches(recorded: &[Stamp], current: &[Stamp], root: &Path) -> bool {
+    recorded.len() == current.len()
+        && recorded.iter().zip(current).all(|(r, c)| {
+            r.path == c.path
+                && r.kind == c.kind
+                && r.link == c.link
+                && match (&r.stat, &r.sha256) {
+                    (Some(stat), _) => c.stat.as_ref() == Some(stat),
+                    (None, Some(sha)) => sha256_of(root, &r.path).is_ok_and(|now| &now == sha),
+                    (None, None) => r.kind != 'f',
+                }
+        })
 }
 
 /// A repository file or folder that lowering imported: where it is, the name it is stored
@@ -162,26 +211,39 @@ pub struct Hit {
     pub sources: Vec<Source>,
 }
 
-/// The entry of `key`, if there is one with the same digest.
-pub fn load(key: &Key, store_dir: &StoreDir) -> Option<Hit> {
+/// The entry of `key`, if there is one written by this ksbuild from the same definitions
+/// of the project at `root`.
+pub fn load(key: &Key, root: &Path, store_dir: &StoreDir) -> Option<Hit> {
+    let t0 = std::time::Instant::now();
     let bytes = std::fs::read(&key.file).ok()?;
     let entry: Entry = serde_json::from_slice(&bytes).ok()?;
-    if entry.format != FORMAT || entry.digest != key.digest {
+    crate::timing::report("evaluation cache: read the entry", t0);
+    let t0 = std::time::Instant::now();
+    if entry.format != FORMAT
+        || entry.exe != key.exe
+        || !matches(&entry.stamps, &scan(root).ok()?, root)
+    {
         return None;
     }
-    entry.into_hit(store_dir).ok()
+    crate::timing::report("evaluation cache: check the project's definitions", t0);
+    let t0 = std::time::Instant::now();
+    let hit = entry.into_hit(store_dir).ok();
+    crate::timing::report("evaluation cache: parse the derivations", t0);
+    hit
 }
 
-/// Writes the entry of `key` (atomically: a reader sees the old entry or the new one).
+/// Writes the entry of `key` for a lowering that started with the definitions `before`
+/// (atomically: a reader sees the old entry or the new one).
 pub fn save(
     key: &Key,
+    before: &Snapshot,
     store_dir: &StoreDir,
     lowered: &Lowered,
     sources: &[Source],
 ) -> io::Result<()> {
     let dir = key.file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let entry = Entry::new(&key.digest, store_dir, lowered, sources)
+    let entry = Entry::new(key, before, store_dir, lowered, sources)
         .ok_or_else(|| io::Error::other("a derivation is not UTF-8"))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     serde_json::to_writer(io::BufWriter::new(tmp.as_file_mut()), &entry)?;
@@ -192,7 +254,8 @@ pub fn save(
 #[derive(Serialize, Deserialize)]
 struct Entry {
     format: u32,
-    digest: String,
+    exe: String,
+    stamps: Vec<Stamp>,
     order: Vec<String>,
     nodes: Vec<CachedNode>,
     sources: Vec<String>,
@@ -243,7 +306,8 @@ impl<E: std::fmt::Debug> From<E> for Unreadable {
 
 impl Entry {
     fn new(
-        digest: &str,
+        key: &Key,
+        before: &Snapshot,
         store_dir: &StoreDir,
         lowered: &Lowered,
         sources: &[Source],
@@ -290,7 +354,8 @@ impl Entry {
             .collect::<Option<_>>()?;
         Some(Entry {
             format: FORMAT,
-            digest: digest.to_string(),
+            exe: key.exe.clone(),
+            stamps: before.stamps.clone(),
             order: lowered.order.clone(),
             nodes,
             sources: lowered.sources.iter().map(|p| p.to_string()).collect(),

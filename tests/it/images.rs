@@ -644,17 +644,35 @@ fn rpi_image_has_the_tryboot_layout_and_its_kernel_boots_on_raspi3b() {
                 && config.contains("initramfs kubesolo-os.gz followkernel"),
             "{config}"
         );
-        // The Pi 4's kernel is named in its section; this variant's mainline kernel has no
-        // Pi 5 tree, and config.txt says so instead of naming a kernel that is not there.
+        // Each model's kernel is named in its section. This variant's one mainline 6.12
+        // kernel serves both, each with its device trees: the Pi 5's among them.
         assert!(
-            config.contains("[pi4]\nkernel=kernel8.img\n")
-                && config.contains("# [pi5]: not in this variant")
-                && !config.contains("kernel_2712")
+            config.contains("[pi4]\nkernel=kernel8.img\n[pi5]\nkernel=kernel_2712.img\n[all]\n")
                 && config.trim_end().ends_with("upstream_kernel=1")
                 && config.matches("[all]").count() == 2,
             "{config}"
         );
-        assert!(!listing.contains("::/kernel_2712.img"), "{listing}");
+        for f in [
+            "kernel_2712.img",
+            "bcm2712-rpi-5-b.dtb",
+            "bcm2837-rpi-3-b.dtb",
+        ] {
+            assert!(
+                listing.contains(&format!("::/{f}")),
+                "boot {slot} lacks {f}:\n{listing}"
+            );
+        }
+        let pi5_dtb =
+            run(mtools("mtype", &image, parts[part].2).arg("::/bcm2712-rpi-5-b.dtb")).stdout;
+        assert_eq!(
+            &pi5_dtb[..4],
+            &[0xd0, 0x0d, 0xfe, 0xed],
+            "a flattened device tree"
+        );
+        assert!(
+            pi5_dtb.windows(22).any(|w| w == b"raspberrypi,5-model-b\0"),
+            "the Pi 5 tree names the Pi 5"
+        );
         let cmdline = read(part, "cmdline.txt");
         assert!(
             cmdline.contains(&format!("kubesolo.slot={slot} "))

@@ -292,7 +292,7 @@ fn the_sbom_of_rpi_image_small_validates_and_lists_exactly_the_shipped_packages(
     assert!(has(
         "SPDXRef-kernel-rpi-small",
         "GENERATED_FROM",
-        "SPDXRef-linux-source-6.1"
+        "SPDXRef-linux-source-6.12"
     ));
     // The kernel: its version and the hash of its `.config`.
     let packages: BTreeMap<String, &serde_json::Value> = doc["packages"]
