@@ -19,7 +19,10 @@ else
 fi
 srcdir=$(echo /build/linux-*)
 O=/build/out
+# Quiet for the steps that take seconds; the compile prints kbuild's short lines (`  CC
+# kernel/fork.o`), one per object, which the progress view counts against the last build's.
 mk() { make -s -C "$srcdir" O="$O" ARCH="$KARCH" ${CROSS_COMPILE:+CROSS_COMPILE=$CROSS_COMPILE} "$@"; }
+echo "kernel: configuring $(basename "$srcdir") for $KARCH: $BASE_CONFIG + $(echo $FRAGMENTS | wc -w) fragments"
 mk "$BASE_CONFIG"
 "$srcdir/scripts/kconfig/merge_config.sh" -m -O "$O" "$O/.config" $FRAGMENTS > /build/merge.log
 mk olddefconfig
@@ -41,7 +44,10 @@ for f in $FRAGMENTS; do
   done < "$f"
 done
 [ "$failed" = 0 ] || { echo "config audit failed: Kconfig dropped or changed the options above" >&2; exit 1; }
-mk -j"$NIX_BUILD_CORES" $TARGETS
+echo "kernel: compiling $TARGETS with $NIX_BUILD_CORES jobs"
+make --no-print-directory -C "$srcdir" O="$O" ARCH="$KARCH" ${CROSS_COMPILE:+CROSS_COMPILE=$CROSS_COMPILE} \
+  -j"$NIX_BUILD_CORES" $TARGETS
+echo "kernel: installing $TARGETS"
 mkdir -p "$out"
 cp "$O/.config" "$out/config"
 cp "$O/$IMAGE" "$out/$(basename "$IMAGE")"
