@@ -243,12 +243,12 @@ pub fn run_show(
         lowered
             .nodes
             .values()
-            .map(|n| (&n.drv_path, &n.drv))
+            .map(|n| (&n.drv_path, &*n.drv))
             .collect()
     } else {
         targets
             .iter()
-            .map(|t| (&lowered.nodes[t].drv_path, &lowered.nodes[t].drv))
+            .map(|t| (&lowered.nodes[t].drv_path, &*lowered.nodes[t].drv))
             .collect()
     };
     let json = show_derivation_json(store.store_dir(), nodes);

@@ -586,7 +586,7 @@ mod tests {
     fn node(key: &str, deps: &[&str], locked: Option<(&str, u64)>) -> Node {
         Node {
             key: key.into(),
-            drv: Derivation::default(),
+            drv: Derivation::default().into(),
             drv_path: drv_path(key),
             fetch: locked.map(|(environment, size)| Fetch {
                 url: format!("mirror://debian/{key}.deb"),

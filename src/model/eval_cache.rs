@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Fetch, HashFrom, Lowered, Node, Unpack};
-use crate::compat::derivation::{Derivation, FixedOutputHash};
+use super::{Fetch, HashFrom, LazyDrv, Lowered, Node, Unpack};
+use crate::compat::derivation::FixedOutputHash;
 use crate::compat::hash::{Hash, HashAlgo, Hasher};
 use crate::compat::{FileIngestionMethod, StoreDir, StorePath};
 
@@ -373,10 +373,12 @@ impl Entry {
     }
 
     fn into_hit(self, store_dir: &StoreDir) -> Result<Hit, Unreadable> {
-        let nodes = crate::map_parallel(&self.nodes, 256, |n| -> Result<Node, Unreadable> {
+        let store_dir = std::sync::Arc::new(store_dir.clone());
+        let nodes = self.nodes.into_iter().map(|n| -> Result<Node, Unreadable> {
             Ok(Node {
-                key: n.key.clone(),
-                drv: Derivation::from_aterm(n.drv.as_bytes(), store_dir)?,
+                key: n.key,
+                // Parsed when first used.
+                drv: LazyDrv::from_aterm(n.drv, store_dir.clone()),
                 drv_path: StorePath::from_base_name(&n.drv_path)?,
                 fetch: match &n.fetch {
                     None => None,
@@ -413,8 +415,8 @@ impl Entry {
                         size: f.size,
                     }),
                 },
-                deps: n.deps.clone(),
-                inputs: n.inputs.clone(),
+                deps: n.deps,
+                inputs: n.inputs,
             })
         });
         let mut lowered = Lowered {

@@ -60,7 +60,7 @@ pub struct Node {
     /// The target name, or `target.input` for an inline download.
     pub key: String,
     /// The derivation, output paths filled in.
-    pub drv: Derivation,
+    pub drv: LazyDrv,
     /// Its `.drv` store path.
     pub drv_path: StorePath,
     /// For downloads: what to fetch.
@@ -69,6 +69,53 @@ pub struct Node {
     pub deps: BTreeSet<String>,
     /// Its inputs by name: the store path each `${name}` stands for.
     pub inputs: BTreeMap<String, String>,
+}
+
+/// A node's derivation: lowered here, or the `.drv` text the evaluation cache kept, parsed
+/// when first used (a no-op realisation of thousands of nodes looks at a few).
+#[derive(Debug, Clone)]
+pub struct LazyDrv {
+    parsed: std::sync::OnceLock<Derivation>,
+    text: Option<(String, std::sync::Arc<StoreDir>)>,
+}
+
+impl LazyDrv {
+    /// The `.drv` text `text` (as [`Derivation::to_aterm`] wrote it) of the store `store_dir`.
+    pub fn from_aterm(text: String, store_dir: std::sync::Arc<StoreDir>) -> LazyDrv {
+        LazyDrv {
+            parsed: std::sync::OnceLock::new(),
+            text: Some((text, store_dir)),
+        }
+    }
+}
+
+impl From<Derivation> for LazyDrv {
+    fn from(drv: Derivation) -> LazyDrv {
+        LazyDrv {
+            parsed: drv.into(),
+            text: None,
+        }
+    }
+}
+
+impl std::ops::Deref for LazyDrv {
+    type Target = Derivation;
+    fn deref(&self) -> &Derivation {
+        self.parsed.get_or_init(|| {
+            let (text, store_dir) = self
+                .text
+                .as_ref()
+                .expect("a LazyDrv has a text or a derivation");
+            // The text was written by `to_aterm` of this very executable (the cache checks
+            // which one wrote it): failing to parse it means the file was damaged.
+            Derivation::from_aterm(text.as_bytes(), store_dir).unwrap_or_else(|e| {
+                panic!(
+                    "a derivation in the evaluation cache (nix/var/ksbuild/eval) is damaged ({e}); \
+                     delete that folder and run the command again"
+                )
+            })
+        })
+    }
 }
 
 /// The lowered graph.
@@ -475,7 +522,7 @@ impl Lowerer<'_, '_> {
             key.clone(),
             Node {
                 key,
-                drv,
+                drv: drv.into(),
                 drv_path,
                 fetch,
                 deps,

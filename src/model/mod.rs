@@ -19,7 +19,7 @@ use std::sync::Arc;
 use miette::SourceSpan;
 
 pub use lower::{
-    confine_to_project, lower, unpinned, Fetch, HashFrom, Lowered, Node, Unpack, Unpinned,
+    confine_to_project, lower, unpinned, Fetch, HashFrom, LazyDrv, Lowered, Node, Unpack, Unpinned,
     ENTER_SCRIPT_NAME, ENVIRONMENT_BUSYBOX,
 };
 pub use schema::{DerivationFile, FetchSpec, InputSpec, ProjectFile, VariantSpec};

@@ -684,7 +684,7 @@ fn node_for(drv_path: &StorePath, drv: Derivation) -> Node {
             .strip_suffix(".drv")
             .unwrap_or(drv_path.name())
             .to_string(),
-        drv,
+        drv: drv.into(),
         drv_path: drv_path.clone(),
         fetch: None,
         deps: BTreeSet::new(),
