@@ -34,7 +34,7 @@ use crate::compat::hash::{Hash, HashAlgo, Hasher};
 use crate::compat::{FileIngestionMethod, StoreDir, StorePath};
 
 /// Bumped when the entry's format changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Where an entry lives, and which ksbuild writes and reads it.
 #[derive(Debug, Clone)]
@@ -281,18 +281,11 @@ struct CachedFetch {
     recursive: bool,
     /// SRI.
     hash: String,
-    unpack: Option<String>,
+    unpack: Option<Unpack>,
     executable: bool,
     declared_at: String,
-    hash_from: CachedHashFrom,
+    hash_from: HashFrom,
     size: Option<u64>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum CachedHashFrom {
-    Declared { at: String },
-    Pinned { at: String, key: String },
-    Locked { environment: String },
 }
 
 /// Why an entry could not be read back (a miss).
@@ -324,27 +317,10 @@ impl Entry {
                         url: f.url.clone(),
                         recursive: f.hash.method == FileIngestionMethod::Recursive,
                         hash: f.hash.hash.to_sri(),
-                        unpack: f.unpack.map(|u| {
-                            match u {
-                                Unpack::Deb => "deb",
-                                Unpack::Tar => "tar",
-                            }
-                            .to_string()
-                        }),
+                        unpack: f.unpack,
                         executable: f.executable,
                         declared_at: f.declared_at.clone(),
-                        hash_from: match &f.hash_from {
-                            HashFrom::Declared { at } => {
-                                CachedHashFrom::Declared { at: at.clone() }
-                            }
-                            HashFrom::Pinned { at, key } => CachedHashFrom::Pinned {
-                                at: at.clone(),
-                                key: key.clone(),
-                            },
-                            HashFrom::Locked { environment } => CachedHashFrom::Locked {
-                                environment: environment.clone(),
-                            },
-                        },
+                        hash_from: f.hash_from.clone(),
                         size: f.size,
                     }),
                     deps: n.deps.clone(),
@@ -380,10 +356,10 @@ impl Entry {
                 // Parsed when first used.
                 drv: LazyDrv::from_aterm(n.drv, store_dir.clone()),
                 drv_path: StorePath::from_base_name(&n.drv_path)?,
-                fetch: match &n.fetch {
+                fetch: match n.fetch {
                     None => None,
                     Some(f) => Some(Fetch {
-                        url: f.url.clone(),
+                        url: f.url,
                         hash: FixedOutputHash {
                             method: if f.recursive {
                                 FileIngestionMethod::Recursive
@@ -392,26 +368,10 @@ impl Entry {
                             },
                             hash: Hash::parse(&f.hash)?,
                         },
-                        unpack: match f.unpack.as_deref() {
-                            None => None,
-                            Some("deb") => Some(Unpack::Deb),
-                            Some("tar") => Some(Unpack::Tar),
-                            Some(_) => return Err(Unreadable),
-                        },
+                        unpack: f.unpack,
                         executable: f.executable,
-                        declared_at: f.declared_at.clone(),
-                        hash_from: match &f.hash_from {
-                            CachedHashFrom::Declared { at } => {
-                                HashFrom::Declared { at: at.clone() }
-                            }
-                            CachedHashFrom::Pinned { at, key } => HashFrom::Pinned {
-                                at: at.clone(),
-                                key: key.clone(),
-                            },
-                            CachedHashFrom::Locked { environment } => HashFrom::Locked {
-                                environment: environment.clone(),
-                            },
-                        },
+                        declared_at: f.declared_at,
+                        hash_from: f.hash_from,
                         size: f.size,
                     }),
                 },

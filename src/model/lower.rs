@@ -15,7 +15,7 @@ use crate::compat::store_path::validate_name;
 use crate::compat::{FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath};
 
 /// How a download is unpacked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Unpack {
     /// A Debian package: its `data.tar` becomes the tree.
     Deb,
@@ -24,7 +24,7 @@ pub enum Unpack {
 }
 
 /// Where a download's expected hash is written: what to change if it is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HashFrom {
     /// `hash` in the derivation file, at `path:line`.
     Declared { at: String },

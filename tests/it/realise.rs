@@ -289,15 +289,8 @@ fn check_finds_non_determinism_and_exits_104() {
         "{err}"
     );
     let stdout = String::from_utf8_lossy(&bad.stdout);
-    let events: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     // One plan; the rebuild is reported as a build (so a long one shows its progress).
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let (events, kinds) = json_events(&stdout);
     assert_eq!(
         kinds,
         ["cached", "plan", "build-started", "build-finished", "check"],
@@ -621,6 +614,19 @@ fn downloads_are_verified_and_happen_before_builds() {
     );
 }
 
+/// The events of `realise --json`'s stdout, and their kinds.
+fn json_events(stdout: &str) -> (Vec<serde_json::Value>, Vec<String>) {
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    (events, kinds)
+}
+
 #[test]
 fn json_events_result_links_and_gc_roots() {
     if skip_without_busybox() {
@@ -628,14 +634,7 @@ fn json_events_result_links_and_gc_roots() {
     }
     let p = Project::new(GRAPH);
     let out = run_ok(p.ks("s").args(["realise", "--json", "b"]));
-    let events: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let (events, kinds) = json_events(&out);
     assert_eq!(
         kinds,
         [
