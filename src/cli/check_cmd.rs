@@ -2,6 +2,7 @@
 //! sandboxes and compares the outputs by NAR hash, with each other and with
 //! `derivations/outputs.lock`; explains differences; records outputs that reproduced.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use super::realise_cmd::{BuildArgs, Progress};
 use super::{out_line, CliError, Context};
 use crate::check::record::{record_path, Records};
 use crate::check::{self, CheckOptions, DerivationVerdict, RecordStatus};
+use crate::compat::StorePath;
 use crate::fetch::Mirrors;
 use crate::graph::build::SandboxExecutor;
 use crate::graph::{self, RealiseError};
@@ -286,15 +288,26 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
         vary: args.vary.clone().map(|v| v.0).unwrap_or_default(),
         diff: diff_options,
     };
-    crate::graph::Executor::prepare(&executor, selected.len());
+    // Keys that lower to one derivation (`kernel-arm64@small` is `kernel-rpi@small`) are
+    // checked once, under the first of them.
+    let mut first_key: BTreeMap<&StorePath, &str> = BTreeMap::new();
+    let checked: Vec<&str> = selected
+        .iter()
+        .copied()
+        .filter(|k| {
+            let first = *first_key.entry(&lowered.nodes[*k].drv_path).or_insert(k);
+            first == *k
+        })
+        .collect();
+    crate::graph::Executor::prepare(&executor, checked.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Result<DerivationVerdict, CliError>>>> =
-        std::sync::Mutex::new((0..selected.len()).map(|_| None).collect());
+        std::sync::Mutex::new((0..checked.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..args.build.jobs.clamp(1, selected.len().max(1)) {
+        for _ in 0..args.build.jobs.clamp(1, checked.len().max(1)) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(key) = selected.get(i) else {
+                let Some(key) = checked.get(i) else {
                     return;
                 };
                 let node = &lowered.nodes[*key];
@@ -322,9 +335,24 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<ExitCode, CliError> {
             });
         }
     });
+    let mut by_key: BTreeMap<&str, DerivationVerdict> = BTreeMap::new();
+    for (key, r) in checked
+        .iter()
+        .zip(results.into_inner().unwrap_or_else(|p| p.into_inner()))
+    {
+        by_key.insert(key, r.expect("every derivation is checked")?);
+    }
     let mut verdicts: Vec<DerivationVerdict> = Vec::new();
-    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        verdicts.push(r.expect("every derivation is checked")?);
+    for key in &selected {
+        let first = first_key[&lowered.nodes[*key].drv_path];
+        let mut v = by_key[first].clone();
+        if first != *key {
+            ctx.note(&format!(
+                "`{key}` is the same derivation as `{first}`: checked once"
+            ));
+            v.target = key.to_string();
+        }
+        verdicts.push(v);
     }
     let reproducible = verdicts.iter().all(|v| v.reproducible);
     let unusable: Vec<&DerivationVerdict> = verdicts

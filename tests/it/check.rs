@@ -130,6 +130,49 @@ fn a_reproducible_graph_passes_is_recorded_and_compares_with_its_record() {
 
 /// Non-reproducible builds exit 104; the explanation names the file inside the output,
 /// where it parts, and a likely cause; the differing build is kept; a record is refused.
+/// Two targets that lower to one derivation (as `kernel-arm64@small` and `kernel-rpi@small`
+/// do) are rebuilt once and recorded under both names.
+#[test]
+fn targets_that_are_one_derivation_are_checked_once() {
+    if skip_without_busybox() {
+        return;
+    }
+    let (file, text) = drv("one", "echo same > $out");
+    let twin = format!("name = \"one\"\n{text}");
+    let p = Project::new(&[(&file, &text), ("derivations/two.toml", &twin)]);
+    let out = run(p
+        .ks("st")
+        .args(["check", "--record", "--json", "one", "two"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`two` is the same derivation as `one`: checked once"),
+        "{stderr}"
+    );
+    let v = verdict(&out);
+    let targets: Vec<&str> = v["derivations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["one", "two"]);
+    assert_eq!(v["derivations"][0]["drv"], v["derivations"][1]["drv"]);
+    // One rebuild: the history holds the realisation's build and the check's, whichever
+    // name each was recorded under.
+    let builds: usize = ["one", "two"]
+        .iter()
+        .map(|t| {
+            let stats = run_ok(p.ks("st").args(["log", "--stats", "--json", t]));
+            let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+            v["builds"].as_array().unwrap().len()
+        })
+        .sum();
+    assert_eq!(builds, 2);
+    let lock = fs::read_to_string(p.dir.join("derivations/outputs.lock")).unwrap();
+    assert!(lock.contains("[one]") && lock.contains("[two]"), "{lock}");
+}
+
 #[test]
 fn differences_are_explained_by_file_offset_and_cause() {
     if skip_without_busybox() {

@@ -67,9 +67,27 @@ fn fragments_change_exactly_the_tracks_that_use_them() {
             .map(|(t, _)| *t)
             .collect()
     };
+    // CI's one small arm64 kernel: the generic ARM64 and the Pi small variants are one
+    // derivation, compiled once.
+    assert_eq!(base[4], base[5], "kernel-arm64@small is kernel-rpi@small");
     assert_eq!(
         changed("rpi-kernel-overrides.fragment"),
-        ["kernel-rpi", "kernel-rpi@small", "kernel-rpi@pi5"]
+        [
+            "kernel-rpi",
+            "kernel-arm64@small",
+            "kernel-rpi@small",
+            "kernel-rpi@pi5"
+        ]
+    );
+    assert_eq!(
+        changed("arm64-virt.fragment"),
+        [
+            "kernel-arm64",
+            "kernel-rpi",
+            "kernel-arm64@small",
+            "kernel-rpi@small",
+            "kernel-rpi@pi5"
+        ]
     );
     assert_eq!(changed("kernel-container.fragment"), targets);
     assert_eq!(
@@ -191,7 +209,11 @@ fn small_rpi_kernel_cross_compiles_with_its_device_trees_bit_for_bit_as_recorded
         return;
     }
     assert!(fs::metadata(out.join("Image")).unwrap().len() > 1_000_000);
-    for dtb in ["bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb"] {
+    for dtb in [
+        "bcm2711-rpi-4-b.dtb",
+        "bcm2837-rpi-3-b.dtb",
+        "bcm2712-rpi-5-b.dtb",
+    ] {
         assert!(
             out.join("dtbs/broadcom").join(dtb).is_file(),
             "{dtb} missing"
