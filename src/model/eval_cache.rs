@@ -121,13 +121,8 @@ fn scan(root: &Path) -> io::Result<Vec<Stamp>> {
                 .display()
                 .to_string();
             let file_type = entry.file_type();
-            let (kind, link, stat) = if file_type.is_symlink() {
-                ('l', Some(std::fs::read_link(entry.path())?), None)
-            } else if file_type.is_dir() {
-                ('d', None, None)
-            } else {
-                let m = entry.metadata().map_err(io::Error::other)?;
-                let stat = [
+            let stat_of = |m: std::fs::Metadata| {
+                [
                     m.dev() as i64,
                     m.ino() as i64,
                     m.len() as i64,
@@ -135,8 +130,22 @@ fn scan(root: &Path) -> io::Result<Vec<Stamp>> {
                     m.mtime_nsec(),
                     m.ctime(),
                     m.ctime_nsec(),
-                ];
-                ('f', None, Some(stat))
+                ]
+            };
+            let (kind, link, stat) = if file_type.is_symlink() {
+                // A symlinked definition is read through its link: the file it leads to
+                // counts (a dangling link or one to a folder has no status).
+                let target = std::fs::metadata(entry.path()).ok().filter(|m| m.is_file());
+                (
+                    'l',
+                    Some(std::fs::read_link(entry.path())?),
+                    target.map(stat_of),
+                )
+            } else if file_type.is_dir() {
+                ('d', None, None)
+            } else {
+                let m = entry.metadata().map_err(io::Error::other)?;
+                ('f', None, Some(stat_of(m)))
             };
             stamps.push(Stamp {
                 path,
@@ -191,7 +200,7 @@ fn matches(recorded: &[Stamp], current: &[Stamp], root: &Path) -> bool {
                 && match (&r.stat, &r.sha256) {
                     (Some(stat), _) => c.stat.as_ref() == Some(stat),
                     (None, Some(sha)) => sha256_of(root, &r.path).is_ok_and(|now| &now == sha),
-                    (None, None) => r.kind != 'f',
+                    (None, None) => c.stat.is_none(),
                 }
         })
 }

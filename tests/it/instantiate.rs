@@ -233,6 +233,26 @@ fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
                 .unwrap()
             }),
         ),
+        // Environments are read through symlinks: what a link leads to counts.
+        (
+            "an environment moved behind a symlink",
+            Box::new(|| {
+                fs::create_dir_all(proj.join("envs")).unwrap();
+                fs::rename(
+                    proj.join("sandboxes/empty.toml"),
+                    proj.join("envs/empty.toml"),
+                )
+                .unwrap();
+                std::os::unix::fs::symlink("../envs/empty.toml", proj.join("sandboxes/empty.toml"))
+                    .unwrap();
+            }),
+        ),
+        (
+            "the file a symlinked environment leads to",
+            Box::new(|| {
+                fs::write(proj.join("envs/empty.toml"), "suites = [\"trixie\"]\n").unwrap()
+            }),
+        ),
         (
             "a path input's file",
             Box::new(|| fs::write(conf.join("a.fragment"), "CONFIG_A=m\n").unwrap()),
@@ -275,10 +295,14 @@ fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
         let (got, hit) = cached();
         assert!(!hit, "{what}: the cache answered");
         assert_eq!(got, uncached(), "{what}");
-        if what != "a new derivation file"
-            && what != "a new environment"
-            && what != "a damaged entry"
-        {
+        let same = [
+            "a new derivation file",
+            "a new environment",
+            "an environment moved behind a symlink",
+            "the file a symlinked environment leads to",
+            "a damaged entry",
+        ];
+        if !same.contains(&what) {
             assert_ne!(got, previous, "{what}: nothing changed");
         }
         assert_eq!(cached(), (got.clone(), true), "{what}: not cached again");
