@@ -720,6 +720,10 @@ fn images_are_bit_identical_across_store_roots_umask_and_tz() {
         let out = realise(&store, &proj, k, &[]).unwrap();
         let name = out.file_name().unwrap().to_owned();
         let dst = other.join("nix/store");
+        // kernel-arm64@small is kernel-rpi@small: one path, copied once.
+        if dst.join(&name).exists() {
+            continue;
+        }
         fs::create_dir_all(&dst).unwrap();
         fs::create_dir_all(other.join("nix/var/ksbuild/db")).unwrap();
         run_ok(Command::new("cp").arg("-a").arg(&out).arg(&dst));
