@@ -406,28 +406,24 @@ pub(crate) fn plan(
             bound_inputs.push((physical.clone(), relative, copied));
         }
     }
-    if let Some(layers) = &overlay {
-        // overlayfs's work directory belongs to the build user, whose filesystem ids PID 1
-        // has when it mounts the overlay (the overlay acts on its layers with them).
+    // A directory of the build user's alone.
+    let private_to_build_user = |host: &mut Vec<Step>, path: &Path| {
         host.push(Step::SetOwner {
-            path: layers.work_on_disk.clone(),
+            path: path.to_path_buf(),
             uid: Some(ids.build_uid),
             gid: Some(ids.build_gid),
         });
         host.push(Step::SetMode {
-            path: layers.work_on_disk.clone(),
+            path: path.to_path_buf(),
             mode: 0o700,
         });
+    };
+    if let Some(layers) = &overlay {
+        // overlayfs's work directory belongs to the build user, whose filesystem ids PID 1
+        // has when it mounts the overlay (the overlay acts on its layers with them).
+        private_to_build_user(&mut host, &layers.work_on_disk);
     }
-    host.push(Step::SetOwner {
-        path: spec.build_dir.clone(),
-        uid: Some(ids.build_uid),
-        gid: Some(ids.build_gid),
-    });
-    host.push(Step::SetMode {
-        path: spec.build_dir.clone(),
-        mode: 0o700,
-    });
+    private_to_build_user(&mut host, &spec.build_dir);
 
     // -- inside the namespaces, as PID 1 ---------------------------------------------------
     // 1. Take every host path the build needs while host paths can still be reached with
