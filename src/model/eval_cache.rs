@@ -10,15 +10,14 @@
 //! and the store path of its contents, which the caller checks again (a path input may be
 //! any file of the project).
 //!
-//! Files are recognised as git's index recognises them: by a stamp of their status (size,
-//! inode, modification and change times to the nanosecond) that any write changes, as it
-//! changes the change time, which no one can set. A stamp taken within two seconds of a
-//! change could miss a second write in the same clock tick on a coarse file system: such a
-//! "racy" file is recorded by the SHA-256 of its contents instead, and hashed again when
-//! the entry is read. So an entry answers only for files with the same contents.
+//! Files are recognised as the store's stat cache of source imports recognises them, as
+//! git's index does: by a digest of every entry's type, mode, size, inode, and modification
+//! and change times to the nanosecond (any write changes the change time, which no one can
+//! set), a symlink with what it leads to. An entry written within a second of the newest
+//! change is "racy" (a second write in the same clock tick could hide) and answers nothing.
 //!
-//! Never trusted: an entry is written only when the files' stamps after lowering equal
-//! those before it (so nothing changed in between), and any entry that cannot be read or
+//! Never trusted: an entry is written only when the digest after lowering equals the one
+//! before it (so nothing changed in between), and any entry that cannot be read or
 //! parsed is a miss.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,9 +31,10 @@ use super::{Fetch, HashFrom, LazyDrv, Lowered, Node, Unpack};
 use crate::compat::derivation::FixedOutputHash;
 use crate::compat::hash::{Hash, HashAlgo, Hasher};
 use crate::compat::{FileIngestionMethod, StoreDir, StorePath};
+use crate::store::import_cache;
 
 /// Bumped when the entry's format changes.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Where an entry lives, and which ksbuild writes and reads it.
 #[derive(Debug, Clone)]
@@ -77,132 +77,43 @@ impl Key {
     }
 }
 
-/// One file, folder or symlink under `derivations/` or `sandboxes/`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stamp {
-    /// Relative to the project root.
-    path: String,
-    /// `d`, `l` or `f`.
-    kind: char,
-    /// A symlink's target.
-    link: Option<PathBuf>,
-    /// A file's device, inode, size, modification and change times (s, ns).
-    stat: Option<[i64; 7]>,
-    /// A racy file's contents' SHA-256 (hex), instead of trusting its status.
-    sha256: Option<String>,
-}
-
-/// The project's definitions as they were when lowering started.
+/// The project's definitions as they were when lowering started: the digest of their
+/// status, and when it was taken.
 pub struct Snapshot {
-    stamps: Vec<Stamp>,
+    digest: String,
+    taken_ns: i128,
 }
 
-/// How long after a change a file's status may still miss a second change.
-const RACY_SECONDS: i64 = 2;
-
-/// The stamps of every entry under `derivations/` and `sandboxes/` of `root`, in name order;
-/// no contents read.
-fn scan(root: &Path) -> io::Result<Vec<Stamp>> {
-    let mut stamps = Vec::new();
+/// The digest of the status of every entry under `derivations/` and `sandboxes/` of
+/// `root` (the store's stat digest of source imports), and the newest change in it.
+fn definitions(root: &Path) -> io::Result<(String, i128)> {
+    let mut h = Hasher::new(HashAlgo::Sha256);
+    let mut newest = 0;
     for dir in ["derivations", "sandboxes"] {
         let top = root.join(dir);
-        if !top.exists() {
-            continue;
+        h.update(dir.as_bytes());
+        if top.exists() {
+            let (digest, changed) = import_cache::stat_digest(&top).map_err(io::Error::other)?;
+            h.update(digest.digest_bytes());
+            newest = newest.max(changed);
         }
-        for entry in walkdir::WalkDir::new(&top).sort_by_file_name() {
-            let entry = entry.map_err(|e| {
-                e.into_io_error()
-                    .unwrap_or_else(|| io::Error::other("walk failed"))
-            })?;
-            let path = entry
-                .path()
-                .strip_prefix(root)
-                .unwrap_or(entry.path())
-                .display()
-                .to_string();
-            let file_type = entry.file_type();
-            let stat_of = |m: std::fs::Metadata| {
-                [
-                    m.dev() as i64,
-                    m.ino() as i64,
-                    m.len() as i64,
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                ]
-            };
-            let (kind, link, stat) = if file_type.is_symlink() {
-                // A symlinked definition is read through its link: the file it leads to
-                // counts (a dangling link or one to a folder has no status).
-                let target = std::fs::metadata(entry.path()).ok().filter(|m| m.is_file());
-                (
-                    'l',
-                    Some(std::fs::read_link(entry.path())?),
-                    target.map(stat_of),
-                )
-            } else if file_type.is_dir() {
-                ('d', None, None)
-            } else {
-                let m = entry.metadata().map_err(io::Error::other)?;
-                ('f', None, Some(stat_of(m)))
-            };
-            stamps.push(Stamp {
-                path,
-                kind,
-                link,
-                stat,
-                sha256: None,
-            });
-        }
+        h.update(b"\0");
     }
-    Ok(stamps)
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn sha256_of(root: &Path, relative: &str) -> io::Result<String> {
-    Ok(Hash::sha256(&std::fs::read(root.join(relative))?).to_hex())
+    Ok((h.finish().to_hex(), newest))
 }
 
 impl Snapshot {
-    /// The project's definitions now: stamps of all, contents of the racy ones.
+    /// The project's definitions now.
     pub fn take(root: &Path) -> io::Result<Snapshot> {
-        let taken = now();
-        let mut stamps = scan(root)?;
-        for s in &mut stamps {
-            if s.stat.is_some_and(|st| st[5] >= taken - RACY_SECONDS) {
-                s.sha256 = Some(sha256_of(root, &s.path)?);
-                s.stat = None;
-            }
-        }
-        Ok(Snapshot { stamps })
+        let taken_ns = import_cache::now_ns();
+        let (digest, _) = definitions(root)?;
+        Ok(Snapshot { digest, taken_ns })
     }
 
     /// Whether nothing changed since the snapshot was taken.
     pub fn still_holds(&self, root: &Path) -> bool {
-        scan(root).is_ok_and(|now| matches(&self.stamps, &now, root))
+        definitions(root).is_ok_and(|(digest, _)| digest == self.digest)
     }
-}
-
-/// Whether the recorded stamps describe the current ones: the same entries, each trusted
-/// file with the same status, each racy one with the same contents.
-fn matches(recorded: &[Stamp], current: &[Stamp], root: &Path) -> bool {
-    recorded.len() == current.len()
-        && recorded.iter().zip(current).all(|(r, c)| {
-            r.path == c.path
-                && r.kind == c.kind
-                && r.link == c.link
-                && match (&r.stat, &r.sha256) {
-                    (Some(stat), _) => c.stat.as_ref() == Some(stat),
-                    (None, Some(sha)) => sha256_of(root, &r.path).is_ok_and(|now| &now == sha),
-                    (None, None) => c.stat.is_none(),
-                }
-        })
 }
 
 /// A repository file or folder that lowering imported: where it is, the name it is stored
@@ -228,9 +139,13 @@ pub fn load(key: &Key, root: &Path, store_dir: &StoreDir) -> Option<Hit> {
     let entry: Entry = serde_json::from_slice(&bytes).ok()?;
     crate::timing::report("evaluation cache: read the entry", t0);
     let t0 = std::time::Instant::now();
+    let (digest, newest) = definitions(root).ok()?;
+    // A definition changed so soon before the entry was written that a second change in
+    // the same clock tick could hide: the entry does not answer for it.
     if entry.format != FORMAT
         || entry.exe != key.exe
-        || !matches(&entry.stamps, &scan(root).ok()?, root)
+        || entry.digest != digest
+        || newest + import_cache::RACY_NS >= entry.written_ns
     {
         return None;
     }
@@ -264,7 +179,9 @@ pub fn save(
 struct Entry {
     format: u32,
     exe: String,
-    stamps: Vec<Stamp>,
+    /// [`Snapshot`]'s digest and time.
+    digest: String,
+    written_ns: i128,
     order: Vec<String>,
     nodes: Vec<CachedNode>,
     sources: Vec<String>,
@@ -340,7 +257,8 @@ impl Entry {
         Some(Entry {
             format: FORMAT,
             exe: key.exe.clone(),
-            stamps: before.stamps.clone(),
+            digest: before.digest.clone(),
+            written_ns: before.taken_ns,
             order: lowered.order.clone(),
             nodes,
             sources: lowered.sources.iter().map(|p| p.to_string()).collect(),

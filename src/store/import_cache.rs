@@ -2,7 +2,8 @@
 //! repository file or tree is reused while every entry's type, mode, size, inode, mtime and
 //! ctime are unchanged, so re-evaluating a project does not re-read its sources. Entries
 //! modified within a second of the cache being written are "racily clean" and never
-//! trusted. Does I/O (`<root>/nix/var/ksbuild/imports/`).
+//! trusted ([`RACY_NS`]). The evaluation cache recognises a project's definitions the same
+//! way ([`stat_digest`]). Does I/O (`<root>/nix/var/ksbuild/imports/`).
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -22,8 +23,9 @@ struct Entry {
 }
 
 /// A digest of the stat data of every entry of `path` (sorted walk), and the newest
-/// mtime/ctime seen, in nanoseconds.
-fn stat_digest(path: &Path) -> Result<(Hash, i128)> {
+/// mtime/ctime seen, in nanoseconds. A symlink counts with the file or folder it leads to
+/// (where it leads anywhere): whoever reads through it sees that one change.
+pub(crate) fn stat_digest(path: &Path) -> Result<(Hash, i128)> {
     let mut h = Hasher::new(HashAlgo::Sha256);
     let mut newest: i128 = 0;
     for entry in walkdir::WalkDir::new(path)
@@ -44,21 +46,31 @@ fn stat_digest(path: &Path) -> Result<(Hash, i128)> {
                 .into_io_error()
                 .unwrap_or_else(|| std::io::Error::other("stat failed")),
         })?;
-        let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-        let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
-        newest = newest.max(mtime).max(ctime);
         h.update(entry.path().as_os_str().as_bytes());
         h.update(&[0]);
-        for n in [u64::from(m.mode()), m.size(), m.ino(), m.dev()] {
-            h.update(&n.to_le_bytes());
+        let target = entry
+            .path_is_symlink()
+            .then(|| std::fs::metadata(entry.path()).ok())
+            .flatten();
+        for m in std::iter::once(&m).chain(&target) {
+            let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+            let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+            newest = newest.max(mtime).max(ctime);
+            for n in [u64::from(m.mode()), m.size(), m.ino(), m.dev()] {
+                h.update(&n.to_le_bytes());
+            }
+            h.update(&mtime.to_le_bytes());
+            h.update(&ctime.to_le_bytes());
         }
-        h.update(&mtime.to_le_bytes());
-        h.update(&ctime.to_le_bytes());
     }
     Ok((h.finish(), newest))
 }
 
-fn now_ns() -> i128 {
+/// How long after a change an entry's status may still miss a second change in the same
+/// clock tick: a cache written sooner after it does not answer for it.
+pub(crate) const RACY_NS: i128 = 1_000_000_000;
+
+pub(crate) fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
@@ -76,7 +88,7 @@ pub fn nar_hash(store: &Store, source: &Path) -> Result<Hash> {
     let (digest, newest) = stat_digest(&absolute)?;
     if let Ok(text) = std::fs::read(&file) {
         if let Ok(e) = serde_json::from_slice::<Entry>(&text) {
-            let racy = newest + 1_000_000_000 >= e.written_ns;
+            let racy = newest + RACY_NS >= e.written_ns;
             if !racy && e.stat_digest == digest.to_nix32() {
                 if let Ok(h) = Hash::parse(&e.nar_hash) {
                     return Ok(h);

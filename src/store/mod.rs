@@ -22,7 +22,7 @@ mod dump;
 mod fsutil;
 mod gc;
 pub mod history;
-mod import_cache;
+pub(crate) mod import_cache;
 mod lock;
 mod metadata;
 pub mod pipe;

@@ -192,9 +192,10 @@ fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
             &targets,
         )
     };
-    // Files older than the racy window are known by their status, not their contents: the
-    // first changes below are caught that way, the later ones (racy) by their contents.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // An entry written within a second of a change does not answer for it (a second write
+    // in the same clock tick could hide): each step waits that second out.
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1100));
+    settle();
     let (first, hit) = cached();
     assert!(!hit, "an empty store has no cache");
     assert_eq!(first, uncached());
@@ -234,6 +235,16 @@ fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
             }),
         ),
         // Environments are read through symlinks: what a link leads to counts.
+        // The same size, other bytes: only the file's times tell.
+        (
+            "a derivation file rewritten at the same size",
+            Box::new(|| {
+                let file = proj.join("derivations/simple.toml");
+                let text = fs::read_to_string(&file).unwrap();
+                assert!(text.contains("changed"));
+                fs::write(&file, text.replace("changed", "CHANGED")).unwrap()
+            }),
+        ),
         (
             "an environment moved behind a symlink",
             Box::new(|| {
@@ -292,6 +303,7 @@ fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
     let mut previous = first;
     for (what, change) in changes {
         change();
+        settle();
         let (got, hit) = cached();
         assert!(!hit, "{what}: the cache answered");
         assert_eq!(got, uncached(), "{what}");
