@@ -382,6 +382,34 @@ impl RestoreSink {
     }
 }
 
+/// The size of the blocks that [`write_sparse`] leaves as holes when they hold only zeros
+/// (a file system block).
+const HOLE_BLOCK: usize = 4096;
+
+/// Writes `data` at `offset` of `file`, leaving each block-aligned run of zeros as a hole.
+/// A NAR has no holes: a disk image restored from a binary cache would otherwise take all
+/// its 4 GiB on disk instead of the tens of MiB it took where it was built.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let is_zero = |b: &[u8]| b.iter().fold(0u8, |acc, &x| acc | x) == 0;
+    let mut run_start = None;
+    for (i, block) in data.chunks(HOLE_BLOCK).enumerate() {
+        let at = i * HOLE_BLOCK;
+        match (is_zero(block), run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..at], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
+}
+
 fn to_io(e: StoreError) -> io::Error {
     io::Error::other(e)
 }
@@ -400,7 +428,7 @@ impl NarSink for RestoreSink {
             RestoreMode::Plain if executable => 0o755,
             RestoreMode::Plain => 0o644,
         };
-        let mut f = fs::OpenOptions::new()
+        let f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&p)?;
@@ -408,7 +436,7 @@ impl NarSink for RestoreSink {
             self.buf = vec![0; 256 * 1024];
         }
         // Each `write` is of a full buffer (a decompressor hands out a few KiB per read).
-        let mut filled = 0;
+        let (mut filled, mut written) = (0, 0u64);
         loop {
             let n = match contents.read(&mut self.buf[filled..]) {
                 Ok(n) => n,
@@ -417,13 +445,16 @@ impl NarSink for RestoreSink {
             };
             filled += n;
             if n == 0 || filled == self.buf.len() {
-                f.write_all(&self.buf[..filled])?;
+                write_sparse(&f, &self.buf[..filled], written)?;
+                written += filled as u64;
                 if n == 0 {
                     break;
                 }
                 filled = 0;
             }
         }
+        // A file that ends in zeros ends in a hole.
+        f.set_len(written)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         if self.mode == RestoreMode::Canonical {
             set_canonical_time_fd(&f, &p).map_err(to_io)?;
@@ -563,6 +594,39 @@ mod tests {
             fs::set_permissions(&file, fs::Permissions::from_mode(0o444)).unwrap();
             assert_eq!(nar_hash_regular(contents), nar_hash_path(&file).unwrap());
         }
+    }
+
+    /// A restored file leaves its runs of zeros as holes (the NAR has none), at the start,
+    /// across the copy buffer's edge and at the end, and reads back as the same bytes.
+    #[test]
+    fn a_restore_leaves_runs_of_zeros_as_holes() {
+        use crate::compat::nar::Node;
+        use std::os::unix::fs::MetadataExt;
+        let size = 3 * 256 * 1024 + 8 * 1024 * 1024 + 100;
+        let mut contents = vec![0u8; size];
+        for (at, data) in [
+            (70_000, &b"first"[..]),
+            (256 * 1024 - 2, b"across the buffer edge"),
+            (size - 5_000_000, b"late"),
+        ] {
+            contents[at..at + data.len()].copy_from_slice(data);
+        }
+        let nar = Node::Regular {
+            executable: false,
+            contents: contents.clone(),
+        }
+        .write_nar(Vec::new())
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("image");
+        restore_nar(&nar[..], &target, RestoreMode::Canonical).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), contents);
+        let allocated = fs::metadata(&target).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 6 * HOLE_BLOCK as u64,
+            "{allocated} bytes allocated"
+        );
+        assert_eq!(nar_hash_path(&target).unwrap(), nar_hash_regular(&contents));
     }
 
     #[test]

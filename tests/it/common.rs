@@ -19,7 +19,7 @@ pub fn ksbuild(store: &Path) -> Command {
     c.env("KSBUILD_STORE", store)
         .env("NO_COLOR", "1")
         .env_remove(ksbuild::timing::ENV);
-    if store == kernel_store() {
+    if store == kernel_store_path() {
         if let Some(cache) = ci_cache() {
             c.env("XDG_CONFIG_HOME", &cache.config_home);
         }
@@ -245,7 +245,33 @@ pub fn unseal(root: &Path) {
 
 /// The store shared by the tests that compile kernels and assemble images (under Cargo's
 /// target directory), so that each small kernel is compiled once per run.
+///
+/// With a CI cache ([`ci_cache`]), where the tests publish what they build, the store is
+/// collected once per test process, before its first use: a machine that keeps the
+/// target directory between runs would otherwise keep every image and environment of every
+/// earlier run (46 GB after a day of CI). What this run needs again comes from the cache.
 pub fn kernel_store() -> PathBuf {
+    static COLLECTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let store = kernel_store_path();
+    COLLECTED.get_or_init(|| {
+        if ci_cache().is_some() && store.exists() {
+            let report = run_ok(
+                Command::new(ksbuild_bin())
+                    .env("KSBUILD_STORE", &store)
+                    .env("NO_COLOR", "1")
+                    .args(["store", "gc"]),
+            );
+            eprintln!(
+                "the shared kernel store is collected: {} paths deleted",
+                report.lines().count()
+            );
+        }
+    });
+    store
+}
+
+/// Where [`kernel_store`] is, without collecting it.
+fn kernel_store_path() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-store")
 }
 
