@@ -1,295 +1,17 @@
 //! Software bills of materials: what ships in a target, written as SPDX 2.3 JSON or
 //! CycloneDX 1.5 JSON. Pure: the CLI gathers the components from the store and the locks;
-//! this module writes them sorted, with the document's time and identity taken from the
-//! facts (`SOURCE_DATE_EPOCH`, the `.drv` hash), so the same facts give the same bytes.
+//! the bill and its SPDX form are in `attest::bill` (shared with the tool that writes each
+//! image's SBOM in its sandbox); this module adds CycloneDX. Both are written sorted, with
+//! the document's time and identity taken from the facts (`SOURCE_DATE_EPOCH`, the `.drv`
+//! hash), so the same facts give the same bytes.
 
 use serde_json::{json, Value};
 
-/// What a component is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// The target itself, or a derivation built into it (initramfs, rootfs, agent).
-    Build,
-    /// A kernel.
-    Kernel,
-    /// A download (KubeSolo, kernel sources).
-    Download,
-    /// A Debian package.
-    Debian,
-    /// Firmware (a Debian package whose files the image carries as they are).
-    Firmware,
-}
+pub use super::bill::*;
 
-/// One component (an SPDX package, a CycloneDX component).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Component {
-    /// Unique id, `[A-Za-z0-9.-]` (becomes `SPDXRef-<id>` and the `bom-ref`).
-    pub id: String,
-    /// What it is.
-    pub kind: Kind,
-    /// Name.
-    pub name: String,
-    /// Version, if known.
-    pub version: Option<String>,
-    /// Where it comes from (a URL), if anywhere.
-    pub download: Option<String>,
-    /// Hex SHA-256 of the downloaded file.
-    pub sha256: Option<String>,
-    /// Package URL.
-    pub purl: Option<String>,
-    /// Supplier (an organisation's name).
-    pub supplier: Option<String>,
-    /// Declared licence (an SPDX expression), if the package says.
-    pub license: Option<String>,
-    /// Facts that have no field of their own (`key: value` lines, sorted).
-    pub notes: Vec<(String, String)>,
-}
-
-/// A file of ksbuild's own fragments.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct File {
-    /// Unique id, `[A-Za-z0-9.-]`.
-    pub id: String,
-    /// Name, e.g. `kubesolo-init/init`.
-    pub name: String,
-    /// Hex SHA-1 (SPDX requires it).
-    pub sha1: String,
-    /// Hex SHA-256.
-    pub sha256: String,
-}
-
-/// How two elements relate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Relation {
-    /// The first holds the second.
-    Contains,
-    /// The first was built from the second (a kernel from its sources).
-    GeneratedFrom,
-}
-
-/// A relationship: from, how, to (ids).
-pub type Relationship = (String, Relation, String);
-
-/// A bill of materials.
-#[derive(Debug, Clone)]
-pub struct Bill {
-    /// The target.
-    pub target: String,
-    /// The id of the target's component.
-    pub root: String,
-    /// The nixbase32 hash part of the target's `.drv` (the document's identity).
-    pub drv_hash: String,
-    /// Seconds since the epoch (`SOURCE_DATE_EPOCH`).
-    pub created: u64,
-    /// Components.
-    pub components: Vec<Component>,
-    /// Files.
-    pub files: Vec<File>,
-    /// Relationships by id.
-    pub relationships: Vec<Relationship>,
-    /// ksbuild's version.
-    pub tool_version: String,
-}
-
-/// Debian's licence short names (DEP-5) that have an SPDX identifier.
-const DEBIAN_LICENSES: [(&str, &str); 24] = [
-    ("gpl-1", "GPL-1.0-only"),
-    ("gpl-1+", "GPL-1.0-or-later"),
-    ("gpl-2", "GPL-2.0-only"),
-    ("gpl-2+", "GPL-2.0-or-later"),
-    ("gpl-3", "GPL-3.0-only"),
-    ("gpl-3+", "GPL-3.0-or-later"),
-    ("lgpl-2", "LGPL-2.0-only"),
-    ("lgpl-2+", "LGPL-2.0-or-later"),
-    ("lgpl-2.1", "LGPL-2.1-only"),
-    ("lgpl-2.1+", "LGPL-2.1-or-later"),
-    ("lgpl-3", "LGPL-3.0-only"),
-    ("lgpl-3+", "LGPL-3.0-or-later"),
-    ("bsd-2-clause", "BSD-2-Clause"),
-    ("bsd-3-clause", "BSD-3-Clause"),
-    ("bsd-4-clause", "BSD-4-Clause"),
-    ("expat", "MIT"),
-    ("mit", "MIT"),
-    ("isc", "ISC"),
-    ("zlib", "Zlib"),
-    ("apache-2.0", "Apache-2.0"),
-    ("mpl-2.0", "MPL-2.0"),
-    ("cc0-1.0", "CC0-1.0"),
-    ("gfdl-1.3+", "GFDL-1.3-or-later"),
-    ("unicode-dfs-2016", "Unicode-DFS-2016"),
-];
-
-/// The licences a Debian `copyright` file declares, as an SPDX expression (`A AND B`,
-/// sorted): only for machine-readable files (DEP-5, with a `Format:` header) whose every
-/// `Files:` paragraph names one licence that has an SPDX identifier; else `None` (the SBOM
-/// then says NOASSERTION rather than guess).
-pub fn debian_license(copyright: &str) -> Option<String> {
-    let mut paragraphs = copyright.split("\n\n").filter(|p| !p.trim().is_empty());
-    let header = paragraphs.next()?;
-    if !header.lines().any(|l| l.starts_with("Format:")) {
-        return None;
-    }
-    let mut ids = std::collections::BTreeSet::new();
-    for p in paragraphs {
-        if !p.lines().any(|l| l.starts_with("Files:")) {
-            continue;
-        }
-        let name = p
-            .lines()
-            .find_map(|l| l.strip_prefix("License:"))?
-            .trim()
-            .to_ascii_lowercase();
-        let id = DEBIAN_LICENSES.iter().find(|(d, _)| *d == name)?.1;
-        ids.insert(id);
-    }
-    if ids.is_empty() {
-        return None;
-    }
-    Some(ids.into_iter().collect::<Vec<_>>().join(" AND "))
-}
-
-/// Makes `text` an id: characters outside `[A-Za-z0-9.-]` become `-`.
-pub fn id(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (proleptic Gregorian, UTC).
-pub fn utc(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rem = seconds % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-fn sorted(bill: &Bill) -> (Vec<Component>, Vec<File>, Vec<Relationship>) {
-    let mut c = bill.components.clone();
-    c.sort();
-    c.dedup_by(|a, b| a.id == b.id);
-    let mut f = bill.files.clone();
-    f.sort();
-    f.dedup_by(|a, b| a.id == b.id);
-    let mut r = bill.relationships.clone();
-    r.sort();
-    r.dedup();
-    (c, f, r)
-}
-
-/// The bill as an SPDX 2.3 JSON document.
+/// The bill as an SPDX 2.3 JSON document ([`spdx_json`], parsed).
 pub fn to_spdx(bill: &Bill) -> Value {
-    let (components, files, relationships) = sorted(bill);
-    let packages: Vec<Value> = components
-        .iter()
-        .map(|c| {
-            let mut p = json!({
-                "SPDXID": format!("SPDXRef-{}", c.id),
-                "name": c.name,
-            });
-            if let Some(v) = &c.version {
-                p["versionInfo"] = json!(v);
-            }
-            p["supplier"] = json!(c
-                .supplier
-                .as_ref()
-                .map_or("NOASSERTION".to_string(), |s| format!("Organization: {s}")));
-            p["downloadLocation"] = json!(c.download.as_deref().unwrap_or("NOASSERTION"));
-            p["filesAnalyzed"] = json!(false);
-            if let Some(sha) = &c.sha256 {
-                p["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": sha }]);
-            }
-            p["licenseConcluded"] = json!("NOASSERTION");
-            p["licenseDeclared"] = json!(c.license.as_deref().unwrap_or("NOASSERTION"));
-            p["copyrightText"] = json!("NOASSERTION");
-            if !c.notes.is_empty() {
-                p["comment"] = json!(c
-                    .notes
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"));
-            }
-            if let Some(purl) = &c.purl {
-                p["externalRefs"] = json!([{
-                    "referenceCategory": "PACKAGE-MANAGER",
-                    "referenceType": "purl",
-                    "referenceLocator": purl,
-                }]);
-            }
-            p["primaryPackagePurpose"] = json!(match c.kind {
-                Kind::Build => "OPERATING-SYSTEM",
-                Kind::Kernel => "OPERATING-SYSTEM",
-                Kind::Download => "ARCHIVE",
-                Kind::Debian => "LIBRARY",
-                Kind::Firmware => "FIRMWARE",
-            });
-            p
-        })
-        .collect();
-    let files: Vec<Value> = files
-        .iter()
-        .map(|f| {
-            json!({
-                "SPDXID": format!("SPDXRef-{}", f.id),
-                "fileName": format!("./{}", f.name),
-                "checksums": [
-                    { "algorithm": "SHA1", "checksumValue": f.sha1 },
-                    { "algorithm": "SHA256", "checksumValue": f.sha256 },
-                ],
-                "licenseConcluded": "NOASSERTION",
-                "copyrightText": "NOASSERTION",
-            })
-        })
-        .collect();
-    let mut rels = vec![json!({
-        "spdxElementId": "SPDXRef-DOCUMENT",
-        "relationshipType": "DESCRIBES",
-        "relatedSpdxElement": format!("SPDXRef-{}", bill.root),
-    })];
-    rels.extend(relationships.iter().map(|(a, r, b)| {
-        json!({
-            "spdxElementId": format!("SPDXRef-{a}"),
-            "relationshipType": match r {
-                Relation::Contains => "CONTAINS",
-                Relation::GeneratedFrom => "GENERATED_FROM",
-            },
-            "relatedSpdxElement": format!("SPDXRef-{b}"),
-        })
-    }));
-    json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": bill.target,
-        "documentNamespace": format!("urn:ksbuild:spdx:{}-{}", bill.drv_hash, id(&bill.target)),
-        "creationInfo": {
-            "created": utc(bill.created),
-            "creators": [format!("Tool: ksbuild-{}", bill.tool_version)],
-        },
-        "packages": packages,
-        "files": files,
-        "relationships": rels,
-    })
+    serde_json::from_str(&spdx_json(bill)).expect("spdx_json writes JSON")
 }
 
 /// The bill as a CycloneDX 1.5 JSON document.
@@ -456,6 +178,51 @@ mod tests {
         let mut b2 = b.clone();
         b2["packages"] = Value::Null;
         assert_eq!(a2, b2, "nothing else changes");
+    }
+
+    /// The std-only writer writes what serde_json's pretty printer writes for the same
+    /// document: sorted keys, its escapes, empty lists.
+    #[test]
+    fn the_spdx_text_is_serde_json_s_pretty_form() {
+        let mut odd = debian_component("a\"b\\c", "1:2+3", "arm64", "ff", Kind::Firmware);
+        odd.notes = vec![
+            ("filesShipped".into(), "x y".into()),
+            ("control".into(), "tab\there\u{1}\u{8}\u{c}\r é ✓".into()),
+        ];
+        let bill = Bill {
+            target: "rpi-image@small".into(),
+            root: "t".into(),
+            drv_hash: "h".into(),
+            created: 1_700_000_000,
+            components: vec![
+                odd.clone(),
+                Component {
+                    id: "t".into(),
+                    kind: Kind::Build,
+                    ..odd
+                },
+            ],
+            files: vec![File {
+                id: "f".into(),
+                name: "kubesolo-init/init".into(),
+                sha1: "01".into(),
+                sha256: "02".into(),
+            }],
+            relationships: vec![("t".into(), Relation::Contains, "f".into())],
+            tool_version: "0.1.0".into(),
+        };
+        for bill in [
+            bill.clone(),
+            Bill {
+                files: vec![],
+                relationships: vec![],
+                ..bill
+            },
+        ] {
+            let text = spdx_json(&bill);
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::to_string_pretty(&value).unwrap() + "\n", text);
+        }
     }
 
     #[test]

@@ -66,12 +66,13 @@ pub fn run(ctx: &Context, args: SbomArgs) -> Result<ExitCode, CliError> {
     let (project, lowered) =
         super::drv_cmd::instantiate(ctx, &store, std::slice::from_ref(&args.target))?;
     let bill = gather(&store, &project.root, &lowered, &args.target)?;
-    let doc = match args.format {
-        Format::SpdxJson => sbom::to_spdx(&bill),
-        Format::CyclonedxJson => sbom::to_cyclonedx(&bill),
+    let text = match args.format {
+        Format::SpdxJson => sbom::spdx_json(&bill),
+        Format::CyclonedxJson => {
+            let doc = sbom::to_cyclonedx(&bill);
+            serde_json::to_string_pretty(&doc).map_err(json_error)? + "\n"
+        }
     };
-    let mut text = serde_json::to_string_pretty(&doc).map_err(json_error)?;
-    text.push('\n');
     let debs = bill
         .components
         .iter()
@@ -143,26 +144,13 @@ fn lock(root: &Path, env: &str) -> Result<LockFile, CliError> {
 }
 
 fn deb_component(deb: &LockedDeb, kind: Kind) -> Component {
-    Component {
-        id: sbom::id(&format!(
-            "deb-{}-{}-{}",
-            deb.name, deb.version, deb.architecture
-        )),
+    sbom::debian_component(
+        &deb.name,
+        &deb.version,
+        &deb.architecture,
+        &deb.sha256,
         kind,
-        name: deb.name.clone(),
-        version: Some(deb.version.clone()),
-        download: download_url(&format!("mirror://{}/{}", deb.mirror, deb.path)),
-        sha256: Some(deb.sha256.clone()),
-        purl: Some(format!(
-            "pkg:deb/debian/{}@{}?arch={}",
-            deb.name,
-            deb.version.replace(':', "%3A").replace('+', "%2B"),
-            deb.architecture
-        )),
-        supplier: Some("Debian".into()),
-        license: None,
-        notes: vec![],
-    }
+    )
 }
 
 /// The `.deb` store path of a locked package of `env`, from the lowered graph.
