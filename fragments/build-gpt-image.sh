@@ -70,4 +70,5 @@ disk $(seed_uuid disk)
 3 KSOLOB    part $b_uuid ext4 $b_fs offset $b_start size $((SYSTEM_MIB * MIB))
 4 KSOLODATA part $data_uuid ext4 $data_fs offset $data_start size $data_size
 INFO
+write_sbom
 echo "disk image: $DISK_MIB MiB apparent, $(du -k "$img" | cut -f1) KiB allocated"

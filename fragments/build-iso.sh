@@ -129,4 +129,5 @@ seed_hex mbr-id | cut -c1-8 | sed 's/../& /g' | {
   read -r b0 b1 b2 b3
   printf "\\$(printf %o 0x$b0)\\$(printf %o 0x$b1)\\$(printf %o 0x$b2)\\$(printf %o 0x$b3)"
 } | dd of="$iso" bs=1 seek=440 conv=notrunc status=none
+write_sbom
 echo "live ISO: $(du -k "$iso" | cut -f1) KiB, disc id $disc_id"

@@ -132,7 +132,7 @@ cp "$agent/bin/kubesolo-update" usr/bin/kubesolo-update
 chmod 0755 usr/bin/kubesolo-update
 check_machine usr/bin/kubesolo-update "the update agent given as \`agent\` was built for another target" || exit 1
 if [ -n "$(interp usr/bin/kubesolo-update)" ] || [ -n "$(needed usr/bin/kubesolo-update)" ]; then
-  echo "rootfs check: usr/bin/kubesolo-update is not static (interpreter '$(interp usr/bin/kubesolo-update)', needs '$(needed usr/bin/kubesolo-update | tr '\n' ' ')'): build it with fragments/build-update-agent.sh" >&2
+  echo "rootfs check: usr/bin/kubesolo-update is not static (interpreter '$(interp usr/bin/kubesolo-update)', needs '$(needed usr/bin/kubesolo-update | tr '\n' ' ')'): build it with fragments/build-rust-crate.sh" >&2
   exit 1
 fi
 mkdir -p usr/share/kubesolo-update/keys

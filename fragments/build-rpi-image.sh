@@ -55,4 +55,5 @@ disk 0x$(seed_hex disk | cut -c1-8)
 3 KSOBOOTB  fat32 offset $b_start size $((BOOT_MIB * MIB))
 4 KSOLODATA ext4 $(seed_uuid data-fs) offset $data_start size $data_size
 INFO
+write_sbom
 echo "sd-card image: $DISK_MIB MiB apparent, $(du -k "$img" | cut -f1) KiB allocated"

@@ -120,3 +120,36 @@ CONF
     || { cat /build/debugfs.log >&2; exit 1; }
   e2fsck -fn "$img?offset=$off" > /build/e2fsck.log 2>&1 || { cat /build/e2fsck.log >&2; exit 1; }
 }
+
+# The image's SPDX SBOM at $out/sbom.spdx.json, written by ksbuild's own writer
+# ($sbomtool, fragments/sbom-tool) from this build's inputs: the kernel(s) $kernel
+# ($kernel5), $initramfs holding $rootfs, the Debian packages of $debs whose files are in
+# the rootfs, and the packages of $firmware (if set) as firmware. dpkg-deb unpacks each
+# `.deb` into its control fields and its data tar, numbered in the lock's order.
+write_sbom() {
+  unpack_debs() {
+    dir=$1
+    shift
+    i=0
+    for deb in "$@"; do
+      i=$((i + 1))
+      d=$dir/$(printf %04d "$i")
+      mkdir -p "$d"
+      ln -s "$deb" "$d/deb"
+      dpkg-deb -f "$deb" Package Version Architecture > "$d/control"
+      dpkg-deb --fsys-tarfile "$deb" > "$d/data.tar"
+    done
+  }
+  set -- --name "$name" --store-path "$out" --kernel "$kernel"
+  if [ -n "${kernel5:-}" ] && [ "$kernel5" != "$kernel" ]; then set -- "$@" --kernel "$kernel5"; fi
+  # shellcheck disable=SC2086 # $debs and $firmware are lists of store paths
+  unpack_debs /build/sbom/debs $debs
+  set -- "$@" --initramfs "$initramfs" --rootfs "$rootfs" --debs /build/sbom/debs
+  if [ -n "${firmware:-}" ]; then
+    # shellcheck disable=SC2086
+    unpack_debs /build/sbom/firmware $firmware
+    set -- "$@" --firmware /build/sbom/firmware
+  fi
+  "$sbomtool/bin/ksbuild-sbom" "$@" -o "$out/sbom.spdx.json"
+  rm -rf /build/sbom
+}

@@ -220,23 +220,20 @@ let
     then map (n: head (match "(.*)\\.toml" n)) (filter (n: match ".*\\.toml" n != null) (attrNames (readDir sandboxes)))
     else [ ];
 
-  # The tree of environment NAME (`Lowerer::environment`): one download per locked `.deb`,
-  # unpacked with the static busybox by `fragments/environment-unpack.sh`.
-  environments = listToAttrs (map (envName: {
+  # The locked `.deb`s of environment NAME: one download each, in the lock's order
+  # (`Lowerer::environment`), as { name; drv; }.
+  environmentDebs = listToAttrs (map (envName: {
     name = envName;
     value =
       let
-        where = "sandboxes/${envName}.toml";
-        declared = checkKeys where [ "suites" "security" "components" "architecture" "essential" "packages" "data" "fixups" ]
-          (readToml (sandboxes + "/${envName}.toml"));
         lockPath = sandboxes + "/${envName}.lock";
         lock =
           if pathExists lockPath then readToml lockPath
-          else fail where "environment `${envName}` is not locked (`sandboxes/${envName}.lock` is missing)" "run `ksbuild lock ${envName}`";
-        treeKey = "environment-${envName}";
-        bb = busybox where;
-        debs = map (deb: fetchNode {
-          key = "${treeKey}.${deb.name}-${deb.architecture}";
+          else fail "sandboxes/${envName}.toml" "environment `${envName}` is not locked (`sandboxes/${envName}.lock` is missing)" "run `ksbuild lock ${envName}`";
+      in map (deb: {
+        inherit (deb) name;
+        drv = fetchNode {
+          key = "environment-${envName}.${deb.name}-${deb.architecture}";
           where = "sandboxes/${envName}.lock";
           spec = {
             url = "mirror://${deb.mirror}/${deb.path}";
@@ -244,7 +241,22 @@ let
             name = builtins.concatStringsSep "" (map (c: if match "[A-Za-z0-9+._?=-]" c != null then c else "_")
               (chars (last (split "/" deb.path))));
           };
-        }) (lock.deb or [ ]);
+        };
+      }) (lock.deb or [ ]);
+  }) environmentNames);
+
+  # The tree of environment NAME (`Lowerer::environment`): its `.deb`s unpacked with the
+  # static busybox by `fragments/environment-unpack.sh`.
+  environments = listToAttrs (map (envName: {
+    name = envName;
+    value =
+      let
+        where = "sandboxes/${envName}.toml";
+        declared = checkKeys where [ "suites" "security" "components" "architecture" "essential" "packages" "data" "fixups" ]
+          (readToml (sandboxes + "/${envName}.toml"));
+        treeKey = "environment-${envName}";
+        bb = busybox where;
+        debs = map (d: d.drv) environmentDebs.${envName};
         fixups = declared.fixups or { };
         system = if settings.system != null then settings.system
           else fail where "environment `${envName}` needs the project's `system`, where its builder (the static busybox of `${busyboxTarget}`) runs"
@@ -258,6 +270,17 @@ let
         fixups = concatStringsSep "\n" (map (p: "${p} ${fixups.${p}}") (attrNames fixups));
       });
   }) environmentNames);
+  # The `.deb`s of environment NAME as an input: all, or those of `packages`.
+  environmentDebsInput = where: envName: packages:
+    let
+      debs = environmentDebs.${envName};
+      missing = filter (p: !(builtins.any (d: d.name == p) debs)) packages;
+      chosen = if packages == null then debs else filter (d: elem d.name packages) debs;
+    in
+    if packages != null && missing != [ ] then
+      fail where "environment `${envName}` has no locked package `${head missing}`"
+        "add it to `sandboxes/${envName}.toml` and run `ksbuild lock ${envName}`"
+    else concatStringsSep " " (map (d: "${d.drv}") chosen);
   environment = where: envName:
     environments.${envName} or (fail where "unknown environment `${envName}`"
       "environments are `sandboxes/NAME.toml`: ${concatStringsSep ", " environmentNames}");
@@ -311,9 +334,12 @@ let
       inputValue = input: i:
         let w = "${where}: input `${input}`"; in
         if isString i then depOutput w i "out"
-        else if !isAttrs i then fail w "a derivation name, or a table with `drv`, `path`, `url` or `environment`" null
+        else if !isAttrs i then fail w "a derivation name, or a table with `drv`, `path`, `url`, `environment` or `debs`" null
         else if i ? drv then depOutput w (checkKeys w [ "drv" "output" ] i).drv (i.output or "out")
         else if i ? environment then "${environment w (checkKeys w [ "environment" ] i).environment}"
+        else if i ? debs then
+          let d = checkKeys w [ "debs" "packages" ] i;
+          in builtins.seq (environment w d.debs) (environmentDebsInput w d.debs (if d ? packages then checkStrings w "packages" d.packages else null))
         else if i ? path then
           let
             p = (checkKeys w [ "path" "name" ] i).path;
@@ -322,7 +348,7 @@ let
              else if elem storeName [ "" "." ".." ] || match "(\\./?)*" p != null then fail w "`${p}` holds the project root, which ksbuild never imports" "import the folders the build needs (`fragments`, `tools/…`)"
              else "${builtins.path { path = root + "/${p}"; name = checkName w storeName; }}"
         else if i ? url then "${fetchNode { key = "${targetName}.${input}"; where = w; spec = i; }}"
-        else fail w "an input table needs exactly one of `drv` (a derivation), `path` (a repository file), `url` (a download) or `environment` (a locked tree, as data)" null;
+        else fail w "an input table needs exactly one of `drv` (a derivation), `path` (a repository file), `url` (a download), `environment` (a locked tree, as data) or `debs` (an environment's locked .deb files)" null;
       depOutput = w: dep: output:
         let drv = lowered.${dep} or (fail w "names the unknown derivation `${dep}`" "no such file in derivations/");
         in if elem output (drv.outputs or [ "out" ]) then "${drv.${output}}"

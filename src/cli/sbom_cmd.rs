@@ -250,8 +250,12 @@ fn gather(store: &Store, root: &Path, lowered: &Lowered, target: &str) -> Result
         // Environments given as inputs: the packages whose files are in the output.
         let input_paths: BTreeSet<&String> = node.inputs.values().collect();
         let mut output_hashes = None;
+        // (An environment's `.deb`s given as an input, `{ debs = … }`, are downloads.)
         for dep in node.deps.iter().filter(|d| d.starts_with("environment-")) {
             let tree = &lowered.nodes[dep];
+            if tree.fetch.is_some() {
+                continue;
+            }
             let Some(tree_out) = tree.drv.outputs.get("out").and_then(|o| o.path.clone()) else {
                 continue;
             };

@@ -349,7 +349,7 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                 let target = project.target(&name)?;
                 let mut deps = Vec::new();
                 for (input, spec) in &target.spec.inputs {
-                    if let InputSpec::Environment { .. } = spec.get_ref() {
+                    if spec.get_ref().names_environment() {
                         deps.push(ENVIRONMENT_BUSYBOX.to_string());
                     }
                     if let InputSpec::Derivation { target: dep, .. } = spec.get_ref() {
@@ -374,7 +374,7 @@ fn topological_order(project: &Project, roots: &[String]) -> Result<Vec<String>,
                             .spec
                             .inputs
                             .values()
-                            .find(|i| matches!(i.get_ref(), InputSpec::Environment { .. }))
+                            .find(|i| i.get_ref().names_environment())
                             .map(|i| i.span())
                     });
                 if let Some(env_span) = env_span {
@@ -440,7 +440,7 @@ fn dependency_line(project: &Project, target: &str, dep: &str) -> Option<String>
         .values()
         .find(|i| match i.get_ref() {
             InputSpec::Derivation { target, .. } => target == dep,
-            InputSpec::Environment { .. } => environment,
+            InputSpec::Environment { .. } | InputSpec::Debs { .. } => environment,
             _ => false,
         })
         .map(|i| i.span())
@@ -1127,6 +1127,58 @@ impl Lowerer<'_, '_> {
                         .or_default()
                         .insert("out".into());
                     deps.insert(entered.tree_key.clone());
+                }
+                InputSpec::Debs {
+                    environment: env_name,
+                    packages,
+                } => {
+                    let entered =
+                        self.environment(&Spanned::new(span.clone(), env_name.clone()), file)?;
+                    let root = self.project.root.clone();
+                    let lock_file = crate::model::sandbox::lock_path(&root, env_name);
+                    let lock = crate::model::sandbox::LockFile::load(&lock_file).map_err(|e| {
+                        file.error(
+                            span.clone(),
+                            format!("input `{input}`: {e}"),
+                            "this input",
+                            None,
+                        )
+                    })?;
+                    if let Some(wanted) = packages {
+                        if let Some(missing) = wanted
+                            .iter()
+                            .find(|w| !lock.deb.iter().any(|d| &d.name == *w))
+                        {
+                            return Err(file.error(
+                                span.clone(),
+                                format!(
+                                    "input `{input}`: environment `{env_name}` has no locked package `{missing}`"
+                                ),
+                                "this input",
+                                Some(format!(
+                                    "add it to `sandboxes/{env_name}.toml` and run `ksbuild lock {env_name}`"
+                                )),
+                            ));
+                        }
+                    }
+                    let mut paths = Vec::new();
+                    for deb in &lock.deb {
+                        if packages.as_ref().is_some_and(|w| !w.contains(&deb.name)) {
+                            continue;
+                        }
+                        let key = format!("{}.{}-{}", entered.tree_key, deb.name, deb.architecture);
+                        let node = &self.out.nodes[&key];
+                        let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
+                            file.error(span.clone(), "download without a path", "here", None)
+                        })?;
+                        paths.push(self.store_dir.display(&path));
+                        input_derivations
+                            .entry(node.drv_path.clone())
+                            .or_default()
+                            .insert("out".into());
+                        deps.insert(key);
+                    }
+                    values.insert(input.clone(), paths.join(" "));
                 }
                 InputSpec::Fetch(fetch) => {
                     let key = format!("{}.{input}", target.name);

@@ -356,7 +356,7 @@ fn dependencies(spec: &DerivationFile) -> impl Iterator<Item = &str> {
         || spec
             .inputs
             .values()
-            .any(|i| matches!(i.get_ref(), InputSpec::Environment { .. }));
+            .any(|i| i.get_ref().names_environment());
     spec.inputs
         .values()
         .filter_map(|i| match i.get_ref() {

@@ -110,6 +110,20 @@ pub enum InputSpec {
     /// The unpacked tree of a locked environment (`sandboxes/NAME.toml`), as data: e.g.
     /// another architecture's binaries to copy into an image, not a tree to run in.
     Environment { name: String },
+    /// The locked `.deb` files of an environment (all, or those of `packages`), their store
+    /// paths separated by spaces in the lock's order: e.g. what an image's SBOM is made of.
+    Debs {
+        environment: String,
+        packages: Option<Vec<String>>,
+    },
+}
+
+impl InputSpec {
+    /// Whether the input is made from an environment's lock (and so needs the static
+    /// busybox that unpacks environments).
+    pub fn names_environment(&self) -> bool {
+        matches!(self, InputSpec::Environment { .. } | InputSpec::Debs { .. })
+    }
 }
 
 #[derive(Deserialize)]
@@ -117,6 +131,8 @@ pub enum InputSpec {
 struct InputTable {
     drv: Option<String>,
     environment: Option<String>,
+    debs: Option<String>,
+    packages: Option<Vec<String>>,
     output: Option<String>,
     path: Option<String>,
     name: Option<String>,
@@ -136,7 +152,7 @@ impl<'de> Deserialize<'de> for InputSpec {
             type Value = InputSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "a derivation name, or a table with `drv`, `path`, `url` or `environment`",
+                    "a derivation name, or a table with `drv`, `path`, `url`, `environment` or `debs`",
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<InputSpec, E> {
@@ -152,17 +168,30 @@ impl<'de> Deserialize<'de> for InputSpec {
                     t.path.is_some(),
                     t.url.is_some(),
                     t.environment.is_some(),
+                    t.debs.is_some(),
                 ]
                 .iter()
                 .filter(|b| **b)
                 .count();
                 if kinds != 1 {
                     return Err(de::Error::custom(
-                        "an input table needs exactly one of `drv` (a derivation), `path` (a repository file), `url` (a download) or `environment` (a locked tree, as data)",
+                        "an input table needs exactly one of `drv` (a derivation), `path` (a repository file), `url` (a download), `environment` (a locked tree, as data) or `debs` (an environment's locked .deb files)",
                     ));
                 }
                 let fetch_only =
                     t.hash.is_some() || t.unpack.is_some() || t.recursive || t.executable;
+                if let Some(environment) = t.debs {
+                    if fetch_only || t.name.is_some() || t.output.is_some() {
+                        return Err(de::Error::custom("a `debs` input takes only `packages`"));
+                    }
+                    return Ok(InputSpec::Debs {
+                        environment,
+                        packages: t.packages,
+                    });
+                }
+                if t.packages.is_some() {
+                    return Err(de::Error::custom("`packages` is only for `debs` inputs"));
+                }
                 if let Some(name) = t.environment {
                     if fetch_only || t.name.is_some() || t.output.is_some() {
                         return Err(de::Error::custom(

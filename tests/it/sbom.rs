@@ -335,4 +335,81 @@ fn the_sbom_of_rpi_image_small_validates_and_lists_exactly_the_shipped_packages(
         .filter_map(|c| c["purl"].as_str().map(str::to_string))
         .collect();
     assert_eq!(cdx_purls, expected);
+
+    // The image carries its own SBOM, written in its sandbox from its inputs by the same
+    // writer: it validates, and it lists the same Debian packages and firmware, entry for
+    // entry (version, SHA-256, licence, files shipped), nested the same way.
+    let image = out_path(&store, &proj, "rpi-image@small");
+    let carried = image.join("sbom.spdx.json");
+    if let Err(report) = validate(&tool, &carried) {
+        panic!("pyspdxtools refuses the image's own SBOM:\n{report}");
+    }
+    let inside: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&carried).unwrap()).unwrap();
+    let outside: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let debian = |doc: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["externalRefs"][0]["referenceLocator"].is_string())
+            .map(|p| (p["SPDXID"].as_str().unwrap().to_string(), p.clone()))
+            .collect()
+    };
+    assert_eq!(debian(&inside), debian(&outside));
+    assert_eq!(
+        inside["packages"].as_array().unwrap().len(),
+        expected.len() + 4,
+        "the image, its kernel, initramfs and rootfs besides the packages"
+    );
+    let inside_packages: BTreeMap<String, &serde_json::Value> = inside["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["SPDXID"].as_str().unwrap().to_string(), p))
+        .collect();
+    let kernel_inside = inside_packages["SPDXRef-kernel-rpi-small"];
+    assert_eq!(
+        kernel_inside["versionInfo"].as_str(),
+        modules.first().map(String::as_str)
+    );
+    assert!(kernel_inside["comment"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("configSha256: {config}")));
+    let rels_inside: BTreeSet<(String, String, String)> = inside["relationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["spdxElementId"].as_str().unwrap().to_string(),
+                r["relationshipType"].as_str().unwrap().to_string(),
+                r["relatedSpdxElement"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (a, b) in [
+        ("SPDXRef-rpi-image-small", "SPDXRef-kernel-rpi-small"),
+        ("SPDXRef-rpi-image-small", "SPDXRef-initramfs-rpi-small"),
+        ("SPDXRef-initramfs-rpi-small", "SPDXRef-rootfs-arm64"),
+    ] {
+        assert!(
+            rels_inside.contains(&(a.into(), "CONTAINS".into(), b.into())),
+            "{a} CONTAINS {b}: {rels_inside:?}"
+        );
+    }
+    for p in debian(&inside).keys() {
+        let parent = if p.starts_with("SPDXRef-deb-raspi-firmware-") {
+            "SPDXRef-rpi-image-small"
+        } else {
+            "SPDXRef-rootfs-arm64"
+        };
+        assert!(
+            rels_inside.contains(&(parent.into(), "CONTAINS".into(), p.clone())),
+            "{parent} CONTAINS {p}"
+        );
+    }
+    assert_eq!(inside["creationInfo"]["created"], "2024-01-01T00:00:00Z");
+    assert_eq!(inside["name"], "rpi-image-small");
 }

@@ -1,7 +1,7 @@
 //! The bill of materials and its SPDX 2.3 JSON form, with nothing but `std`: shared by
-//! `ksbuild sbom` (through `attest::sbom`) and the tool that writes each image's
-//! `sbom.spdx.json` inside its sandbox (`fragments/sbom-tool`, built by Debian bookworm's
-//! rustc 1.63 — so this file keeps to the Rust 1.63 language and std). The same bill gives
+//! `ksbuild sbom` (as `attest::bill`) and this crate, the tool that writes each image's
+//! `sbom.spdx.json` inside its sandbox (built by Debian bookworm's rustc 1.63 — so this
+//! file keeps to the Rust 1.63 language and std). The same bill gives
 //! the same bytes: components, files and relationships are written sorted, with the
 //! document's time and identity taken from the bill.
 
