@@ -618,3 +618,67 @@ fn env_keys_that_nix_derivation_interprets_are_refused_by_both_lowerings() {
         }
     }
 }
+
+/// `{ debs = ENV, packages = [...] }` gives the store paths of those locked `.deb`s in both
+/// lowerings (the same .drv), and a package the lock does not hold is refused by both,
+/// naming it and the fix.
+#[test]
+fn a_debs_input_gives_locked_debs_and_refuses_an_unlocked_package_in_both_lowerings() {
+    if skip_without_nix() {
+        return;
+    }
+    let tmp = scratch();
+    let proj = copy_project(tmp.path());
+    let store = tmp.path().join("store");
+    let write = |packages: &str| {
+        fs::write(
+            proj.join("derivations/debs-probe.toml"),
+            format!(
+                "builder = \"/bin/sh\"\nargs = [\"-c\", \"echo $debs > $out\"]\n[env]\ndebs = \"${{debs}}\"\n[inputs]\ndebs = {{ debs = \"image\", packages = {packages} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("[\"raspi-firmware\", \"cpio\"]");
+    let ours = crate::common::drv_paths(&store, &proj, &["debs-probe"]);
+    let flake = run_ok(nix_cmd(tmp.path()).args(["eval", "--raw"]).arg(format!(
+        "path:{}#packages.x86_64-linux.debs-probe.drvPath",
+        proj.display()
+    )));
+    assert_eq!(ours[0], flake);
+    let shown: serde_json::Value = serde_json::from_str(&run_ok(
+        ksbuild(&store)
+            .arg("--project")
+            .arg(&proj)
+            .args(["show-derivation", "debs-probe"]),
+    ))
+    .unwrap();
+    let debs = shown[&ours[0]]["env"]["debs"].as_str().unwrap().to_string();
+    let names: Vec<&str> = debs
+        .split(' ')
+        .map(|p| p.split_once('-').unwrap().1.split('_').next().unwrap())
+        .collect();
+    // In the lock's order (cpio comes before raspi-firmware there).
+    assert_eq!(names, ["cpio", "raspi-firmware"], "{debs}");
+
+    write("[\"raspi-firmware\", \"no-such-package\"]");
+    let out = run(ksbuild(&store)
+        .arg("--project")
+        .arg(&proj)
+        .args(["instantiate", "debs-probe"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let says = "environment `image` has no locked package `no-such-package`";
+    assert!(
+        !out.status.success() && err.contains(says) && err.contains("ksbuild lock image"),
+        "ksbuild: {err}"
+    );
+    let out = run(nix_cmd(tmp.path()).args(["eval", "--raw"]).arg(format!(
+        "path:{}#packages.x86_64-linux.debs-probe.drvPath",
+        proj.display()
+    )));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(says) && err.contains("ksbuild lock image"),
+        "flake: {err}"
+    );
+}
