@@ -175,18 +175,7 @@ fn gather(store: &Store, root: &Path, lowered: &Lowered, target: &str) -> Result
         let node = &lowered.nodes[key];
         let out = valid_out(store, node, target)?;
         let physical = store.physical_path(&out);
-        let mut c = Component {
-            id: id_of(key),
-            kind: Kind::Build,
-            name: key.clone(),
-            version: None,
-            download: None,
-            sha256: None,
-            purl: None,
-            supplier: None,
-            license: None,
-            notes: vec![("storePath".into(), store.print(&out))],
-        };
+        let mut c = sbom::build_component(key, &store.print(&out));
         if let Some(fetch) = &node.fetch {
             c.kind = Kind::Download;
             c.download = download_url(&fetch.url);

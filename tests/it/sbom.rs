@@ -112,6 +112,22 @@ fn out_path(store: &Path, proj: &Path, target: &str) -> PathBuf {
     store.join(p.trim_start_matches('/'))
 }
 
+/// An SPDX document's relationships: (from, type, to).
+fn relationships(doc: &serde_json::Value) -> BTreeSet<(String, String, String)> {
+    doc["relationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["spdxElementId"].as_str().unwrap().to_string(),
+                r["relationshipType"].as_str().unwrap().to_string(),
+                r["relatedSpdxElement"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn the_sbom_of_rpi_image_small_validates_and_lists_exactly_the_shipped_packages() {
     if crate::realise::skip_without_busybox() {
@@ -248,18 +264,7 @@ fn the_sbom_of_rpi_image_small_validates_and_lists_exactly_the_shipped_packages(
     );
 
     // Relationships: image CONTAINS initramfs CONTAINS rootfs CONTAINS libc6.
-    let rels: BTreeSet<(String, String, String)> = doc["relationships"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["spdxElementId"].as_str().unwrap().to_string(),
-                r["relationshipType"].as_str().unwrap().to_string(),
-                r["relatedSpdxElement"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let rels = relationships(&doc);
     let has = |a: &str, t: &str, b: &str| {
         rels.iter()
             .any(|(x, y, z)| x == a && y == t && z.starts_with(b))
@@ -377,18 +382,7 @@ fn the_sbom_of_rpi_image_small_validates_and_lists_exactly_the_shipped_packages(
         .as_str()
         .unwrap()
         .contains(&format!("configSha256: {config}")));
-    let rels_inside: BTreeSet<(String, String, String)> = inside["relationships"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["spdxElementId"].as_str().unwrap().to_string(),
-                r["relationshipType"].as_str().unwrap().to_string(),
-                r["relatedSpdxElement"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let rels_inside = relationships(&inside);
     for (a, b) in [
         ("SPDXRef-rpi-image-small", "SPDXRef-kernel-rpi-small"),
         ("SPDXRef-rpi-image-small", "SPDXRef-initramfs-rpi-small"),

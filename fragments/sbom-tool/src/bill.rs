@@ -196,6 +196,23 @@ pub fn sorted(bill: &Bill) -> (Vec<Component>, Vec<File>, Vec<Relationship>) {
     (c, f, r)
 }
 
+/// A derivation's output as a component: the target itself, or what was built into it
+/// (initramfs, rootfs, agent), with its store path.
+pub fn build_component(name: &str, store_path: &str) -> Component {
+    Component {
+        id: id(name),
+        kind: Kind::Build,
+        name: name.to_string(),
+        version: None,
+        download: None,
+        sha256: None,
+        purl: None,
+        supplier: None,
+        license: None,
+        notes: vec![("storePath".to_string(), store_path.to_string())],
+    }
+}
+
 /// A Debian package as a component: id `deb-NAME-VERSION-ARCH`, a `purl`, Debian as the
 /// supplier. (Its download location is no host: the archive is each machine's
 /// configuration, and the purl and SHA-256 identify the file.)

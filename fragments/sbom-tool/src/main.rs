@@ -19,7 +19,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bill::{Bill, Component, Kind, Relation, Relationship};
+use bill::{Bill, Kind, Relation, Relationship};
 use sha2::{Digest, Sha256};
 
 const USAGE: &str = "usage: ksbuild-sbom --name NAME --store-path OUT [--kernel DIR]... \
@@ -281,25 +281,10 @@ fn packages(dir: &Path) -> Result<Vec<Package>, String> {
     dirs.iter().map(|d| read_package(d)).collect()
 }
 
-fn build_component(name: &str, store_path: &str) -> Component {
-    Component {
-        id: bill::id(name),
-        kind: Kind::Build,
-        name: name.to_string(),
-        version: None,
-        download: None,
-        sha256: None,
-        purl: None,
-        supplier: None,
-        license: None,
-        notes: vec![("storePath".to_string(), store_path.to_string())],
-    }
-}
-
 fn gather(args: &Args) -> Result<Bill, String> {
     let mut components = Vec::new();
     let mut relationships: Vec<Relationship> = Vec::new();
-    let root = build_component(&args.name, &args.store_path);
+    let root = bill::build_component(&args.name, &args.store_path);
     let root_id = root.id.clone();
     components.push(root);
     for kernel in &args.kernels {
@@ -310,7 +295,7 @@ fn gather(args: &Args) -> Result<Bill, String> {
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
             .collect();
         versions.sort();
-        let mut c = build_component(&name, &kernel.to_string_lossy());
+        let mut c = bill::build_component(&name, &kernel.to_string_lossy());
         c.kind = Kind::Kernel;
         c.version = versions.first().cloned();
         c.notes.push((
@@ -322,13 +307,13 @@ fn gather(args: &Args) -> Result<Bill, String> {
     }
     let mut rootfs_parent = root_id.clone();
     if let Some(initramfs) = &args.initramfs {
-        let c = build_component(&store_name(initramfs), &initramfs.to_string_lossy());
+        let c = bill::build_component(&store_name(initramfs), &initramfs.to_string_lossy());
         relationships.push((root_id.clone(), Relation::Contains, c.id.clone()));
         rootfs_parent = c.id.clone();
         components.push(c);
     }
     if let Some(rootfs) = &args.rootfs {
-        let c = build_component(&store_name(rootfs), &rootfs.to_string_lossy());
+        let c = bill::build_component(&store_name(rootfs), &rootfs.to_string_lossy());
         let rootfs_id = c.id.clone();
         relationships.push((rootfs_parent, Relation::Contains, c.id.clone()));
         components.push(c);
