@@ -382,34 +382,6 @@ impl RestoreSink {
     }
 }
 
-/// The size of the blocks that [`write_sparse`] leaves as holes when they hold only zeros
-/// (a file system block).
-const HOLE_BLOCK: usize = 4096;
-
-/// Writes `data` at `offset` of `file`, leaving each block-aligned run of zeros as a hole.
-/// A NAR has no holes: a disk image restored from a binary cache would otherwise take all
-/// its 4 GiB on disk instead of the tens of MiB it took where it was built.
-fn write_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let is_zero = |b: &[u8]| b.iter().fold(0u8, |acc, &x| acc | x) == 0;
-    let mut run_start = None;
-    for (i, block) in data.chunks(HOLE_BLOCK).enumerate() {
-        let at = i * HOLE_BLOCK;
-        match (is_zero(block), run_start) {
-            (false, None) => run_start = Some(at),
-            (true, Some(start)) => {
-                file.write_all_at(&data[start..at], offset + start as u64)?;
-                run_start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(start) = run_start {
-        file.write_all_at(&data[start..], offset + start as u64)?;
-    }
-    Ok(())
-}
-
 fn to_io(e: StoreError) -> io::Error {
     io::Error::other(e)
 }
@@ -445,7 +417,7 @@ impl NarSink for RestoreSink {
             };
             filled += n;
             if n == 0 || filled == self.buf.len() {
-                write_sparse(&f, &self.buf[..filled], written)?;
+                fsutil::write_sparse(&f, &self.buf[..filled], written)?;
                 written += filled as u64;
                 if n == 0 {
                     break;
@@ -623,7 +595,7 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), contents);
         let allocated = fs::metadata(&target).unwrap().blocks() * 512;
         assert!(
-            allocated <= 6 * HOLE_BLOCK as u64,
+            allocated <= 6 * fsutil::HOLE_BLOCK as u64,
             "{allocated} bytes allocated"
         );
         assert_eq!(nar_hash_path(&target).unwrap(), nar_hash_regular(&contents));

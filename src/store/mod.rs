@@ -44,7 +44,7 @@ pub use dump::{
 pub use fsutil::{
     disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic, FilesystemSpace,
 };
-pub use fsutil::{remove_tree, Staging};
+pub use fsutil::{remove_tree, write_sparse, Staging};
 pub use gc::GcReport;
 pub use lock::{FileLock, LockKind};
 pub use metadata::{PathInfoJson, ValidPathInfo};

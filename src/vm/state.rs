@@ -204,13 +204,8 @@ pub fn copy_sparse(source: &Path, target: &Path) -> Result<u64> {
             let n = ((hole - pos) as usize).min(buf.len());
             from.read_exact_at(&mut buf[..n], pos)
                 .map_err(io("read", source))?;
-            for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
-                if block.iter().any(|&b| b != 0) {
-                    to.write_all_at(block, pos + (i * BLOCK) as u64)
-                        .map_err(io("write", target))?;
-                    written += block.len() as u64;
-                }
-            }
+            written +=
+                crate::store::write_sparse(&to, &buf[..n], pos).map_err(io("write", target))?;
             pos += n as u64;
         }
         at = hole.max(at + 1);
