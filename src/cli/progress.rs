@@ -502,8 +502,10 @@ impl Progress {
             std::thread::spawn(move || loop {
                 let (lock, cvar) = &inner.stop;
                 let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                // The flag is looked at before waiting: a stop that came before this
+                // thread first waited is not missed (it cost every quick run a second).
                 let (stopped, _) = cvar
-                    .wait_timeout(stopped, period)
+                    .wait_timeout_while(stopped, period, |stopped| !*stopped)
                     .unwrap_or_else(|p| p.into_inner());
                 if *stopped {
                     return;

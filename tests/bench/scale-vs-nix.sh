@@ -13,15 +13,20 @@
 #   5. no-op realise of all N nodes (needs N built: only with FULL=1, which builds them all)
 #   6. a build whose input closure has CLOSURE paths (default 1,000) against the same build
 #      with a 2-path closure (ksbuild only; the ratio is the point)
+#   7. INDEP (default 1,000) independent trivial derivations, -j2, each run into a fresh store,
+#      with the stores on the benchmark's filesystem and on tmpfs (/dev/shm), against the
+#      kernel's floor: util-linux `unshare` making the same namespaces around the same
+#      busybox command, INDEP times, two at a time
 #
 # Usage: tests/bench/scale-vs-nix.sh [RUNS]   (default 3; medians)
-#   N=10000 BUILT=1000 CLOSURE=1000 FULL=0; KS=/path/to/ksbuild (default: the release build);
+#   N=10000 BUILT=1000 CLOSURE=1000 INDEP=1000 FULL=0; KS=/path/to/ksbuild (default: the release build);
 #   BENCH_DIR=/dev/shm measures on tmpfs (the default, /var/tmp, is the disk).
 set -euo pipefail
 RUNS=${1:-3}
 N=${N:-10000}
 BUILT=${BUILT:-1000}
 CLOSURE=${CLOSURE:-1000}
+INDEP=${INDEP:-1000}
 FULL=${FULL:-0}
 KS=${KS:-${CARGO_TARGET_DIR:-$PWD/target}/release/ksbuild}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
@@ -109,6 +114,16 @@ done
 wide=$(median < "$WORK/wide")
 narrow=$(median < "$WORK/narrow")
 
+# 7. Independent builds, on disk and on tmpfs, and the floor.
+trivial_derivations "$INDEP"
+indep_targets=$(seq -f 't%g' 1 "$INDEP" | tr '\n' ' ')
+SHM=$(mktemp -d /dev/shm/ksbuild-bench.XXXXXX)
+trap 'chmod -R u+w "$WORK" "$SHM" 2>/dev/null; rm -rf "$WORK" "$SHM"' EXIT
+run=0
+indep_disk=$(time_runs "KSBUILD_STORE=$WORK/indep-\$run $KS realise --no-link -j2 $indep_targets" "$RUNS" 'run=$((run + 1))')
+indep_shm=$(time_runs "KSBUILD_STORE=$SHM/indep-\$run $KS realise --no-link -j2 $indep_targets" "$RUNS" 'run=$((run + 1))')
+floor=$(time_runs "seq 1 $INDEP | xargs -P2 -I{} unshare -Urmpiunf -C --mount-proc $BUSYBOX sh -c 'echo {} > /dev/null'" "$RUNS")
+
 ms() { echo "$1 * 1000" | bc -l; }
 ratio() { echo "$1 / $2" | bc -l; }
 printf '\nstores on %s (%s); N=%d, BUILT=%d, CLOSURE=%d\n' "$(df --output=target "$WORK" | tail -1)" "$(df --output=fstype "$WORK" | tail -1)" "$N" "$BUILT" "$CLOSURE"
@@ -122,3 +137,7 @@ row "no-op realise of those $BUILT" "$noop_ks" "$noop_nix" ""
 printf '\nper build of the %d: ksbuild %.1f ms, Nix %.1f ms\n' "$BUILT" "$(echo "$built_ks * 1000 / $BUILT" | bc -l)" "$(echo "$built_nix * 1000 / $BUILT" | bc -l)"
 printf 'a build with a %d-path closure vs a 2-path one (w1) (realise --check, whole process): %.1f ms vs %.1f ms = %.2fx   (target <= 1.3x)\n' \
   "$CLOSURE" "$(ms "$wide")" "$(ms "$narrow")" "$(ratio "$wide" "$narrow")"
+per() { echo "$1 * 1000 / $INDEP" | bc -l; }
+printf '%d independent derivations, -j2, per derivation: %.2f ms with the stores on %s (%s), %.2f ms on tmpfs; the unshare floor %.2f ms: %.2fx and %.2fx   (target <= 1.3x)\n' \
+  "$INDEP" "$(per "$indep_disk")" "$(df --output=target "$WORK" | tail -1)" "$(df --output=fstype "$WORK" | tail -1)" "$(per "$indep_shm")" "$(per "$floor")" \
+  "$(ratio "$indep_disk" "$floor")" "$(ratio "$indep_shm" "$floor")"

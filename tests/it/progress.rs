@@ -327,3 +327,39 @@ fn dry_run_lists_what_the_realisation_then_does() {
     let s = stats["builds"][0]["seconds"].as_f64().unwrap();
     assert!((3.0..10.0).contains(&s), "{stats}");
 }
+
+/// A quick realisation does not wait for the progress ticker: a stop that comes before the
+/// ticker's thread first waits is not lost (it was, and every no-op in a CI log took a
+/// second, the ticker's period, instead of milliseconds).
+#[test]
+fn a_quick_run_ends_without_waiting_for_the_ticker() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[(
+        "derivations/t.toml",
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo t > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\n",
+    )]);
+    let out = run(p.ks("st").args(["realise", "--no-link", "t"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        // stderr is a pipe: the CI log's mode, whose ticker wakes once a second.
+        let out = run(p.ks("st").args(["realise", "--no-link", "t"]));
+        let took = t0.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            took < std::time::Duration::from_millis(700),
+            "a no-op took {took:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
