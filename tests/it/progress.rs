@@ -357,7 +357,9 @@ fn a_quick_run_ends_without_waiting_for_the_ticker() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            took < std::time::Duration::from_millis(700),
+            // The lost wake-up cost a whole period (1 s); a no-op takes milliseconds, and
+            // the margin is for a machine busy compiling kernels beside the test.
+            took < std::time::Duration::from_millis(900),
             "a no-op took {took:?}:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
