@@ -125,11 +125,13 @@ CONF
 # ($sbomtool, fragments/sbom-tool) from this build's inputs: the kernel(s) $kernel
 # ($kernel5), $initramfs holding $rootfs, the Debian packages of $debs whose files are in
 # the rootfs, and the packages of $firmware (if set) as firmware. dpkg-deb unpacks each
-# `.deb` into its control fields and its data tar, numbered in the lock's order.
+# `.deb` into its control fields and (for those matched against the rootfs: `data`) its
+# data tar, numbered in the lock's order.
 write_sbom() {
   unpack_debs() {
     dir=$1
-    shift
+    what=$2
+    shift 2
     i=0
     for deb in "$@"; do
       i=$((i + 1))
@@ -137,17 +139,17 @@ write_sbom() {
       mkdir -p "$d"
       ln -s "$deb" "$d/deb"
       dpkg-deb -f "$deb" Package Version Architecture > "$d/control"
-      dpkg-deb --fsys-tarfile "$deb" > "$d/data.tar"
+      if [ "$what" = data ]; then dpkg-deb --fsys-tarfile "$deb" > "$d/data.tar"; fi
     done
   }
   set -- --name "$name" --store-path "$out" --kernel "$kernel"
   if [ -n "${kernel5:-}" ] && [ "$kernel5" != "$kernel" ]; then set -- "$@" --kernel "$kernel5"; fi
   # shellcheck disable=SC2086 # $debs and $firmware are lists of store paths
-  unpack_debs /build/sbom/debs $debs
+  unpack_debs /build/sbom/debs data $debs
   set -- "$@" --initramfs "$initramfs" --rootfs "$rootfs" --debs /build/sbom/debs
   if [ -n "${firmware:-}" ]; then
     # shellcheck disable=SC2086
-    unpack_debs /build/sbom/firmware $firmware
+    unpack_debs /build/sbom/firmware control $firmware
     set -- "$@" --firmware /build/sbom/firmware
   fi
   "$sbomtool/bin/ksbuild-sbom" "$@" -o "$out/sbom.spdx.json"

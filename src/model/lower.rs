@@ -254,6 +254,9 @@ struct Lowerer<'a, 'b> {
     /// [`confine_to_project`] of each path input as written: a graph of thousands of
     /// derivations names the same few tools again and again.
     confined: std::collections::HashMap<String, Result<std::path::PathBuf, (String, String)>>,
+    /// The locked `.deb`s of each environment lowered, in the lock's order: package name
+    /// and download key (what a `{ debs = … }` input gives).
+    env_debs: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// Lowers `roots` and everything they depend on.
@@ -271,6 +274,7 @@ pub fn lower(
         out: Lowered::default(),
         modulo: BTreeMap::new(),
         confined: Default::default(),
+        env_debs: BTreeMap::new(),
     };
     for name in order {
         let target = project.target(&name)?;
@@ -811,6 +815,7 @@ impl Lowerer<'_, '_> {
             })?;
             let mut deb_paths = Vec::new();
             let mut deb_keys = BTreeSet::new();
+            let mut locked = Vec::new();
             let mut input_derivations: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
             for deb in &lock.deb {
                 let key = format!("{tree_key}.{}-{}", deb.name, deb.architecture);
@@ -846,8 +851,10 @@ impl Lowerer<'_, '_> {
                     .entry(node.drv_path.clone())
                     .or_default()
                     .insert("out".into());
+                locked.push((deb.name.clone(), key.clone()));
                 deb_keys.insert(key);
             }
+            self.env_debs.insert(env_name.clone(), locked);
             input_derivations
                 .entry(busybox_drv.clone())
                 .or_default()
@@ -1132,42 +1139,30 @@ impl Lowerer<'_, '_> {
                     environment: env_name,
                     packages,
                 } => {
-                    let entered =
-                        self.environment(&Spanned::new(span.clone(), env_name.clone()), file)?;
-                    let root = self.project.root.clone();
-                    let lock_file = crate::model::sandbox::lock_path(&root, env_name);
-                    let lock = crate::model::sandbox::LockFile::load(&lock_file).map_err(|e| {
-                        file.error(
+                    self.environment(&Spanned::new(span.clone(), env_name.clone()), file)?;
+                    let locked = &self.env_debs[env_name];
+                    if let Some(missing) = packages
+                        .iter()
+                        .flatten()
+                        .find(|w| !locked.iter().any(|(name, _)| name == *w))
+                    {
+                        return Err(file.error(
                             span.clone(),
-                            format!("input `{input}`: {e}"),
+                            format!(
+                                "input `{input}`: environment `{env_name}` has no locked package `{missing}`"
+                            ),
                             "this input",
-                            None,
-                        )
-                    })?;
-                    if let Some(wanted) = packages {
-                        if let Some(missing) = wanted
-                            .iter()
-                            .find(|w| !lock.deb.iter().any(|d| &d.name == *w))
-                        {
-                            return Err(file.error(
-                                span.clone(),
-                                format!(
-                                    "input `{input}`: environment `{env_name}` has no locked package `{missing}`"
-                                ),
-                                "this input",
-                                Some(format!(
-                                    "add it to `sandboxes/{env_name}.toml` and run `ksbuild lock {env_name}`"
-                                )),
-                            ));
-                        }
+                            Some(format!(
+                                "add it to `sandboxes/{env_name}.toml` and run `ksbuild lock {env_name}`"
+                            )),
+                        ));
                     }
                     let mut paths = Vec::new();
-                    for deb in &lock.deb {
-                        if packages.as_ref().is_some_and(|w| !w.contains(&deb.name)) {
+                    for (name, key) in locked {
+                        if packages.as_ref().is_some_and(|w| !w.contains(name)) {
                             continue;
                         }
-                        let key = format!("{}.{}-{}", entered.tree_key, deb.name, deb.architecture);
-                        let node = &self.out.nodes[&key];
+                        let node = &self.out.nodes[key];
                         let path = node.drv.outputs["out"].path.clone().ok_or_else(|| {
                             file.error(span.clone(), "download without a path", "here", None)
                         })?;
@@ -1176,7 +1171,7 @@ impl Lowerer<'_, '_> {
                             .entry(node.drv_path.clone())
                             .or_default()
                             .insert("out".into());
-                        deps.insert(key);
+                        deps.insert(key.clone());
                     }
                     values.insert(input.clone(), paths.join(" "));
                 }

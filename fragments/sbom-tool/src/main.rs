@@ -6,8 +6,9 @@
 //!   file in it (matched by SHA-256, as `ksbuild sbom` matches them).
 //!
 //! A package is a directory holding `deb` (the `.deb`, or a link to it), `control` (its
-//! `Package:`, `Version:` and `Architecture:` lines, as `dpkg-deb -f` prints them) and
-//! `data.tar` (its uncompressed data, as `dpkg-deb --fsys-tarfile` writes it).
+//! `Package:`, `Version:` and `Architecture:` lines, as `dpkg-deb -f` prints them) and,
+//! for those matched against the rootfs, `data.tar` (its uncompressed data, as
+//! `dpkg-deb --fsys-tarfile` writes it). Firmware ships whole: its data is not read.
 
 // ksbuild's own bill and SPDX writer (`attest::bill` there).
 #[allow(dead_code)]
@@ -145,7 +146,8 @@ struct Package {
     copyright: Option<String>,
 }
 
-fn read_package(dir: &Path) -> Result<Package, String> {
+/// The package unpacked in `dir`; its files and licence only `with_files`.
+fn read_package(dir: &Path, with_files: bool) -> Result<Package, String> {
     let control_path = dir.join("control");
     let control = fs::read_to_string(&control_path)
         .map_err(|e| format!("cannot read `{}`: {e}", control_path.display()))?;
@@ -165,6 +167,9 @@ fn read_package(dir: &Path) -> Result<Package, String> {
         copyright: None,
         name,
     };
+    if !with_files {
+        return Ok(package);
+    }
     let copyright = format!("usr/share/doc/{}/copyright", package.name);
     let tar = dir.join("data.tar");
     let mut input =
@@ -271,14 +276,15 @@ fn tar_number(field: &[u8]) -> Result<u64, String> {
     u64::from_str_radix(text, 8).map_err(|_| format!("a tar header has the size `{text}`"))
 }
 
-/// The unpacked packages under `dir`, in the order of their directories' names.
-fn packages(dir: &Path) -> Result<Vec<Package>, String> {
+/// The unpacked packages under `dir`, in the order of their directories' names (with their
+/// files and licences, `with_files`).
+fn packages(dir: &Path, with_files: bool) -> Result<Vec<Package>, String> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| format!("cannot list `{}`: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     dirs.sort();
-    dirs.iter().map(|d| read_package(d)).collect()
+    dirs.iter().map(|d| read_package(d, with_files)).collect()
 }
 
 fn gather(args: &Args) -> Result<Bill, String> {
@@ -320,7 +326,7 @@ fn gather(args: &Args) -> Result<Bill, String> {
         if let Some(debs) = &args.debs {
             let mut shipped = BTreeSet::new();
             content_hashes(rootfs, &mut shipped)?;
-            for p in packages(debs)? {
+            for p in packages(debs, true)? {
                 let mut took: Vec<&str> = p
                     .files
                     .iter()
@@ -346,7 +352,7 @@ fn gather(args: &Args) -> Result<Bill, String> {
         }
     }
     if let Some(firmware) = &args.firmware {
-        for p in packages(firmware)? {
+        for p in packages(firmware, false)? {
             let c = bill::debian_component(
                 &p.name,
                 &p.version,
