@@ -1,7 +1,7 @@
 //! `ksbuild cache push` (and its alias `store copy`): publishing targets and store paths
 //! with their closures to a Nix binary cache, realising targets first.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -302,26 +302,18 @@ fn target_roots(
         });
     }
     // The downloads anywhere below the targets.
-    let mut seen = BTreeSet::new();
-    let mut todo: VecDeque<&String> = targets.iter().collect();
-    while let Some(key) = todo.pop_front() {
-        if !seen.insert(key.clone()) {
-            continue;
-        }
-        let node = &lowered.nodes[key];
-        if node.fetch.is_some() {
-            for path in output_paths(node).into_values() {
-                if store.is_valid(&path)? {
-                    roots.insert(path);
-                } else {
-                    ctx.note(&format!(
-                        "not pushing the download `{key}`: `{}` is no longer in the store",
-                        store.print(&path)
-                    ));
-                }
+    for key in crate::graph::downloads_below(&lowered, targets) {
+        for path in output_paths(&lowered.nodes[&key]).into_values() {
+            if store.is_valid(&path)? {
+                roots.insert(path);
+            } else {
+                ctx.note(&format!(
+                    "not pushing the download `{key}`: `{}` is not in the store (`ksbuild realise --fetch-only {}` fetches it)",
+                    store.print(&path),
+                    targets.join(" ")
+                ));
             }
         }
-        todo.extend(node.deps.iter());
     }
     Ok(roots)
 }

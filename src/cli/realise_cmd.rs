@@ -47,6 +47,11 @@ pub struct RealiseArgs {
     /// the realisation would begin with.
     #[arg(long, conflicts_with = "check")]
     dry_run: bool,
+    /// Fetch only the downloads the targets' builds need (every fixed-output path below
+    /// them, from a binary cache or its URL), build nothing, and print their paths: for a
+    /// later offline build, or a `cache push` from which Nix can build the targets.
+    #[arg(long, conflicts_with = "check")]
+    fetch_only: bool,
 }
 
 /// The options of every command that builds (`realise`, `check`).
@@ -317,14 +322,20 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
             unsupported.len()
         )));
     }
+    // What is realised: the targets; with `--fetch-only` the downloads below them; with
+    // `--check` the targets' inputs too, which must be valid for the rebuild even where
+    // the targets' outputs are substituted.
+    let downloads = args
+        .fetch_only
+        .then(|| graph::downloads_below(&lowered, &args.targets));
+    let mut roots = downloads.clone().unwrap_or_else(|| args.targets.clone());
+    if args.check {
+        for t in &args.targets {
+            roots.extend(lowered.nodes[t].deps.iter().cloned());
+        }
+    }
     if args.dry_run {
-        let plan = graph::dry_run(
-            &store,
-            &lowered,
-            &args.targets,
-            &substituters,
-            &graph::NoReport,
-        )?;
+        let plan = graph::dry_run(&store, &lowered, &roots, &substituters, &graph::NoReport)?;
         if args.json {
             out_line(&serde_json::to_string(&plan).map_err(|e| CliError::Failed(e.to_string()))?)?;
         } else {
@@ -339,14 +350,6 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     }
     let progress = Progress::new(ctx, args.json, args.build.print_build_logs);
     let mirrors = Mirrors::discover();
-    // `--check` rebuilds the targets: their inputs must be valid too, even where the
-    // targets' outputs are substituted.
-    let mut roots = args.targets.clone();
-    if args.check {
-        for t in &args.targets {
-            roots.extend(lowered.nodes[t].deps.iter().cloned());
-        }
-    }
     let result = graph::realise(
         &store,
         &lowered,
@@ -452,6 +455,20 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
             "checked {}: every output rebuilt bit for bit",
             args.targets.join(", ")
         ));
+    }
+    if let Some(downloads) = downloads {
+        let mut paths = String::new();
+        for key in &downloads {
+            for path in output_paths(&lowered.nodes[key]).into_values() {
+                paths.push_str(&store.print(&path));
+                paths.push('\n');
+            }
+        }
+        progress.summary();
+        if print_paths && !args.json {
+            out(paths.as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     // Result links and output paths (printed in one write).
     let mut printed = BTreeSet::new();

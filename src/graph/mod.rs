@@ -293,6 +293,26 @@ pub fn output_paths(node: &Node) -> BTreeMap<String, StorePath> {
         .collect()
 }
 
+/// The downloads (fixed-output nodes) anywhere below `targets`, themselves included, in
+/// the order a breadth-first walk meets them: what a build of the targets fetches, and
+/// what a later offline build (or Nix, from a cache) needs besides the built inputs.
+pub fn downloads_below(lowered: &Lowered, targets: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    let mut todo: std::collections::VecDeque<&String> = targets.iter().collect();
+    while let Some(key) = todo.pop_front() {
+        if !seen.insert(key) {
+            continue;
+        }
+        let node = &lowered.nodes[key];
+        if node.fetch.is_some() {
+            found.push(key.clone());
+        }
+        todo.extend(node.deps.iter());
+    }
+    found
+}
+
 /// The outcome of a pool: keys that failed with their errors, and keys skipped (with the
 /// failed key that made them unreachable).
 struct PoolOutcome<E> {

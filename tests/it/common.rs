@@ -247,27 +247,55 @@ pub fn unseal(root: &Path) {
 /// target directory), so that each small kernel is compiled once per run.
 ///
 /// With a CI cache ([`ci_cache`]), where the tests publish what they build, the store is
-/// collected once per test process, before its first use: a machine that keeps the
-/// target directory between runs would otherwise keep every image and environment of every
-/// earlier run (46 GB after a day of CI). What this run needs again comes from the cache.
+/// collected once per test process, before its first use, when it holds more than
+/// [`KERNEL_STORE_BOUND`] on disk (as Nix collects when free space falls below
+/// `min-free`): a machine that keeps the target directory between runs would otherwise keep
+/// every image and environment of every earlier run (46 GB after a day of CI). A run keeps
+/// what the last ones left (a run leaves about 3.5 GB), and what is collected comes back
+/// from the cache or is built again.
 pub fn kernel_store() -> PathBuf {
     static COLLECTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let store = kernel_store_path();
     COLLECTED.get_or_init(|| {
-        if ci_cache().is_some() && store.exists() {
-            let report = run_ok(
-                Command::new(ksbuild_bin())
-                    .env("KSBUILD_STORE", &store)
-                    .env("NO_COLOR", "1")
-                    .args(["store", "gc"]),
-            );
-            eprintln!(
-                "the shared kernel store is collected: {} paths deleted",
-                report.lines().count()
-            );
+        if ci_cache().is_none() || !store.exists() {
+            return;
         }
+        let used = disk_usage(&store);
+        if used <= KERNEL_STORE_BOUND {
+            eprintln!(
+                "the shared kernel store holds {} MiB, not over {} MiB: not collected",
+                used >> 20,
+                KERNEL_STORE_BOUND >> 20
+            );
+            return;
+        }
+        let report = run_ok(
+            Command::new(ksbuild_bin())
+                .env("KSBUILD_STORE", &store)
+                .env("NO_COLOR", "1")
+                .args(["store", "gc"]),
+        );
+        eprintln!(
+            "the shared kernel store held {} MiB, is collected: {} paths deleted",
+            used >> 20,
+            report.lines().count()
+        );
     });
     store
+}
+
+/// The disk space the shared kernel store may take before a CI run collects it.
+const KERNEL_STORE_BOUND: u64 = 12 << 30;
+
+/// The bytes allocated on disk under `dir` (`du`: sparse images count what they hold).
+fn disk_usage(dir: &Path) -> u64 {
+    let out = run_ok(Command::new("du").args(["-s", "-k", "-x"]).arg(dir));
+    let kib: u64 = out
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("`du -s -k {}` printed {out:?}", dir.display()));
+    kib << 10
 }
 
 /// Where [`kernel_store`] is, without collecting it.

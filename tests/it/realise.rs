@@ -614,6 +614,77 @@ fn downloads_are_verified_and_happen_before_builds() {
     );
 }
 
+/// `realise --fetch-only` fetches every download below the targets, builds nothing, and
+/// prints the downloads' paths; a later realisation then only builds. A push of those paths
+/// (what a cache needs for Nix to build the targets) finds them valid.
+#[test]
+fn fetch_only_fetches_the_downloads_below_the_targets_and_builds_nothing() {
+    if skip_without_busybox() {
+        return;
+    }
+    let p = Project::new(&[]);
+    let (a, b) = (p.scratch.join("a.txt"), p.scratch.join("b.txt"));
+    fs::write(&a, "a\n").unwrap();
+    fs::write(&b, "b\n").unwrap();
+    let sri = |t: &[u8]| "sha256-".to_string() + &ksbuild::compat::Hash::sha256(t).to_base64();
+    let files = [
+        ("a.toml", format!("[fetch]\nurl = \"file://{}\"\nhash = \"{}\"\n", a.display(), sri(b"a\n"))),
+        ("b.toml", format!("[fetch]\nurl = \"file://{}\"\nhash = \"{}\"\n", b.display(), sri(b"b\n"))),
+        (
+            "mid.toml",
+            "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat ${b} > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\nb = \"b\"\n".to_string(),
+        ),
+        (
+            "top.toml",
+            "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat ${a} ${mid} > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\na = \"a\"\nmid = \"mid\"\n".to_string(),
+        ),
+    ];
+    for (name, text) in &files {
+        fs::write(p.dir.join("derivations").join(name), text).unwrap();
+    }
+    let out_of = |t: &str| -> String {
+        let json = run_ok(p.ks("s").args(["show-derivation", t]));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_object().unwrap().values().next().unwrap()["outputs"]["out"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let valid = |path: &str| {
+        run(p.ks("s").args(["store", "path-info", path]))
+            .status
+            .success()
+    };
+    let printed = run_ok(p.ks("s").args(["realise", "--fetch-only", "top"]));
+    let mut printed: Vec<&str> = printed.lines().collect();
+    printed.sort();
+    let mut downloads = vec![out_of("a"), out_of("b")];
+    downloads.sort();
+    assert_eq!(printed, downloads, "the downloads' paths, and nothing else");
+    assert!(
+        downloads.iter().all(|d| valid(d)),
+        "both downloads are valid"
+    );
+    assert!(
+        !valid(&out_of("mid")) && !valid(&out_of("top")),
+        "nothing was built"
+    );
+    assert!(
+        !p.dir.join("result").exists(),
+        "no result link for an unbuilt target"
+    );
+    // What is left is building only.
+    let plan = run_ok(p.ks("s").args(["realise", "--dry-run", "--json", "top"]));
+    let plan: serde_json::Value = serde_json::from_str(plan.trim()).unwrap();
+    assert_eq!(plan["fetches"], 0, "{plan}");
+    assert_eq!(plan["builds"], 2, "{plan}");
+    let out = run_ok(p.ks("s").args(["realise", "--no-link", "top"]));
+    assert_eq!(
+        fs::read_to_string(p.scratch.join("s").join(out.trim().trim_start_matches('/'))).unwrap(),
+        "a\nb\n"
+    );
+}
+
 /// The events of `realise --json`'s stdout, and their kinds.
 fn json_events(stdout: &str) -> (Vec<serde_json::Value>, Vec<String>) {
     let events: Vec<serde_json::Value> = stdout
