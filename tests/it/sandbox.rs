@@ -1240,7 +1240,8 @@ fn file_and_symlink_inputs_are_visible_read_only() {
     assert_eq!(b.output_text(), "from-script\n");
 
     let check = f.build(&format!(
-        "{{ $B readlink /nix/store/{link}; echo x >> /nix/store/{script} || echo refused; }} > $out 2>&1"
+        "{{ $B readlink /nix/store/{link}; echo x >> /nix/store/{script} || echo refused; \
+         $B grep ' /nix/store/{script} ' /proc/self/mountinfo; }} > $out 2>&1"
     ));
     let mut check = check;
     check
@@ -1258,6 +1259,15 @@ fn file_and_symlink_inputs_are_visible_read_only() {
         "{text}"
     );
     assert!(text.contains("refused"), "{text}");
+    // The input's own mount is read-only, nosuid and nodev (whoever owns the file).
+    let mount = text
+        .lines()
+        .find(|l| l.contains(&format!(" /nix/store/{script} ")))
+        .unwrap_or_else(|| panic!("no mount of the input: {text}"));
+    let options: Vec<&str> = mount.split(' ').nth(5).unwrap().split(',').collect();
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(options.contains(&o), "{o} missing: {mount}");
+    }
 }
 
 /// Set by [`killing_ksbuild_kills_the_build`] for the helper it starts.
