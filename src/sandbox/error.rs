@@ -123,9 +123,6 @@ fn step_hint(step: &Step, errno: Errno) -> Option<String> {
         (Step::MountOverlay { .. }, _) => "the store directory's overlayfs could not be mounted; \
              `KSBUILD_SANDBOX_NO_OVERLAY=1` creates the inputs' mount points on disk instead"
             .to_string(),
-        (Step::RestrictTree { .. }, Errno::ENOSYS) => {
-            "ksbuild needs `mount_setattr(2)`: Linux 5.12 or later".to_string()
-        }
         (Step::DetachTree { .. } | Step::AttachTree { .. }, Errno::ENOSYS) => {
             "ksbuild needs `open_tree(2)` and `move_mount(2)`: Linux 5.2 or later".to_string()
         }

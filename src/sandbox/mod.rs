@@ -74,9 +74,8 @@
 //! the parent-death signal follows the *thread* that spawned the init process: `run` keeps
 //! that thread busy until the end.
 //!
-//! **Kernel.** Linux 5.12 or later (`mount_setattr`; `close_range` is 5.9,
-//! `open_tree`/`move_mount` 5.2, `pidfd_open` 5.3; the store directory's overlay wants 5.11),
-//! with user namespaces enabled for the invoking user.
+//! **Kernel.** Linux 5.9 or later (`close_range`; `open_tree`/`move_mount` are 5.2,
+//! `pidfd_open` 5.3), with user namespaces enabled for the invoking user.
 //!
 //! **The build user on the host.** When ksbuild is not root, uid 1000 inside is ksbuild's
 //! own uid. When it is root, it is [`DEFAULT_ROOT_BUILD_ID`] (or [`BuildUser::Ids`]), never

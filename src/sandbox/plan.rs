@@ -435,24 +435,10 @@ pub(crate) fn plan(
             None => store_on_disk.clone(),
         },
     });
-    // The inputs are read-only, `nosuid` and `nodev`; a bound input is made so while still
-    // detached (a copied one is remounted once its copy is made).
-    let input_flags = RemountFlags {
-        read_only: true,
-        nosuid: true,
-        nodev: true,
-        noexec: false,
-    };
-    for (physical, _, copied) in &bound_inputs {
+    for (physical, _, _) in &bound_inputs {
         ns.push(Step::DetachTree {
             source: physical.clone(),
         });
-        if !copied {
-            ns.push(Step::RestrictTree {
-                source: physical.clone(),
-                flags: input_flags,
-            });
-        }
     }
     ns.push(Step::DetachTree {
         source: spec.build_dir.clone(),
@@ -608,16 +594,21 @@ pub(crate) fn plan(
                 source: physical,
                 target: relative.clone(),
             });
-            ns.push(Step::Remount {
-                target: relative,
-                flags: input_flags,
-            });
         } else {
             ns.push(Step::AttachTree {
                 source: physical,
-                target: relative,
+                target: relative.clone(),
             });
         }
+        ns.push(Step::Remount {
+            target: relative,
+            flags: RemountFlags {
+                read_only: true,
+                nosuid: true,
+                nodev: true,
+                noexec: false,
+            },
+        });
     }
     if variation.shuffled_order {
         ns.push(Step::MountTmpfs {
@@ -920,26 +911,14 @@ mod tests {
         assert!(last_mount < pivot && pivot + 1 == detach);
         assert!(detach < gid && gid < uid && uid < pdeath && pdeath < nnp);
         assert_eq!(caps, ns.len() - 1, "capabilities go last, just before exec");
-        // Every attached input was made read-only, nosuid and nodev while detached, after
-        // it was taken and before it is attached.
+        // Every attached input is followed by its read-only remount.
         for (i, s) in ns.iter().enumerate() {
-            if let Step::AttachTree { source, .. } = s {
+            if let Step::AttachTree { source, target } = s {
                 if source.starts_with("/s/nix/store") {
-                    let restricted = ns
-                        .iter()
-                        .position(
-                            |r| matches!(r, Step::RestrictTree { source: x, .. } if x == source),
-                        )
-                        .unwrap_or_else(|| panic!("{source:?} is not restricted"));
-                    let taken = position(
-                        ns,
-                        |d| matches!(d, Step::DetachTree { source: x } if x == source),
-                    );
-                    assert!(taken < restricted && restricted < i, "{source:?}");
                     assert_eq!(
-                        ns[restricted],
-                        Step::RestrictTree {
-                            source: source.clone(),
+                        ns[i + 1],
+                        Step::Remount {
+                            target: target.clone(),
                             flags: RemountFlags {
                                 read_only: true,
                                 nosuid: true,

@@ -141,15 +141,6 @@ pub enum Step {
         /// The host path.
         source: PathBuf,
     },
-    /// `mount_setattr(tree, "", AT_EMPTY_PATH)` adding `flags` to the tree detached from
-    /// `source`, before it is attached: one syscall and no path walk, where a remount once
-    /// attached is a `statvfs` and a `mount` through the new root (Linux 5.12 or later).
-    RestrictTree {
-        /// The host path the tree was taken from.
-        source: PathBuf,
-        /// The restrictions to add.
-        flags: RemountFlags,
-    },
     /// `move_mount` of the tree detached from `source` onto `target`.
     AttachTree {
         /// The host path the tree was taken from.
@@ -370,12 +361,6 @@ impl fmt::Display for Step {
                     source.display()
                 )
             }
-            Step::RestrictTree { source, flags } => write!(
-                f,
-                "make the bind mount of `{}` {flags} (mount_setattr; the kernel needs 5.12 or \
-                 later)",
-                source.display()
-            ),
             Step::AttachTree { source, target } => write!(
                 f,
                 "bind `{}` onto `{}` (move_mount)",
@@ -493,10 +478,6 @@ impl Step {
                 let tree = sys::detach_tree(source)?;
                 ctx.trees.insert(source.clone(), tree);
                 Ok(())
-            }
-            Step::RestrictTree { source, flags } => {
-                let tree = ctx.trees.get(source).ok_or(Errno::EBADF)?;
-                sys::restrict_tree(tree.as_fd(), *flags)
             }
             Step::AttachTree { source, target } => {
                 let tree = ctx.trees.remove(source).ok_or(Errno::EBADF)?;

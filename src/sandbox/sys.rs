@@ -658,59 +658,6 @@ pub(crate) fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> Result<(), Err
     .map_err(rustix_errno)
 }
 
-/// `mount_setattr(tree, "", AT_EMPTY_PATH, {attr_set: flags})`
-/// ([`mount_setattr(2)`](https://man7.org/linux/man-pages/man2/mount_setattr.2.html), Linux
-/// 5.12): adds `flags` to a tree from [`detach_tree`] before it is attached, leaving the
-/// flags it has.
-pub(crate) fn restrict_tree(tree: BorrowedFd<'_>, flags: RemountFlags) -> Result<(), Errno> {
-    /// `struct mount_attr` of `<linux/mount.h>`.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    const MOUNT_ATTR_NOSUID: u64 = 0x2;
-    const MOUNT_ATTR_NODEV: u64 = 0x4;
-    const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-    let mut attr_set = 0;
-    for (wanted, bit) in [
-        (flags.read_only, MOUNT_ATTR_RDONLY),
-        (flags.nosuid, MOUNT_ATTR_NOSUID),
-        (flags.nodev, MOUNT_ATTR_NODEV),
-        (flags.noexec, MOUNT_ATTR_NOEXEC),
-    ] {
-        if wanted {
-            attr_set |= bit;
-        }
-    }
-    let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: `attr` is a live `struct mount_attr` of the size passed, and the empty path
-    // a NUL-terminated string; the kernel only reads both.
-    let r = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            nix::libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(Errno::last())
-    }
-}
-
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
 /// `MS_REMOUNT|MS_BIND` with `flags` added to the flags the mount already has
 /// ([`statvfs(3)`](https://man7.org/linux/man-pages/man3/statvfs.3.html)): dropping a
