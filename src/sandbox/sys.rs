@@ -35,22 +35,14 @@ fn rustix_errno(e: rustix::io::Errno) -> Errno {
 
 // ---- files (host side) --------------------------------------------------------------
 
-/// [`mkdir(2)`](https://man7.org/linux/man-pages/man2/mkdir.2.html) then, where the umask
-/// took bits of `mode` away or `mode` has special bits (mkdir may drop the sticky bit),
-/// [`chmod(2)`](https://man7.org/linux/man-pages/man2/chmod.2.html): the mode is exact.
+/// [`mkdir(2)`](https://man7.org/linux/man-pages/man2/mkdir.2.html) then
+/// [`chmod(2)`](https://man7.org/linux/man-pages/man2/chmod.2.html), so that the mode is
+/// exact whatever the umask (mkdir may drop the sticky bit).
 pub(crate) fn create_directory(path: &Path, mode: u32) -> Result<(), Errno> {
     fs::DirBuilder::new()
         .mode(mode)
         .create(path)
         .map_err(|e| io_errno(&e))?;
-    // The umask only takes bits away: with none of `mode`'s in it (022 and 0755, the mount
-    // points'), the directory already has `mode`. Read by setting it twice, which only a
-    // single-threaded process (the init process, PID 1: the only callers) may do.
-    let mask = rustix::process::umask(rustix::fs::Mode::empty());
-    rustix::process::umask(mask);
-    if mask.bits() & mode == 0 && mode & 0o7000 == 0 {
-        return Ok(());
-    }
     chmod(path, mode)
 }
 
