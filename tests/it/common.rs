@@ -247,12 +247,13 @@ pub fn unseal(root: &Path) {
 /// target directory), so that each small kernel is compiled once per run.
 ///
 /// With a CI cache ([`ci_cache`]), where the tests publish what they build, the store is
-/// collected once per test process, before its first use, when it holds more than
-/// [`KERNEL_STORE_BOUND`] on disk (as Nix collects when free space falls below
-/// `min-free`): a machine that keeps the target directory between runs would otherwise keep
-/// every image and environment of every earlier run (46 GB after a day of CI). A run keeps
-/// what the last ones left (a run leaves about 3.5 GB), and what is collected comes back
-/// from the cache or is built again.
+/// collected once per test process, before its first use, when it takes more than
+/// [`KERNEL_STORE_BOUND`] on disk (`store::disk_usage`, allocated blocks: a sparse image
+/// counts what it holds), as Nix collects when free space falls below `min-free`. A machine
+/// that keeps the target directory between runs would otherwise keep every image and
+/// environment of every earlier run (46 GB after a day of CI). A run keeps what the last
+/// ones left (a run leaves about 3.3 GB); what is collected comes back from the cache or is
+/// built again.
 pub fn kernel_store() -> PathBuf {
     static COLLECTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let store = kernel_store_path();
@@ -260,7 +261,7 @@ pub fn kernel_store() -> PathBuf {
         if ci_cache().is_none() || !store.exists() {
             return;
         }
-        let used = disk_usage(&store);
+        let used = ksbuild::store::disk_usage(&store);
         if used <= KERNEL_STORE_BOUND {
             eprintln!(
                 "the shared kernel store holds {} MiB, not over {} MiB: not collected",
@@ -286,17 +287,6 @@ pub fn kernel_store() -> PathBuf {
 
 /// The disk space the shared kernel store may take before a CI run collects it.
 const KERNEL_STORE_BOUND: u64 = 12 << 30;
-
-/// The bytes allocated on disk under `dir` (`du`: sparse images count what they hold).
-fn disk_usage(dir: &Path) -> u64 {
-    let out = run_ok(Command::new("du").args(["-s", "-k", "-x"]).arg(dir));
-    let kib: u64 = out
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("`du -s -k {}` printed {out:?}", dir.display()));
-    kib << 10
-}
 
 /// Where [`kernel_store`] is, without collecting it.
 fn kernel_store_path() -> PathBuf {

@@ -581,24 +581,14 @@ fn downloads_are_verified_and_happen_before_builds() {
     );
     assert!(err.contains("nothing was built"), "{err}");
     // Nothing of `top`'s graph was built or registered.
-    let first = run_ok(p.ks("s").args(["show-derivation", "first"]));
-    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
-    let first_out = v.as_object().unwrap().values().next().unwrap()["outputs"]["out"]["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first_out = out_path(&p, "s", "first");
     assert!(
         !run(p.ks("s").args(["store", "path-info", &first_out]))
             .status
             .success(),
         "no build may start"
     );
-    let bad_drv = run_ok(p.ks("s").args(["show-derivation", "bad"]));
-    let v: serde_json::Value = serde_json::from_str(&bad_drv).unwrap();
-    let bad_out = v.as_object().unwrap().values().next().unwrap()["outputs"]["out"]["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bad_out = out_path(&p, "s", "bad");
     assert!(
         !run(p.ks("s").args(["store", "path-info", &bad_out]))
             .status
@@ -642,14 +632,7 @@ fn fetch_only_fetches_the_downloads_below_the_targets_and_builds_nothing() {
     for (name, text) in &files {
         fs::write(p.dir.join("derivations").join(name), text).unwrap();
     }
-    let out_of = |t: &str| -> String {
-        let json = run_ok(p.ks("s").args(["show-derivation", t]));
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        v.as_object().unwrap().values().next().unwrap()["outputs"]["out"]["path"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let out_of = |t: &str| out_path(&p, "s", t);
     let valid = |path: &str| {
         run(p.ks("s").args(["store", "path-info", path]))
             .status

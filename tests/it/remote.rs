@@ -34,7 +34,7 @@ struct Session {
 
 /// A write to the server: a server that has refused what came before and hung up (a
 /// broken pipe) is fine here; what it said is checked from its exit and stderr.
-fn sent<E: std::fmt::Debug + Into<Box<dyn std::error::Error>>>(r: Result<(), E>) {
+fn sent<E: std::fmt::Debug>(r: Result<(), E>) {
     if let Err(e) = r {
         let text = format!("{e:?}");
         assert!(text.contains("BrokenPipe"), "writing to the server: {text}");
