@@ -914,7 +914,9 @@ impl<'s> SandboxExecutor<'s> {
     ) -> Result<Rebuild<'e, 's>, BuildFailure> {
         let store = self.store;
         self.check_system(node)?;
+        let t0 = std::time::Instant::now();
         let closure = self.input_closure(&node.drv)?;
+        timing::report("build: input closure", t0);
         // Reported as any build (with the estimate from the history), so that a long
         // rebuild is as visibly alive as the first build was.
         let drv = store.print(&node.drv_path);

@@ -205,7 +205,8 @@ fn become_builder(
         }
         let t0 = timer.enabled().then(std::time::Instant::now);
         if let Err(e) = step.apply(&mut ctx) {
-            return report(status, step.clone(), e);
+            let failed = ctx.failed_item.take().unwrap_or_else(|| step.clone());
+            return report(status, failed, e);
         }
         if let Some(t0) = t0 {
             timer.phase(status, &format!("pid1: {step}"), t0);

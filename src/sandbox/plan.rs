@@ -321,6 +321,15 @@ fn overlay_layers(root: &Path, work: &Path) -> Result<OverlayLayers, SandboxErro
 /// `root_dir` itself, taken before the tmpfs hides it and bound at the store directory,
 /// so that outputs stay on the store's filesystem and everything else costs no disk
 /// metadata and vanishes with the namespace.
+/// The inputs bound from one directory of the host into one directory of the new root,
+/// under their own names (see [`Step::DetachTrees`]).
+struct InputBatch {
+    dir: PathBuf,
+    target: PathBuf,
+    /// Names, and whether each is a directory.
+    entries: Vec<(String, bool)>,
+}
+
 pub(crate) fn plan(
     spec: &SandboxSpec,
     ids: &HostIds,
@@ -365,6 +374,7 @@ pub(crate) fn plan(
     // Mount points of the inputs: with an overlay, in its tmpfs skeleton (created inside
     // the namespace, below); else in the store directory on disk.
     let mut bound_inputs = Vec::new();
+    let mut batches: Vec<InputBatch> = Vec::new();
     let mut skeleton = Vec::new();
     for (physical, logical) in &spec.inputs {
         let relative = PathBuf::from(logical.trim_start_matches('/'));
@@ -375,6 +385,44 @@ pub(crate) fn plan(
             },
             errno,
         })?;
+        let copied = variation.shuffled_order && kind == InputKind::Directory;
+        // An input bound under its own name from a directory of the host (a store path
+        // from the store) joins that directory's batch: one lookup of each directory, not
+        // one per input (a closure may hold thousands).
+        let batched = match (physical.parent(), relative.parent(), physical.file_name()) {
+            (Some(dir), Some(target), Some(name))
+                if !copied
+                    && !matches!(kind, InputKind::Symlink(_))
+                    && !target.as_os_str().is_empty()
+                    && relative.file_name() == Some(name) =>
+            {
+                name.to_str().map(|n| (dir, target, n))
+            }
+            _ => None,
+        };
+        if let Some((dir, target, name)) = batched {
+            let at = match batches.iter().position(|b| b.dir == dir && b.target == target) {
+                Some(at) => at,
+                None => {
+                    batches.push(InputBatch {
+                        dir: dir.to_path_buf(),
+                        target: target.to_path_buf(),
+                        entries: Vec::new(),
+                    });
+                    batches.len() - 1
+                }
+            };
+            batches[at]
+                .entries
+                .push((name.to_string(), kind == InputKind::Directory));
+            if overlay.is_none() {
+                host.push(Step::CreateMountPoint {
+                    source: physical.clone(),
+                    target: on_disk,
+                });
+            }
+            continue;
+        }
         let mount_point = match (&kind, overlay.is_some()) {
             (InputKind::Symlink(link), true) => Step::CreateSymlink {
                 target: link.clone(),
@@ -402,9 +450,14 @@ pub(crate) fn plan(
             host.push(mount_point);
         }
         if !matches!(kind, InputKind::Symlink(_)) {
-            let copied = variation.shuffled_order && kind == InputKind::Directory;
             bound_inputs.push((physical.clone(), relative, copied));
         }
+    }
+    if overlay.is_some() {
+        skeleton.extend(batches.iter().map(|b| Step::CreateMountPoints {
+            dir: b.target.clone(),
+            entries: b.entries.clone(),
+        }));
     }
     // A directory of the build user's alone.
     let private_to_build_user = |host: &mut Vec<Step>, path: &Path| {
@@ -438,6 +491,12 @@ pub(crate) fn plan(
     for (physical, _, _) in &bound_inputs {
         ns.push(Step::DetachTree {
             source: physical.clone(),
+        });
+    }
+    for b in &batches {
+        ns.push(Step::DetachTrees {
+            dir: b.dir.clone(),
+            names: b.entries.iter().map(|(name, _)| name.clone()).collect(),
         });
     }
     ns.push(Step::DetachTree {
@@ -569,6 +628,12 @@ pub(crate) fn plan(
     // 3. Attach what was taken: the store directory (rw, for the outputs), the inputs
     //    read-only, /build, and the device nodes read-only (I/O on a device does not need a
     //    writable mount, but chmod/chown of the host's node would), never nodev.
+    let input_flags = RemountFlags {
+        read_only: true,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+    };
     let rw = RemountFlags {
         nosuid: true,
         nodev: true,
@@ -602,12 +667,14 @@ pub(crate) fn plan(
         }
         ns.push(Step::Remount {
             target: relative,
-            flags: RemountFlags {
-                read_only: true,
-                nosuid: true,
-                nodev: true,
-                noexec: false,
-            },
+            flags: input_flags,
+        });
+    }
+    for b in batches {
+        ns.push(Step::AttachTrees {
+            source: b.dir,
+            target: b.target,
+            flags: input_flags,
         });
     }
     if variation.shuffled_order {
@@ -868,7 +935,7 @@ mod tests {
         );
         let last_detach = ns
             .iter()
-            .rposition(|s| matches!(s, Step::DetachTree { .. }))
+            .rposition(|s| matches!(s, Step::DetachTree { .. } | Step::DetachTrees { .. }))
             .unwrap();
         let fsids = position(ns, |s| matches!(s, Step::SetFilesystemIds { .. }));
         let first_create = position(ns, |s| matches!(s, Step::CreateDirectory { .. }));
@@ -878,6 +945,7 @@ mod tests {
                 matches!(
                     s,
                     Step::AttachTree { .. }
+                        | Step::AttachTrees { .. }
                         | Step::Remount { .. }
                         | Step::MountProc { .. }
                         | Step::MountTmpfs { .. }
@@ -911,6 +979,32 @@ mod tests {
         assert!(last_mount < pivot && pivot + 1 == detach);
         assert!(detach < gid && gid < uid && uid < pdeath && pdeath < nnp);
         assert_eq!(caps, ns.len() - 1, "capabilities go last, just before exec");
+        // The store's inputs are taken as one batch, attached once, read-only.
+        let batch = |s: &Step| matches!(s, Step::DetachTrees { dir, .. } if dir == Path::new("/s/nix/store"));
+        assert_eq!(ns.iter().filter(|s| batch(s)).count(), 1);
+        assert_eq!(
+            ns[position(ns, batch)],
+            Step::DetachTrees {
+                dir: "/s/nix/store".into(),
+                names: vec!["aaaa-busybox".into()],
+            }
+        );
+        assert!(position(ns, batch) < root_tmpfs);
+        assert_eq!(
+            ns.iter()
+                .filter(|s| matches!(s, Step::AttachTrees { .. }))
+                .collect::<Vec<_>>(),
+            [&Step::AttachTrees {
+                source: "/s/nix/store".into(),
+                target: "nix/store".into(),
+                flags: RemountFlags {
+                    read_only: true,
+                    nosuid: true,
+                    nodev: true,
+                    noexec: false
+                }
+            }]
+        );
         // Every attached input is followed by its read-only remount.
         for (i, s) in ns.iter().enumerate() {
             if let Step::AttachTree { source, target } = s {
@@ -976,9 +1070,9 @@ mod tests {
         }));
         let fsids = position(ns, |s| matches!(s, Step::SetFilesystemIds { .. }));
         let skeleton_dir = position(ns, |s| {
-            *s == Step::CreateDirectory {
-                path: "nix/store/aaaa-busybox".into(),
-                mode: 0o755,
+            *s == Step::CreateMountPoints {
+                dir: "nix/store".into(),
+                entries: vec![("aaaa-busybox".into(), true)],
             }
         });
         let skeleton_link = position(ns, |s| {
@@ -1007,7 +1101,7 @@ mod tests {
         });
         let bound = position(
             ns,
-            |s| matches!(s, Step::AttachTree { target, .. } if target.ends_with("aaaa-busybox")),
+            |s| matches!(s, Step::AttachTrees { target, .. } if target == Path::new("nix/store")),
         );
         let build = position(
             ns,
@@ -1022,6 +1116,36 @@ mod tests {
         // A work directory that is not beside `root_dir` is refused.
         s.work_dir = Some("/elsewhere/work".into());
         assert!(plan(&s, &ids(true), &mut inspect, true, true).is_err());
+    }
+
+    #[test]
+    fn an_input_under_another_name_or_copied_is_bound_on_its_own() {
+        let mut s = spec();
+        s.inputs.push(("/s/other/dddd-x".into(), "/nix/store/eeee-y".into()));
+        let p = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        let ns = &p.namespace;
+        let attach = position(ns, |s| {
+            *s == Step::AttachTree {
+                source: "/s/other/dddd-x".into(),
+                target: "nix/store/eeee-y".into(),
+            }
+        });
+        assert!(matches!(&ns[attach + 1], Step::Remount { target, flags } if target == Path::new("nix/store/eeee-y") && flags.read_only));
+        assert!(ns.contains(&Step::DetachTree {
+            source: "/s/other/dddd-x".into()
+        }));
+        assert!(ns.contains(&Step::DetachTrees {
+            dir: "/s/nix/store".into(),
+            names: vec!["aaaa-busybox".into()],
+        }));
+        // A directory copied in shuffled order (a check's variation) is not bound at all.
+        s.variation.shuffled_order = true;
+        let p = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        assert!(!p.namespace.iter().any(|s| matches!(s, Step::DetachTrees { .. })));
+        assert!(p.namespace.contains(&Step::CopyTree {
+            source: "/s/nix/store/aaaa-busybox".into(),
+            target: "nix/store/aaaa-busybox".into(),
+        }));
     }
 
     #[test]

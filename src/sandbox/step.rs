@@ -148,6 +148,35 @@ pub enum Step {
         /// The mount point (relative to the new root).
         target: PathBuf,
     },
+    /// [`Step::DetachTree`] of each `dir/name`, with `dir` looked up once
+    /// (`open_tree(dirfd, name, OPEN_TREE_CLONE)`): the inputs of a store directory,
+    /// whose closure may hold thousands of paths.
+    DetachTrees {
+        /// The host directory.
+        dir: PathBuf,
+        /// The entries of `dir` to take.
+        names: Vec<String>,
+    },
+    /// The mount points of the trees of [`Step::DetachTrees`]: in `dir` (relative to the
+    /// new root), for each `(name, is_directory)` an empty directory or file, created
+    /// with `dir` looked up once. Their modes do not matter: the mounts hide them.
+    CreateMountPoints {
+        /// The directory (relative to the new root).
+        dir: PathBuf,
+        /// The names, and whether each is a directory.
+        entries: Vec<(String, bool)>,
+    },
+    /// [`Step::AttachTree`] of each tree [`Step::DetachTrees`] took from `source` onto
+    /// the same name in `target`, then [`Step::Remount`] of each with `flags` (keeping
+    /// the flags its tree came with): `target` looked up once.
+    AttachTrees {
+        /// The host directory the trees were taken from.
+        source: PathBuf,
+        /// The directory of their mount points (relative to the new root).
+        target: PathBuf,
+        /// The restrictions to add to each.
+        flags: RemountFlags,
+    },
     /// `setfsgid(2)`, `setfsuid(2)`: files created from here on (the skeleton of the new
     /// root) belong to the build user, as in Nix; capabilities are kept.
     SetFilesystemIds {
@@ -367,6 +396,28 @@ impl fmt::Display for Step {
                 source.display(),
                 target.display()
             ),
+            Step::DetachTrees { dir, names } => write!(
+                f,
+                "clone bind mounts of {} entries of `{}` (open_tree)",
+                names.len(),
+                dir.display()
+            ),
+            Step::CreateMountPoints { dir, entries } => write!(
+                f,
+                "create {} mount points in `{}`",
+                entries.len(),
+                dir.display()
+            ),
+            Step::AttachTrees {
+                source,
+                target,
+                flags,
+            } => write!(
+                f,
+                "bind the entries taken from `{}` onto `{}` (move_mount) and remount them {flags}",
+                source.display(),
+                target.display()
+            ),
             Step::SetFilesystemIds { uid, gid } => write!(f, "setfsgid {gid}, setfsuid {uid}"),
             Step::Remount { target, flags } => {
                 write!(f, "remount `{}` {flags}", target.display())
@@ -443,6 +494,11 @@ pub(crate) struct StepContext<'a> {
     pub lifeline: Option<BorrowedFd<'a>>,
     /// Trees detached by [`Step::DetachTree`], by source, until attached.
     pub trees: BTreeMap<PathBuf, OwnedFd>,
+    /// Trees detached by [`Step::DetachTrees`], by directory, with their names.
+    pub tree_batches: BTreeMap<PathBuf, Vec<(String, OwnedFd)>>,
+    /// The item of a batch step that failed, as the single step it stands for: what is
+    /// reported (a failed batch step names its entry, as the single steps did).
+    pub failed_item: Option<Step>,
 }
 
 impl<'a> StepContext<'a> {
@@ -451,6 +507,8 @@ impl<'a> StepContext<'a> {
         StepContext {
             lifeline,
             trees: BTreeMap::new(),
+            tree_batches: BTreeMap::new(),
+            failed_item: None,
         }
     }
 }
@@ -482,6 +540,48 @@ impl Step {
             Step::AttachTree { source, target } => {
                 let tree = ctx.trees.remove(source).ok_or(Errno::EBADF)?;
                 sys::attach_tree(tree.as_fd(), target)
+            }
+            Step::DetachTrees { dir, names } => {
+                let trees = sys::detach_trees(dir, names).map_err(|(name, errno)| {
+                    ctx.failed_item = name.map(|n| Step::DetachTree {
+                        source: dir.join(n),
+                    });
+                    errno
+                })?;
+                ctx.tree_batches.insert(dir.clone(), trees);
+                Ok(())
+            }
+            Step::CreateMountPoints { dir, entries } => {
+                sys::create_mount_points(dir, entries).map_err(|(name, errno)| {
+                    ctx.failed_item = name.map(|(n, is_dir)| match is_dir {
+                        true => Step::CreateDirectory {
+                            path: dir.join(n),
+                            mode: 0o755,
+                        },
+                        false => Step::CreateFile { path: dir.join(n) },
+                    });
+                    errno
+                })
+            }
+            Step::AttachTrees {
+                source,
+                target,
+                flags,
+            } => {
+                let trees = ctx.tree_batches.remove(source).ok_or(Errno::EBADF)?;
+                sys::attach_trees(&trees, target, *flags).map_err(|(failure, errno)| {
+                    ctx.failed_item = failure.map(|(name, attached)| match attached {
+                        false => Step::AttachTree {
+                            source: source.join(name),
+                            target: target.join(name),
+                        },
+                        true => Step::Remount {
+                            target: target.join(name),
+                            flags: *flags,
+                        },
+                    });
+                    errno
+                })
             }
             Step::SetFilesystemIds { uid, gid } => sys::set_filesystem_ids(*uid, *gid),
             Step::Remount { target, flags } => sys::remount(target, *flags),

@@ -650,12 +650,108 @@ pub(crate) fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> Result<(), Err
     .map_err(rustix_errno)
 }
 
+/// How a step on many entries of one directory failed: the entry (`None`: the directory
+/// itself) and the `errno`.
+pub(crate) type BatchError<T> = (Option<T>, Errno);
+
+/// `open(dir, O_PATH|O_DIRECTORY|O_CLOEXEC)`: a directory to look its entries up in.
+fn open_directory(dir: &Path) -> Result<OwnedFd, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(rustix_errno)
+}
+
+/// [`detach_tree`] of each `dir/name`, with `dir` looked up once
+/// (`open_tree(dirfd, name, …)`). On failure, the name that failed (`None`: `dir`).
+pub(crate) fn detach_trees<'a>(
+    dir: &Path,
+    names: &'a [String],
+) -> Result<Vec<(String, OwnedFd)>, BatchError<&'a str>> {
+    use rustix::mount::OpenTreeFlags;
+    let dirfd = open_directory(dir).map_err(|e| (None, e))?;
+    names
+        .iter()
+        .map(|name| {
+            rustix::mount::open_tree(
+                dirfd.as_fd(),
+                name.as_str(),
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map(|tree| (name.clone(), tree))
+            .map_err(|e| (Some(name.as_str()), rustix_errno(e)))
+        })
+        .collect()
+}
+
+/// Creates in `dir` an empty directory (`mkdirat`) or file (`openat` `O_CREAT|O_EXCL`)
+/// for each `(name, is_directory)`, with `dir` looked up once. Their modes are left to
+/// the umask: the mounts hide them. On failure, the entry that failed (`None`: `dir`).
+pub(crate) fn create_mount_points<'a>(
+    dir: &Path,
+    entries: &'a [(String, bool)],
+) -> Result<(), BatchError<(&'a str, bool)>> {
+    use rustix::fs::{Mode, OFlags};
+    let dirfd = open_directory(dir).map_err(|e| (None, e))?;
+    for (name, is_dir) in entries {
+        let created = match is_dir {
+            true => rustix::fs::mkdirat(&dirfd, name.as_str(), Mode::from_raw_mode(0o755)),
+            false => rustix::fs::openat(
+                &dirfd,
+                name.as_str(),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop),
+        };
+        created.map_err(|e| (Some((name.as_str(), *is_dir)), rustix_errno(e)))?;
+    }
+    Ok(())
+}
+
+/// [`attach_tree`] of each `(name, tree)` onto `target/name`, with `target` looked up
+/// once, then [`remount`] of each with `flags` added to the flags its tree came with
+/// (`fstatvfs` of the tree, no lookup). On failure, the name that failed and whether it
+/// was attached (the remount failed) or not (`None`: `target`).
+pub(crate) fn attach_trees<'a>(
+    trees: &'a [(String, OwnedFd)],
+    target: &Path,
+    flags: RemountFlags,
+) -> Result<(), BatchError<(&'a str, bool)>> {
+    use rustix::mount::MoveMountFlags;
+    let dirfd = open_directory(target).map_err(|e| (None, e))?;
+    for (name, tree) in trees {
+        let current = nix::sys::statvfs::fstatvfs(tree)
+            .map_err(|e| (Some((name.as_str(), false)), e))?
+            .flags();
+        rustix::mount::move_mount(
+            tree.as_fd(),
+            "",
+            dirfd.as_fd(),
+            name.as_str(),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| (Some((name.as_str(), false)), rustix_errno(e)))?;
+        remount_keeping(&target.join(name), current, flags)
+            .map_err(|e| (Some((name.as_str(), true)), e))?;
+    }
+    Ok(())
+}
+
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
 /// `MS_REMOUNT|MS_BIND` with `flags` added to the flags the mount already has
 /// ([`statvfs(3)`](https://man7.org/linux/man-pages/man3/statvfs.3.html)): dropping a
 /// flag locked by a more privileged mount namespace would be refused with `EPERM`.
 pub(crate) fn remount(target: &Path, flags: RemountFlags) -> Result<(), Errno> {
     let current = nix::sys::statvfs::statvfs(target)?.flags();
+    remount_keeping(target, current, flags)
+}
+
+/// [`remount`] of a mount whose flags are known to be `current`.
+fn remount_keeping(target: &Path, current: FsFlags, flags: RemountFlags) -> Result<(), Errno> {
     let mut ms = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
     for (has, flag) in [
         (current.contains(FsFlags::ST_RDONLY), MsFlags::MS_RDONLY),

@@ -155,6 +155,50 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
     Ok(Some(info))
 }
 
+/// The references of `path` from its record; `None` if the path is not valid. What a
+/// closure needs, without the rest of the record (the NAR hash, the deriver, the
+/// signatures) being decoded: a closure of a thousand paths reads a thousand records.
+pub fn references(store: &Store, path: &StorePath) -> Result<Option<BTreeSet<StorePath>>> {
+    // Borrowed from the text where no escape needs decoding (store paths have none).
+    #[derive(Deserialize)]
+    struct References<'a> {
+        #[serde(borrow)]
+        path: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        references: Vec<std::borrow::Cow<'a, str>>,
+    }
+    let file = record_path(store, path);
+    let text = match std::fs::read(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Io {
+                action: "read",
+                path: file,
+                source: e,
+            })
+        }
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| StoreError::CorruptMetadata {
+        path: file.clone(),
+        reason,
+    };
+    let json: References = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    let sd = store.store_dir();
+    let described = sd.parse_path(&json.path).map_err(|e| corrupt(e.to_string()))?;
+    if &described != path {
+        return Err(corrupt(format!("it describes `{}`", json.path)));
+    }
+    json.references
+        .iter()
+        .map(|r| sd.parse_path(r).map_err(|e| corrupt(e.to_string())))
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
 /// Writes the record of `info.path` atomically: the moment the path becomes valid.
 pub fn write(store: &Store, info: &ValidPathInfo) -> Result<()> {
     let file = record_path(store, &info.path);

@@ -452,9 +452,13 @@ impl Store {
             if seen.contains(&p) {
                 continue;
             }
-            let info = self.path_info(&p)?;
+            let references =
+                metadata::references(self, &p)?.ok_or_else(|| StoreError::NotValid {
+                    path: self.print(&p),
+                    root: self.root.clone(),
+                })?;
             todo.extend(
-                info.references
+                references
                     .iter()
                     .filter(|r| !seen.contains(*r))
                     .cloned(),
