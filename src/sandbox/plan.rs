@@ -401,7 +401,10 @@ pub(crate) fn plan(
             _ => None,
         };
         if let Some((dir, target, name)) = batched {
-            let at = match batches.iter().position(|b| b.dir == dir && b.target == target) {
+            let at = match batches
+                .iter()
+                .position(|b| b.dir == dir && b.target == target)
+            {
                 Some(at) => at,
                 None => {
                     batches.push(InputBatch {
@@ -1121,7 +1124,8 @@ mod tests {
     #[test]
     fn an_input_under_another_name_or_copied_is_bound_on_its_own() {
         let mut s = spec();
-        s.inputs.push(("/s/other/dddd-x".into(), "/nix/store/eeee-y".into()));
+        s.inputs
+            .push(("/s/other/dddd-x".into(), "/nix/store/eeee-y".into()));
         let p = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
         let ns = &p.namespace;
         let attach = position(ns, |s| {
@@ -1130,7 +1134,9 @@ mod tests {
                 target: "nix/store/eeee-y".into(),
             }
         });
-        assert!(matches!(&ns[attach + 1], Step::Remount { target, flags } if target == Path::new("nix/store/eeee-y") && flags.read_only));
+        assert!(
+            matches!(&ns[attach + 1], Step::Remount { target, flags } if target == Path::new("nix/store/eeee-y") && flags.read_only)
+        );
         assert!(ns.contains(&Step::DetachTree {
             source: "/s/other/dddd-x".into()
         }));
@@ -1141,7 +1147,10 @@ mod tests {
         // A directory copied in shuffled order (a check's variation) is not bound at all.
         s.variation.shuffled_order = true;
         let p = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
-        assert!(!p.namespace.iter().any(|s| matches!(s, Step::DetachTrees { .. })));
+        assert!(!p
+            .namespace
+            .iter()
+            .any(|s| matches!(s, Step::DetachTrees { .. })));
         assert!(p.namespace.contains(&Step::CopyTree {
             source: "/s/nix/store/aaaa-busybox".into(),
             target: "nix/store/aaaa-busybox".into(),

@@ -551,8 +551,8 @@ impl Step {
                 ctx.tree_batches.insert(dir.clone(), trees);
                 Ok(())
             }
-            Step::CreateMountPoints { dir, entries } => {
-                sys::create_mount_points(dir, entries).map_err(|(name, errno)| {
+            Step::CreateMountPoints { dir, entries } => sys::create_mount_points(dir, entries)
+                .map_err(|(name, errno)| {
                     ctx.failed_item = name.map(|(n, is_dir)| match is_dir {
                         true => Step::CreateDirectory {
                             path: dir.join(n),
@@ -561,8 +561,7 @@ impl Step {
                         false => Step::CreateFile { path: dir.join(n) },
                     });
                     errno
-                })
-            }
+                }),
             Step::AttachTrees {
                 source,
                 target,

@@ -9,7 +9,7 @@
 //! costs 1 to 3 ms here, which would be most of the cost of registering a small path.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -155,48 +155,86 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
     Ok(Some(info))
 }
 
-/// The references of `path` from its record; `None` if the path is not valid. What a
-/// closure needs, without the rest of the record (the NAR hash, the deriver, the
-/// signatures) being decoded: a closure of a thousand paths reads a thousand records.
-pub fn references(store: &Store, path: &StorePath) -> Result<Option<BTreeSet<StorePath>>> {
-    // Borrowed from the text where no escape needs decoding (store paths have none).
-    #[derive(Deserialize)]
-    struct References<'a> {
-        #[serde(borrow)]
-        path: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        references: Vec<std::borrow::Cow<'a, str>>,
+/// Reads the references of records, for closures: the record directory is looked up
+/// once, each record read with `openat` into one buffer, and only the references are
+/// decoded (borrowed from the text), not the NAR hash, the deriver or the signatures. A
+/// closure of a thousand paths reads a thousand records.
+pub struct ReferenceReader {
+    dir: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl ReferenceReader {
+    /// A reader of `store`'s records.
+    pub fn new(store: &Store) -> Result<ReferenceReader> {
+        use rustix::fs::{Mode, OFlags};
+        let db = store.db_dir();
+        let dir = rustix::fs::open(
+            &db,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::io("open", &db)(e.into()))?;
+        Ok(ReferenceReader {
+            dir,
+            buf: Vec::with_capacity(4096),
+        })
     }
-    let file = record_path(store, path);
-    let text = match std::fs::read(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(StoreError::Io {
-                action: "read",
-                path: file,
-                source: e,
-            })
+
+    /// The references of `path`; `None` if it is not valid.
+    pub fn references(
+        &mut self,
+        store: &Store,
+        path: &StorePath,
+    ) -> Result<Option<BTreeSet<StorePath>>> {
+        use rustix::fs::{Mode, OFlags};
+        // Store paths have no escape to decode: borrowed from the text.
+        #[derive(Deserialize)]
+        struct References<'a> {
+            #[serde(borrow)]
+            path: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            references: Vec<std::borrow::Cow<'a, str>>,
         }
-    };
-    if text.is_empty() {
-        return Ok(None);
+        let name = format!("{path}.json");
+        let io = |e: rustix::io::Errno| StoreError::io("read", record_path(store, path))(e.into());
+        let file = match rustix::fs::openat(
+            &self.dir,
+            &name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(f) => f,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        self.buf.clear();
+        // Through `Take`, not `File::read_to_end`, which would `statx` the file first.
+        std::io::Read::take(std::fs::File::from(file), u64::MAX)
+            .read_to_end(&mut self.buf)
+            .map_err(StoreError::io("read", record_path(store, path)))?;
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |reason: String| StoreError::CorruptMetadata {
+            path: record_path(store, path),
+            reason,
+        };
+        let json: References =
+            serde_json::from_slice(&self.buf).map_err(|e| corrupt(e.to_string()))?;
+        let sd = store.store_dir();
+        let described = sd
+            .parse_path(&json.path)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if &described != path {
+            return Err(corrupt(format!("it describes `{}`", json.path)));
+        }
+        json.references
+            .iter()
+            .map(|r| sd.parse_path(r).map_err(|e| corrupt(e.to_string())))
+            .collect::<Result<_>>()
+            .map(Some)
     }
-    let corrupt = |reason: String| StoreError::CorruptMetadata {
-        path: file.clone(),
-        reason,
-    };
-    let json: References = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
-    let sd = store.store_dir();
-    let described = sd.parse_path(&json.path).map_err(|e| corrupt(e.to_string()))?;
-    if &described != path {
-        return Err(corrupt(format!("it describes `{}`", json.path)));
-    }
-    json.references
-        .iter()
-        .map(|r| sd.parse_path(r).map_err(|e| corrupt(e.to_string())))
-        .collect::<Result<_>>()
-        .map(Some)
 }
 
 /// Writes the record of `info.path` atomically: the moment the path becomes valid.

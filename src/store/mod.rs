@@ -448,21 +448,18 @@ impl Store {
     ) -> Result<BTreeSet<StorePath>> {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<StorePath> = paths.into_iter().collect();
+        let mut reader = metadata::ReferenceReader::new(self)?;
         while let Some(p) = todo.pop() {
             if seen.contains(&p) {
                 continue;
             }
-            let references =
-                metadata::references(self, &p)?.ok_or_else(|| StoreError::NotValid {
+            let references = reader
+                .references(self, &p)?
+                .ok_or_else(|| StoreError::NotValid {
                     path: self.print(&p),
                     root: self.root.clone(),
                 })?;
-            todo.extend(
-                references
-                    .iter()
-                    .filter(|r| !seen.contains(*r))
-                    .cloned(),
-            );
+            todo.extend(references.iter().filter(|r| !seen.contains(*r)).cloned());
             seen.insert(p);
         }
         Ok(seen)
