@@ -196,6 +196,8 @@ fn write_drvs(ctx: &Context, store: &Store, lowered: &Lowered) -> Result<(), Cli
         }
         levels[level].push(node);
     }
+    // One shared GC lock for all the .drv files, not one each (see `GcShared`).
+    let _gc = store.lock_gc_shared()?;
     for level in &levels {
         crate::map_parallel(level, 8, |node| {
             store

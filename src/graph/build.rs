@@ -368,7 +368,7 @@ pub struct SandboxExecutor<'a> {
     /// The store's GC lock, shared, for the executor's lifetime: the spare scratch
     /// directories wait in `builds/` between builds, where another process opening an
     /// idle store would sweep them away.
-    _gc: FileLock,
+    _gc: crate::store::GcShared,
     /// The sandbox: with a zygote once [`Executor::prepare`] has run, else without.
     sandbox: std::sync::OnceLock<sandbox::Sandbox>,
 }

@@ -34,7 +34,7 @@ use crate::compat::{FileIngestionMethod, Hash, HashAlgo, StorePath};
 use crate::graph::build::{log_tail, BuildOptions, SandboxExecutor};
 use crate::graph::{outputs_valid, BuildOutcome, Executor, Reporter, Slot};
 use crate::model::Node;
-use crate::store::{self, FileLock, RestoreMode, Store, StoreError, ValidPathInfo};
+use crate::store::{self, RestoreMode, Store, StoreError, ValidPathInfo};
 
 /// The magic that starts every path of an export stream (`nix-store --export`).
 pub const EXPORT_MAGIC: u64 = 0x4558_494e;
@@ -176,7 +176,7 @@ struct Session<'a> {
     reporter: &'a dyn Reporter,
     client_version: u64,
     /// Taken by the first `QueryValidPaths` with `lock` (and `--write`), kept to the end.
-    gc_lock: Option<FileLock>,
+    gc_lock: Option<crate::store::GcShared>,
 }
 
 impl Session<'_> {

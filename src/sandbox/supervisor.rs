@@ -186,7 +186,7 @@ impl Sandbox {
         let ids = HostIds::resolve(spec.build_user)?;
         check_directories(spec, overlay)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
-        let mut plan = plan::plan(spec, &ids, &mut inspect_input, devpts, overlay)?;
+        let mut plan = plan::plan(spec, &ids, &mut input_inspector(), devpts, overlay)?;
         timing::report("sandbox: plan", t0);
         let t0 = Instant::now();
 
@@ -494,6 +494,29 @@ fn serialise(plan: &Plan) -> Result<Vec<u8>, SandboxError> {
     })?;
     request.push(b'\n');
     Ok(request)
+}
+
+/// `lstat` of each input's physical path, for the plan: relative to its directory, which
+/// is opened once for the inputs that follow each other in it (a closure's, all in the
+/// store), rather than looked up again for each.
+fn input_inspector() -> impl FnMut(&Path) -> Result<InputKind, Errno> {
+    let mut dir: Option<(PathBuf, OwnedFd)> = None;
+    move |path| {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return inspect_input(path);
+        };
+        if parent.as_os_str().is_empty() {
+            return inspect_input(path);
+        }
+        let fd = match &dir {
+            Some((p, fd)) if p == parent => fd,
+            _ => {
+                let fd = sys::open_directory_to_inspect(parent)?;
+                &dir.insert((parent.to_path_buf(), fd)).1
+            }
+        };
+        sys::inspect_entry(fd.as_fd(), name)
+    }
 }
 
 /// `lstat` of an input's physical path, for the plan.

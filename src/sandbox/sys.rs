@@ -665,6 +665,35 @@ fn open_directory(dir: &Path) -> Result<OwnedFd, Errno> {
     .map_err(rustix_errno)
 }
 
+/// `open` of a directory to inspect its entries with [`inspect_entry`].
+pub(crate) fn open_directory_to_inspect(dir: &Path) -> Result<OwnedFd, Errno> {
+    open_directory(dir)
+}
+
+/// What entry `name` of `dir` is, not following a symlink
+/// (`statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_TYPE)`), and a symlink's target
+/// (`readlinkat`): the kind of mount point an input needs, with its directory looked up
+/// once for all its entries.
+pub(crate) fn inspect_entry(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<super::plan::InputKind, Errno> {
+    use rustix::fs::{AtFlags, FileType, StatxFlags};
+    use std::os::unix::ffi::OsStringExt;
+    let st = rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
+        .map_err(rustix_errno)?;
+    Ok(match FileType::from_raw_mode(st.stx_mode.into()) {
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(dir, name, Vec::new()).map_err(rustix_errno)?;
+            super::plan::InputKind::Symlink(
+                std::ffi::OsString::from_vec(target.into_bytes()).into(),
+            )
+        }
+        FileType::Directory => super::plan::InputKind::Directory,
+        _ => super::plan::InputKind::File,
+    })
+}
+
 /// [`detach_tree`] of each `dir/name`, with `dir` looked up once
 /// (`open_tree(dirfd, name, …)`). On failure, the name that failed (`None`: `dir`).
 pub(crate) fn detach_trees<'a>(

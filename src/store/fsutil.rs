@@ -165,7 +165,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 pub struct Staging {
     dir: PathBuf,
     // Dropped after `drop` has removed the directory.
-    _gc: Option<super::FileLock>,
+    _gc: Option<super::GcShared>,
 }
 
 impl Staging {
@@ -180,7 +180,7 @@ impl Staging {
     }
 
     /// Creates a fresh staging directory under `tmp`, kept safe from sweeps by `gc`.
-    pub fn locked(tmp: &Path, gc: super::FileLock) -> Result<Staging> {
+    pub fn locked(tmp: &Path, gc: super::GcShared) -> Result<Staging> {
         let mut staging = Staging::new(tmp)?;
         staging._gc = Some(gc);
         Ok(staging)

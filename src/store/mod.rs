@@ -31,7 +31,7 @@ mod verify;
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 pub use cache::{
     push_to_binary_cache, CacheTransport, CacheUrl, PushOptions, PushReport, Uploaded, UrlParams,
@@ -206,7 +206,15 @@ pub struct Store {
     root: PathBuf,
     store_dir: StoreDir,
     observer: Arc<dyn Observer>,
+    /// The GC lock held shared, while any [`GcShared`] of this store (or a clone) lives.
+    gc_shared: Arc<Mutex<Weak<FileLock>>>,
 }
+
+/// The store's GC lock held shared (see [`Store::lock_gc_shared`]). Every guard of a
+/// store in this process holds the same lock: one `flock` for ten thousand `.drv` files
+/// added in a row, not one each.
+#[derive(Clone)]
+pub struct GcShared(#[allow(dead_code)] Arc<FileLock>);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +240,7 @@ impl Store {
             root,
             store_dir,
             observer,
+            gc_shared: Arc::new(Mutex::new(Weak::new())),
         };
         store.refuse_foreign_store()?;
         for dir in [
@@ -374,14 +383,20 @@ impl Store {
 
     /// Takes the GC lock shared: held by every operation that adds paths or uses them
     /// (builds), so the collector never deletes what they work with.
-    pub fn lock_gc_shared(&self) -> Result<FileLock> {
-        lock::lock(
+    pub fn lock_gc_shared(&self) -> Result<GcShared> {
+        let mut held = self.gc_shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = held.upgrade() {
+            return Ok(GcShared(lock));
+        }
+        let lock = Arc::new(lock::lock(
             &self.locks_dir().join("gc.lock"),
             LockKind::Shared,
             self.observer(),
             "the store (held alone by `store gc`, or by the clean-up of an interrupted \
              operation)",
-        )
+        )?);
+        *held = Arc::downgrade(&lock);
+        Ok(GcShared(lock))
     }
 
     fn lock_gc_exclusive(&self) -> Result<FileLock> {
@@ -596,14 +611,7 @@ impl Store {
         if let Some(info) = self.query_path_info(&path)? {
             return Ok(info);
         }
-        for r in references {
-            if !self.is_valid(r)? {
-                return Err(StoreError::MissingReference {
-                    path: self.print(&path),
-                    reference: self.print(r),
-                });
-            }
-        }
+        // (The references are checked once, under the path's lock, before it is valid.)
         let _gc = self.lock_gc_shared()?;
         // The file is staged directly in `tmp/` (no staging directory: one inode less to
         // create and delete per .drv); a leftover is swept like a staging directory.
@@ -1136,6 +1144,34 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
         assert!(nix_store.exists());
+    }
+
+    #[test]
+    fn the_shared_gc_lock_is_one_while_any_guard_lives_and_freed_with_the_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let clone = s.clone();
+        let first = s.lock_gc_shared().unwrap();
+        let second = clone.lock_gc_shared().unwrap();
+        assert!(
+            Arc::ptr_eq(&first.0, &second.0),
+            "one lock for the store and its clone"
+        );
+        // Another process's (here: another open file's) exclusive lock waits for it.
+        assert!(s.try_lock_gc_exclusive().unwrap().is_none());
+        drop(first);
+        assert!(
+            s.try_lock_gc_exclusive().unwrap().is_none(),
+            "a guard still lives"
+        );
+        drop(second);
+        let exclusive = s.try_lock_gc_exclusive().unwrap();
+        assert!(exclusive.is_some(), "the last guard freed the lock");
+        drop(exclusive);
+        // A new guard takes the lock again.
+        let third = s.lock_gc_shared().unwrap();
+        assert!(s.try_lock_gc_exclusive().unwrap().is_none());
+        drop(third);
     }
 
     #[test]

@@ -202,7 +202,9 @@ fn the_evaluation_cache_answers_only_while_nothing_it_read_changed() {
     assert_eq!(cached(), (first.clone(), true));
 
     let conf = proj.join("fragments/conf");
-    let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+    // What changes, and the change.
+    type Change<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
         (
             "a derivation file",
             Box::new(|| {
