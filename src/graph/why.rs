@@ -82,10 +82,18 @@ pub fn save<'a>(
     lowered: &Lowered,
     keys: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), StoreError> {
+    let nodes: Vec<_> = keys
+        .into_iter()
+        .filter_map(|k| lowered.nodes.get(k))
+        .collect();
+    if nodes.is_empty() {
+        // A no-op: nothing to record, and no derivation to read (they are parsed lazily).
+        return Ok(());
+    }
     let dir = store.root().join("nix/var/ksbuild/realisations");
     std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
     let producers = producers(store, lowered);
-    for node in keys.into_iter().filter_map(|k| lowered.nodes.get(k)) {
+    for node in nodes {
         let file = record_file(store, &node.key);
         let json = serde_json::to_vec_pretty(&Record::of(store, &producers, node))
             .map_err(|e| StoreError::Refused(e.to_string()))?;
