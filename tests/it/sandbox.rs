@@ -1285,7 +1285,7 @@ fn helper_long_build() {
     let f = Fixture::new();
     let mut b = f.build(&format!(
         "{RECORD_NS} $B sleep 1000 & $B setsid $B sleep 1000 </dev/null >/dev/null 2>&1 & $B sleep 0.2; \
-         echo \"${BUILD_TAG}\" > $out/tag; $B cp $out/ns $out/ns.ready; wait"
+         echo \"${BUILD_TAG}\" > $out/tag; $B cp $out/ns $out/ns.new; $B mv $out/ns.new $out/ns.ready; wait"
     ));
     b.spec.timeout = None;
     let _ = b.run();
@@ -1310,7 +1310,9 @@ fn killing_ksbuild_kills_the_build() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Find the build's namespace file: the helper's fixture lives under our TMPDIR.
+    // Find the build's namespace file: the helper's fixture lives under our TMPDIR. It
+    // appears by a rename, whole: a file found while `cp` was still writing it read as
+    // empty, and no process is in the namespace "" (the test failed so, once, under load).
     let deadline = Instant::now() + Duration::from_secs(20);
     let (ns, tag) = loop {
         let found = walk(dir.path())
