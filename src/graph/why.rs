@@ -34,7 +34,7 @@ pub struct Record {
 
 impl Record {
     /// The record of `node` as lowered now; `producers` maps printed output paths to the
-    /// nodes that make them ([`producers`]).
+    /// nodes that make them ([`producers`] of at least the node's dependencies).
     pub fn of(store: &Store, producers: &BTreeMap<String, String>, node: &Node) -> Record {
         let input_targets = node
             .inputs
@@ -52,11 +52,16 @@ impl Record {
     }
 }
 
-/// Printed output path → key of the node producing it.
-pub fn producers(store: &Store, lowered: &Lowered) -> BTreeMap<String, String> {
-    lowered
-        .nodes
-        .values()
+/// Printed output path → key of the node producing it, for the nodes `keys`. (Each
+/// node's derivation is parsed for its outputs: a record needs those of its node's
+/// dependencies only, not of the whole graph.)
+pub fn producers<'a>(
+    store: &Store,
+    lowered: &Lowered,
+    keys: impl IntoIterator<Item = &'a String>,
+) -> BTreeMap<String, String> {
+    keys.into_iter()
+        .filter_map(|k| lowered.nodes.get(k))
         .flat_map(|n| {
             n.drv
                 .outputs
@@ -87,12 +92,11 @@ pub fn save<'a>(
         .filter_map(|k| lowered.nodes.get(k))
         .collect();
     if nodes.is_empty() {
-        // A no-op: nothing to record, and no derivation to read (they are parsed lazily).
         return Ok(());
     }
     let dir = store.root().join("nix/var/ksbuild/realisations");
     std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
-    let producers = producers(store, lowered);
+    let producers = producers(store, lowered, nodes.iter().flat_map(|n| &n.deps));
     for node in nodes {
         let file = record_file(store, &node.key);
         let json = serde_json::to_vec_pretty(&Record::of(store, &producers, node))
@@ -153,7 +157,7 @@ pub struct Verdict {
 
 /// Compares `node` as lowered now with its last record.
 pub fn explain(store: &Store, lowered: &Lowered, node: &Node, up_to_date: bool) -> Verdict {
-    let now = Record::of(store, &producers(store, lowered), node);
+    let now = Record::of(store, &producers(store, lowered, &node.deps), node);
     let before = load(store, &node.key);
     let changes = before
         .as_ref()
@@ -389,7 +393,7 @@ pub fn changed_since(
             }
         }
     }
-    let producers = producers(store, lowered);
+    let producers = producers(store, lowered, lowered.nodes.keys());
     let name_of = |printed: &str| -> String {
         let base = printed.rsplit('/').next().unwrap_or(printed);
         base.split_once('-')

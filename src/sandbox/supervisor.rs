@@ -501,34 +501,19 @@ fn serialise(plan: &Plan) -> Result<Vec<u8>, SandboxError> {
 /// store), rather than looked up again for each.
 fn input_inspector() -> impl FnMut(&Path) -> Result<InputKind, Errno> {
     let mut dir: Option<(PathBuf, OwnedFd)> = None;
-    move |path| {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return inspect_input(path);
-        };
-        if parent.as_os_str().is_empty() {
-            return inspect_input(path);
+    move |path| match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            let fd = match &dir {
+                Some((p, fd)) if p == parent => fd,
+                _ => {
+                    &dir.insert((parent.to_path_buf(), sys::open_directory(parent)?))
+                        .1
+                }
+            };
+            sys::inspect_entry(fd.as_fd(), name)
         }
-        let fd = match &dir {
-            Some((p, fd)) if p == parent => fd,
-            _ => {
-                let fd = sys::open_directory_to_inspect(parent)?;
-                &dir.insert((parent.to_path_buf(), fd)).1
-            }
-        };
-        sys::inspect_entry(fd.as_fd(), name)
-    }
-}
-
-/// `lstat` of an input's physical path, for the plan.
-fn inspect_input(path: &Path) -> Result<InputKind, Errno> {
-    let meta = fs::symlink_metadata(path).map_err(|e| sys::io_errno(&e))?;
-    if meta.file_type().is_symlink() {
-        let target = fs::read_link(path).map_err(|e| sys::io_errno(&e))?;
-        Ok(InputKind::Symlink(target))
-    } else if meta.is_dir() {
-        Ok(InputKind::Directory)
-    } else {
-        Ok(InputKind::File)
+        // `/`, or a bare name: relative to the working directory.
+        _ => sys::inspect_entry(rustix::fs::CWD, path.as_os_str()),
     }
 }
 

@@ -655,7 +655,7 @@ pub(crate) fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> Result<(), Err
 pub(crate) type BatchError<T> = (Option<T>, Errno);
 
 /// `open(dir, O_PATH|O_DIRECTORY|O_CLOEXEC)`: a directory to look its entries up in.
-fn open_directory(dir: &Path) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_directory(dir: &Path) -> Result<OwnedFd, Errno> {
     use rustix::fs::{Mode, OFlags};
     rustix::fs::open(
         dir,
@@ -663,11 +663,6 @@ fn open_directory(dir: &Path) -> Result<OwnedFd, Errno> {
         Mode::empty(),
     )
     .map_err(rustix_errno)
-}
-
-/// `open` of a directory to inspect its entries with [`inspect_entry`].
-pub(crate) fn open_directory_to_inspect(dir: &Path) -> Result<OwnedFd, Errno> {
-    open_directory(dir)
 }
 
 /// What entry `name` of `dir` is, not following a symlink

@@ -1147,6 +1147,28 @@ mod tests {
     }
 
     #[test]
+    fn a_text_path_with_a_missing_reference_is_refused_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let missing = StorePath::from_base_name("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
+        let refs = BTreeSet::from([missing.clone()]);
+        let err = s.add_text("a.drv", b"Derive()", &refs).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::MissingReference { reference, .. } if reference.ends_with("-t1")),
+            "{err}"
+        );
+        let path = s
+            .store_dir()
+            .make_text_path("a.drv", &Hash::sha256(b"Derive()"), &refs)
+            .unwrap();
+        assert!(!s.is_valid(&path).unwrap());
+        assert!(!s.physical_path(&path).exists(), "nothing in the store");
+        let left: Vec<_> = std::fs::read_dir(s.tmp_dir()).unwrap().collect();
+        assert!(left.is_empty(), "no staged file left: {left:?}");
+        assert_eq!(std::fs::read_dir(s.pending_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn the_shared_gc_lock_is_one_while_any_guard_lives_and_freed_with_the_last() {
         let tmp = tempfile::tempdir().unwrap();
         let s = store(tmp.path());
