@@ -201,7 +201,7 @@ fn write_drvs(ctx: &Context, store: &Store, lowered: &Lowered) -> Result<(), Cli
     for level in &levels {
         crate::map_parallel(level, 8, |node| {
             store
-                .add_text(
+                .add_derivation(
                     node.drv_path.name(),
                     &node.drv.to_aterm(store.store_dir()),
                     &node.drv.references(),

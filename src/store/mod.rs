@@ -606,6 +606,30 @@ impl Store {
         contents: &[u8],
         references: &BTreeSet<StorePath>,
     ) -> Result<ValidPathInfo> {
+        self.add_text_as(name, contents, references, false)
+    }
+
+    /// Adds the `.drv` file `name`, the text `aterm` of a derivation whose references are
+    /// `references`: [`Store::add_text`], with a linked record ([`metadata::link`]), which
+    /// costs no inode. (A text that is not such a derivation's would read as a damaged
+    /// record, never as other metadata: reading a linked record checks it.)
+    pub fn add_derivation(
+        &self,
+        name: &str,
+        aterm: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<ValidPathInfo> {
+        debug_assert!(name.ends_with(".drv") && aterm.starts_with(b"Derive("));
+        self.add_text_as(name, aterm, references, true)
+    }
+
+    fn add_text_as(
+        &self,
+        name: &str,
+        contents: &[u8],
+        references: &BTreeSet<StorePath>,
+        linked: bool,
+    ) -> Result<ValidPathInfo> {
         let hash = Hash::sha256(contents);
         let path = self.store_dir.make_text_path(name, &hash, references)?;
         if let Some(info) = self.query_path_info(&path)? {
@@ -613,21 +637,6 @@ impl Store {
         }
         // (The references are checked once, under the path's lock, before it is valid.)
         let _gc = self.lock_gc_shared()?;
-        // The file is staged directly in `tmp/` (no staging directory: one inode less to
-        // create and delete per .drv); a leftover is swept like a staging directory.
-        let tmp = self.tmp_dir();
-        let staged = tempfile::Builder::new()
-            .prefix(&format!("stage-{}-", std::process::id()))
-            .make_in(&tmp, |p| {
-                fsutil::write_canonical_file(p, contents, false).map_err(|e| match e {
-                    StoreError::Io { source, .. } => source,
-                    other => std::io::Error::other(other),
-                })
-            })
-            .map_err(StoreError::io("create a staging file in", &tmp))?
-            .into_temp_path();
-        let target = staged.to_path_buf();
-        // The staged file holds exactly `contents`: its NAR is hashed from memory.
         let (nar_hash, nar_size) = dump::nar_hash_regular(contents);
         let info = ValidPathInfo {
             path,
@@ -640,7 +649,12 @@ impl Store {
             signatures: Vec::new(),
             ultimate: true,
         };
-        self.register_staged(&target, info)
+        let lock = self.lock_path(&info.path)?;
+        // Written in place, not staged and renamed: under the path's lock and its pending
+        // marker, a file cut short by a kill is a leftover like any other (one directory
+        // entry less to make and remove, and no rename across directories).
+        let place = |dest: &Path| fsutil::write_canonical_file(dest, contents, false);
+        self.register_locked(info, linked, &lock, place)
     }
 
     /// Registers a canonical tree at `staged` (on the store's filesystem) as `info.path`:
@@ -657,8 +671,21 @@ impl Store {
     pub fn register_staged_locked(
         &self,
         staged: &Path,
+        info: ValidPathInfo,
+        lock: &FileLock,
+    ) -> Result<ValidPathInfo> {
+        self.register_locked(info, false, lock, |dest| fsutil::move_sealed(staged, dest))
+    }
+
+    /// [`Store::register_staged_locked`], where `place` puts the contents at the store
+    /// entry it is given; with a linked record if `linked` (a `.drv` file from
+    /// [`Store::add_derivation`]) and one can be made.
+    fn register_locked(
+        &self,
         mut info: ValidPathInfo,
+        linked: bool,
         _lock: &FileLock,
+        place: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<ValidPathInfo> {
         if let Some(existing) = self.query_path_info(&info.path)? {
             return Ok(existing);
@@ -679,14 +706,21 @@ impl Store {
             fsutil::remove_tree(&dest)?;
             self.observer.recovered(&dest);
         }
-        fsutil::move_sealed(staged, &dest)?;
+        if let Err(e) = place(&dest) {
+            // Nothing half-placed is kept (it is invalid, but why wait for a sweep).
+            let _ = fsutil::remove_tree(&dest);
+            let _ = std::fs::remove_file(&marker);
+            return Err(e);
+        }
         if info.registration_time == 0 {
             info.registration_time = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
         }
-        metadata::write(self, &info)?;
+        if !(linked && metadata::link(self, &info.path)) {
+            metadata::write(self, &info)?;
+        }
         std::fs::remove_file(&marker).map_err(StoreError::io("remove", &marker))?;
         Ok(info)
     }
@@ -1166,6 +1200,91 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(s.tmp_dir()).unwrap().collect();
         assert!(left.is_empty(), "no staged file left: {left:?}");
         assert_eq!(std::fs::read_dir(s.pending_dir()).unwrap().count(), 0);
+    }
+
+    /// A `.drv` text naming `source`, and its references.
+    fn derivation_text(s: &Store, source: &StorePath) -> (String, BTreeSet<StorePath>) {
+        let text = format!(
+            "Derive([(\"out\",\"/nix/store/70jzzwfcc6lp7w8f91acm19j5q6n839a-a\",\"\",\"\")],\
+             [],[\"{}\"],\"x86_64-linux\",\"/bin/sh\",[],[(\"name\",\"a\")])",
+            s.print(source)
+        );
+        (text, BTreeSet::from([source.clone()]))
+    }
+
+    #[test]
+    fn a_derivation_s_record_is_a_link_to_its_file_and_reads_as_its_json_record_would() {
+        use std::os::unix::fs::MetadataExt;
+        let (tmp, json_tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (s, json_store) = (store(tmp.path()), store(json_tmp.path()));
+        let source = s.add_text("src", b"x", &BTreeSet::new()).unwrap().path;
+        json_store.add_text("src", b"x", &BTreeSet::new()).unwrap();
+        let (text, refs) = derivation_text(&s, &source);
+        let added = s.add_derivation("a.drv", text.as_bytes(), &refs).unwrap();
+        let path = added.path.clone();
+        let record = metadata::record_path(&s, &path);
+        let inode = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+        assert_eq!(
+            inode(&record),
+            inode(&s.physical_path(&path)),
+            "the record is the file"
+        );
+        // Everything a JSON record of the same text says, but the time of registration.
+        let from_json = json_store
+            .add_text("a.drv", text.as_bytes(), &refs)
+            .unwrap();
+        assert!(std::fs::read(metadata::record_path(&json_store, &path))
+            .unwrap()
+            .starts_with(b"{"));
+        let read = s.query_path_info(&path).unwrap().unwrap();
+        let untimed = |i: &ValidPathInfo| ValidPathInfo {
+            registration_time: 0,
+            ..i.clone()
+        };
+        assert_eq!(untimed(&read), untimed(&from_json));
+        assert_eq!(untimed(&read), untimed(&added));
+        assert!(read.registration_time > 0);
+        let mut reader = metadata::ReferenceReader::new(&s).unwrap();
+        assert_eq!(reader.references(&s, &path).unwrap(), Some(refs.clone()));
+        // Changed in place (the record with it): a damaged record, not other metadata.
+        let file = s.physical_path(&path);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&file, text.replace("/bin/sh", "/bin/xx")).unwrap();
+        for err in [
+            s.query_path_info(&path).unwrap_err(),
+            reader.references(&s, &path).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, StoreError::CorruptMetadata { reason, .. } if reason.contains("not this path's")),
+                "{err}"
+            );
+        }
+        // The collector deletes both names of it.
+        std::fs::write(&file, &text).unwrap();
+        assert!(s.is_valid(&path).unwrap());
+        s.collect_garbage(false).unwrap();
+        assert!(!s.is_valid(&path).unwrap());
+        assert!(!record.exists() && !file.exists());
+    }
+
+    #[test]
+    fn a_derivation_gets_a_json_record_where_no_link_can_be_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let source = s.add_text("src", b"x", &BTreeSet::new()).unwrap().path;
+        let (text, refs) = derivation_text(&s, &source);
+        let path = s
+            .store_dir()
+            .make_text_path("a.drv", &Hash::sha256(text.as_bytes()), &refs)
+            .unwrap();
+        // An empty record, as a power loss can leave: the path is not valid, and the record
+        // is in the way of a link.
+        let record = metadata::record_path(&s, &path);
+        std::fs::write(&record, b"").unwrap();
+        assert!(!s.is_valid(&path).unwrap());
+        let added = s.add_derivation("a.drv", text.as_bytes(), &refs).unwrap();
+        assert_eq!(s.query_path_info(&path).unwrap(), Some(added));
+        assert!(std::fs::read(&record).unwrap().starts_with(b"{"));
     }
 
     #[test]
