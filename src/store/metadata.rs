@@ -156,7 +156,8 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
     };
     if is_linked(&text) {
         let references = linked_references(store, path, &text).map_err(corrupt)?;
-        // Registered when the link was made: the last change of the file's link count.
+        // Registered when the link was made: the inode's change time (nothing changes a
+        // store file's inode after that, but damage).
         let registered = std::fs::symlink_metadata(&file)
             .map_err(StoreError::io("inspect", &file))?
             .ctime();
