@@ -458,7 +458,16 @@ fn a_fork_bomb_is_held_at_the_default_process_limit_and_dies_with_its_build() {
                 namespaces.entry(name).or_insert(ns);
             }
         }
-        peak = peak.max(processes_of_build(&namespaces, &marker).len());
+        // A scan of `/proc` is slow with thousands of processes, and no snapshot: a slot
+        // freed during it can go to a new process that it also counts. So only those
+        // still there (running or a zombie: both count against the limit) right after it,
+        // in one quick pass, are counted; what is born during that pass is the error left.
+        let found = processes_of_build(&namespaces, &marker);
+        let still_there = found
+            .iter()
+            .filter(|pid| fs::symlink_metadata(format!("/proc/{pid}")).is_ok())
+            .count();
+        peak = peak.max(still_there);
         // The machine stays usable: this test can start a process while the bomb runs.
         let t0 = Instant::now();
         let spawned = Command::new("/bin/true").status();
@@ -485,11 +494,11 @@ fn a_fork_bomb_is_held_at_the_default_process_limit_and_dies_with_its_build() {
     let left = processes_of_build(&namespaces, &marker);
     assert_eq!(left, Vec::<u32>::new(), "processes of the bomb outlived it");
     assert_eq!(namespaces.len(), 1, "{:?}", namespaces.keys());
-    // The kernel holds the build at `limit` exactly, but a scan of `/proc` is no snapshot:
-    // while it runs, a reaped process's slot can go to a new one that it also counts, and
-    // the slower the scan (a loaded machine), the more. Unbounded, the bomb goes on to
-    // `kernel.pid_max` (or is stopped at twice the limit): 5% over still tells the two apart
-    // (1% failed once with two other builds and QEMU on the machine's 2 cores).
+    // The kernel holds the build at `limit` exactly; the count above can still be a little
+    // over it (see there). Unbounded, the bomb goes on to `kernel.pid_max` (or is stopped
+    // at twice the limit): 5% over still tells the two apart. (Counting the whole scan
+    // failed at 1% with two other builds and QEMU on the machine's 2 cores, and once at
+    // 6.3%, 4,356, in CI's root phase.)
     assert!(
         peak <= limit + limit / 20,
         "{peak} processes at once, above the default limit of {limit}"
