@@ -161,12 +161,8 @@ pub fn read(store: &Store, path: &StorePath) -> Result<Option<ValidPathInfo>> {
         let registered = std::fs::symlink_metadata(&file)
             .map_err(StoreError::io("inspect", &file))?
             .ctime();
-        return Ok(Some(linked_info(
-            path.clone(),
-            &text,
-            references,
-            registered,
-        )));
+        let registered = registered.max(0) as u64;
+        return Ok(Some(text_info(path.clone(), &text, references, registered)));
     }
     let json: PathInfoJson = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
     let info = ValidPathInfo::from_json(store, json).map_err(corrupt)?;
@@ -294,13 +290,15 @@ pub fn link(store: &Store, path: &StorePath) -> bool {
     std::fs::hard_link(store.physical_path(path), record_path(store, path)).is_ok()
 }
 
-/// The record of a text path added by [`link`], read back.
-fn linked_info(
+/// The record of the text path `path` holding `text`: what [`super::Store::add_text`]
+/// writes, and what a linked record reads as.
+pub(crate) fn text_info(
     path: StorePath,
     text: &[u8],
     references: BTreeSet<StorePath>,
-    registered: i64,
+    registration_time: u64,
 ) -> ValidPathInfo {
+    // A text is one regular file: its NAR is hashed from memory.
     let (nar_hash, nar_size) = super::dump::nar_hash_regular(text);
     ValidPathInfo {
         path,
@@ -309,7 +307,7 @@ fn linked_info(
         references,
         deriver: None,
         ca: Some(format!("text:sha256:{}", Hash::sha256(text).to_nix32())),
-        registration_time: registered.max(0) as u64,
+        registration_time,
         signatures: Vec::new(),
         ultimate: true,
     }

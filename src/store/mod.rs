@@ -637,18 +637,7 @@ impl Store {
         }
         // (The references are checked once, under the path's lock, before it is valid.)
         let _gc = self.lock_gc_shared()?;
-        let (nar_hash, nar_size) = dump::nar_hash_regular(contents);
-        let info = ValidPathInfo {
-            path,
-            nar_hash,
-            nar_size,
-            references: references.clone(),
-            deriver: None,
-            ca: Some(format!("text:sha256:{}", hash.to_nix32())),
-            registration_time: 0,
-            signatures: Vec::new(),
-            ultimate: true,
-        };
+        let info = metadata::text_info(path, contents, references.clone(), 0);
         let lock = self.lock_path(&info.path)?;
         // Written in place, not staged and renamed: under the path's lock and its pending
         // marker, a file cut short by a kill is a leftover like any other (one directory
