@@ -307,6 +307,22 @@ fn sigterm_stops_the_remote_build() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
+    // Its log streams here as it comes (`-L`): the marker reaches ksbuild's stderr through
+    // Nix's log, `ssh` and ksbuild, some time after the builder starts, so the signal waits
+    // for both.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
     let builds = || {
         let out = Command::new("pgrep")
             .args(["-f", &format!("{marker} ended")])
@@ -317,10 +333,11 @@ fn sigterm_stops_the_remote_build() {
             .count()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while builds() == 0 {
+    while builds() == 0 || !log.lock().unwrap().contains(&marker) {
         assert!(
             Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "the remote build never started"
+            "the remote build never started or its log never streamed here: {}",
+            log.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -330,10 +347,6 @@ fn sigterm_stops_the_remote_build() {
     )
     .unwrap();
     let _ = child.wait();
-    // Its log streamed here as it came (`-L`).
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains(&marker), "{stderr}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while builds() > 0 {
         assert!(
