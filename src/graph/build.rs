@@ -371,6 +371,8 @@ pub struct SandboxExecutor<'a> {
     _gc: crate::store::GcShared,
     /// The sandbox: with a zygote once [`Executor::prepare`] has run, else without.
     sandbox: std::sync::OnceLock<sandbox::Sandbox>,
+    /// The references of the input closures' paths, read once (`_gc` keeps them valid).
+    references: crate::store::ReferenceCache,
 }
 
 impl<'a> SandboxExecutor<'a> {
@@ -385,6 +387,7 @@ impl<'a> SandboxExecutor<'a> {
             spare: Mutex::new(Vec::new()),
             _gc: store.lock_gc_shared()?,
             sandbox: std::sync::OnceLock::new(),
+            references: Default::default(),
         })
     }
 
@@ -493,7 +496,7 @@ impl SandboxExecutor<'_> {
             }
         }
         store
-            .closure(roots)
+            .closure_cached(roots, &self.references)
             .map_err(|e| failure(format!("input closure: {e}")))
     }
 

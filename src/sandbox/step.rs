@@ -167,8 +167,9 @@ pub enum Step {
         entries: Vec<(String, bool)>,
     },
     /// [`Step::AttachTree`] of each tree [`Step::DetachTrees`] took from `source` onto
-    /// the same name in `target`, then [`Step::Remount`] of each with `flags` (keeping
-    /// the flags its tree came with): `target` looked up once.
+    /// the same name in `target`, each restricted with `flags` before (`mount_setattr` of
+    /// the detached tree, which adds them to the flags it came with; a failure is
+    /// reported as the [`Step::Remount`] of that mount point): `target` looked up once.
     AttachTrees {
         /// The host directory the trees were taken from.
         source: PathBuf,
@@ -414,7 +415,7 @@ impl fmt::Display for Step {
                 flags,
             } => write!(
                 f,
-                "bind the entries taken from `{}` onto `{}` (move_mount) and remount them {flags}",
+                "bind the entries taken from `{}` onto `{}` {flags} (mount_setattr, move_mount)",
                 source.display(),
                 target.display()
             ),
@@ -569,7 +570,7 @@ impl Step {
             } => {
                 let trees = ctx.tree_batches.remove(source).ok_or(Errno::EBADF)?;
                 sys::attach_trees(&trees, target, *flags).map_err(|(failure, errno)| {
-                    ctx.failed_item = failure.map(|(name, attached)| match attached {
+                    ctx.failed_item = failure.map(|(name, restricting)| match restricting {
                         false => Step::AttachTree {
                             source: source.join(name),
                             target: target.join(name),

@@ -737,9 +737,9 @@ pub(crate) fn create_mount_points<'a>(
 }
 
 /// [`attach_tree`] of each `(name, tree)` onto `target/name`, with `target` looked up
-/// once, then [`remount`] of each with `flags` added to the flags its tree came with
-/// (`fstatvfs` of the tree, no lookup). On failure, the name that failed and whether it
-/// was attached (the remount failed) or not (`None`: `target`).
+/// once, each tree restricted with `flags` first ([`restrict_tree`]: one syscall, on the
+/// detached tree, no lookup). On failure, the name that failed and whether it was its
+/// restriction (`true`) or its attach (`false`) that failed (`None`: `target`).
 pub(crate) fn attach_trees<'a>(
     trees: &'a [(String, OwnedFd)],
     target: &Path,
@@ -748,9 +748,7 @@ pub(crate) fn attach_trees<'a>(
     use rustix::mount::MoveMountFlags;
     let dirfd = open_directory(target).map_err(|e| (None, e))?;
     for (name, tree) in trees {
-        let current = nix::sys::statvfs::fstatvfs(tree)
-            .map_err(|e| (Some((name.as_str(), false)), e))?
-            .flags();
+        restrict_tree(tree.as_fd(), flags).map_err(|e| (Some((name.as_str(), true)), e))?;
         rustix::mount::move_mount(
             tree.as_fd(),
             "",
@@ -759,10 +757,58 @@ pub(crate) fn attach_trees<'a>(
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
         )
         .map_err(|e| (Some((name.as_str(), false)), rustix_errno(e)))?;
-        remount_keeping(&target.join(name), current, flags)
-            .map_err(|e| (Some((name.as_str(), true)), e))?;
     }
     Ok(())
+}
+
+/// [`mount_setattr(2)`](https://man7.org/linux/man-pages/man2/mount_setattr.2.html) of the
+/// mount `tree` (a tree detached by `open_tree`, not yet attached): sets the attributes of
+/// `flags` and leaves every other one as it is (a flag locked by a more privileged mount
+/// namespace is never dropped, since none is cleared). Linux 5.12 or later.
+fn restrict_tree(tree: BorrowedFd<'_>, flags: RemountFlags) -> Result<(), Errno> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+    /// `struct mount_attr` of `<linux/mount.h>` (`MOUNT_ATTR_SIZE_VER0`).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let mut attr_set = 0;
+    for (has, bit) in [
+        (flags.read_only, MOUNT_ATTR_RDONLY),
+        (flags.nosuid, MOUNT_ATTR_NOSUID),
+        (flags.nodev, MOUNT_ATTR_NODEV),
+        (flags.noexec, MOUNT_ATTR_NOEXEC),
+    ] {
+        if has {
+            attr_set |= bit;
+        }
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr(2) reads `size_of::<MountAttr>()` bytes from a live
+    // `MountAttr` laid out as the kernel's `struct mount_attr`; the path is a static empty
+    // C string, resolved against `tree` by `AT_EMPTY_PATH`.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH as nix::libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
 }
 
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)

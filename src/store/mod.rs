@@ -461,19 +461,43 @@ impl Store {
         &self,
         paths: impl IntoIterator<Item = StorePath>,
     ) -> Result<BTreeSet<StorePath>> {
+        self.closure_cached(paths, &ReferenceCache::default())
+    }
+
+    /// [`Store::closure`], reading the references of each path from `cache`, and into it
+    /// the first time: the closures of many builds in one process read each record once.
+    pub fn closure_cached(
+        &self,
+        paths: impl IntoIterator<Item = StorePath>,
+        cache: &ReferenceCache,
+    ) -> Result<BTreeSet<StorePath>> {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<StorePath> = paths.into_iter().collect();
-        let mut reader = metadata::ReferenceReader::new(self)?;
+        let mut known = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reader = None;
         while let Some(p) = todo.pop() {
             if seen.contains(&p) {
                 continue;
             }
-            let references = reader
-                .references(self, &p)?
-                .ok_or_else(|| StoreError::NotValid {
-                    path: self.print(&p),
-                    root: self.root.clone(),
-                })?;
+            let references = match known.get(&p) {
+                Some(references) => references.clone(),
+                None => {
+                    let reader = match &mut reader {
+                        Some(reader) => reader,
+                        None => reader.insert(metadata::ReferenceReader::new(self)?),
+                    };
+                    let references: Arc<[StorePath]> = reader
+                        .references(self, &p)?
+                        .ok_or_else(|| StoreError::NotValid {
+                            path: self.print(&p),
+                            root: self.root.clone(),
+                        })?
+                        .into_iter()
+                        .collect();
+                    known.insert(p.clone(), references.clone());
+                    references
+                }
+            };
             todo.extend(references.iter().filter(|r| !seen.contains(*r)).cloned());
             seen.insert(p);
         }
@@ -808,6 +832,13 @@ impl Store {
     }
 }
 
+/// The references of valid paths already read, for [`Store::closure_cached`]. Sound only
+/// while nothing can delete those paths — a path's references never change while it is
+/// valid — so its holder holds the store's GC lock (as a build executor does for its
+/// lifetime); a path made invalid and valid again could have other references.
+#[derive(Default)]
+pub struct ReferenceCache(Mutex<std::collections::HashMap<StorePath, Arc<[StorePath]>>>);
+
 /// The byte of `locks/paths.lock` that locks `path`: the hash part is already uniformly
 /// distributed, so its first 8 bytes will do.
 fn path_lock_offset(path: &StorePath) -> u64 {
@@ -836,6 +867,12 @@ mod tests {
 
     fn store(dir: &Path) -> Store {
         Store::open(&dir.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap()
+    }
+
+    /// A text path `name` whose contents are its name, referring to `refs`.
+    fn add_named_text(s: &Store, name: &str, refs: &[&StorePath]) -> StorePath {
+        let refs: BTreeSet<StorePath> = refs.iter().map(|r| (*r).clone()).collect();
+        s.add_text(name, name.as_bytes(), &refs).unwrap().path
     }
 
     #[test]
@@ -1305,13 +1342,40 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_closure_equals_the_closure_and_reads_each_record_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let add = |name: &str, refs: &[&StorePath]| add_named_text(&s, name, refs);
+        let base = add("base", &[]);
+        let left = add("left", &[&base]);
+        let right = add("right", &[&base]);
+        let top = add("top", &[&left, &right]);
+        let other = add("other", &[]);
+        let cache = ReferenceCache::default();
+        for roots in [vec![top.clone()], vec![left.clone(), other.clone()]] {
+            assert_eq!(
+                s.closure_cached(roots.clone(), &cache).unwrap(),
+                s.closure(roots).unwrap()
+            );
+        }
+        assert_eq!(
+            s.closure([top.clone()]).unwrap(),
+            BTreeSet::from([base.clone(), left, right, top.clone()])
+        );
+        // With the records gone, the cache still answers for what it has read, and an
+        // unread path is still refused as invalid.
+        std::fs::rename(s.db_dir(), tmp.path().join("db-away")).unwrap();
+        assert_eq!(s.closure_cached([top.clone()], &cache).unwrap().len(), 4);
+        assert!(s.closure([top]).is_err());
+        let unread = StorePath::from_base_name("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1").unwrap();
+        assert!(s.closure_cached([unread], &cache).is_err());
+    }
+
+    #[test]
     fn gc_keeps_roots_closures_and_deletes_referrers_first() {
         let tmp = tempfile::tempdir().unwrap();
         let s = store(tmp.path());
-        let add = |name: &str, refs: &[&StorePath]| {
-            let refs: BTreeSet<StorePath> = refs.iter().map(|r| (*r).clone()).collect();
-            s.add_text(name, name.as_bytes(), &refs).unwrap().path
-        };
+        let add = |name: &str, refs: &[&StorePath]| add_named_text(&s, name, refs);
         let base = add("base", &[]);
         let mid = add("mid", &[&base]);
         let top = add("top", &[&mid]);
