@@ -171,7 +171,7 @@ impl Session {
         self.u64(0); // signatures
         self.string(&nar.ca);
         let bytes = nar.nar.clone();
-        self.w().write_all(&bytes).unwrap();
+        sent(self.w().write_all(&bytes));
         self.flush();
     }
 
@@ -187,14 +187,15 @@ impl Session {
         self.u64(Cmd::BuildDerivation as u64);
         self.string(&sd.display(drv_path));
         let inputs = drv.input_sources.clone();
-        wire::write_basic_derivation(self.w(), drv, &inputs, &sd).unwrap();
-        BuildSettings {
-            max_silent_time: 60,
-            build_timeout: 120,
-            ..Default::default()
-        }
-        .write(self.w())
-        .unwrap();
+        sent(wire::write_basic_derivation(self.w(), drv, &inputs, &sd));
+        sent(
+            BuildSettings {
+                max_silent_time: 60,
+                build_timeout: 120,
+                ..Default::default()
+            }
+            .write(self.w()),
+        );
         self.flush();
         let version = self.version;
         BuildResult::read(&mut self.stdout, version)
@@ -204,8 +205,8 @@ impl Session {
     /// `BuildPaths`: 0, or the failure's status and message.
     fn build_paths(&mut self, paths: &[String]) -> (u64, String) {
         self.u64(Cmd::BuildPaths as u64);
-        wire::write_strings(self.w(), paths).unwrap();
-        BuildSettings::default().write(self.w()).unwrap();
+        sent(wire::write_strings(self.w(), paths));
+        sent(BuildSettings::default().write(self.w()));
         self.flush();
         match self.read_u64() {
             0 => (0, String::new()),
@@ -250,7 +251,7 @@ impl Session {
 
     fn import(&mut self, stream: &[u8]) -> u64 {
         self.u64(Cmd::ImportPaths as u64);
-        self.w().write_all(stream).unwrap();
+        sent(self.w().write_all(stream));
         self.flush();
         self.read_u64()
     }
