@@ -24,7 +24,9 @@
 //!    layer `root_dir`, work directory beside it — overlayfs wants them on one mount, and
 //!    works on them with the build user's filesystem ids, which PID 1 has by then), and the
 //!    temporary bind is detached and its mount point removed. The detached trees
-//!    are attached (`move_mount`) and remounted — inputs and devices read-only —, then
+//!    are attached (`move_mount`) read-only — a store directory's inputs restricted before
+//!    (`mount_setattr` of each detached tree), the rest remounted after, as are the
+//!    devices —, then
 //!    `/dev/shm`, `/dev/pts` and a fresh `/proc` for the new PID namespace are mounted;
 //! 3. **`pivot_root(".", ".")`** and detach the old root: from here no path leads to the
 //!    host's filesystem, and the mounts inherited from the host are locked;
