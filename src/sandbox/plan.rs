@@ -678,6 +678,7 @@ pub(crate) fn plan(
             source: b.dir,
             target: b.target,
             flags: input_flags,
+            restrict_detached: true,
         });
     }
     if variation.shuffled_order {
@@ -1005,7 +1006,8 @@ mod tests {
                     nosuid: true,
                     nodev: true,
                     noexec: false
-                }
+                },
+                restrict_detached: true,
             }]
         );
         // Every attached input is followed by its read-only remount.

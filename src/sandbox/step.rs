@@ -167,9 +167,9 @@ pub enum Step {
         entries: Vec<(String, bool)>,
     },
     /// [`Step::AttachTree`] of each tree [`Step::DetachTrees`] took from `source` onto
-    /// the same name in `target`, each restricted with `flags` before (`mount_setattr` of
-    /// the detached tree, which adds them to the flags it came with; a failure is
-    /// reported as the [`Step::Remount`] of that mount point): `target` looked up once.
+    /// the same name in `target`, each restricted with `flags` (added to the flags it came
+    /// with; a failure is reported as the [`Step::Remount`] of that mount point): `target`
+    /// looked up once.
     AttachTrees {
         /// The host directory the trees were taken from.
         source: PathBuf,
@@ -177,6 +177,10 @@ pub enum Step {
         target: PathBuf,
         /// The restrictions to add to each.
         flags: RemountFlags,
+        /// Whether to restrict each tree before it is attached (`mount_setattr`, Linux
+        /// 5.12); else, or where the kernel has no `mount_setattr` (`ENOSYS`), each is
+        /// remounted after it is attached, keeping the flags it came with (`fstatvfs`).
+        restrict_detached: bool,
     },
     /// `setfsgid(2)`, `setfsuid(2)`: files created from here on (the skeleton of the new
     /// root) belong to the build user, as in Nix; capabilities are kept.
@@ -413,11 +417,16 @@ impl fmt::Display for Step {
                 source,
                 target,
                 flags,
+                restrict_detached,
             } => write!(
                 f,
-                "bind the entries taken from `{}` onto `{}` {flags} (mount_setattr, move_mount)",
+                "bind the entries taken from `{}` onto `{}` {flags} ({})",
                 source.display(),
-                target.display()
+                target.display(),
+                match restrict_detached {
+                    true => "mount_setattr, move_mount",
+                    false => "move_mount, remount",
+                }
             ),
             Step::SetFilesystemIds { uid, gid } => write!(f, "setfsgid {gid}, setfsuid {uid}"),
             Step::Remount { target, flags } => {
@@ -567,21 +576,24 @@ impl Step {
                 source,
                 target,
                 flags,
+                restrict_detached,
             } => {
                 let trees = ctx.tree_batches.remove(source).ok_or(Errno::EBADF)?;
-                sys::attach_trees(&trees, target, *flags).map_err(|(failure, errno)| {
-                    ctx.failed_item = failure.map(|(name, restricting)| match restricting {
-                        false => Step::AttachTree {
-                            source: source.join(name),
-                            target: target.join(name),
-                        },
-                        true => Step::Remount {
-                            target: target.join(name),
-                            flags: *flags,
-                        },
-                    });
-                    errno
-                })
+                sys::attach_trees(&trees, target, *flags, *restrict_detached).map_err(
+                    |(failure, errno)| {
+                        ctx.failed_item = failure.map(|(name, restricting)| match restricting {
+                            false => Step::AttachTree {
+                                source: source.join(name),
+                                target: target.join(name),
+                            },
+                            true => Step::Remount {
+                                target: target.join(name),
+                                flags: *flags,
+                            },
+                        });
+                        errno
+                    },
+                )
             }
             Step::SetFilesystemIds { uid, gid } => sys::set_filesystem_ids(*uid, *gid),
             Step::Remount { target, flags } => sys::remount(target, *flags),

@@ -187,6 +187,17 @@ impl Sandbox {
         check_directories(spec, overlay)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
         let mut plan = plan::plan(spec, &ids, &mut input_inspector(), devpts, overlay)?;
+        if std::env::var_os("KSBUILD_SANDBOX_NO_MOUNT_SETATTR").is_some_and(|v| v == "1") {
+            // As on a kernel without `mount_setattr` (before 5.12): remount each input.
+            for step in &mut plan.namespace {
+                if let Step::AttachTrees {
+                    restrict_detached, ..
+                } = step
+                {
+                    *restrict_detached = false;
+                }
+            }
+        }
         timing::report("sandbox: plan", t0);
         let t0 = Instant::now();
 

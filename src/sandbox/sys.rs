@@ -737,18 +737,37 @@ pub(crate) fn create_mount_points<'a>(
 }
 
 /// [`attach_tree`] of each `(name, tree)` onto `target/name`, with `target` looked up
-/// once, each tree restricted with `flags` first ([`restrict_tree`]: one syscall, on the
-/// detached tree, no lookup). On failure, the name that failed and whether it was its
-/// restriction (`true`) or its attach (`false`) that failed (`None`: `target`).
+/// once, each tree restricted with `flags`: before it is attached with `restrict_detached`
+/// ([`restrict_tree`]: one syscall, on the detached tree, no lookup), else — or once the
+/// kernel has answered `ENOSYS` (before Linux 5.12) — after, with [`remount`] keeping the
+/// flags it came with (`fstatvfs` of the tree). On failure, the name that failed and
+/// whether it was its restriction (`true`) or its attach (`false`) (`None`: `target`).
 pub(crate) fn attach_trees<'a>(
     trees: &'a [(String, OwnedFd)],
     target: &Path,
     flags: RemountFlags,
+    restrict_detached: bool,
 ) -> Result<(), BatchError<(&'a str, bool)>> {
     use rustix::mount::MoveMountFlags;
     let dirfd = open_directory(target).map_err(|e| (None, e))?;
+    let mut detached = restrict_detached;
     for (name, tree) in trees {
-        restrict_tree(tree.as_fd(), flags).map_err(|e| (Some((name.as_str(), true)), e))?;
+        let restricting = |e| (Some((name.as_str(), true)), e);
+        if detached {
+            match restrict_tree(tree.as_fd(), flags) {
+                Ok(()) => {}
+                Err(Errno::ENOSYS) => detached = false,
+                Err(e) => return Err(restricting(e)),
+            }
+        }
+        let current = match detached {
+            true => None,
+            false => Some(
+                nix::sys::statvfs::fstatvfs(tree)
+                    .map_err(restricting)?
+                    .flags(),
+            ),
+        };
         rustix::mount::move_mount(
             tree.as_fd(),
             "",
@@ -757,6 +776,9 @@ pub(crate) fn attach_trees<'a>(
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
         )
         .map_err(|e| (Some((name.as_str(), false)), rustix_errno(e)))?;
+        if let Some(current) = current {
+            remount_keeping(&target.join(name), current, flags).map_err(restricting)?;
+        }
     }
     Ok(())
 }

@@ -1641,8 +1641,11 @@ fn keys_that_lower_to_one_derivation_are_fetched_once() {
 /// Issue 17: a build sees exactly its closure in the store, no more and no less, for a
 /// closure of hundreds of paths (a chain of 300 derivations, each mentioning the one
 /// before), both with the store directory's overlay and with the mount points on disk
-/// (`KSBUILD_SANDBOX_NO_OVERLAY=1`, as where the kernel refuses an unprivileged overlay);
-/// and a path of the store outside its closure, known by name, cannot be reached.
+/// (`KSBUILD_SANDBOX_NO_OVERLAY=1`, as where the kernel refuses an unprivileged overlay),
+/// and with the inputs remounted rather than restricted before they are attached
+/// (`KSBUILD_SANDBOX_NO_MOUNT_SETATTR=1`, as before Linux 5.12); every input is read-only,
+/// nosuid and nodev; and a path of the store outside its closure, known by name, cannot
+/// be reached.
 #[test]
 fn a_build_sees_exactly_its_closure_in_the_store() {
     if skip_without_busybox() {
@@ -1692,7 +1695,9 @@ fn a_build_sees_exactly_its_closure_in_the_store() {
             "builder = \"${{bb}}/bin/busybox\"\n\
              args = [\"sh\", \"-c\", \"$B ls -a /nix/store > listing; \
              if $B test -e $OUTSIDE || $B ls $OUTSIDE; then echo reachable >> listing; fi; \
-             $B cp listing $out\"]\n\
+             if $B chmod u+w $LAST 2>/dev/null; then echo writable >> listing; fi; \
+             $B grep \\\" $LAST \\\" /proc/self/mountinfo | $B cut -d' ' -f6 > options; \
+             $B cat listing options > $out\"]\n\
              [inputs]\nbb = {{ path = \"tools/busybox\" }}\nlast = \"c{}\"\n\
              [env]\nOUTSIDE = \"{outside}\"\nB = \"${{bb}}/bin/busybox\"\nLAST = \"${{last}}\"\n",
             CHAIN - 1
@@ -1715,6 +1720,13 @@ fn a_build_sees_exactly_its_closure_in_the_store() {
             .join(top.trim().trim_start_matches('/')),
     )
     .unwrap();
+    // The last line: the mount options of an input, read-only, nosuid and nodev (and the
+    // build could not make it writable).
+    let (listing, options) = listing.trim_end().rsplit_once('\n').unwrap();
+    let options: Vec<&str> = options.split(',').collect();
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(options.contains(&o), "{o} missing from {options:?}");
+    }
     let seen: BTreeSet<&str> = listing
         .lines()
         .filter(|l| *l != "." && *l != "..")
@@ -1735,13 +1747,33 @@ fn a_build_sees_exactly_its_closure_in_the_store() {
         extra.is_empty() && missing.is_empty(),
         "the build saw in /nix/store, beside its closure: {extra:?}; and missed: {missing:?}"
     );
-    // The same build with the mount points on disk sees the same: `--check` rebuilds it and
-    // compares the outputs byte for byte.
-    let checked = run(p
-        .ks("st")
-        .env("KSBUILD_SANDBOX_NO_OVERLAY", "1")
-        .env(ksbuild::timing::ENV, "1")
-        .args(["realise", "--check", "top"]));
-    assert!(checked.status.success(), "{checked:?}");
-    assert!(!overlay_used(&checked), "the overlay was not used");
+    // The same build sees the same with the mount points on disk, and with the inputs
+    // remounted read-only after they are attached, as where the kernel has no
+    // `mount_setattr` (before 5.12), rather than restricted before: `--check` rebuilds it
+    // and compares the outputs byte for byte.
+    let step = |out: &std::process::Output, how: &str| {
+        String::from_utf8_lossy(&out.stderr).contains(&format!("ro,nosuid,nodev ({how})"))
+    };
+    assert!(
+        step(&built_top, "mount_setattr, move_mount"),
+        "{built_top:?}"
+    );
+    for knob in [
+        "KSBUILD_SANDBOX_NO_OVERLAY",
+        "KSBUILD_SANDBOX_NO_MOUNT_SETATTR",
+    ] {
+        let checked = run(p
+            .ks("st")
+            .env(knob, "1")
+            .env(ksbuild::timing::ENV, "1")
+            .args(["realise", "--check", "top"]));
+        assert!(checked.status.success(), "{knob}: {checked:?}");
+        let overlay = knob != "KSBUILD_SANDBOX_NO_OVERLAY";
+        assert_eq!(overlay_used(&checked), overlay, "{knob}: the overlay");
+        let how = match knob {
+            "KSBUILD_SANDBOX_NO_MOUNT_SETATTR" => "move_mount, remount",
+            _ => "mount_setattr, move_mount",
+        };
+        assert!(step(&checked, how), "{knob}: {checked:?}");
+    }
 }
