@@ -9,5 +9,8 @@ fn main() -> std::process::ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(ksbuild::sandbox::ZYGOTE_ARG.as_ref()) {
         ksbuild::sandbox::zygote_main();
     }
+    if std::env::args_os().nth(1).as_deref() == Some(ksbuild::sandbox::VIEWS_ARG.as_ref()) {
+        ksbuild::sandbox::views_main();
+    }
     ksbuild::cli::main()
 }

@@ -400,7 +400,7 @@ impl<'a> SandboxExecutor<'a> {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(scratch);
         } else {
-            scratch.discard();
+            self.discard(scratch);
         }
     }
 
@@ -512,8 +512,47 @@ impl SandboxExecutor<'_> {
         slot: &Slot<'_>,
         variation: &sandbox::Variation,
     ) -> Result<(PathBuf, Scratch), BuildFailure> {
+        let mut with_view = self.wants_view(closure, variation);
+        loop {
+            let t0 = std::time::Instant::now();
+            let (scratch, view) = self.take_scratch(node, closure, with_view)?;
+            timing::report("build: scratch directories", t0);
+            match self.run_in(node, closure, reporter, slot, variation, scratch, view) {
+                // The sandbox failed with a view (its keeper or zygote gone, say): the
+                // build is run again the usual way, in a fresh scratch.
+                Err(Retry(scratch)) => {
+                    self.discard(scratch);
+                    with_view = false;
+                }
+                Ok(result) => return result,
+            }
+        }
+    }
+
+    /// Whether a build of `closure` gets a store view: with a keeper, a default variation
+    /// and a closure large enough that binding it costs more than the view's upkeep.
+    fn wants_view(&self, closure: &BTreeSet<StorePath>, variation: &sandbox::Variation) -> bool {
+        closure.len() >= VIEW_MIN_INPUTS
+            && *variation == sandbox::Variation::default()
+            && self.views().is_some()
+    }
+
+    /// The store views' keeper, if the sandbox has one and a zygote to hand views with.
+    fn views(&self) -> Option<&sandbox::StoreViews> {
+        let sandbox = self.sandbox.get()?;
+        sandbox.store_views().filter(|_| sandbox.has_zygote())
+    }
+
+    /// Scratch directories for a build: a spare one — one holding a view if `with_view` —,
+    /// else new ones; with the view updated to `closure`. A view the keeper fails to
+    /// update is dropped with its scratch, and the build gets new directories and no view.
+    fn take_scratch(
+        &self,
+        node: &Node,
+        closure: &BTreeSet<StorePath>,
+        with_view: bool,
+    ) -> Result<(Scratch, Option<sandbox::StoreView>), BuildFailure> {
         let store = self.store;
-        let t0 = std::time::Instant::now();
         // Two directories side by side, each its own temporary directory: the sandbox's
         // root and its `/build`. (No common parent: every directory created and removed
         // per build costs the filesystem an inode allocation.)
@@ -524,15 +563,96 @@ impl SandboxExecutor<'_> {
                 .tempdir_in(store.builds_dir())
                 .map_err(|e| failure(format!("cannot create a build directory: {e}")))
         };
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let scratch = match spare {
+        let spare = {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let at = spare
+                .iter()
+                .rposition(|s| s.view.is_some() == with_view)
+                .or_else(|| spare.iter().rposition(|s| s.view.is_none()));
+            at.map(|at| spare.remove(at))
+        };
+        let mut scratch = match spare {
             Some(s) => s,
             None => Scratch {
                 root: scratch_dir("")?,
                 build: scratch_dir(".build")?,
                 work: WorkDir(scratch_dir(".work")?),
+                view: None,
             },
         };
+        let (Some(views), true) = (self.views(), with_view) else {
+            return Ok((scratch, None));
+        };
+        let source = closure
+            .first()
+            .and_then(|p| store.physical_path(p).parent().map(PathBuf::from));
+        let t0 = std::time::Instant::now();
+        let kept = scratch.view.get_or_insert_with(|| KeptView {
+            id: views.new_view(),
+            entries: BTreeSet::new(),
+        });
+        let names: BTreeSet<String> = closure.iter().map(StorePath::to_string).collect();
+        let remove: Vec<String> = kept.entries.difference(&names).cloned().collect();
+        let add: Vec<String> = names.difference(&kept.entries).cloned().collect();
+        let updated = match &source {
+            Some(source) => views.update(kept.id, scratch.root.path(), source, &remove, &add),
+            None => Err(nix::errno::Errno::EINVAL),
+        };
+        if timing::enabled() {
+            eprintln!(
+                "{}",
+                timing::line(
+                    &format!("build: store view (-{} +{})", remove.len(), add.len()),
+                    t0
+                )
+            );
+        }
+        match updated {
+            Ok(view) => {
+                kept.entries = names;
+                Ok((scratch, Some(view)))
+            }
+            Err(e) => {
+                if timing::enabled() {
+                    eprintln!("build: the store view could not be updated ({e}): no view");
+                }
+                // The keeper has forgotten the view; its entries on disk go with the
+                // directories.
+                scratch.view = None;
+                scratch.discard();
+                self.take_scratch(node, closure, false)
+            }
+        }
+    }
+
+    /// Removes a scratch that will not be used again, and forgets its view.
+    fn discard(&self, scratch: Scratch) {
+        self.forget_view(&scratch);
+        scratch.discard();
+    }
+
+    /// Tells the keeper to forget the view of a scratch about to be removed.
+    fn forget_view(&self, scratch: &Scratch) {
+        let views = self.sandbox.get().and_then(sandbox::Sandbox::store_views);
+        if let (Some(kept), Some(views)) = (&scratch.view, views) {
+            views.forget(kept.id);
+        }
+    }
+
+    /// [`SandboxExecutor::run_sandboxed`] in `scratch`, with `view` if given.
+    #[allow(clippy::too_many_arguments)]
+    fn run_in(
+        &self,
+        node: &Node,
+        closure: &BTreeSet<StorePath>,
+        reporter: &dyn Reporter,
+        slot: &Slot<'_>,
+        variation: &sandbox::Variation,
+        scratch: Scratch,
+        view: Option<sandbox::StoreView>,
+    ) -> Result<Result<(PathBuf, Scratch), BuildFailure>, Retry> {
+        let store = self.store;
+        let t0 = std::time::Instant::now();
         let root_dir = scratch.root.path().to_path_buf();
         let build_dir = scratch.build.path().to_path_buf();
         let log = store.log_path(&node.drv_path);
@@ -542,8 +662,6 @@ impl SandboxExecutor<'_> {
             .write(true)
             .truncate(true)
             .open(&log);
-        timing::report("build: scratch directories", t0);
-        let t0 = std::time::Instant::now();
         let spec = SandboxSpec {
             builder: node.drv.builder.clone(),
             args: node.drv.args.clone(),
@@ -563,6 +681,7 @@ impl SandboxExecutor<'_> {
             variation: variation.clone(),
             build_user: sandbox::BuildUser::Auto,
             log: log.clone(),
+            store_view: view,
         };
         let key = node.key.clone();
         let outcome = self.sandbox.get_or_init(sandbox::Sandbox::new).run_when(
@@ -582,6 +701,7 @@ impl SandboxExecutor<'_> {
         // here, before the error is reported: it must not stay on a full disk.
         let keep = |scratch: Scratch, message: String| -> BuildFailure {
             let mut f = with_log(message);
+            self.forget_view(&scratch);
             if self.options.keep_failed {
                 let kept = store
                     .failed_builds_dir()
@@ -598,7 +718,13 @@ impl SandboxExecutor<'_> {
         };
         let written =
             || store::disk_usage(&root_dir) + store::disk_usage(&build_dir) + log_size(&log);
-        match outcome {
+        Ok(match outcome {
+            Err(_) if spec.store_view.is_some() => {
+                if timing::enabled() {
+                    eprintln!("build: the sandbox failed with a store view: again without");
+                }
+                return Err(Retry(scratch));
+            }
             Err(e) => {
                 let hint = e.hint().map(|h| format!("; hint: {h}")).unwrap_or_default();
                 let message = self.with_space(
@@ -629,7 +755,7 @@ impl SandboxExecutor<'_> {
                 Err(keep(scratch, message))
             }
             Ok(_) => Ok((root_dir, scratch)),
-        }
+        })
     }
 
     /// Registers the outputs a build left in `out_dir`; an output that refers to a sibling
@@ -717,8 +843,14 @@ impl Executor for SandboxExecutor<'_> {
     /// realisation does).
     fn prepare(&self, builds: usize) {
         let zygotes = self.options.jobs.min(builds).max(1);
-        self.sandbox
-            .get_or_init(|| sandbox::Sandbox::new().with_zygotes(zygotes));
+        self.sandbox.get_or_init(|| {
+            let sandbox = sandbox::Sandbox::new().with_zygotes(zygotes);
+            // Views pay off over a series of builds (see `sandbox::StoreViews`).
+            match builds > 1 {
+                true => sandbox.with_store_views(),
+                false => sandbox,
+            }
+        });
     }
 
     fn build(
@@ -770,7 +902,7 @@ impl Executor for SandboxExecutor<'_> {
                 || store::disk_usage(&out_dir),
                 "its outputs take",
             );
-            scratch.discard();
+            self.discard(scratch);
             return Err(f);
         }
         timing::report("build: register outputs", t0);
@@ -791,7 +923,25 @@ pub struct Scratch {
     /// overlayfs's work directory, beside the root (kept as it is between builds: the
     /// overlay empties it when it is mounted).
     pub work: WorkDir,
+    /// The store view kept in the root, if any.
+    view: Option<KeptView>,
 }
+
+/// A store view kept in a scratch root by the sandbox's keeper (see
+/// [`sandbox::StoreViews`]): its number, and the names of its entries (the closure of the
+/// last build in it).
+struct KeptView {
+    id: u64,
+    entries: BTreeSet<String>,
+}
+
+/// Closures smaller than this are bound by each build's PID 1, as usual: a store view's
+/// mount points are on disk, and for a few inputs cost more than the binds they spare.
+const VIEW_MIN_INPUTS: usize = 64;
+
+/// A build to run again, the usual way: the sandbox failed with a store view. Holds the
+/// scratch it failed in.
+struct Retry(Scratch);
 
 /// overlayfs's work directory of a [`Scratch`], removed on drop even though the overlay
 /// leaves a directory of mode 000 in it (which a `TempDir` cannot remove for an ordinary
@@ -832,7 +982,13 @@ impl Scratch {
             for entry in entries {
                 let entry = entry.map_err(store::StoreError::io("list", dir))?;
                 let path = entry.path();
-                if dir == self.root.path() && sandbox::is_left_mount_point(&path) {
+                let viewed = |v: &KeptView| {
+                    (entry.file_name().to_str()).is_some_and(|n| v.entries.contains(n))
+                };
+                if dir == self.root.path()
+                    && (self.view.as_ref().is_some_and(viewed)
+                        || sandbox::is_left_mount_point(&path))
+                {
                     continue;
                 }
                 store::remove_tree(&path)?;

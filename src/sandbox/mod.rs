@@ -91,6 +91,7 @@
 //! * `user_ns.rs` — which host ids the build user has, and the map files;
 //! * `init.rs` — the init process; `pid1.rs` — PID 1 up to `execve`;
 //! * `zygote.rs` — the zygote: PID 1s cloned ahead of time, and reaped;
+//! * `views.rs` — the store views' keeper: a series of builds' inputs kept mounted;
 //! * `supervisor.rs` — ksbuild's side: [`Sandbox`], log streaming, timeouts;
 //! * `protocol.rs` — the status messages; `error.rs` — [`SandboxError`].
 
@@ -106,6 +107,7 @@ mod step;
 mod supervisor;
 mod sys;
 mod user_ns;
+mod views;
 mod zygote;
 
 use std::collections::BTreeMap;
@@ -120,6 +122,7 @@ pub use step::{RemountFlags, Step};
 pub use supervisor::{is_left_mount_point, Sandbox};
 pub use sys::terminate_with_parent;
 pub use user_ns::{BuildUser, DEFAULT_ROOT_BUILD_ID};
+pub use views::{views_main, StoreView, StoreViews, VIEWS_ARG};
 pub use zygote::{zygote_main, ZYGOTE_ARG};
 
 /// The number of processes a build may have at once unless told otherwise
@@ -225,6 +228,12 @@ pub struct SandboxSpec {
     /// The builder's stdout and stderr are appended here (the file is created on the first
     /// output: a build that prints nothing leaves none).
     pub log: PathBuf,
+    /// A store view (from [`StoreViews::update`]) whose entries are exactly the inputs,
+    /// kept in `root_dir`: PID 1 attaches it rather than binding each input (no overlay).
+    /// Used only when the build starts through a zygote (it is handed to PID 1 with the
+    /// request); else the inputs are bound on the mount points the view left in
+    /// `root_dir`.
+    pub store_view: Option<StoreView>,
 }
 
 /// How the builder ended.

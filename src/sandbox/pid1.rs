@@ -126,10 +126,12 @@ pub(crate) fn waiting_main(channel: BorrowedFd<'_>) -> isize {
         }
     }
     let mut origin = [0u8; super::zygote::ORIGIN_LEN];
-    let fds = match sys::recv_with_fds(channel, &mut origin) {
-        Ok((n, fds)) if n == origin.len() && fds.len() == 3 => fds,
+    let mut fds = match sys::recv_with_fds(channel, &mut origin) {
+        Ok((n, fds)) if n == origin.len() && (3..=4).contains(&fds.len()) => fds,
         _ => return SETUP_FAILED,
     };
+    // A fourth descriptor is the store view (see `views.rs`), for `Step::AttachView`.
+    ctx.view = fds.get(3).is_some().then(|| fds.remove(3));
     for (fd, target) in fds.iter().zip(0..) {
         if sys::dup_onto(fd.as_fd(), target).is_err() {
             return SETUP_FAILED;

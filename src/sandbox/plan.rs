@@ -270,6 +270,19 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Where the inputs' mount points are, and so how the store directory inside is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreLayout {
+    /// In `root_dir` on disk, which is bound at the store directory.
+    OnDisk,
+    /// In a `tmpfs`, the lower layer of an overlay whose upper layer is `root_dir`: no disk
+    /// metadata per input (needs `work_dir`; without one, as `OnDisk`).
+    Overlay,
+    /// In `root_dir` on disk, where the store view's keeper has bound every input already:
+    /// PID 1 attaches the view it is handed (see `views.rs`) and binds no input itself.
+    View,
+}
+
 /// Where the bind of `root_dir`'s parent is attached for a moment while the overlay is
 /// mounted (a top-level name of the new root that ksbuild never creates otherwise).
 const LAYERS: &str = ".ksbuild-layers";
@@ -335,13 +348,14 @@ pub(crate) fn plan(
     ids: &HostIds,
     inspect: &mut dyn FnMut(&Path) -> Result<InputKind, Errno>,
     devpts: bool,
-    overlay: bool,
+    layout: StoreLayout,
 ) -> Result<Plan, SandboxError> {
     validate(spec)?;
-    let overlay = match (&spec.work_dir, overlay) {
-        (Some(work), true) => Some(overlay_layers(&spec.root_dir, work)?),
+    let overlay = match (&spec.work_dir, layout) {
+        (Some(work), StoreLayout::Overlay) => Some(overlay_layers(&spec.root_dir, work)?),
         _ => None,
     };
+    let view = layout == StoreLayout::View;
     let root = spec.root_dir.as_path();
     let variation = &spec.variation;
     let (uid, gid) = variation.ids.unwrap_or((SANDBOX_UID, SANDBOX_GID));
@@ -376,7 +390,8 @@ pub(crate) fn plan(
     let mut bound_inputs = Vec::new();
     let mut batches: Vec<InputBatch> = Vec::new();
     let mut skeleton = Vec::new();
-    for (physical, logical) in &spec.inputs {
+    // With a view, the inputs are in it already (see `views.rs`).
+    for (physical, logical) in spec.inputs.iter().filter(|_| !view) {
         let relative = PathBuf::from(logical.trim_start_matches('/'));
         let on_disk = store_on_disk.join(relative.file_name().unwrap_or_default());
         let kind = inspect(physical).map_err(|errno| SandboxError::Step {
@@ -485,12 +500,14 @@ pub(crate) fn plan(
     // 1. Take every host path the build needs while host paths can still be reached with
     //    this process's own (host) filesystem ids.
     ns.push(Step::MakeMountsPrivate);
-    ns.push(Step::DetachTree {
-        source: match &overlay {
-            Some(layers) => layers.parent.clone(),
-            None => store_on_disk.clone(),
-        },
-    });
+    if !view {
+        ns.push(Step::DetachTree {
+            source: match &overlay {
+                Some(layers) => layers.parent.clone(),
+                None => store_on_disk.clone(),
+            },
+        });
+    }
     for (physical, _, _) in &bound_inputs {
         ns.push(Step::DetachTree {
             source: physical.clone(),
@@ -642,7 +659,11 @@ pub(crate) fn plan(
         nodev: true,
         ..RemountFlags::default()
     };
-    if overlay.is_none() {
+    if view {
+        ns.push(Step::AttachView {
+            target: store_relative.clone(),
+        });
+    } else if overlay.is_none() {
         ns.push(Step::AttachTree {
             source: store_on_disk,
             target: store_relative.clone(),
@@ -830,6 +851,7 @@ mod tests {
             variation: Default::default(),
             build_user: super::super::BuildUser::Auto,
             log: "/s/log".into(),
+            store_view: None,
         }
     }
 
@@ -858,7 +880,14 @@ mod tests {
 
     #[test]
     fn the_prelude_is_in_every_plan_and_comes_first_where_it_matters() {
-        let p = plan(&spec(), &ids(false), &mut inspect, true, false).unwrap();
+        let p = plan(
+            &spec(),
+            &ids(false),
+            &mut inspect,
+            true,
+            StoreLayout::OnDisk,
+        )
+        .unwrap();
         for step in prelude() {
             assert!(p.namespace.contains(&step), "{step} is not in the plan");
         }
@@ -919,7 +948,7 @@ mod tests {
 
     #[test]
     fn argv_starts_with_the_builder_base_name() {
-        let p = plan(&spec(), &ids(true), &mut inspect, true, false).unwrap();
+        let p = plan(&spec(), &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
         assert_eq!(p.exec.argv, ["busybox", "sh", "-c", "true"]);
         assert_eq!(p.exec.path, "/nix/store/aaaa-busybox/bin/busybox");
         let mut sorted = p.exec.env.clone();
@@ -929,7 +958,7 @@ mod tests {
 
     #[test]
     fn steps_come_in_the_documented_order() {
-        let p = plan(&spec(), &ids(true), &mut inspect, true, false).unwrap();
+        let p = plan(&spec(), &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
         assert!(p.host.iter().all(Step::is_host_step));
         let ns = &p.namespace;
         let private = position(ns, |s| matches!(s, Step::MakeMountsPrivate));
@@ -1044,16 +1073,23 @@ mod tests {
         let mut s = spec();
         s.work_dir = Some("/s/root.work".into());
         // Without permission to use it, or without a work directory, no overlay.
-        let without = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        let without = plan(&s, &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
         assert!(!without
             .namespace
             .iter()
             .any(|s| matches!(s, Step::MountOverlay { .. })));
         assert_eq!(
-            plan(&spec(), &ids(true), &mut inspect, true, true).unwrap(),
-            plan(&spec(), &ids(true), &mut inspect, true, false).unwrap()
+            plan(
+                &spec(),
+                &ids(true),
+                &mut inspect,
+                true,
+                StoreLayout::Overlay
+            )
+            .unwrap(),
+            plan(&spec(), &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap()
         );
-        let p = plan(&s, &ids(true), &mut inspect, true, true).unwrap();
+        let p = plan(&s, &ids(true), &mut inspect, true, StoreLayout::Overlay).unwrap();
         assert!(p.host.iter().all(Step::is_host_step));
         // On the host: nothing is created in `root_dir`; the work directory is the build
         // user's.
@@ -1120,7 +1156,7 @@ mod tests {
         assert!(overlay < bound);
         // A work directory that is not beside `root_dir` is refused.
         s.work_dir = Some("/elsewhere/work".into());
-        assert!(plan(&s, &ids(true), &mut inspect, true, true).is_err());
+        assert!(plan(&s, &ids(true), &mut inspect, true, StoreLayout::Overlay).is_err());
     }
 
     #[test]
@@ -1128,7 +1164,7 @@ mod tests {
         let mut s = spec();
         s.inputs
             .push(("/s/other/dddd-x".into(), "/nix/store/eeee-y".into()));
-        let p = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        let p = plan(&s, &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
         let ns = &p.namespace;
         let attach = position(ns, |s| {
             *s == Step::AttachTree {
@@ -1148,7 +1184,7 @@ mod tests {
         }));
         // A directory copied in shuffled order (a check's variation) is not bound at all.
         s.variation.shuffled_order = true;
-        let p = plan(&s, &ids(true), &mut inspect, true, false).unwrap();
+        let p = plan(&s, &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
         assert!(!p
             .namespace
             .iter()
@@ -1161,7 +1197,14 @@ mod tests {
 
     #[test]
     fn only_root_clears_groups_and_the_store_is_group_writable() {
-        let p = plan(&spec(), &ids(true), &mut inspect, false, false).unwrap();
+        let p = plan(
+            &spec(),
+            &ids(true),
+            &mut inspect,
+            false,
+            StoreLayout::OnDisk,
+        )
+        .unwrap();
         assert_eq!(p.host[0], Step::ClearSupplementaryGroups);
         assert!(p.host.contains(&Step::SetMode {
             path: "/s/root".into(),
@@ -1176,7 +1219,14 @@ mod tests {
             .host
             .iter()
             .any(|s| matches!(s, Step::CreateSymlink { path, .. } if path.ends_with("ptmx"))));
-        let p = plan(&spec(), &ids(false), &mut inspect, true, false).unwrap();
+        let p = plan(
+            &spec(),
+            &ids(false),
+            &mut inspect,
+            true,
+            StoreLayout::OnDisk,
+        )
+        .unwrap();
         assert!(!p.host.contains(&Step::ClearSupplementaryGroups));
     }
 
@@ -1202,7 +1252,7 @@ mod tests {
         for (edit, field) in cases {
             let mut s = spec();
             edit(&mut s);
-            match plan(&s, &ids(true), &mut inspect, true, false) {
+            match plan(&s, &ids(true), &mut inspect, true, StoreLayout::OnDisk) {
                 Err(SandboxError::InvalidSpec { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected InvalidSpec({field}), got {other:?}"),
             }
@@ -1213,7 +1263,7 @@ mod tests {
     fn a_missing_input_names_the_inspect_step() {
         let mut s = spec();
         s.inputs[0].0 = "/nonexistent/nix/store/aaaa-busybox".into();
-        match plan(&s, &ids(true), &mut inspect, true, false) {
+        match plan(&s, &ids(true), &mut inspect, true, StoreLayout::OnDisk) {
             Err(SandboxError::Step {
                 step: Step::InspectInput { path },
                 errno: Errno::ENOENT,
@@ -1239,7 +1289,7 @@ mod variation_tests {
             clocks_ahead: Some(60),
             ..Variation::default()
         };
-        let p = plan(&s, &ids(false), &mut inspect, true, false).unwrap();
+        let p = plan(&s, &ids(false), &mut inspect, true, StoreLayout::OnDisk).unwrap();
         let ns = &p.namespace;
         let input = Path::new("nix/store/aaaa-busybox");
         // The directory input is a shuffled copy on a tmpfs, read-only, never bound.
@@ -1302,7 +1352,7 @@ mod variation_tests {
         for bad in ["/proc", "/nix", "/a/b", "/tmp/", "build", "/tmp/.."] {
             let mut s = spec();
             s.variation.build_dir = Some(bad.into());
-            let e = plan(&s, &ids(false), &mut inspect, true, false).unwrap_err();
+            let e = plan(&s, &ids(false), &mut inspect, true, StoreLayout::OnDisk).unwrap_err();
             assert!(
                 e.to_string().contains("must be `/NAME` or `/tmp/NAME`"),
                 "{bad}: {e}"

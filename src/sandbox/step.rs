@@ -182,6 +182,13 @@ pub enum Step {
         /// remounted after it is attached, keeping the flags it came with (`fstatvfs`).
         restrict_detached: bool,
     },
+    /// Attaches the store view handed to PID 1 with its request (see `views.rs`: a detached
+    /// clone of the root directory with every input bound in it) at `target` (relative to
+    /// the new root), with one `move_mount`.
+    AttachView {
+        /// The store directory (relative to the new root).
+        target: PathBuf,
+    },
     /// `setfsgid(2)`, `setfsuid(2)`: files created from here on (the skeleton of the new
     /// root) belong to the build user, as in Nix; capabilities are kept.
     SetFilesystemIds {
@@ -407,6 +414,11 @@ impl fmt::Display for Step {
                 names.len(),
                 dir.display()
             ),
+            Step::AttachView { target } => write!(
+                f,
+                "attach the kept view of the inputs at `{}` (move_mount)",
+                target.display()
+            ),
             Step::CreateMountPoints { dir, entries } => write!(
                 f,
                 "create {} mount points in `{}`",
@@ -506,6 +518,8 @@ pub(crate) struct StepContext<'a> {
     pub trees: BTreeMap<PathBuf, OwnedFd>,
     /// Trees detached by [`Step::DetachTrees`], by directory, with their names.
     pub tree_batches: BTreeMap<PathBuf, Vec<(String, OwnedFd)>>,
+    /// The store view handed to PID 1 with its request, until attached.
+    pub view: Option<OwnedFd>,
     /// The item of a batch step that failed, as the single step it stands for: what is
     /// reported (a failed batch step names its entry, as the single steps did).
     pub failed_item: Option<Step>,
@@ -518,6 +532,7 @@ impl<'a> StepContext<'a> {
             lifeline,
             trees: BTreeMap::new(),
             tree_batches: BTreeMap::new(),
+            view: None,
             failed_item: None,
         }
     }
@@ -549,6 +564,10 @@ impl Step {
             }
             Step::AttachTree { source, target } => {
                 let tree = ctx.trees.remove(source).ok_or(Errno::EBADF)?;
+                sys::attach_tree(tree.as_fd(), target)
+            }
+            Step::AttachView { target } => {
+                let tree = ctx.view.take().ok_or(Errno::EBADF)?;
                 sys::attach_tree(tree.as_fd(), target)
             }
             Step::DetachTrees { dir, names } => {

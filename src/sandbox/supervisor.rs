@@ -19,11 +19,12 @@ use nix::errno::Errno;
 use super::error::SandboxError;
 use super::init::INIT_ARG;
 use super::plan::Plan;
-use super::plan::{self, InputKind};
+use super::plan::{self, InputKind, StoreLayout};
 use super::protocol::StatusMessage;
 use super::step::{Step, StepContext};
 use super::sys;
 use super::user_ns::HostIds;
+use super::views::{StoreView, StoreViews};
 use super::zygote::{ORIGIN_LEN, ZYGOTE_ARG};
 use super::{BuildOutcome, SandboxSpec, TimeoutKind};
 use crate::timing;
@@ -44,6 +45,7 @@ const MAX_LINE: usize = 1 << 20;
 pub struct Sandbox {
     init_program: PathBuf,
     zygotes: Vec<Arc<Mutex<Zygote>>>,
+    views: Option<Arc<StoreViews>>,
 }
 
 /// A running zygote (see `zygote.rs`): ksbuild's end of its socket, and the process.
@@ -84,6 +86,7 @@ impl Sandbox {
         Sandbox {
             init_program: program.into(),
             zygotes: Vec::new(),
+            views: None,
         }
     }
 
@@ -107,20 +110,33 @@ impl Sandbox {
         self
     }
 
+    /// The same sandbox, with a store views' keeper (see `views.rs`) for a series of builds
+    /// whose closures are large and mostly shared — unless `KSBUILD_SANDBOX_NO_VIEWS=1`.
+    /// It dies with the calling thread, as the zygotes do. Views are handed to builds
+    /// through a zygote: start those too.
+    pub fn with_store_views(mut self) -> Sandbox {
+        if std::env::var_os("KSBUILD_SANDBOX_NO_VIEWS").is_none_or(|v| v != "1") {
+            self.views = StoreViews::start(&self.init_program).map(Arc::new);
+        }
+        self
+    }
+
+    /// The store views' keeper, if there is one.
+    pub fn store_views(&self) -> Option<&StoreViews> {
+        self.views.as_deref()
+    }
+
+    /// Whether a zygote starts builds (only then can a build be handed a store view).
+    pub fn has_zygote(&self) -> bool {
+        self.zygote_socket_open()
+    }
+
     fn start_zygote(&self) -> Option<Zygote> {
         let (ours, theirs) = sys::seqpacket_pair().ok()?;
         // It answers in about a millisecond; one that does not answer at all (stopped,
         // say) is given up, and builds `exec` their init process.
         sys::set_receive_timeout(ours.as_fd(), ZYGOTE_ANSWER_LIMIT).ok()?;
-        let process = Command::new(&self.init_program)
-            .arg(ZYGOTE_ARG)
-            .arg(std::process::id().to_string())
-            .env_clear()
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
+        let process = spawn_helper(&self.init_program, ZYGOTE_ARG, theirs)?;
         Some(Zygote {
             socket: Some(ours),
             process,
@@ -184,9 +200,16 @@ impl Sandbox {
     ) -> Result<BuildOutcome, SandboxError> {
         let t0 = Instant::now();
         let ids = HostIds::resolve(spec.build_user)?;
-        check_directories(spec, overlay)?;
+        let zygote = self.zygote_socket_open();
+        let layout = match (&spec.store_view, overlay) {
+            (Some(_), _) if !zygote => return Err(view_not_handed()),
+            (Some(_), _) => StoreLayout::View,
+            (None, true) => StoreLayout::Overlay,
+            (None, false) => StoreLayout::OnDisk,
+        };
+        check_directories(spec, layout)?;
         let devpts = Path::new("/dev/pts/ptmx").exists();
-        let mut plan = plan::plan(spec, &ids, &mut input_inspector(), devpts, overlay)?;
+        let mut plan = plan::plan(spec, &ids, &mut input_inspector(), devpts, layout)?;
         if std::env::var_os("KSBUILD_SANDBOX_NO_MOUNT_SETATTR").is_some_and(|v| v == "1") {
             // As on a kernel without `mount_setattr` (before 5.12): remount each input.
             for step in &mut plan.namespace {
@@ -210,7 +233,6 @@ impl Sandbox {
             action: "open a pseudo-terminal for the build log",
             source: e.into(),
         })?;
-        let zygote = self.zygote_socket_open();
         if zygote {
             // The zygote's PID 1s expect the host steps done: they are plain file
             // operations as the invoking user, done here (the zygote itself has cleared
@@ -237,7 +259,13 @@ impl Sandbox {
         // ksbuild's copy of the terminal's slave end is closed once the build has started,
         // so that the end of output means that no process of the build is left.
         let zygote_run = match zygote {
-            true => self.ask_zygote(&slave, &request, &plan.id_maps, origin),
+            true => self.ask_zygote(
+                &slave,
+                &request,
+                &plan.id_maps,
+                origin,
+                spec.store_view.as_ref(),
+            ),
             false => None,
         };
         let mut running = match zygote_run {
@@ -245,6 +273,7 @@ impl Sandbox {
                 drop(slave);
                 running
             }
+            None if spec.store_view.is_some() => return Err(view_not_handed()),
             None => self.exec_init(slave, &request, origin)?,
         };
         if timing::enabled() {
@@ -305,6 +334,7 @@ impl Sandbox {
         request: &[u8],
         id_maps: &[(String, String)],
         origin: u128,
+        view: Option<&StoreView>,
     ) -> Option<Running> {
         let mut zygote = self.pick_zygote()?;
         let socket = zygote.socket.as_ref()?;
@@ -318,11 +348,9 @@ impl Sandbox {
         let origin = if timing::enabled() { origin } else { 0 };
         let mut message = origin.to_le_bytes()[..ORIGIN_LEN].to_vec();
         message.extend(serde_json::to_vec(id_maps).ok()?);
-        let asked = sys::send_with_fds(
-            socket.as_fd(),
-            &message,
-            &[control_read.as_fd(), slave.as_fd(), status_write.as_fd()],
-        );
+        let mut fds = vec![control_read.as_fd(), slave.as_fd(), status_write.as_fd()];
+        fds.extend(view.map(StoreView::tree));
+        let asked = sys::send_with_fds(socket.as_fd(), &message, &fds);
         let mut answer = [0u8; 4];
         let answered = asked.and_then(|()| sys::recv_with_fds(socket.as_fd(), &mut answer));
         match answered {
@@ -562,13 +590,47 @@ fn overlay_allowed() -> bool {
         && std::env::var_os("KSBUILD_SANDBOX_NO_OVERLAY").is_none_or(|v| v != "1")
 }
 
+/// Starts a helper process of the sandbox: `program` (a `ksbuild` binary) with `arg` and
+/// ksbuild's pid, its stdin `socket`, nothing else inherited.
+pub(crate) fn spawn_helper(program: &Path, arg: &str, socket: OwnedFd) -> Option<Child> {
+    Command::new(program)
+        .arg(arg)
+        .arg(std::process::id().to_string())
+        .env_clear()
+        .stdin(Stdio::from(socket))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// The error of a build given a store view that cannot be handed to it: there is no
+/// zygote (any more) to start it with its descriptors.
+fn view_not_handed() -> SandboxError {
+    SandboxError::InvalidSpec {
+        field: "store_view",
+        reason: "the sandbox has no zygote to hand the view to the build".to_string(),
+    }
+}
+
 /// Checks the two directories of the spec. `root_dir` must be empty but for the mount
 /// points an earlier build in it left (empty files and directories named like store
 /// paths): those of this build's inputs are left for the plan to reuse, the others are
 /// removed, so that the builder sees its closure and nothing else in the store directory.
-/// With the store directory's `overlay`, mount points are not on disk: all of them are
-/// removed (an earlier build without the overlay may have left them).
-fn check_directories(spec: &SandboxSpec, overlay: bool) -> Result<(), SandboxError> {
+/// With the store directory's overlay, mount points are not on disk: all of them are
+/// removed (an earlier build without the overlay may have left them). With a store view,
+/// the entries named as inputs are the view's (its keeper made them exactly the inputs),
+/// whatever they look like from here.
+fn check_directories(spec: &SandboxSpec, layout: StoreLayout) -> Result<(), SandboxError> {
+    let inputs: std::collections::HashSet<&std::ffi::OsStr> = match layout {
+        StoreLayout::Overlay => Default::default(),
+        _ => spec
+            .inputs
+            .iter()
+            .filter_map(|(_, logical)| Path::new(logical).file_name())
+            .collect(),
+    };
+    let is_input = |name: &std::ffi::OsStr| inputs.contains(name);
     let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
     let root = &spec.root_dir;
     let entries = fs::read_dir(root)
@@ -577,15 +639,14 @@ fn check_directories(spec: &SandboxSpec, overlay: bool) -> Result<(), SandboxErr
     for entry in entries {
         let entry = entry.map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
         let path = entry.path();
+        let name = entry.file_name();
+        if layout == StoreLayout::View && is_input(&name) {
+            continue;
+        }
         if !is_left_mount_point(&path) {
             return Err(not_empty());
         }
-        let name = entry.file_name();
-        let needed = !overlay
-            && spec
-                .inputs
-                .iter()
-                .any(|(_, logical)| Path::new(logical).file_name() == Some(name.as_os_str()));
+        let needed = layout == StoreLayout::OnDisk && is_input(&name);
         if !needed {
             let removed = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
             removed.map_err(|_| not_empty())?;

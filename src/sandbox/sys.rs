@@ -617,6 +617,104 @@ pub(crate) fn exec(path: &CString, argv: &[CString], envp: &[CString]) -> Errno 
 const NONE: Option<&str> = None;
 
 /// [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
+/// The namespaces of the store views' keeper (see `views.rs`): a new mount namespace whose
+/// mounts are all private (none of its own propagates to the host's), owned by a new user
+/// namespace in which this process is root (`0 uid 1`, `0 gid 1`, `setgroups` denied) —
+/// unless it is root already, which needs none.
+/// ([`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html),
+/// [`user_namespaces(7)`](https://man7.org/linux/man-pages/man7/user_namespaces.7.html)).
+pub(crate) fn enter_view_namespaces() -> Result<(), Errno> {
+    if is_root() {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    } else {
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)?;
+        write_proc_file("/proc/self/setgroups".as_ref(), "deny")?;
+        write_proc_file("/proc/self/uid_map".as_ref(), &format!("0 {uid} 1\n"))?;
+        write_proc_file("/proc/self/gid_map".as_ref(), &format!("0 {gid} 1\n"))?;
+    }
+    make_mounts_private()
+}
+
+/// `open_tree(dir, "", OPEN_TREE_CLONE|AT_RECURSIVE|AT_EMPTY_PATH|OPEN_TREE_CLOEXEC)`
+/// ([`open_tree(2)`](https://man7.org/linux/man-pages/man2/open_tree.2.html)): a detached
+/// copy of the tree at `dir` (a bind of `dir`, with every mount below it).
+pub(crate) fn clone_tree_recursive(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    use rustix::mount::OpenTreeFlags;
+    rustix::mount::open_tree(
+        dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .map_err(rustix_errno)
+}
+
+/// Creates in `dir` an empty directory or file for each `(name, is_directory)`, as
+/// [`create_mount_points`] does, but accepts one that exists already (a mount point left
+/// on disk by an earlier build in the same directory). On failure, the name that failed.
+pub(crate) fn reuse_mount_points<'a>(
+    dir: BorrowedFd<'_>,
+    entries: &'a [(String, bool)],
+) -> Result<(), (&'a str, Errno)> {
+    use rustix::fs::{Mode, OFlags};
+    for (name, is_dir) in entries {
+        let created = match is_dir {
+            true => rustix::fs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o755)),
+            false => rustix::fs::openat(
+                dir,
+                name.as_str(),
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop),
+        };
+        match created {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err((name.as_str(), rustix_errno(e))),
+        }
+    }
+    Ok(())
+}
+
+/// Removes entry `name` of `dir` (a directory, file or symlink), first detaching what is
+/// mounted on it (`umount2(MNT_DETACH)` of `dir_path/name`); one that is not there is
+/// no error.
+pub(crate) fn remove_mount_point(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &str,
+) -> Result<(), Errno> {
+    use rustix::fs::AtFlags;
+    match nix::mount::umount2(&dir_path.join(name), MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    let removed = match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Err(rustix::io::Errno::NOTDIR) => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
+        other => other,
+    };
+    match removed {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(rustix_errno(e)),
+    }
+}
+
+/// `symlinkat(target, dir, name)`, replacing an entry `name` that is there already.
+pub(crate) fn replace_symlink(dir: BorrowedFd<'_>, name: &str, target: &Path) -> Result<(), Errno> {
+    use rustix::fs::AtFlags;
+    match rustix::fs::symlinkat(target, dir, name) {
+        Err(rustix::io::Errno::EXIST) => {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            rustix::fs::symlinkat(target, dir, name).map_err(rustix_errno)
+        }
+        other => other.map_err(rustix_errno),
+    }
+}
+
 /// `MS_REC|MS_PRIVATE` on `/`.
 pub(crate) fn make_mounts_private() -> Result<(), Errno> {
     nix::mount::mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)

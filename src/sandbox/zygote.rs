@@ -13,8 +13,9 @@
 //! is one end of a `SOCK_SEQPACKET` pair. Each request is one message: ksbuild's start
 //! time for timings (16 bytes, little-endian micros; 0 for none), then the id maps as JSON
 //! (`[[file, contents], …]`), with three descriptors — what PID 1 gets as stdin (the pipe
-//! that carries the plan), stdout (the build's terminal) and the status pipe. ksbuild has
-//! already done the plan's host steps. The zygote:
+//! that carries the plan), stdout (the build's terminal) and the status pipe —, and a
+//! fourth, the store view (see `views.rs`), if the plan attaches one. ksbuild has already
+//! done the plan's host steps. The zygote:
 //!
 //! 1. takes the waiting PID 1 if it has one with the same id maps, else clones one: PID 1
 //!    of new user, mount, PID, IPC, UTS, network and cgroup namespaces, whose id maps the
@@ -219,27 +220,29 @@ fn serve() -> Result<(), Errno> {
     }
 }
 
-/// Splits a request into its start time, id maps and three descriptors.
+/// Splits a request into its start time, id maps and three or four descriptors.
 fn parse_request(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
-) -> Option<([u8; ORIGIN_LEN], IdMaps, [OwnedFd; 3])> {
-    let fds: [OwnedFd; 3] = fds.try_into().ok()?;
+) -> Option<([u8; ORIGIN_LEN], IdMaps, Vec<OwnedFd>)> {
+    if !(3..=4).contains(&fds.len()) {
+        return None;
+    }
     let origin: [u8; ORIGIN_LEN] = bytes.get(..ORIGIN_LEN)?.try_into().ok()?;
     let maps: IdMaps = serde_json::from_slice(&bytes[ORIGIN_LEN..]).ok()?;
     Some((origin, maps, fds))
 }
 
 /// Hands a request to `pid1`; the zygote keeps the status pipe to report its end.
-fn start(pid1: Pid1, origin: [u8; ORIGIN_LEN], fds: [OwnedFd; 3]) -> Result<Running, Errno> {
-    let [plan, terminal, status] = fds;
-    let sent = sys::send_with_fds(
-        pid1.channel.as_fd(),
-        &origin,
-        &[plan.as_fd(), terminal.as_fd(), status.as_fd()],
-    );
+fn start(pid1: Pid1, origin: [u8; ORIGIN_LEN], mut fds: Vec<OwnedFd>) -> Result<Running, Errno> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+    let sent = sys::send_with_fds(pid1.channel.as_fd(), &origin, &borrowed);
+    drop(borrowed);
     match sent {
-        Ok(()) => Ok(Running { pid1, status }),
+        Ok(()) => Ok(Running {
+            pid1,
+            status: fds.swap_remove(2),
+        }),
         Err(e) => {
             pid1.discard();
             Err(e)

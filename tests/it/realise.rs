@@ -1777,3 +1777,159 @@ fn a_build_sees_exactly_its_closure_in_the_store() {
         assert!(step(&checked, how), "{knob}: {checked:?}");
     }
 }
+
+/// A series of builds in one process keeps its inputs mounted in store views (see
+/// `sandbox/views.rs`), each updated by the delta to the next build's closure: each build
+/// still sees exactly its closure — what an earlier build in the same view had and this
+/// one has not is gone, and so is what an earlier builder left in the store directory —,
+/// read-only, and builds the same bytes as without views.
+#[test]
+fn builds_in_kept_store_views_see_exactly_their_closures() {
+    if skip_without_busybox() {
+        return;
+    }
+    // Two chains long enough for views (64 inputs and more), one probe at the top of each.
+    let chain = |prefix: &str, length: usize| -> Vec<(String, String)> {
+        (0..length)
+            .map(|i| {
+                let (previous, input) = match i {
+                    0 => ("${bb}".to_string(), String::new()),
+                    _ => (
+                        format!("${{{prefix}{}}}", i - 1),
+                        format!("{prefix}{0} = \"{prefix}{0}\"\n", i - 1),
+                    ),
+                };
+                (
+                    format!("derivations/{prefix}{i}.toml"),
+                    format!(
+                        "builder = \"${{bb}}/bin/busybox\"\n\
+                         args = [\"sh\", \"-c\", \"echo {prefix}{i} {previous} > $out\"]\n\
+                         [inputs]\nbb = {{ path = \"tools/busybox\" }}\n{input}"
+                    ),
+                )
+            })
+            .collect()
+    };
+    // Each probe lists the store, tries to make an input writable, records its mount
+    // options, and leaves an empty directory, a file and a symlink named like store paths
+    // in the store directory for the next build in its view to (not) see.
+    let probe = |name: &str, last: &str| {
+        (
+            format!("derivations/{name}.toml"),
+            format!(
+                "builder = \"${{bb}}/bin/busybox\"\n\
+                 args = [\"sh\", \"-c\", \"$B ls -a /nix/store > listing; \
+                 if $B chmod u+w $LAST 2>/dev/null; then echo writable >> listing; fi; \
+                 $B grep \\\" $LAST \\\" /proc/self/mountinfo | $B cut -d' ' -f6 > options; \
+                 $B mkdir /nix/store/00000000000000000000000000000000-{name}-dir; \
+                 echo junk > /nix/store/00000000000000000000000000000000-{name}-file; \
+                 $B ln -s $LAST /nix/store/00000000000000000000000000000000-{name}-link; \
+                 $B cat listing options > $out\"]\n\
+                 [inputs]\nbb = {{ path = \"tools/busybox\" }}\nlast = \"{last}\"\n\
+                 [env]\nB = \"${{bb}}/bin/busybox\"\nLAST = \"${{last}}\"\n"
+            ),
+        )
+    };
+    let probes = [
+        ("probe-c", "c149"),
+        ("probe-e", "e79"),
+        ("probe-c2", "c148"),
+    ];
+    let mut files = chain("c", 150);
+    files.extend(chain("e", 80));
+    files.extend(probes.iter().map(|(name, last)| probe(name, last)));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Project::new(&refs);
+    let targets = probes.map(|(name, _)| name);
+    // One build at a time: one view, which every build from 64 inputs on reuses.
+    let built = run(p
+        .ks("st")
+        .env(ksbuild::timing::ENV, "1")
+        .args(["realise", "-j1"])
+        .args(targets));
+    assert!(built.status.success(), "{built:?}");
+    let log = String::from_utf8_lossy(&built.stderr).into_owned();
+    let attached = log.matches("attach the kept view").count();
+    // From 64 inputs on: c63 to c149, e63 to e79, and the probes.
+    assert!(
+        attached >= 100,
+        "builds attached a kept view {attached} times"
+    );
+    // Views shrank: the e-chain's builds after the c-chain's (or the other way round).
+    let removed = log
+        .lines()
+        .filter_map(|l| l.split("store view (-").nth(1))
+        .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(removed >= 60, "no view lost a closure's worth: {removed}");
+    let outputs: Vec<String> = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    for ((target, last), output) in probes.iter().zip(&outputs) {
+        let text = fs::read_to_string(
+            p.scratch
+                .join("st")
+                .join(output.trim().trim_start_matches('/')),
+        )
+        .unwrap();
+        let (listing, options) = text.trim_end().rsplit_once('\n').unwrap();
+        let options: Vec<&str> = options.split(',').collect();
+        for o in ["ro", "nosuid", "nodev"] {
+            assert!(
+                options.contains(&o),
+                "{target}: {o} missing from {options:?}"
+            );
+        }
+        let seen: BTreeSet<&str> = listing
+            .lines()
+            .filter(|l| *l != "." && *l != "..")
+            .collect();
+        assert!(
+            !seen.contains("writable"),
+            "{target} made an input writable"
+        );
+        let last = run_ok(p.ks("st").args(["realise", last]));
+        let closure = run_ok(p.ks("st").args(["store", "path-info", "-r", last.trim()]));
+        let expected: BTreeSet<&str> = closure
+            .lines()
+            .map(|l| l.trim().trim_start_matches("/nix/store/"))
+            .collect();
+        let extra: Vec<_> = seen.difference(&expected).collect();
+        let missing: Vec<_> = expected.difference(&seen).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "{target} saw in /nix/store, beside its closure: {extra:?}; and missed: {missing:?}; \
+             the views: {:?}",
+            log.lines()
+                .filter(|l| l.contains("store view") || l.contains("view:"))
+                .collect::<Vec<_>>()
+        );
+    }
+    // Without views, the same derivations build the same bytes.
+    let plain = run(p
+        .ks("st2")
+        .env("KSBUILD_SANDBOX_NO_VIEWS", "1")
+        .env(ksbuild::timing::ENV, "1")
+        .args(["realise", "-j1"])
+        .args(targets));
+    assert!(plain.status.success(), "{plain:?}");
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("kept view"));
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&built.stdout)
+    );
+    for output in &outputs {
+        let relative = output.trim().trim_start_matches('/');
+        assert_eq!(
+            fs::read(p.scratch.join("st").join(relative)).unwrap(),
+            fs::read(p.scratch.join("st2").join(relative)).unwrap(),
+            "{output}"
+        );
+    }
+}

@@ -160,6 +160,7 @@ impl Fixture {
                 variation: Default::default(),
                 build_user: BuildUser::Auto,
                 log: self.dir.path().join(format!("log-{n}")),
+                store_view: None,
             },
             out_logical,
             sandbox: self.sandbox.clone(),
