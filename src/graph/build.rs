@@ -973,7 +973,7 @@ impl Scratch {
     /// Removes everything in both directories (outputs left over, what the builder left in
     /// `/build`), keeping the directories — and, in the root, the inputs' empty mount
     /// points, which the next build reuses if it has the same inputs (the sandbox removes
-    /// the others): on some filesystems, a directory created and removed per build is the
+    /// the others), or the entries of the store view kept there: on some filesystems, a directory created and removed per build is the
     /// costliest part of a small build (an unjournaled ext4 skips recently freed inodes
     /// when it allocates one, checking each).
     fn empty(&self) -> Result<(), store::StoreError> {
@@ -982,13 +982,13 @@ impl Scratch {
             for entry in entries {
                 let entry = entry.map_err(store::StoreError::io("list", dir))?;
                 let path = entry.path();
-                let viewed = |v: &KeptView| {
-                    (entry.file_name().to_str()).is_some_and(|n| v.entries.contains(n))
+                // In a view's root, only the view's entries stay: the sandbox does not
+                // read it before the next build (see `SandboxSpec::store_view`).
+                let kept = match &self.view {
+                    Some(v) => (entry.file_name().to_str()).is_some_and(|n| v.entries.contains(n)),
+                    None => sandbox::is_left_mount_point(&path),
                 };
-                if dir == self.root.path()
-                    && (self.view.as_ref().is_some_and(viewed)
-                        || sandbox::is_left_mount_point(&path))
-                {
+                if dir == self.root.path() && kept {
                     continue;
                 }
                 store::remove_tree(&path)?;

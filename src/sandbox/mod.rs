@@ -230,9 +230,10 @@ pub struct SandboxSpec {
     pub log: PathBuf,
     /// A store view (from [`StoreViews::update`]) whose entries are exactly the inputs,
     /// kept in `root_dir`: PID 1 attaches it rather than binding each input (no overlay).
-    /// Used only when the build starts through a zygote (it is handed to PID 1 with the
-    /// request); else the inputs are bound on the mount points the view left in
-    /// `root_dir`.
+    /// `root_dir` is then not checked: the caller keeping the view removes anything but
+    /// the view's entries that a build leaves in it (outputs it has not taken, what the
+    /// builder wrote beside them) before the next build in it. The build must start
+    /// through a zygote, which hands the view to PID 1; without one it fails.
     pub store_view: Option<StoreView>,
 }
 

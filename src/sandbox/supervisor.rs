@@ -604,6 +604,35 @@ pub(crate) fn spawn_helper(program: &Path, arg: &str, socket: OwnedFd) -> Option
         .ok()
 }
 
+/// The check of `root_dir` of [`check_directories`] without a store view.
+fn check_root_dir(spec: &SandboxSpec, overlay: bool) -> Result<(), SandboxError> {
+    let inputs: std::collections::HashSet<&std::ffi::OsStr> = match overlay {
+        true => Default::default(),
+        false => spec
+            .inputs
+            .iter()
+            .filter_map(|(_, logical)| Path::new(logical).file_name())
+            .collect(),
+    };
+    let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
+    let root = &spec.root_dir;
+    let entries = fs::read_dir(root)
+        .map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
+    let not_empty = || invalid("root_dir", format!("`{}` is not empty", root.display()));
+    for entry in entries {
+        let entry = entry.map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
+        let path = entry.path();
+        if !is_left_mount_point(&path) {
+            return Err(not_empty());
+        }
+        if !inputs.contains(entry.file_name().as_os_str()) {
+            let removed = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
+            removed.map_err(|_| not_empty())?;
+        }
+    }
+    Ok(())
+}
+
 /// The error of a build given a store view that cannot be handed to it: there is no
 /// zygote (any more) to start it with its descriptors.
 fn view_not_handed() -> SandboxError {
@@ -619,39 +648,14 @@ fn view_not_handed() -> SandboxError {
 /// removed, so that the builder sees its closure and nothing else in the store directory.
 /// With the store directory's overlay, mount points are not on disk: all of them are
 /// removed (an earlier build without the overlay may have left them). With a store view,
-/// the entries named as inputs are the view's (its keeper made them exactly the inputs),
-/// whatever they look like from here.
+/// `root_dir` is the view's and is not read: its keeper made its entries exactly the
+/// inputs, and the caller removes anything else a build leaves in it (see
+/// [`SandboxSpec::store_view`]).
 fn check_directories(spec: &SandboxSpec, layout: StoreLayout) -> Result<(), SandboxError> {
-    let inputs: std::collections::HashSet<&std::ffi::OsStr> = match layout {
-        StoreLayout::Overlay => Default::default(),
-        _ => spec
-            .inputs
-            .iter()
-            .filter_map(|(_, logical)| Path::new(logical).file_name())
-            .collect(),
-    };
-    let is_input = |name: &std::ffi::OsStr| inputs.contains(name);
-    let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
-    let root = &spec.root_dir;
-    let entries = fs::read_dir(root)
-        .map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
-    let not_empty = || invalid("root_dir", format!("`{}` is not empty", root.display()));
-    for entry in entries {
-        let entry = entry.map_err(|e| invalid("root_dir", format!("`{}`: {e}", root.display())))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        if layout == StoreLayout::View && is_input(&name) {
-            continue;
-        }
-        if !is_left_mount_point(&path) {
-            return Err(not_empty());
-        }
-        let needed = layout == StoreLayout::OnDisk && is_input(&name);
-        if !needed {
-            let removed = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
-            removed.map_err(|_| not_empty())?;
-        }
+    if layout != StoreLayout::View {
+        check_root_dir(spec, layout == StoreLayout::Overlay)?;
     }
+    let invalid = |field, reason: String| SandboxError::InvalidSpec { field, reason };
     if let Some(work) = &spec.work_dir {
         if !fs::symlink_metadata(work).is_ok_and(|m| m.is_dir()) {
             return Err(invalid(
