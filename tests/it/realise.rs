@@ -1830,10 +1830,13 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
             ),
         )
     };
+    // (And one with a small closure, whose mount points are on disk, in a directory that
+    // builds of every kind used before.)
     let probes = [
         ("probe-c", "c149"),
         ("probe-e", "e79"),
         ("probe-c2", "c148"),
+        ("probe-small", "c3"),
     ];
     let mut files = chain("c", 150);
     files.extend(chain("e", 80));
@@ -1870,7 +1873,7 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(outputs.len(), probes.len(), "{outputs:?}");
     for ((target, last), output) in probes.iter().zip(&outputs) {
         let text = fs::read_to_string(
             p.scratch
