@@ -540,7 +540,7 @@ impl SandboxExecutor<'_> {
     /// The store views' keeper, if the sandbox has one and a zygote to hand views with.
     fn views(&self) -> Option<&sandbox::StoreViews> {
         let sandbox = self.sandbox.get()?;
-        sandbox.store_views().filter(|_| sandbox.has_zygote())
+        (sandbox.store_views()).filter(|v| v.is_working() && sandbox.has_zygote())
     }
 
     /// Scratch directories for a build: a spare one — one holding a view if `with_view` —,

@@ -23,7 +23,9 @@
 //!    `.ksbuild-layers`, an overlayfs is mounted over the store directory (`userxattr`; upper
 //!    layer `root_dir`, work directory beside it — overlayfs wants them on one mount, and
 //!    works on them with the build user's filesystem ids, which PID 1 has by then), and the
-//!    temporary bind is detached and its mount point removed. The detached trees
+//!    temporary bind is detached and its mount point removed. With a store view (see
+//!    `views.rs`), none of that: the view handed over with the request, every input bound
+//!    in it already, is attached at the store directory. The detached trees
 //!    are attached (`move_mount`) read-only — a store directory's inputs restricted before
 //!    (`mount_setattr` of each detached tree), the rest remounted after, as are the
 //!    devices —, then

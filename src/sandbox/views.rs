@@ -206,7 +206,7 @@ fn apply(
         let source_dir = sys::open_directory(source)?;
         let mut bound = Vec::new();
         for name in add {
-            if !plan_name_is_plain(name) {
+            if !is_plain_name(name) {
                 return Err(Errno::EINVAL);
             }
             match sys::inspect_entry(source_dir.as_fd(), name.as_ref())? {
@@ -233,7 +233,7 @@ fn apply(
 }
 
 /// Whether `name` is one plain entry name (not empty, `.`, `..`, nor holding a `/`).
-fn plan_name_is_plain(name: &str) -> bool {
+fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
@@ -284,6 +284,14 @@ impl StoreViews {
             process: Mutex::new(process),
             next: Default::default(),
         })
+    }
+
+    /// Whether the keeper still answers (one that failed is not asked again).
+    pub fn is_working(&self) -> bool {
+        self.socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// A new view's number.

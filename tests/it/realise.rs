@@ -1778,6 +1778,31 @@ fn a_build_sees_exactly_its_closure_in_the_store() {
     }
 }
 
+/// The files of a chain of `length` derivations `{prefix}0`, `{prefix}1`, …, each
+/// depending on the one before (the first on busybox alone): closures of 1 to `length`
+/// paths.
+fn chain_files(prefix: &str, length: usize) -> Vec<(String, String)> {
+    (0..length)
+        .map(|i| {
+            let (previous, input) = match i {
+                0 => ("${bb}".to_string(), String::new()),
+                _ => (
+                    format!("${{{prefix}{}}}", i - 1),
+                    format!("{prefix}{0} = \"{prefix}{0}\"\n", i - 1),
+                ),
+            };
+            (
+                format!("derivations/{prefix}{i}.toml"),
+                format!(
+                    "builder = \"${{bb}}/bin/busybox\"\n\
+                     args = [\"sh\", \"-c\", \"echo {prefix}{i} {previous} > $out\"]\n\
+                     [inputs]\nbb = {{ path = \"tools/busybox\" }}\n{input}"
+                ),
+            )
+        })
+        .collect()
+}
+
 /// A series of builds in one process keeps its inputs mounted in store views (see
 /// `sandbox/views.rs`), each updated by the delta to the next build's closure: each build
 /// still sees exactly its closure — what an earlier build in the same view had and this
@@ -1789,27 +1814,6 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
         return;
     }
     // Two chains long enough for views (64 inputs and more), one probe at the top of each.
-    let chain = |prefix: &str, length: usize| -> Vec<(String, String)> {
-        (0..length)
-            .map(|i| {
-                let (previous, input) = match i {
-                    0 => ("${bb}".to_string(), String::new()),
-                    _ => (
-                        format!("${{{prefix}{}}}", i - 1),
-                        format!("{prefix}{0} = \"{prefix}{0}\"\n", i - 1),
-                    ),
-                };
-                (
-                    format!("derivations/{prefix}{i}.toml"),
-                    format!(
-                        "builder = \"${{bb}}/bin/busybox\"\n\
-                         args = [\"sh\", \"-c\", \"echo {prefix}{i} {previous} > $out\"]\n\
-                         [inputs]\nbb = {{ path = \"tools/busybox\" }}\n{input}"
-                    ),
-                )
-            })
-            .collect()
-    };
     // Each probe lists the store, tries to make an input writable, records its mount
     // options, and leaves an empty directory, a file and a symlink named like store paths
     // in the store directory for the next build in its view to (not) see.
@@ -1838,8 +1842,8 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
         ("probe-c2", "c148"),
         ("probe-small", "c3"),
     ];
-    let mut files = chain("c", 150);
-    files.extend(chain("e", 80));
+    let mut files = chain_files("c", 150);
+    files.extend(chain_files("e", 80));
     files.extend(probes.iter().map(|(name, last)| probe(name, last)));
     let refs: Vec<(&str, &str)> = files
         .iter()
@@ -1935,4 +1939,91 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
             "{output}"
         );
     }
+}
+
+/// When the store views' keeper is gone, a series of builds goes on without views (each
+/// build binds its inputs, as a single build does), and each sees exactly its closure.
+#[test]
+fn builds_go_on_without_views_when_the_keeper_is_gone() {
+    use std::io::{BufRead, BufReader};
+    if skip_without_busybox() {
+        return;
+    }
+    // A chain long enough for views (64 inputs and more).
+    let mut files = chain_files("k", 100);
+    files.push((
+        "derivations/top.toml".to_string(),
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"${bb}/bin/busybox ls -a /nix/store > $out\"]\n\
+         [inputs]\nbb = { path = \"tools/busybox\" }\nlast = \"k99\"\n"
+            .to_string(),
+    ));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Project::new(&refs);
+    let mut child = p
+        .ks("st")
+        .env(ksbuild::timing::ENV, "1")
+        .args(["realise", "-j1", "top"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    // The keeper (a child of this ksbuild, started before the first build) is killed as
+    // soon as it is there: the first build with 64 inputs finds it gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed = false;
+    while !killed && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        killed = Command::new("pkill")
+            .args([
+                "-KILL",
+                "-x",
+                "-P",
+                &child.id().to_string(),
+                "ksbuild-views",
+            ])
+            .status()
+            .unwrap()
+            .success();
+    }
+    assert!(killed, "the keeper was not found");
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{}", log.join("\n"));
+    let log = log.join("\n");
+    assert!(
+        log.contains("the store view could not be updated"),
+        "no build noticed the keeper was gone: {log}"
+    );
+    assert!(!log.contains("kept view"), "{log}");
+    let k99 = log.split("building `k99`").nth(1).unwrap_or_default();
+    assert!(
+        k99.contains("bind the entries taken from"),
+        "k99 did not bind its inputs: {k99}"
+    );
+    let top = stdout.trim();
+    let listing =
+        fs::read_to_string(p.scratch.join("st").join(top.trim_start_matches('/'))).unwrap();
+    let seen: BTreeSet<&str> = listing
+        .lines()
+        .filter(|l| *l != "." && *l != "..")
+        .collect();
+    let last = run_ok(p.ks("st").args(["realise", "k99"]));
+    let closure = run_ok(p.ks("st").args(["store", "path-info", "-r", last.trim()]));
+    let mut expected: BTreeSet<&str> = closure
+        .lines()
+        .map(|l| l.trim().trim_start_matches("/nix/store/"))
+        .collect();
+    expected.insert(top.trim_start_matches("/nix/store/"));
+    assert_eq!(seen, expected);
 }
