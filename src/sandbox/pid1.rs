@@ -25,13 +25,14 @@
 //!    works on them with the build user's filesystem ids, which PID 1 has by then), and the
 //!    temporary bind is detached and its mount point removed. With a store view (see
 //!    `views.rs`), none of that: the view handed over with the request, every input bound
-//!    in it already, is attached at the store directory. The detached trees
+//!    in it already, is attached at the store directory after step 3. The detached trees
 //!    are attached (`move_mount`) read-only — a store directory's inputs restricted before
 //!    (`mount_setattr` of each detached tree), the rest remounted after, as are the
 //!    devices —, then
 //!    `/dev/shm`, `/dev/pts` and a fresh `/proc` for the new PID namespace are mounted;
 //! 3. **`pivot_root(".", ".")`** and detach the old root: from here no path leads to the
-//!    host's filesystem, and the mounts inherited from the host are locked;
+//!    host's filesystem, and the mounts inherited from the host are locked (then a store
+//!    view is attached: the detach walks every mount of the namespace, a view's too);
 //! 4. loopback up, hostname `localhost`, domain name `(none)`, a new session, stdin from
 //!    `/dev/null` and stderr onto stdout;
 //! 5. **privilege drop**: `setresgid(100)`, `setresuid(1000)` (host ids: the build user),

@@ -659,20 +659,19 @@ pub(crate) fn plan(
         nodev: true,
         ..RemountFlags::default()
     };
-    if view {
-        ns.push(Step::AttachView {
-            target: store_relative.clone(),
-        });
-    } else if overlay.is_none() {
+    if overlay.is_none() && !view {
         ns.push(Step::AttachTree {
             source: store_on_disk,
             target: store_relative.clone(),
         });
     }
-    ns.push(Step::Remount {
-        target: store_relative,
+    let remount_store = Step::Remount {
+        target: store_relative.clone(),
         flags: rw,
-    });
+    };
+    if !view {
+        ns.push(remount_store.clone());
+    }
     for (physical, relative, copied) in bound_inputs {
         if copied {
             ns.push(Step::MountTmpfs {
@@ -754,6 +753,14 @@ pub(crate) fn plan(
         new_root: ".".into(),
     });
     ns.push(Step::DetachOldRoot);
+    if view {
+        // A view is attached once the old root is detached: detaching a tree costs the
+        // kernel a walk of every mount of the namespace, a view's thousands included.
+        ns.push(Step::AttachView {
+            target: store_relative,
+        });
+        ns.push(remount_store);
+    }
     // 5. Network, names, session, stdio.
     ns.push(Step::LoopbackUp);
     ns.push(Step::SetHostname {
@@ -876,6 +883,37 @@ mod tests {
 
     fn position(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
         steps.iter().position(pred).expect("step present")
+    }
+
+    #[test]
+    fn with_a_view_no_input_is_planned_and_the_view_comes_after_the_old_root() {
+        let mut inspected = 0;
+        let mut counting = |p: &Path| {
+            inspected += 1;
+            inspect(p)
+        };
+        let p = plan(&spec(), &ids(false), &mut counting, true, StoreLayout::View).unwrap();
+        assert_eq!(inspected, 0, "an input was inspected");
+        let all: Vec<&Step> = p.host.iter().chain(&p.namespace).collect();
+        assert!(!all.iter().any(|s| matches!(
+            s,
+            Step::CreateMountPoint { .. }
+                | Step::CreateSymlink { .. }
+                | Step::DetachTrees { .. }
+                | Step::AttachTrees { .. }
+                | Step::MountOverlay { .. }
+        ) && !matches!(s, Step::CreateSymlink { path, .. } if path.starts_with("dev"))));
+        let at = |pred: &dyn Fn(&Step) -> bool| p.namespace.iter().position(pred).unwrap();
+        let view =
+            at(&|s| matches!(s, Step::AttachView { target } if target == Path::new("nix/store")));
+        let detach = at(&|s| *s == Step::DetachOldRoot);
+        let remount =
+            at(&|s| matches!(s, Step::Remount { target, .. } if target == Path::new("nix/store")));
+        assert!(detach < view && view < remount, "{:?}", p.namespace);
+        assert!(!p
+            .namespace
+            .iter()
+            .any(|s| matches!(s, Step::DetachTree { source } if source == Path::new("/s/root"))));
     }
 
     #[test]

@@ -13,14 +13,15 @@
 #   5. no-op realise of all N nodes (needs all N outputs: only with FULL=1, which has Nix build
 #      them outside its sandbox and ksbuild substitute them from Nix's cache; about 30 min)
 #   6. a build whose input closure has CLOSURE paths (default 1,000) against the same build
-#      with a 2-path closure (ksbuild only; the ratio is the point)
+#      with a 2-path closure (ksbuild only; the ratio is the point): alone in a process
+#      (`--check`), and in a series of SERIES (default 100) new builds in one process
 #   7. INDEP (default 1,000) independent trivial derivations, -j2, each run into a fresh store,
 #      with the stores on the benchmark's filesystem and on tmpfs (/dev/shm), against the
 #      kernel's floor: util-linux `unshare` making the same namespaces around the same
 #      busybox command, INDEP times, two at a time
 #
 # Usage: tests/bench/scale-vs-nix.sh [RUNS]   (default 3; medians)
-#   N=10000 BUILT=1000 CLOSURE=1000 INDEP=1000 FULL=0 FULL_NIX_STORE=(a Nix store root to keep); KS=/path/to/ksbuild (default: the release build);
+#   N=10000 BUILT=1000 CLOSURE=1000 SERIES=100 INDEP=1000 FULL=0 FULL_NIX_STORE=(a Nix store root to keep); KS=/path/to/ksbuild (default: the release build);
 #   BENCH_DIR=/dev/shm measures on tmpfs (the default, /var/tmp, is the disk).
 set -euo pipefail
 RUNS=${1:-3}
@@ -126,6 +127,26 @@ done
 wide=$(median < "$WORK/wide")
 narrow=$(median < "$WORK/narrow")
 
+# 6b. The same in a series (one process, -j1, where store views apply): SERIES (default 100)
+# new derivations on top of w(CLOSURE-1) against as many on top of w0, instantiated first
+# (untimed), per build.
+SERIES=${SERIES:-100}
+for r in $(seq "$RUNS"); do
+  for kind in wide narrow; do
+    on=$last; [ "$kind" = wide ] || on=w0
+    names=()
+    for k in $(seq "$SERIES"); do
+      names+=("s$kind$r-$k")
+      printf 'builder = "${bb}/bin/busybox"\nargs = ["sh", "-c", "echo %s ${p} > $out"]\n[inputs]\nbb = { path = "tools/busybox" }\np = "%s"\n' \
+        "s$kind$r-$k" "$on" > "$P/derivations/s$kind$r-$k.toml"
+    done
+    $KS instantiate "${names[@]}" > /dev/null
+    time_runs "$KS realise --no-link -j1 ${names[*]}" 1 >> "$WORK/series-$kind"
+  done
+done
+series_wide=$(median < "$WORK/series-wide")
+series_narrow=$(median < "$WORK/series-narrow")
+
 # 7. Independent builds, on disk and on tmpfs, and the floor.
 trivial_derivations "$INDEP"
 indep_targets=$(seq -f 't%g' 1 "$INDEP" | tr '\n' ' ')
@@ -149,6 +170,8 @@ row "no-op realise of those $BUILT" "$noop_ks" "$noop_nix" ""
 printf '\nper build of the %d: ksbuild %.1f ms, Nix %.1f ms\n' "$BUILT" "$(echo "$built_ks * 1000 / $BUILT" | bc -l)" "$(echo "$built_nix * 1000 / $BUILT" | bc -l)"
 printf 'a build with a %d-path closure vs a 2-path one (w1) (realise --check, whole process): %.1f ms vs %.1f ms = %.2fx   (target <= 1.3x)\n' \
   "$CLOSURE" "$(ms "$wide")" "$(ms "$narrow")" "$(ratio "$wide" "$narrow")"
+printf 'the same in a series of %d builds in one process (-j1), per build: %.2f ms vs %.2f ms = %.2fx\n' \
+  "$SERIES" "$(echo "$series_wide * 1000 / $SERIES" | bc -l)" "$(echo "$series_narrow * 1000 / $SERIES" | bc -l)" "$(ratio "$series_wide" "$series_narrow")"
 per() { echo "$1 * 1000 / $INDEP" | bc -l; }
 printf '%d independent derivations, -j2, per derivation: %.2f ms with the stores on %s (%s), %.2f ms on tmpfs; the unshare floor %.2f ms: %.2fx and %.2fx   (target <= 1.3x)\n' \
   "$INDEP" "$(per "$indep_disk")" "$(df --output=target "$WORK" | tail -1)" "$(df --output=fstype "$WORK" | tail -1)" "$(per "$indep_shm")" "$(per "$floor")" \
