@@ -591,9 +591,7 @@ impl SandboxExecutor<'_> {
             id: views.new_view(),
             entries: BTreeSet::new(),
         });
-        let names: BTreeSet<String> = closure.iter().map(StorePath::to_string).collect();
-        let remove: Vec<String> = kept.entries.difference(&names).cloned().collect();
-        let add: Vec<String> = names.difference(&kept.entries).cloned().collect();
+        let (remove, add) = view_delta(&kept.entries, closure);
         let updated = match &source {
             Some(source) => views.update(kept.id, scratch.root.path(), source, &remove, &add),
             None => Err(nix::errno::Errno::EINVAL),
@@ -609,7 +607,10 @@ impl SandboxExecutor<'_> {
         }
         match updated {
             Ok(view) => {
-                kept.entries = names;
+                for name in &remove {
+                    kept.entries.remove(name);
+                }
+                kept.entries.extend(add);
                 Ok((scratch, Some(view)))
             }
             Err(e) => {
@@ -950,6 +951,44 @@ const OVERLAY_MIN_INPUTS: usize = 16;
 /// mount points are on disk, and for a few inputs cost more than the binds they spare.
 const VIEW_MIN_INPUTS: usize = 64;
 
+/// The names a view holding `held` must lose and gain to hold `closure`: one merge of the
+/// two, which are in the same order (a store path sorts as its base name, `<hash>-<name>`,
+/// whose hash part has a fixed length), with no name made for a path the view holds.
+fn view_delta(
+    held: &BTreeSet<String>,
+    closure: &BTreeSet<StorePath>,
+) -> (Vec<String>, Vec<String>) {
+    use std::cmp::Ordering;
+    let order = |name: &str, path: &StorePath| match name.split_at_checked(32) {
+        Some((hash, rest)) => {
+            (hash, rest.strip_prefix('-').unwrap_or(rest)).cmp(&(path.hash_part(), path.name()))
+        }
+        None => name.cmp(&path.to_string()),
+    };
+    let (mut remove, mut add) = (Vec::new(), Vec::new());
+    let mut held = held.iter().peekable();
+    for path in closure {
+        loop {
+            match held.peek().map(|name| (order(name, path), *name)) {
+                Some((Ordering::Less, name)) => {
+                    remove.push(name.clone());
+                    held.next();
+                }
+                Some((Ordering::Equal, _)) => {
+                    held.next();
+                    break;
+                }
+                _ => {
+                    add.push(path.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    remove.extend(held.cloned());
+    (remove, add)
+}
+
 /// A build to run again, the usual way: the sandbox failed with a store view. Holds the
 /// scratch it failed in.
 struct Retry(Scratch);
@@ -992,17 +1031,18 @@ impl Scratch {
             let entries = std::fs::read_dir(dir).map_err(store::StoreError::io("list", dir))?;
             for entry in entries {
                 let entry = entry.map_err(store::StoreError::io("list", dir))?;
-                let path = entry.path();
                 // In a view's root, only the view's entries stay: the sandbox does not
                 // read it before the next build (see `SandboxSpec::store_view`).
-                let kept = match &self.view {
-                    Some(v) => (entry.file_name().to_str()).is_some_and(|n| v.entries.contains(n)),
-                    None => sandbox::is_left_mount_point(&path),
-                };
-                if dir == self.root.path() && kept {
-                    continue;
+                let kept = dir == self.root.path()
+                    && match &self.view {
+                        Some(v) => {
+                            (entry.file_name().to_str()).is_some_and(|n| v.entries.contains(n))
+                        }
+                        None => sandbox::is_left_mount_point(&entry.path()),
+                    };
+                if !kept {
+                    store::remove_tree(&entry.path())?;
                 }
-                store::remove_tree(&path)?;
             }
         }
         Ok(())
@@ -1212,6 +1252,42 @@ mod tests {
 
     fn open(dir: &Path) -> Store {
         Store::open(&dir.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap()
+    }
+
+    #[test]
+    fn a_view_delta_is_what_makes_the_held_names_the_closure() {
+        let hashes = [
+            "00000000000000000000000000000000",
+            "11111111111111111111111111111111",
+            "1111111111111111111111111111111a",
+            "22222222222222222222222222222222",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        ];
+        let path = |i: usize, name: &str| {
+            StorePath::from_base_name(&format!("{}-{name}", hashes[i])).unwrap()
+        };
+        // Names that sort differently as text and as fields (`a-b` against `a`) included.
+        let held: BTreeSet<String> = [path(0, "a"), path(1, "a-b"), path(3, "d"), path(4, "z")]
+            .iter()
+            .map(StorePath::to_string)
+            .collect();
+        let closure: BTreeSet<StorePath> =
+            [path(1, "a"), path(1, "a-b"), path(2, "c"), path(3, "d")].into();
+        let (remove, add) = view_delta(&held, &closure);
+        let mut after: BTreeSet<String> = held
+            .difference(&remove.iter().cloned().collect())
+            .cloned()
+            .collect();
+        after.extend(add.iter().cloned());
+        let expected: BTreeSet<String> = closure.iter().map(StorePath::to_string).collect();
+        assert_eq!(after, expected, "remove {remove:?}, add {add:?}");
+        assert_eq!(remove, [path(0, "a").to_string(), path(4, "z").to_string()]);
+        assert_eq!(add, [path(1, "a").to_string(), path(2, "c").to_string()]);
+        assert_eq!(view_delta(&expected, &closure), (vec![], vec![]));
+        assert_eq!(
+            view_delta(&BTreeSet::new(), &closure).1.len(),
+            closure.len()
+        );
     }
 
     #[test]
