@@ -862,6 +862,11 @@ mod tests {
         }
     }
 
+    /// The plan of [`spec`] with its mount points on disk and a private `/dev/pts`.
+    fn plan_on_disk(root: bool) -> Plan {
+        plan(&spec(), &ids(root), &mut inspect, true, StoreLayout::OnDisk).unwrap()
+    }
+
     pub(super) fn ids(root: bool) -> HostIds {
         HostIds {
             build_uid: 4000,
@@ -918,14 +923,7 @@ mod tests {
 
     #[test]
     fn the_prelude_is_in_every_plan_and_comes_first_where_it_matters() {
-        let p = plan(
-            &spec(),
-            &ids(false),
-            &mut inspect,
-            true,
-            StoreLayout::OnDisk,
-        )
-        .unwrap();
+        let p = plan_on_disk(false);
         for step in prelude() {
             assert!(p.namespace.contains(&step), "{step} is not in the plan");
         }
@@ -986,7 +984,7 @@ mod tests {
 
     #[test]
     fn argv_starts_with_the_builder_base_name() {
-        let p = plan(&spec(), &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
+        let p = plan_on_disk(true);
         assert_eq!(p.exec.argv, ["busybox", "sh", "-c", "true"]);
         assert_eq!(p.exec.path, "/nix/store/aaaa-busybox/bin/busybox");
         let mut sorted = p.exec.env.clone();
@@ -996,7 +994,7 @@ mod tests {
 
     #[test]
     fn steps_come_in_the_documented_order() {
-        let p = plan(&spec(), &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap();
+        let p = plan_on_disk(true);
         assert!(p.host.iter().all(Step::is_host_step));
         let ns = &p.namespace;
         let private = position(ns, |s| matches!(s, Step::MakeMountsPrivate));
@@ -1125,7 +1123,7 @@ mod tests {
                 StoreLayout::Overlay
             )
             .unwrap(),
-            plan(&spec(), &ids(true), &mut inspect, true, StoreLayout::OnDisk).unwrap()
+            plan_on_disk(true)
         );
         let p = plan(&s, &ids(true), &mut inspect, true, StoreLayout::Overlay).unwrap();
         assert!(p.host.iter().all(Step::is_host_step));
@@ -1257,14 +1255,7 @@ mod tests {
             .host
             .iter()
             .any(|s| matches!(s, Step::CreateSymlink { path, .. } if path.ends_with("ptmx"))));
-        let p = plan(
-            &spec(),
-            &ids(false),
-            &mut inspect,
-            true,
-            StoreLayout::OnDisk,
-        )
-        .unwrap();
+        let p = plan_on_disk(false);
         assert!(!p.host.contains(&Step::ClearSupplementaryGroups));
     }
 

@@ -109,13 +109,7 @@ pub fn views_main() -> ! {
 }
 
 fn serve() -> Result<(), Errno> {
-    sys::set_process_name(c"ksbuild-views");
-    sys::close_fds_from_3()?;
-    let expected_parent: Option<i32> = std::env::args().nth(2).and_then(|a| a.parse().ok());
-    sys::set_parent_death_signal()?;
-    if Some(sys::parent_pid()) != expected_parent {
-        return Err(Errno::ESRCH);
-    }
+    super::zygote::start_helper(c"ksbuild-views")?;
     let stdin = std::io::stdin();
     let socket = stdin.as_fd();
     let entered = sys::enter_view_namespaces();
@@ -133,11 +127,7 @@ fn serve() -> Result<(), Errno> {
             (Err(e), _) => Err(*e),
             (_, Err(_)) => Err(Errno::EINVAL),
             (Ok(()), Ok(ViewRequest::Forget { view })) => {
-                if let Some(v) = views.remove(&view) {
-                    for name in &v.entries {
-                        let _ = sys::remove_mount_point(v.dir.as_fd(), &v.root, name);
-                    }
-                }
+                forget(&mut views, view);
                 Ok(None)
             }
             (
@@ -182,13 +172,18 @@ fn update(
     };
     let result = apply(view, source, remove, add, clone);
     if result.is_err() {
-        if let Some(v) = views.remove(&id) {
-            for name in &v.entries {
-                let _ = sys::remove_mount_point(v.dir.as_fd(), &v.root, name);
-            }
-        }
+        forget(views, id);
     }
     result
+}
+
+/// Forgets view `id`, detaching its mounts and removing their mount points.
+fn forget(views: &mut HashMap<u64, View>, id: u64) {
+    if let Some(v) = views.remove(&id) {
+        for name in &v.entries {
+            let _ = sys::remove_mount_point(v.dir.as_fd(), &v.root, name);
+        }
+    }
 }
 
 fn apply(

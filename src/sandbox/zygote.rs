@@ -140,14 +140,23 @@ impl Running {
     }
 }
 
-fn serve() -> Result<(), Errno> {
-    sys::set_process_name(c"ksbuild-zygote");
+/// The start of a helper process of ksbuild (the zygote, the store views' keeper), run as
+/// `<binary> <argument> <ksbuild pid>`: names it, closes every descriptor but stdin (its
+/// socket) and stdout/stderr, and ties its life to ksbuild's (`PR_SET_PDEATHSIG`), failing
+/// if ksbuild is already gone.
+pub(crate) fn start_helper(name: &std::ffi::CStr) -> Result<(), Errno> {
+    sys::set_process_name(name);
     sys::close_fds_from_3()?;
     let expected_parent: Option<i32> = std::env::args().nth(2).and_then(|a| a.parse().ok());
     sys::set_parent_death_signal()?;
     if Some(sys::parent_pid()) != expected_parent {
         return Err(Errno::ESRCH);
     }
+    Ok(())
+}
+
+fn serve() -> Result<(), Errno> {
+    start_helper(c"ksbuild-zygote")?;
     // As in the init process: exact modes whatever ksbuild's umask, and PID 1s that do not
     // inherit root's supplementary groups.
     sys::set_umask(0);
