@@ -593,7 +593,16 @@ impl SandboxExecutor<'_> {
         });
         let (remove, add) = view_delta(&kept.entries, closure);
         let updated = match &source {
-            Some(source) => views.update(kept.id, scratch.root.path(), source, &remove, &add),
+            // The work directory, unused with a view, holds the file whose links are the
+            // view's mount points of files.
+            Some(source) => views.update(
+                kept.id,
+                scratch.root.path(),
+                scratch.work.path(),
+                source,
+                &remove,
+                &add,
+            ),
             None => Err(nix::errno::Errno::EINVAL),
         };
         if timing::enabled() {

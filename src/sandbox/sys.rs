@@ -652,24 +652,63 @@ pub(crate) fn clone_tree_recursive(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno
     .map_err(rustix_errno)
 }
 
+/// The name of the empty file, in the directory given to [`reuse_mount_points`], whose hard
+/// links are mount points of non-directories.
+pub(crate) const MOUNT_POINT_ANCHOR: &str = "mount-point";
+
 /// Creates in `dir` an empty directory or file for each `(name, is_directory)`, as
 /// [`create_mount_points`] does, but accepts one that exists already (a mount point left
 /// on disk by an earlier build in the same directory). On failure, the name that failed.
+///
+/// With `anchor` (a directory on the same mount as `dir`), a file's mount point is a hard
+/// link to one empty file there, [`MOUNT_POINT_ANCHOR`] (created the first time): a mount
+/// is on a name, not on an inode, and a link costs the filesystem no inode. (An inode
+/// allocation on an ext4 without a journal skips every inode freed in the last half
+/// minute, one read each: after a few thousand builds, 50–200 µs per file, against 8 µs
+/// per link.) Where a link cannot be made (another filesystem, too many links), the mount
+/// point is a new empty file.
 pub(crate) fn reuse_mount_points<'a>(
     dir: BorrowedFd<'_>,
     entries: &'a [(String, bool)],
+    anchor: Option<BorrowedFd<'_>>,
 ) -> Result<(), (&'a str, Errno)> {
-    use rustix::fs::{Mode, OFlags};
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let new_file = |name: &str| {
+        rustix::fs::openat(
+            dir,
+            name,
+            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(drop)
+    };
+    let mut anchor = anchor;
     for (name, is_dir) in entries {
-        let created = match is_dir {
-            true => rustix::fs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o755)),
-            false => rustix::fs::openat(
-                dir,
-                name.as_str(),
-                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            )
-            .map(drop),
+        let created = match (is_dir, anchor) {
+            (true, _) => rustix::fs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o755)),
+            (false, None) => new_file(name),
+            (false, Some(at)) => {
+                let link = || {
+                    rustix::fs::linkat(at, MOUNT_POINT_ANCHOR, dir, name.as_str(), AtFlags::empty())
+                };
+                let linked = match link() {
+                    Err(rustix::io::Errno::NOENT) => rustix::fs::openat(
+                        at,
+                        MOUNT_POINT_ANCHOR,
+                        OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o444),
+                    )
+                    .and_then(|_| link()),
+                    other => other,
+                };
+                match linked {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+                    Err(_) => {
+                        anchor = None;
+                        new_file(name)
+                    }
+                }
+            }
         };
         match created {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
@@ -1312,5 +1351,54 @@ pub fn terminate_with_parent(command: &mut std::process::Command) {
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
                 .map_err(std::io::Error::from)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn mount_points_of_files_are_links_to_one_anchor_and_those_there_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, anchor) = (tmp.path().join("root"), tmp.path().join("work"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&anchor).unwrap();
+        std::fs::write(root.join("kept"), "").unwrap();
+        let dir = open_directory(&root).unwrap();
+        let at = open_directory(&anchor).unwrap();
+        let entries: Vec<(String, bool)> =
+            [("a", false), ("b", false), ("d", true), ("kept", false)]
+                .iter()
+                .map(|(n, d)| (n.to_string(), *d))
+                .collect();
+        reuse_mount_points(dir.as_fd(), &entries, Some(at.as_fd())).unwrap();
+        let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+        let anchor_file = anchor.join(MOUNT_POINT_ANCHOR);
+        assert_eq!(ino(&root.join("a")), ino(&anchor_file));
+        assert_eq!(ino(&root.join("b")), ino(&anchor_file));
+        assert_eq!(std::fs::metadata(&anchor_file).unwrap().nlink(), 3);
+        assert!(std::fs::metadata(root.join("d")).unwrap().is_dir());
+        assert_ne!(ino(&root.join("kept")), ino(&anchor_file));
+        // Again: everything is there already.
+        reuse_mount_points(dir.as_fd(), &entries, Some(at.as_fd())).unwrap();
+        // Without an anchor (or where no link can be made), each file is its own.
+        let more = [("c".to_string(), false), ("e".to_string(), false)];
+        reuse_mount_points(dir.as_fd(), &more, None).unwrap();
+        assert_ne!(ino(&root.join("c")), ino(&root.join("e")));
+        assert_ne!(ino(&root.join("c")), ino(&anchor_file));
+        // An anchor directory on another mount (here: a directory that is not one) falls
+        // back to new files.
+        let elsewhere = open_directory(Path::new("/proc/self")).unwrap();
+        reuse_mount_points(
+            dir.as_fd(),
+            &[("f".to_string(), false)],
+            Some(elsewhere.as_fd()),
+        )
+        .unwrap();
+        assert!(std::fs::metadata(root.join("f")).unwrap().is_file());
     }
 }

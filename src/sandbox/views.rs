@@ -77,10 +77,13 @@ enum ViewRequest {
     /// View `view`, in the directory `root` (given on every request; a view's directory
     /// never changes): detach and remove the entries named in `remove`, then bind each
     /// entry named in `add` of the directory `source` on an entry of the same name; with
-    /// `clone`, answer with a recursive detached clone of the view.
+    /// `clone`, answer with a recursive detached clone of the view. The mount points of
+    /// files are hard links to an empty file in `anchor`, a directory beside `root` (see
+    /// [`sys::reuse_mount_points`]).
     Update {
         view: u64,
         root: PathBuf,
+        anchor: PathBuf,
         source: PathBuf,
         remove: Vec<String>,
         add: Vec<String>,
@@ -94,6 +97,9 @@ enum ViewRequest {
 struct View {
     root: PathBuf,
     dir: OwnedFd,
+    /// The directory of the empty file whose links are the mount points of files, if it
+    /// could be opened.
+    anchor: Option<OwnedFd>,
     /// The names of its entries.
     entries: std::collections::HashSet<String>,
 }
@@ -135,12 +141,19 @@ fn serve() -> Result<(), Errno> {
                 Ok(ViewRequest::Update {
                     view,
                     root,
+                    anchor,
                     source,
                     remove,
                     add,
                     clone,
                 }),
-            ) => update(&mut views, view, root, &source, &remove, &add, clone),
+            ) => {
+                let (paths, delta) = (
+                    (root, anchor.as_path()),
+                    (source.as_path(), &remove[..], &add[..]),
+                );
+                update(&mut views, view, paths, delta, clone)
+            }
         };
         let _ = match &answer {
             Ok(None) => sys::send_with_fds(socket, &0i32.to_le_bytes(), &[]),
@@ -155,10 +168,8 @@ fn serve() -> Result<(), Errno> {
 fn update(
     views: &mut HashMap<u64, View>,
     id: u64,
-    root: PathBuf,
-    source: &Path,
-    remove: &[String],
-    add: &[String],
+    (root, anchor): (PathBuf, &Path),
+    (source, remove, add): (&Path, &[String], &[String]),
     clone: bool,
 ) -> Result<Option<OwnedFd>, Errno> {
     let view = match views.entry(id) {
@@ -166,6 +177,7 @@ fn update(
         std::collections::hash_map::Entry::Occupied(_) => return Err(Errno::EINVAL),
         std::collections::hash_map::Entry::Vacant(v) => v.insert(View {
             dir: sys::open_directory(&root)?,
+            anchor: sys::open_directory(anchor).ok(),
             root,
             entries: Default::default(),
         }),
@@ -213,7 +225,8 @@ fn apply(
                 InputKind::File => bound.push((name.clone(), false)),
             }
         }
-        sys::reuse_mount_points(view.dir.as_fd(), &bound).map_err(|(_, e)| e)?;
+        let anchor = view.anchor.as_ref().map(|a| a.as_fd());
+        sys::reuse_mount_points(view.dir.as_fd(), &bound, anchor).map_err(|(_, e)| e)?;
         let names: Vec<String> = bound.iter().map(|(n, _)| n.clone()).collect();
         let trees = sys::detach_trees(source, &names).map_err(|(_, e)| e)?;
         // Each entry counts as the view's from its mount point on, so that a failure
@@ -296,12 +309,16 @@ impl StoreViews {
 
     /// Makes view `view` (in the empty or view-holding directory `root`) hold what it held
     /// minus `remove`, plus the entries `add` of the directory `source`, and returns a
-    /// clone of it for one build. On failure the keeper has forgotten the view (its mounts
-    /// are detached; the mount points left on disk are empty).
+    /// clone of it for one build. `anchor` is a directory beside `root`, of the view's
+    /// alone, where the keeper keeps the file whose links are its files' mount points. On
+    /// failure the keeper has forgotten the view (its mounts are detached; the mount
+    /// points left on disk are empty).
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &self,
         view: u64,
         root: &Path,
+        anchor: &Path,
         source: &Path,
         remove: &[String],
         add: &[String],
@@ -320,6 +337,7 @@ impl StoreViews {
             let request = ViewRequest::Update {
                 view,
                 root: root.to_path_buf(),
+                anchor: anchor.to_path_buf(),
                 source: source.to_path_buf(),
                 remove: remove.to_vec(),
                 add: add.to_vec(),
