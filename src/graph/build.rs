@@ -587,6 +587,13 @@ impl SandboxExecutor<'_> {
             .first()
             .and_then(|p| store.physical_path(p).parent().map(PathBuf::from));
         let t0 = std::time::Instant::now();
+        if scratch.view.is_none() {
+            // A recycled root holds the mount points its last build left on disk: those of
+            // other paths go, or this build would see them (the keeper binds on the others).
+            scratch
+                .remove_all_but(closure)
+                .map_err(|e| failure(format!("cannot empty a build directory: {e}")))?;
+        }
         let kept = scratch.view.get_or_insert_with(|| KeptView {
             id: views.new_view(),
             entries: BTreeSet::new(),
@@ -1027,6 +1034,22 @@ impl Scratch {
         let _ = store::remove_tree(self.root.path());
         let _ = store::remove_tree(self.build.path());
         let _ = store::remove_tree(self.work.path());
+    }
+
+    /// Removes every entry of the root that is not named like a path of `closure`.
+    fn remove_all_but(&self, closure: &BTreeSet<StorePath>) -> Result<(), store::StoreError> {
+        let dir = self.root.path();
+        for entry in std::fs::read_dir(dir).map_err(store::StoreError::io("list", dir))? {
+            let entry = entry.map_err(store::StoreError::io("list", dir))?;
+            let name = entry.file_name();
+            let path = name
+                .to_str()
+                .and_then(|n| StorePath::from_base_name(n).ok());
+            if !path.is_some_and(|p| closure.contains(&p)) {
+                store::remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes everything in both directories (outputs left over, what the builder left in

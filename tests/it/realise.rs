@@ -1941,6 +1941,73 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
     }
 }
 
+/// A view made in a build directory that a small build (whose mount points are on disk)
+/// used before holds none of that build's mount points: its first build sees exactly its
+/// closure.
+#[test]
+fn a_view_in_a_reused_directory_shows_none_of_its_last_mount_points() {
+    if skip_without_busybox() {
+        return;
+    }
+    // A chain long enough for a view, built first; then, in one process, builds with small
+    // closures of other paths, and last one over the chain, listing the store.
+    // (`after` is built from the small chain but does not refer to it: it orders the
+    // listing after the small builds, and the small chain's paths are not in its closure.)
+    let mut files = chain_files("c", 70);
+    files.extend(chain_files("x", 3));
+    files.push((
+        "derivations/after.toml".into(),
+        "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo after > $out\"]\n\
+         [inputs]\nbb = { path = \"tools/busybox\" }\nx2 = \"x2\"\n"
+            .into(),
+    ));
+    files.push((
+        "derivations/listing.toml".into(),
+        "builder = \"${bb}/bin/busybox\"\n\
+         args = [\"sh\", \"-c\", \"$B ls -a /nix/store > $out\"]\n\
+         [inputs]\nbb = { path = \"tools/busybox\" }\nlast = \"c69\"\nafter = \"after\"\n\
+         [env]\nB = \"${bb}/bin/busybox\"\nT = \"${last} ${after}\"\n"
+            .into(),
+    ));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let p = Project::new(&refs);
+    run_ok(p.ks("st").args(["realise", "c69"]));
+    let built = run(p
+        .ks("st")
+        .env(ksbuild::timing::ENV, "1")
+        .args(["realise", "-j1", "listing"]));
+    assert!(built.status.success(), "{built:?}");
+    let log = String::from_utf8_lossy(&built.stderr);
+    assert_eq!(log.matches("attach the kept view").count(), 1, "{log}");
+    let output = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let listing =
+        fs::read_to_string(p.scratch.join("st").join(output.trim_start_matches('/'))).unwrap();
+    let seen: BTreeSet<&str> = listing
+        .lines()
+        .filter(|l| *l != "." && *l != "..")
+        .collect();
+    let closure = run_ok(
+        p.ks("st")
+            .args(["store", "path-info", "-r"])
+            .arg(run_ok(p.ks("st").args(["realise", "c69"])).trim())
+            .arg(run_ok(p.ks("st").args(["realise", "after"])).trim()),
+    );
+    // (The listing is written to the output, which is there when `ls` runs.)
+    let expected: BTreeSet<&str> = closure
+        .lines()
+        .chain([output.as_str()])
+        .map(|l| l.trim().trim_start_matches("/nix/store/"))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
 /// When the store views' keeper is gone, a series of builds goes on without views (each
 /// build binds its inputs, as a single build does), and each sees exactly its closure.
 #[test]
