@@ -364,7 +364,15 @@ pub struct SandboxExecutor<'a> {
     pub options: BuildOptions,
     /// Scratch directories of successful builds, emptied, for the next builds of this
     /// process: reusing them spares two directories created and removed per build.
-    spare: Mutex<Vec<Scratch>>,
+    spare: std::sync::Arc<Spares>,
+    /// The thread that empties them once their build is over (see [`Spares`]), started
+    /// with the first.
+    recycler: Mutex<
+        Option<(
+            std::sync::mpsc::Sender<Scratch>,
+            std::thread::JoinHandle<()>,
+        )>,
+    >,
     /// The store's GC lock, shared, for the executor's lifetime: the spare scratch
     /// directories wait in `builds/` between builds, where another process opening an
     /// idle store would sweep them away.
@@ -384,23 +392,41 @@ impl<'a> SandboxExecutor<'a> {
         Ok(SandboxExecutor {
             store,
             options,
-            spare: Mutex::new(Vec::new()),
+            spare: Default::default(),
+            recycler: Mutex::new(None),
             _gc: store.lock_gc_shared()?,
             sandbox: std::sync::OnceLock::new(),
             references: Default::default(),
         })
     }
 
-    /// Empties the scratch directories of a successful build and keeps them for the next
-    /// build; if they cannot be emptied they are removed (on drop).
+    /// Empties the scratch directories of a successful build on the recycler thread, and
+    /// keeps them for the next build; if they cannot be emptied they are removed.
     fn recycle(&self, scratch: Scratch) {
-        if scratch.empty().is_ok() {
-            self.spare
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(scratch);
-        } else {
-            self.discard(scratch);
+        let mut recycler = self.recycler.lock().unwrap_or_else(|p| p.into_inner());
+        if recycler.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Scratch>();
+            let spares = self.spare.clone();
+            let thread = std::thread::Builder::new()
+                .name("ksbuild-recycle".into())
+                .spawn(move || {
+                    for scratch in rx {
+                        let emptied = scratch.empty().is_ok();
+                        spares.put(scratch, emptied);
+                    }
+                });
+            if let Ok(thread) = thread {
+                *recycler = Some((tx, thread));
+            }
+        }
+        self.spare.emptying(1);
+        let sent = match &*recycler {
+            Some((tx, _)) => tx.send(scratch).map_err(|e| e.0),
+            None => Err(scratch),
+        };
+        if let Err(scratch) = sent {
+            let emptied = scratch.empty().is_ok();
+            self.spare.put(scratch, emptied);
         }
     }
 
@@ -563,14 +589,15 @@ impl SandboxExecutor<'_> {
                 .tempdir_in(store.builds_dir())
                 .map_err(|e| failure(format!("cannot create a build directory: {e}")))
         };
-        let spare = {
-            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-            let at = spare
+        let (spare, failed) = self.spare.take(|spare| {
+            spare
                 .iter()
                 .rposition(|s| s.view.is_some() == with_view)
-                .or_else(|| spare.iter().rposition(|s| s.view.is_none()));
-            at.map(|at| spare.remove(at))
-        };
+                .or_else(|| spare.iter().rposition(|s| s.view.is_none()))
+        });
+        for scratch in failed {
+            self.discard(scratch);
+        }
         let mut scratch = match spare {
             Some(s) => s,
             None => Scratch {
@@ -684,10 +711,15 @@ impl SandboxExecutor<'_> {
             args: node.drv.args.clone(),
             env: node.drv.env.clone(),
             store_dir: store.store_dir().to_string(),
-            inputs: closure
-                .iter()
-                .map(|p| (store.physical_path(p), store.print(p)))
-                .collect(),
+            // A view holds the inputs already (a thousand paths' names cost a build
+            // about 0.5 ms to make and check).
+            inputs: match view.is_some() {
+                true => Vec::new(),
+                false => closure
+                    .iter()
+                    .map(|p| (store.physical_path(p), store.print(p)))
+                    .collect(),
+            },
             root_dir: root_dir.clone(),
             // A few inputs' mount points stay on disk: the next build in this scratch
             // reuses those it shares (most of a small closure, such as a toolchain), and
@@ -930,7 +962,7 @@ impl Executor for SandboxExecutor<'_> {
         timing::report("build: register outputs", t0);
         let t0 = std::time::Instant::now();
         self.recycle(scratch);
-        timing::report("build: empty scratch", t0);
+        timing::report("build: scratch handed to the recycler", t0);
         Ok(BuildOutcome::Built)
     }
 }
@@ -1133,6 +1165,90 @@ impl Rebuild<'_, '_> {
         store::move_sealed(&out.staged, dest)?;
         out.staged = dest.to_path_buf();
         Ok(())
+    }
+}
+
+impl Drop for SandboxExecutor<'_> {
+    /// Waits for the recycler thread, then removes the spare scratch directories (and
+    /// tells the keeper to forget their views) while the GC lock is still held.
+    fn drop(&mut self) {
+        let recycler = self.recycler.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((tx, thread)) = recycler.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+        let (ready, failed) = self.spare.drain();
+        for scratch in ready.into_iter().chain(failed) {
+            self.discard(scratch);
+        }
+    }
+}
+
+/// The spare scratch directories of an executor: those ready for a build, those that
+/// could not be emptied (to discard), and how many are being emptied. A build that finds
+/// no spare waits for those being emptied rather than make new ones (and a new view).
+#[derive(Default)]
+struct Spares {
+    state: Mutex<SparesState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SparesState {
+    ready: Vec<Scratch>,
+    failed: Vec<Scratch>,
+    emptying: usize,
+}
+
+impl Spares {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SparesState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `n` more scratches are on their way to [`Spares::put`].
+    fn emptying(&self, n: usize) {
+        self.lock().emptying += n;
+    }
+
+    /// A scratch, emptied (or not).
+    fn put(&self, scratch: Scratch, emptied: bool) {
+        let mut state = self.lock();
+        state.emptying = state.emptying.saturating_sub(1);
+        match emptied {
+            true => state.ready.push(scratch),
+            false => state.failed.push(scratch),
+        }
+        self.changed.notify_all();
+    }
+
+    /// The ready scratch `pick` chooses, waiting for those being emptied if it chooses
+    /// none before (for a second at most: a builder may have left a large tree to remove);
+    /// and the scratches that could not be emptied, for the caller to discard.
+    fn take(&self, pick: impl Fn(&[Scratch]) -> Option<usize>) -> (Option<Scratch>, Vec<Scratch>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut state = self.lock();
+        loop {
+            if let Some(at) = pick(&state.ready) {
+                let scratch = state.ready.remove(at);
+                return (Some(scratch), std::mem::take(&mut state.failed));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if state.emptying == 0 || left.is_zero() {
+                return (None, std::mem::take(&mut state.failed));
+            }
+            state = (self.changed.wait_timeout(state, left))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Every scratch held.
+    fn drain(&self) -> (Vec<Scratch>, Vec<Scratch>) {
+        let mut state = self.lock();
+        (
+            std::mem::take(&mut state.ready),
+            std::mem::take(&mut state.failed),
+        )
     }
 }
 

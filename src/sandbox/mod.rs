@@ -232,8 +232,9 @@ pub struct SandboxSpec {
     /// kept in `root_dir`: PID 1 attaches it rather than binding each input (no overlay).
     /// `root_dir` is then not checked: the caller keeping the view removes anything but
     /// the view's entries that a build leaves in it (outputs it has not taken, what the
-    /// builder wrote beside them) before the next build in it. The build must start
-    /// through a zygote, which hands the view to PID 1; without one it fails.
+    /// builder wrote beside them) before the next build in it. `inputs` is not read then
+    /// (leave it empty: the view is the inputs). The build must start through a zygote,
+    /// which hands the view to PID 1; without one it fails.
     pub store_view: Option<StoreView>,
 }
 

@@ -1873,6 +1873,10 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
         .max()
         .unwrap_or(0);
     assert!(removed >= 60, "no view lost a closure's worth: {removed}");
+    // The views' directories (emptied in the background between builds) are gone.
+    let builds = p.scratch.join("st/nix/var/ksbuild/builds");
+    let left: Vec<_> = fs::read_dir(&builds).unwrap().collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", builds.display());
     let outputs: Vec<String> = String::from_utf8_lossy(&built.stdout)
         .lines()
         .map(str::to_string)
