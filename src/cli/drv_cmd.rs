@@ -172,6 +172,18 @@ fn write_drvs(ctx: &Context, store: &Store, lowered: &Lowered) -> Result<(), Cli
             store.add_text(path.name(), contents.as_bytes(), &Default::default())?;
         }
     }
+    // A path is valid only with its references, and a .drv refers to the .drvs of the
+    // nodes it depends on (`Lowerer::finish` checks it): from the dependents down, one
+    // valid .drv answers for all below it (a graph lowered again costs a stat per target,
+    // not one per derivation, and no cached derivation is parsed).
+    let mut valid: std::collections::HashSet<&str> = Default::default();
+    for key in lowered.order.iter().rev() {
+        let node = &lowered.nodes[key];
+        if valid.contains(key.as_str()) || store.is_valid(&node.drv_path)? {
+            valid.insert(key);
+            valid.extend(node.deps.iter().map(String::as_str));
+        }
+    }
     // A .drv can be added once the .drvs it names are: level by level, each level's
     // files written on all CPUs (a fresh project writes one per derivation).
     let mut levels: Vec<Vec<&crate::model::Node>> = Vec::new();
@@ -180,7 +192,7 @@ fn write_drvs(ctx: &Context, store: &Store, lowered: &Lowered) -> Result<(), Cli
         let node = &lowered.nodes[key];
         // Two keys can lower to one .drv (the same `.deb` in two environments): write it
         // once, or two threads of this process would contend for its lock.
-        if level_of.contains_key(&node.drv_path) || store.is_valid(&node.drv_path)? {
+        if level_of.contains_key(&node.drv_path) || valid.contains(key.as_str()) {
             continue;
         }
         let level = node

@@ -521,6 +521,20 @@ impl Lowerer<'_, '_> {
             .hash_derivation_modulo(self.store_dir, &mut input_hash)
             .map_err(lowering_error)?;
         self.modulo.insert(drv_path.clone(), modulo);
+        // A node's dependencies are its input derivations (the writing of `.drv` files
+        // relies on it: a valid `.drv` answers for its dependencies').
+        for dep in &deps {
+            let named = (self.out.nodes.get(dep))
+                .is_some_and(|d| drv.input_derivations.contains_key(&d.drv_path));
+            if !named {
+                return Err(file.error(
+                    0..0,
+                    format!("cannot lower `{key}`: it depends on `{dep}`, which its derivation does not name (a bug in ksbuild)"),
+                    "in this file",
+                    None,
+                ));
+            }
+        }
         self.out.order.push(key.clone());
         self.out.nodes.insert(
             key.clone(),
