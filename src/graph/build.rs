@@ -411,8 +411,13 @@ impl<'a> SandboxExecutor<'a> {
                 .name("ksbuild-recycle".into())
                 .spawn(move || {
                     for scratch in rx {
-                        let emptied = scratch.empty().is_ok();
-                        spares.put(scratch, emptied);
+                        // Whatever happens, the scratch is handed back: a build waiting
+                        // for it must not wait for nothing.
+                        let emptied =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                scratch.empty().is_ok()
+                            }));
+                        spares.put(scratch, emptied.unwrap_or(false));
                     }
                 });
             if let Ok(thread) = thread {
@@ -1400,6 +1405,47 @@ mod tests {
 
     fn open(dir: &Path) -> Store {
         Store::open(&dir.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap()
+    }
+
+    #[test]
+    fn a_build_waits_for_a_scratch_being_emptied_but_not_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        let new_dir = || tempfile::tempdir_in(dir.path()).unwrap();
+        let scratch = || Scratch {
+            root: new_dir(),
+            build: new_dir(),
+            work: WorkDir(new_dir()),
+            view: None,
+        };
+        let first = |s: &[Scratch]| (!s.is_empty()).then_some(0);
+        let spares = Arc::new(Spares::default());
+        // None held, none being emptied: no scratch, at once.
+        let t0 = std::time::Instant::now();
+        assert!(spares.take(first).0.is_none());
+        assert!(t0.elapsed() < std::time::Duration::from_millis(500));
+        // One being emptied: the build waits for it.
+        spares.emptying(1);
+        let (emptier, emptied) = (spares.clone(), scratch());
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            emptier.put(emptied, true);
+        });
+        let (taken, failed) = spares.take(first);
+        assert!(taken.is_some() && failed.is_empty());
+        thread.join().unwrap();
+        // One that could not be emptied is handed to the build to discard.
+        spares.emptying(1);
+        spares.put(scratch(), false);
+        let (taken, failed) = spares.take(first);
+        assert!(taken.is_none());
+        assert_eq!(failed.len(), 1);
+        // One that never comes: a second, then none.
+        spares.emptying(1);
+        let t0 = std::time::Instant::now();
+        assert!(spares.take(first).0.is_none());
+        let waited = t0.elapsed();
+        assert!(waited >= std::time::Duration::from_secs(1), "{waited:?}");
+        assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
     }
 
     #[test]
