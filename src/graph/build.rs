@@ -828,8 +828,8 @@ impl SandboxExecutor<'_> {
     ) -> Result<(), BuildFailure> {
         let store = self.store;
         let outputs = output_paths(node);
-        let mut candidates = closure.clone();
-        candidates.extend(outputs.values().cloned());
+        // (Not collected into one set: a thousand paths copied for nothing.)
+        let candidates = || closure.iter().chain(outputs.values());
         let mut pending = Vec::new();
         for (name, path) in &outputs {
             let staged = out_dir.join(path.to_string());
@@ -841,7 +841,7 @@ impl SandboxExecutor<'_> {
                 )));
             }
             let info = store
-                .prepare_output(&staged, path, &candidates, Some(&node.drv_path), None)
+                .prepare_output(&staged, path, candidates(), Some(&node.drv_path), None)
                 .map_err(|e| failure(format!("output `{name}`: {e}")))?;
             pending.push((name.clone(), staged, info));
         }

@@ -794,11 +794,11 @@ impl Store {
     /// Prepares a tree that a build wrote at `staged` (on the store's filesystem) for
     /// registration as `path`: canonicalises it in place, NAR-hashes it and scans it for the
     /// hash parts of `candidates` (the build's input closure and its own outputs).
-    pub fn prepare_output(
+    pub fn prepare_output<'c>(
         &self,
         staged: &Path,
         path: &StorePath,
-        candidates: &BTreeSet<StorePath>,
+        candidates: impl IntoIterator<Item = &'c StorePath>,
         deriver: Option<&StorePath>,
         ca: Option<String>,
     ) -> Result<ValidPathInfo> {

@@ -81,7 +81,10 @@ pub struct DigestPipe {
 impl DigestPipe {
     /// A pipe; `other` adds a second NAR hash; `candidates` are the store paths to look
     /// for.
-    pub fn new(other: Option<HashAlgo>, candidates: &BTreeSet<StorePath>) -> DigestPipe {
+    pub fn new<'c>(
+        other: Option<HashAlgo>,
+        candidates: impl IntoIterator<Item = &'c StorePath>,
+    ) -> DigestPipe {
         DigestPipe {
             buf: Vec::new(),
             stage: Stage::Inline(Box::new(Digester {
