@@ -626,9 +626,11 @@ impl SandboxExecutor<'_> {
                 .remove_all_but(closure)
                 .map_err(|e| failure(format!("cannot empty a build directory: {e}")))?;
         }
+        let root = scratch.root.path().to_path_buf();
         let kept = scratch.view.get_or_insert_with(|| KeptView {
             id: views.new_view(),
             entries: BTreeSet::new(),
+            created: CreatedNames::watch(&root),
         });
         let (remove, add) = view_delta(&kept.entries, closure);
         let updated = match &source {
@@ -992,6 +994,51 @@ pub struct Scratch {
 struct KeptView {
     id: u64,
     entries: BTreeSet<String>,
+    /// The names created in the root since the view was made (see [`CreatedNames`]).
+    created: Option<CreatedNames>,
+}
+
+/// The names created in a directory, from an inotify watch on it (`IN_CREATE`,
+/// `IN_MOVED_TO`): what a view's root may hold besides the view's entries is what was
+/// created in it, so emptying it costs a look at each name created rather than a listing
+/// of a thousand mount points. Names created inside a new subdirectory are not seen, and
+/// need not be: the subdirectory goes whole.
+struct CreatedNames(nix::sys::inotify::Inotify);
+
+impl CreatedNames {
+    /// A watch on `dir`; `None` where the kernel gives none (too many watches, say).
+    fn watch(dir: &std::path::Path) -> Option<CreatedNames> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+        let flags = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ONLYDIR
+            | AddWatchFlags::IN_DONT_FOLLOW;
+        inotify.add_watch(dir, flags).ok()?;
+        Some(CreatedNames(inotify))
+    }
+
+    /// The names created since the last call; `None` if the kernel dropped some (its queue
+    /// overflowed) or cannot say.
+    fn take(&self) -> Option<BTreeSet<std::ffi::OsString>> {
+        use nix::sys::inotify::AddWatchFlags;
+        let mut names = BTreeSet::new();
+        loop {
+            match self.0.read_events() {
+                Ok(events) => {
+                    for e in events {
+                        if e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                            return None;
+                        }
+                        names.extend(e.name);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Some(names),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 /// Closures smaller than this get their mount points on disk, in the root directory, rather
@@ -1096,7 +1143,30 @@ impl Scratch {
     /// costliest part of a small build (an unjournaled ext4 skips recently freed inodes
     /// when it allocates one, checking each).
     fn empty(&self) -> Result<(), store::StoreError> {
-        for dir in [self.root.path(), self.build.path()] {
+        // A view's root: what was created in it and is not the view's.
+        let created = (self.view.as_ref()).and_then(|v| Some((v, v.created.as_ref()?.take()?)));
+        if let Some((view, created)) = &created {
+            if timing::enabled() {
+                eprintln!(
+                    "build: a view's root emptied by the {} names created in it",
+                    created.len()
+                );
+            }
+            for name in created {
+                if name.to_str().is_some_and(|n| view.entries.contains(n)) {
+                    continue;
+                }
+                let path = self.root.path().join(name);
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    store::remove_tree(&path)?;
+                }
+            }
+        }
+        let listed = match created {
+            Some(_) => &[self.build.path()][..],
+            None => &[self.root.path(), self.build.path()][..],
+        };
+        for &dir in listed {
             let entries = std::fs::read_dir(dir).map_err(store::StoreError::io("list", dir))?;
             for entry in entries {
                 let entry = entry.map_err(store::StoreError::io("list", dir))?;
