@@ -1244,8 +1244,11 @@ impl Rebuild<'_, '_> {
 }
 
 impl Drop for SandboxExecutor<'_> {
-    /// Waits for the recycler thread, then removes the spare scratch directories (and
-    /// tells the keeper to forget their views) while the GC lock is still held.
+    /// Waits for the recycler thread, stops the sandbox's helpers, then removes the spare
+    /// scratch directories, while the GC lock is still held. The views' keeper goes first:
+    /// its mount namespace, with every mount of the views, goes in one teardown, where
+    /// detaching a view's thousand mounts one by one (or removing their mount points while
+    /// they are mounted) waits for an RCU grace period each; the directories are then plain.
     fn drop(&mut self) {
         let recycler = self.recycler.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some((tx, thread)) = recycler.take() {
@@ -1253,8 +1256,9 @@ impl Drop for SandboxExecutor<'_> {
             let _ = thread.join();
         }
         let (ready, failed) = self.spare.drain();
+        drop(self.sandbox.take());
         for scratch in ready.into_iter().chain(failed) {
-            self.discard(scratch);
+            scratch.discard();
         }
     }
 }
