@@ -409,29 +409,18 @@ impl<'a> SandboxExecutor<'a> {
             let spares = self.spare.clone();
             let thread = std::thread::Builder::new()
                 .name("ksbuild-recycle".into())
-                .spawn(move || {
-                    for scratch in rx {
-                        // Whatever happens, the scratch is handed back: a build waiting
-                        // for it must not wait for nothing.
-                        let emptied =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                scratch.empty().is_ok()
-                            }));
-                        spares.put(scratch, emptied.unwrap_or(false));
-                    }
-                });
+                .spawn(move || rx.into_iter().for_each(|s| spares.empty_and_put(s)));
             if let Ok(thread) = thread {
                 *recycler = Some((tx, thread));
             }
         }
-        self.spare.emptying(1);
+        self.spare.emptying();
         let sent = match &*recycler {
             Some((tx, _)) => tx.send(scratch).map_err(|e| e.0),
             None => Err(scratch),
         };
         if let Err(scratch) = sent {
-            let emptied = scratch.empty().is_ok();
-            self.spare.put(scratch, emptied);
+            self.spare.empty_and_put(scratch);
         }
     }
 
@@ -1156,10 +1145,8 @@ impl Scratch {
                 if name.to_str().is_some_and(|n| view.entries.contains(n)) {
                     continue;
                 }
-                let path = self.root.path().join(name);
-                if std::fs::symlink_metadata(&path).is_ok() {
-                    store::remove_tree(&path)?;
-                }
+                // (Gone already if it was an output, taken into the store.)
+                store::remove_tree(&self.root.path().join(name))?;
             }
         }
         let listed = match created {
@@ -1284,9 +1271,17 @@ impl Spares {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `n` more scratches are on their way to [`Spares::put`].
-    fn emptying(&self, n: usize) {
-        self.lock().emptying += n;
+    /// One more scratch is on its way to [`Spares::put`].
+    fn emptying(&self) {
+        self.lock().emptying += 1;
+    }
+
+    /// Empties `scratch` and puts it back. Whatever happens, it is put back: a build
+    /// waiting for it must not wait for nothing.
+    fn empty_and_put(&self, scratch: Scratch) {
+        let emptied =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scratch.empty().is_ok()));
+        self.put(scratch, emptied.unwrap_or(false));
     }
 
     /// A scratch, emptied (or not).
@@ -1498,7 +1493,7 @@ mod tests {
         assert!(spares.take(first).0.is_none());
         assert!(t0.elapsed() < std::time::Duration::from_millis(500));
         // One being emptied: the build waits for it.
-        spares.emptying(1);
+        spares.emptying();
         let (emptier, emptied) = (spares.clone(), scratch());
         let thread = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -1508,13 +1503,13 @@ mod tests {
         assert!(taken.is_some() && failed.is_empty());
         thread.join().unwrap();
         // One that could not be emptied is handed to the build to discard.
-        spares.emptying(1);
+        spares.emptying();
         spares.put(scratch(), false);
         let (taken, failed) = spares.take(first);
         assert!(taken.is_none());
         assert_eq!(failed.len(), 1);
         // One that never comes: a second, then none.
-        spares.emptying(1);
+        spares.emptying();
         let t0 = std::time::Instant::now();
         assert!(spares.take(first).0.is_none());
         let waited = t0.elapsed();

@@ -38,6 +38,15 @@ pub(crate) struct Project {
 }
 
 impl Project {
+    /// [`Project::new`] of files whose names and texts were generated.
+    pub(crate) fn of(files: &[(String, String)]) -> Project {
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        Project::new(&files)
+    }
+
     pub(crate) fn new(files: &[(&str, &str)]) -> Project {
         let tmp = scratch();
         let dir = tmp.path().join("proj");
@@ -1674,11 +1683,7 @@ fn a_build_sees_exactly_its_closure_in_the_store() {
             ),
         ));
     }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Project::new(&refs);
+    let p = Project::of(&files);
     let built = run_ok(
         p.ks("st")
             .args(["realise", "-j2", "outside", &format!("c{}", CHAIN - 1)]),
@@ -1845,11 +1850,7 @@ fn builds_in_kept_store_views_see_exactly_their_closures() {
     let mut files = chain_files("c", 150);
     files.extend(chain_files("e", 80));
     files.extend(probes.iter().map(|(name, last)| probe(name, last)));
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Project::new(&refs);
+    let p = Project::of(&files);
     let targets = probes.map(|(name, _)| name);
     // One build at a time: one view, which every build from 64 inputs on reuses.
     let built = run(p
@@ -1979,11 +1980,7 @@ fn a_view_in_a_reused_directory_shows_none_of_its_last_mount_points() {
          [env]\nB = \"${bb}/bin/busybox\"\nT = \"${last} ${after}\"\n"
             .into(),
     ));
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Project::new(&refs);
+    let p = Project::of(&files);
     run_ok(p.ks("st").args(["realise", "c69"]));
     let built = run(p
         .ks("st")
@@ -2034,11 +2031,7 @@ fn builds_go_on_without_views_when_the_keeper_is_gone() {
          [inputs]\nbb = { path = \"tools/busybox\" }\nlast = \"k99\"\n"
             .to_string(),
     ));
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
-    let p = Project::new(&refs);
+    let p = Project::of(&files);
     let mut child = p
         .ks("st")
         .env(ksbuild::timing::ENV, "1")

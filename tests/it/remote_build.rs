@@ -398,11 +398,7 @@ fn fifty_derivations_spread_over_two_ksbuild_builders_by_nix_s_rules() {
         "derivations/all.toml".into(),
         format!("builder = \"${{bb}}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"cat{cats} > $out\"]\n[inputs]\nbb = {{ path = \"tools/busybox\" }}\n{inputs}"),
     ));
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let p = Project::new(&refs);
+    let p = Project::of(&files);
     let (a_line, a) = ksbuild_builder(&sshd, &p.scratch.join("builder-a"), "x86_64-linux - 2 1");
     let (b_line, b) = ksbuild_builder(&sshd, &p.scratch.join("builder-b"), "x86_64-linux - 1 2");
     let out = run(p
