@@ -88,7 +88,7 @@ pub fn run(ctx: &Context, args: GraphArgs) -> Result<ExitCode, CliError> {
             valid.insert(key.clone());
         }
     }
-    let history = history::load(&store);
+    let history = history::load_of(&store, |name| lowered.nodes.contains_key(name));
     let changed = (!earlier.is_empty())
         .then(|| why::changed_since(&store, &lowered, &args.targets, &earlier));
     let outputs: Vec<String> = earlier.iter().map(|e| e.output.clone()).collect();

@@ -511,7 +511,7 @@ pub fn run_log_stats(ctx: &Context, target: String, json: bool) -> Result<ExitCo
     let store = ctx.open_store()?;
     let (_, lowered) = instantiate(ctx, &store, std::slice::from_ref(&target))?;
     let drv = store.print(&lowered.nodes[&target].drv_path);
-    let history = crate::store::history::load(&store);
+    let history = crate::store::history::load_of(&store, |name| name == target);
     let builds = history.builds_of(&target);
     if json {
         let v = serde_json::json!({

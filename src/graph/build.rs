@@ -1352,7 +1352,7 @@ impl<'s> SandboxExecutor<'s> {
         // Reported as any build (with the estimate from the history), so that a long
         // rebuild is as visibly alive as the first build was.
         let drv = store.print(&node.drv_path);
-        let last = crate::store::history::load(store)
+        let last = crate::store::history::load_of(store, |name| name == node.key)
             .estimate(&node.key, &drv)
             .cloned();
         reporter.event(&Event::BuildStarted {

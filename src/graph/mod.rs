@@ -490,22 +490,26 @@ struct Plan {
     needed: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// The build history of a store, read when first needed (a realisation with nothing to
-/// build never reads it).
+/// The build history of the derivations of a graph, read when first needed (a realisation
+/// with nothing to build never reads it).
 struct LazyHistory<'a> {
     store: &'a Store,
+    lowered: &'a Lowered,
     history: std::sync::OnceLock<history::History>,
 }
 
 impl<'a> LazyHistory<'a> {
-    fn new(store: &'a Store) -> Self {
+    fn new(store: &'a Store, lowered: &'a Lowered) -> Self {
         LazyHistory {
             store,
+            lowered,
             history: std::sync::OnceLock::new(),
         }
     }
     fn get(&self) -> &history::History {
-        self.history.get_or_init(|| history::load(self.store))
+        self.history.get_or_init(|| {
+            history::load_of(self.store, |name| self.lowered.nodes.contains_key(name))
+        })
     }
 }
 
@@ -563,7 +567,12 @@ pub fn dry_run(
     let observer = SubstituteObserver { reporter, store };
     let mut p = plan(store, lowered, roots, substituters, &observer)?;
     merge_aliases(lowered, &mut p.needed);
-    Ok(plan_event(store, lowered, &p, &LazyHistory::new(store)))
+    Ok(plan_event(
+        store,
+        lowered,
+        &p,
+        &LazyHistory::new(store, lowered),
+    ))
 }
 
 /// Walks the graph from `roots`: a node whose outputs are valid is cached, one whose
@@ -787,7 +796,7 @@ pub fn realise(
 ) -> Result<Realisation, RealiseError> {
     let mut result = Realisation::default();
     let observer = SubstituteObserver { reporter, store };
-    let history = LazyHistory::new(store);
+    let history = LazyHistory::new(store, lowered);
     let mut reported = BTreeSet::new();
     let mut substituted = BTreeSet::new();
     let (needed, aliases, cached) = loop {

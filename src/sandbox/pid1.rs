@@ -215,8 +215,9 @@ fn become_builder(
             let failed = ctx.failed_item.take().unwrap_or_else(|| step.clone());
             return report(status, failed, e);
         }
+        let note = ctx.note.take().unwrap_or_default();
         if let Some(t0) = t0 {
-            timer.phase(status, &format!("pid1: {step}"), t0);
+            timer.phase(status, &format!("pid1: {step}{note}"), t0);
         }
     }
     timer.point(status, "pid1: exec");

@@ -287,6 +287,14 @@ pub(crate) enum StoreLayout {
 /// mounted (a top-level name of the new root that ksbuild never creates otherwise).
 const LAYERS: &str = ".ksbuild-layers";
 
+/// What an input is mounted with (in a store view too): read-only, `nosuid`, `nodev`.
+pub(crate) const INPUT_FLAGS: RemountFlags = RemountFlags {
+    read_only: true,
+    nosuid: true,
+    nodev: true,
+    noexec: false,
+};
+
 /// The on-disk side of the store directory's overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct OverlayLayers {
@@ -517,6 +525,7 @@ pub(crate) fn plan(
         ns.push(Step::DetachTrees {
             dir: b.dir.clone(),
             names: b.entries.iter().map(|(name, _)| name.clone()).collect(),
+            restrict: Some(INPUT_FLAGS),
         });
     }
     ns.push(Step::DetachTree {
@@ -648,12 +657,6 @@ pub(crate) fn plan(
     // 3. Attach what was taken: the store directory (rw, for the outputs), the inputs
     //    read-only, /build, and the device nodes read-only (I/O on a device does not need a
     //    writable mount, but chmod/chown of the host's node would), never nodev.
-    let input_flags = RemountFlags {
-        read_only: true,
-        nosuid: true,
-        nodev: true,
-        noexec: false,
-    };
     let rw = RemountFlags {
         nosuid: true,
         nodev: true,
@@ -690,14 +693,14 @@ pub(crate) fn plan(
         }
         ns.push(Step::Remount {
             target: relative,
-            flags: input_flags,
+            flags: INPUT_FLAGS,
         });
     }
     for b in batches {
         ns.push(Step::AttachTrees {
             source: b.dir,
             target: b.target,
-            flags: input_flags,
+            flags: INPUT_FLAGS,
             restrict_detached: true,
         });
     }
@@ -1056,6 +1059,7 @@ mod tests {
             Step::DetachTrees {
                 dir: "/s/nix/store".into(),
                 names: vec!["aaaa-busybox".into()],
+                restrict: Some(INPUT_FLAGS),
             }
         );
         assert!(position(ns, batch) < root_tmpfs);
@@ -1066,12 +1070,7 @@ mod tests {
             [&Step::AttachTrees {
                 source: "/s/nix/store".into(),
                 target: "nix/store".into(),
-                flags: RemountFlags {
-                    read_only: true,
-                    nosuid: true,
-                    nodev: true,
-                    noexec: false
-                },
+                flags: INPUT_FLAGS,
                 restrict_detached: true,
             }]
         );
@@ -1083,12 +1082,7 @@ mod tests {
                         ns[i + 1],
                         Step::Remount {
                             target: target.clone(),
-                            flags: RemountFlags {
-                                read_only: true,
-                                nosuid: true,
-                                nodev: true,
-                                noexec: false
-                            }
+                            flags: INPUT_FLAGS,
                         }
                     );
                 }
@@ -1217,6 +1211,7 @@ mod tests {
         assert!(ns.contains(&Step::DetachTrees {
             dir: "/s/nix/store".into(),
             names: vec!["aaaa-busybox".into()],
+            restrict: Some(INPUT_FLAGS),
         }));
         // A directory copied in shuffled order (a check's variation) is not bound at all.
         s.variation.shuffled_order = true;

@@ -150,12 +150,17 @@ pub enum Step {
     },
     /// [`Step::DetachTree`] of each `dir/name`, with `dir` looked up once
     /// (`open_tree(dirfd, name, OPEN_TREE_CLONE)`): the inputs of a store directory,
-    /// whose closure may hold thousands of paths.
+    /// whose closure may hold thousands of paths. With `restrict`, taken from a bind of
+    /// `dir` onto itself remounted with those flags, so that each comes restricted and
+    /// [`Step::AttachTrees`] has none to restrict; where that bind cannot be made (mounts
+    /// beneath `dir`), taken from `dir` as it is, and restricted one by one.
     DetachTrees {
         /// The host directory.
         dir: PathBuf,
         /// The entries of `dir` to take.
         names: Vec<String>,
+        /// The restrictions to give them at the source.
+        restrict: Option<RemountFlags>,
     },
     /// The mount points of the trees of [`Step::DetachTrees`]: in `dir` (relative to the
     /// new root), for each `(name, is_directory)` an empty directory or file, created
@@ -168,8 +173,8 @@ pub enum Step {
     },
     /// [`Step::AttachTree`] of each tree [`Step::DetachTrees`] took from `source` onto
     /// the same name in `target`, each restricted with `flags` (added to the flags it came
-    /// with; a failure is reported as the [`Step::Remount`] of that mount point): `target`
-    /// looked up once.
+    /// with; a failure is reported as the [`Step::Remount`] of that mount point) unless it
+    /// came restricted: `target` looked up once.
     AttachTrees {
         /// The host directory the trees were taken from.
         source: PathBuf,
@@ -408,12 +413,22 @@ impl fmt::Display for Step {
                 source.display(),
                 target.display()
             ),
-            Step::DetachTrees { dir, names } => write!(
-                f,
-                "clone bind mounts of {} entries of `{}` (open_tree)",
-                names.len(),
-                dir.display()
-            ),
+            Step::DetachTrees {
+                dir,
+                names,
+                restrict,
+            } => {
+                write!(
+                    f,
+                    "clone bind mounts of {} entries of `{}` (open_tree)",
+                    names.len(),
+                    dir.display()
+                )?;
+                match restrict {
+                    Some(flags) => write!(f, ", {flags} at the source (a bind of it onto itself)"),
+                    None => Ok(()),
+                }
+            }
             Step::AttachView { target } => write!(
                 f,
                 "attach the kept view of the inputs at `{}` (move_mount)",
@@ -432,7 +447,7 @@ impl fmt::Display for Step {
                 restrict_detached,
             } => write!(
                 f,
-                "bind the entries taken from `{}` onto `{}` {flags} ({})",
+                "bind the entries taken from `{}` onto `{}` {flags} ({}, unless restricted at the source)",
                 source.display(),
                 target.display(),
                 match restrict_detached {
@@ -516,13 +531,16 @@ pub(crate) struct StepContext<'a> {
     pub lifeline: Option<BorrowedFd<'a>>,
     /// Trees detached by [`Step::DetachTree`], by source, until attached.
     pub trees: BTreeMap<PathBuf, OwnedFd>,
-    /// Trees detached by [`Step::DetachTrees`], by directory, with their names.
-    pub tree_batches: BTreeMap<PathBuf, Vec<(String, OwnedFd)>>,
+    /// Trees detached by [`Step::DetachTrees`], by directory.
+    pub tree_batches: BTreeMap<PathBuf, sys::TreeBatch>,
     /// The store view handed to PID 1 with its request, until attached.
     pub view: Option<OwnedFd>,
     /// The item of a batch step that failed, as the single step it stands for: what is
     /// reported (a failed batch step names its entry, as the single steps did).
     pub failed_item: Option<Step>,
+    /// What a step that succeeded did otherwise than its description says, for its
+    /// timing line.
+    pub note: Option<&'static str>,
 }
 
 impl<'a> StepContext<'a> {
@@ -532,6 +550,7 @@ impl<'a> StepContext<'a> {
             lifeline,
             trees: BTreeMap::new(),
             tree_batches: BTreeMap::new(),
+            note: None,
             view: None,
             failed_item: None,
         }
@@ -570,14 +589,21 @@ impl Step {
                 let tree = ctx.view.take().ok_or(Errno::EBADF)?;
                 sys::attach_tree(tree.as_fd(), target)
             }
-            Step::DetachTrees { dir, names } => {
-                let trees = sys::detach_trees(dir, names).map_err(|(name, errno)| {
+            Step::DetachTrees {
+                dir,
+                names,
+                restrict,
+            } => {
+                let batch = sys::detach_trees(dir, names, *restrict).map_err(|(name, errno)| {
                     ctx.failed_item = name.map(|n| Step::DetachTree {
                         source: dir.join(n),
                     });
                     errno
                 })?;
-                ctx.tree_batches.insert(dir.clone(), trees);
+                if restrict.is_some() && !batch.restricted {
+                    ctx.note = Some(" (not at the source: no bind of it could be made)");
+                }
+                ctx.tree_batches.insert(dir.clone(), batch);
                 Ok(())
             }
             Step::CreateMountPoints { dir, entries } => sys::create_mount_points(dir, entries)
@@ -597,8 +623,8 @@ impl Step {
                 flags,
                 restrict_detached,
             } => {
-                let trees = ctx.tree_batches.remove(source).ok_or(Errno::EBADF)?;
-                sys::attach_trees(&trees, target, *flags, *restrict_detached).map_err(
+                let batch = ctx.tree_batches.remove(source).ok_or(Errno::EBADF)?;
+                sys::attach_trees(&batch, target, *flags, *restrict_detached).map_err(
                     |(failure, errno)| {
                         ctx.failed_item = failure.map(|(name, restricting)| match restricting {
                             false => Step::AttachTree {

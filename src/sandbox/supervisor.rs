@@ -211,13 +211,15 @@ impl Sandbox {
         let devpts = Path::new("/dev/pts/ptmx").exists();
         let mut plan = plan::plan(spec, &ids, &mut input_inspector(), devpts, layout)?;
         if std::env::var_os("KSBUILD_SANDBOX_NO_MOUNT_SETATTR").is_some_and(|v| v == "1") {
-            // As on a kernel without `mount_setattr` (before 5.12): remount each input.
+            // As on a kernel without `mount_setattr` (before 5.12), and where inputs cannot
+            // be restricted at their source: remount each input.
             for step in &mut plan.namespace {
-                if let Step::AttachTrees {
-                    restrict_detached, ..
-                } = step
-                {
-                    *restrict_detached = false;
+                match step {
+                    Step::AttachTrees {
+                        restrict_detached, ..
+                    } => *restrict_detached = false,
+                    Step::DetachTrees { restrict, .. } => *restrict = None,
+                    _ => {}
                 }
             }
         }

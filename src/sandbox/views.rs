@@ -46,7 +46,6 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::plan::InputKind;
-use super::step::RemountFlags;
 use super::sys;
 
 /// The argument that makes the `ksbuild` binary run [`views_main`].
@@ -62,14 +61,6 @@ const NAMES_PER_REQUEST: usize = 1000;
 
 /// The largest request the keeper reads.
 const MAX_REQUEST: usize = 256 * 1024;
-
-/// How inputs are mounted in a view: as the sandbox mounts them (see `plan.rs`).
-const INPUT_FLAGS: RemountFlags = RemountFlags {
-    read_only: true,
-    nosuid: true,
-    nodev: true,
-    noexec: false,
-};
 
 /// A request to the keeper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,11 +219,12 @@ fn apply(
         let anchor = view.anchor.as_ref().map(|a| a.as_fd());
         sys::reuse_mount_points(view.dir.as_fd(), &bound, anchor).map_err(|(_, e)| e)?;
         let names: Vec<String> = bound.iter().map(|(n, _)| n.clone()).collect();
-        let trees = sys::detach_trees(source, &names).map_err(|(_, e)| e)?;
+        let batch = sys::detach_trees(source, &names, None).map_err(|(_, e)| e)?;
         // Each entry counts as the view's from its mount point on, so that a failure
         // part-way detaches what was attached.
         view.entries.extend(names);
-        sys::attach_trees(&trees, &view.root, INPUT_FLAGS, true).map_err(|(_, e)| e)?;
+        sys::attach_trees(&batch, &view.root, super::plan::INPUT_FLAGS, true)
+            .map_err(|(_, e)| e)?;
     }
     match clone {
         true => sys::clone_tree_recursive(view.dir.as_fd()).map(Some),
