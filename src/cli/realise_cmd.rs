@@ -362,7 +362,9 @@ fn run_with(ctx: &Context, args: RealiseArgs, print_paths: bool) -> Result<ExitC
     );
     match result {
         Ok(done) => {
-            crate::graph::why::save(&store, &lowered, done.built.iter().chain(&done.fetched))?
+            let t0 = std::time::Instant::now();
+            crate::graph::why::save(&store, &lowered, done.built.iter().chain(&done.fetched))?;
+            crate::timing::report("record what went into the nodes realised", t0);
         }
         Err(RealiseError::Fetch(failed)) => {
             // Told here only (not as they happen): with where each download is declared.
