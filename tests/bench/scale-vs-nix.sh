@@ -15,14 +15,15 @@
 #      them outside its sandbox and ksbuild substitute them from Nix's cache; about 30 min)
 #   6. a build whose input closure has CLOSURE paths (default 1,000) against the same build
 #      with a 2-path closure (ksbuild only; the ratio is the point): alone in a process
-#      (`--check`), and in a series of SERIES (default 100) new builds in one process
+#      (`--check`, medians of PAIRS alternating runs, default 15), and in a series of SERIES
+#      (default 100) new builds in one process
 #   7. INDEP (default 1,000) independent trivial derivations, -j2, each run into a fresh store,
 #      with the stores on the benchmark's filesystem and on tmpfs (/dev/shm), against the
 #      kernel's floor: util-linux `unshare` making the same namespaces around the same
 #      busybox command, INDEP times, two at a time
 #
 # Usage: tests/bench/scale-vs-nix.sh [RUNS]   (default 3; medians)
-#   N=10000 BUILT=1000 CLOSURE=1000 SERIES=100 INDEP=1000 FULL=0 FULL_NIX_STORE=(a Nix store root to keep); KS=/path/to/ksbuild (default: the release build);
+#   N=10000 BUILT=1000 CLOSURE=1000 PAIRS=15 SERIES=100 INDEP=1000 FULL=0 FULL_NIX_STORE=(a Nix store root to keep); KS=/path/to/ksbuild (default: the release build);
 #   BENCH_DIR=/dev/shm measures on tmpfs (the default, /var/tmp, is the disk).
 set -euo pipefail
 RUNS=${1:-3}
@@ -125,10 +126,11 @@ if [ "$FULL" = 1 ]; then
 fi
 
 # 6. One build with a CLOSURE-path closure against one with a 1-path closure: the same
-# script, rebuilt with --check (whole process, alternating).
+# script, rebuilt with --check (whole process, alternating), PAIRS times (default 15: each
+# takes well under 0.1 s, and a median of 3 moved by a third from run to run on a busy host).
 last=w$((CLOSURE - 1))
 $KS realise --no-link -j2 "$last" w0 > /dev/null 2>&1
-for _ in $(seq "$RUNS"); do
+for _ in $(seq "${PAIRS:-15}"); do
   time_runs "$KS realise --no-link --check $last" 1 >> "$WORK/wide"
   time_runs "$KS realise --no-link --check w1" 1 >> "$WORK/narrow"
 done
