@@ -137,26 +137,33 @@ pub struct Hit {
 /// The entry of `key`, if there is one written by this ksbuild from the same definitions
 /// of the project at `root`.
 pub fn load(key: &Key, root: &Path, store_dir: &StoreDir) -> Option<Hit> {
-    let t0 = std::time::Instant::now();
-    let bytes = std::fs::read(&key.file).ok()?;
-    let entry = Entry::decode(&bytes).ok()?;
-    crate::timing::report("evaluation cache: read the entry", t0);
-    let t0 = std::time::Instant::now();
-    let (digest, newest) = definitions(root).ok()?;
-    // A definition changed so soon before the entry was written that a second change in
-    // the same clock tick could hide: the entry does not answer for it.
-    if entry.format != FORMAT
-        || entry.exe != key.exe
-        || entry.digest != digest
-        || newest + import_cache::RACY_NS >= entry.written_ns
-    {
-        return None;
-    }
-    crate::timing::report("evaluation cache: check the project's definitions", t0);
-    let t0 = std::time::Instant::now();
-    let hit = entry.into_hit(store_dir).ok();
-    crate::timing::report("evaluation cache: parse the derivations", t0);
-    hit
+    // The definitions are checked on a thread of their own while the entry is read and
+    // parsed: independent, and of a size for a project of 10,000 (about 12 ms and 25 ms).
+    std::thread::scope(|s| {
+        let checked = s.spawn(|| {
+            let t0 = std::time::Instant::now();
+            let now = definitions(root);
+            crate::timing::report("evaluation cache: check the project's definitions", t0);
+            now
+        });
+        let t0 = std::time::Instant::now();
+        let bytes = std::fs::read(&key.file).ok()?;
+        let entry = Entry::decode(&bytes).ok()?;
+        crate::timing::report("evaluation cache: read the entry", t0);
+        if entry.format != FORMAT || entry.exe != key.exe {
+            return None;
+        }
+        let (then, written_ns) = (entry.digest.clone(), entry.written_ns);
+        let t0 = std::time::Instant::now();
+        let hit = entry.into_hit(store_dir).ok();
+        crate::timing::report("evaluation cache: parse the derivations", t0);
+        let (digest, newest) = checked.join().ok()?.ok()?;
+        // A definition changed so soon before the entry was written that a second change
+        // in the same clock tick could hide: the entry does not answer for it.
+        (then == digest && newest + import_cache::RACY_NS < written_ns)
+            .then_some(hit)
+            .flatten()
+    })
 }
 
 /// Writes the entry of `key` for a lowering that started with the definitions `before`
