@@ -5,6 +5,7 @@
 //! trusted ([`RACY_NS`]). The evaluation cache recognises a project's definitions the same
 //! way ([`stat_digest`]). Does I/O (`<root>/nix/var/ksbuild/imports/`).
 
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -25,38 +26,28 @@ struct Entry {
 /// mtime/ctime seen, in nanoseconds. A symlink counts with the file or folder it leads to
 /// (where it leads anywhere): whoever reads through it sees that one change.
 ///
-/// The walk lists each directory once (its entries' types from the listing); the entries
-/// are then looked up in their directories (`fstatat`, no path walked again), by two
-/// threads where there are many: a project of 10,000 definitions took 22 ms to check, as
-/// much as the rest of a warm evaluation.
+/// Each directory is listed once and its entries looked up in it (`fstatat`, no path walked
+/// again), by two threads where it has many: a project of 10,000 definitions took 22 ms to
+/// check, as much as the rest of a warm evaluation. One directory is open at a time, so a
+/// tree of any size stays within the open files' limit.
 pub(crate) fn stat_digest(path: &Path) -> Result<(Hash, i128)> {
-    let walked = walk(path)?;
-    let stat_all = |part: &[Walked]| -> Result<Vec<Statted>> {
-        part.iter().map(|w| w.stat(&walked)).collect()
+    let mut walk = Walk {
+        dirs: Vec::new(),
+        entries: Vec::new(),
     };
-    let entries = &walked.entries;
-    let stats: Vec<Statted> = if entries.len() < PARALLEL_FROM {
-        stat_all(entries)?
-    } else {
-        let (first, second) = entries.split_at(entries.len() / 2);
-        let (a, b) = std::thread::scope(|s| {
-            let other = s.spawn(|| stat_all(second));
-            let mine = stat_all(first);
-            (mine, other.join())
-        });
-        let b =
-            b.map_err(|_| StoreError::Refused("a thread reading file status panicked".into()))?;
-        let mut stats = a?;
-        stats.extend(b?);
-        stats
-    };
+    let root = stat_entry(rustix::fs::CWD, path.as_os_str(), Path::new(""))?;
+    let descend = root.1.as_ref().unwrap_or(&root.0).is_dir();
+    walk.entries.push((None, root));
+    if descend {
+        walk.descend(path)?;
+    }
     let mut h = Hasher::new(HashAlgo::Sha256);
     let mut newest: i128 = 0;
-    for (w, (m, target)) in entries.iter().zip(&stats) {
-        match &w.dir {
+    for (at, (m, target)) in &walk.entries {
+        match at {
             None => h.update(path.as_os_str().as_bytes()),
             Some((d, name)) => {
-                h.update(walked.dirs[*d].1.as_os_str().as_bytes());
+                h.update(walk.dirs[*d].as_os_str().as_bytes());
                 h.update(b"/");
                 h.update(name.as_bytes());
             }
@@ -74,7 +65,7 @@ pub(crate) fn stat_digest(path: &Path) -> Result<(Hash, i128)> {
     Ok((h.finish(), newest))
 }
 
-/// How many entries make [`stat_digest`] look them up in two threads.
+/// How many entries make [`stat_digest`] look a directory's up in two threads.
 const PARALLEL_FROM: usize = 512;
 
 /// What [`stat_digest`] digests of an entry.
@@ -87,104 +78,110 @@ struct Status {
     ctime: i128,
 }
 
+impl Status {
+    fn is_dir(&self) -> bool {
+        rustix::fs::FileType::from_raw_mode(self.mode as rustix::fs::RawMode)
+            == rustix::fs::FileType::Directory
+    }
+}
+
 /// An entry's status, and that of what it leads to if it is a symlink that leads anywhere.
 type Statted = (Status, Option<Status>);
 
 /// The entries of a walk in order (each directory before its entries, a directory's
-/// entries sorted by name), with the directories opened to look them up in.
+/// entries sorted by name): each with its name in `dirs[d]` (`None`: the walk's root).
 struct Walk {
-    root: std::path::PathBuf,
-    /// The directories, and their paths.
-    dirs: Vec<(std::os::fd::OwnedFd, std::path::PathBuf)>,
-    entries: Vec<Walked>,
+    dirs: Vec<std::path::PathBuf>,
+    entries: Vec<(Option<(usize, std::ffi::OsString)>, Statted)>,
 }
 
-/// An entry of a [`Walk`]: its name in `dirs[dir]` (`None`: the walk's root).
-struct Walked {
-    dir: Option<(usize, std::ffi::OsString)>,
-}
-
-impl Walked {
-    fn stat(&self, walk: &Walk) -> Result<Statted> {
-        use rustix::fs::AtFlags;
-        let inspect = |e: rustix::io::Errno| StoreError::Io {
-            action: "inspect",
-            path: match &self.dir {
-                Some((d, name)) => walk.dirs[*d].1.join(name),
-                None => walk.root.clone(),
-            },
-            source: e.into(),
+impl Walk {
+    /// Adds the entries of the directory `dir`, each directory's own after it.
+    fn descend(&mut self, dir: &Path) -> Result<()> {
+        let read = |e: std::io::Error| StoreError::Io {
+            action: "read",
+            path: dir.to_path_buf(),
+            source: e,
         };
-        let at = |flags| match &self.dir {
-            Some((d, name)) => rustix::fs::statat(&walk.dirs[*d].0, name.as_os_str(), flags),
-            None => rustix::fs::statat(rustix::fs::CWD, &walk.root, flags),
-        };
-        let m = at(AtFlags::SYMLINK_NOFOLLOW).map_err(inspect)?;
-        let status = |m: rustix::fs::Stat| Status {
-            mode: u64::from(m.st_mode),
-            size: m.st_size as u64,
-            ino: m.st_ino,
-            dev: m.st_dev,
-            mtime: i128::from(m.st_mtime) * 1_000_000_000 + i128::from(m.st_mtime_nsec),
-            ctime: i128::from(m.st_ctime) * 1_000_000_000 + i128::from(m.st_ctime_nsec),
-        };
-        let is_link =
-            rustix::fs::FileType::from_raw_mode(m.st_mode) == rustix::fs::FileType::Symlink;
-        let target = match is_link {
-            true => at(AtFlags::empty()).ok().map(status),
-            false => None,
-        };
-        Ok((status(m), target))
-    }
-}
-
-/// The entries under `path` (itself first), in [`stat_digest`]'s order.
-fn walk(path: &Path) -> Result<Walk> {
-    let mut walk = Walk {
-        root: path.to_path_buf(),
-        dirs: Vec::new(),
-        entries: vec![Walked { dir: None }],
-    };
-    // The root is followed if it is a symlink (as `walkdir` did), nothing under it is.
-    let root = std::fs::metadata(path).map_err(StoreError::io("inspect", path))?;
-    if root.is_dir() {
-        descend(path, &mut walk)?;
-    }
-    Ok(walk)
-}
-
-/// Adds the entries of the directory `dir` to `walk`, each directory's own after it.
-fn descend(dir: &Path, walk: &mut Walk) -> Result<()> {
-    let read = |e: std::io::Error| StoreError::Io {
-        action: "read",
-        path: dir.to_path_buf(),
-        source: e,
-    };
-    let fd = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| read(e.into()))?;
-    let mut listed = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read)? {
-        let entry = entry.map_err(read)?;
-        let is_dir = entry.file_type().map_err(read)?.is_dir();
-        listed.push((entry.file_name(), is_dir));
-    }
-    listed.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let at = walk.dirs.len();
-    walk.dirs.push((fd, dir.to_path_buf()));
-    for (name, is_dir) in listed {
-        let sub = is_dir.then(|| dir.join(&name));
-        walk.entries.push(Walked {
-            dir: Some((at, name)),
-        });
-        if let Some(sub) = sub {
-            descend(&sub, walk)?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(read)? {
+            names.push(entry.map_err(read)?.file_name());
         }
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let stats = {
+            let fd = rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| read(e.into()))?;
+            let stat_all = |part: &[std::ffi::OsString]| -> Result<Vec<Statted>> {
+                part.iter()
+                    .map(|name| stat_entry(fd.as_fd(), name, dir))
+                    .collect()
+            };
+            if names.len() < PARALLEL_FROM {
+                stat_all(&names)?
+            } else {
+                let (first, second) = names.split_at(names.len() / 2);
+                let (mine, other) = std::thread::scope(|s| {
+                    let other = s.spawn(|| stat_all(second));
+                    (stat_all(first), other.join())
+                });
+                let other = other.map_err(|_| {
+                    StoreError::Refused("a thread reading file status panicked".into())
+                })?;
+                let mut stats = mine?;
+                stats.extend(other?);
+                stats
+            }
+        };
+        let at = self.dirs.len();
+        self.dirs.push(dir.to_path_buf());
+        for (name, statted) in names.into_iter().zip(stats) {
+            // A symlink to a directory is not followed.
+            let sub = statted.0.is_dir().then(|| dir.join(&name));
+            self.entries.push((Some((at, name)), statted));
+            if let Some(sub) = sub {
+                self.descend(&sub)?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The status of `name` in `dir` (the directory at `dir_path`), and of what it leads to if
+/// it is a symlink.
+fn stat_entry(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    dir_path: &Path,
+) -> Result<Statted> {
+    use rustix::fs::AtFlags;
+    let status = |m: rustix::fs::Stat| Status {
+        mode: u64::from(m.st_mode),
+        size: m.st_size as u64,
+        ino: m.st_ino,
+        dev: m.st_dev,
+        mtime: i128::from(m.st_mtime) * 1_000_000_000 + i128::from(m.st_mtime_nsec),
+        ctime: i128::from(m.st_ctime) * 1_000_000_000 + i128::from(m.st_ctime_nsec),
+    };
+    let m =
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| StoreError::Io {
+            action: "inspect",
+            path: dir_path.join(name),
+            source: e.into(),
+        })?;
+    let is_link = rustix::fs::FileType::from_raw_mode(m.st_mode) == rustix::fs::FileType::Symlink;
+    let target = match is_link {
+        true => rustix::fs::statat(dir, name, AtFlags::empty())
+            .ok()
+            .map(status),
+        false => None,
+    };
+    Ok((status(m), target))
 }
 
 /// How long after a change an entry's status may still miss a second change in the same

@@ -607,3 +607,49 @@ fn an_error_on_a_huge_line_shows_a_window_of_it() {
     assert!(e.contains("huge.toml:2:10000016"), "{e}");
     assert!(e.contains("…xxxx") && e.contains("\" B = 1 }"), "{e}");
 }
+
+/// A path input that is a tree of more directories than ksbuild may have files open
+/// (here 400 under a limit of 64) is imported, and recognised again by the evaluation
+/// cache: the walk that recognises it keeps one directory open at a time.
+#[test]
+fn a_tree_of_more_directories_than_open_files_allowed_is_imported_and_recognised() {
+    let tmp = scratch();
+    let proj = tmp.path().join("proj");
+    fs::create_dir_all(proj.join("derivations")).unwrap();
+    for d in 0..400 {
+        let dir = proj.join(format!("tree/d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f"), format!("{d}\n")).unwrap();
+    }
+    fs::write(
+        proj.join("derivations/t.toml"),
+        "builder = \"/bin/sh\"\nsystem = \"x86_64-linux\"\n\
+         args = [\"-c\", \"cat ${tree}/d399/f > $out\"]\n[inputs]\ntree = { path = \"tree\" }\n",
+    )
+    .unwrap();
+    let store = tmp.path().join("ks");
+    let instantiate = || {
+        // ksbuild under `ulimit -n 64`, as `ksbuild(&store)` runs it.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+            .arg(crate::common::ksbuild_bin())
+            .env("KSBUILD_STORE", &store)
+            .env("NO_COLOR", "1")
+            .env(ksbuild::timing::ENV, "1")
+            .arg("--project")
+            .arg(&proj)
+            .args(["instantiate", "t"]);
+        let out = run(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    // An entry written within a second of a change does not answer for it: the project
+    // settles first.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (first, _) = instantiate();
+    assert!(first.trim().ends_with("-t.drv"), "{first}");
+    let (again, stderr) = instantiate();
+    assert_eq!(again, first);
+    assert!(stderr.contains("read the evaluation cache"), "{stderr}");
+}
