@@ -13,7 +13,6 @@
 //! are compared the same way.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -135,37 +134,29 @@ pub fn save<'a>(
         lines.push(b'\n');
     }
     let file = log_file(store);
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file)
-        // One write: appends of other processes land before or after it, never inside.
-        .and_then(|mut f| f.write_all(&lines));
-    written.map_err(StoreError::io("append to", &file))?;
-    if std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > COMPACT_BYTES {
-        compact(&file).map_err(StoreError::io("compact", &file))?;
+    let length =
+        crate::store::append_whole(&file, &lines).map_err(StoreError::io("append to", &file))?;
+    if length > COMPACT_BYTES {
+        compact(&file)?;
     }
     Ok(())
 }
 
-/// Rewrites the log with the last line of each target, through a temporary file renamed
-/// over it.
-fn compact(file: &Path) -> std::io::Result<()> {
-    let text = std::fs::read(file)?;
+/// Rewrites the log with the last line of each target, atomically.
+fn compact(file: &Path) -> Result<(), StoreError> {
+    let text = std::fs::read(file).map_err(StoreError::io("read", file))?;
     let mut last: BTreeMap<String, &[u8]> = BTreeMap::new();
     for line in text.split(|b| *b == b'\n') {
         if let Ok(l) = serde_json::from_slice::<Line>(line) {
             last.insert(l.target, line);
         }
     }
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut kept = Vec::with_capacity(text.len());
     for line in last.values() {
-        tmp.write_all(line)?;
-        tmp.write_all(b"\n")?;
+        kept.extend_from_slice(line);
+        kept.push(b'\n');
     }
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
+    crate::store::write_atomic(file, &kept)
 }
 
 /// The last record of `key`, if any: the log's last line of it (a line cut short by a

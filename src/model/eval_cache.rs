@@ -150,7 +150,8 @@ pub fn load(key: &Key, root: &Path, store_dir: &StoreDir) -> Option<Hit> {
         let bytes = std::fs::read(&key.file).ok()?;
         let entry = Entry::decode(&bytes).ok()?;
         crate::timing::report("evaluation cache: read the entry", t0);
-        if entry.format != FORMAT || entry.exe != key.exe {
+        // (`decode` refused any other format.)
+        if entry.exe != key.exe {
             return None;
         }
         let (then, written_ns) = (entry.digest.clone(), entry.written_ns);
@@ -180,7 +181,7 @@ pub fn save(
     let entry = Entry::new(key, before, store_dir, lowered, sources)
         .ok_or_else(|| io::Error::other("a derivation is not UTF-8"))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    io::Write::write_all(tmp.as_file_mut(), &entry.encode())?;
+    io::Write::write_all(tmp.as_file_mut(), &entry.encode()?)?;
     tmp.persist(&key.file).map_err(|e| e.error)?;
     Ok(())
 }
@@ -309,7 +310,7 @@ impl<'a> Decoder<'a> {
 }
 
 impl Entry {
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> io::Result<Vec<u8>> {
         let mut e = Encoder(Vec::with_capacity(
             1024 + self.nodes.iter().map(|n| n.drv.len() + 512).sum::<usize>(),
         ));
@@ -326,7 +327,7 @@ impl Entry {
             e.str(&n.drv_path);
             match &n.fetch {
                 None => e.bytes(b""),
-                Some(f) => e.bytes(&serde_json::to_vec(f).unwrap_or_default()),
+                Some(f) => e.bytes(&serde_json::to_vec(f)?),
             }
             e.strs(n.deps.iter());
             e.len(n.inputs.len());
@@ -352,7 +353,7 @@ impl Entry {
             e.str(name);
             e.str(path);
         }
-        e.0
+        Ok(e.0)
     }
 
     fn decode(bytes: &[u8]) -> Result<Entry, Unreadable> {
@@ -576,7 +577,7 @@ mod tests {
     #[test]
     fn an_entry_reads_back_as_written_and_any_damage_is_a_miss() {
         let e = entry();
-        let bytes = e.encode();
+        let bytes = e.encode().unwrap();
         assert!(Entry::decode(&bytes).is_ok_and(|d| d == e));
         // Cut short anywhere, or with a byte more, it is unreadable, never another entry.
         for n in 0..bytes.len() {

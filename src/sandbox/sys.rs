@@ -776,11 +776,20 @@ pub(crate) fn detach_tree(source: &Path) -> Result<OwnedFd, Errno> {
 /// ([`move_mount(2)`](https://man7.org/linux/man-pages/man2/move_mount.2.html)): attaches a
 /// tree from [`detach_tree`] at `target`.
 pub(crate) fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+    attach_tree_at(tree, rustix::fs::CWD, target)
+}
+
+/// [`attach_tree`] at `target` looked up from `dir`.
+fn attach_tree_at(
+    tree: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    target: impl rustix::path::Arg,
+) -> Result<(), Errno> {
     use rustix::mount::MoveMountFlags;
     rustix::mount::move_mount(
         tree,
         "",
-        rustix::fs::CWD,
+        dir,
         target,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
@@ -917,19 +926,15 @@ pub(crate) fn attach_trees<'a>(
     let mut detached = restrict_detached;
     for (name, tree) in &batch.trees {
         let restricting = |e| (Some((name.as_str(), true)), e);
-        if batch.restricted {
-            attach_tree_at(tree.as_fd(), dirfd.as_fd(), name)
-                .map_err(|e| (Some((name.as_str(), false)), e))?;
-            continue;
-        }
-        if detached {
+        // A batch restricted at its source has nothing left to restrict.
+        if detached && !batch.restricted {
             match restrict_tree(tree.as_fd(), flags) {
                 Ok(()) => {}
                 Err(Errno::ENOSYS) => detached = false,
                 Err(e) => return Err(restricting(e)),
             }
         }
-        let current = match detached {
+        let current = match batch.restricted || detached {
             true => None,
             false => Some(
                 nix::sys::statvfs::fstatvfs(tree)
@@ -937,20 +942,13 @@ pub(crate) fn attach_trees<'a>(
                     .flags(),
             ),
         };
-        attach_tree_at(tree.as_fd(), dirfd.as_fd(), name)
+        attach_tree_at(tree.as_fd(), dirfd.as_fd(), name.as_str())
             .map_err(|e| (Some((name.as_str(), false)), e))?;
         if let Some(current) = current {
             remount_keeping(&target.join(name), current, flags).map_err(restricting)?;
         }
     }
     Ok(())
-}
-
-/// [`attach_tree`] onto `name` in `dir`.
-fn attach_tree_at(tree: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
-    use rustix::mount::MoveMountFlags;
-    rustix::mount::move_mount(tree, "", dir, name, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-        .map_err(rustix_errno)
 }
 
 /// [`mount_setattr(2)`](https://man7.org/linux/man-pages/man2/mount_setattr.2.html) of the

@@ -80,6 +80,16 @@ pub fn write_canonical_file(path: &Path, contents: &[u8], executable: bool) -> R
     set_canonical_time_fd(&f, path)
 }
 
+/// Appends `content` to `path` (created if missing) in one `write` to a file opened
+/// `O_APPEND`: what other processes append lands before or after it, never inside. The
+/// logs of the store's metadata (build history, `why-rebuild`'s records) are written so.
+/// Returns the file's length after it, from the open file.
+pub fn append_whole(path: &Path, content: &[u8]) -> std::io::Result<u64> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(content)?;
+    Ok(f.metadata()?.len())
+}
+
 /// Replaces `path` with `content` atomically: a uniquely named temporary file beside it
 /// (so concurrent writers, in this process or others, never share one), renamed over it.
 /// The file gets mode 0644.

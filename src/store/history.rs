@@ -15,8 +15,7 @@
 //! `.drv` when it passes [`COMPACT_BYTES`].
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -158,17 +157,10 @@ pub fn record(
         lines,
     };
     let file = path(store);
-    append(&file, &r)?;
-    if fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > COMPACT_BYTES {
+    if super::append_whole(&file, r.to_line().as_bytes())? > COMPACT_BYTES {
         compact(&file)?;
     }
     Ok(())
-}
-
-fn append(file: &Path, r: &Record) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(file)?;
-    // One write: appends of other processes land before or after it, never inside.
-    f.write_all(r.to_line().as_bytes())
 }
 
 /// Rewrites `file` with the last record of each `.drv`, oldest first, through a temporary
@@ -178,18 +170,20 @@ fn compact(file: &Path) -> std::io::Result<()> {
     let h = load_file(file, |_| true);
     let mut records: Vec<&Record> = h.by_drv.values().collect();
     records.sort_by(|a, b| (a.finished, &a.drv).cmp(&(b.finished, &b.drv)));
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    for r in records {
-        tmp.write_all(r.to_line().as_bytes())?;
-    }
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
+    let text: String = records.iter().map(|r| r.to_line()).collect();
+    super::write_atomic(file, text.as_bytes()).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
     use super::*;
+
+    fn append(file: &Path, r: &Record) -> std::io::Result<u64> {
+        crate::store::append_whole(file, r.to_line().as_bytes())
+    }
 
     #[test]
     fn the_last_record_per_name_and_drv_wins_and_bad_lines_are_skipped() {

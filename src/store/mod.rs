@@ -42,7 +42,8 @@ pub use dump::{
     restore_nar_prefix, RestoreMode,
 };
 pub use fsutil::{
-    disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic, FilesystemSpace,
+    append_whole, disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic,
+    FilesystemSpace,
 };
 pub use fsutil::{remove_tree, write_sparse, Staging};
 pub use gc::GcReport;
