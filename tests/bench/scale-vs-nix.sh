@@ -16,7 +16,10 @@
 #   6. a build whose input closure has CLOSURE paths (default 1,000) against the same build
 #      with a 2-path closure (ksbuild only; the ratio is the point): alone in a process
 #      (`--check`, medians of PAIRS alternating runs, default 15), and in a series of SERIES
-#      (default 100) new builds in one process
+#      (default 100) new builds in one process; beside it, Nix's ratio for the same two .drvs
+#      (`nix-store --realise --check`), and the kernel's floor: binding the paths of the two
+#      closures in new namespaces from one small C program (bind-floor.c), so the ratio that
+#      floor alone allows is printed in the same run
 #   7. INDEP (default 1,000) independent trivial derivations, -j2, each run into a fresh store,
 #      with the stores on the benchmark's filesystem and on tmpfs (/dev/shm), against the
 #      kernel's floor: util-linux `unshare` making the same namespaces around the same
@@ -70,6 +73,13 @@ awk -v n="$CLOSURE" -v dir="$P/derivations" 'BEGIN {
     else printf "builder = \"${bb}/bin/busybox\"\nargs = [\"sh\", \"-c\", \"echo w%d ${p} > $out\"]\n[inputs]\nbb = { path = \"tools/busybox\" }\np = \"w%d\"\n", i, i - 1 > f
     close(f)
   }
+}'
+# The same chain for Nix, in a file of its own (default.nix stays the graph alone).
+awk -v n="$CLOSURE" -v nixfile="$P/chain.nix" 'BEGIN {
+  print "let bb = ./tools/busybox; in rec {" > nixfile
+  for (i = 0; i < n; i++)
+    printf "  w%d = derivation { name = \"w%d\"; system = \"x86_64-linux\"; builder = \"${bb}/bin/busybox\"; args = [ \"sh\" \"-c\" \"echo w%d%s > $out\" ]; };\n", i, i, i, (i ? " ${w" (i - 1) "}" : "") > nixfile
+  print "}" > nixfile
 }'
 top=n$((N - 1))
 NIXROOT=$WORK/nixroot
@@ -137,6 +147,36 @@ done
 wide=$(median < "$WORK/wide")
 narrow=$(median < "$WORK/narrow")
 
+# 6c. Nix's own figures for the same two builds (the same .drvs, built first, untimed):
+# `nix-store --realise --check` of each .drv (no evaluation), alternating, PAIRS times.
+NIXCHAIN=$WORK/nixchain
+nix_last=$(nix-instantiate --store "$NIXCHAIN" "$P/chain.nix" -A "$last" 2>/dev/null)
+nix_w1=$(nix-instantiate --store "$NIXCHAIN" "$P/chain.nix" -A w1 2>/dev/null)
+[ "$nix_last" = "$($KS instantiate "$last")" ] || { echo "drvPaths of $last differ" >&2; exit 1; }
+nix-store --store "$NIXCHAIN" --realise -j2 "$nix_last" "$nix_w1" > /dev/null 2>&1
+for _ in $(seq "${PAIRS:-15}"); do
+  time_runs "nix-store --store $NIXCHAIN --realise --check $nix_last" 1 >> "$WORK/nix-wide"
+  time_runs "nix-store --store $NIXCHAIN --realise --check $nix_w1" 1 >> "$WORK/nix-narrow"
+done
+nix_wide=$(median < "$WORK/nix-wide")
+nix_narrow=$(median < "$WORK/nix-narrow")
+
+# 6d. The kernel's floor: binding each path of the two outputs' closures (CLOSURE and 2
+# paths) onto a tmpfs in new namespaces, in one process (tests/bench/bind-floor.c), whole
+# process, alternating, PAIRS times. What the closure costs any sandbox that binds each path.
+cc -O2 -o "$WORK/bind-floor" "$(dirname "$0")/bind-floor.c"
+physical() { $KS store path-info -r "$($KS realise --no-link "$1")" | awk -v s="$KSBUILD_STORE" '{print s $1}'; }
+physical "$last" > "$WORK/floor-wide.txt"
+physical w1 > "$WORK/floor-narrow.txt"
+mkdir "$WORK/floor-mnt"
+for _ in $(seq "${PAIRS:-15}"); do
+  for kind in wide narrow; do
+    time_runs "unshare -Urm $WORK/bind-floor $WORK/floor-mnt < $WORK/floor-$kind.txt" 1 >> "$WORK/floor-$kind"
+  done
+done
+floor_wide=$(median < "$WORK/floor-wide")
+floor_narrow=$(median < "$WORK/floor-narrow")
+
 # 6b. The same in a series (one process, -j1, where store views apply): SERIES (default 100)
 # new derivations on top of w(CLOSURE-1) against as many on top of w0, instantiated first
 # (untimed), per build.
@@ -181,6 +221,13 @@ printf '\nper build of the %d: ksbuild %.1f ms, Nix %.1f ms (each run, s: ksbuil
   "$(xargs printf '%.2f ' < "$WORK/built-ks")" "$(xargs printf '%.2f ' < "$WORK/built-nix")"
 printf 'a build with a %d-path closure vs a 2-path one (w1) (realise --check, whole process): %.1f ms vs %.1f ms = %.2fx   (target <= 1.3x)\n' \
   "$CLOSURE" "$(ms "$wide")" "$(ms "$narrow")" "$(ratio "$wide" "$narrow")"
+printf '  Nix 2.8, the same two builds (nix-store --realise --check of each .drv): %.1f ms vs %.1f ms = %.2fx\n' \
+  "$(ms "$nix_wide")" "$(ms "$nix_narrow")" "$(ratio "$nix_wide" "$nix_narrow")"
+printf '  the kernel floor, binding the paths of %d vs %d output closures in new namespaces (bind-floor.c, whole process): %.1f ms vs %.1f ms: %.1f ms more\n' \
+  "$(wc -l < "$WORK/floor-wide.txt")" "$(wc -l < "$WORK/floor-narrow.txt")" "$(ms "$floor_wide")" "$(ms "$floor_narrow")" "$(ms "$(echo "$floor_wide - $floor_narrow" | bc -l)")"
+printf '  so the ratio of a sandbox adding only that floor to the 2-path build: %.2fx; ksbuild adds %.1f ms, %.2fx the floor\n' \
+  "$(ratio "$(echo "$narrow + $floor_wide - $floor_narrow" | bc -l)" "$narrow")" "$(ms "$(echo "$wide - $narrow" | bc -l)")" \
+  "$(ratio "$(echo "$wide - $narrow" | bc -l)" "$(echo "$floor_wide - $floor_narrow" | bc -l)")"
 printf 'the same in a series of %d builds in one process (-j1), per build: %.2f ms vs %.2f ms = %.2fx\n' \
   "$SERIES" "$(echo "$series_wide * 1000 / $SERIES" | bc -l)" "$(echo "$series_narrow * 1000 / $SERIES" | bc -l)" "$(ratio "$series_wide" "$series_narrow")"
 per() { echo "$1 * 1000 / $INDEP" | bc -l; }
