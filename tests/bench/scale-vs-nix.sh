@@ -18,8 +18,9 @@
 #      (`--check`, medians of PAIRS alternating runs, default 15), and in a series of SERIES
 #      (default 100) new builds in one process; beside it, Nix's ratio for the same two .drvs
 #      (`nix-store --realise --check`), and the kernel's floor: binding the paths of the two
-#      closures in new namespaces from one small C program (bind-floor.c), so the ratio that
-#      floor alone allows is printed in the same run
+#      closures in new namespaces from one small C program (bind-floor.c), and for the series
+#      a new mount namespace per build holding those binds, so the ratio each floor alone
+#      allows is printed in the same run
 #   7. INDEP (default 1,000) independent trivial derivations, -j2, each run into a fresh store,
 #      with the stores on the benchmark's filesystem and on tmpfs (/dev/shm), against the
 #      kernel's floor: util-linux `unshare` making the same namespaces around the same
@@ -196,6 +197,15 @@ for r in $(seq "$RUNS"); do
 done
 series_wide=$(median < "$WORK/series-wide")
 series_narrow=$(median < "$WORK/series-narrow")
+# Its floor: with the same binds made once, a new mount namespace per build (a copy of them,
+# then its teardown), SERIES times in one process (bind-floor.c with K), RUNS times each.
+for _ in $(seq "$RUNS"); do
+  for kind in wide narrow; do
+    unshare -Urm "$WORK/bind-floor" "$WORK/floor-mnt" "$SERIES" < "$WORK/floor-$kind.txt" >> "$WORK/series-floor-$kind"
+  done
+done
+series_floor_wide=$(median < "$WORK/series-floor-wide")
+series_floor_narrow=$(median < "$WORK/series-floor-narrow")
 
 # 7. Independent builds, on disk and on tmpfs, and the floor.
 trivial_derivations "$INDEP"
@@ -230,6 +240,14 @@ printf '  so the ratio of a sandbox adding only that floor to the 2-path build: 
   "$(ratio "$(echo "$wide - $narrow" | bc -l)" "$(echo "$floor_wide - $floor_narrow" | bc -l)")"
 printf 'the same in a series of %d builds in one process (-j1), per build: %.2f ms vs %.2f ms = %.2fx\n' \
   "$SERIES" "$(echo "$series_wide * 1000 / $SERIES" | bc -l)" "$(echo "$series_narrow * 1000 / $SERIES" | bc -l)" "$(ratio "$series_wide" "$series_narrow")"
+per_series() { echo "$1 * 1000 / $SERIES" | bc -l; }
+series_floor_more=$(echo "($series_floor_wide - $series_floor_narrow) / 1000" | bc -l)
+printf '  the kernel floor, a new mount namespace holding the same binds per build (bind-floor.c K): %.2f ms vs %.2f ms: %.2f ms more\n' \
+  "$(echo "$series_floor_wide / 1000" | bc -l)" "$(echo "$series_floor_narrow / 1000" | bc -l)" "$series_floor_more"
+printf '  so the ratio of a series adding only that floor: %.2fx; ksbuild adds %.2f ms, %.2fx the floor\n' \
+  "$(ratio "$(echo "$(per_series "$series_narrow") + $series_floor_more" | bc -l)" "$(per_series "$series_narrow")")" \
+  "$(echo "$(per_series "$series_wide") - $(per_series "$series_narrow")" | bc -l)" \
+  "$(ratio "$(echo "$(per_series "$series_wide") - $(per_series "$series_narrow")" | bc -l)" "$series_floor_more")"
 per() { echo "$1 * 1000 / $INDEP" | bc -l; }
 printf '%d independent derivations, -j2, per derivation: %.2f ms with the stores on %s (%s), %.2f ms on tmpfs; the unshare floor %.2f ms: %.2fx and %.2fx   (target <= 1.3x)\n' \
   "$INDEP" "$(per "$indep_disk")" "$(df --output=target "$WORK" | tail -1)" "$(df --output=fstype "$WORK" | tail -1)" "$(per "$indep_shm")" "$(per "$floor")" \
