@@ -134,11 +134,64 @@ pub fn save<'a>(
         lines.push(b'\n');
     }
     let file = log_file(store);
+    fold_in_earlier_form(store, &file)?;
     let length =
         crate::store::append_whole(&file, &lines).map_err(StoreError::io("append to", &file))?;
     if length > COMPACT_BYTES {
         compact(&file)?;
     }
+    Ok(())
+}
+
+/// Moves the records of the earlier form (a file per target in `realisations/`, which
+/// nothing removed) into the log, before its lines (they are older), then removes them and
+/// the folder. A store without that folder pays one failed `open`. As in [`compact`], a
+/// line another process appends between the read and the rename is lost: that costs an
+/// explanation, never a build.
+fn fold_in_earlier_form(store: &Store, file: &Path) -> Result<(), StoreError> {
+    let dir = store.var_dir().join("realisations");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("read", &dir)(e)),
+    };
+    let mut text = Vec::new();
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(StoreError::io("read", &dir))?.path();
+        let Some(target) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .map(String::from)
+        else {
+            continue;
+        };
+        // One that does not parse answered nothing before either.
+        let bytes = std::fs::read(&path).map_err(StoreError::io("read", &path))?;
+        if let Ok(record) = serde_json::from_slice::<Record>(&bytes) {
+            serde_json::to_writer(&mut text, &Line { target, record })
+                .map_err(|e| StoreError::Refused(e.to_string()))?;
+            text.push(b'\n');
+        }
+        files.push(path);
+    }
+    match std::fs::read(file) {
+        Ok(log) => text.extend(log),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io("read", file)(e)),
+    }
+    crate::store::write_atomic(file, &text)?;
+    for path in files {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("remove", &path)(e))
+            }
+            _ => {}
+        }
+    }
+    // Anything else left there (not a record) keeps the folder.
+    let _ = std::fs::remove_dir(&dir);
     Ok(())
 }
 
@@ -563,8 +616,7 @@ mod tests {
         l
     }
 
-    #[test]
-    fn the_last_whole_line_of_a_target_is_its_record_and_compaction_keeps_it() {
+    fn scratch_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             dir.path(),
@@ -572,6 +624,19 @@ mod tests {
             std::sync::Arc::new(crate::store::Silent),
         )
         .unwrap();
+        (dir, store)
+    }
+
+    /// Writes a record of `target` in the earlier form.
+    fn write_earlier(store: &Store, target: &str, drv: &str) {
+        let file = record_file(store, target);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, serde_json::to_vec_pretty(&record(drv)).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_last_whole_line_of_a_target_is_its_record_and_compaction_keeps_it() {
+        let (_dir, store) = scratch_store();
         let log = log_file(&store);
         let mut text = [line("t1", "a"), line("t10", "b"), line("t1", "c")].concat();
         // A line cut short by a crash, and another target whose name starts the same.
@@ -584,17 +649,33 @@ mod tests {
         assert_eq!(load(&store, "t10").unwrap().drv_path, "e");
         assert!(load(&store, "t").is_none());
         // A record of the earlier form answers where the log has none.
-        std::fs::create_dir_all(record_file(&store, "old").parent().unwrap()).unwrap();
-        std::fs::write(
-            record_file(&store, "old"),
-            serde_json::to_vec_pretty(&record("f")).unwrap(),
-        )
-        .unwrap();
+        write_earlier(&store, "old", "f");
         assert_eq!(load(&store, "old").unwrap().drv_path, "f");
         compact(&log).unwrap();
         let compacted = std::fs::read_to_string(&log).unwrap();
         assert_eq!(compacted.lines().count(), 2, "{compacted}");
         assert_eq!(load(&store, "t1").unwrap().drv_path, "c");
         assert_eq!(load(&store, "t10").unwrap().drv_path, "e");
+    }
+
+    #[test]
+    fn records_of_the_earlier_form_move_into_the_log_before_its_lines_and_are_removed() {
+        let (_dir, store) = scratch_store();
+        let log = log_file(&store);
+        write_earlier(&store, "a", "old-a");
+        write_earlier(&store, "b", "old-b");
+        let earlier = record_file(&store, "a").parent().unwrap().to_path_buf();
+        std::fs::write(earlier.join("damaged.json"), b"{").unwrap();
+        // The log already has a newer record of `a`.
+        std::fs::write(&log, line("a", "new-a")).unwrap();
+        fold_in_earlier_form(&store, &log).unwrap();
+        assert!(!earlier.exists(), "the folder of the earlier form is left");
+        assert_eq!(load(&store, "a").unwrap().drv_path, "new-a");
+        assert_eq!(load(&store, "b").unwrap().drv_path, "old-b");
+        assert!(load(&store, "damaged").is_none());
+        // Without the folder, nothing changes.
+        let before = std::fs::read(&log).unwrap();
+        fold_in_earlier_form(&store, &log).unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), before);
     }
 }
