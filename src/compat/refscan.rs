@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::sync::Arc;
 
 use super::nixbase32;
 use super::store_path::{StorePath, HASH_PART_LEN};
@@ -13,23 +14,48 @@ use super::store_path::{StorePath, HASH_PART_LEN};
 /// Matches may span the boundary between two writes: the last 31 bytes of each write are
 /// kept and scanned again with the start of the next.
 pub struct RefScanner {
-    candidates: HashMap<[u8; HASH_PART_LEN], StorePath>,
+    candidates: Candidates,
+    /// Candidates shared with other scanners (a build's input closure, say).
+    shared: Arc<Candidates>,
     found: BTreeSet<StorePath>,
     tail: Vec<u8>,
+}
+
+/// Candidate store paths by their hash parts: made once, it can serve many scanners
+/// ([`RefScanner::with_shared`]), so that each output of each build of a series does not
+/// copy its thousand inputs' paths again.
+#[derive(Default)]
+pub struct Candidates(HashMap<[u8; HASH_PART_LEN], StorePath>);
+
+impl Candidates {
+    /// The index of `paths`.
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Candidates {
+        Candidates(
+            paths
+                .into_iter()
+                .filter_map(|p| {
+                    let key: [u8; HASH_PART_LEN] = p.hash_part().as_bytes().try_into().ok()?;
+                    Some((key, p.clone()))
+                })
+                .collect(),
+        )
+    }
 }
 
 impl RefScanner {
     /// A scanner for `candidates`.
     pub fn new<'a>(candidates: impl IntoIterator<Item = &'a StorePath>) -> RefScanner {
-        let candidates = candidates
-            .into_iter()
-            .filter_map(|p| {
-                let key: [u8; HASH_PART_LEN] = p.hash_part().as_bytes().try_into().ok()?;
-                Some((key, p.clone()))
-            })
-            .collect();
+        RefScanner::with_shared(Arc::default(), candidates)
+    }
+
+    /// A scanner for the candidates of `shared` and `own`.
+    pub fn with_shared<'a>(
+        shared: Arc<Candidates>,
+        own: impl IntoIterator<Item = &'a StorePath>,
+    ) -> RefScanner {
         RefScanner {
-            candidates,
+            candidates: Candidates::new(own),
+            shared,
             found: BTreeSet::new(),
             tail: Vec::with_capacity(2 * HASH_PART_LEN),
         }
@@ -37,12 +63,12 @@ impl RefScanner {
 
     /// Whether there is nothing to look for (feeding is then free).
     pub fn is_empty(&self) -> bool {
-        self.candidates.is_empty()
+        self.candidates.0.is_empty() && self.shared.0.is_empty()
     }
 
     /// Feeds bytes.
     pub fn update(&mut self, data: &[u8]) {
-        if self.candidates.is_empty() || data.is_empty() {
+        if self.is_empty() || data.is_empty() {
             return;
         }
         // The seam: the previous tail followed by the start of this chunk.
@@ -73,7 +99,9 @@ impl RefScanner {
             match window.iter().rposition(|&b| !nixbase32::is_valid_char(b)) {
                 Some(bad) => i += bad + 1,
                 None => {
-                    if let Some(path) = self.candidates.get(window) {
+                    let candidate =
+                        (self.candidates.0.get(window)).or_else(|| self.shared.0.get(window));
+                    if let Some(path) = candidate {
                         self.found.insert(path.clone());
                     }
                     i += 1;
@@ -148,5 +176,23 @@ mod tests {
         assert!(empty.is_empty());
         empty.update(b"9frz7rl3ni9y2yn0qscny8v1iq391zsh");
         assert!(empty.found().is_empty());
+    }
+
+    #[test]
+    fn shared_and_own_candidates_are_both_found() {
+        let a = path("9frz7rl3ni9y2yn0qscny8v1iq391zsh-hello");
+        let b = path("70jzzwfcc6lp7w8f91acm19j5q6n839a-t1");
+        let c = path("ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf-foo");
+        let shared = Arc::new(Candidates::new([&a, &c]));
+        let text = b"9frz7rl3ni9y2yn0qscny8v1iq391zsh 70jzzwfcc6lp7w8f91acm19j5q6n839a";
+        let mut s = RefScanner::with_shared(Arc::clone(&shared), [&b]);
+        assert!(!s.is_empty());
+        s.update(text);
+        assert_eq!(s.into_found(), BTreeSet::from([a.clone(), b.clone()]));
+        // Another scanner of the same shared candidates starts with nothing found.
+        let mut other = RefScanner::with_shared(shared, []);
+        assert!(!other.is_empty());
+        other.update(b"ynmvlz3kmhchs4qh2b6w5wdi2mvrnibf");
+        assert_eq!(other.into_found(), BTreeSet::from([c]));
     }
 }

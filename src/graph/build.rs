@@ -7,13 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{
     output_paths, outputs_valid, BuildFailure, BuildOutcome, Event, Executor, Reporter, Slot,
 };
 use crate::compat::derivation::Derivation;
+use crate::compat::refscan::{Candidates, RefScanner};
 use crate::compat::StorePath;
 use crate::model::Node;
 use crate::sandbox::{self, SandboxSpec};
@@ -381,7 +382,63 @@ pub struct SandboxExecutor<'a> {
     sandbox: std::sync::OnceLock<sandbox::Sandbox>,
     /// The references of the input closures' paths, read once (`_gc` keeps them valid).
     references: crate::store::ReferenceCache,
+    /// The last few input closures, by their roots, most recent first (`_gc` keeps them
+    /// valid): the builds of a series that share their inputs (a toolchain, say) share
+    /// one closure rather than each collect and sort its thousand paths again.
+    closures: Mutex<Vec<(BTreeSet<StorePath>, Arc<InputClosure>)>>,
 }
+
+/// A build's input closure (it dereferences to its paths), with the index of those paths
+/// that scanning its outputs for references uses: made at the first output scanned and
+/// shared by every build with the same inputs.
+pub struct InputClosure {
+    paths: BTreeSet<StorePath>,
+    candidates: std::sync::OnceLock<Arc<Candidates>>,
+}
+
+impl InputClosure {
+    /// A scanner for references to the closure's paths and to `outputs`.
+    fn scanner<'o>(&self, outputs: impl IntoIterator<Item = &'o StorePath>) -> RefScanner {
+        let shared = self
+            .candidates
+            .get_or_init(|| Arc::new(Candidates::new(&self.paths)));
+        RefScanner::with_shared(Arc::clone(shared), outputs)
+    }
+}
+
+impl InputClosure {
+    /// Canonicalises, hashes and scans for references the output `name` of `node` that its
+    /// build left at `staged` (`outputs`: all of the node's).
+    fn prepare(
+        &self,
+        store: &Store,
+        node: &Node,
+        outputs: &BTreeMap<String, StorePath>,
+        name: &str,
+        staged: &std::path::Path,
+    ) -> Result<store::ValidPathInfo, BuildFailure> {
+        store
+            .prepare_output(
+                staged,
+                &outputs[name],
+                self.scanner(outputs.values()),
+                Some(&node.drv_path),
+                None,
+            )
+            .map_err(|e| failure(format!("output `{name}`: {e}")))
+    }
+}
+
+impl std::ops::Deref for InputClosure {
+    type Target = BTreeSet<StorePath>;
+    fn deref(&self) -> &BTreeSet<StorePath> {
+        &self.paths
+    }
+}
+
+/// How many input closures [`SandboxExecutor`] keeps: enough for the builds running at
+/// once and those being prepared, without holding every closure of a large graph.
+const CLOSURES_KEPT: usize = 8;
 
 impl<'a> SandboxExecutor<'a> {
     /// An executor building into `store`.
@@ -397,6 +454,7 @@ impl<'a> SandboxExecutor<'a> {
             _gc: store.lock_gc_shared()?,
             sandbox: std::sync::OnceLock::new(),
             references: Default::default(),
+            closures: Default::default(),
         })
     }
 
@@ -496,7 +554,7 @@ fn failure(message: impl Into<String>) -> BuildFailure {
 impl SandboxExecutor<'_> {
     /// The input closure of a derivation: its input sources and the outputs it uses of its
     /// input derivations (read from their `.drv` files), closed under references.
-    pub fn input_closure(&self, drv: &Derivation) -> Result<BTreeSet<StorePath>, BuildFailure> {
+    pub fn input_closure(&self, drv: &Derivation) -> Result<Arc<InputClosure>, BuildFailure> {
         let store = self.store;
         let mut roots: BTreeSet<StorePath> = drv.input_sources.clone();
         for (input_drv, outputs) in &drv.input_derivations {
@@ -515,9 +573,26 @@ impl SandboxExecutor<'_> {
                 roots.insert(path);
             }
         }
-        store
-            .closure_cached(roots, &self.references)
-            .map_err(|e| failure(format!("input closure: {e}")))
+        let kept = |closures: &mut Vec<(BTreeSet<StorePath>, _)>| {
+            let at = closures.iter().position(|(r, _)| *r == roots)?;
+            let entry = closures.remove(at);
+            let closure = Arc::clone(&entry.1);
+            closures.insert(0, entry);
+            Some(closure)
+        };
+        if let Some(closure) = kept(&mut self.closures.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(closure);
+        }
+        let closure = Arc::new(InputClosure {
+            paths: store
+                .closure_cached(roots.iter().cloned(), &self.references)
+                .map_err(|e| failure(format!("input closure: {e}")))?,
+            candidates: Default::default(),
+        });
+        let mut closures = self.closures.lock().unwrap_or_else(|p| p.into_inner());
+        closures.insert(0, (roots, Arc::clone(&closure)));
+        closures.truncate(CLOSURES_KEPT);
+        Ok(closure)
     }
 
     /// Runs the builder of `node` in a fresh sandbox, holding `slot` from when all is
@@ -814,13 +889,11 @@ impl SandboxExecutor<'_> {
         &self,
         node: &Node,
         out_dir: &std::path::Path,
-        closure: &BTreeSet<StorePath>,
+        closure: &InputClosure,
         locks: &BTreeMap<StorePath, FileLock>,
     ) -> Result<(), BuildFailure> {
         let store = self.store;
         let outputs = output_paths(node);
-        // (Not collected into one set: a thousand paths copied for nothing.)
-        let candidates = || closure.iter().chain(outputs.values());
         let mut pending = Vec::new();
         for (name, path) in &outputs {
             let staged = out_dir.join(path.to_string());
@@ -831,9 +904,7 @@ impl SandboxExecutor<'_> {
                     store.print(path)
                 )));
             }
-            let info = store
-                .prepare_output(&staged, path, candidates(), Some(&node.drv_path), None)
-                .map_err(|e| failure(format!("output `{name}`: {e}")))?;
+            let info = closure.prepare(store, node, &outputs, name, &staged)?;
             pending.push((name.clone(), staged, info));
         }
         while !pending.is_empty() {
@@ -1400,8 +1471,6 @@ impl<'s> SandboxExecutor<'s> {
             outputs: BTreeMap::new(),
         };
         let outputs = output_paths(node);
-        let mut candidates = closure;
-        candidates.extend(outputs.values().cloned());
         for (name, path) in &outputs {
             let staged = out_dir.join(path.to_string());
             if std::fs::symlink_metadata(&staged).is_err() {
@@ -1410,9 +1479,7 @@ impl<'s> SandboxExecutor<'s> {
                     node.key
                 )));
             }
-            let info = store
-                .prepare_output(&staged, path, &candidates, Some(&node.drv_path), None)
-                .map_err(|e| failure(format!("output `{name}`: {e}")))?;
+            let info = closure.prepare(store, node, &outputs, name, &staged)?;
             rebuild.outputs.insert(
                 name.clone(),
                 RebuiltOutput {

@@ -135,17 +135,12 @@ pub fn save<'a>(
     }
     let file = log_file(store);
     fold_in_earlier_form(store, &file)?;
-    let length =
-        crate::store::append_whole(&file, &lines).map_err(StoreError::io("append to", &file))?;
-    if length > COMPACT_BYTES {
-        compact(&file)?;
-    }
-    Ok(())
+    crate::store::append_to_log(&file, &lines, COMPACT_BYTES, compacted)
 }
 
 /// Moves the records of the earlier form (a file per target in `realisations/`, which
 /// nothing removed) into the log, before its lines (they are older), then removes them and
-/// the folder. A store without that folder pays one failed `open`. As in [`compact`], a
+/// the folder. A store without that folder pays one failed `open`. As in a compaction, a
 /// line another process appends between the read and the rename is lost: that costs an
 /// explanation, never a build.
 fn fold_in_earlier_form(store: &Store, file: &Path) -> Result<(), StoreError> {
@@ -195,9 +190,8 @@ fn fold_in_earlier_form(store: &Store, file: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rewrites the log with the last line of each target, atomically.
-fn compact(file: &Path) -> Result<(), StoreError> {
-    let text = std::fs::read(file).map_err(StoreError::io("read", file))?;
+/// The log `text` with the last line of each target.
+fn compacted(text: &[u8]) -> Vec<u8> {
     let mut last: BTreeMap<String, &[u8]> = BTreeMap::new();
     for line in text.split(|b| *b == b'\n') {
         if let Ok(l) = serde_json::from_slice::<Line>(line) {
@@ -209,7 +203,7 @@ fn compact(file: &Path) -> Result<(), StoreError> {
         kept.extend_from_slice(line);
         kept.push(b'\n');
     }
-    crate::store::write_atomic(file, &kept)
+    kept
 }
 
 /// The last record of `key`, if any: the log's last line of it (a line cut short by a
@@ -651,9 +645,9 @@ mod tests {
         // A record of the earlier form answers where the log has none.
         write_earlier(&store, "old", "f");
         assert_eq!(load(&store, "old").unwrap().drv_path, "f");
-        compact(&log).unwrap();
-        let compacted = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(compacted.lines().count(), 2, "{compacted}");
+        let kept = String::from_utf8(compacted(&std::fs::read(&log).unwrap())).unwrap();
+        assert_eq!(kept.lines().count(), 2, "{kept}");
+        std::fs::write(&log, kept).unwrap();
         assert_eq!(load(&store, "t1").unwrap().drv_path, "c");
         assert_eq!(load(&store, "t10").unwrap().drv_path, "e");
     }

@@ -90,6 +90,47 @@ pub fn append_whole(path: &Path, content: &[u8]) -> std::io::Result<u64> {
     Ok(f.metadata()?.len())
 }
 
+/// How a compacted log's first line starts: the length the compaction left follows. It is
+/// not a record, and the readers of the logs skip it as they skip any line they cannot parse.
+const COMPACTED: &[u8] = b"# compacted to ";
+
+/// Appends `content` to the log `path` ([`append_whole`]) and compacts it when it has
+/// grown past `threshold` and to more than twice the length its last compaction left:
+/// the log is then replaced (atomically) with `compact` of its text, headed by a line
+/// giving that length. A log whose live records alone pass the threshold (a store with more
+/// distinct builds than the threshold holds) is so compacted each time it doubles, not
+/// rewritten whole on every append. A record another process appends between the read and
+/// the rename is lost: the logs hold estimates and explanations, never a build's input.
+pub fn append_to_log(
+    path: &Path,
+    content: &[u8],
+    threshold: u64,
+    compact: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<()> {
+    let length = append_whole(path, content).map_err(StoreError::io("append to", path))?;
+    if length <= threshold || length <= 2 * compacted_length(path) {
+        return Ok(());
+    }
+    let text = fs::read(path).map_err(StoreError::io("read", path))?;
+    let body = compact(&text);
+    let mut out = COMPACTED.to_vec();
+    out.extend_from_slice(format!("{}\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    write_atomic(path, &out)
+}
+
+/// The length the last compaction of the log `path` left (0 if none is recorded): from
+/// its first line, reading no more of it.
+fn compacted_length(path: &Path) -> u64 {
+    let mut head = [0u8; 64];
+    let read = fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head));
+    let head = &head[..read.unwrap_or(0)];
+    head.strip_prefix(COMPACTED)
+        .and_then(|rest| rest.split(|b| *b == b'\n').next())
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Replaces `path` with `content` atomically: a uniquely named temporary file beside it
 /// (so concurrent writers, in this process or others, never share one), renamed over it.
 /// The file gets mode 0644.
@@ -445,4 +486,64 @@ pub fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::
         written += (data.len() - start) as u64;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_is_compacted_past_the_threshold_and_then_only_when_it_has_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let compactions = std::cell::Cell::new(0);
+        // Every record is live (distinct keys): compaction keeps them all, as a store with
+        // more distinct builds than the threshold holds would.
+        let keep_records = |text: &[u8]| {
+            compactions.set(compactions.get() + 1);
+            text.split_inclusive(|b| *b == b'\n')
+                .filter(|l| !l.starts_with(COMPACTED))
+                .flatten()
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        let record = |i: usize| format!("record {i:04}\n");
+        for i in 0..10 {
+            append_to_log(&log, record(i).as_bytes(), 100, keep_records).unwrap();
+        }
+        // 10 records of 12 bytes: the 9th passed 100 bytes and was compacted.
+        assert_eq!(compactions.get(), 1);
+        for i in 10..200 {
+            append_to_log(&log, record(i).as_bytes(), 100, keep_records).unwrap();
+        }
+        // Each compaction leaves n records and a header; the next comes when the log is
+        // twice that: at 9, 17, 33, 65 and 129 records (on every append past 100 bytes,
+        // 191 times, if it were only by the threshold).
+        assert_eq!(compactions.get(), 5);
+        let text = String::from_utf8(std::fs::read(&log).unwrap()).unwrap();
+        let (header, body) = text.split_once('\n').unwrap();
+        assert_eq!(body.lines().count() + 1, text.lines().count());
+        assert!(header.starts_with("# compacted to "), "{header}");
+        assert_eq!(
+            body.lines().collect::<Vec<_>>(),
+            (0..200)
+                .map(|i| format!("record {i:04}"))
+                .collect::<Vec<_>>()
+        );
+        // A log that compaction shrinks stays below the threshold's order.
+        let small = dir.path().join("small");
+        for i in 0..200 {
+            append_to_log(&small, record(i % 3).as_bytes(), 100, |text: &[u8]| {
+                let mut last: Vec<&[u8]> = Vec::new();
+                for l in text.split_inclusive(|b| *b == b'\n') {
+                    if !l.starts_with(COMPACTED) && !last.contains(&l) {
+                        last.push(l);
+                    }
+                }
+                last.concat()
+            })
+            .unwrap();
+        }
+        assert!(std::fs::metadata(&small).unwrap().len() <= 100 + 12);
+    }
 }

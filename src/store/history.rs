@@ -12,7 +12,8 @@
 //! Reading keeps the last record per derivation name and per `.drv`. A line that does not
 //! parse (a record cut short by a crash, or written by a newer ksbuild) is skipped: history
 //! is an estimate, never an input of a build. The file is rewritten with the last record per
-//! `.drv` when it passes [`COMPACT_BYTES`].
+//! `.drv` when it passes [`COMPACT_BYTES`] and twice what its last compaction left
+//! ([`super::append_to_log`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -115,11 +116,15 @@ pub fn load_of(store: &Store, wanted: impl Fn(&str) -> bool) -> History {
 }
 
 fn load_file(file: &Path, wanted: impl Fn(&str) -> bool) -> History {
-    let mut h = History::default();
     // One read, and a line's name looked at before anything is parsed or copied.
-    let Ok(text) = fs::read(file) else {
-        return h;
-    };
+    match fs::read(file) {
+        Ok(text) => parse(&text, wanted),
+        Err(_) => History::default(),
+    }
+}
+
+fn parse(text: &[u8], wanted: impl Fn(&str) -> bool) -> History {
+    let mut h = History::default();
     for line in text.split(|b| *b == b'\n') {
         let Ok(line) = std::str::from_utf8(line) else {
             continue;
@@ -156,22 +161,25 @@ pub fn record(
         seconds,
         lines,
     };
-    let file = path(store);
-    if super::append_whole(&file, r.to_line().as_bytes())? > COMPACT_BYTES {
-        compact(&file)?;
-    }
-    Ok(())
+    super::append_to_log(
+        &path(store),
+        r.to_line().as_bytes(),
+        COMPACT_BYTES,
+        compacted,
+    )
+    .map_err(std::io::Error::other)
 }
 
-/// Rewrites `file` with the last record of each `.drv`, oldest first, through a temporary
-/// file renamed over it. A record appended by another process between the read and the
-/// rename is lost; that costs an estimate, never a build.
-fn compact(file: &Path) -> std::io::Result<()> {
-    let h = load_file(file, |_| true);
+/// The history `text` with the last record of each `.drv`, oldest first.
+fn compacted(text: &[u8]) -> Vec<u8> {
+    let h = parse(text, |_| true);
     let mut records: Vec<&Record> = h.by_drv.values().collect();
     records.sort_by(|a, b| (a.finished, &a.drv).cmp(&(b.finished, &b.drv)));
-    let text: String = records.iter().map(|r| r.to_line()).collect();
-    super::write_atomic(file, text.as_bytes()).map_err(std::io::Error::other)
+    records
+        .iter()
+        .map(|r| r.to_line())
+        .collect::<String>()
+        .into_bytes()
 }
 
 #[cfg(test)]
@@ -266,9 +274,14 @@ mod tests {
             };
             append(&file, &r).unwrap();
         }
-        compact(&file).unwrap();
-        let text = fs::read_to_string(&file).unwrap();
-        assert_eq!(text.lines().count(), 5);
+        let text = compacted(&fs::read(&file).unwrap());
+        fs::write(&file, &text).unwrap();
+        assert_eq!(
+            text.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            5
+        );
         let h = load_file(&file, |_| true);
         assert_eq!(h.last_of_name("n").unwrap().seconds, 49.0);
         assert_eq!(h.last_of_drv("/nix/store/0-n.drv").unwrap().seconds, 45.0);

@@ -42,7 +42,7 @@ pub use dump::{
     restore_nar_prefix, RestoreMode,
 };
 pub use fsutil::{
-    append_whole, disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic,
+    append_to_log, append_whole, disk_usage, is_out_of_space, megabytes, move_sealed, write_atomic,
     FilesystemSpace,
 };
 pub use fsutil::{remove_tree, write_sparse, Staging};
@@ -793,18 +793,19 @@ impl Store {
     }
 
     /// Prepares a tree that a build wrote at `staged` (on the store's filesystem) for
-    /// registration as `path`: canonicalises it in place, NAR-hashes it and scans it for the
-    /// hash parts of `candidates` (the build's input closure and its own outputs).
-    pub fn prepare_output<'c>(
+    /// registration as `path`: canonicalises it in place, NAR-hashes it and scans it with
+    /// `references`, looking for the hash parts of its candidates (the build's input
+    /// closure and its own outputs).
+    pub fn prepare_output(
         &self,
         staged: &Path,
         path: &StorePath,
-        candidates: impl IntoIterator<Item = &'c StorePath>,
+        references: crate::compat::refscan::RefScanner,
         deriver: Option<&StorePath>,
         ca: Option<String>,
     ) -> Result<ValidPathInfo> {
         fsutil::canonicalise_in_place(staged)?;
-        let pipe = dump_path(staged, pipe::DigestPipe::new(None, candidates))?;
+        let pipe = dump_path(staged, pipe::DigestPipe::with_scanner(None, references))?;
         let d = pipe.finish().map_err(StoreError::io("hash", staged))?;
         Ok(ValidPathInfo {
             path: path.clone(),
@@ -829,7 +830,8 @@ impl Store {
         ca: Option<String>,
     ) -> Result<ValidPathInfo> {
         let _gc = self.lock_gc_shared()?;
-        let info = self.prepare_output(staged, path, candidates, deriver, ca)?;
+        let references = crate::compat::refscan::RefScanner::new(candidates);
+        let info = self.prepare_output(staged, path, references, deriver, ca)?;
         self.register_staged(staged, info)
     }
 

@@ -85,12 +85,17 @@ impl DigestPipe {
         other: Option<HashAlgo>,
         candidates: impl IntoIterator<Item = &'c StorePath>,
     ) -> DigestPipe {
+        DigestPipe::with_scanner(other, RefScanner::new(candidates))
+    }
+
+    /// A pipe that looks for references with `scanner`.
+    pub fn with_scanner(other: Option<HashAlgo>, scanner: RefScanner) -> DigestPipe {
         DigestPipe {
             buf: Vec::new(),
             stage: Stage::Inline(Box::new(Digester {
                 sha256: Hasher::new(HashAlgo::Sha256),
                 other: other.map(Hasher::new),
-                scanner: RefScanner::new(candidates),
+                scanner,
                 size: 0,
             })),
         }
