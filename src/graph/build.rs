@@ -398,15 +398,16 @@ pub struct InputClosure {
 
 impl InputClosure {
     /// A scanner for references to the closure's paths and to `outputs`.
-    fn scanner<'o>(&self, outputs: impl IntoIterator<Item = &'o StorePath>) -> RefScanner {
+    pub(crate) fn scanner<'o>(
+        &self,
+        outputs: impl IntoIterator<Item = &'o StorePath>,
+    ) -> RefScanner {
         let shared = self
             .candidates
             .get_or_init(|| Arc::new(Candidates::new(&self.paths)));
         RefScanner::with_shared(Arc::clone(shared), outputs)
     }
-}
 
-impl InputClosure {
     /// Canonicalises, hashes and scans for references the output `name` of `node` that its
     /// build left at `staged` (`outputs`: all of the node's).
     fn prepare(
@@ -1543,6 +1544,18 @@ mod tests {
         Store::open(&dir.join("root"), StoreDir::default(), Arc::new(Silent)).unwrap()
     }
 
+    fn options() -> BuildOptions {
+        BuildOptions {
+            cores: 1,
+            timeout: None,
+            max_silent_time: None,
+            max_processes: sandbox::DEFAULT_MAX_PROCESSES,
+            keep_failed: false,
+            jobs: 1,
+            platforms: Platforms::host(),
+        }
+    }
+
     #[test]
     fn a_build_waits_for_a_scratch_being_emptied_but_not_for_ever() {
         let dir = tempfile::tempdir().unwrap();
@@ -1808,16 +1821,7 @@ mod tests {
     fn spare_scratch_directories_survive_another_open() {
         let tmp = tempfile::tempdir().unwrap();
         let s = open(tmp.path());
-        let options = BuildOptions {
-            cores: 1,
-            timeout: None,
-            max_silent_time: None,
-            max_processes: sandbox::DEFAULT_MAX_PROCESSES,
-            keep_failed: false,
-            jobs: 1,
-            platforms: Platforms::host(),
-        };
-        let executor = SandboxExecutor::new(&s, options).unwrap();
+        let executor = SandboxExecutor::new(&s, options()).unwrap();
         let spare = s.builds_dir().join("spare");
         std::fs::create_dir(&spare).unwrap();
         let _other = open(tmp.path());
@@ -1825,5 +1829,54 @@ mod tests {
         drop(executor);
         let _idle = open(tmp.path());
         assert!(!spare.exists(), "an idle store is swept");
+    }
+
+    #[test]
+    fn builds_with_the_same_inputs_share_one_closure_and_one_index_of_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        let executor = SandboxExecutor::new(&s, options()).unwrap();
+        let source = |name: &str| {
+            let file = tmp.path().join(name);
+            std::fs::write(&file, name).unwrap();
+            s.add_path(&file, &store::AddOptions::default())
+                .unwrap()
+                .path
+        };
+        let reading = |sources: &[&StorePath]| Derivation {
+            input_sources: sources.iter().map(|p| (*p).clone()).collect(),
+            ..requiring("x86_64-linux", None)
+        };
+        let (a, b) = (source("a"), source("b"));
+        let first = executor.input_closure(&reading(&[&a])).unwrap();
+        let again = executor.input_closure(&reading(&[&a])).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same inputs, another closure"
+        );
+        assert_eq!(first.paths, BTreeSet::from([a.clone()]));
+        let other = executor.input_closure(&reading(&[&b])).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.paths, BTreeSet::from([b.clone()]));
+        // Every scanner of a closure finds its paths, from one index made once.
+        let text = format!("{a} and {b}");
+        for _ in 0..2 {
+            let mut scanner = first.scanner([&b]);
+            scanner.update(text.as_bytes());
+            assert_eq!(scanner.into_found(), BTreeSet::from([a.clone(), b.clone()]));
+        }
+        let index = first.candidates.get().map(Arc::as_ptr);
+        let _ = first.scanner([]);
+        assert_eq!(first.candidates.get().map(Arc::as_ptr), index);
+        // Past CLOSURES_KEPT other root sets, the first is computed again, the same.
+        let many: Vec<StorePath> = (0..CLOSURES_KEPT)
+            .map(|i| source(&format!("s{i}")))
+            .collect();
+        for p in &many {
+            executor.input_closure(&reading(&[p])).unwrap();
+        }
+        let later = executor.input_closure(&reading(&[&a])).unwrap();
+        assert!(!Arc::ptr_eq(&first, &later));
+        assert_eq!(later.paths, first.paths);
     }
 }

@@ -648,12 +648,13 @@ impl Connection {
     }
 
     /// Fetches `path` from the far side into `target` (a new path on the store's
-    /// filesystem), hashing the NAR and scanning it for `candidates` as it arrives.
+    /// filesystem), hashing the NAR and scanning it for references with `references` as it
+    /// arrives.
     pub fn fetch(
         &mut self,
         path: &StorePath,
         target: &Path,
-        candidates: &BTreeSet<StorePath>,
+        references: crate::compat::refscan::RefScanner,
     ) -> Result<NarDigests> {
         self.stderr.drain();
         let during = format!("fetching `{}`", self.store_dir.display(path));
@@ -664,7 +665,7 @@ impl Connection {
             self.to.flush()
         })();
         sent.map_err(self.io_lost(&during))?;
-        let mut pipe = store::pipe::DigestPipe::new(None, candidates);
+        let mut pipe = store::pipe::DigestPipe::with_scanner(None, references);
         let restored = {
             let mut tee = Tee {
                 inner: &mut self.from,

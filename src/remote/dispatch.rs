@@ -281,7 +281,7 @@ impl<'a> Dispatcher<'a> {
         &self,
         conn: &mut Connection,
         node: &Node,
-        closure: &BTreeSet<StorePath>,
+        closure: &crate::graph::build::InputClosure,
         locks: &BTreeMap<StorePath, FileLock>,
     ) -> Result<(), Attempt> {
         let store = self.store;
@@ -289,8 +289,6 @@ impl<'a> Dispatcher<'a> {
         let outputs = output_paths(node);
         let wanted: BTreeSet<StorePath> = outputs.values().cloned().collect();
         let claims = conn.query_path_infos(&wanted).map_err(classify)?;
-        let mut candidates = closure.clone();
-        candidates.extend(wanted.iter().cloned());
         let staging = store
             .staging()
             .map_err(|e| Attempt::Failed(failure(e.to_string())))?;
@@ -304,7 +302,9 @@ impl<'a> Dispatcher<'a> {
                 )));
             };
             let target = staging.path().join(path.to_string());
-            let got = conn.fetch(path, &target, &candidates).map_err(classify)?;
+            let got = conn
+                .fetch(path, &target, closure.scanner(&wanted))
+                .map_err(classify)?;
             let mut problems = Vec::new();
             if claim.nar_hash.as_ref().is_some_and(|h| *h != got.sha256) {
                 problems.push(format!(

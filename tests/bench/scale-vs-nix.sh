@@ -139,14 +139,19 @@ fi
 # 6. One build with a CLOSURE-path closure against one with a 1-path closure: the same
 # script, rebuilt with --check (whole process, alternating), PAIRS times (default 15: each
 # takes well under 0.1 s, and a median of 3 moved by a third from run to run on a busy host).
+# pairs NAME WIDE NARROW: PAIRS alternating runs of the commands WIDE and NARROW, their
+# times in $WORK/NAME-wide and $WORK/NAME-narrow.
+pairs() {
+  for _ in $(seq "${PAIRS:-15}"); do
+    time_runs "$2" 1 >> "$WORK/$1-wide"
+    time_runs "$3" 1 >> "$WORK/$1-narrow"
+  done
+}
 last=w$((CLOSURE - 1))
 $KS realise --no-link -j2 "$last" w0 > /dev/null 2>&1
-for _ in $(seq "${PAIRS:-15}"); do
-  time_runs "$KS realise --no-link --check $last" 1 >> "$WORK/wide"
-  time_runs "$KS realise --no-link --check w1" 1 >> "$WORK/narrow"
-done
-wide=$(median < "$WORK/wide")
-narrow=$(median < "$WORK/narrow")
+pairs ks "$KS realise --no-link --check $last" "$KS realise --no-link --check w1"
+wide=$(median < "$WORK/ks-wide")
+narrow=$(median < "$WORK/ks-narrow")
 
 # 6c. Nix's own figures for the same two builds (the same .drvs, built first, untimed):
 # `nix-store --realise --check` of each .drv (no evaluation), alternating, PAIRS times.
@@ -155,10 +160,7 @@ nix_last=$(nix-instantiate --store "$NIXCHAIN" "$P/chain.nix" -A "$last" 2>/dev/
 nix_w1=$(nix-instantiate --store "$NIXCHAIN" "$P/chain.nix" -A w1 2>/dev/null)
 [ "$nix_last" = "$($KS instantiate "$last")" ] || { echo "drvPaths of $last differ" >&2; exit 1; }
 nix-store --store "$NIXCHAIN" --realise -j2 "$nix_last" "$nix_w1" > /dev/null 2>&1
-for _ in $(seq "${PAIRS:-15}"); do
-  time_runs "nix-store --store $NIXCHAIN --realise --check $nix_last" 1 >> "$WORK/nix-wide"
-  time_runs "nix-store --store $NIXCHAIN --realise --check $nix_w1" 1 >> "$WORK/nix-narrow"
-done
+pairs nix "nix-store --store $NIXCHAIN --realise --check $nix_last" "nix-store --store $NIXCHAIN --realise --check $nix_w1"
 nix_wide=$(median < "$WORK/nix-wide")
 nix_narrow=$(median < "$WORK/nix-narrow")
 
@@ -170,11 +172,8 @@ physical() { $KS store path-info -r "$($KS realise --no-link "$1")" | awk -v s="
 physical "$last" > "$WORK/floor-wide.txt"
 physical w1 > "$WORK/floor-narrow.txt"
 mkdir "$WORK/floor-mnt"
-for _ in $(seq "${PAIRS:-15}"); do
-  for kind in wide narrow; do
-    time_runs "unshare -Urm $WORK/bind-floor $WORK/floor-mnt < $WORK/floor-$kind.txt" 1 >> "$WORK/floor-$kind"
-  done
-done
+pairs floor "unshare -Urm $WORK/bind-floor $WORK/floor-mnt < $WORK/floor-wide.txt" \
+  "unshare -Urm $WORK/bind-floor $WORK/floor-mnt < $WORK/floor-narrow.txt"
 floor_wide=$(median < "$WORK/floor-wide")
 floor_narrow=$(median < "$WORK/floor-narrow")
 
